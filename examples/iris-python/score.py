@@ -1,0 +1,19 @@
+# Iris scoring module, Azure ML style: init() once per replica, run() per request.
+# Build: wasmscore build examples/iris-python/score.py -o iris-python.wasm
+import json
+
+import wasmscore
+
+model = None
+
+
+def init():
+    global model
+    # model.onnx ships with the version (`wasmscore deploy --model examples/iris/model.onnx`).
+    model = wasmscore.load_model("model.onnx")
+
+
+def run(raw_data):
+    data = json.loads(raw_data)["data"]  # malformed JSON -> 400 (bad input)
+    out = model.run({"X": wasmscore.tensor(data, dtype="float32")}, outputs=["probabilities"])
+    return {"probabilities": out["probabilities"].tolist()}

@@ -1,0 +1,195 @@
+"""The wasmscore host API for score.py authors.
+
+    import json
+    import wasmscore
+
+    def init():
+        global model
+        model = wasmscore.load_model("model.onnx")
+
+    def run(raw_data):
+        x = json.loads(raw_data)["data"]
+        out = model.run({"X": wasmscore.tensor(x, dtype="float32")})
+        return {"probabilities": out["probabilities"].tolist()}
+
+Tensors live on the host; `tensor()` copies a nested list there, `.tolist()`
+copies one back. Raise `wasmscore.BadInput` for a client error (HTTP 400);
+any other exception is a module failure (HTTP 500).
+"""
+from wit_world.imports import inference, log as _log, ops as _ops, tensors, types
+from componentize_py_types import Err
+
+__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "ops"]
+
+
+class BadInput(Exception):
+    """Raise from run() when the request is wrong: the client gets 400."""
+
+
+_DATA = {
+    "float32": types.TensorData_Float32,
+    "float64": types.TensorData_Float64,
+    "int8": types.TensorData_Int8,
+    "int16": types.TensorData_Int16,
+    "int32": types.TensorData_Int32,
+    "int64": types.TensorData_Int64,
+    "uint8": types.TensorData_Uint8,
+    "uint16": types.TensorData_Uint16,
+    "uint32": types.TensorData_Uint32,
+    "uint64": types.TensorData_Uint64,
+    "bool": types.TensorData_Boolean,
+    "string": types.TensorData_String,
+}
+
+
+def _unwrap(call, *args):
+    """Calls a host function; turns its typed error into BadInput or RuntimeError."""
+    try:
+        return call(*args)
+    except Err as e:
+        if isinstance(e.value, types.Error_BadInput):
+            raise BadInput(e.value.value) from None
+        raise RuntimeError(getattr(e.value, "value", str(e.value))) from None
+
+
+def _flatten(data):
+    shape = []
+    level = data
+    while isinstance(level, (list, tuple)):
+        shape.append(len(level))
+        if not level:
+            break
+        level = level[0]
+    flat = []
+
+    def walk(x, depth):
+        if depth == len(shape):
+            if isinstance(x, (list, tuple)):
+                raise BadInput("ragged nested list: rows have different lengths")
+            flat.append(x)
+            return
+        if not isinstance(x, (list, tuple)) or len(x) != shape[depth]:
+            raise BadInput("ragged nested list: rows have different lengths")
+        for y in x:
+            walk(y, depth + 1)
+
+    walk(data, 0)
+    return shape, flat
+
+
+class Tensor:
+    """A host tensor."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @property
+    def shape(self):
+        return list(self.handle.shape())
+
+    @property
+    def dtype(self):
+        return self.handle.dtype().name.lower()
+
+    def flat(self):
+        """The elements as a flat list."""
+        return list(self.handle.data().value)
+
+    def tolist(self):
+        """The elements as a nested list of the tensor's shape."""
+        flat = self.flat()
+        shape = self.shape
+        if not shape:
+            return flat[0]
+
+        def build(offset, dims):
+            if len(dims) == 1:
+                return flat[offset : offset + dims[0]], offset + dims[0]
+            out = []
+            for _ in range(dims[0]):
+                row, offset = build(offset, dims[1:])
+                out.append(row)
+            return out, offset
+
+        return build(0, shape)[0]
+
+
+def tensor(data, dtype="float32", shape=None):
+    """Makes a host tensor from a (nested) list; the shape is inferred unless given."""
+    if dtype not in _DATA:
+        raise BadInput(f"unknown dtype {dtype!r}; use one of {sorted(_DATA)}")
+    if shape is None:
+        shape, flat = _flatten(data)
+    else:
+        flat = list(data)
+    try:
+        if dtype.startswith("float"):
+            flat = [float(v) for v in flat]
+        elif dtype == "bool":
+            flat = [bool(v) for v in flat]
+        elif dtype == "string":
+            flat = [str(v) for v in flat]
+        else:
+            flat = [int(v) for v in flat]
+    except (TypeError, ValueError) as e:
+        raise BadInput(f"cannot make a {dtype} tensor: {e}") from None
+    return Tensor(_unwrap(tensors.Tensor.create, [int(d) for d in shape], _DATA[dtype](flat)))
+
+
+class Model:
+    """A model that ships with the version, run by the host."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    @property
+    def inputs(self):
+        return [(i.name, i.dtype.name.lower(), list(i.shape)) for i in self.handle.inputs()]
+
+    @property
+    def outputs(self):
+        return [(o.name, o.dtype.name.lower(), list(o.shape)) for o in self.handle.outputs()]
+
+    def run(self, inputs, outputs=None):
+        """inputs: {name: Tensor}; returns {name: Tensor}."""
+        pairs = []
+        for name, t in inputs.items():
+            if not isinstance(t, Tensor):
+                t = tensor(t)
+            pairs.append((name, t.handle))
+        out = _unwrap(self.handle.run, pairs, list(outputs or []))
+        return {name: Tensor(h) for name, h in out}
+
+
+def load_model(name):
+    """Loads a model file shipped with the version, e.g. "model.onnx"."""
+    return Model(_unwrap(inference.Model.load, name))
+
+
+def log(message, level="info"):
+    lv = {"debug": _log.Level.DEBUG, "info": _log.Level.INFO, "warn": _log.Level.WARN, "error": _log.Level.ERROR}[level]
+    _log.log(lv, str(message))
+
+
+class ops:
+    """Single tensor ops on a device (None = the version's device)."""
+
+    @staticmethod
+    def matmul(a, b, device=None):
+        return Tensor(_unwrap(_ops.matmul, a.handle, b.handle, device))
+
+    @staticmethod
+    def gemm(a, b, c=None, alpha=1.0, beta=1.0, trans_a=False, trans_b=False, device=None):
+        return Tensor(_unwrap(_ops.gemm, a.handle, b.handle, c.handle if c else None, alpha, beta, trans_a, trans_b, device))
+
+    @staticmethod
+    def add(a, b, device=None):
+        return Tensor(_unwrap(_ops.add, a.handle, b.handle, device))
+
+    @staticmethod
+    def relu(x, device=None):
+        return Tensor(_unwrap(_ops.relu, x.handle, device))
+
+    @staticmethod
+    def softmax(x, axis=-1, device=None):
+        return Tensor(_unwrap(_ops.softmax, x.handle, axis, device))

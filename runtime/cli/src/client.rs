@@ -1,0 +1,165 @@
+//! A small blocking client for the admin API of a running `wasmscore up`,
+//! found through DATA_DIR/server.json and DATA_DIR/admin.token.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub struct Client {
+    base: String,
+    addr: String,
+    token: String,
+}
+
+impl Client {
+    pub fn from_data_dir(data_dir: &Path) -> Result<Self> {
+        let info_path = data_dir.join("server.json");
+        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(&info_path).with_context(|| {
+            format!(
+                "no running wasmscore for {} (start it with `wasmscore up --data-dir {}`)",
+                data_dir.display(),
+                data_dir.display()
+            )
+        })?)
+        .with_context(|| format!("{} is not JSON", info_path.display()))?;
+        let base = info["url"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{} has no url", info_path.display()))?
+            .to_string();
+        let addr = base.trim_start_matches("http://").to_string();
+        let token = std::fs::read_to_string(data_dir.join("admin.token"))
+            .context("reading the admin token")?
+            .trim()
+            .to_string();
+        Ok(Client { base, addr, token })
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// One request; returns the JSON body of a 2xx answer, else the server's error message.
+    pub fn request(&self, method: &str, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
+        let mut s = TcpStream::connect(&self.addr)
+            .with_context(|| format!("connecting to wasmscore at {} (is `wasmscore up` running?)", self.base))?;
+        // Deploys compile and run init(); a large Python module can take a while uncached.
+        s.set_read_timeout(Some(Duration::from_secs(900)))?;
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            self.token,
+            body.len()
+        );
+        s.write_all(head.as_bytes())?;
+        s.write_all(&body)?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw)?;
+        let split = raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| anyhow!("malformed HTTP response from {}", self.base))?;
+        let head = String::from_utf8_lossy(&raw[..split]);
+        let status: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| anyhow!("malformed status line"))?;
+        let body = &raw[split + 4..];
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)?
+        } else {
+            body.to_vec()
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into()));
+        if !(200..300).contains(&status) {
+            let msg = v["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| v.to_string());
+            bail!("{msg} (HTTP {status})");
+        }
+        Ok(v)
+    }
+
+    pub fn get(&self, path: &str) -> Result<serde_json::Value> {
+        self.request("GET", path, Vec::new())
+    }
+
+    fn upload(&self, path: &Path, what: &str) -> Result<String> {
+        let bytes = std::fs::read(path).with_context(|| format!("{what} {}", path.display()))?;
+        let v = self.request("POST", "/admin/v1/blobs", bytes)?;
+        Ok(v["sha256"]
+            .as_str()
+            .ok_or_else(|| anyhow!("upload answered without a sha256"))?
+            .to_string())
+    }
+
+    /// Builds (if given a score.py or crate), uploads and deploys a version.
+    pub fn deploy(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        module: &Path,
+        models: &[PathBuf],
+        config: serde_json::Value,
+        default: bool,
+    ) -> Result<serde_json::Value> {
+        for m in models {
+            if !m.is_file() {
+                bail!("model file {} does not exist", m.display());
+            }
+        }
+        let built;
+        let wasm: &Path = if module.extension().is_some_and(|e| e == "wasm") {
+            module
+        } else {
+            let dir = tempfile::tempdir()?;
+            let out = dir.path().join("module.wasm");
+            eprintln!("building {} ...", module.display());
+            crate::build::build(module, &out)?;
+            built = (dir, out);
+            &built.1
+        };
+        let module_name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let module_sha = self.upload(wasm, "module")?;
+        let mut model_refs = Vec::new();
+        for m in models {
+            let sha = self.upload(m, "model file")?;
+            let file = m
+                .file_name()
+                .ok_or_else(|| anyhow!("model path {} has no file name", m.display()))?
+                .to_string_lossy()
+                .into_owned();
+            model_refs.push(serde_json::json!({"file": file, "sha256": sha}));
+        }
+        let version = match version {
+            Some(v) => v.to_string(),
+            None => match self.get(&format!("/admin/v1/endpoints/{name}")) {
+                Ok(ep) => ep["default_version"].as_str().unwrap_or("v1").to_string(),
+                Err(_) => "v1".to_string(),
+            },
+        };
+        let spec = serde_json::json!({"module": module_sha, "module_name": module_name, "models": model_refs, "config": config, "default": default});
+        eprintln!("deploying {name}/{version} ...");
+        self.request(
+            "PUT",
+            &format!("/admin/v1/endpoints/{name}/versions/{version}"),
+            serde_json::to_vec(&spec)?,
+        )
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow!("bad chunked body"))?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..line_end])?.trim(), 16)?;
+        b = &b[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(b.get(..size).ok_or_else(|| anyhow!("short chunk"))?);
+        b = b.get(size + 2..).ok_or_else(|| anyhow!("short chunk"))?;
+    }
+}

@@ -1,0 +1,97 @@
+//! `wasmscore up`: the whole local system in one process.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use wasmscore_control::Control;
+use wasmscore_device_ort::OrtCpu;
+use wasmscore_engine::{EngineConfig, ScoringEngine};
+use wasmscore_router::Router;
+use wasmscore_server::ServerConfig;
+use wasmscore_tensor::Devices;
+
+pub struct UpArgs {
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub cache_dir: Option<PathBuf>,
+    pub max_body_bytes: usize,
+}
+
+/// The admin token: made at first start, kept in DATA_DIR/admin.token (0600).
+pub fn admin_token(data_dir: &Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("admin.token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        return Ok(t.trim().to_string());
+    }
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    let token = hex::encode(bytes);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    Ok(token)
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMSCORE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let token = admin_token(&args.data_dir)?;
+    let cpu = OrtCpu::discover()?;
+    let mut devices = Devices::new();
+    devices.add(Arc::new(cpu));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));
+    let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
+    let router = Arc::new(Router::new());
+    let control = Arc::new(Control::open(&args.data_dir, engine, devices, router)?);
+
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+            .await
+            .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+        let addr = listener.local_addr()?;
+        let url = format!("http://{addr}");
+        let info = serde_json::json!({"url": url, "pid": std::process::id()});
+        let info_path = args.data_dir.join("server.json");
+        std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", info_path.display()))?;
+        tracing::info!(%url, data_dir = %args.data_dir.display(), "wasmscore is up; restoring deployed versions");
+        {
+            let control = control.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = control.redeploy_all() {
+                    tracing::error!(error = %e, "restoring deployed versions failed");
+                }
+                tracing::info!("ready");
+            });
+        }
+        let cfg = ServerConfig {
+            max_body_bytes: args.max_body_bytes,
+            admin_token: token,
+            ..ServerConfig::default()
+        };
+        wasmscore_server::serve(listener, control, cfg, shutdown_signal()).await?;
+        tracing::info!("shutting down");
+        let _ = std::fs::remove_file(&info_path);
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

@@ -1,0 +1,74 @@
+//! Finding the ONNX Runtime shared library without downloading anything.
+
+use std::path::{Path, PathBuf};
+
+use crate::OrtInitError;
+
+/// What to run when the library is missing.
+pub const SETUP_HINT: &str = "Run ./setup.sh in the wasmscore checkout (it installs onnxruntime==1.31.1 into .venv), or set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1";
+
+const LIB: &str = "libonnxruntime.so.1.31.1";
+
+/// `ORT_DYLIB_PATH` if set; else `.venv/lib/python3*/site-packages/onnxruntime/capi/`
+/// under `WASMSCORE_HOME`, or under the nearest ancestor of the executable or the
+/// working directory that has a `.venv`.
+pub fn find_onnxruntime() -> Result<PathBuf, OrtInitError> {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        return Err(OrtInitError::NotFound {
+            searched: format!("ORT_DYLIB_PATH={} is not a file", p.display()),
+            hint: SETUP_HINT,
+        });
+    }
+    let mut searched = Vec::new();
+    for venv in venv_candidates() {
+        if let Some(found) = lib_in_venv(&venv) {
+            return Ok(found);
+        }
+        searched.push(venv.display().to_string());
+    }
+    Err(OrtInitError::NotFound {
+        searched: if searched.is_empty() {
+            "no .venv found near the executable or the working directory".into()
+        } else {
+            format!("looked in {}", searched.join(", "))
+        },
+        hint: SETUP_HINT,
+    })
+}
+
+/// Virtual environments to look in, nearest first.
+pub fn venv_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(home) = std::env::var_os("WASMSCORE_HOME") {
+        out.push(PathBuf::from(home).join(".venv"));
+    }
+    let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
+    for start in starts.into_iter().flatten() {
+        for dir in start.ancestors() {
+            let venv = dir.join(".venv");
+            if venv.is_dir() && !out.contains(&venv) {
+                out.push(venv);
+            }
+        }
+    }
+    out
+}
+
+fn lib_in_venv(venv: &Path) -> Option<PathBuf> {
+    let lib = venv.join("lib");
+    let entries = std::fs::read_dir(&lib).ok()?;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        if name.to_string_lossy().starts_with("python3") {
+            let p = e.path().join("site-packages/onnxruntime/capi").join(LIB);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,299 @@
+//! One ONNX Runtime session per (model, device), shared by every replica.
+//!
+//! `ort` makes `Session::run` take `&mut self` out of caution about some
+//! execution providers. ONNX Runtime documents `OrtApi::Run` on one session as
+//! safe to call from many threads at once, and the CPU provider is the case it
+//! was designed for, so for the CPU device we call `Run` through the C API on
+//! the shared session: replicas of a version never wait on each other here.
+//! A device whose provider is not safe this way (CUDA, later) must give each
+//! replica its own binding instead.
+
+use std::ffi::{c_char, CString};
+use std::ptr::{self, NonNull};
+
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use ort::AsPointer;
+use wasmscore_tensor::{DType, Model, Tensor, TensorData, TensorError, TensorInfo};
+
+/// A loaded ONNX model.
+pub struct OrtModel {
+    file: String,
+    session: Session,
+    inputs: Vec<TensorInfo>,
+    outputs: Vec<TensorInfo>,
+    /// NUL-terminated names, made once so `run` does not allocate them.
+    input_names: Vec<CString>,
+    output_names: Vec<CString>,
+}
+
+// SAFETY: `Session` is Send + Sync in `ort`; the CStrings are immutable after load.
+unsafe impl Sync for OrtModel {}
+
+fn dtype_of(ty: TensorElementType) -> Option<DType> {
+    Some(match ty {
+        TensorElementType::Float32 => DType::Float32,
+        TensorElementType::Float64 => DType::Float64,
+        TensorElementType::Int8 => DType::Int8,
+        TensorElementType::Int16 => DType::Int16,
+        TensorElementType::Int32 => DType::Int32,
+        TensorElementType::Int64 => DType::Int64,
+        TensorElementType::Uint8 => DType::Uint8,
+        TensorElementType::Uint16 => DType::Uint16,
+        TensorElementType::Uint32 => DType::Uint32,
+        TensorElementType::Uint64 => DType::Uint64,
+        TensorElementType::Bool => DType::Bool,
+        TensorElementType::String => DType::String,
+        _ => return None,
+    })
+}
+
+fn info(file: &str, name: &str, vt: &ValueType) -> Result<TensorInfo, TensorError> {
+    match vt {
+        ValueType::Tensor { ty, shape, .. } => Ok(TensorInfo {
+            name: name.to_string(),
+            dtype: dtype_of(*ty).ok_or_else(|| {
+                TensorError::failed(format!("{file}: {name} has element type {ty:?}, which wasmscore does not support yet"))
+            })?,
+            shape: shape.iter().copied().collect(),
+        }),
+        other => Err(TensorError::failed(format!(
+            "{file}: {name} is not a tensor ({other:?}); export the model with tensor outputs only (for scikit-learn classifiers: options={{'zipmap': False}})"
+        ))),
+    }
+}
+
+impl OrtModel {
+    /// Makes the session. Errors name the file.
+    pub fn load(env: &ort::environment::Environment, file: &str, bytes: &[u8], intra_threads: usize) -> Result<Self, TensorError> {
+        let fail = |e: String| {
+            let hint = if e.contains("locale") {
+                " (this model needs the en_US.UTF-8 locale, e.g. for StringNormalizer; install it with `apt-get install locales` and generate en_US.UTF-8)"
+            } else {
+                ""
+            };
+            TensorError::failed(format!("model {file}: {e}{hint}"))
+        };
+        let session = Session::builder(env)
+            .map_err(|e| fail(e.to_string()))?
+            .with_intra_threads(intra_threads)
+            .map_err(|e| fail(e.to_string()))?
+            .with_inter_threads(1)
+            .map_err(|e| fail(e.to_string()))?
+            .commit_from_memory(bytes)
+            .map_err(|e| fail(e.to_string()))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| info(file, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| info(file, o.name(), o.dtype()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cstr = |s: &str| CString::new(s).map_err(|_| TensorError::failed(format!("{file}: a tensor name has a NUL byte")));
+        let input_names = inputs.iter().map(|i| cstr(&i.name)).collect::<Result<_, _>>()?;
+        let output_names = outputs.iter().map(|o| cstr(&o.name)).collect::<Result<_, _>>()?;
+        Ok(OrtModel {
+            file: file.to_string(),
+            session,
+            inputs,
+            outputs,
+            input_names,
+            output_names,
+        })
+    }
+
+    fn check_input(&self, name: &str, t: &Tensor) -> Result<usize, TensorError> {
+        let idx = self.inputs.iter().position(|i| i.name == name).ok_or_else(|| {
+            TensorError::bad(format!(
+                "{} has no input named {name:?}; its inputs are {:?}",
+                self.file,
+                self.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+            ))
+        })?;
+        let want = &self.inputs[idx];
+        if want.dtype != t.dtype() {
+            return Err(TensorError::bad(format!(
+                "{}: input {name} takes {}, got {}",
+                self.file,
+                want.dtype.name(),
+                t.dtype().name()
+            )));
+        }
+        let shape_ok = want.shape.len() == t.shape().len() && want.shape.iter().zip(t.shape()).all(|(&w, &g)| w < 0 || w as u64 == g);
+        if !shape_ok {
+            return Err(TensorError::bad(format!(
+                "{}: input {name} takes shape {:?} (-1 = any), got {:?}",
+                self.file,
+                want.shape,
+                t.shape()
+            )));
+        }
+        Ok(idx)
+    }
+}
+
+/// An ONNX Runtime value made from a host tensor, borrowing its data where it can.
+enum Input<'a> {
+    Ref(DynValueRef<'a>),
+    Owned(DynValue),
+}
+type DynValueRef<'a> = ort::value::ValueRef<'a, ort::value::DynValueTypeMarker>;
+
+impl Input<'_> {
+    fn ptr(&self) -> *const ort::sys::OrtValue {
+        match self {
+            Input::Ref(v) => v.ptr(),
+            Input::Owned(v) => v.ptr(),
+        }
+    }
+}
+
+fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    macro_rules! view {
+        ($v:expr) => {
+            Input::Ref(TensorRef::from_array_view((shape, $v.as_slice()))?.into_dyn())
+        };
+    }
+    Ok(match t.data() {
+        TensorData::Float32(v) => view!(v),
+        TensorData::Float64(v) => view!(v),
+        TensorData::Int8(v) => view!(v),
+        TensorData::Int16(v) => view!(v),
+        TensorData::Int32(v) => view!(v),
+        TensorData::Int64(v) => view!(v),
+        TensorData::Uint8(v) => view!(v),
+        TensorData::Uint16(v) => view!(v),
+        TensorData::Uint32(v) => view!(v),
+        TensorData::Uint64(v) => view!(v),
+        TensorData::Bool(v) => view!(v),
+        TensorData::String(v) => Input::Owned(ort::value::Tensor::from_string_array((shape, v.as_slice()))?.into_dyn()),
+    })
+}
+
+fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, TensorError> {
+    let err = |e: ort::Error| TensorError::failed(format!("{file}: reading output {name}: {e}"));
+    let ValueType::Tensor { ty, .. } = v.dtype() else {
+        return Err(TensorError::failed(format!("{file}: output {name} is not a tensor")));
+    };
+    macro_rules! grab {
+        ($t:ty, $variant:ident) => {{
+            let (shape, data) = v.try_extract_tensor::<$t>().map_err(err)?;
+            (
+                shape.iter().map(|&d| d as u64).collect::<Vec<u64>>(),
+                TensorData::$variant(data.to_vec()),
+            )
+        }};
+    }
+    let (shape, data) = match ty {
+        TensorElementType::Float32 => grab!(f32, Float32),
+        TensorElementType::Float64 => grab!(f64, Float64),
+        TensorElementType::Int8 => grab!(i8, Int8),
+        TensorElementType::Int16 => grab!(i16, Int16),
+        TensorElementType::Int32 => grab!(i32, Int32),
+        TensorElementType::Int64 => grab!(i64, Int64),
+        TensorElementType::Uint8 => grab!(u8, Uint8),
+        TensorElementType::Uint16 => grab!(u16, Uint16),
+        TensorElementType::Uint32 => grab!(u32, Uint32),
+        TensorElementType::Uint64 => grab!(u64, Uint64),
+        TensorElementType::Bool => grab!(bool, Bool),
+        TensorElementType::String => {
+            let (shape, data) = v.try_extract_strings().map_err(err)?;
+            (shape.iter().map(|&d| d as u64).collect(), TensorData::String(data))
+        }
+        other => {
+            return Err(TensorError::failed(format!(
+                "{file}: output {name} has unsupported element type {other:?}"
+            )))
+        }
+    };
+    Tensor::new(shape, data)
+}
+
+impl Model for OrtModel {
+    fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
+        let mut in_names: Vec<*const c_char> = Vec::with_capacity(inputs.len());
+        let mut in_values = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            let idx = self.check_input(name, t)?;
+            in_names.push(self.input_names[idx].as_ptr());
+            in_values.push(to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?);
+        }
+        for want in &self.inputs {
+            if !inputs.iter().any(|(n, _)| *n == want.name) {
+                return Err(TensorError::bad(format!("{}: missing input {:?}", self.file, want.name)));
+            }
+        }
+        let out_idx: Vec<usize> = if wanted.is_empty() {
+            (0..self.outputs.len()).collect()
+        } else {
+            wanted
+                .iter()
+                .map(|w| {
+                    self.outputs
+                        .iter()
+                        .position(|o| o.name == *w)
+                        .ok_or_else(|| TensorError::bad(format!("{} has no output named {w:?}", self.file)))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        let out_names: Vec<*const c_char> = out_idx.iter().map(|&i| self.output_names[i].as_ptr()).collect();
+        let in_ptrs: Vec<*const ort::sys::OrtValue> = in_values.iter().map(Input::ptr).collect();
+        let mut out_ptrs: Vec<*mut ort::sys::OrtValue> = vec![ptr::null_mut(); out_names.len()];
+
+        // SAFETY: the session outlives the call; every pointer array has the
+        // length passed with it; ONNX Runtime allows concurrent Run on a session
+        // (see the module comment).
+        let status = unsafe {
+            (ort::api().Run)(
+                self.session.ptr().cast_mut(),
+                ptr::null(),
+                in_names.as_ptr(),
+                in_ptrs.as_ptr(),
+                in_ptrs.len(),
+                out_names.as_ptr(),
+                out_names.len(),
+                out_ptrs.as_mut_ptr(),
+            )
+        };
+        if let Some(msg) = status_message(status) {
+            // Outputs are not filled on failure.
+            return Err(TensorError::bad(format!("{}: {msg}", self.file)));
+        }
+        let mut outs = Vec::with_capacity(out_ptrs.len());
+        for (k, p) in out_ptrs.into_iter().enumerate() {
+            let p = NonNull::new(p).ok_or_else(|| TensorError::failed(format!("{}: ONNX Runtime returned no output", self.file)))?;
+            // SAFETY: `p` is an OrtValue that Run just gave us to own, allocated
+            // by the session's allocator.
+            let value: DynValue = unsafe { DynValue::from_ptr(p, Some(self.session.allocator())) };
+            let name = &self.outputs[out_idx[k]].name;
+            outs.push((name.clone(), from_ort(&self.file, name, &value)?));
+        }
+        Ok(outs)
+    }
+}
+
+/// Takes an OrtStatus: None when it is OK, else its message (and frees it).
+fn status_message(status: ort::sys::OrtStatusPtr) -> Option<String> {
+    let raw = status.0;
+    if raw.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null status from the API; we read its message and release it once.
+    unsafe {
+        let api = ort::api();
+        let msg = std::ffi::CStr::from_ptr((api.GetErrorMessage)(raw)).to_string_lossy().into_owned();
+        (api.ReleaseStatus)(raw);
+        Some(msg)
+    }
+}

@@ -1,0 +1,38 @@
+//! The project's one `bindgen!` for the scoring world.
+
+pub use crate::host::{ModelRes, TensorRes};
+
+/// What host imports return when they fail: an error the guest sees as the
+/// WIT `error` variant, or (only for host bugs) a trap.
+#[derive(Debug)]
+pub enum HostError {
+    Guest(wasmscore_tensor::TensorError),
+    Trap(wasmtime::Error),
+}
+
+impl From<wasmscore_tensor::TensorError> for HostError {
+    fn from(e: wasmscore_tensor::TensorError) -> Self {
+        HostError::Guest(e)
+    }
+}
+
+impl From<wasmtime::component::ResourceTableError> for HostError {
+    fn from(e: wasmtime::component::ResourceTableError) -> Self {
+        HostError::Trap(wasmtime::Error::new(e))
+    }
+}
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "scorer",
+    imports: { default: trappable },
+    trappable_error_type: {
+        "wasmscore:scoring/types.error" => HostError,
+    },
+    with: {
+        "wasmscore:scoring/tensors.tensor": TensorRes,
+        "wasmscore:scoring/inference.model": ModelRes,
+    },
+});
+
+pub use wasmscore::scoring::{inference, log, ops, scoring_types, tensors, types};

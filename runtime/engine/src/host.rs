@@ -1,0 +1,412 @@
+//! The host side of the guest's imports: tensors, inference, ops, log.
+//!
+//! Lifecycle: the linker is built once (`ScoringEngine::new`), a
+//! [`VersionContext`] is configured per version (its models and device), and a
+//! [`HostState`] is prepared per instance (its resource table and limits).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use wasmscore_tensor::{DType, Device, Devices, Model, Tensor, TensorData, TensorError};
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::{inference, log, ops, scoring_types, tensors, types, HostError};
+
+/// A tensor held for the guest, with the device that holds it.
+pub struct TensorRes {
+    pub tensor: Tensor,
+    pub device: Arc<str>,
+}
+
+/// A model handle given to the guest.
+pub struct ModelRes {
+    file: String,
+    model: Arc<dyn Model>,
+}
+
+/// One line a module logged.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogLine {
+    pub unix_ms: u128,
+    pub level: &'static str,
+    pub message: String,
+}
+
+/// Lines kept per version for `service logs`; older ones are dropped.
+const LOG_LINES_KEPT: usize = 1000;
+
+/// What every replica of one version shares: its models (sessions made at
+/// deploy time), its device, its limits and its log.
+pub struct VersionContext {
+    pub endpoint: String,
+    pub version: String,
+    /// Sessions by model file name.
+    pub models: HashMap<String, Arc<dyn Model>>,
+    pub devices: Devices,
+    pub default_device: String,
+    /// Bytes an instance may hold: its linear memories plus the tensors it
+    /// keeps on the host.
+    pub memory_limit: u64,
+    /// Recent log lines. A mutex is fine here: logging is rare next to scoring
+    /// and never on the path of a request that does not log.
+    logs: Mutex<VecDeque<LogLine>>,
+}
+
+impl VersionContext {
+    pub fn new(
+        endpoint: &str,
+        version: &str,
+        models: HashMap<String, Arc<dyn Model>>,
+        devices: Devices,
+        default_device: &str,
+        memory_limit: u64,
+    ) -> Self {
+        VersionContext {
+            endpoint: endpoint.into(),
+            version: version.into(),
+            models,
+            devices,
+            default_device: default_device.into(),
+            memory_limit,
+            logs: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn log(&self, level: &'static str, message: String) {
+        match level {
+            "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, "{message}"),
+            "warn" => tracing::warn!(endpoint = %self.endpoint, version = %self.version, "{message}"),
+            "debug" => tracing::debug!(endpoint = %self.endpoint, version = %self.version, "{message}"),
+            _ => tracing::info!(endpoint = %self.endpoint, version = %self.version, "{message}"),
+        }
+        let unix_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        let mut logs = self.logs.lock().unwrap_or_else(|p| p.into_inner());
+        if logs.len() == LOG_LINES_KEPT {
+            logs.pop_front();
+        }
+        logs.push_back(LogLine { unix_ms, level, message });
+    }
+
+    pub fn recent_logs(&self) -> Vec<LogLine> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
+    }
+
+    fn device(&self, name: Option<&str>) -> Result<&Arc<dyn Device>, TensorError> {
+        self.devices.get(name.unwrap_or(&self.default_device))
+    }
+}
+
+/// Per-instance state: WASI (with nothing granted), the resource table, and
+/// the memory accounting the limiter enforces.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) version: Arc<VersionContext>,
+    /// Bytes of linear memory the instance has now.
+    memory_bytes: u64,
+    /// Bytes of host tensors the instance holds now.
+    tensor_bytes: u64,
+    /// Set when a growth was refused for the limit, so the trap that follows
+    /// is reported as the memory limit, not as a generic trap.
+    pub(crate) hit_memory_limit: bool,
+}
+
+impl HostState {
+    pub fn new(version: Arc<VersionContext>) -> Self {
+        // Nothing is granted: no preopened directories, no environment, no
+        // arguments, no network (wasmtime-wasi denies sockets unless allowed).
+        let wasi = WasiCtx::builder().build();
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            version,
+            memory_bytes: 0,
+            tensor_bytes: 0,
+            hit_memory_limit: false,
+        }
+    }
+
+    pub(crate) fn push_tensor(&mut self, tensor: Tensor, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
+        let size = tensor.data().byte_size() as u64;
+        if self.memory_bytes + self.tensor_bytes + size > self.version.memory_limit {
+            self.hit_memory_limit = true;
+            return Err(TensorError::bad(format!(
+                "tensor of {size} bytes would exceed the instance's memory limit of {} bytes",
+                self.version.memory_limit
+            ))
+            .into());
+        }
+        self.tensor_bytes += size;
+        Ok(self.table.push(TensorRes { tensor, device })?)
+    }
+
+    pub(crate) fn take_tensor(&mut self, r: Resource<TensorRes>) -> Result<Tensor, HostError> {
+        let t = self.table.delete(r)?;
+        self.tensor_bytes -= t.tensor.data().byte_size() as u64;
+        Ok(t.tensor)
+    }
+
+    fn device_name(&self) -> Arc<str> {
+        Arc::from(self.version.default_device.as_str())
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl ResourceLimiter for HostState {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let grow = (desired - current) as u64;
+        if self.memory_bytes + grow + self.tensor_bytes > self.version.memory_limit {
+            self.hit_memory_limit = true;
+            // Refusing with an error traps the guest: a runaway allocation stops here.
+            return Err(wasmtime::format_err!(
+                "memory limit of {} bytes reached (asked to grow to {} bytes)",
+                self.version.memory_limit,
+                self.memory_bytes + grow + self.tensor_bytes
+            ));
+        }
+        self.memory_bytes += grow;
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        // Bounded by the pooling allocator's table_elements as well.
+        Ok(desired <= 200_000)
+    }
+}
+
+fn to_wit_dtype(d: DType) -> types::Dtype {
+    use types::Dtype as W;
+    match d {
+        DType::Float32 => W::Float32,
+        DType::Float64 => W::Float64,
+        DType::Int8 => W::Int8,
+        DType::Int16 => W::Int16,
+        DType::Int32 => W::Int32,
+        DType::Int64 => W::Int64,
+        DType::Uint8 => W::Uint8,
+        DType::Uint16 => W::Uint16,
+        DType::Uint32 => W::Uint32,
+        DType::Uint64 => W::Uint64,
+        DType::Bool => W::Boolean,
+        DType::String => W::String,
+    }
+}
+
+pub(crate) fn from_wit_data(d: types::TensorData) -> TensorData {
+    use types::TensorData as W;
+    match d {
+        W::Float32(v) => TensorData::Float32(v),
+        W::Float64(v) => TensorData::Float64(v),
+        W::Int8(v) => TensorData::Int8(v),
+        W::Int16(v) => TensorData::Int16(v),
+        W::Int32(v) => TensorData::Int32(v),
+        W::Int64(v) => TensorData::Int64(v),
+        W::Uint8(v) => TensorData::Uint8(v),
+        W::Uint16(v) => TensorData::Uint16(v),
+        W::Uint32(v) => TensorData::Uint32(v),
+        W::Uint64(v) => TensorData::Uint64(v),
+        W::Boolean(v) => TensorData::Bool(v),
+        W::String(v) => TensorData::String(v),
+    }
+}
+
+fn to_wit_data(d: &TensorData) -> types::TensorData {
+    use types::TensorData as W;
+    match d {
+        TensorData::Float32(v) => W::Float32(v.clone()),
+        TensorData::Float64(v) => W::Float64(v.clone()),
+        TensorData::Int8(v) => W::Int8(v.clone()),
+        TensorData::Int16(v) => W::Int16(v.clone()),
+        TensorData::Int32(v) => W::Int32(v.clone()),
+        TensorData::Int64(v) => W::Int64(v.clone()),
+        TensorData::Uint8(v) => W::Uint8(v.clone()),
+        TensorData::Uint16(v) => W::Uint16(v.clone()),
+        TensorData::Uint32(v) => W::Uint32(v.clone()),
+        TensorData::Uint64(v) => W::Uint64(v.clone()),
+        TensorData::Bool(v) => W::Boolean(v.clone()),
+        TensorData::String(v) => W::String(v.clone()),
+    }
+}
+
+impl types::Host for HostState {
+    fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
+        match err {
+            HostError::Guest(TensorError::BadInput(m)) => Ok(types::Error::BadInput(m)),
+            HostError::Guest(TensorError::Failed(m)) => Ok(types::Error::Failed(m)),
+            HostError::Trap(e) => Err(e),
+        }
+    }
+}
+
+impl tensors::Host for HostState {}
+impl scoring_types::Host for HostState {}
+
+impl tensors::HostTensor for HostState {
+    fn create(&mut self, shape: Vec<u64>, data: types::TensorData) -> Result<Resource<TensorRes>, HostError> {
+        let t = Tensor::new(shape, from_wit_data(data))?;
+        let dev = self.device_name();
+        self.push_tensor(t, dev)
+    }
+
+    fn dtype(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<types::Dtype> {
+        Ok(to_wit_dtype(self.table.get(&t)?.tensor.dtype()))
+    }
+
+    fn shape(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<Vec<u64>> {
+        Ok(self.table.get(&t)?.tensor.shape().to_vec())
+    }
+
+    fn data(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<types::TensorData> {
+        Ok(to_wit_data(self.table.get(&t)?.tensor.data()))
+    }
+
+    fn device(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<String> {
+        Ok(self.table.get(&t)?.device.to_string())
+    }
+
+    fn drop(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<()> {
+        let t = self.table.delete(t)?;
+        self.tensor_bytes -= t.tensor.data().byte_size() as u64;
+        Ok(())
+    }
+}
+
+impl inference::Host for HostState {}
+
+fn info(i: &wasmscore_tensor::TensorInfo) -> inference::TensorInfo {
+    inference::TensorInfo {
+        name: i.name.clone(),
+        dtype: to_wit_dtype(i.dtype),
+        shape: i.shape.clone(),
+    }
+}
+
+impl inference::HostModel for HostState {
+    fn load(&mut self, name: String) -> Result<Resource<ModelRes>, HostError> {
+        let model = self.version.models.get(&name).cloned().ok_or_else(|| {
+            let mut names: Vec<&String> = self.version.models.keys().collect();
+            names.sort();
+            TensorError::failed(format!("no model file {name:?} ships with this version; it has {names:?}"))
+        })?;
+        Ok(self.table.push(ModelRes { file: name, model })?)
+    }
+
+    fn inputs(&mut self, m: Resource<ModelRes>) -> wasmtime::Result<Vec<inference::TensorInfo>> {
+        Ok(self.table.get(&m)?.model.inputs().iter().map(info).collect())
+    }
+
+    fn outputs(&mut self, m: Resource<ModelRes>) -> wasmtime::Result<Vec<inference::TensorInfo>> {
+        Ok(self.table.get(&m)?.model.outputs().iter().map(info).collect())
+    }
+
+    fn run(
+        &mut self,
+        m: Resource<ModelRes>,
+        inputs: Vec<(String, Resource<TensorRes>)>,
+        outputs: Vec<String>,
+    ) -> Result<Vec<(String, Resource<TensorRes>)>, HostError> {
+        let model = self.table.get(&m)?.model.clone();
+        let results = {
+            let mut named = Vec::with_capacity(inputs.len());
+            for (name, r) in &inputs {
+                named.push((name.as_str(), &self.table.get(r)?.tensor));
+            }
+            let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
+            model.run(&named, &wanted)?
+        };
+        let dev = self.device_name();
+        let mut out = Vec::with_capacity(results.len());
+        for (name, t) in results {
+            out.push((name, self.push_tensor(t, dev.clone())?));
+        }
+        Ok(out)
+    }
+
+    fn drop(&mut self, m: Resource<ModelRes>) -> wasmtime::Result<()> {
+        let _ = self.table.delete(m)?.file;
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// Runs one op on the named (or the version's) device and hands the result to the guest.
+    fn op(
+        &mut self,
+        device: Option<String>,
+        f: impl FnOnce(&dyn wasmscore_tensor::Ops, &ResourceTable) -> Result<Tensor, HostError>,
+    ) -> Result<Resource<TensorRes>, HostError> {
+        let version = self.version.clone();
+        let dev = version.device(device.as_deref())?;
+        let t = f(dev.ops(), &self.table)?;
+        self.push_tensor(t, Arc::from(dev.name()))
+    }
+}
+
+fn get<'a>(table: &'a ResourceTable, r: &Resource<TensorRes>) -> Result<&'a Tensor, HostError> {
+    Ok(&table.get(r)?.tensor)
+}
+
+impl ops::Host for HostState {
+    fn matmul(&mut self, a: Resource<TensorRes>, b: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
+        self.op(device, |ops, t| Ok(ops.matmul(get(t, &a)?, get(t, &b)?)?))
+    }
+
+    fn gemm(
+        &mut self,
+        a: Resource<TensorRes>,
+        b: Resource<TensorRes>,
+        c: Option<Resource<TensorRes>>,
+        alpha: f32,
+        beta: f32,
+        trans_a: bool,
+        trans_b: bool,
+        device: Option<String>,
+    ) -> Result<Resource<TensorRes>, HostError> {
+        self.op(device, |ops, t| {
+            let c = match &c {
+                Some(c) => Some(get(t, c)?),
+                None => None,
+            };
+            Ok(ops.gemm(get(t, &a)?, get(t, &b)?, c, alpha, beta, trans_a, trans_b)?)
+        })
+    }
+
+    fn add(&mut self, a: Resource<TensorRes>, b: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
+        self.op(device, |ops, t| Ok(ops.add(get(t, &a)?, get(t, &b)?)?))
+    }
+
+    fn relu(&mut self, x: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
+        self.op(device, |ops, t| Ok(ops.relu(get(t, &x)?)?))
+    }
+
+    fn softmax(&mut self, x: Resource<TensorRes>, axis: i32, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
+        self.op(device, |ops, t| Ok(ops.softmax(get(t, &x)?, axis)?))
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        self.version.log(level, message);
+        Ok(())
+    }
+}

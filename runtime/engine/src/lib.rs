@@ -1,0 +1,36 @@
+//! Hop 4 of the request path: wasmtime.
+//!
+//! The one `bindgen!` of the project lives here (`bindings`), with the
+//! engine configuration (pooling allocator, epoch interruption), the on-disk
+//! compile cache, per-version preparation (`InstancePre` plus the version's
+//! models) and a [`Replica`]: one instance that ran `init()` once and then
+//! serves `run()` calls under a deadline and a memory limit. The host side of
+//! the guest's imports (`host`) forwards tensor work to `wasmscore-tensor`
+//! devices. It does not queue or schedule calls: that is `wasmscore-replica`.
+
+mod bindings;
+mod cache;
+mod engine;
+mod host;
+mod replica;
+
+pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
+pub use host::{LogLine, VersionContext};
+pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
+
+/// Errors while loading or preparing a component.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("configuring wasmtime: {0}")]
+    Config(String),
+    #[error("the module is not a valid WebAssembly component: {0}")]
+    InvalidComponent(String),
+    #[error("the module does not fit the wasmscore:scoring/scorer world: {0}")]
+    Link(String),
+    #[error("compile cache at {path}: {message}")]
+    Cache { path: String, message: String },
+    #[error("instantiating the module: {0}")]
+    Instantiate(String),
+    #[error("init() failed: {0}")]
+    Init(String),
+}

@@ -1,0 +1,204 @@
+//! A replica: one instance that ran `init()` once and then serves `run()`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmscore_tensor::Tensor;
+use wasmtime::{Store, Trap};
+
+use crate::bindings::{scoring_types, types, Scorer, ScorerPre};
+use crate::engine::EPOCH_TICK;
+use crate::host::{HostState, VersionContext};
+use crate::EngineError;
+
+/// A request as the host hands it to `run`.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreRequest {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// What `run` gave back.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreResponse {
+    pub body: Vec<u8>,
+    pub content_type: String,
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+/// Why a call did not produce a response. The variants name the phase and
+/// map to a status code (see `status`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum CallError {
+    #[error("{0}")]
+    BadInput(String),
+    #[error("the module failed: {0}")]
+    Failed(String),
+    #[error("the module trapped: {0}")]
+    Trap(String),
+    #[error("scoring took longer than scoring_timeout_ms ({0} ms) and was stopped")]
+    Timeout(u64),
+    #[error("the module exceeded its memory limit: {0}")]
+    MemoryLimit(String),
+}
+
+impl CallError {
+    /// True when the instance can no longer be trusted and must be replaced.
+    pub fn poisons_replica(&self) -> bool {
+        matches!(self, CallError::Trap(_) | CallError::Timeout(_) | CallError::MemoryLimit(_))
+    }
+}
+
+/// A version ready to make replicas: the pre-instantiated component and the
+/// version's shared context.
+#[derive(Clone)]
+pub struct Prepared {
+    pre: ScorerPre<HostState>,
+    ctx: Arc<VersionContext>,
+    timeout: Duration,
+    init_timeout: Duration,
+}
+
+fn ticks(d: Duration) -> u64 {
+    (d.as_micros() / EPOCH_TICK.as_micros()) as u64 + 1
+}
+
+impl Prepared {
+    pub fn new(pre: ScorerPre<HostState>, ctx: Arc<VersionContext>, timeout: Duration, init_timeout: Duration) -> Self {
+        Prepared {
+            pre,
+            ctx,
+            timeout,
+            init_timeout,
+        }
+    }
+
+    pub fn context(&self) -> &Arc<VersionContext> {
+        &self.ctx
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Makes an instance without calling `init` (for measuring instantiation).
+    pub fn instantiate(&self) -> Result<Replica, EngineError> {
+        let mut store = Store::new(self.pre.engine(), HostState::new(self.ctx.clone()));
+        store.limiter(|s| s as &mut dyn wasmtime::ResourceLimiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(self.init_timeout));
+        let scorer = self.pre.instantiate(&mut store).map_err(|e| {
+            if store.data().hit_memory_limit {
+                EngineError::Instantiate(format!(
+                    "the instance does not fit its memory limit of {} bytes: {e:#}",
+                    self.ctx.memory_limit
+                ))
+            } else {
+                EngineError::Instantiate(format!("{e:#}"))
+            }
+        })?;
+        Ok(Replica {
+            store,
+            scorer,
+            run_ticks: ticks(self.timeout),
+            timeout: self.timeout,
+            init_ticks: ticks(self.init_timeout),
+            poisoned: false,
+        })
+    }
+
+    /// Makes an instance and runs its `init()`.
+    pub fn start(&self) -> Result<Replica, EngineError> {
+        let mut r = self.instantiate()?;
+        r.init()?;
+        Ok(r)
+    }
+}
+
+/// One instance of a version's module.
+pub struct Replica {
+    store: Store<HostState>,
+    scorer: Scorer,
+    run_ticks: u64,
+    init_ticks: u64,
+    timeout: Duration,
+    poisoned: bool,
+}
+
+impl Replica {
+    pub fn init(&mut self) -> Result<(), EngineError> {
+        self.store.set_epoch_deadline(self.init_ticks);
+        self.store.data_mut().hit_memory_limit = false;
+        match self.scorer.call_init(&mut self.store) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(types::Error::BadInput(m) | types::Error::Failed(m))) => Err(EngineError::Init(m)),
+            Err(e) => Err(EngineError::Init(self.classify(e).to_string())),
+        }
+    }
+
+    /// True once a call trapped: the caller must drop this replica.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    pub fn run(&mut self, req: ScoreRequest) -> Result<ScoreResponse, CallError> {
+        if self.poisoned {
+            return Err(CallError::Trap("replica was poisoned by an earlier trap".into()));
+        }
+        self.store.data_mut().hit_memory_limit = false;
+        let mut tensors = Vec::with_capacity(req.tensors.len());
+        for (name, t) in req.tensors {
+            let dev = Arc::from(self.store.data().version.default_device.as_str());
+            let r = self.store.data_mut().push_tensor(t, dev).map_err(|e| match e {
+                crate::bindings::HostError::Guest(g) => CallError::BadInput(g.to_string()),
+                crate::bindings::HostError::Trap(t) => CallError::Failed(format!("{t:#}")),
+            })?;
+            tensors.push((name, r));
+        }
+        let wreq = scoring_types::Request {
+            body: req.body,
+            content_type: req.content_type,
+            tensors,
+        };
+        self.store.set_epoch_deadline(self.run_ticks);
+        let started = Instant::now();
+        let result = self.scorer.call_run(&mut self.store, &wreq);
+        match result {
+            Ok(Ok(resp)) => {
+                let mut out = Vec::with_capacity(resp.tensors.len());
+                for (name, r) in resp.tensors {
+                    let t = self
+                        .store
+                        .data_mut()
+                        .take_tensor(r)
+                        .map_err(|_| CallError::Failed(format!("output tensor {name} is not a live tensor")))?;
+                    out.push((name, t));
+                }
+                Ok(ScoreResponse {
+                    body: resp.body,
+                    content_type: resp.content_type,
+                    tensors: out,
+                })
+            }
+            Ok(Err(types::Error::BadInput(m))) => Err(CallError::BadInput(m)),
+            Ok(Err(types::Error::Failed(m))) => Err(CallError::Failed(m)),
+            Err(e) => {
+                self.poisoned = true;
+                let err = self.classify(e);
+                tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, error = %err, "replica poisoned");
+                Err(err)
+            }
+        }
+    }
+
+    fn classify(&self, e: wasmtime::Error) -> CallError {
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            CallError::Timeout(self.timeout.as_millis() as u64)
+        } else if self.store.data().hit_memory_limit {
+            CallError::MemoryLimit(format!("{e:#}"))
+        } else {
+            CallError::Trap(format!("{e:#}"))
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! Mapping every failure to a status, a code and a JSON body.
+
+use wasmscore_engine::CallError;
+use wasmscore_replica::ScoreError;
+use wasmscore_router::RouteError;
+
+/// An error as the client sees it.
+pub struct ApiError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds for `Retry-After` on overload.
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    pub fn new(status: u16, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({"error": {"code": self.code, "message": self.message}})).expect("json")
+    }
+}
+
+impl From<RouteError> for ApiError {
+    fn from(e: RouteError) -> Self {
+        ApiError::new(404, "not_found", e.to_string())
+    }
+}
+
+impl From<ScoreError> for ApiError {
+    fn from(e: ScoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ScoreError::Call(CallError::BadInput(_)) => ApiError::new(400, "bad_input", msg),
+            ScoreError::Call(CallError::Failed(_)) => ApiError::new(500, "module_failed", msg),
+            ScoreError::Call(CallError::Trap(_)) => ApiError::new(500, "module_trapped", msg),
+            ScoreError::Call(CallError::MemoryLimit(_)) => ApiError::new(500, "memory_limit_exceeded", msg),
+            ScoreError::Call(CallError::Timeout(_)) => ApiError::new(504, "scoring_timeout", msg),
+            ScoreError::Overloaded { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(503, "overloaded", msg)
+            },
+            ScoreError::Unavailable(_) => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(503, "unavailable", msg)
+            },
+        }
+    }
+}
