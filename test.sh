@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests beside the code and the end-to-end tests in
+# tests/ that start the real binary. Installs what is missing first (setup
+# steps without starting a server).
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxruntime' 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
+fi
+rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+cargo build --release -p wasmscore-cli
+cargo test --release --workspace "$@"

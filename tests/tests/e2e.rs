@@ -1,0 +1,383 @@
+//! End-to-end tests: start the real `wasmscore` binary, deploy with the real
+//! CLI, score over HTTP. Outputs are compared with ONNX Runtime's own result
+//! (the Python onnxruntime in .venv) for the same input.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn bin() -> PathBuf {
+    let p = root().join("target/release/wasmscore");
+    assert!(
+        p.is_file(),
+        "{} is missing: run ./test.sh (it builds the binary first)",
+        p.display()
+    );
+    p
+}
+
+fn model() -> PathBuf {
+    root().join("examples/iris/model.onnx")
+}
+
+/// Compiled artifacts shared by every server the tests start, so the Python
+/// module is compiled once per run, not once per test.
+fn cache_dir() -> PathBuf {
+    root().join("target/e2e-cache")
+}
+
+fn built(name: &str, src: &Path) -> PathBuf {
+    let out = root().join(format!("target/e2e-{name}.wasm"));
+    let st = Command::new(bin()).arg("build").arg(src).arg("-o").arg(&out).status().unwrap();
+    assert!(st.success(), "wasmscore build {} failed", src.display());
+    out
+}
+
+fn iris_python() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("iris-python", &root().join("examples/iris-python/score.py")))
+}
+
+fn iris_rust() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("iris-rust", &root().join("examples/iris-rust")))
+}
+
+fn hostile() -> PathBuf {
+    PathBuf::from(env!("HOSTILE_WASM"))
+}
+
+struct Server {
+    child: Child,
+    data: tempfile::TempDir,
+    addr: String,
+}
+
+impl Server {
+    fn start(extra: &[&str]) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        Self::start_in(data, extra)
+    }
+
+    fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Server {
+        let _ = std::fs::remove_file(data.path().join("server.json"));
+        let child = Command::new(bin())
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(data.path())
+            .arg("--cache-dir")
+            .arg(cache_dir())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let info = data.path().join("server.json");
+        let addr = loop {
+            if let Ok(b) = std::fs::read(&info) {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&b) {
+                    break v["url"].as_str().unwrap().trim_start_matches("http://").to_string();
+                }
+            }
+            assert!(Instant::now() < deadline, "wasmscore up did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let s = Server { child, data, addr };
+        // Wait for readiness (stored versions restored).
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s.get("/v2/health/ready").0 != 200 {
+            assert!(Instant::now() < deadline, "wasmscore never became ready");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s
+    }
+
+    fn deploy(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> std::process::Output {
+        let mut cmd = Command::new(bin());
+        cmd.args(["deploy", "--json", "--name", name, "--data-dir"])
+            .arg(self.data.path())
+            .arg("--module")
+            .arg(module);
+        for m in models {
+            cmd.arg("--model").arg(m);
+        }
+        if let Some(dc) = dc {
+            let p = self.data.path().join(format!("{name}-dc.json"));
+            std::fs::write(&p, dc.to_string()).unwrap();
+            cmd.arg("--dc").arg(p);
+        }
+        cmd.output().unwrap()
+    }
+
+    fn deploy_ok(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> serde_json::Value {
+        let out = self.deploy(name, module, models, dc);
+        assert!(
+            out.status.success(),
+            "deploy {name} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, serde_json::Value) {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(body);
+        let mut raw = Vec::new();
+        let _ = s.read_to_end(&mut raw);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP response: {text:?}"));
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+        (status, head.to_ascii_lowercase(), json)
+    }
+
+    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, _, j) = self.request("GET", path, &[], b"");
+        (s, j)
+    }
+
+    fn score(&self, name: &str, body: &str) -> (u16, String, serde_json::Value) {
+        self.request(
+            "POST",
+            &format!("/api/v1/service/{name}/score"),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        data
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// ONNX Runtime's own answer, from the onnxruntime wheel in .venv.
+fn onnxruntime_reference(rows: &serde_json::Value) -> Vec<Vec<f64>> {
+    let py = root().join(".venv/bin/python");
+    let script = "import json,sys,numpy as np,onnxruntime as o\ns=o.InferenceSession(sys.argv[1],providers=['CPUExecutionProvider'])\nx=np.asarray(json.loads(sys.argv[2]),dtype=np.float32)\nprint(json.dumps(s.run(['probabilities'],{'X':x})[0].astype(float).tolist()))";
+    let out = Command::new(py)
+        .args(["-c", script])
+        .arg(model())
+        .arg(rows.to_string())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn error_code(j: &serde_json::Value) -> &str {
+    j["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {j}"))
+}
+
+#[test]
+fn both_iris_modules_match_onnxruntime() {
+    let s = Server::start(&[]);
+    s.deploy_ok("iris-py", iris_python(), &[&model()], None);
+    s.deploy_ok("iris-rs", iris_rust(), &[&model()], None);
+    let rows = serde_json::json!([[5.1, 3.5, 1.4, 0.2], [6.2, 3.4, 5.4, 2.3], [5.9, 3.0, 4.2, 1.5]]);
+    let want = onnxruntime_reference(&rows);
+    for name in ["iris-py", "iris-rs"] {
+        let (status, head, body) = s.score(name, &serde_json::json!({ "data": rows }).to_string());
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(head.contains("x-wasmscore-version: v1"), "{head}");
+        let got = body["probabilities"].as_array().unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            for (a, b) in g.as_array().unwrap().iter().zip(w) {
+                assert!((a.as_f64().unwrap() - b).abs() < 1e-6, "{name}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn malformed_json_is_400_from_the_modules_typed_error() {
+    let s = Server::start(&[]);
+    s.deploy_ok("iris-py", iris_python(), &[&model()], None);
+    s.deploy_ok("iris-rs", iris_rust(), &[&model()], None);
+    for name in ["iris-py", "iris-rs"] {
+        let (status, _, body) = s.score(name, r#"{"data": [[5.1, 3.5"#);
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(error_code(&body), "bad_input");
+        assert!(body["error"]["message"].as_str().unwrap().contains("malformed JSON"), "{body}");
+        // A wrong shape is bad input too (ONNX Runtime's check, through the host).
+        let (status, _, body) = s.score(name, r#"{"data": [[1, 2, 3]]}"#);
+        assert_eq!(status, 400, "{name}: {body}");
+        // And the service keeps serving.
+        assert_eq!(s.score(name, r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#).0, 200);
+    }
+}
+
+#[test]
+fn oversize_body_is_413_and_unknown_service_404() {
+    let s = Server::start(&["--max-body-bytes", "1000"]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let big = format!("{{\"data\": [{}]}}", vec!["[5.1, 3.5, 1.4, 0.2]"; 100].join(","));
+    let (status, _, body) = s.score("iris", &big);
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(error_code(&body), "payload_too_large");
+    let (status, _, body) = s.score("nope", "{}");
+    assert_eq!(status, 404);
+    assert_eq!(error_code(&body), "not_found");
+    let (status, _, body) = s.request("POST", "/api/v1/service/iris/score", &[("x-wasmscore-version", "v9")], b"{}");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(s.get("/v2/health/live").0, 200);
+    assert_eq!(s.score("iris", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#).0, 200);
+}
+
+#[test]
+fn a_trap_is_500_and_the_next_request_is_served() {
+    let s = Server::start(&[]);
+    s.deploy_ok("hostile", &hostile(), &[], None);
+    let (status, _, body) = s.score("hostile", "trap");
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(error_code(&body), "module_trapped");
+    let (status, _, body) = s.score("hostile", "hello");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["echo"], "hello");
+    let (_, show) = s.get_admin("/admin/v1/endpoints/hostile");
+    assert_eq!(show["versions"][0]["replaced"], 1, "{show}");
+}
+
+#[test]
+fn an_endless_loop_is_504_after_the_timeout_and_the_service_keeps_serving() {
+    let s = Server::start(&[]);
+    s.deploy_ok("hostile", &hostile(), &[], Some(serde_json::json!({"scoring_timeout_ms": 300})));
+    let started = Instant::now();
+    let (status, _, body) = s.score("hostile", "loop");
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(error_code(&body), "scoring_timeout");
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(s.score("hostile", "again").0, 200);
+}
+
+#[test]
+fn a_memory_bomb_is_stopped_at_the_limit() {
+    let s = Server::start(&[]);
+    s.deploy_ok("hostile", &hostile(), &[], Some(serde_json::json!({"memory_gb": 0.0625})));
+    let (status, _, body) = s.score("hostile", "alloc");
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(error_code(&body), "memory_limit_exceeded", "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("67108864"), "{body}");
+    assert_eq!(s.score("hostile", "after").0, 200);
+}
+
+#[test]
+fn host_files_and_environment_are_denied() {
+    let s = Server::start(&[]);
+    s.deploy_ok("hostile", &hostile(), &[], None);
+    let (status, _, body) = s.score("hostile", "file");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["file"], "denied", "{body}");
+    let (_, _, body) = s.score("hostile", "env");
+    assert_eq!(body["env_vars"], 0, "{body}");
+    assert_eq!(body["home"], false, "{body}");
+}
+
+#[test]
+fn bad_deploys_fail_with_a_message_naming_the_file() {
+    let s = Server::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    // A missing model file.
+    let out = s.deploy("iris", iris_rust(), &[&dir.path().join("missing.onnx")], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.onnx") && err.contains("does not exist"), "{err}");
+    // A corrupt model file.
+    let corrupt = dir.path().join("model.onnx");
+    std::fs::write(&corrupt, b"this is not onnx").unwrap();
+    let out = s.deploy("iris", iris_rust(), &[&corrupt], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("model file model.onnx"), "{err}");
+    // A corrupt .wasm.
+    let bad = dir.path().join("broken.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    let out = s.deploy("iris", &bad, &[], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("broken.wasm") && err.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
+    // A module whose init() fails (the model it loads is not shipped).
+    let out = s.deploy("iris", iris_rust(), &[], None);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("init() failed") && err.contains("model.onnx"), "{err}");
+    // Unknown deployment config keys are refused.
+    let out = s.deploy("iris", iris_rust(), &[&model()], Some(serde_json::json!({"scoring_timeout": 5})));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
+    // None of that was deployed, and the server still serves.
+    assert_eq!(s.score("iris", "{}").0, 404);
+    assert_eq!(s.get("/v2/health/live").0, 200);
+}
+
+#[test]
+fn a_restart_restores_deployments_from_the_store_and_the_compile_cache() {
+    let s = Server::start(&[]);
+    s.deploy_ok("iris", iris_python(), &[&model()], None);
+    assert_eq!(s.score("iris", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#).0, 200);
+    // kill -9: nothing acknowledged may be lost.
+    let data = s.kill();
+    let s = Server::start_in(data, &[]);
+    let (status, _, body) = s.score("iris", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#);
+    assert_eq!(status, 200, "{body}");
+    let (_, show) = s.get_admin("/admin/v1/endpoints/iris");
+    assert_eq!(show["versions"][0]["compiled_from_cache"], true, "{show}");
+}
+
+#[test]
+fn the_admin_api_needs_the_admin_token() {
+    let s = Server::start(&[]);
+    let (status, _, body) = s.request("GET", "/admin/v1/endpoints", &[], b"");
+    assert_eq!(status, 401);
+    assert_eq!(error_code(&body), "unauthorized");
+    let (status, _, _) = s.request("GET", "/admin/v1/endpoints", &[("Authorization", "Bearer wrong")], b"");
+    assert_eq!(status, 401);
+    let (status, _) = s.get_admin("/admin/v1/endpoints");
+    assert_eq!(status, 200);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(s.data.path().join("admin.token")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
+
+impl Server {
+    fn get_admin(&self, path: &str) -> (u16, serde_json::Value) {
+        let token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
+        let auth = format!("Bearer {}", token.trim());
+        let (s, _, j) = self.request("GET", path, &[("Authorization", &auth)], b"");
+        (s, j)
+    }
+}
