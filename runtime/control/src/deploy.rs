@@ -306,7 +306,7 @@ impl Control {
                 "compiled_from_cache": d.map(|d| d.from_cache),
                 "component_load_ms": d.map(|d| d.load_ms),
                 "deploy_ms": d.map(|d| d.deploy_ms),
-                "device": v.pool.prepared().context().default_device,
+                "device": &*v.pool.prepared().context().default_device,
                 "replicas": cfg.replicas,
                 "instances": s.instances.load(Ordering::Relaxed),
                 "busy": s.busy.load(Ordering::Relaxed),

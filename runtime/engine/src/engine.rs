@@ -17,6 +17,10 @@ use crate::{cache, EngineError};
 /// ticker thread stays cheap.
 pub const EPOCH_TICK: Duration = Duration::from_millis(2);
 
+/// Largest table an instance may have: CPython's function table has tens of
+/// thousands of entries. Used for the pooling slots and the store limiter alike.
+pub const MAX_TABLE_ELEMENTS: usize = 200_000;
+
 /// Engine-wide settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -74,8 +78,7 @@ impl ScoringEngine {
         pool.max_memories_per_component(8);
         pool.max_tables_per_component(16);
         pool.max_memory_size(cfg.max_memory_bytes as usize);
-        // CPython's function table has tens of thousands of entries.
-        pool.table_elements(200_000);
+        pool.table_elements(MAX_TABLE_ELEMENTS);
         pool.max_component_instance_size(1 << 20);
         pool.max_core_instance_size(1 << 20);
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));

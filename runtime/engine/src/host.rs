@@ -46,7 +46,8 @@ pub struct VersionContext {
     /// Sessions by model file name.
     pub models: HashMap<String, Arc<dyn Model>>,
     pub devices: Devices,
-    pub default_device: String,
+    /// Shared so tagging each tensor with its device does not allocate.
+    pub default_device: Arc<str>,
     /// Bytes an instance may hold: its linear memories plus the tensors it
     /// keeps on the host.
     pub memory_limit: u64,
@@ -69,7 +70,7 @@ impl VersionContext {
             version: version.into(),
             models,
             devices,
-            default_device: default_device.into(),
+            default_device: Arc::from(default_device),
             memory_limit,
             logs: Mutex::new(VecDeque::new()),
         }
@@ -98,7 +99,7 @@ impl VersionContext {
     }
 
     fn device(&self, name: Option<&str>) -> Result<&Arc<dyn Device>, TensorError> {
-        self.devices.get(name.unwrap_or(&self.default_device))
+        self.devices.get(name.unwrap_or(&*self.default_device))
     }
 }
 
@@ -153,7 +154,7 @@ impl HostState {
     }
 
     fn device_name(&self) -> Arc<str> {
-        Arc::from(self.version.default_device.as_str())
+        self.version.default_device.clone()
     }
 }
 
@@ -183,8 +184,7 @@ impl ResourceLimiter for HostState {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        // Bounded by the pooling allocator's table_elements as well.
-        Ok(desired <= 200_000)
+        Ok(desired <= crate::engine::MAX_TABLE_ELEMENTS)
     }
 }
 

@@ -149,7 +149,7 @@ impl Replica {
         self.store.data_mut().hit_memory_limit = false;
         let mut tensors = Vec::with_capacity(req.tensors.len());
         for (name, t) in req.tensors {
-            let dev = Arc::from(self.store.data().version.default_device.as_str());
+            let dev = self.store.data().version.default_device.clone();
             let r = self.store.data_mut().push_tensor(t, dev).map_err(|e| match e {
                 crate::bindings::HostError::Guest(g) => CallError::BadInput(g.to_string()),
                 crate::bindings::HostError::Trap(t) => CallError::Failed(format!("{t:#}")),
