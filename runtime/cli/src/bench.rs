@@ -181,13 +181,15 @@ fn http(args: &BenchArgs) -> Result<()> {
         }
         for spec in &args.modules {
             let (name, path) = spec.split_once('=').unwrap_or(("module", spec.as_str()));
-            client.deploy(
+            crate::manage::deploy(
+                &data,
                 name,
                 None,
-                Path::new(path),
-                std::slice::from_ref(&args.model),
-                serde_json::Value::Null,
-                false,
+                crate::manage::VersionArgs {
+                    module: Some(path.into()),
+                    models: vec![args.model.display().to_string()],
+                    ..Default::default()
+                },
             )?;
             let url = format!("{}/api/v1/service/{name}/score", client.base_url());
             for c in [1u32, 16] {

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -95,21 +95,9 @@ impl Client {
             .to_string())
     }
 
-    /// Builds (if given a score.py or crate), uploads and deploys a version.
-    pub fn deploy(
-        &self,
-        name: &str,
-        version: Option<&str>,
-        module: &Path,
-        models: &[PathBuf],
-        config: serde_json::Value,
-        default: bool,
-    ) -> Result<serde_json::Value> {
-        for m in models {
-            if !m.is_file() {
-                bail!("model file {} does not exist", m.display());
-            }
-        }
+    /// Builds the module if given a score.py or a crate, uploads it; returns
+    /// its sha256 and the name to show for it.
+    pub fn upload_module(&self, module: &Path) -> Result<(String, String)> {
         let built;
         let wasm: &Path = if module.extension().is_some_and(|e| e == "wasm") {
             module
@@ -121,32 +109,91 @@ impl Client {
             built = (dir, out);
             &built.1
         };
-        let module_name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let module_sha = self.upload(wasm, "module")?;
-        let mut model_refs = Vec::new();
-        for m in models {
-            let sha = self.upload(m, "model file")?;
-            let file = m
-                .file_name()
-                .ok_or_else(|| anyhow!("model path {} has no file name", m.display()))?
-                .to_string_lossy()
-                .into_owned();
-            model_refs.push(serde_json::json!({"file": file, "sha256": sha}));
+        let name = module.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        Ok((self.upload(wasm, "module")?, name))
+    }
+
+    /// Registers a model file under `name` (its bytes uploaded first).
+    pub fn register_model(&self, file: &Path, name: &str, tags: &serde_json::Value, description: &str) -> Result<serde_json::Value> {
+        if !file.is_file() {
+            bail!("model file {} does not exist", file.display());
         }
-        let version = match version {
-            Some(v) => v.to_string(),
-            None => match self.get(&format!("/admin/v1/endpoints/{name}")) {
-                Ok(ep) => ep["default_version"].as_str().unwrap_or("v1").to_string(),
-                Err(_) => "v1".to_string(),
-            },
-        };
-        let spec = serde_json::json!({"module": module_sha, "module_name": module_name, "models": model_refs, "config": config, "default": default});
-        eprintln!("deploying {name}/{version} ...");
-        self.request(
-            "PUT",
-            &format!("/admin/v1/endpoints/{name}/versions/{version}"),
-            serde_json::to_vec(&spec)?,
-        )
+        let sha = self.upload(file, "model file")?;
+        let file_name = file
+            .file_name()
+            .ok_or_else(|| anyhow!("model path {} has no file name", file.display()))?
+            .to_string_lossy()
+            .into_owned();
+        let body = serde_json::json!({"name": name, "file_name": file_name, "sha256": sha, "tags": tags, "description": description});
+        self.request("POST", "/admin/v1/models", serde_json::to_vec(&body)?)
+    }
+
+    /// `--model` arguments: a file is registered (under its file stem) and
+    /// used; anything else names a registered model (`name:version`, or a
+    /// name for its latest version).
+    pub fn model_refs(&self, models: &[String]) -> Result<Vec<serde_json::Value>> {
+        let mut refs = Vec::new();
+        for m in models {
+            let path = Path::new(m);
+            let id = if path.is_file() {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                let name: String = stem
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                            c
+                        } else {
+                            '-'
+                        }
+                    })
+                    .collect();
+                let row = self.register_model(path, &name, &serde_json::json!({}), "")?;
+                let id = row["id"].as_str().unwrap_or_default().to_string();
+                if row["created"] == true {
+                    eprintln!("registered {} as model {id}", path.display());
+                }
+                id
+            } else if m.contains('/') || m.ends_with(".onnx") {
+                bail!("model file {m} does not exist");
+            } else {
+                m.clone()
+            };
+            // The module loads it by its registered file name.
+            refs.push(serde_json::json!({"model": id}));
+        }
+        Ok(refs)
+    }
+
+    /// Follows a version's build until it is done; prints each phase when
+    /// `progress`. Fails with the build's error when it failed.
+    pub fn wait(&self, endpoint: &str, version: &str, generation: u64, progress: bool) -> Result<serde_json::Value> {
+        let mut last = String::new();
+        loop {
+            let v = self.get(&format!("/admin/v1/endpoints/{endpoint}/versions/{version}"))?;
+            let line = format!(
+                "{} {}",
+                v["state"].as_str().unwrap_or("?"),
+                v["phase"].as_str().map(|p| format!("({p})")).unwrap_or_default()
+            );
+            if progress && line != last {
+                eprintln!("{endpoint}/{version}: {line}");
+                last = line;
+            }
+            let done = v["done_generation"].as_u64().unwrap_or(0);
+            if done >= generation {
+                if done > generation {
+                    bail!("deploy #{generation} of {endpoint}/{version} was superseded by a newer change");
+                }
+                if let Some(e) = v["error"].as_str() {
+                    bail!("{e}");
+                }
+                if let Some(e) = v["last_deploy_error"].as_str() {
+                    bail!("{e} (the previous deployment of {endpoint}/{version} keeps serving)");
+                }
+                return Ok(v);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 

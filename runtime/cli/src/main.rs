@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod client;
 mod cmd;
+mod manage;
 mod up;
 
 use clap::Parser;

@@ -69,7 +69,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         {
             let control = control.clone();
             tokio::task::spawn_blocking(move || {
-                if let Err(e) = control.redeploy_all() {
+                if let Err(e) = control.restore() {
                     tracing::error!(error = %e, "restoring deployed versions failed");
                 }
                 tracing::info!("ready");

@@ -1,19 +1,35 @@
 //! The admin API (JSON over HTTP under /admin/v1/), transport-free: the
-//! server hands us method, path and body after checking the admin token.
+//! server hands us method, path, query and body after checking the admin
+//! token.
+//!
+//! ```text
+//! POST   blobs                               raw bytes -> {sha256, size}
+//! POST   models                              {name, sha256, file_name?, tags?, description?} -> name:version
+//! GET    models[?name=N]   GET models/N[:V]  DELETE models/N:V
+//! GET    endpoints         POST endpoints {name, description?, tags?}
+//! GET    endpoints/E       DELETE endpoints/E
+//! GET    endpoints/E/versions                GET endpoints/E/versions/V
+//! POST   endpoints/E/versions {name, ...}    create (the endpoint too, if new)     -> 202 while it builds
+//! PATCH  endpoints/E/versions/V {...}        update traffic/flags (200) or module/models/config (202)
+//! PUT    endpoints/E/versions/V {...}        create or replace (what `deploy` does)
+//! DELETE endpoints/E/versions/V[?new_default=W]
+//! GET    endpoints/E/logs  GET endpoints/E/versions/V/logs
+//! ```
 
 use std::sync::Arc;
 
-use crate::deploy::{Control, VersionSpec};
+use serde::Deserialize;
+
+use crate::deploy::Control;
+use crate::registry::RegisterModel;
+use crate::rollout::{Accepted, Mode, VersionRequest};
+use crate::store::Tags;
 use crate::ControlError;
 
 /// A status code and a JSON body.
 pub struct AdminResponse {
     pub status: u16,
     pub body: serde_json::Value,
-}
-
-fn ok(body: serde_json::Value) -> AdminResponse {
-    AdminResponse { status: 200, body }
 }
 
 fn error(e: ControlError) -> AdminResponse {
@@ -23,44 +39,106 @@ fn error(e: ControlError) -> AdminResponse {
     }
 }
 
-impl Control {
-    /// Handles one admin request. Deploys block, so this runs them on a blocking thread.
-    pub async fn admin(self: &Arc<Self>, method: &str, path: &str, body: Vec<u8>) -> AdminResponse {
-        let rest = path.trim_start_matches("/admin/v1").trim_matches('/');
-        let parts: Vec<&str> = if rest.is_empty() { vec![] } else { rest.split('/').collect() };
-        let this = self.clone();
-        let result: Result<serde_json::Value, ControlError> = match (method, parts.as_slice()) {
-            ("POST", ["blobs"]) => {
-                let this = this.clone();
-                blocking(move || {
-                    this.put_blob(&body)
-                        .map(|sha| serde_json::json!({"sha256": sha, "size": body.len()}))
-                })
-                .await
-            }
-            ("GET", ["endpoints"]) => Ok(this.list()),
-            ("GET", ["endpoints", ep]) => this.show(ep),
-            ("GET", ["endpoints", ep, "logs"]) => this.logs(ep, None),
-            ("GET", ["endpoints", ep, "versions", v, "logs"]) => this.logs(ep, Some(v)),
-            ("DELETE", ["endpoints", ep]) => this.delete_endpoint(ep),
-            ("PUT", ["endpoints", ep, "versions", v]) => match serde_json::from_slice::<VersionSpec>(&body) {
-                Err(e) => Err(ControlError::BadRequest(format!("version spec: {e}"))),
-                Ok(spec) => {
-                    let (ep, v) = (ep.to_string(), v.to_string());
-                    blocking(move || this.deploy(&ep, &v, spec)).await
-                }
-            },
-            _ => Err(ControlError::NotFound(format!("no admin route {method} {path}"))),
-        };
-        match result {
-            Ok(body) => ok(body),
-            Err(e) => error(e),
-        }
+fn parse<T: serde::de::DeserializeOwned>(what: &str, body: &[u8]) -> Result<T, ControlError> {
+    serde_json::from_slice(body).map_err(|e| ControlError::BadRequest(format!("{what}: {e}")))
+}
+
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateEndpoint {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    tags: Tags,
+}
+
+#[derive(Deserialize)]
+struct Named {
+    name: String,
+}
+
+fn accepted(a: Accepted) -> AdminResponse {
+    match a.building {
+        Some(g) => AdminResponse {
+            status: 202,
+            body: serde_json::json!({"generation": g, "service": a.service}),
+        },
+        None => AdminResponse {
+            status: 200,
+            body: serde_json::json!({"service": a.service}),
+        },
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, ControlError> + Send + 'static) -> Result<T, ControlError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|e| Err(ControlError::Store(format!("admin task panicked: {e}"))))
+impl Control {
+    /// Handles one admin request. Work that touches the disk or the store
+    /// runs on a blocking thread.
+    pub async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, body: Vec<u8>) -> AdminResponse {
+        let rest = path.trim_start_matches("/admin/v1").trim_matches('/').to_string();
+        let (method, query) = (method.to_string(), query.to_string());
+        let this = self.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let parts: Vec<&str> = if rest.is_empty() { vec![] } else { rest.split('/').collect() };
+            this.route_admin(&method, &parts, &query, &body)
+        })
+        .await;
+        match joined {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => error(e),
+            Err(e) => error(ControlError::Store(format!("admin task panicked: {e}"))),
+        }
+    }
+
+    fn route_admin(self: &Arc<Self>, method: &str, parts: &[&str], query: &str, body: &[u8]) -> Result<AdminResponse, ControlError> {
+        let ok = |body| Ok(AdminResponse { status: 200, body });
+        match (method, parts) {
+            ("POST", ["blobs"]) => {
+                let sha = self.put_blob(body)?;
+                ok(serde_json::json!({"sha256": sha, "size": body.len()}))
+            }
+            ("POST", ["models"]) => ok(self.register_model(parse::<RegisterModel>("model registration", body)?)?),
+            ("GET", ["models"]) => ok(self.models(query_param(query, "name"))?),
+            ("GET", ["models", id]) => ok(serde_json::to_value(self.model(id)?).expect("serializes")),
+            ("DELETE", ["models", id]) => ok(self.delete_model(id)?),
+            ("GET", ["endpoints"]) => ok(self.list()),
+            ("POST", ["endpoints"]) => {
+                let c: CreateEndpoint = parse("endpoint", body)?;
+                ok(self.create_endpoint(&c.name, &c.description, c.tags)?)
+            }
+            ("GET", ["endpoints", ep]) => ok(self.show(ep)?),
+            ("DELETE", ["endpoints", ep]) => ok(self.delete_endpoint(ep)?),
+            ("GET", ["endpoints", ep, "logs"]) => ok(self.logs(ep, None)?),
+            ("GET", ["endpoints", ep, "versions"]) => ok(self.show(ep)?["versions"].clone()),
+            ("POST", ["endpoints", ep, "versions"]) => {
+                let Named { name } = parse("version", body)?;
+                let mut v: serde_json::Value = parse("version", body)?;
+                v.as_object_mut().map(|o| o.remove("name"));
+                let req: VersionRequest = serde_json::from_value(v).map_err(|e| ControlError::BadRequest(format!("version: {e}")))?;
+                Ok(accepted(self.change_version(ep, &name, req, Mode::Create)?))
+            }
+            ("GET", ["endpoints", ep, "versions", v]) => ok(self.version(ep, v)?),
+            ("GET", ["endpoints", ep, "versions", v, "logs"]) => ok(self.logs(ep, Some(v))?),
+            ("PATCH", ["endpoints", ep, "versions", v]) => Ok(accepted(self.change_version(
+                ep,
+                v,
+                parse("version update", body)?,
+                Mode::Update,
+            )?)),
+            ("PUT", ["endpoints", ep, "versions", v]) => Ok(accepted(self.change_version(ep, v, parse("version", body)?, Mode::Put)?)),
+            ("DELETE", ["endpoints", ep, "versions", v]) => ok(self.delete_version(ep, v, query_param(query, "new_default"))?),
+            _ => Err(ControlError::NotFound(format!(
+                "no admin route {method} /admin/v1/{}",
+                parts.join("/")
+            ))),
+        }
+    }
 }

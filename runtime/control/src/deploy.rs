@@ -1,34 +1,43 @@
-//! Deploying a version: blobs -> compiled component -> sessions -> replicas
-//! -> committed -> published.
+//! Building a version: blobs -> compiled component -> sessions -> replicas
+//! that ran init(). Runs off the admin request (a version is acknowledged
+//! once committed; its build follows), shares compiled components and
+//! sessions between versions that ship the same bytes, and reports its
+//! progress as phases that `show` and `--wait` print.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmscore_engine::{Prepared, ScoringEngine, VersionContext};
+use wasmscore_engine::{Compiled, Prepared, ScoringEngine, VersionContext};
 use wasmscore_replica::Pool;
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::{Devices, Model};
 
 use crate::config::DeploymentConfig;
-use crate::store::{Store, StoredVersion};
+use crate::rollout::Inner;
+use crate::store::Store;
 use crate::ControlError;
 
 /// A model file shipped with a version.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ModelRef {
     /// The name the module loads it by ("model.onnx").
+    #[serde(default)]
     pub file: String,
+    #[serde(default)]
     pub sha256: String,
+    /// The registered model (`name:version`) it came from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
-/// What the admin API gets to create or replace a version.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// What a version runs: its module, its models and its deployment config.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(deny_unknown_fields)]
 pub struct VersionSpec {
     /// sha256 of the component, uploaded before.
@@ -40,45 +49,61 @@ pub struct VersionSpec {
     pub models: Vec<ModelRef>,
     #[serde(default)]
     pub config: serde_json::Value,
-    /// Make this the endpoint's default version (the first one always is).
-    #[serde(default)]
-    pub default: bool,
 }
+
+/// A version holds at most this many models (Azure ML's limit).
+pub const MAX_MODELS: usize = 1000;
 
 /// Longest `init()` may take. Generous: a Python module may load several models.
 const INIT_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// What the control plane knows about a deployed version beyond the router.
-#[derive(Clone)]
-struct Deployed {
-    spec: VersionSpec,
-    from_cache: bool,
-    load_ms: u64,
-    deploy_ms: u64,
+/// A built version, serving or ready to.
+pub(crate) struct Built {
+    pub version: Arc<Version>,
+    pub spec: VersionSpec,
+    /// "compiled", "disk cache" or "shared" (another version's, in memory).
+    pub component: &'static str,
+    pub load_ms: u64,
+    pub deploy_ms: u64,
+}
+
+/// A build that failed, with the module's context if it got that far (its
+/// log holds what init() said).
+pub(crate) struct BuildFailure {
+    pub message: String,
+    pub ctx: Option<Arc<VersionContext>>,
 }
 
 /// The control plane.
 pub struct Control {
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
     engine: Arc<ScoringEngine>,
     devices: Devices,
-    router: Arc<Router>,
-    /// Admin operations are rare and must be serialized against each other;
-    /// the scoring path never takes these locks.
-    store: Mutex<Store>,
-    deployed: Mutex<HashMap<(String, String), Deployed>>,
-    /// Failures of versions that did not come back after a restart.
-    failed: Mutex<HashMap<(String, String), String>>,
-    /// Sessions shared by every version that ships the same model bytes.
+    pub(crate) router: Arc<Router>,
+    /// The store and the in-memory view of every endpoint. Admin operations
+    /// are rare and must be serialized against each other (rule checks read
+    /// all of an endpoint's versions); the scoring path never takes it.
+    pub(crate) inner: Mutex<Inner>,
+    /// Compiled components by module sha256, shared by every version that
+    /// ships the same bytes.
+    compiled: Mutex<HashMap<String, Compiled>>,
+    /// Sessions by (model sha256, device), shared the same way.
     sessions: Mutex<HashMap<(String, String), Arc<dyn Model>>>,
+    pub(crate) generation: AtomicU64,
     ready: AtomicBool,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of the control plane's locks leaves plain
+    // data behind, never a half-made invariant that later readers trust.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub(crate) fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
     let ok = !s.is_empty()
         && s.len() <= 64
         && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
@@ -101,10 +126,10 @@ impl Control {
             engine,
             devices,
             router,
-            store: Mutex::new(store),
-            deployed: Mutex::new(HashMap::new()),
-            failed: Mutex::new(HashMap::new()),
+            inner: Mutex::new(Inner::new(store)),
+            compiled: Mutex::new(HashMap::new()),
             sessions: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
         })
     }
@@ -125,7 +150,7 @@ impl Control {
         Ok(self.data_dir.join("blobs").join(sha.to_ascii_lowercase()))
     }
 
-    /// Stores bytes by content; returns their sha256.
+    /// Stores bytes by content; returns their sha256. Synced before it returns.
     pub fn put_blob(&self, bytes: &[u8]) -> Result<String, ControlError> {
         let sha = sha256_hex(bytes);
         let path = self.blob_path(&sha)?;
@@ -139,47 +164,93 @@ impl Control {
         Ok(sha)
     }
 
+    pub(crate) fn blob_size(&self, sha: &str, what: &str) -> Result<u64, ControlError> {
+        std::fs::metadata(self.blob_path(sha)?)
+            .map(|m| m.len())
+            .map_err(|_| ControlError::BadRequest(format!("{what}: blob {sha} was not uploaded")))
+    }
+
     fn read_blob(&self, sha: &str, what: &str) -> Result<Vec<u8>, ControlError> {
         std::fs::read(self.blob_path(sha)?).map_err(|e| ControlError::BadRequest(format!("{what}: blob {sha} was not uploaded ({e})")))
     }
 
-    fn session(&self, model: &ModelRef, device: &str) -> Result<Arc<dyn Model>, ControlError> {
+    fn session(&self, model: &ModelRef, device: &str) -> Result<Arc<dyn Model>, String> {
         let key = (model.sha256.clone(), device.to_string());
-        if let Some(s) = self.sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if let Some(s) = lock(&self.sessions).get(&key) {
             return Ok(s.clone());
         }
-        let bytes = self.read_blob(&model.sha256, &format!("model file {}", model.file))?;
-        let dev = self.devices.get(device).map_err(|e| ControlError::BadRequest(e.to_string()))?;
+        let bytes = self
+            .read_blob(&model.sha256, &format!("model file {}", model.file))
+            .map_err(|e| e.to_string())?;
+        let dev = self.devices.get(device).map_err(|e| e.to_string())?;
         let session = dev
             .load_model(&model.file, &bytes)
-            .map_err(|e| ControlError::BadRequest(format!("model file {} is not a usable ONNX model: {e}", model.file)))?;
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(key, session.clone());
+            .map_err(|e| format!("model file {} is not a usable ONNX model: {e}", model.file))?;
+        lock(&self.sessions).insert(key, session.clone());
         Ok(session)
     }
 
-    /// Deploys (or replaces) a version. Blocking: compiles and runs init().
-    /// The version is committed to the store, then published to the router,
-    /// only after its replicas are up.
-    pub fn deploy(&self, endpoint: &str, version: &str, spec: VersionSpec) -> Result<serde_json::Value, ControlError> {
-        valid_name("endpoint", endpoint)?;
-        valid_name("version", version)?;
-        let started = Instant::now();
-        let resolved = DeploymentConfig::parse(&spec.config)?.resolve()?;
-        let module_name = if spec.module_name.is_empty() {
-            spec.module.clone()
-        } else {
-            spec.module_name.clone()
-        };
-        let module = self.read_blob(&spec.module, &format!("module {module_name}"))?;
-        let (pre, load) = self
-            .engine
-            .load(&module)
-            .map_err(|e| ControlError::BadRequest(format!("module {module_name}: {e}")))?;
-        let device = "cpu";
-        let mut models = HashMap::new();
+    fn compile(&self, sha: &str, module_name: &str) -> Result<(Compiled, &'static str, u64), String> {
+        if let Some(c) = lock(&self.compiled).get(sha) {
+            return Ok((c.clone(), "shared", 0));
+        }
+        let bytes = self.read_blob(sha, &format!("module {module_name}")).map_err(|e| e.to_string())?;
+        let (pre, load) = self.engine.load(&bytes).map_err(|e| format!("module {module_name}: {e}"))?;
+        lock(&self.compiled).insert(sha.to_string(), pre.clone());
+        let how = if load.from_cache { "disk cache" } else { "compiled" };
+        Ok((pre, how, load.elapsed.as_millis() as u64))
+    }
+
+    /// Drops compiled components and sessions that no version uses any more.
+    pub(crate) fn collect_unused(&self, used_modules: &[String], used_models: &[String]) {
+        lock(&self.compiled).retain(|sha, _| used_modules.contains(sha));
+        lock(&self.sessions).retain(|(sha, _), _| used_models.contains(sha));
+    }
+
+    /// Checks what can be checked before a version is acknowledged: its
+    /// config resolves, its blobs were uploaded, its model names are sane.
+    pub(crate) fn validate(&self, spec: &VersionSpec) -> Result<(), ControlError> {
+        DeploymentConfig::parse(&spec.config)?.resolve()?;
+        let module_name = display_name(spec);
+        self.blob_size(&spec.module, &format!("module {module_name}"))?;
+        if spec.models.len() > MAX_MODELS {
+            return Err(ControlError::BadRequest(format!(
+                "a version holds at most {MAX_MODELS} models, got {}",
+                spec.models.len()
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
         for m in &spec.models {
             valid_name("model file", &m.file)?;
-            models.insert(m.file.clone(), self.session(m, device)?);
+            if !seen.insert(&m.file) {
+                return Err(ControlError::BadRequest(format!(
+                    "two models are named {:?}; a module loads them by file name",
+                    m.file
+                )));
+            }
+            self.blob_size(&m.sha256, &format!("model file {}", m.file))?;
+        }
+        Ok(())
+    }
+
+    /// Builds a version: compile (or share), sessions, replicas with init().
+    /// Blocking. `phase` is told each step as it starts.
+    pub(crate) fn build(&self, endpoint: &str, version: &str, spec: &VersionSpec, phase: &dyn Fn(String)) -> Result<Built, BuildFailure> {
+        let started = Instant::now();
+        let fail = |message: String| BuildFailure { message, ctx: None };
+        let resolved = DeploymentConfig::parse(&spec.config)
+            .and_then(|c| c.resolve())
+            .map_err(|e| fail(e.to_string()))?;
+        let module_name = display_name(spec);
+        phase(format!("loading module {module_name}"));
+        let (pre, component, load_ms) = self.compile(&spec.module, &module_name).map_err(fail)?;
+        let device = "cpu";
+        let mut models = HashMap::new();
+        if !spec.models.is_empty() {
+            phase(format!("loading {} model(s) on {device}", spec.models.len()));
+        }
+        for m in &spec.models {
+            models.insert(m.file.clone(), self.session(m, device).map_err(fail)?);
         }
         let ctx = Arc::new(VersionContext::new(
             endpoint,
@@ -189,158 +260,36 @@ impl Control {
             device,
             resolved.memory_limit,
         ));
-        let prepared = Prepared::new(pre, ctx, resolved.timeout, INIT_TIMEOUT);
-        let pool =
-            Pool::start(prepared, resolved.pool.clone()).map_err(|e| ControlError::DeployFailed(format!("{endpoint}/{version}: {e}")))?;
-
-        let is_first = self
-            .router
-            .endpoint(endpoint)
-            .is_none_or(|ep| ep.versions.iter().all(|v| v.name == version));
-        let current_default = self.router.endpoint(endpoint).map(|ep| ep.default_version.clone());
-        let make_default = spec.default || is_first || current_default.as_deref() == Some(version);
-        let stored = StoredVersion {
-            endpoint: endpoint.into(),
-            version: version.into(),
-            module_sha: spec.module.clone(),
-            module_name: module_name.clone(),
-            models: serde_json::to_string(&spec.models).expect("models serialize"),
-            config: serde_json::to_string(&spec.config).expect("config serializes"),
-            is_default: make_default,
-        };
-        self.store.lock().unwrap_or_else(|p| p.into_inner()).put_version(&stored)?;
-        self.router.put_version(
-            endpoint,
-            Arc::new(Version {
+        let prepared = Prepared::new(pre, ctx.clone(), resolved.timeout, INIT_TIMEOUT);
+        phase(format!(
+            "starting {} replica(s) x {} instance(s): init()",
+            resolved.pool.replicas, resolved.pool.max_concurrent
+        ));
+        let pool = Pool::start(prepared, resolved.pool.clone()).map_err(|e| BuildFailure {
+            message: format!("{endpoint}/{version}: {e}"),
+            ctx: Some(ctx.clone()),
+        })?;
+        Ok(Built {
+            version: Arc::new(Version {
                 name: version.into(),
                 pool: Arc::new(pool),
             }),
-            make_default,
-        );
-        let deploy_ms = started.elapsed().as_millis() as u64;
-        self.failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&(endpoint.into(), version.into()));
-        self.deployed.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            (endpoint.into(), version.into()),
-            Deployed {
-                spec,
-                from_cache: load.from_cache,
-                load_ms: load.elapsed.as_millis() as u64,
-                deploy_ms,
-            },
-        );
-        tracing::info!(endpoint, version, module = %module_name, from_cache = load.from_cache, load_ms = load.elapsed.as_millis() as u64, deploy_ms, "version deployed");
-        self.show(endpoint)
+            spec: spec.clone(),
+            component,
+            load_ms,
+            deploy_ms: started.elapsed().as_millis() as u64,
+        })
     }
 
-    pub fn delete_endpoint(&self, endpoint: &str) -> Result<serde_json::Value, ControlError> {
-        let removed = self.store.lock().unwrap_or_else(|p| p.into_inner()).delete_endpoint(endpoint)?;
-        let existed = self.router.remove_endpoint(endpoint);
-        self.deployed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(e, _), _| e != endpoint);
-        if removed == 0 && !existed {
-            return Err(ControlError::NotFound(format!("no service named {endpoint:?}")));
-        }
-        Ok(serde_json::json!({"deleted": endpoint}))
-    }
-
-    /// Brings back every stored version (after a restart). A version that
-    /// fails is reported and left out; the others still serve.
-    pub fn redeploy_all(&self) -> Result<(), ControlError> {
-        let stored = self.store.lock().unwrap_or_else(|p| p.into_inner()).versions()?;
-        // Non-default versions first, so each endpoint's default is published last.
-        let (defaults, others): (Vec<_>, Vec<_>) = stored.into_iter().partition(|v| v.is_default);
-        for v in others.into_iter().chain(defaults) {
-            let spec = VersionSpec {
-                module: v.module_sha.clone(),
-                module_name: v.module_name.clone(),
-                models: serde_json::from_str(&v.models).map_err(|e| ControlError::Store(e.to_string()))?,
-                config: serde_json::from_str(&v.config).map_err(|e| ControlError::Store(e.to_string()))?,
-                default: v.is_default,
-            };
-            if let Err(e) = self.deploy(&v.endpoint, &v.version, spec) {
-                tracing::error!(endpoint = %v.endpoint, version = %v.version, error = %e, "version did not come back after restart");
-                self.failed
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((v.endpoint.clone(), v.version.clone()), e.to_string());
-            }
-        }
+    pub(crate) fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
-        Ok(())
     }
+}
 
-    pub fn list(&self) -> serde_json::Value {
-        let names: Vec<serde_json::Value> = self
-            .router
-            .endpoints()
-            .iter()
-            .map(|e| self.show(&e.name).unwrap_or_default())
-            .collect();
-        serde_json::json!({ "services": names })
-    }
-
-    pub fn show(&self, endpoint: &str) -> Result<serde_json::Value, ControlError> {
-        let ep = self
-            .router
-            .endpoint(endpoint)
-            .ok_or_else(|| ControlError::NotFound(format!("no service named {endpoint:?}")))?;
-        let deployed = self.deployed.lock().unwrap_or_else(|p| p.into_inner());
-        let mut versions = Vec::new();
-        for v in &ep.versions {
-            let d = deployed.get(&(endpoint.to_string(), v.name.clone()));
-            let s = v.pool.stats();
-            let cfg = v.pool.config();
-            versions.push(serde_json::json!({
-                "name": v.name,
-                "is_default": v.name == ep.default_version,
-                "state": if s.instances.load(Ordering::Relaxed) > 0 { "Healthy" } else { "Unhealthy" },
-                "module": d.map(|d| d.spec.module_name.clone()),
-                "module_sha256": d.map(|d| d.spec.module.clone()),
-                "models": d.map(|d| d.spec.models.clone()),
-                "config": d.map(|d| d.spec.config.clone()),
-                "compiled_from_cache": d.map(|d| d.from_cache),
-                "component_load_ms": d.map(|d| d.load_ms),
-                "deploy_ms": d.map(|d| d.deploy_ms),
-                "device": &*v.pool.prepared().context().default_device,
-                "replicas": cfg.replicas,
-                "instances": s.instances.load(Ordering::Relaxed),
-                "busy": s.busy.load(Ordering::Relaxed),
-                "queued": s.queued.load(Ordering::Relaxed),
-                "served": s.served.load(Ordering::Relaxed),
-                "replaced": s.replaced.load(Ordering::Relaxed),
-                "overloaded": s.overloaded.load(Ordering::Relaxed),
-                "last_error": s.last_error(),
-            }));
-        }
-        let failed: Vec<serde_json::Value> = self
-            .failed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((e, _), _)| e == endpoint)
-            .map(|((_, v), err)| serde_json::json!({"name": v, "state": "Failed", "error": err}))
-            .collect();
-        versions.extend(failed);
-        Ok(serde_json::json!({
-            "name": endpoint,
-            "state": "Healthy",
-            "default_version": ep.default_version,
-            "scoring_uri": format!("/api/v1/service/{endpoint}/score"),
-            "versions": versions,
-        }))
-    }
-
-    /// Recent log lines of a version's module.
-    pub fn logs(&self, endpoint: &str, version: Option<&str>) -> Result<serde_json::Value, ControlError> {
-        let v = self
-            .router
-            .route(endpoint, version)
-            .map_err(|e| ControlError::NotFound(e.to_string()))?;
-        Ok(serde_json::json!({"version": v.name, "lines": v.pool.prepared().context().recent_logs()}))
+pub(crate) fn display_name(spec: &VersionSpec) -> String {
+    if spec.module_name.is_empty() {
+        spec.module.clone()
+    } else {
+        spec.module_name.clone()
     }
 }

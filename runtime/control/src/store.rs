@@ -1,28 +1,72 @@
-//! The embedded store: SQLite in WAL mode under the data dir. Every change is
-//! committed before the admin API acknowledges it.
+//! The embedded store: SQLite in WAL mode under the data dir, with
+//! `synchronous = FULL`, so a change is on disk when its transaction
+//! commits, and every change commits before the admin API acknowledges it.
+//!
+//! Tables: `endpoints` (with their keys), `versions` (rollout flags, module,
+//! models and deployment config), `models` (the registry: `name:version`,
+//! auto-incremented) and `modules` (components by content hash). Blobs
+//! themselves live beside the database under `blobs/<sha256>`.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 
+use crate::deploy::VersionSpec;
+use crate::rules::Rollout;
 use crate::ControlError;
+
+/// The schema this build writes (`PRAGMA user_version`). 1 was the first
+/// release's single `versions` table; `open` migrates it.
+const SCHEMA: i64 = 2;
 
 pub struct Store {
     conn: Connection,
 }
 
-/// One stored version, as deployed.
+pub type Tags = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointRow {
+    pub name: String,
+    pub description: String,
+    pub tags: Tags,
+    /// Scoring keys, generated at creation (checked by the server once key
+    /// auth is on; see the README).
+    #[serde(skip_serializing)]
+    pub primary_key: String,
+    #[serde(skip_serializing)]
+    pub secondary_key: String,
+    pub created_at: String,
+}
+
 #[derive(Debug, Clone)]
-pub struct StoredVersion {
+pub struct VersionRow {
     pub endpoint: String,
-    pub version: String,
-    pub module_sha: String,
-    pub module_name: String,
-    /// JSON list of {"file", "sha256"}.
-    pub models: String,
-    /// JSON deployment config.
-    pub config: String,
-    pub is_default: bool,
+    pub rollout: Rollout,
+    pub spec: VersionSpec,
+    pub description: String,
+    pub tags: Tags,
+    pub created_at: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelRow {
+    pub name: String,
+    pub version: i64,
+    /// `name:version`, the id versions refer to.
+    pub id: String,
+    pub file_name: String,
+    pub sha256: String,
+    pub size: i64,
+    pub tags: Tags,
+    pub description: String,
+    pub created_at: String,
+}
+
+fn json_err(e: serde_json::Error) -> ControlError {
+    ControlError::Store(format!("a stored JSON column does not parse: {e}"))
 }
 
 impl Store {
@@ -31,88 +75,513 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a commit is on disk before we acknowledge it.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS versions (
-                endpoint TEXT NOT NULL,
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<(), ControlError> {
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let had_v1 = version == 0
+            && self
+                .conn
+                .query_row("SELECT 1 FROM sqlite_master WHERE type='table' AND name='versions'", [], |_| Ok(()))
+                .optional()?
+                .is_some();
+        let tx = self.conn.transaction()?;
+        if had_v1 {
+            tx.execute_batch("ALTER TABLE versions RENAME TO versions_v1;")?;
+        }
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS endpoints (
+                name TEXT PRIMARY KEY,
+                description TEXT NOT NULL DEFAULT '',
+                tags TEXT NOT NULL DEFAULT '{}',
+                primary_key TEXT NOT NULL,
+                secondary_key TEXT NOT NULL,
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+            );
+            CREATE TABLE IF NOT EXISTS versions (
+                endpoint TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
                 version TEXT NOT NULL,
                 module_sha TEXT NOT NULL,
                 module_name TEXT NOT NULL,
                 models TEXT NOT NULL,
                 config TEXT NOT NULL,
-                is_default INTEGER NOT NULL,
+                traffic INTEGER NOT NULL DEFAULT 0,
+                is_default INTEGER NOT NULL DEFAULT 0,
+                is_control INTEGER NOT NULL DEFAULT 0,
+                mirror INTEGER NOT NULL DEFAULT 0,
+                description TEXT NOT NULL DEFAULT '',
+                tags TEXT NOT NULL DEFAULT '{}',
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
                 PRIMARY KEY (endpoint, version)
+            );
+            CREATE TABLE IF NOT EXISTS models (
+                name TEXT NOT NULL,
+                version INTEGER NOT NULL,
+                file_name TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                tags TEXT NOT NULL DEFAULT '{}',
+                description TEXT NOT NULL DEFAULT '',
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                PRIMARY KEY (name, version)
+            );
+            CREATE TABLE IF NOT EXISTS modules (
+                sha256 TEXT PRIMARY KEY,
+                name TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
             );",
         )?;
-        Ok(Store { conn })
-    }
-
-    pub fn put_version(&mut self, v: &StoredVersion) -> Result<(), ControlError> {
-        let tx = self.conn.transaction()?;
-        if v.is_default {
-            tx.execute("UPDATE versions SET is_default = 0 WHERE endpoint = ?1", params![v.endpoint])?;
+        if had_v1 {
+            // The first release kept versions only; their endpoints get fresh keys.
+            let names: Vec<String> = {
+                let mut stmt = tx.prepare("SELECT DISTINCT endpoint FROM versions_v1")?;
+                let rows = stmt.query_map([], |r| r.get(0))?;
+                rows.collect::<Result<_, _>>()?
+            };
+            for n in names {
+                tx.execute(
+                    "INSERT INTO endpoints (name, primary_key, secondary_key) VALUES (?1, ?2, ?3)",
+                    params![n, new_key(), new_key()],
+                )?;
+            }
+            tx.execute_batch(
+                "INSERT INTO versions (endpoint, version, module_sha, module_name, models, config, is_default, created_at)
+                   SELECT endpoint, version, module_sha, module_name, models, config, is_default, created_at FROM versions_v1;
+                 DROP TABLE versions_v1;",
+            )?;
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO versions (endpoint, version, module_sha, module_name, models, config, is_default)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![v.endpoint, v.version, v.module_sha, v.module_name, v.models, v.config, v.is_default],
-        )?;
+        tx.pragma_update(None, "user_version", SCHEMA)?;
         tx.commit()?;
         Ok(())
     }
 
-    pub fn delete_endpoint(&mut self, endpoint: &str) -> Result<usize, ControlError> {
-        Ok(self.conn.execute("DELETE FROM versions WHERE endpoint = ?1", params![endpoint])?)
+    // ---- endpoints and versions ----
+
+    pub fn endpoints(&self) -> Result<Vec<EndpointRow>, ControlError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, description, tags, primary_key, secondary_key, created_at FROM endpoints ORDER BY name")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (name, description, tags, primary_key, secondary_key, created_at) = r?;
+            Ok(EndpointRow {
+                name,
+                description,
+                tags: serde_json::from_str(&tags).map_err(json_err)?,
+                primary_key,
+                secondary_key,
+                created_at,
+            })
+        })
+        .collect()
     }
 
-    pub fn versions(&self) -> Result<Vec<StoredVersion>, ControlError> {
+    pub fn versions(&self) -> Result<Vec<VersionRow>, ControlError> {
         let mut stmt = self.conn.prepare(
-            "SELECT endpoint, version, module_sha, module_name, models, config, is_default FROM versions ORDER BY endpoint, created_at",
+            "SELECT endpoint, version, module_sha, module_name, models, config, traffic, is_default, is_control, mirror,
+                    description, tags, created_at
+               FROM versions ORDER BY endpoint, created_at, version",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(StoredVersion {
-                endpoint: r.get(0)?,
-                version: r.get(1)?,
-                module_sha: r.get(2)?,
-                module_name: r.get(3)?,
-                models: r.get(4)?,
-                config: r.get(5)?,
-                is_default: r.get(6)?,
-            })
+        type Raw = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            u32,
+            bool,
+            bool,
+            u32,
+            String,
+            String,
+            String,
+        );
+        let rows = stmt.query_map([], |r| -> rusqlite::Result<Raw> {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+                r.get(12)?,
+            ))
         })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        rows.map(|r| {
+            let (
+                endpoint,
+                name,
+                module,
+                module_name,
+                models,
+                config,
+                traffic,
+                is_default,
+                is_control,
+                mirror,
+                description,
+                tags,
+                created_at,
+            ) = r?;
+            Ok(VersionRow {
+                endpoint,
+                rollout: Rollout {
+                    name,
+                    traffic,
+                    is_default,
+                    is_control,
+                    mirror,
+                },
+                spec: VersionSpec {
+                    module,
+                    module_name,
+                    models: serde_json::from_str(&models).map_err(json_err)?,
+                    config: serde_json::from_str(&config).map_err(json_err)?,
+                },
+                description,
+                tags: serde_json::from_str(&tags).map_err(json_err)?,
+                created_at,
+            })
+        })
+        .collect()
     }
+
+    /// Commits one change to an endpoint in one transaction: the endpoint
+    /// row if it is new, every version row written (flags move between
+    /// versions, so a change may touch several) and the versions deleted.
+    pub fn commit_endpoint(&mut self, endpoint: &EndpointRow, upserts: &[VersionRow], deletes: &[String]) -> Result<(), ControlError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO endpoints (name, description, tags, primary_key, secondary_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                endpoint.name,
+                endpoint.description,
+                serde_json::to_string(&endpoint.tags).expect("tags serialize"),
+                endpoint.primary_key,
+                endpoint.secondary_key,
+                or_now(&endpoint.created_at),
+            ],
+        )?;
+        for d in deletes {
+            tx.execute(
+                "DELETE FROM versions WHERE endpoint = ?1 AND version = ?2",
+                params![endpoint.name, d],
+            )?;
+        }
+        for v in upserts {
+            tx.execute(
+                "INSERT INTO versions (endpoint, version, module_sha, module_name, models, config, traffic, is_default, is_control, mirror, description, tags, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+                 ON CONFLICT (endpoint, version) DO UPDATE SET
+                   module_sha = excluded.module_sha, module_name = excluded.module_name, models = excluded.models,
+                   config = excluded.config, traffic = excluded.traffic, is_default = excluded.is_default,
+                   is_control = excluded.is_control, mirror = excluded.mirror, description = excluded.description,
+                   tags = excluded.tags, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                params![
+                    endpoint.name,
+                    v.rollout.name,
+                    v.spec.module,
+                    v.spec.module_name,
+                    serde_json::to_string(&v.spec.models).expect("models serialize"),
+                    serde_json::to_string(&v.spec.config).expect("config serializes"),
+                    v.rollout.traffic,
+                    v.rollout.is_default,
+                    v.rollout.is_control,
+                    v.rollout.mirror,
+                    v.description,
+                    serde_json::to_string(&v.tags).expect("tags serialize"),
+                    or_now(&v.created_at),
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_endpoint(&mut self, endpoint: &str) -> Result<bool, ControlError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM versions WHERE endpoint = ?1", params![endpoint])?;
+        let n = tx.execute("DELETE FROM endpoints WHERE name = ?1", params![endpoint])?;
+        tx.commit()?;
+        Ok(n > 0)
+    }
+
+    pub fn record_module(&mut self, sha: &str, name: &str, size: u64) -> Result<(), ControlError> {
+        self.conn.execute(
+            "INSERT INTO modules (sha256, name, size) VALUES (?1, ?2, ?3)
+             ON CONFLICT (sha256) DO UPDATE SET size = excluded.size",
+            params![sha, name, size as i64],
+        )?;
+        Ok(())
+    }
+
+    // ---- the model registry ----
+
+    /// Registers a file under `name`; the version is one more than the
+    /// latest. Registering the same bytes and file name as the latest
+    /// version returns that version instead of a copy.
+    pub fn register_model(
+        &mut self,
+        name: &str,
+        file_name: &str,
+        sha: &str,
+        size: u64,
+        tags: &Tags,
+        description: &str,
+    ) -> Result<(ModelRow, bool), ControlError> {
+        let tx = self.conn.transaction()?;
+        let latest: Option<(i64, String, String)> = tx
+            .query_row(
+                "SELECT version, sha256, file_name FROM models WHERE name = ?1 ORDER BY version DESC LIMIT 1",
+                params![name],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        if let Some((v, s, f)) = &latest {
+            if s == sha && f == file_name && tags.is_empty() && description.is_empty() {
+                drop(tx);
+                return Ok((self.model(name, Some(*v))?.expect("just read"), false));
+            }
+        }
+        let version = latest.map(|l| l.0).unwrap_or(0) + 1;
+        tx.execute(
+            "INSERT INTO models (name, version, file_name, sha256, size, tags, description) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                name,
+                version,
+                file_name,
+                sha,
+                size as i64,
+                serde_json::to_string(tags).expect("tags serialize"),
+                description
+            ],
+        )?;
+        tx.commit()?;
+        Ok((self.model(name, Some(version))?.expect("just written"), true))
+    }
+
+    /// One model version, or the latest when `version` is None.
+    pub fn model(&self, name: &str, version: Option<i64>) -> Result<Option<ModelRow>, ControlError> {
+        let rows = self.query_models(
+            "WHERE name = ?1 AND (?2 IS NULL OR version = ?2) ORDER BY version DESC LIMIT 1",
+            params![name, version],
+        )?;
+        Ok(rows.into_iter().next())
+    }
+
+    pub fn models(&self, name: Option<&str>) -> Result<Vec<ModelRow>, ControlError> {
+        self.query_models("WHERE (?1 IS NULL OR name = ?1) ORDER BY name, version", params![name])
+    }
+
+    fn query_models(&self, filter: &str, p: impl rusqlite::Params) -> Result<Vec<ModelRow>, ControlError> {
+        let sql = format!("SELECT name, version, file_name, sha256, size, tags, description, created_at FROM models {filter}");
+        let mut stmt = self.conn.prepare(&sql)?;
+        let rows = stmt.query_map(p, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+            ))
+        })?;
+        rows.map(|r| {
+            let (name, version, file_name, sha256, size, tags, description, created_at) = r?;
+            Ok(ModelRow {
+                id: format!("{name}:{version}"),
+                name,
+                version,
+                file_name,
+                sha256,
+                size,
+                tags: serde_json::from_str(&tags).map_err(json_err)?,
+                description,
+                created_at,
+            })
+        })
+        .collect()
+    }
+
+    pub fn delete_model(&mut self, name: &str, version: i64) -> Result<bool, ControlError> {
+        Ok(self
+            .conn
+            .execute("DELETE FROM models WHERE name = ?1 AND version = ?2", params![name, version])?
+            > 0)
+    }
+}
+
+fn or_now(s: &str) -> String {
+    if s.is_empty() {
+        now_rfc3339()
+    } else {
+        s.to_string()
+    }
+}
+
+/// Now, as RFC 3339 UTC with milliseconds (what the store's own defaults write).
+pub fn now_rfc3339() -> String {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// A fresh random key (32 bytes, hex).
+pub fn new_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    hex::encode(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deploy::ModelRef;
+
+    fn endpoint(name: &str) -> EndpointRow {
+        EndpointRow {
+            name: name.into(),
+            description: String::new(),
+            tags: Tags::new(),
+            primary_key: new_key(),
+            secondary_key: new_key(),
+            created_at: String::new(),
+        }
+    }
+
+    fn version(name: &str, traffic: u32, is_default: bool) -> VersionRow {
+        VersionRow {
+            endpoint: "iris".into(),
+            rollout: Rollout {
+                name: name.into(),
+                traffic,
+                is_default,
+                is_control: false,
+                mirror: 0,
+            },
+            spec: VersionSpec {
+                module: "m".into(),
+                module_name: "iris.wasm".into(),
+                models: vec![ModelRef {
+                    file: "model.onnx".into(),
+                    sha256: "s".into(),
+                    model: Some("iris:1".into()),
+                }],
+                config: serde_json::json!({"num_replicas": 2}),
+            },
+            description: "d".into(),
+            tags: Tags::from([("k".into(), "v".into())]),
+            created_at: String::new(),
+        }
+    }
 
     #[test]
-    fn versions_survive_reopen_and_default_moves() {
-        let dir = std::env::temp_dir().join(format!("wasmscore-store-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state.db");
-        let _ = std::fs::remove_file(&path);
-        let v = |name: &str, d: bool| StoredVersion {
-            endpoint: "iris".into(),
-            version: name.into(),
-            module_sha: "m".into(),
-            module_name: "iris.wasm".into(),
-            models: "[]".into(),
-            config: "{}".into(),
-            is_default: d,
-        };
+    fn endpoints_versions_and_models_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let ep = endpoint("iris");
         {
             let mut s = Store::open(&path).unwrap();
-            s.put_version(&v("v1", true)).unwrap();
-            s.put_version(&v("v2", true)).unwrap();
+            s.commit_endpoint(&ep, &[version("v1", 20, true)], &[]).unwrap();
+            s.commit_endpoint(&ep, &[version("v1", 20, false), version("v2", 40, true)], &[])
+                .unwrap();
+            let (m1, new) = s.register_model("iris", "model.onnx", "s", 10, &Tags::new(), "").unwrap();
+            assert!(new);
+            assert_eq!(m1.id, "iris:1");
+            // The same bytes again: the same version.
+            let (again, new) = s.register_model("iris", "model.onnx", "s", 10, &Tags::new(), "").unwrap();
+            assert!(!new);
+            assert_eq!(again.id, "iris:1");
+            let (m2, _) = s.register_model("iris", "model.onnx", "t", 11, &Tags::new(), "second").unwrap();
+            assert_eq!(m2.id, "iris:2");
+        }
+        let mut s = Store::open(&path).unwrap();
+        let eps = s.endpoints().unwrap();
+        assert_eq!(eps.len(), 1);
+        assert_eq!(eps[0].primary_key, ep.primary_key);
+        let vs = s.versions().unwrap();
+        assert_eq!(vs.len(), 2);
+        assert!(!vs[0].rollout.is_default && vs[1].rollout.is_default);
+        assert_eq!(vs[1].rollout.traffic, 40);
+        assert_eq!(vs[0].spec.config["num_replicas"], 2);
+        assert_eq!(vs[0].tags["k"], "v");
+        assert_eq!(s.model("iris", None).unwrap().unwrap().version, 2);
+        assert_eq!(s.models(Some("iris")).unwrap().len(), 2);
+        s.commit_endpoint(&ep, &[], &["v1".to_string()]).unwrap();
+        assert_eq!(s.versions().unwrap().len(), 1);
+        assert!(s.delete_endpoint("iris").unwrap());
+        assert!(s.versions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 24, "{t}");
+        assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
+    }
+
+    #[test]
+    fn the_first_releases_store_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE versions (endpoint TEXT NOT NULL, version TEXT NOT NULL, module_sha TEXT NOT NULL,
+                   module_name TEXT NOT NULL, models TEXT NOT NULL, config TEXT NOT NULL, is_default INTEGER NOT NULL,
+                   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')), PRIMARY KEY (endpoint, version));
+                 INSERT INTO versions (endpoint, version, module_sha, module_name, models, config, is_default)
+                   VALUES ('iris', 'v1', 'm', 'iris.wasm', '[]', 'null', 1);",
+            )
+            .unwrap();
         }
         let s = Store::open(&path).unwrap();
-        let all = s.versions().unwrap();
-        assert_eq!(all.len(), 2);
-        assert!(!all.iter().find(|x| x.version == "v1").unwrap().is_default);
-        assert!(all.iter().find(|x| x.version == "v2").unwrap().is_default);
-        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(s.endpoints().unwrap()[0].name, "iris");
+        let v = s.versions().unwrap();
+        assert_eq!(v.len(), 1);
+        assert!(v[0].rollout.is_default);
     }
 }

@@ -18,6 +18,10 @@ pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
 pub use host::{LogLine, VersionContext};
 pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
 
+/// A compiled, pre-linked component: what versions that ship the same module
+/// bytes share. Cheap to clone.
+pub type Compiled = bindings::ScorerPre<host::HostState>;
+
 /// Errors while loading or preparing a component.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {

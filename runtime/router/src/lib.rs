@@ -1,33 +1,60 @@
 //! Hop 2 of the request path: from an endpoint name to one of its versions.
 //!
-//! The table of endpoints is immutable and swapped whole on every change
-//! (`ArcSwap`), so the hot path reads a snapshot with no lock. Today a request
-//! goes to the pinned version (`x-wasmscore-version`) or the default one; the
-//! weighted split between versions reads the same table.
+//! The control plane computes each endpoint's split (the versions that are
+//! ready, each with its share of 100) and publishes it as an immutable
+//! [`Endpoint`]; the table of endpoints is swapped whole (`ArcSwap`), so the
+//! hot path reads a snapshot with no lock. A request goes to:
+//! - the version it pins (`x-wasmscore-version`), if that version is ready;
+//! - else, with a cohort key (`x-wasmscore-cohort`), the version whose range
+//!   of the split the key's hash falls in, so the key keeps its version while
+//!   the percentages hold;
+//! - else the next slot of a smooth weighted round robin sequence of 100
+//!   slots, walked by one atomic counter: the shares hold exactly over any
+//!   100 consecutive requests, and no version gets a burst.
+//!
+//! A mirror version gets a copy of N of every 100 requests; the caller sends
+//! it and discards the answer. This crate does not know why a version is not
+//! ready; the control plane says so in [`Endpoint::not_ready`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use wasmscore_replica::Pool;
 
-/// A deployed version: its name and its replica pool.
+/// A deployed, ready version: its name and its replica pool.
 pub struct Version {
     pub name: String,
     pub pool: Arc<Pool>,
 }
 
-/// An endpoint: its versions and which one is the default.
+/// Slots in one turn of the split: shares are whole percentages.
+const SLOTS: usize = 100;
+
+/// One endpoint's routing table, immutable once published.
 pub struct Endpoint {
     pub name: String,
-    pub versions: Vec<Arc<Version>>,
-    pub default_version: String,
+    /// Ready versions, each with its share of the split (shares sum to 100,
+    /// or to 0 when nothing but pinned traffic can be served).
+    split: Vec<(Arc<Version>, u32)>,
+    /// Ready versions outside the split, still reachable by pinning (a
+    /// version at 0%, or the mirror).
+    others: Vec<Arc<Version>>,
+    /// Index into `split` for each slot of the round robin.
+    sequence: Vec<u16>,
+    mirror: Option<(Arc<Version>, u32)>,
+    /// Versions that exist but cannot serve, with the reason (Transitioning,
+    /// Failed: ...), so a pinned request gets 503 with the reason, not 404.
+    not_ready: Vec<(String, String)>,
+    counter: AtomicU64,
 }
 
-impl Endpoint {
-    pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
-        self.versions.iter().find(|v| v.name == name)
-    }
+/// Where one request goes.
+pub struct Route {
+    pub version: Arc<Version>,
+    /// Also send a copy here and discard its answer.
+    pub mirror: Option<Arc<Version>>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -36,6 +63,154 @@ pub enum RouteError {
     UnknownEndpoint(String),
     #[error("service {endpoint:?} has no version {version:?}")]
     UnknownVersion { endpoint: String, version: String },
+    #[error("service {endpoint:?} cannot serve yet: {reason}")]
+    NotReady { endpoint: String, reason: String },
+}
+
+impl Endpoint {
+    /// Builds an endpoint's table. `split` holds the ready versions with
+    /// their effective shares (the control plane has already given the
+    /// remainder to the default version); shares must sum to 100 or 0.
+    pub fn new(
+        name: &str,
+        split: Vec<(Arc<Version>, u32)>,
+        others: Vec<Arc<Version>>,
+        mirror: Option<(Arc<Version>, u32)>,
+        not_ready: Vec<(String, String)>,
+    ) -> Endpoint {
+        let split: Vec<_> = split.into_iter().filter(|(_, w)| *w > 0).collect();
+        let total: u32 = split.iter().map(|(_, w)| w).sum();
+        assert!(total == 0 || total as usize == SLOTS, "shares of {name} sum to {total}, not 100");
+        let sequence = smooth_weighted_sequence(&split.iter().map(|(_, w)| *w).collect::<Vec<_>>());
+        Endpoint {
+            name: name.to_string(),
+            split,
+            others,
+            sequence,
+            mirror: mirror.filter(|(_, p)| *p > 0),
+            not_ready,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    /// Every ready version (split, then others).
+    pub fn versions(&self) -> impl Iterator<Item = &Arc<Version>> {
+        self.split.iter().map(|(v, _)| v).chain(self.others.iter())
+    }
+
+    pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
+        self.versions().find(|v| v.name == name)
+    }
+
+    /// The effective shares, as routed.
+    pub fn shares(&self) -> Vec<(String, u32)> {
+        self.split.iter().map(|(v, w)| (v.name.clone(), *w)).collect()
+    }
+
+    pub fn mirror(&self) -> Option<(&Arc<Version>, u32)> {
+        self.mirror.as_ref().map(|(v, p)| (v, *p))
+    }
+
+    fn route(&self, pin: Option<&str>, cohort: Option<&str>) -> Result<Route, RouteError> {
+        if let Some(want) = pin {
+            if let Some(v) = self.version(want) {
+                return Ok(Route {
+                    version: v.clone(),
+                    mirror: None,
+                });
+            }
+            if let Some((_, why)) = self.not_ready.iter().find(|(n, _)| n == want) {
+                return Err(RouteError::NotReady {
+                    endpoint: self.name.clone(),
+                    reason: format!("version {want:?} is {why}"),
+                });
+            }
+            return Err(RouteError::UnknownVersion {
+                endpoint: self.name.clone(),
+                version: want.into(),
+            });
+        }
+        if self.split.is_empty() {
+            let reason = if self.not_ready.is_empty() {
+                "it has no version taking traffic".to_string()
+            } else {
+                self.not_ready
+                    .iter()
+                    .map(|(n, why)| format!("version {n:?} is {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            return Err(RouteError::NotReady {
+                endpoint: self.name.clone(),
+                reason,
+            });
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let index = match cohort {
+            Some(key) => self.cohort_index(key),
+            None => self.sequence[(n % SLOTS as u64) as usize] as usize,
+        };
+        let mirror = self.mirror.as_ref().and_then(|(m, pct)| {
+            // Request n is mirrored when floor((n+1)·p/100) steps past floor(n·p/100):
+            // exactly p of every 100, spread evenly.
+            let k = n % SLOTS as u64;
+            let p = *pct as u64;
+            ((k + 1) * p / SLOTS as u64 > k * p / SLOTS as u64).then(|| m.clone())
+        });
+        Ok(Route {
+            version: self.split[index].0.clone(),
+            mirror,
+        })
+    }
+
+    /// The split laid out as ranges of 0..100; the key's hash picks a point.
+    fn cohort_index(&self, key: &str) -> usize {
+        let point = (fnv1a(key.as_bytes()) % SLOTS as u64) as u32;
+        let mut upto = 0;
+        for (i, (_, w)) in self.split.iter().enumerate() {
+            upto += w;
+            if point < upto {
+                return i;
+            }
+        }
+        self.split.len() - 1
+    }
+}
+
+/// FNV-1a: stable across processes and releases, so a cohort keeps its
+/// version over restarts (std's hasher is randomly seeded).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= *b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// nginx's smooth weighted round robin, unrolled over one turn: each step
+/// adds every weight to its running score, picks the highest and takes the
+/// total from it. Over a turn each index appears exactly `weight` times, and
+/// picks of one index are spread out rather than bunched.
+fn smooth_weighted_sequence(weights: &[u32]) -> Vec<u16> {
+    let total: i64 = weights.iter().map(|w| *w as i64).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut current = vec![0i64; weights.len()];
+    (0..total)
+        .map(|_| {
+            let mut best = 0;
+            for (i, w) in weights.iter().enumerate() {
+                current[i] += *w as i64;
+                if current[i] > current[best] {
+                    best = i;
+                }
+            }
+            current[best] -= total;
+            best as u16
+        })
+        .collect()
 }
 
 type Table = HashMap<String, Arc<Endpoint>>;
@@ -52,56 +227,32 @@ impl Router {
     }
 
     /// Picks the version for one request.
-    pub fn route(&self, endpoint: &str, pin: Option<&str>) -> Result<Arc<Version>, RouteError> {
+    pub fn route(&self, endpoint: &str, pin: Option<&str>, cohort: Option<&str>) -> Result<Route, RouteError> {
         let table = self.table.load();
         let ep = table
             .get(endpoint)
             .ok_or_else(|| RouteError::UnknownEndpoint(endpoint.to_string()))?;
-        let want = pin.unwrap_or(&ep.default_version);
-        ep.version(want).cloned().ok_or_else(|| RouteError::UnknownVersion {
-            endpoint: endpoint.into(),
-            version: want.into(),
-        })
+        ep.route(pin, cohort)
     }
 
     pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {
         self.table.load().get(name).cloned()
     }
 
-    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
-        let mut v: Vec<_> = self.table.load().values().cloned().collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
-    }
-
-    /// Adds or replaces one version. Requests already holding the old version
-    /// finish on it; its pool drains and stops when the last one is done.
-    pub fn put_version(&self, endpoint: &str, version: Arc<Version>, make_default: bool) {
+    /// Publishes an endpoint's new table. Requests that already hold a
+    /// version finish on it; a version no longer referenced drains and stops
+    /// when its last request is done.
+    pub fn publish(&self, endpoint: Endpoint) {
+        let endpoint = Arc::new(endpoint);
         self.table.rcu(|old| {
             let mut t: Table = (**old).clone();
-            let (mut versions, mut default_version) = match t.get(endpoint) {
-                Some(ep) => (ep.versions.clone(), ep.default_version.clone()),
-                None => (Vec::new(), version.name.clone()),
-            };
-            versions.retain(|v| v.name != version.name);
-            versions.push(version.clone());
-            if make_default {
-                default_version = version.name.clone();
-            }
-            t.insert(
-                endpoint.to_string(),
-                Arc::new(Endpoint {
-                    name: endpoint.into(),
-                    versions,
-                    default_version,
-                }),
-            );
+            t.insert(endpoint.name.clone(), endpoint.clone());
             t
         });
     }
 
     /// Removes an endpoint; true if it existed.
-    pub fn remove_endpoint(&self, endpoint: &str) -> bool {
+    pub fn remove(&self, endpoint: &str) -> bool {
         let mut existed = false;
         self.table.rcu(|old| {
             let mut t: Table = (**old).clone();
@@ -109,5 +260,48 @@ impl Router {
             t
         });
         existed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sequence_holds_the_shares_and_spreads_them() {
+        let seq = smooth_weighted_sequence(&[20, 80]);
+        assert_eq!(seq.len(), 100);
+        assert_eq!(seq.iter().filter(|i| **i == 0).count(), 20);
+        // 20% is spread: never two picks of index 0 in a row.
+        assert!(seq.windows(2).all(|w| !(w[0] == 0 && w[1] == 0)), "{seq:?}");
+        let seq = smooth_weighted_sequence(&[90, 10]);
+        assert_eq!(seq.iter().filter(|i| **i == 1).count(), 10);
+        let seq = smooth_weighted_sequence(&[33, 33, 34]);
+        assert_eq!(seq.iter().filter(|i| **i == 2).count(), 34);
+    }
+
+    #[test]
+    fn any_window_of_100_slots_is_exact() {
+        let seq = smooth_weighted_sequence(&[7, 50, 43]);
+        // The sequence repeats, so any 100 consecutive slots are one full turn.
+        for start in 0..100 {
+            let count = (start..start + 100).filter(|k| seq[k % 100] == 0).count();
+            assert_eq!(count, 7);
+        }
+    }
+
+    #[test]
+    fn mirror_takes_exactly_its_percentage() {
+        for p in [1u64, 10, 33, 50] {
+            let mirrored = (0..100u64).filter(|k| (k + 1) * p / 100 > k * p / 100).count();
+            assert_eq!(mirrored as u64, p);
+        }
+    }
+
+    #[test]
+    fn cohort_hash_is_stable() {
+        // Fixed values: a cohort must keep its bucket across releases.
+        assert_eq!(fnv1a(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a(b"a"), 0xaf63dc4c8601ec8c);
     }
 }

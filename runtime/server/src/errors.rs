@@ -30,7 +30,13 @@ impl ApiError {
 
 impl From<RouteError> for ApiError {
     fn from(e: RouteError) -> Self {
-        ApiError::new(404, "not_found", e.to_string())
+        match e {
+            RouteError::NotReady { .. } => ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(503, "unavailable", e.to_string())
+            },
+            _ => ApiError::new(404, "not_found", e.to_string()),
+        }
     }
 }
 

@@ -136,12 +136,10 @@ impl App {
     }
 
     async fn score(&self, req: Request<Incoming>, endpoint: &str) -> Result<Response<Body>, ApiError> {
-        let pin = req
-            .headers()
-            .get("x-wasmscore-version")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let version = self.control.router().route(endpoint, pin.as_deref())?;
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let pin = header("x-wasmscore-version");
+        let cohort = header("x-wasmscore-cohort");
+        let route = self.control.router().route(endpoint, pin.as_deref(), cohort.as_deref())?;
         let (parts, body) = read_body(req, self.cfg.max_body_bytes).await?;
         let content_type = parts
             .headers
@@ -149,14 +147,23 @@ impl App {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
-        let result = version
-            .pool
-            .score(ScoreRequest {
-                body: body.to_vec(),
-                content_type,
-                tensors: Vec::new(),
-            })
-            .await;
+        let request = ScoreRequest {
+            body: body.to_vec(),
+            content_type,
+            tensors: Vec::new(),
+        };
+        if let Some(mirror) = route.mirror {
+            // A copy for the mirror, answered by no one: its result, slow or
+            // failed, never reaches this client (the pool counts it).
+            let copy = request.clone();
+            tokio::spawn(async move {
+                if let Err(e) = mirror.pool.score(copy).await {
+                    tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
+                }
+            });
+        }
+        let version = route.version;
+        let result = version.pool.score(request).await;
         let mut resp = match result {
             Ok(out) => {
                 let ct = if out.content_type.is_empty() {
@@ -197,8 +204,9 @@ impl App {
             ));
         }
         let method = req.method().to_string();
+        let query = req.uri().query().unwrap_or("").to_string();
         let (_, body) = read_body(req, self.cfg.max_admin_body_bytes).await?;
-        let r = self.control.admin(&method, path, body.to_vec()).await;
+        let r = self.control.admin(&method, path, &query, body.to_vec()).await;
         Ok(json(r.status, serde_json::to_vec(&r.body).expect("json")))
     }
 }

@@ -1,0 +1,558 @@
+//! The management commands (`deploy`, `model`, `endpoint`/`service`,
+//! `version`) on top of the admin API of a running `wasmscore up`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+use wasmscore_control::azureml;
+
+use crate::client::Client;
+
+/// What a version create/update/deploy may set.
+#[derive(Args, Default)]
+pub struct VersionArgs {
+    /// A .wasm component, a score.py or a Rust crate directory.
+    #[arg(long)]
+    pub module: Option<PathBuf>,
+    /// A model file (registered under its file stem) or a registered model
+    /// (name:version, or name for its latest). Repeat for more.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// Percentage of the endpoint's live traffic (0-100).
+    #[arg(long)]
+    pub traffic: Option<u32>,
+    /// Make this version the default (`--default false` is refused on the default: move it instead).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub default: Option<bool>,
+    /// Make this version the control (`--control false` unsets it).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub control: Option<bool>,
+    /// Make this version a mirror of N% of live traffic (0 stops mirroring).
+    #[arg(long)]
+    pub mirror: Option<u32>,
+    /// Deployment config: ours (scoring_timeout_ms, memory_gb, ...) or Azure ML's deploymentconfig.json.
+    #[arg(long)]
+    pub dc: Option<PathBuf>,
+    /// Azure ML's inferenceconfig.json (its entryScript becomes the module).
+    #[arg(long)]
+    pub ic: Option<PathBuf>,
+    #[arg(long)]
+    pub description: Option<String>,
+    /// A tag, KEY=VALUE. Repeat for more; given tags replace the version's tags.
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Print each step of the build as it happens.
+    #[arg(long)]
+    pub wait: bool,
+    /// Return once the change is committed, without waiting for the build.
+    #[arg(long, conflicts_with = "wait")]
+    pub no_wait: bool,
+    /// Print the endpoint as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Register a model file as NAME:next-version.
+    Register {
+        #[arg(long)]
+        data_dir: PathBuf,
+        file: PathBuf,
+        /// Registry name (default: the file stem).
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List registered models (all, or one name's versions).
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one model: NAME:VERSION, or NAME for its latest.
+    Show {
+        #[arg(long)]
+        data_dir: PathBuf,
+        id: String,
+    },
+    /// Delete one model version (refused while a version uses it).
+    Delete {
+        #[arg(long)]
+        data_dir: PathBuf,
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// Create an empty endpoint (`version create` also creates one).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List endpoints.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One endpoint's state, versions, traffic and replicas.
+    Show {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A version's deploy events and its module's log lines (default version unless named).
+    Logs {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an endpoint and all its versions.
+    Delete {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum VersionCommand {
+    /// Create a version (and its endpoint, if new).
+    Create {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        args: VersionArgs,
+    },
+    /// Update a version: traffic and flags at once; module, models or config by a new build.
+    Update {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        args: VersionArgs,
+    },
+    /// Delete a version; deleting the default needs --new-default while others remain.
+    Delete {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        version: String,
+        #[arg(long)]
+        new_default: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List an endpoint's versions.
+    List {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn tags(list: &[String]) -> Result<Value> {
+    let mut m = serde_json::Map::new();
+    for t in list {
+        let (k, v) = t.split_once('=').ok_or_else(|| anyhow!("tag {t:?} is not KEY=VALUE"))?;
+        m.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    Ok(Value::Object(m))
+}
+
+fn read_json(p: &Path) -> Result<Value> {
+    serde_json::from_slice(&std::fs::read(p).with_context(|| format!("reading {}", p.display()))?)
+        .with_context(|| format!("{} is not JSON", p.display()))
+}
+
+/// Turns the flags (and --dc/--ic files) into the admin API's version body.
+fn version_body(c: &Client, a: &VersionArgs) -> Result<Value> {
+    let mut body = serde_json::Map::new();
+    let mut module = a.module.clone();
+    if let Some(ic) = &a.ic {
+        let m = azureml::map_inference(&read_json(ic)?).map_err(|e| anyhow!("{}: {e}", ic.display()))?;
+        for line in &m.mapped {
+            eprintln!("{}: mapped {line}", ic.display());
+        }
+        for line in &m.ignored {
+            eprintln!("{}: ignored {line}", ic.display());
+        }
+        match (&module, m.entry_script) {
+            (Some(given), Some(_)) => eprintln!("{}: entryScript overridden by --module {}", ic.display(), given.display()),
+            (None, Some(script)) => module = Some(ic.parent().unwrap_or(Path::new(".")).join(script)),
+            (_, None) => {}
+        }
+    }
+    if let Some(dc) = &a.dc {
+        let v = read_json(dc)?;
+        if azureml::is_azureml_deployment(&v) {
+            let m = azureml::map_deployment(&v).map_err(|e| anyhow!("{}: {e}", dc.display()))?;
+            for line in &m.mapped {
+                eprintln!("{}: mapped {line}", dc.display());
+            }
+            for line in &m.ignored {
+                eprintln!("{}: ignored {line}", dc.display());
+            }
+            body.insert("config".into(), Value::Object(m.config));
+            if let Some(t) = m.traffic {
+                body.insert("traffic".into(), t.into());
+            }
+            if let Some(d) = m.default {
+                body.insert("default".into(), d.into());
+            }
+            if let Some(cv) = m.control {
+                body.insert("control".into(), cv.into());
+            }
+            if let Some(d) = m.description {
+                body.insert("description".into(), d.into());
+            }
+            if let Some(t) = m.tags {
+                body.insert("tags".into(), serde_json::to_value(t)?);
+            }
+        } else {
+            body.insert("config".into(), v);
+        }
+    }
+    if let Some(m) = &module {
+        if !m.exists() {
+            bail!("module {} does not exist", m.display());
+        }
+    }
+    // Check every model file before uploading anything.
+    for m in &a.models {
+        if (m.contains('/') || m.ends_with(".onnx")) && !Path::new(m).is_file() {
+            bail!("model file {m} does not exist");
+        }
+    }
+    if let Some(m) = &module {
+        let (sha, name) = c.upload_module(m)?;
+        body.insert("module".into(), sha.into());
+        body.insert("module_name".into(), name.into());
+    }
+    if !a.models.is_empty() {
+        body.insert("models".into(), Value::Array(c.model_refs(&a.models)?));
+    }
+    for (k, v) in [("traffic", a.traffic.map(Value::from)), ("mirror", a.mirror.map(Value::from))] {
+        if let Some(v) = v {
+            body.insert(k.into(), v);
+        }
+    }
+    for (k, v) in [("default", a.default), ("control", a.control)] {
+        if let Some(v) = v {
+            body.insert(k.into(), v.into());
+        }
+    }
+    if let Some(d) = &a.description {
+        body.insert("description".into(), d.clone().into());
+    }
+    if !a.tags.is_empty() {
+        body.insert("tags".into(), tags(&a.tags)?);
+    }
+    Ok(Value::Object(body))
+}
+
+/// Sends a version change, then follows its build (unless --no-wait) and
+/// prints the endpoint.
+fn send_version_change(c: &Client, method: &str, path: &str, endpoint: &str, version: &str, body: Value, a: &VersionArgs) -> Result<()> {
+    if a.wait {
+        eprintln!("{method} {endpoint}/{version} ...");
+    }
+    let answer = c.request(method, path, serde_json::to_vec(&body)?)?;
+    if let Some(g) = answer["generation"].as_u64() {
+        if a.no_wait {
+            eprintln!("{endpoint}/{version}: deploy #{g} accepted; follow it with `wasmscore service show {endpoint}`");
+        } else {
+            c.wait(endpoint, version, g, a.wait)?;
+        }
+    }
+    let shown = c.get(&format!("/admin/v1/endpoints/{endpoint}"))?;
+    print_service(&shown, c.base_url(), a.json)
+}
+
+pub fn deploy(data_dir: &Path, name: &str, version: Option<&str>, args: VersionArgs) -> Result<()> {
+    let c = Client::from_data_dir(data_dir)?;
+    if args.module.is_none() && args.ic.is_none() {
+        bail!("deploy needs --module (a .wasm, a score.py or a crate) or --ic inferenceconfig.json");
+    }
+    let version = match version {
+        Some(v) => v.to_string(),
+        None => match c.get(&format!("/admin/v1/endpoints/{name}")) {
+            Ok(ep) => ep["default_version"].as_str().unwrap_or("v1").to_string(),
+            Err(_) => "v1".to_string(),
+        },
+    };
+    let body = version_body(&c, &args)?;
+    if args.wait {
+        eprintln!("deploying {name}/{version} ...");
+    }
+    let path = format!("/admin/v1/endpoints/{name}/versions/{version}");
+    send_version_change(&c, "PUT", &path, name, &version, body, &args)
+}
+
+pub fn model(cmd: ModelCommand) -> Result<()> {
+    match cmd {
+        ModelCommand::Register {
+            data_dir,
+            file,
+            name,
+            tags: t,
+            description,
+            json,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let name = match name {
+                Some(n) => n,
+                None => file
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .ok_or_else(|| anyhow!("{} has no file name", file.display()))?,
+            };
+            let row = c.register_model(&file, &name, &tags(&t)?, &description)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&row)?);
+            } else {
+                println!("{}", row["id"].as_str().unwrap_or("?"));
+            }
+        }
+        ModelCommand::List { data_dir, name, json } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let path = match name {
+                Some(n) => format!("/admin/v1/models?name={n}"),
+                None => "/admin/v1/models".to_string(),
+            };
+            let v = c.get(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for m in v["models"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {}  {} bytes  sha256 {}  {}",
+                        m["id"].as_str().unwrap_or("?"),
+                        m["file_name"].as_str().unwrap_or("?"),
+                        m["size"],
+                        m["sha256"].as_str().unwrap_or("?"),
+                        m["description"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        ModelCommand::Show { data_dir, id } => {
+            let v = Client::from_data_dir(&data_dir)?.get(&format!("/admin/v1/models/{id}"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ModelCommand::Delete { data_dir, id } => {
+            Client::from_data_dir(&data_dir)?.request("DELETE", &format!("/admin/v1/models/{id}"), Vec::new())?;
+            println!("deleted model {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
+    match cmd {
+        EndpointCommand::Create {
+            data_dir,
+            name,
+            description,
+            tags: t,
+            json,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let body = json!({"name": name, "description": description, "tags": tags(&t)?});
+            let v = c.request("POST", "/admin/v1/endpoints", serde_json::to_vec(&body)?)?;
+            print_service(&v, c.base_url(), json)?;
+        }
+        EndpointCommand::List { data_dir, json } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.get("/admin/v1/endpoints")?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for s in v["services"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {}  default {}  traffic {}",
+                        s["name"].as_str().unwrap_or("?"),
+                        s["state"].as_str().unwrap_or("?"),
+                        s["default_version"].as_str().unwrap_or("-"),
+                        s["traffic"]
+                    );
+                }
+            }
+        }
+        EndpointCommand::Show { data_dir, name, json } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.get(&format!("/admin/v1/endpoints/{name}"))?;
+            print_service(&v, c.base_url(), json)?;
+        }
+        EndpointCommand::Logs {
+            data_dir,
+            name,
+            version,
+            json,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let path = match version {
+                Some(v) => format!("/admin/v1/endpoints/{name}/versions/{v}/logs"),
+                None => format!("/admin/v1/endpoints/{name}/logs"),
+            };
+            let v = c.get(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            for e in v["events"].as_array().into_iter().flatten() {
+                println!("{} deploy {}", e["unix_ms"], e["message"].as_str().unwrap_or(""));
+            }
+            for line in v["lines"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} {}",
+                    line["unix_ms"],
+                    line["level"].as_str().unwrap_or(""),
+                    line["message"].as_str().unwrap_or("")
+                );
+            }
+        }
+        EndpointCommand::Delete { data_dir, name } => {
+            Client::from_data_dir(&data_dir)?.request("DELETE", &format!("/admin/v1/endpoints/{name}"), Vec::new())?;
+            println!("deleted {name}");
+        }
+    }
+    Ok(())
+}
+
+pub fn version(cmd: VersionCommand) -> Result<()> {
+    match cmd {
+        VersionCommand::Create {
+            data_dir,
+            endpoint,
+            version,
+            args,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let mut body = version_body(&c, &args)?;
+            body["name"] = version.clone().into();
+            let path = format!("/admin/v1/endpoints/{endpoint}/versions");
+            send_version_change(&c, "POST", &path, &endpoint, &version, body, &args)
+        }
+        VersionCommand::Update {
+            data_dir,
+            endpoint,
+            version,
+            args,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let body = version_body(&c, &args)?;
+            let path = format!("/admin/v1/endpoints/{endpoint}/versions/{version}");
+            send_version_change(&c, "PATCH", &path, &endpoint, &version, body, &args)
+        }
+        VersionCommand::Delete {
+            data_dir,
+            endpoint,
+            version,
+            new_default,
+            json,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let mut path = format!("/admin/v1/endpoints/{endpoint}/versions/{version}");
+            if let Some(d) = new_default {
+                path.push_str(&format!("?new_default={d}"));
+            }
+            let v = c.request("DELETE", &path, Vec::new())?;
+            print_service(&v, c.base_url(), json)
+        }
+        VersionCommand::List { data_dir, endpoint, json } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.get(&format!("/admin/v1/endpoints/{endpoint}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v["versions"])?);
+                return Ok(());
+            }
+            print_service(&v, c.base_url(), false)
+        }
+    }
+}
+
+fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+        return Ok(());
+    }
+    let name = v["name"].as_str().unwrap_or("?");
+    println!(
+        "service {name}: {} (default version {})",
+        v["state"].as_str().unwrap_or("?"),
+        v["default_version"].as_str().unwrap_or("-")
+    );
+    for ver in v["versions"].as_array().into_iter().flatten() {
+        let mut flags = Vec::new();
+        if ver["is_default"] == true {
+            flags.push("default".to_string());
+        }
+        if ver["is_control"] == true {
+            flags.push("control".to_string());
+        }
+        if ver["mirror"].as_u64().unwrap_or(0) > 0 {
+            flags.push(format!("mirror {}%", ver["mirror"]));
+        }
+        println!(
+            "  version {}: {}  traffic {}% (serves {}%){}  module {}  instances {}  served {}{}",
+            ver["name"].as_str().unwrap_or("?"),
+            ver["state"].as_str().unwrap_or("?"),
+            ver["traffic"],
+            ver["effective_traffic"],
+            if flags.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", flags.join(", "))
+            },
+            ver["module"].as_str().unwrap_or("-"),
+            ver["instances"],
+            ver["served"],
+            ver["error"]
+                .as_str()
+                .or(ver["last_error"].as_str())
+                .map(|e| format!("  error: {e}"))
+                .unwrap_or_default()
+        );
+    }
+    println!("scoring URL: {base}/api/v1/service/{name}/score");
+    Ok(())
+}
