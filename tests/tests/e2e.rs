@@ -2,6 +2,9 @@
 //! CLI, score over HTTP. Outputs are compared with ONNX Runtime's own result
 //! (the Python onnxruntime in .venv) for the same input.
 
+#[path = "e2e/rollout.rs"]
+mod rollout;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -9,11 +12,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
-fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     let p = root().join("target/release/wasmscore");
     assert!(
         p.is_file(),
@@ -23,7 +26,7 @@ fn bin() -> PathBuf {
     p
 }
 
-fn model() -> PathBuf {
+pub(crate) fn model() -> PathBuf {
     root().join("examples/iris/model.onnx")
 }
 
@@ -33,40 +36,40 @@ fn cache_dir() -> PathBuf {
     root().join("target/e2e-cache")
 }
 
-fn built(name: &str, src: &Path) -> PathBuf {
+pub(crate) fn built(name: &str, src: &Path) -> PathBuf {
     let out = root().join(format!("target/e2e-{name}.wasm"));
     let st = Command::new(bin()).arg("build").arg(src).arg("-o").arg(&out).status().unwrap();
     assert!(st.success(), "wasmscore build {} failed", src.display());
     out
 }
 
-fn iris_python() -> &'static Path {
+pub(crate) fn iris_python() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| built("iris-python", &root().join("examples/iris-python/score.py")))
 }
 
-fn iris_rust() -> &'static Path {
+pub(crate) fn iris_rust() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| built("iris-rust", &root().join("examples/iris-rust")))
 }
 
-fn hostile() -> PathBuf {
+pub(crate) fn hostile() -> PathBuf {
     PathBuf::from(env!("HOSTILE_WASM"))
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    data: tempfile::TempDir,
-    addr: String,
+    pub data: tempfile::TempDir,
+    pub addr: String,
 }
 
 impl Server {
-    fn start(extra: &[&str]) -> Server {
+    pub(crate) fn start(extra: &[&str]) -> Server {
         let data = tempfile::tempdir().unwrap();
         Self::start_in(data, extra)
     }
 
-    fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Server {
+    pub(crate) fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Server {
         let _ = std::fs::remove_file(data.path().join("server.json"));
         let child = Command::new(bin())
             .args(["up", "--port", "0", "--data-dir"])
@@ -99,7 +102,7 @@ impl Server {
         s
     }
 
-    fn deploy(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> std::process::Output {
+    pub(crate) fn deploy(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> std::process::Output {
         let mut cmd = Command::new(bin());
         cmd.args(["deploy", "--json", "--name", name, "--data-dir"])
             .arg(self.data.path())
@@ -116,7 +119,7 @@ impl Server {
         cmd.output().unwrap()
     }
 
-    fn deploy_ok(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> serde_json::Value {
+    pub(crate) fn deploy_ok(&self, name: &str, module: &Path, models: &[&Path], dc: Option<serde_json::Value>) -> serde_json::Value {
         let out = self.deploy(name, module, models, dc);
         assert!(
             out.status.success(),
@@ -126,7 +129,7 @@ impl Server {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
-    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, serde_json::Value) {
+    pub(crate) fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String, serde_json::Value) {
         let mut s = TcpStream::connect(&self.addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
         let mut head = format!(
@@ -148,12 +151,12 @@ impl Server {
         (status, head.to_ascii_lowercase(), json)
     }
 
-    fn get(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn get(&self, path: &str) -> (u16, serde_json::Value) {
         let (s, _, j) = self.request("GET", path, &[], b"");
         (s, j)
     }
 
-    fn score(&self, name: &str, body: &str) -> (u16, String, serde_json::Value) {
+    pub(crate) fn score(&self, name: &str, body: &str) -> (u16, String, serde_json::Value) {
         self.request(
             "POST",
             &format!("/api/v1/service/{name}/score"),
@@ -162,7 +165,7 @@ impl Server {
         )
     }
 
-    fn kill(mut self) -> tempfile::TempDir {
+    pub(crate) fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
@@ -191,7 +194,7 @@ fn onnxruntime_reference(rows: &serde_json::Value) -> Vec<Vec<f64>> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn error_code(j: &serde_json::Value) -> &str {
+pub(crate) fn error_code(j: &serde_json::Value) -> &str {
     j["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {j}"))
 }
 
@@ -336,8 +339,14 @@ fn bad_deploys_fail_with_a_message_naming_the_file() {
     let out = s.deploy("iris", iris_rust(), &[&model()], Some(serde_json::json!({"scoring_timeout": 5})));
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field"));
-    // None of that was deployed, and the server still serves.
-    assert_eq!(s.score("iris", "{}").0, 404);
+    // The version that never built is Failed, takes no traffic (503 with
+    // the reason), shows its error, and the server still serves.
+    let (status, _, body) = s.score("iris", "{}");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("Failed"), "{body}");
+    let (_, show) = s.get_admin("/admin/v1/endpoints/iris");
+    assert_eq!(show["versions"][0]["state"], "Failed", "{show}");
+    assert!(show["versions"][0]["error"].as_str().unwrap().contains("init() failed"), "{show}");
     assert_eq!(s.get("/v2/health/live").0, 200);
 }
 
@@ -374,7 +383,7 @@ fn the_admin_api_needs_the_admin_token() {
 }
 
 impl Server {
-    fn get_admin(&self, path: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn get_admin(&self, path: &str) -> (u16, serde_json::Value) {
         let token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
         let auth = format!("Bearer {}", token.trim());
         let (s, _, j) = self.request("GET", path, &[("Authorization", &auth)], b"");

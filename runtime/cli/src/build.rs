@@ -86,6 +86,8 @@ fn build_python(score: &Path, out: &Path) -> Result<()> {
         .arg("-o")
         .arg(&out_abs)
         .current_dir(work.path())
+        // Its chatter goes to stderr: stdout is for the command's own output (--json).
+        .stdout(std::io::stderr())
         .status()
         .context("running componentize-py")?;
     if !status.success() {
