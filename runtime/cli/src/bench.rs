@@ -30,6 +30,9 @@ pub struct BenchArgs {
     /// Seconds of wrk load per HTTP measurement (0 skips the HTTP part).
     #[arg(long, default_value_t = 10)]
     pub http_seconds: u32,
+    /// Versions of the first module to deploy for the density figure (0 skips it).
+    #[arg(long, default_value_t = 200)]
+    pub density: u32,
 }
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -132,7 +135,90 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.http_seconds > 0 {
         http(&args)?;
     }
+    if args.density > 0 {
+        density(&args)?;
+    }
     Ok(())
+}
+
+/// A `wasmscore up` of our own in `dir`, and a client for it.
+fn start_up(dir: &Path) -> Result<(std::process::Child, crate::client::Client)> {
+    let data = dir.join("data");
+    let child = Command::new(std::env::current_exe()?)
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(&data)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !data.join("server.json").is_file() {
+        if Instant::now() > deadline {
+            bail!("wasmscore up did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    Ok((child, crate::client::Client::from_data_dir(&data)?))
+}
+
+/// Creates a version from an uploaded module and a registered model, and
+/// waits until it serves.
+fn create_version(c: &crate::client::Client, endpoint: &str, version: &str, module_sha: &str, model_id: &str, traffic: u32) -> Result<()> {
+    let body = serde_json::json!({"name": version, "module": module_sha, "module_name": "bench.wasm",
+        "models": [{"model": model_id}], "traffic": traffic});
+    let answer = c.request(
+        "POST",
+        &format!("/admin/v1/endpoints/{endpoint}/versions"),
+        serde_json::to_vec(&body)?,
+    )?;
+    if let Some(g) = answer["generation"].as_u64() {
+        c.wait(endpoint, version, g, false)?;
+    }
+    Ok(())
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .context("VmRSS")
+}
+
+/// Density: N versions of the first module across endpoints (6 per
+/// endpoint, the rollout limit); resident memory and deploy time per version.
+fn density(args: &BenchArgs) -> Result<()> {
+    let (_, path) = args.modules[0].split_once('=').unwrap_or(("module", args.modules[0].as_str()));
+    let dir = tempfile::tempdir()?;
+    let (mut child, c) = start_up(dir.path())?;
+    let result = (|| -> Result<()> {
+        let (sha, _) = c.upload_module(Path::new(path))?;
+        let model = c.register_model(&args.model, "iris", &serde_json::json!({}), "")?;
+        let model_id = model["id"].as_str().unwrap_or("iris:1").to_string();
+        // One version first, so the compile and the session are not in the per-version figures.
+        create_version(&c, "warm", "v1", &sha, &model_id, 0)?;
+        let before = rss_kib(child.id())?;
+        let started = Instant::now();
+        for i in 0..args.density {
+            create_version(&c, &format!("d{}", i / 6), &format!("v{}", i % 6), &sha, &model_id, 0)?;
+        }
+        let took = started.elapsed();
+        let after = rss_kib(child.id())?;
+        println!(
+            "\n| density: {} versions of {path} | value |\n| --- | --- |\n| deploy time per version (create -> serving, sequential) | {:.2} ms |\n| resident memory per version | {:.0} KiB |\n| process RSS before / after | {} / {} MiB |\n| versions per GiB (at this RSS per version) | {:.0} |",
+            args.density,
+            took.as_secs_f64() * 1000.0 / args.density as f64,
+            (after.saturating_sub(before)) as f64 / args.density as f64,
+            before / 1024,
+            after / 1024,
+            (1024.0 * 1024.0) / ((after.saturating_sub(before)) as f64 / args.density as f64).max(1.0),
+        );
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// The HTTP part: wrk against a static responder and against `wasmscore up`.
@@ -154,23 +240,8 @@ fn http(args: &BenchArgs) -> Result<()> {
     )?;
 
     let static_addr = static_responder()?;
-    let exe = std::env::current_exe()?;
-    let data = dir.path().join("data");
-    let mut child = Command::new(&exe)
-        .args(["up", "--port", "0", "--data-dir"])
-        .arg(&data)
-        .stderr(Stdio::null())
-        .spawn()?;
+    let (mut child, client) = start_up(dir.path())?;
     let result = (|| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !data.join("server.json").is_file() {
-            if Instant::now() > deadline {
-                bail!("wasmscore up did not start");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        let client = crate::client::Client::from_data_dir(&data)?;
         println!(
             "\n| HTTP, wrk {}s, 2 threads | conns | req/s | p50 | p99 | errors |\n| --- | --- | --- | --- | --- | --- |",
             args.http_seconds
@@ -179,23 +250,37 @@ fn http(args: &BenchArgs) -> Result<()> {
             let r = wrk(&lua, &format!("http://{static_addr}/"), c, args.http_seconds)?;
             println!("| static responder (network floor) | {c} | {} |", r);
         }
+        let model = client.register_model(&args.model, "iris", &serde_json::json!({}), "")?;
+        let model_id = model["id"].as_str().unwrap_or("iris:1").to_string();
+        let mut first_sha = None;
         for spec in &args.modules {
             let (name, path) = spec.split_once('=').unwrap_or(("module", spec.as_str()));
-            crate::manage::deploy(
-                &data,
-                name,
-                None,
-                crate::manage::VersionArgs {
-                    module: Some(path.into()),
-                    models: vec![args.model.display().to_string()],
-                    ..Default::default()
-                },
-            )?;
+            let (sha, _) = client.upload_module(Path::new(path))?;
+            first_sha.get_or_insert(sha.clone());
+            create_version(&client, name, "v1", &sha, &model_id, 0)?;
             let url = format!("{}/api/v1/service/{name}/score", client.base_url());
             for c in [1u32, 16] {
                 let r = wrk(&lua, &url, c, args.http_seconds)?;
                 println!("| wasmscore {name}, full path | {c} | {} |", r);
             }
+        }
+        // The router's hop: the same module as one version pinned, and
+        // through a 3-version split (34/33/33).
+        let sha = first_sha.expect("at least one module");
+        create_version(&client, "split", "s1", &sha, &model_id, 34)?;
+        create_version(&client, "split", "s2", &sha, &model_id, 33)?;
+        create_version(&client, "split", "s3", &sha, &model_id, 33)?;
+        let pinned = dir.path().join("pinned.lua");
+        std::fs::write(
+            &pinned,
+            format!("wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-wasmscore-version\"] = \"s1\"\n"),
+        )?;
+        let url = format!("{}/api/v1/service/split/score", client.base_url());
+        for c in [1u32, 16] {
+            let r = wrk(&pinned, &url, c, args.http_seconds)?;
+            println!("| split endpoint, pinned to one version | {c} | {} |", r);
+            let r = wrk(&lua, &url, c, args.http_seconds)?;
+            println!("| split endpoint, 3-version weighted split | {c} | {} |", r);
         }
         Ok(())
     })();

@@ -192,7 +192,8 @@ impl Client {
                 }
                 return Ok(v);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            // Short: a Rust module's version is up within a few ms.
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
