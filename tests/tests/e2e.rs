@@ -168,8 +168,7 @@ impl Server {
     pub(crate) fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
-        data
+        std::mem::replace(&mut self.data, tempfile::tempdir().unwrap())
     }
 }
 

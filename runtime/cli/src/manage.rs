@@ -322,10 +322,10 @@ pub fn deploy(data_dir: &Path, name: &str, version: Option<&str>, args: VersionA
     let mut body = version_body(&c, &args)?;
     // A deploy replaces the whole version: models and config not given are
     // not carried over from the version it replaces.
-    body.as_object_mut().map(|o| {
+    if let Some(o) = body.as_object_mut() {
         o.entry("models").or_insert_with(|| json!([]));
         o.entry("config").or_insert(Value::Null);
-    });
+    }
     if args.wait {
         eprintln!("deploying {name}/{version} ...");
     }
