@@ -136,10 +136,12 @@ impl App {
     }
 
     async fn score(&self, req: Request<Incoming>, endpoint: &str) -> Result<Response<Body>, ApiError> {
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let pin = header("x-wasmscore-version");
-        let cohort = header("x-wasmscore-cohort");
-        let route = self.control.router().route(endpoint, pin.as_deref(), cohort.as_deref())?;
+        // The headers are read in place: routing needs no copy of them.
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let route = self
+            .control
+            .router()
+            .route(endpoint, header("x-wasmscore-version"), header("x-wasmscore-cohort"))?;
         let (parts, body) = read_body(req, self.cfg.max_body_bytes).await?;
         let content_type = parts
             .headers
