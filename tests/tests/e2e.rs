@@ -5,6 +5,9 @@
 #[path = "e2e/rollout.rs"]
 mod rollout;
 
+#[path = "e2e/autoscale.rs"]
+mod autoscale;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -163,6 +166,10 @@ impl Server {
             &[("Content-Type", "application/json")],
             body.as_bytes(),
         )
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn kill(mut self) -> tempfile::TempDir {

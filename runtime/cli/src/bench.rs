@@ -33,6 +33,10 @@ pub struct BenchArgs {
     /// Versions of the first module to deploy for the density figure (0 skips it).
     #[arg(long, default_value_t = 200)]
     pub density: u32,
+    /// Rounds of the scaling figures: wake from zero per module, and load
+    /// step -> new replica serving (0 skips them).
+    #[arg(long, default_value_t = 5)]
+    pub scaling_rounds: u32,
 }
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -138,7 +142,142 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.density > 0 {
         density(&args)?;
     }
+    if args.scaling_rounds > 0 {
+        scaling(&args)?;
+    }
     Ok(())
+}
+
+/// One scoring request on a new connection; its status and time.
+fn score_once(base: &str, endpoint: &str) -> Result<(u16, Duration)> {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let t = Instant::now();
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    write!(
+        s,
+        "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let took = t.elapsed();
+    let head = String::from_utf8_lossy(&out[..out.len().min(16)]).to_string();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    Ok((status, took))
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// Polls a version's `show` until `f` holds (at most `limit`).
+fn poll_version(c: &crate::client::Client, endpoint: &str, limit: Duration, f: impl Fn(&serde_json::Value) -> bool) -> Result<Duration> {
+    let t = Instant::now();
+    loop {
+        let v = c.get(&format!("/admin/v1/endpoints/{endpoint}/versions/v1"))?;
+        if f(&v) {
+            return Ok(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            bail!("{endpoint}: condition not reached within {limit:?}: {v}");
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Wake from zero (idle version at 0 replicas -> first response) per module,
+/// and load step -> a new replica serving.
+fn scaling(args: &BenchArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (mut child, c) = start_up(dir.path())?;
+    let result = (|| -> Result<()> {
+        let model = c.register_model(&args.model, "iris", &serde_json::json!({}), "")?;
+        let model_id = model["id"].as_str().unwrap_or("iris:1").to_string();
+        println!(
+            "\n| scaling, {} rounds | p50 | min | max |\n| --- | --- | --- | --- |",
+            args.scaling_rounds
+        );
+        let summary = |mut v: Vec<Duration>| {
+            v.sort();
+            format!("{} | {} | {}", ms(v[v.len() / 2]), ms(v[0]), ms(v[v.len() - 1]))
+        };
+        for spec in &args.modules {
+            let (name, path) = spec.split_once('=').unwrap_or(("module", spec.as_str()));
+            let (sha, _) = c.upload_module(Path::new(path))?;
+            let endpoint = format!("zero-{name}");
+            create_version_with(
+                &c,
+                &endpoint,
+                "v1",
+                &sha,
+                &model_id,
+                0,
+                serde_json::json!({"autoscale_min_replicas": 0, "autoscale_scale_down_delay_seconds": 0.3, "autoscale_refresh_seconds": 0.1}),
+            )?;
+            let (mut woke, mut warm) = (Vec::new(), Vec::new());
+            for _ in 0..args.scaling_rounds {
+                poll_version(&c, &endpoint, Duration::from_secs(10), |v| v["replicas"] == 0)?;
+                let (status, t) = score_once(c.base_url(), &endpoint)?;
+                if status != 200 {
+                    bail!("{endpoint}: the first request after zero got {status}");
+                }
+                woke.push(t);
+                warm.push(score_once(c.base_url(), &endpoint)?.1);
+            }
+            println!(
+                "| {name}: wake from zero (0 replicas -> first response, new connection) | {} |",
+                summary(woke)
+            );
+            println!("| {name}: the next request, replica warm (new connection) | {} |", summary(warm));
+        }
+        // Load step: 16 connections of wrk start at once on a version with
+        // one replica; time until a second replica serves.
+        let (_, path) = args.modules[0].split_once('=').unwrap_or(("module", args.modules[0].as_str()));
+        let (sha, _) = c.upload_module(Path::new(path))?;
+        let lua = dir.path().join("post.lua");
+        std::fs::write(
+            &lua,
+            format!("wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
+        )?;
+        for refresh in [1.0, 0.2] {
+            let endpoint = format!("step-{}", (refresh * 10.0) as u32);
+            create_version_with(
+                &c,
+                &endpoint,
+                "v1",
+                &sha,
+                &model_id,
+                0,
+                serde_json::json!({"autoscale_refresh_seconds": refresh, "autoscale_scale_down_delay_seconds": 0.5}),
+            )?;
+            let mut took = Vec::new();
+            for _ in 0..args.scaling_rounds {
+                poll_version(&c, &endpoint, Duration::from_secs(10), |v| v["replicas"] == 1)?;
+                let url = format!("{}/api/v1/service/{endpoint}/score", c.base_url());
+                let mut wrk = Command::new("wrk")
+                    .args(["-t", "2", "-c", "16", "-d", "2s", "-s"])
+                    .arg(&lua)
+                    .arg(&url)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .context("running wrk")?;
+                took.push(poll_version(&c, &endpoint, Duration::from_secs(10), |v| {
+                    v["replicas"].as_u64().unwrap_or(0) >= 2
+                })?);
+                wrk.wait()?;
+            }
+            println!(
+                "| {path}: load step (wrk 16 conns) -> 2nd replica serving, autoscale_refresh_seconds {refresh} | {} |",
+                summary(took)
+            );
+        }
+        Ok(())
+    })();
+    let _ = child.kill();
+    let _ = child.wait();
+    result
 }
 
 /// A `wasmscore up` of our own in `dir`, and a client for it.
@@ -163,8 +302,20 @@ fn start_up(dir: &Path) -> Result<(std::process::Child, crate::client::Client)> 
 /// Creates a version from an uploaded module and a registered model, and
 /// waits until it serves.
 fn create_version(c: &crate::client::Client, endpoint: &str, version: &str, module_sha: &str, model_id: &str, traffic: u32) -> Result<()> {
+    create_version_with(c, endpoint, version, module_sha, model_id, traffic, serde_json::Value::Null)
+}
+
+fn create_version_with(
+    c: &crate::client::Client,
+    endpoint: &str,
+    version: &str,
+    module_sha: &str,
+    model_id: &str,
+    traffic: u32,
+    config: serde_json::Value,
+) -> Result<()> {
     let body = serde_json::json!({"name": version, "module": module_sha, "module_name": "bench.wasm",
-        "models": [{"model": model_id}], "traffic": traffic});
+        "models": [{"model": model_id}], "traffic": traffic, "config": config});
     let answer = c.request(
         "POST",
         &format!("/admin/v1/endpoints/{endpoint}/versions"),

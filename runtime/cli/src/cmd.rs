@@ -28,6 +28,14 @@ pub enum Command {
         /// Largest scoring request body in bytes (default 100 MB, as Azure ML).
         #[arg(long, default_value_t = 100_000_000)]
         max_body_bytes: usize,
+        /// CPU cores that replicas' cpu_cores are counted against when the
+        /// autoscaler adds replicas (default: this machine's cores).
+        #[arg(long)]
+        cpu_capacity: Option<f64>,
+        /// GB that replicas' memory_gb are counted against (default: this
+        /// machine's memory).
+        #[arg(long)]
+        memory_capacity_gb: Option<f64>,
     },
     /// Build a scoring module: SRC is a score.py or a Rust crate directory.
     Build {
@@ -76,11 +84,15 @@ pub fn run(cli: Cli) -> Result<()> {
             port,
             cache_dir,
             max_body_bytes,
+            cpu_capacity,
+            memory_capacity_gb,
         } => up::run(up::UpArgs {
             data_dir,
             port,
             cache_dir,
             max_body_bytes,
+            cpu_capacity,
+            memory_capacity_gb,
         }),
         Command::Build { src, output } => {
             let info = build::build(&src, &output)?;

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use wasmscore_control::Control;
+use wasmscore_control::{Capacity, Control};
 use wasmscore_device_ort::OrtCpu;
 use wasmscore_engine::{EngineConfig, ScoringEngine};
 use wasmscore_router::Router;
@@ -16,6 +16,8 @@ pub struct UpArgs {
     pub port: u16,
     pub cache_dir: Option<PathBuf>,
     pub max_body_bytes: usize,
+    pub cpu_capacity: Option<f64>,
+    pub memory_capacity_gb: Option<f64>,
 }
 
 /// The admin token: made at first start, kept in DATA_DIR/admin.token (0600).
@@ -54,6 +56,21 @@ pub fn run(args: UpArgs) -> Result<()> {
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
     let router = Arc::new(Router::new());
     let control = Arc::new(Control::open(&args.data_dir, engine, devices, router)?);
+    let machine = Capacity::of_machine();
+    let capacity = Capacity {
+        cpu_cores: args.cpu_capacity.unwrap_or(machine.cpu_cores),
+        memory_gb: args.memory_capacity_gb.unwrap_or(machine.memory_gb),
+    };
+    anyhow::ensure!(
+        capacity.cpu_cores > 0.0 && capacity.memory_gb > 0.0,
+        "--cpu-capacity and --memory-capacity-gb must be positive"
+    );
+    control.set_capacity(capacity);
+    tracing::info!(
+        cpu_cores = capacity.cpu_cores,
+        memory_gb = format!("{:.1}", capacity.memory_gb),
+        "capacity that autoscaled replicas are counted against"
+    );
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

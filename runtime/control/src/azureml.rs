@@ -42,13 +42,23 @@ pub fn is_azureml_deployment(v: &Value) -> bool {
     })
 }
 
-const NOT_YET_AUTOSCALE: &str = "autoscaling is not built yet: a version runs numReplicas replicas (default 1)";
 const NOT_YET_AUTH: &str = "key and token auth are not enforced yet; keys are generated and stored per endpoint";
 const NO_GPU: &str = "this build has no GPU device; versions run on the CPU";
 
 fn as_u64(v: &Value) -> Option<u64> {
     v.as_u64()
         .or_else(|| v.as_f64().filter(|f| *f >= 0.0 && f.fract() == 0.0).map(|f| f as u64))
+}
+
+fn autoscale_field(k: &str) -> Option<&'static str> {
+    Some(match k {
+        "autoscaleEnabled" => "autoscale_enabled",
+        "minReplicas" => "autoscale_min_replicas",
+        "maxReplicas" => "autoscale_max_replicas",
+        "targetUtilization" => "autoscale_target_utilization",
+        "refreshPeriodInSeconds" => "autoscale_refresh_seconds",
+        _ => return None,
+    })
 }
 
 pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
@@ -71,8 +81,9 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
                     match rk.as_str() {
                         "memoryInGB" if !rv.is_null() => put(&mut m, &name, "memory_gb", rv.clone()),
                         "gpu" if as_u64(rv).unwrap_or(0) > 0 => m.ignored.push(format!("{name}: {NO_GPU}")),
-                        "cpu" | "cpu_limit" => m.ignored.push(format!(
-                            "{name}: CPU shares per replica are not built yet; each instance runs on its own thread"
+                        "cpu" if !rv.is_null() => put(&mut m, &name, "cpu_cores", rv.clone()),
+                        "cpuLimit" | "cpu_limit" => m.ignored.push(format!(
+                            "{name}: no CPU limit per replica; cpu is what a replica asks of the machine's capacity"
                         )),
                         "memoryInGB_limit" => m.ignored.push(format!("{name}: memory_gb is both the request and the limit")),
                         _ if rv.is_null() || as_u64(rv) == Some(0) => {}
@@ -104,17 +115,41 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
             "computeType" => m
                 .ignored
                 .push(format!("{k}: wasmscore runs the version itself (locally or through its operator)")),
-            "autoScaler" | "autoscaleEnabled" | "minReplicas" | "maxReplicas" | "targetUtilization" | "refreshPeriodInSeconds" => {
-                m.ignored.push(format!("{k}: {NOT_YET_AUTOSCALE}"))
+            "autoScaler" => {
+                for (ak, av) in val.as_object().into_iter().flatten() {
+                    let name = format!("{k}.{ak}");
+                    match autoscale_field(ak) {
+                        Some(to) if !av.is_null() => put(&mut m, &name, to, av.clone()),
+                        Some(_) => {}
+                        None => m.ignored.push(format!("{name}: not a field wasmscore knows")),
+                    }
+                }
+            }
+            "autoscaleEnabled" | "minReplicas" | "maxReplicas" | "targetUtilization" | "refreshPeriodInSeconds" if !val.is_null() => {
+                put(&mut m, k, autoscale_field(k).expect("listed"), val.clone())
+            }
+            "livenessProbeRequirements" => {
+                for (pk, pv) in val.as_object().into_iter().flatten() {
+                    let name = format!("{k}.{pk}");
+                    let to = match pk.as_str() {
+                        "periodSeconds" => "period_seconds",
+                        "initialDelaySeconds" => "initial_delay_seconds",
+                        "timeoutSeconds" => "timeout_seconds",
+                        "successThreshold" => "success_threshold",
+                        "failureThreshold" => "failure_threshold",
+                        _ => {
+                            m.ignored.push(format!("{name}: not a field wasmscore knows"));
+                            continue;
+                        }
+                    };
+                    if !pv.is_null() {
+                        put(&mut m, &name, to, pv.clone());
+                    }
+                }
             }
             "authEnabled" | "tokenAuthEnabled" | "keys" | "primaryKey" | "secondaryKey" => m.ignored.push(format!("{k}: {NOT_YET_AUTH}")),
             "gpuCores" if as_u64(val).unwrap_or(0) > 0 => m.ignored.push(format!("{k}: {NO_GPU}")),
-            "cpuCores" | "cpu" => m.ignored.push(format!(
-                "{k}: CPU shares per replica are not built yet; each instance runs on its own thread"
-            )),
-            "livenessProbeRequirements" => m
-                .ignored
-                .push(format!("{k}: probes are not built yet; init() success is the readiness check")),
+            "cpuCores" | "cpu" if !val.is_null() => put(&mut m, k, "cpu_cores", val.clone()),
             "appInsightsEnabled" | "enableAppInsights" => m
                 .ignored
                 .push(format!("{k}: no Application Insights; module logs are in `wasmscore service logs`")),
@@ -175,8 +210,9 @@ mod tests {
     fn azure_mls_deployment_config_maps_and_names_what_it_leaves_out() {
         let dc = json!({
             "computeType": "aks",
-            "autoScaler": {"autoscaleEnabled": true, "minReplicas": 1, "maxReplicas": 3},
-            "containerResourceRequirements": {"cpu": 0.5, "memoryInGB": 1.0},
+            "autoScaler": {"autoscaleEnabled": false, "minReplicas": null, "maxReplicas": null, "refreshPeriodInSeconds": 2},
+            "containerResourceRequirements": {"cpu": 0.5, "memoryInGB": 1.0, "cpuLimit": 1.0},
+            "livenessProbeRequirements": {"periodSeconds": 5, "failureThreshold": 4, "somethingElse": 1},
             "scoringTimeoutMs": 5000,
             "maxConcurrentRequestsPerContainer": 2,
             "maxQueueWaitMs": 300,
@@ -195,13 +231,21 @@ mod tests {
         assert_eq!(m.config["max_request_wait_time"], 300);
         assert_eq!(m.config["num_replicas"], 2);
         assert_eq!(m.config["memory_gb"], 1.0);
+        assert_eq!(m.config["cpu_cores"], 0.5);
+        assert_eq!(m.config["autoscale_enabled"], false);
+        assert_eq!(m.config["autoscale_refresh_seconds"], 2);
+        assert!(!m.config.contains_key("autoscale_min_replicas"));
+        assert_eq!(
+            (m.config["period_seconds"].clone(), m.config["failure_threshold"].clone()),
+            (json!(5), json!(4))
+        );
         assert_eq!((m.traffic, m.default), (Some(20), Some(true)));
         assert_eq!(m.tags.unwrap()["team"], "fraud");
         let ignored = m.ignored.join("\n");
         for k in [
             "computeType",
-            "autoScaler",
-            "containerResourceRequirements.cpu",
+            "containerResourceRequirements.cpuLimit",
+            "livenessProbeRequirements.somethingElse",
             "authEnabled",
             "somethingNew",
         ] {

@@ -27,6 +27,46 @@ pub struct DeploymentConfig {
     /// Longest a request waits in the queue, in ms (default 500), then 503.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_request_wait_time: Option<u64>,
+    /// CPU cores a replica asks of the machine's capacity (default 0.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores: Option<f64>,
+    /// Autoscaling on utilization (default: on unless num_replicas is given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_enabled: Option<bool>,
+    /// Fewest replicas (default 1; 0 lets an idle version scale to zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_min_replicas: Option<usize>,
+    /// Most replicas (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_max_replicas: Option<usize>,
+    /// Utilization to keep, in percent (default 70).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_target_utilization: Option<u32>,
+    /// How often the autoscaler decides, in seconds (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_refresh_seconds: Option<f64>,
+    /// How long utilization must stay below the target before replicas are
+    /// removed, in seconds (default 60; ours: Azure ML fixes it at about a minute).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoscale_scale_down_delay_seconds: Option<f64>,
+    /// Probe settings (Azure ML's names): seconds between probes (default 10).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_seconds: Option<f64>,
+    /// Seconds after a version starts serving before the first probe
+    /// (default 0: a version serves only after init() ran, which is what
+    /// Azure ML's 310 s waits for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial_delay_seconds: Option<f64>,
+    /// Seconds a probe may take (default 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_seconds: Option<f64>,
+    /// Passed probes that make an Unhealthy version ready again (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub success_threshold: Option<u32>,
+    /// Replica failures in a row (or failed probes) that make a version
+    /// Unhealthy (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_threshold: Option<u32>,
 }
 
 /// Resolved settings.
@@ -34,12 +74,49 @@ pub struct DeploymentConfig {
 pub struct Resolved {
     pub timeout: Duration,
     pub memory_limit: u64,
+    /// The pool's first replicas are `num_replicas`, or the autoscaler's
+    /// minimum (at least 1: a deploy proves init() works).
     pub pool: PoolConfig,
+    /// None when the count is fixed.
+    pub autoscale: Option<Autoscale>,
+    pub probes: Probes,
+    /// What one replica asks of the machine's capacity.
+    pub cpu_cores: f64,
+    pub memory_gb: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Autoscale {
+    pub min: usize,
+    pub max: usize,
+    /// 0 < target <= 1.
+    pub target: f64,
+    pub refresh: Duration,
+    pub down_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Probes {
+    pub period: Duration,
+    pub initial_delay: Duration,
+    pub timeout: Duration,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
 }
 
 /// Upper bounds that keep one version from taking the machine.
 const MAX_REPLICAS: usize = 64;
 const MAX_MEMORY_GB: f64 = 4.0;
+
+fn seconds(name: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ControlError> {
+    let s = v.unwrap_or(default);
+    if !(s >= min && s <= max) {
+        return Err(ControlError::BadRequest(format!(
+            "deployment config: {name} must be in {min}..={max} seconds, got {s}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s))
+}
 
 impl DeploymentConfig {
     pub fn parse(v: &serde_json::Value) -> Result<Self, ControlError> {
@@ -59,10 +136,76 @@ impl DeploymentConfig {
         if !(memory_gb > 0.0 && memory_gb <= MAX_MEMORY_GB) {
             return bad(format!("memory_gb must be in (0, {MAX_MEMORY_GB}], got {memory_gb}"));
         }
-        let replicas = self.num_replicas.unwrap_or(1);
+        let cpu_cores = self.cpu_cores.unwrap_or(0.1);
+        if !(cpu_cores > 0.0 && cpu_cores <= 64.0) {
+            return bad(format!("cpu_cores must be in (0, 64], got {cpu_cores}"));
+        }
+        let autoscale_on = match (self.autoscale_enabled, self.num_replicas) {
+            (Some(true), Some(_)) => {
+                return bad("num_replicas fixes the replica count; leave it out, or set autoscale_enabled to false".into())
+            }
+            (Some(on), _) => on,
+            (None, n) => n.is_none(),
+        };
+        let autoscale = if autoscale_on {
+            let min = self.autoscale_min_replicas.unwrap_or(1);
+            let max = self.autoscale_max_replicas.unwrap_or(10);
+            if max == 0 || max > MAX_REPLICAS || min > max {
+                return bad(format!(
+                    "autoscale_min_replicas ({min}) and autoscale_max_replicas ({max}) must satisfy 0 <= min <= max, 1 <= max <= {MAX_REPLICAS}"
+                ));
+            }
+            let target = self.autoscale_target_utilization.unwrap_or(70);
+            if target == 0 || target > 100 {
+                return bad(format!("autoscale_target_utilization is a percentage in 1..=100, got {target}"));
+            }
+            Some(Autoscale {
+                min,
+                max,
+                target: f64::from(target) / 100.0,
+                refresh: seconds("autoscale_refresh_seconds", self.autoscale_refresh_seconds, 1.0, 0.1, 3600.0)?,
+                down_delay: seconds(
+                    "autoscale_scale_down_delay_seconds",
+                    self.autoscale_scale_down_delay_seconds,
+                    60.0,
+                    0.0,
+                    86400.0,
+                )?,
+            })
+        } else {
+            for (name, given) in [
+                ("autoscale_min_replicas", self.autoscale_min_replicas.is_some()),
+                ("autoscale_max_replicas", self.autoscale_max_replicas.is_some()),
+                ("autoscale_target_utilization", self.autoscale_target_utilization.is_some()),
+            ] {
+                if given {
+                    return bad(format!(
+                        "{name} needs autoscaling, which num_replicas or autoscale_enabled=false turn off"
+                    ));
+                }
+            }
+            None
+        };
+        let replicas = match &autoscale {
+            Some(a) => a.min.max(1),
+            None => self.num_replicas.unwrap_or(1),
+        };
         if replicas == 0 || replicas > MAX_REPLICAS {
             return bad(format!("num_replicas must be in 1..={MAX_REPLICAS}, got {replicas}"));
         }
+        let threshold = |name: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+            n @ 1..=100 => Ok(n),
+            n => Err(ControlError::BadRequest(format!(
+                "deployment config: {name} must be in 1..=100, got {n}"
+            ))),
+        };
+        let probes = Probes {
+            period: seconds("period_seconds", self.period_seconds, 10.0, 0.1, 3600.0)?,
+            initial_delay: seconds("initial_delay_seconds", self.initial_delay_seconds, 0.0, 0.0, 3600.0)?,
+            timeout: seconds("timeout_seconds", self.timeout_seconds, 2.0, 0.1, 600.0)?,
+            success_threshold: threshold("success_threshold", self.success_threshold, 1)?,
+            failure_threshold: threshold("failure_threshold", self.failure_threshold, 3)?,
+        };
         let conc = self.replica_max_concurrent_requests.unwrap_or(1);
         if conc == 0 || conc > 64 {
             return bad(format!("replica_max_concurrent_requests must be in 1..=64, got {conc}"));
@@ -80,6 +223,10 @@ impl DeploymentConfig {
                 max_wait: Duration::from_millis(wait),
                 ..PoolConfig::default()
             },
+            autoscale,
+            probes,
+            cpu_cores,
+            memory_gb,
         })
     }
 }
@@ -95,6 +242,54 @@ mod tests {
         assert_eq!(r.pool.max_wait, Duration::from_millis(500));
         assert_eq!(r.pool.replicas, 1);
         assert_eq!(r.pool.max_concurrent, 1);
+        let a = r.autoscale.expect("autoscaling is on unless num_replicas is given");
+        assert_eq!((a.min, a.max, a.target, a.refresh), (1, 10, 0.7, Duration::from_secs(1)));
+        assert_eq!(a.down_delay, Duration::from_secs(60));
+        assert_eq!((r.cpu_cores, r.memory_gb), (0.1, 0.5));
+        assert_eq!(r.probes.period, Duration::from_secs(10));
+        assert_eq!((r.probes.success_threshold, r.probes.failure_threshold), (1, 3));
+    }
+
+    #[test]
+    fn num_replicas_fixes_the_count() {
+        let r = DeploymentConfig {
+            num_replicas: Some(3),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!((r.pool.replicas, r.autoscale), (3, None));
+        let both = DeploymentConfig {
+            num_replicas: Some(3),
+            autoscale_enabled: Some(true),
+            ..Default::default()
+        };
+        assert!(both.resolve().unwrap_err().to_string().contains("num_replicas fixes"));
+    }
+
+    #[test]
+    fn min_zero_starts_one_replica_and_bounds_are_checked() {
+        let r = DeploymentConfig {
+            autoscale_min_replicas: Some(0),
+            autoscale_max_replicas: Some(4),
+            autoscale_refresh_seconds: Some(0.2),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(r.pool.replicas, 1);
+        assert_eq!(r.autoscale.unwrap().min, 0);
+        for bad in [
+            serde_json::json!({"autoscale_min_replicas": 5, "autoscale_max_replicas": 2}),
+            serde_json::json!({"autoscale_target_utilization": 0}),
+            serde_json::json!({"autoscale_refresh_seconds": 0}),
+            serde_json::json!({"failure_threshold": 0}),
+            serde_json::json!({"cpu_cores": -1}),
+            serde_json::json!({"num_replicas": 2, "autoscale_max_replicas": 4}),
+        ] {
+            let err = DeploymentConfig::parse(&bad).unwrap().resolve().unwrap_err();
+            assert!(matches!(err, ControlError::BadRequest(_)), "{bad}: {err}");
+        }
     }
 
     #[test]

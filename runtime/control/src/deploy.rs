@@ -18,6 +18,7 @@ use wasmscore_router::{Router, Version};
 use wasmscore_tensor::{Devices, Model};
 
 use crate::config::DeploymentConfig;
+use crate::monitor::{Capacity, VersionMonitor};
 use crate::rollout::Inner;
 use crate::store::Store;
 use crate::ControlError;
@@ -65,6 +66,8 @@ pub(crate) struct Built {
     pub component: &'static str,
     pub load_ms: u64,
     pub deploy_ms: u64,
+    /// Its autoscaler and health (monitor.rs).
+    pub monitor: VersionMonitor,
 }
 
 /// A build that failed, with the module's context if it got that far (its
@@ -91,6 +94,8 @@ pub struct Control {
     sessions: Mutex<HashMap<(String, String), Arc<dyn Model>>>,
     pub(crate) generation: AtomicU64,
     ready: AtomicBool,
+    /// What replicas are counted against (monitor.rs).
+    pub(crate) capacity: Mutex<Capacity>,
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -131,6 +136,7 @@ impl Control {
             sessions: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             ready: AtomicBool::new(false),
+            capacity: Mutex::new(Capacity::of_machine()),
         })
     }
 
@@ -278,6 +284,7 @@ impl Control {
             component,
             load_ms,
             deploy_ms: started.elapsed().as_millis() as u64,
+            monitor: VersionMonitor::new(resolved, Instant::now()),
         })
     }
 

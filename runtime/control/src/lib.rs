@@ -11,9 +11,11 @@
 //! again. It does not serve scoring traffic.
 
 mod admin;
+mod autoscale;
 pub mod azureml;
 mod config;
 mod deploy;
+mod monitor;
 mod registry;
 mod rollout;
 pub mod rules;
@@ -23,6 +25,7 @@ mod store;
 pub use admin::AdminResponse;
 pub use config::DeploymentConfig;
 pub use deploy::{Control, ModelRef, VersionSpec, MAX_MODELS};
+pub use monitor::Capacity;
 pub use rollout::{Mode, VersionRequest};
 
 /// Control-plane errors; each maps to an HTTP status and a code.

@@ -77,10 +77,24 @@ impl VersionState {
     pub fn state(&self) -> &'static str {
         match (&self.phase, &self.live) {
             (Phase::Building(_), _) => "Transitioning",
-            (_, Some(b)) if b.version.pool.stats().instances.load(Ordering::Relaxed) > 0 => "Healthy",
-            (_, Some(_)) => "Unhealthy",
+            (_, Some(b)) if !b.monitor.ready => "Unhealthy",
+            (_, Some(b)) => {
+                let st = b.version.pool.stats();
+                let running = st.instances.load(Ordering::Relaxed) + st.starting.load(Ordering::Relaxed);
+                // Scaled to zero on purpose is healthy: the next request wakes it.
+                if running > 0 || st.target.load(Ordering::Relaxed) == 0 {
+                    "Healthy"
+                } else {
+                    "Unhealthy"
+                }
+            }
             (_, None) => "Failed",
         }
+    }
+
+    /// Serving, and not taken out of the split by the monitor.
+    pub fn takes_traffic(&self) -> bool {
+        self.live.as_ref().is_some_and(|b| b.monitor.ready)
     }
 }
 
@@ -530,6 +544,7 @@ impl Control {
             self.clone().run_build(&e, &v, g, spec);
         }
         self.set_ready();
+        self.start_monitor();
         Ok(())
     }
 
@@ -577,12 +592,20 @@ fn new_endpoint_row(name: &str, description: &str, tags: Tags) -> EndpointRow {
 }
 
 /// The effective split: each version's share by the rules, with the shares
-/// of versions that cannot serve yet given to the default. If the default
+/// of versions that cannot serve yet, or that the monitor found Unhealthy,
+/// given to the default. If the default
 /// itself cannot serve, its share goes to the serving version with the
 /// largest share, so an endpoint keeps serving what it can.
 pub(crate) fn effective_shares(ep: &EndpointState) -> Vec<(String, u32)> {
     let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.row.rollout.clone()).collect();
-    let serving = |name: &str| ep.versions.iter().any(|v| v.row.rollout.name == name && v.live.is_some());
+    // Versions that are ready take their share; if none is, those that run
+    // at all keep serving rather than the endpoint answering 503.
+    let any_ready = ep.versions.iter().any(|v| v.takes_traffic());
+    let serving = |name: &str| {
+        ep.versions
+            .iter()
+            .any(|v| v.row.rollout.name == name && if any_ready { v.takes_traffic() } else { v.live.is_some() })
+    };
     let mut shares: Vec<(String, u32)> = rules::shares(&rollouts);
     let lost: u32 = shares.iter().filter(|(n, _)| !serving(n)).map(|(_, s)| s).sum();
     shares.retain(|(n, _)| serving(n));

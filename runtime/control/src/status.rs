@@ -16,7 +16,25 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
     let live = v.live.as_ref();
     let pool = live.map(|l| &l.version.pool);
     let stat = |f: &dyn Fn(&wasmscore_replica::PoolStats) -> u64| pool.map(|p| f(p.stats()));
-    json!({
+    let (autoscale, health) = match live {
+        Some(l) => l.monitor.json(),
+        None => (Value::Null, Value::Null),
+    };
+    let health = match (health, pool) {
+        (Value::Object(mut h), Some(p)) => {
+            let st = p.stats();
+            let alive = st.instances.load(Ordering::Relaxed) + st.starting.load(Ordering::Relaxed);
+            h.insert("live".into(), json!(alive > 0 || st.target.load(Ordering::Relaxed) == 0));
+            h.insert(
+                "consecutive_failures".into(),
+                json!(st.consecutive_failures.load(Ordering::Relaxed)),
+            );
+            Value::Object(h)
+        }
+        (h, _) => h,
+    };
+    let resources = live.map(|l| json!({"cpu_cores": l.monitor.settings.cpu_cores, "memory_gb": l.monitor.settings.memory_gb}));
+    let mut out = json!({
         "name": r.name,
         "state": v.state(),
         "phase": match &v.phase { Phase::Building(p) => Some(p.clone()), _ => None },
@@ -42,15 +60,34 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "compiled_from_cache": live.map(|l| l.component != "compiled"),
         "component_load_ms": live.map(|l| l.load_ms),
         "deploy_ms": live.map(|l| l.deploy_ms),
-        "replicas": pool.map(|p| p.config().replicas),
+    });
+    let replicas = json!({
+        "replicas": pool.map(|p| p.replicas()),
+        "target_replicas": pool.map(|p| p.target_replicas()),
+        "desired_replicas": live.map(|l| l.monitor.scaler.as_ref().map(|s| s.desired).unwrap_or(l.monitor.settings.pool.replicas)),
+        "max_concurrent": pool.map(|p| p.config().max_concurrent),
         "instances": stat(&|s| s.instances.load(Ordering::Relaxed) as u64),
+        "starting": stat(&|s| s.starting.load(Ordering::Relaxed) as u64),
         "busy": stat(&|s| s.busy.load(Ordering::Relaxed) as u64),
         "queued": stat(&|s| s.queued.load(Ordering::Relaxed) as u64),
         "served": stat(&|s| s.served.load(Ordering::Relaxed)),
         "replaced": stat(&|s| s.replaced.load(Ordering::Relaxed)),
         "overloaded": stat(&|s| s.overloaded.load(Ordering::Relaxed)),
+        "failures": stat(&|s| s.failures.load(Ordering::Relaxed)),
+        "init_failures": stat(&|s| s.init_failures.load(Ordering::Relaxed)),
+        "replicas_started": stat(&|s| s.started.load(Ordering::Relaxed)),
+        "replicas_retired": stat(&|s| s.retired.load(Ordering::Relaxed)),
+        "wakes_from_zero": stat(&|s| s.wakes.load(Ordering::Relaxed)),
+        "utilization": live.and_then(|l| l.monitor.scaler.as_ref()).and_then(|s| s.utilization).map(|u| (u * 1000.0).round() / 1000.0),
+        "autoscale": autoscale,
+        "health": health,
+        "resources": resources,
         "last_error": pool.and_then(|p| p.stats().last_error()),
-    })
+    });
+    if let (Value::Object(o), Value::Object(r)) = (&mut out, replicas) {
+        o.extend(r);
+    }
+    out
 }
 
 fn endpoint_state(ep: &EndpointState) -> &'static str {
@@ -135,5 +172,103 @@ impl Control {
         let events: Vec<Value> = v.events.iter().map(|(ms, m)| json!({"unix_ms": ms, "message": m})).collect();
         let lines = v.ctx.as_ref().map(|c| c.recent_logs()).unwrap_or_default();
         Ok(json!({"version": v.row.rollout.name, "state": v.state(), "events": events, "lines": lines}))
+    }
+}
+
+/// Escapes a Prometheus label value.
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+impl Control {
+    /// Readiness of an endpoint (any version takes traffic) or of one version
+    /// (Open Inference Protocol's model ready), with the state behind it.
+    pub fn ready(&self, endpoint: &str, version: Option<&str>) -> Result<(bool, Value), ControlError> {
+        let inner = lock(&self.inner);
+        let ep = inner
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| ControlError::NotFound(format!("no model (service) named {endpoint:?}")))?;
+        match version {
+            None => {
+                let ready = ep.versions.iter().any(|v| v.takes_traffic());
+                Ok((ready, json!({"name": endpoint, "ready": ready, "state": endpoint_state(ep)})))
+            }
+            Some(name) => {
+                let v = ep
+                    .versions
+                    .iter()
+                    .find(|v| v.row.rollout.name == name)
+                    .ok_or_else(|| ControlError::NotFound(format!("service {endpoint:?} has no version {name:?}")))?;
+                let ready = v.takes_traffic();
+                let reason = v.live.as_ref().and_then(|b| b.monitor.reason.clone()).filter(|_| !ready);
+                Ok((
+                    ready,
+                    json!({"name": endpoint, "version": name, "ready": ready, "state": v.state(), "reason": reason}),
+                ))
+            }
+        }
+    }
+
+    /// Per-version figures in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let inner = lock(&self.inner);
+        let mut rows: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+        for (name, ep) in &inner.endpoints {
+            for v in &ep.versions {
+                let Some(b) = &v.live else { continue };
+                let p = &b.version.pool;
+                let st = p.stats();
+                let m = &b.monitor;
+                let labels = format!("endpoint=\"{}\",version=\"{}\"", label(name), label(&v.row.rollout.name));
+                let ld = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
+                let lu = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+                let figures = vec![
+                    ("replicas".to_string(), p.replicas() as f64),
+                    ("replicas_target".into(), p.target_replicas() as f64),
+                    (
+                        "replicas_desired".into(),
+                        m.scaler.as_ref().map(|s| s.desired).unwrap_or(m.settings.pool.replicas) as f64,
+                    ),
+                    ("busy".into(), ld(&st.busy)),
+                    ("queued".into(), ld(&st.queued)),
+                    ("utilization".into(), m.scaler.as_ref().and_then(|s| s.utilization).unwrap_or(0.0)),
+                    ("ready".into(), if v.takes_traffic() { 1.0 } else { 0.0 }),
+                    ("requests_total".into(), lu(&st.served)),
+                    ("overloaded_total".into(), lu(&st.overloaded)),
+                    ("replica_failures_total".into(), lu(&st.failures)),
+                    ("replicas_replaced_total".into(), lu(&st.replaced)),
+                    ("scale_events_total".into(), m.scale_events as f64),
+                    ("capacity_limited_total".into(), m.capacity_limited as f64),
+                    ("unhealthy_events_total".into(), m.unhealthy_events as f64),
+                    ("wakes_from_zero_total".into(), lu(&st.wakes)),
+                ];
+                rows.push((labels, figures));
+            }
+        }
+        drop(inner);
+        let mut out = String::new();
+        let names: Vec<String> = rows
+            .first()
+            .map(|(_, f)| f.iter().map(|(n, _)| n.clone()).collect())
+            .unwrap_or_default();
+        for (i, n) in names.iter().enumerate() {
+            let kind = if n.ends_with("_total") { "counter" } else { "gauge" };
+            let _ = writeln!(out, "# TYPE wasmscore_version_{n} {kind}");
+            for (labels, f) in &rows {
+                let _ = writeln!(out, "wasmscore_version_{n}{{{labels}}} {}", f[i].1);
+            }
+        }
+        let c = self.capacity_json();
+        for (k, v) in [
+            ("capacity_cpu_cores", &c["cpu_cores"]),
+            ("capacity_memory_gb", &c["memory_gb"]),
+            ("capacity_cpu_cores_requested", &c["cpu_cores_requested"]),
+            ("capacity_memory_gb_requested", &c["memory_gb_requested"]),
+        ] {
+            let _ = writeln!(out, "# TYPE wasmscore_{k} gauge\nwasmscore_{k} {}", v.as_f64().unwrap_or(0.0));
+        }
+        out
     }
 }

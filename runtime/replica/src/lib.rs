@@ -1,14 +1,22 @@
 //! Hop 3 of the request path: a version's replica pool.
 //!
-//! A pool owns a version's replicas. Each replica is a Wasm instance that ran
-//! `init()` once; it lives on its own OS thread, so a guest call never blocks
-//! the async runtime's worker threads. Requests wait in one bounded queue per
-//! version for at most `max_request_wait_time`, then get 503; a replica that
-//! traps, times out or runs out of memory is replaced (its `init()` rerun)
-//! while the others keep serving. Scaling the replica count on utilization is
-//! `wasmscore-autoscale`'s job, not this crate's; the pool only counts.
+//! A pool owns a version's replicas. Each replica is `max_concurrent` Wasm
+//! instances that ran `init()` once; each instance lives on its own OS
+//! thread, so a guest call never blocks the async runtime's worker threads.
+//! Requests wait in one bounded queue per version for at most
+//! `max_request_wait_time`, then get 503; an instance that traps, times out
+//! or runs out of memory is replaced (its `init()` rerun, backing off while
+//! it fails) while the others keep serving.
+//!
+//! The replica count moves: `scale_to` starts instances (each runs `init()`
+//! on its own thread before it takes a request) or retires idle ones by
+//! sending them a retire message through the same queue, so the scoring
+//! path never takes a lock. A pool scaled to zero wakes on the first
+//! request, which waits for the new replica's `init()` instead of failing.
+//! Deciding the count is the autoscaler's job (`wasmscore-control`'s
+//! monitor); the pool only counts.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +27,8 @@ use wasmscore_engine::{CallError, EngineError, Prepared, Replica, ScoreRequest, 
 /// A pool's settings (Azure ML's names and defaults).
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// Replicas to run (`num_replicas`, or the autoscaler's count).
+    /// Replicas to start with (`num_replicas`, or the autoscaler's minimum,
+    /// at least 1 so a deploy proves `init()` works).
     pub replicas: usize,
     /// `replica_max_concurrent_requests`: a Wasm instance runs one call at a
     /// time, so a replica gets this many instances.
@@ -29,6 +38,9 @@ pub struct PoolConfig {
     /// Requests that may wait at once; more are refused at once with 503.
     /// Bounded so an overload costs bounded memory.
     pub queue_capacity: usize,
+    /// How long a request that arrives at a pool with no replica (scaled to
+    /// zero, or all replicas failing init) waits for one to start.
+    pub cold_start_wait: Duration,
 }
 
 impl Default for PoolConfig {
@@ -38,6 +50,7 @@ impl Default for PoolConfig {
             max_concurrent: 1,
             max_wait: Duration::from_millis(500),
             queue_capacity: 1024,
+            cold_start_wait: Duration::from_secs(60),
         }
     }
 }
@@ -63,15 +76,42 @@ struct Job {
     reply: oneshot::Sender<Result<ScoreResponse, ScoreError>>,
 }
 
+enum Msg {
+    Score(Job),
+    /// The instance that takes this stops (scale down).
+    Retire,
+}
+
 /// Counters the pool keeps for `service show`, metrics and the autoscaler.
+/// Counts are in instances (a replica is `max_concurrent` instances).
 #[derive(Default)]
 pub struct PoolStats {
+    /// Instances that ran init() and take requests.
     pub instances: AtomicUsize,
+    /// Instances started that have not finished init() yet.
+    pub starting: AtomicUsize,
+    /// Instances the pool is moving towards.
+    pub target: AtomicUsize,
+    /// Retire messages sent and not taken yet.
+    pub retiring: AtomicUsize,
     pub busy: AtomicUsize,
     pub queued: AtomicUsize,
     pub served: AtomicU64,
+    /// Calls that left their instance usable (an answer or a module error).
+    pub ok: AtomicU64,
+    /// Instances replaced after a trap, timeout or memory overrun.
     pub replaced: AtomicU64,
     pub overloaded: AtomicU64,
+    /// Replica failures: poisoned calls and failed init() runs.
+    pub failures: AtomicU64,
+    /// Failures since the last call or init() that went well.
+    pub consecutive_failures: AtomicU64,
+    pub init_failures: AtomicU64,
+    /// Instances started after the pool's first ones, and retired.
+    pub started: AtomicU64,
+    pub retired: AtomicU64,
+    /// Times a request found no replica and woke the pool.
+    pub wakes: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -82,33 +122,56 @@ impl PoolStats {
     fn set_error(&self, e: String) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
     }
+    fn failed(&self, e: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed);
+        self.set_error(e);
+    }
+    /// Forgets the run of failures (a probe found the version healthy again).
+    pub fn clear_failures(&self) {
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+    }
+}
+
+/// What the pool's threads share.
+struct Shared {
+    rx: Receiver<Msg>,
+    stats: Arc<PoolStats>,
+    prepared: Prepared,
+    label: String,
+    /// Set when the pool is dropped: threads still retrying init() give up.
+    closed: AtomicBool,
 }
 
 /// A version's replicas and their queue.
 pub struct Pool {
-    tx: Sender<Job>,
+    tx: Sender<Msg>,
     cfg: PoolConfig,
-    stats: Arc<PoolStats>,
-    prepared: Prepared,
+    shared: Arc<Shared>,
+    /// Serializes scale changes (never taken on the scoring path, except by
+    /// the request that wakes a pool at zero).
+    scaling: Mutex<()>,
 }
 
 impl Pool {
-    /// Starts the replicas and waits until each has run `init()`. Blocks: call
-    /// it from a blocking context. Fails (and stops the others) if any init fails.
+    /// Starts the first replicas and waits until each has run `init()`.
+    /// Blocks: call it from a blocking context. Fails (and stops the others)
+    /// if any init fails.
     pub fn start(prepared: Prepared, cfg: PoolConfig) -> Result<Pool, EngineError> {
-        let (tx, rx) = crossbeam_channel::bounded::<Job>(cfg.queue_capacity);
-        let stats = Arc::new(PoolStats::default());
-        let n = cfg.replicas.max(1) * cfg.max_concurrent.max(1);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let mut threads = Vec::with_capacity(n);
+        let (tx, rx) = crossbeam_channel::bounded::<Msg>(cfg.queue_capacity);
         let label = format!("{}/{}", prepared.context().endpoint, prepared.context().version);
-        for i in 0..n {
-            let (prepared, rx, stats, ready_tx) = (prepared.clone(), rx.clone(), stats.clone(), ready_tx.clone());
-            let handle = std::thread::Builder::new()
-                .name(format!("replica-{label}-{i}"))
-                .spawn(move || replica_thread(prepared, rx, stats, ready_tx))
-                .map_err(|e| EngineError::Instantiate(e.to_string()))?;
-            threads.push(handle);
+        let shared = Arc::new(Shared {
+            rx,
+            stats: Arc::new(PoolStats::default()),
+            prepared,
+            label,
+            closed: AtomicBool::new(false),
+        });
+        let n = cfg.replicas.max(1) * cfg.max_concurrent.max(1);
+        shared.stats.target.store(n, Ordering::Relaxed);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        for _ in 0..n {
+            spawn_instance(&shared, Some(ready_tx.clone())).map_err(EngineError::Instantiate)?;
         }
         drop(ready_tx);
         let mut first_error = None;
@@ -119,18 +182,21 @@ impl Pool {
                 Err(_) => first_error = first_error.or(Some(EngineError::Instantiate("replica thread died".into()))),
             }
         }
-        // Threads are detached: they exit when the pool (the only sender) is
-        // dropped and the queue is drained, so in-flight requests finish.
-        drop(threads);
+        let pool = Pool {
+            tx,
+            cfg,
+            shared,
+            scaling: Mutex::new(()),
+        };
         match first_error {
-            None => Ok(Pool { tx, cfg, stats, prepared }),
-            // Dropping `tx` here stops the replicas that did start.
+            None => Ok(pool),
+            // Dropping the pool stops the instances that did start.
             Some(e) => Err(e),
         }
     }
 
     pub fn stats(&self) -> &Arc<PoolStats> {
-        &self.stats
+        &self.shared.stats
     }
 
     pub fn config(&self) -> &PoolConfig {
@@ -138,12 +204,89 @@ impl Pool {
     }
 
     pub fn prepared(&self) -> &Prepared {
-        &self.prepared
+        &self.shared.prepared
     }
 
-    /// Scores one request: waits for a free instance (at most `max_wait`),
-    /// then for the call (bounded by the engine's deadline).
+    /// Replicas that serve now (instances that ran init(), rounded up).
+    pub fn replicas(&self) -> usize {
+        self.shared
+            .stats
+            .instances
+            .load(Ordering::Relaxed)
+            .div_ceil(self.cfg.max_concurrent.max(1))
+    }
+
+    /// Replicas the pool is moving towards.
+    pub fn target_replicas(&self) -> usize {
+        self.shared
+            .stats
+            .target
+            .load(Ordering::Relaxed)
+            .div_ceil(self.cfg.max_concurrent.max(1))
+    }
+
+    /// Moves the pool towards `replicas` replicas: starts instances (each
+    /// serves once its init() ran) or asks idle ones to retire. Returns at
+    /// once.
+    pub fn scale_to(&self, replicas: usize) {
+        let _g = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        self.scale_locked(replicas * self.cfg.max_concurrent.max(1));
+    }
+
+    fn scale_locked(&self, want: usize) {
+        let st = &self.shared.stats;
+        let alive = st.instances.load(Ordering::Acquire) + st.starting.load(Ordering::Acquire);
+        let have = alive.saturating_sub(st.retiring.load(Ordering::Acquire));
+        st.target.store(want, Ordering::Relaxed);
+        if want > have {
+            for _ in have..want {
+                if let Err(e) = spawn_instance(&self.shared, None) {
+                    tracing::error!(pool = %self.shared.label, error = %e, "starting a replica thread failed");
+                    st.set_error(e);
+                    break;
+                }
+                st.started.fetch_add(1, Ordering::Relaxed);
+            }
+        } else {
+            for _ in want..have {
+                st.retiring.fetch_add(1, Ordering::AcqRel);
+                if self.tx.try_send(Msg::Retire).is_err() {
+                    // The queue is full, so the pool is not idle: the next
+                    // decision tries again.
+                    st.retiring.fetch_sub(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts one replica if none is running or starting (scale from zero).
+    fn wake(&self) {
+        let _g = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        let st = &self.shared.stats;
+        if st.instances.load(Ordering::Acquire) + st.starting.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        st.wakes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pool = %self.shared.label, "a request arrived at zero replicas: starting one");
+        let want = st.target.load(Ordering::Relaxed).max(self.cfg.max_concurrent.max(1));
+        self.scale_locked(want);
+    }
+
+    /// True while no instance serves but one is starting.
+    fn waking(&self) -> bool {
+        let st = &self.shared.stats;
+        st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) > 0
+    }
+
+    /// Scores one request: waits for a free instance (at most `max_wait`, or
+    /// for a replica to start when there is none), then for the call
+    /// (bounded by the engine's deadline).
     pub async fn score(&self, req: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
+        let st = &self.shared.stats;
+        if st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) == 0 {
+            self.wake();
+        }
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, rx) = oneshot::channel();
         let job = Job {
@@ -152,57 +295,132 @@ impl Pool {
             reply,
         };
         let enqueued = Instant::now();
-        self.stats.queued.fetch_add(1, Ordering::Relaxed);
-        match self.tx.try_send(job) {
+        st.queued.fetch_add(1, Ordering::Relaxed);
+        match self.tx.try_send(Msg::Score(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
+                st.queued.fetch_sub(1, Ordering::Relaxed);
+                st.overloaded.fetch_add(1, Ordering::Relaxed);
                 return Err(ScoreError::Overloaded { waited_ms: 0 });
             }
             Err(TrySendError::Disconnected(_)) => {
-                self.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                st.queued.fetch_sub(1, Ordering::Relaxed);
                 return Err(ScoreError::Unavailable("the version is shutting down".into()));
             }
         }
         let mut rx = rx;
-        match tokio::time::timeout(self.cfg.max_wait, &mut rx).await {
-            Ok(r) => r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
-            Err(_) => {
-                // Still queued after max_wait? Withdraw it and answer 503.
-                if state
-                    .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                {
-                    self.stats.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.stats.overloaded.fetch_add(1, Ordering::Relaxed);
-                    return Err(ScoreError::Overloaded {
-                        waited_ms: enqueued.elapsed().as_millis() as u64,
-                    });
+        let mut wait = self.cfg.max_wait;
+        loop {
+            match tokio::time::timeout(wait, &mut rx).await {
+                Ok(r) => return r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
+                Err(_) => {
+                    // No replica yet but one is starting: keep waiting for it,
+                    // up to cold_start_wait.
+                    if self.waking() && enqueued.elapsed() < self.cfg.max_wait + self.cfg.cold_start_wait {
+                        wait = Duration::from_millis(50);
+                        continue;
+                    }
+                    // Still queued? Withdraw it and answer 503.
+                    if state
+                        .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    {
+                        st.queued.fetch_sub(1, Ordering::Relaxed);
+                        st.overloaded.fetch_add(1, Ordering::Relaxed);
+                        if st.instances.load(Ordering::Acquire) == 0 {
+                            return Err(ScoreError::Unavailable(
+                                st.last_error().unwrap_or_else(|| "no replica could be started".into()),
+                            ));
+                        }
+                        return Err(ScoreError::Overloaded {
+                            waited_ms: enqueued.elapsed().as_millis() as u64,
+                        });
+                    }
+                    // A replica has it: the engine's deadline bounds the wait.
+                    return rx
+                        .await
+                        .unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into())));
                 }
-                // A replica has it: the engine's deadline bounds the wait.
-                rx.await
-                    .unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into())))
             }
+        }
+    }
+
+    /// Starts a fresh instance of this version and runs its init() on a
+    /// thread of its own (a readiness probe); the answer comes on the
+    /// returned channel. The instance is dropped after.
+    pub fn probe(&self) -> std::sync::mpsc::Receiver<Result<(), String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prepared = self.shared.prepared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("probe-{}", self.shared.label))
+            .spawn(move || {
+                let _ = tx.send(prepared.start().map(drop).map_err(|e| e.to_string()));
+            });
+        if let Err(e) = spawned {
+            tracing::error!(pool = %self.shared.label, error = %e, "starting a probe thread failed");
+        }
+        rx
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Threads exit when the queue is drained and this (the only sender)
+        // is gone, so in-flight requests finish; init retries stop.
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+fn spawn_instance(shared: &Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Result<(), EngineError>>>) -> Result<(), String> {
+    shared.stats.starting.fetch_add(1, Ordering::AcqRel);
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("replica-{}", shared.label))
+        .spawn(move || instance_thread(s, ready));
+    match spawned {
+        Ok(_) => Ok(()), // detached: it exits with the queue
+        Err(e) => {
+            shared.stats.starting.fetch_sub(1, Ordering::AcqRel);
+            Err(e.to_string())
         }
     }
 }
 
-fn replica_thread(prepared: Prepared, rx: Receiver<Job>, stats: Arc<PoolStats>, ready: std::sync::mpsc::Sender<Result<(), EngineError>>) {
-    let mut replica: Replica = match prepared.start() {
-        Ok(r) => {
-            let _ = ready.send(Ok(()));
-            r
-        }
-        Err(e) => {
-            stats.set_error(e.to_string());
-            let _ = ready.send(Err(e));
-            return;
-        }
+fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Result<(), EngineError>>>) {
+    let stats = &shared.stats;
+    let first = match ready {
+        // One of the pool's first instances: a failed init fails the deploy.
+        Some(ready) => match shared.prepared.start() {
+            Ok(r) => {
+                let _ = ready.send(Ok(()));
+                Some(r)
+            }
+            Err(e) => {
+                stats.failed(e.to_string());
+                stats.init_failures.fetch_add(1, Ordering::Relaxed);
+                stats.starting.fetch_sub(1, Ordering::AcqRel);
+                let _ = ready.send(Err(e));
+                return;
+            }
+        },
+        // Scaling up or waking: retry init with backoff, as a replacement would.
+        None => start_with_backoff(&shared),
     };
-    drop(ready);
-    stats.instances.fetch_add(1, Ordering::Relaxed);
-    while let Ok(job) = rx.recv() {
+    let Some(mut replica) = first else {
+        stats.starting.fetch_sub(1, Ordering::AcqRel);
+        return;
+    };
+    stats.instances.fetch_add(1, Ordering::AcqRel);
+    stats.starting.fetch_sub(1, Ordering::AcqRel);
+    while let Ok(msg) = shared.rx.recv() {
+        let job = match msg {
+            Msg::Score(job) => job,
+            Msg::Retire => {
+                stats.retiring.fetch_sub(1, Ordering::AcqRel);
+                stats.retired.fetch_add(1, Ordering::Relaxed);
+                break;
+            }
+        };
         if job
             .state
             .compare_exchange(QUEUED, TAKEN, Ordering::AcqRel, Ordering::Acquire)
@@ -216,32 +434,44 @@ fn replica_thread(prepared: Prepared, rx: Receiver<Job>, stats: Arc<PoolStats>, 
         stats.busy.fetch_sub(1, Ordering::Relaxed);
         stats.served.fetch_add(1, Ordering::Relaxed);
         let poisoned = replica.is_poisoned();
-        if let Err(e) = &result {
-            if poisoned {
-                stats.set_error(e.to_string());
+        match &result {
+            Err(e) if poisoned => stats.failed(e.to_string()),
+            _ => {
+                stats.ok.fetch_add(1, Ordering::Relaxed);
+                if stats.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    stats.consecutive_failures.store(0, Ordering::Relaxed);
+                }
             }
         }
         let _ = job.reply.send(result);
         if poisoned {
-            replica = replace(&prepared, &stats);
+            match start_with_backoff(&shared) {
+                Some(r) => {
+                    stats.replaced.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(pool = %shared.label, "replica replaced");
+                    replica = r;
+                }
+                None => break,
+            }
         }
     }
-    stats.instances.fetch_sub(1, Ordering::Relaxed);
+    stats.instances.fetch_sub(1, Ordering::AcqRel);
 }
 
-/// Makes a fresh instance and reruns `init()`, backing off while it fails.
-fn replace(prepared: &Prepared, stats: &PoolStats) -> Replica {
+/// Makes a fresh instance and runs `init()`, backing off (10 ms doubling to
+/// 5 s) while it fails. None once the pool is gone.
+fn start_with_backoff(shared: &Shared) -> Option<Replica> {
     let mut backoff = Duration::from_millis(10);
     loop {
-        match prepared.start() {
-            Ok(r) => {
-                stats.replaced.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(endpoint = %prepared.context().endpoint, version = %prepared.context().version, "replica replaced");
-                return r;
-            }
+        if shared.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        match shared.prepared.start() {
+            Ok(r) => return Some(r),
             Err(e) => {
-                tracing::error!(error = %e, ?backoff, "replacing a replica failed; retrying");
-                stats.set_error(e.to_string());
+                tracing::error!(pool = %shared.label, error = %e, ?backoff, "starting a replica failed; retrying");
+                shared.stats.failed(e.to_string());
+                shared.stats.init_failures.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }

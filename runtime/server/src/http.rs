@@ -130,8 +130,30 @@ impl App {
                     error_response(ApiError::new(503, "not_ready", "restoring deployed versions"))
                 }
             }
+            ("GET", ["v2", "models", name, "ready"]) => self.model_ready(name, None),
+            ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(name, Some(v)),
+            ("GET", ["metrics"]) => {
+                let mut r = Response::new(Full::new(Bytes::from(self.control.metrics())));
+                r.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r
+            }
             (_, ["admin", "v1", ..]) => self.admin(req, &path).await.unwrap_or_else(error_response),
             _ => error_response(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
+        }
+    }
+
+    /// Open Inference Protocol model readiness: 200 when the endpoint (or the
+    /// version) takes traffic, else 503 with the state and the reason.
+    fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
+        match self.control.ready(endpoint, version) {
+            Ok((true, body)) => json(200, serde_json::to_vec(&body).expect("json")),
+            Ok((false, body)) => {
+                let mut r = json(503, serde_json::to_vec(&body).expect("json"));
+                r.headers_mut().insert("retry-after", HeaderValue::from(1));
+                r
+            }
+            Err(e) => error_response(ApiError::new(e.status(), e.code(), e.to_string())),
         }
     }
 

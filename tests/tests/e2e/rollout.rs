@@ -17,7 +17,7 @@ const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
 impl Server {
     /// Runs `wasmscore ARGS --data-dir DIR`.
-    fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new(bin())
             .args(args)
             .arg("--data-dir")
@@ -26,7 +26,7 @@ impl Server {
             .unwrap()
     }
 
-    fn cli_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -57,7 +57,7 @@ impl Server {
         counts
     }
 
-    fn show(&self, endpoint: &str) -> serde_json::Value {
+    pub(crate) fn show(&self, endpoint: &str) -> serde_json::Value {
         let (status, v) = self.get_admin(&format!("/admin/v1/endpoints/{endpoint}"));
         assert_eq!(status, 200, "{v}");
         v
@@ -69,12 +69,12 @@ fn count(c: &HashMap<String, usize>, v: &str) -> usize {
 }
 
 /// An HTTP/1.1 client on one kept-alive connection.
-struct KeepAlive {
+pub(crate) struct KeepAlive {
     r: BufReader<TcpStream>,
 }
 
 impl KeepAlive {
-    fn connect(addr: &str) -> KeepAlive {
+    pub(crate) fn connect(addr: &str) -> KeepAlive {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
@@ -83,6 +83,12 @@ impl KeepAlive {
 
     /// Returns the status and the served-version header.
     fn score(&mut self, endpoint: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+        let (status, version, _) = self.score_full(endpoint, headers, body);
+        (status, version)
+    }
+
+    /// Returns the status, the served-version header and Retry-After.
+    pub(crate) fn score_full(&mut self, endpoint: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, Option<String>) {
         let mut req = format!(
             "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
@@ -96,6 +102,7 @@ impl KeepAlive {
         let mut status = 0;
         let mut len = 0;
         let mut version = String::new();
+        let mut retry_after = None;
         loop {
             let mut line = String::new();
             self.r.read_line(&mut line).unwrap();
@@ -109,13 +116,14 @@ impl KeepAlive {
                 match k.to_ascii_lowercase().as_str() {
                     "content-length" => len = v.trim().parse().unwrap(),
                     "x-wasmscore-version" => version = v.trim().to_string(),
+                    "retry-after" => retry_after = Some(v.trim().to_string()),
                     _ => {}
                 }
             }
         }
         let mut body = vec![0; len];
         self.r.read_exact(&mut body).unwrap();
-        (status, version)
+        (status, version, retry_after)
     }
 }
 
@@ -559,7 +567,8 @@ fn azure_mls_config_files_are_mapped_and_what_is_left_out_is_named() {
         "mapped scoringTimeoutMs -> scoring_timeout_ms",
         "mapped containerResourceRequirements.memoryInGB -> memory_gb",
         "ignored computeType",
-        "ignored autoScaler",
+        "mapped autoScaler.autoscaleEnabled -> autoscale_enabled",
+        "mapped containerResourceRequirements.cpu -> cpu_cores",
         "ignored authEnabled",
     ] {
         assert!(err.contains(want), "{want:?} not in {err}");
@@ -568,6 +577,8 @@ fn azure_mls_config_files_are_mapped_and_what_is_left_out_is_named() {
     let v = &show["versions"][0];
     assert_eq!(v["config"]["scoring_timeout_ms"], 5000, "{show}");
     assert_eq!(v["replicas"], 2, "{show}");
+    assert_eq!(v["autoscale"]["enabled"], false, "{show}");
+    assert_eq!(v["resources"]["cpu_cores"], 0.5, "{show}");
     assert_eq!(v["description"], "from Azure ML");
     assert_eq!(s.score("az", ROW).0, 200);
 }

@@ -1,5 +1,7 @@
 //! A scoring module that misbehaves on request, for the fault tests. The body
-//! names the misbehaviour: "trap", "loop", "alloc", "file", "env", else it echoes.
+//! names the misbehaviour: "trap", "loop", "alloc", "file", "env"; "sleep:MS"
+//! waits MS milliseconds without using the CPU (a model whose run takes a
+//! known time, for the autoscaling tests); anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
 
@@ -42,6 +44,11 @@ impl Guest for Hostile {
             "env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 json(format!("{{\"env_vars\":{},\"home\":{}}}", vars.len(), std::env::var("HOME").is_ok()))
+            }
+            other if other.starts_with("sleep:") => {
+                let ms: u64 = other[6..].parse().unwrap_or(0);
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                json(format!("{{\"slept_ms\":{ms}}}"))
             }
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }

@@ -1,0 +1,370 @@
+//! The monitor: one thread, off the request path, that every 50 ms samples
+//! each serving version's pool and
+//! - feeds its autoscaler (autoscale.rs) and applies its decisions, within
+//!   the machine's capacity (reported when that is what stops it);
+//! - keeps its readiness: `failure_threshold` replica failures in a row
+//!   (traps, timeouts, memory overruns, failed init()) or failed probes make
+//!   it Unhealthy, and its traffic share goes to the default version; probes
+//!   every `period_seconds` (after `initial_delay_seconds`) start a fresh
+//!   instance and run its init() within `timeout_seconds`, and
+//!   `success_threshold` passes in a row make it ready again.
+//!
+//! Every change is an event in the version's log, a tracing line and a
+//! counter in `service show` and /metrics.
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::autoscale::Scaler;
+use crate::config::Resolved;
+use crate::deploy::{lock, Control};
+
+/// How often pools are sampled.
+const TICK: Duration = Duration::from_millis(50);
+
+/// The machine's capacity that replicas are counted against (like a
+/// cluster's allocatable CPU and memory against pods' requests).
+#[derive(Debug, Clone, Copy)]
+pub struct Capacity {
+    pub cpu_cores: f64,
+    pub memory_gb: f64,
+}
+
+impl Capacity {
+    /// This machine: its cores and its memory.
+    pub fn of_machine() -> Capacity {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let memory_gb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("MemTotal:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
+            .map(|kb| kb / (1024.0 * 1024.0))
+            .unwrap_or(4.0);
+        Capacity {
+            cpu_cores: cores,
+            memory_gb,
+        }
+    }
+}
+
+/// One serving version's autoscaler and health, made with its build.
+pub(crate) struct VersionMonitor {
+    pub settings: Resolved,
+    pub scaler: Option<Scaler>,
+    pub ready: bool,
+    /// Why it is not ready, or why it last was not.
+    pub reason: Option<String>,
+    pub unhealthy_since: Option<Instant>,
+    next_probe: Instant,
+    probe: Option<(Instant, Receiver<Result<(), String>>)>,
+    probes_passed_in_a_row: u32,
+    probes_failed_in_a_row: u32,
+    /// `ok` calls seen at the last probe: calls that went well since count
+    /// as a passed probe without starting an instance.
+    ok_seen: u64,
+    pub probes: u64,
+    pub last_probe: Option<(bool, String)>,
+    pub scale_events: u64,
+    pub capacity_limited: u64,
+    pub unhealthy_events: u64,
+}
+
+impl VersionMonitor {
+    pub fn new(settings: Resolved, now: Instant) -> Self {
+        let scaler = settings
+            .autoscale
+            .clone()
+            .map(|a| Scaler::new(a, settings.pool.max_concurrent, now, settings.pool.replicas));
+        let next_probe = now + settings.probes.initial_delay;
+        VersionMonitor {
+            settings,
+            scaler,
+            ready: true,
+            reason: None,
+            unhealthy_since: None,
+            next_probe,
+            probe: None,
+            probes_passed_in_a_row: 0,
+            probes_failed_in_a_row: 0,
+            ok_seen: 0,
+            probes: 0,
+            last_probe: None,
+            scale_events: 0,
+            capacity_limited: 0,
+            unhealthy_events: 0,
+        }
+    }
+
+    /// Autoscale and health settings and figures, for `service show`.
+    pub fn json(&self) -> (Value, Value) {
+        let a = match (&self.settings.autoscale, &self.scaler) {
+            (Some(a), Some(s)) => json!({
+                "enabled": true,
+                "min_replicas": a.min,
+                "max_replicas": a.max,
+                "target_utilization": (a.target * 100.0).round(),
+                "refresh_seconds": a.refresh.as_secs_f64(),
+                "scale_down_delay_seconds": a.down_delay.as_secs_f64(),
+                "desired_replicas": s.desired,
+                "utilization": s.utilization.map(|u| (u * 1000.0).round() / 1000.0),
+                "load": (s.load * 100.0).round() / 100.0,
+                "scale_events": self.scale_events,
+                "capacity_limited": self.capacity_limited,
+            }),
+            _ => json!({"enabled": false, "num_replicas": self.settings.pool.replicas}),
+        };
+        let p = &self.settings.probes;
+        let h = json!({
+            "ready": self.ready,
+            "reason": self.reason,
+            "unhealthy_for_seconds": self.unhealthy_since.map(|t| t.elapsed().as_secs()),
+            "unhealthy_events": self.unhealthy_events,
+            "probes": self.probes,
+            "last_probe": self.last_probe.as_ref().map(|(ok, what)| json!({"passed": ok, "detail": what})),
+            "period_seconds": p.period.as_secs_f64(),
+            "initial_delay_seconds": p.initial_delay.as_secs_f64(),
+            "timeout_seconds": p.timeout.as_secs_f64(),
+            "success_threshold": p.success_threshold,
+            "failure_threshold": p.failure_threshold,
+        });
+        (a, h)
+    }
+}
+
+/// What one tick did to a version, to log outside the borrow.
+enum Happened {
+    Scaled { from: usize, to: usize, reason: String },
+    CapacityLimited { wanted: usize, granted: usize, why: String },
+    Unhealthy(String),
+    Healthy(String),
+}
+
+impl Control {
+    /// Starts the monitor thread. It holds the control plane weakly and ends
+    /// with it.
+    pub(crate) fn start_monitor(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new().name("monitor".into()).spawn(move || loop {
+            std::thread::sleep(TICK);
+            match weak.upgrade() {
+                Some(control) => control.tick(Instant::now()),
+                None => return,
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the monitor thread did not start: no autoscaling or probes");
+        }
+    }
+
+    fn tick(&self, now: Instant) {
+        let mut inner = lock(&self.inner);
+        let capacity = *lock(&self.capacity);
+        // What every serving version's replicas ask of the machine now.
+        let (mut cpu_used, mut mem_used) = (0.0, 0.0);
+        for v in inner.endpoints.values().flat_map(|e| e.versions.iter()) {
+            if let Some(b) = &v.live {
+                let n = b.version.pool.target_replicas() as f64;
+                cpu_used += n * b.monitor.settings.cpu_cores;
+                mem_used += n * b.monitor.settings.memory_gb;
+            }
+        }
+        let mut republish = Vec::new();
+        for (name, ep) in inner.endpoints.iter_mut() {
+            for v in ep.versions.iter_mut() {
+                let Some(built) = v.live.as_mut() else { continue };
+                let pool = built.version.pool.clone();
+                let st = pool.stats().clone();
+                let m = &mut built.monitor;
+                let mut events = Vec::new();
+
+                // Autoscaling.
+                if let Some(scaler) = m.scaler.as_mut() {
+                    scaler.sample(st.busy.load(Ordering::Relaxed) + st.queued.load(Ordering::Relaxed));
+                    let current = pool.target_replicas();
+                    if let Some(d) = scaler.decide(now, current) {
+                        let mut to = d.to;
+                        if to > current {
+                            let (cpu, mem) = (m.settings.cpu_cores, m.settings.memory_gb);
+                            let fit_cpu = ((capacity.cpu_cores - cpu_used) / cpu + 1e-9).floor().max(0.0) as usize;
+                            let fit_mem = ((capacity.memory_gb - mem_used) / mem + 1e-9).floor().max(0.0) as usize;
+                            let granted = current + fit_cpu.min(fit_mem).min(to - current);
+                            if granted < to {
+                                m.capacity_limited += 1;
+                                events.push(Happened::CapacityLimited {
+                                    wanted: to,
+                                    granted,
+                                    why: format!(
+                                        "machine capacity: {cpu_used:.1} of {:.1} CPU cores and {mem_used:.1} of {:.1} GB asked for by running replicas ({cpu} cores, {mem} GB each)",
+                                        capacity.cpu_cores, capacity.memory_gb
+                                    ),
+                                });
+                                to = granted;
+                            }
+                            cpu_used += (to - current) as f64 * cpu;
+                            mem_used += (to - current) as f64 * mem;
+                        } else {
+                            cpu_used -= (current - to) as f64 * m.settings.cpu_cores;
+                            mem_used -= (current - to) as f64 * m.settings.memory_gb;
+                        }
+                        if to != current {
+                            pool.scale_to(to);
+                            m.scale_events += 1;
+                            events.push(Happened::Scaled {
+                                from: current,
+                                to,
+                                reason: d.reason,
+                            });
+                        }
+                    }
+                }
+
+                // Readiness.
+                let p = m.settings.probes.clone();
+                let failures = st.consecutive_failures.load(Ordering::Relaxed);
+                if m.ready && failures >= u64::from(p.failure_threshold) {
+                    let why = format!(
+                        "{failures} replica failures in a row (last: {})",
+                        st.last_error().unwrap_or_default()
+                    );
+                    events.push(Happened::Unhealthy(why));
+                }
+                let mut outcome = None;
+                if let Some((started, rx)) = &m.probe {
+                    match rx.try_recv() {
+                        Ok(Ok(())) => outcome = Some(Ok(format!("a fresh replica ran init() in {} ms", started.elapsed().as_millis()))),
+                        Ok(Err(e)) => outcome = Some(Err(format!("a fresh replica failed init(): {e}"))),
+                        Err(TryRecvError::Disconnected) => outcome = Some(Err("the probe thread died".into())),
+                        Err(TryRecvError::Empty) if started.elapsed() > p.timeout => {
+                            outcome = Some(Err(format!("no answer within timeout_seconds ({:.1} s)", p.timeout.as_secs_f64())))
+                        }
+                        Err(TryRecvError::Empty) => {}
+                    }
+                    if outcome.is_some() {
+                        m.probe = None;
+                    }
+                } else if now >= m.next_probe {
+                    m.next_probe = now + p.period;
+                    let ok = st.ok.load(Ordering::Relaxed);
+                    let served_well = ok > m.ok_seen;
+                    m.ok_seen = ok;
+                    if m.ready && (served_well || failures == 0) {
+                        // Calls went well, or nothing went wrong: no need to
+                        // start an instance to know.
+                        outcome = Some(Ok(if served_well {
+                            "requests were served".into()
+                        } else {
+                            "idle, no failures".into()
+                        }));
+                    } else {
+                        m.probe = Some((now, pool.probe()));
+                    }
+                }
+                if let Some(result) = outcome {
+                    m.probes += 1;
+                    match result {
+                        Ok(what) => {
+                            m.probes_passed_in_a_row += 1;
+                            m.probes_failed_in_a_row = 0;
+                            if !m.ready && m.probes_passed_in_a_row >= p.success_threshold {
+                                events.push(Happened::Healthy(format!(
+                                    "{} probe(s) passed; last: {what}",
+                                    m.probes_passed_in_a_row
+                                )));
+                            }
+                            m.last_probe = Some((true, what));
+                        }
+                        Err(what) => {
+                            m.probes_failed_in_a_row += 1;
+                            m.probes_passed_in_a_row = 0;
+                            if m.ready && m.probes_failed_in_a_row >= p.failure_threshold {
+                                events.push(Happened::Unhealthy(format!(
+                                    "{} probes failed in a row; last: {what}",
+                                    m.probes_failed_in_a_row
+                                )));
+                            }
+                            m.last_probe = Some((false, what));
+                        }
+                    }
+                }
+
+                let version = v.row.rollout.name.clone();
+                for e in events {
+                    let msg = match e {
+                        Happened::Scaled { from, to, reason } => {
+                            let dir = if to > from { "scale up" } else { "scale down" };
+                            tracing::info!(endpoint = %name, %version, from, to, %reason, "{dir}");
+                            format!("{dir} {from} -> {to} replicas: {reason}")
+                        }
+                        Happened::CapacityLimited { wanted, granted, why } => {
+                            tracing::warn!(endpoint = %name, %version, wanted, granted, %why, "capacity reached");
+                            format!("capacity reached: wanted {wanted} replicas, granted {granted}; {why}")
+                        }
+                        Happened::Unhealthy(why) => {
+                            let m = &mut v.live.as_mut().expect("serving").monitor;
+                            m.ready = false;
+                            m.reason = Some(why.clone());
+                            m.unhealthy_since = Some(now);
+                            m.unhealthy_events += 1;
+                            m.probes_passed_in_a_row = 0;
+                            m.next_probe = now + m.settings.probes.period;
+                            republish.push(name.clone());
+                            tracing::warn!(endpoint = %name, %version, %why, "version unhealthy; its traffic share goes to the default version");
+                            format!("Unhealthy: {why}; its traffic share goes to the default version until it recovers")
+                        }
+                        Happened::Healthy(why) => {
+                            let m = &mut v.live.as_mut().expect("serving").monitor;
+                            m.ready = true;
+                            m.unhealthy_since = None;
+                            st.clear_failures();
+                            republish.push(name.clone());
+                            tracing::info!(endpoint = %name, %version, %why, "version healthy again; traffic share restored");
+                            format!("Healthy again: {why}; its traffic share is restored")
+                        }
+                    };
+                    v.event(msg);
+                }
+            }
+        }
+        republish.dedup();
+        for name in republish {
+            self.publish(&inner, &name);
+        }
+    }
+
+    /// Overrides the machine's capacity (`up --cpu-capacity/--memory-capacity-gb`).
+    pub fn set_capacity(&self, c: Capacity) {
+        *lock(&self.capacity) = c;
+    }
+
+    pub fn capacity_json(&self) -> Value {
+        let c = *lock(&self.capacity);
+        let inner = lock(&self.inner);
+        let (mut cpu, mut mem, mut replicas) = (0.0, 0.0, 0usize);
+        for b in inner
+            .endpoints
+            .values()
+            .flat_map(|e| e.versions.iter())
+            .filter_map(|v| v.live.as_ref())
+        {
+            let n = b.version.pool.target_replicas();
+            replicas += n;
+            cpu += n as f64 * b.monitor.settings.cpu_cores;
+            mem += n as f64 * b.monitor.settings.memory_gb;
+        }
+        json!({
+            "cpu_cores": c.cpu_cores,
+            "memory_gb": (c.memory_gb * 10.0).round() / 10.0,
+            "replicas": replicas,
+            "cpu_cores_requested": (cpu * 100.0).round() / 100.0,
+            "memory_gb_requested": (mem * 100.0).round() / 100.0,
+        })
+    }
+}

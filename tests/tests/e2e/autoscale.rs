@@ -1,0 +1,329 @@
+//! Replicas and autoscaling over HTTP with the real binary: a load step
+//! adds replicas, they fall after the down window, overload beyond the
+//! maximum queues boundedly and answers 503 with Retry-After while memory
+//! stays flat, a version at zero wakes for its first request, the steady
+//! count follows the seeds' sizing rule, and a version whose replicas keep
+//! failing hands its share to the default until a probe finds it well.
+//!
+//! The module is tests/programs/hostile: "sleep:MS" takes MS milliseconds
+//! without using the CPU, so the load is known and two cores suffice.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::rollout::KeepAlive;
+use super::{hostile, iris_rust, model, Server};
+
+/// These tests measure time: one at a time, so they do not load each other.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Closed- or paced-loop clients on kept-alive connections.
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Tally>>,
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    statuses: HashMap<u16, usize>,
+    /// 503s that carried no Retry-After.
+    without_retry_after: usize,
+}
+
+impl Load {
+    /// `conns` clients send `body` to `endpoint`; each waits for its answer,
+    /// then (with `every`) until its next slot.
+    fn start(addr: &str, endpoint: &str, conns: usize, body: &str, every: Option<Duration>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..conns)
+            .map(|i| {
+                let (addr, endpoint, body, stop) = (addr.to_string(), endpoint.to_string(), body.to_string(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut c = KeepAlive::connect(&addr);
+                    let mut t = Tally::default();
+                    // Spread paced clients over their period.
+                    let mut next = Instant::now() + every.map(|e| e * i as u32 / conns as u32).unwrap_or_default();
+                    while !stop.load(Ordering::Relaxed) {
+                        if let Some(e) = every {
+                            let now = Instant::now();
+                            if next > now {
+                                std::thread::sleep(next - now);
+                            }
+                            next += e;
+                        }
+                        let (status, _, retry_after) = c.score_full(&endpoint, &[], &body);
+                        *t.statuses.entry(status).or_insert(0) += 1;
+                        if status == 503 && retry_after.is_none() {
+                            t.without_retry_after += 1;
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        Load { stop, threads }
+    }
+
+    fn stop(self) -> Tally {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut all = Tally::default();
+        for t in self.threads {
+            let t = t.join().unwrap();
+            for (s, n) in t.statuses {
+                *all.statuses.entry(s).or_insert(0) += n;
+            }
+            all.without_retry_after += t.without_retry_after;
+        }
+        all
+    }
+}
+
+fn version(s: &Server, endpoint: &str) -> serde_json::Value {
+    s.show(endpoint)["versions"][0].clone()
+}
+
+fn replicas(s: &Server, endpoint: &str) -> u64 {
+    version(s, endpoint)["replicas"].as_u64().unwrap()
+}
+
+/// Polls until `f` holds; the time it took, or a panic naming `what`.
+fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.elapsed()
+}
+
+fn events(s: &Server, endpoint: &str, version: &str) -> String {
+    s.cli_ok(&["service", "logs", endpoint, "--version", version])
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"autoscale_max_replicas": 6, "autoscale_scale_down_delay_seconds": 3, "max_request_wait_time": 10000});
+    s.deploy_ok("step", &hostile(), &[], Some(dc));
+    assert_eq!(replicas(&s, "step"), 1);
+    // 8 clients, 50 ms each, on one replica: utilization 800%.
+    let load = Load::start(&s.addr, "step", 8, "sleep:50", None);
+    let first = until("a second replica serving", Duration::from_secs(2), || replicas(&s, "step") >= 2);
+    let all = until("6 replicas (the maximum)", Duration::from_secs(4), || replicas(&s, "step") == 6);
+    println!("load step: 2nd replica serving after {first:?}, 6 after {all:?}");
+    std::thread::sleep(Duration::from_secs(1));
+    let tally = load.stop();
+    assert_eq!(tally.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{tally:?}");
+    let stopped = Instant::now();
+    // The down window is 3 s: no replica goes before about then.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(replicas(&s, "step"), 6, "replicas removed before the down window");
+    until("back to 1 replica after the down window", Duration::from_secs(6), || {
+        replicas(&s, "step") == 1
+    });
+    println!("load stopped: back to 1 replica after {:?}", stopped.elapsed());
+    let v = version(&s, "step");
+    assert_eq!(v["autoscale"]["desired_replicas"], 1, "{v}");
+    assert!(v["autoscale"]["scale_events"].as_u64().unwrap() >= 2, "{v}");
+    let log = events(&s, "step", "v1");
+    assert!(log.contains("scale up 1 -> "), "{log}");
+    assert!(log.contains("utilization"), "{log}");
+    assert!(log.contains("scale down 6 -> 1") && log.contains("below target"), "{log}");
+    let metrics = raw_get(&s.addr, "/metrics");
+    for want in [
+        "wasmscore_version_replicas{endpoint=\"step\",version=\"v1\"} 1",
+        "wasmscore_version_utilization{endpoint=\"step\"",
+        "wasmscore_version_scale_events_total{endpoint=\"step\"",
+        "wasmscore_capacity_cpu_cores ",
+    ] {
+        assert!(metrics.contains(want), "{want} not in {metrics}");
+    }
+}
+
+/// The body of a GET, as text.
+fn raw_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out.split_once("\r\n\r\n").unwrap().1.to_string()
+}
+
+#[test]
+fn overload_beyond_max_replicas_is_a_bounded_queue_503_with_retry_after_and_flat_memory() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"autoscale_max_replicas": 2, "max_request_wait_time": 200});
+    s.deploy_ok("hot", &hostile(), &[], Some(dc));
+    s.deploy_ok("calm", iris_rust(), &[&model()], None);
+    // 48 clients of 100 ms requests against at most 2 replicas (20 req/s).
+    let load = Load::start(&s.addr, "hot", 48, "sleep:100", None);
+    std::thread::sleep(Duration::from_secs(5));
+    let early = rss_kib(s.pid());
+    let mut peak_queued = 0;
+    for _ in 0..25 {
+        std::thread::sleep(Duration::from_secs(1));
+        let v = version(&s, "hot");
+        assert!(v["replicas"].as_u64().unwrap() <= 2, "{v}");
+        peak_queued = peak_queued.max(v["queued"].as_u64().unwrap());
+        // Another endpoint is served throughout.
+        let (status, _, j) = s.score("calm", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#);
+        assert_eq!(status, 200, "{j}");
+    }
+    let late = rss_kib(s.pid());
+    let tally = load.stop();
+    println!("overload: {tally:?}; RSS {early} -> {late} KiB; peak queued {peak_queued}");
+    let ok = tally.statuses.get(&200).copied().unwrap_or(0);
+    let refused = tally.statuses.get(&503).copied().unwrap_or(0);
+    assert!(ok >= 300, "2 replicas of 100 ms serve about 20/s: {tally:?}");
+    assert!(refused > ok, "most of the overload is refused: {tally:?}");
+    assert_eq!(ok + refused, tally.statuses.values().sum::<usize>(), "only 200 and 503: {tally:?}");
+    assert_eq!(tally.without_retry_after, 0, "every 503 says Retry-After");
+    assert!(peak_queued <= 48, "the queue holds at most what the clients sent");
+    assert!(
+        late < early + 16 * 1024,
+        "memory grew from {early} to {late} KiB over 25 s of overload"
+    );
+    let v = version(&s, "hot");
+    assert!(v["overloaded"].as_u64().unwrap() as usize >= refused, "{v}");
+    let log = events(&s, "hot", "v1");
+    assert!(log.contains("scale up 1 -> 2"), "{log}");
+}
+
+#[test]
+fn a_version_at_zero_replicas_serves_its_first_request() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"autoscale_min_replicas": 0, "autoscale_max_replicas": 2,
+        "autoscale_scale_down_delay_seconds": 1, "autoscale_refresh_seconds": 0.2});
+    s.deploy_ok("napper", &hostile(), &[], Some(dc));
+    until("scaled to zero", Duration::from_secs(5), || replicas(&s, "napper") == 0);
+    let v = version(&s, "napper");
+    assert_eq!(v["state"], "Healthy", "scaled to zero on purpose: {v}");
+    assert_eq!(s.get("/v2/models/napper/ready").0, 200);
+    let t = Instant::now();
+    let (status, _, j) = s.score("napper", "hello");
+    let woke = t.elapsed();
+    assert_eq!((status, j["echo"].as_str()), (200, Some("hello")), "{j}");
+    println!("wake from zero, first response after {woke:?}");
+    let v = version(&s, "napper");
+    assert_eq!(v["wakes_from_zero"], 1, "{v}");
+    assert_eq!(v["replicas"], 1, "{v}");
+    let log = events(&s, "napper", "v1");
+    assert!(log.contains("scale down 1 -> 0"), "{log}");
+    // And it goes back to sleep.
+    until("scaled to zero again", Duration::from_secs(5), || replicas(&s, "napper") == 0);
+}
+
+#[test]
+fn the_steady_replica_count_follows_the_seeds_sizing_rule() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    // 80 requests/s of 50 ms: 4 busy on average. ceil(80 x 0.05 / 0.7 / 1) = 6;
+    // with 2 concurrent requests per replica, ceil(5.71 / 2) = 3.
+    for (name, conc) in [("size1", 1), ("size2", 2)] {
+        let dc = serde_json::json!({"autoscale_max_replicas": 12, "max_request_wait_time": 10000,
+            "autoscale_scale_down_delay_seconds": 2, "replica_max_concurrent_requests": conc});
+        s.deploy_ok(name, &hostile(), &[], Some(dc));
+    }
+    let every = Duration::from_millis(200);
+    let loads = [
+        Load::start(&s.addr, "size1", 16, "sleep:50", Some(every)),
+        Load::start(&s.addr, "size2", 16, "sleep:50", Some(every)),
+    ];
+    std::thread::sleep(Duration::from_secs(6));
+    let (mut one, mut two) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        one.push(version(&s, "size1")["target_replicas"].as_u64().unwrap());
+        two.push(version(&s, "size2")["target_replicas"].as_u64().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for l in loads {
+        let t = l.stop();
+        assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
+    }
+    let median = |v: &mut Vec<u64>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m1, m2) = (median(&mut one), median(&mut two));
+    println!("sizing rule: max_concurrent 1 -> {one:?} (median {m1}, rule 6); 2 -> {two:?} (median {m2}, rule 3)");
+    assert!((5..=7).contains(&m1), "rule says 6, steady count {m1}: {one:?}");
+    assert!((2..=4).contains(&m2), "rule says 3, steady count {m2}: {two:?}");
+}
+
+#[test]
+fn a_version_whose_replicas_keep_failing_hands_its_share_to_the_default_until_it_recovers() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    s.deploy_ok("flaky", iris_rust(), &[&model()], None);
+    let dc = s.data.path().join("probes.json");
+    std::fs::write(&dc, r#"{"period_seconds": 2, "failure_threshold": 3, "success_threshold": 1}"#).unwrap();
+    let hostile = hostile();
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "flaky",
+        "--version",
+        "v2",
+        "--module",
+        hostile.to_str().unwrap(),
+        "--traffic",
+        "50",
+        "--dc",
+        dc.to_str().unwrap(),
+        "--wait",
+    ]);
+    // "trap" is bad input to the iris module (400) and a trap in v2 (500).
+    let mut c = KeepAlive::connect(&s.addr);
+    let mut traps = 0;
+    while traps < 3 {
+        let (status, version, _) = c.score_full("flaky", &[], "trap");
+        if version == "v2" {
+            assert_eq!(status, 500);
+            traps += 1;
+        } else {
+            assert_eq!(status, 400);
+        }
+    }
+    until("v2 Unhealthy", Duration::from_secs(1), || {
+        s.show("flaky")["versions"][1]["state"] == "Unhealthy"
+    });
+    let shown = s.show("flaky");
+    assert_eq!(shown["traffic"]["v1"], 100, "{shown}");
+    assert_eq!(shown["versions"][1]["effective_traffic"], 0, "{shown}");
+    assert_eq!(shown["versions"][1]["health"]["ready"], false, "{shown}");
+    for _ in 0..50 {
+        assert_eq!(c.score_full("flaky", &[], "trap").1, "v1", "v2's share went to the default");
+    }
+    assert_eq!(s.get("/v2/models/flaky/versions/v2/ready").0, 503);
+    assert_eq!(s.get("/v2/models/flaky/ready").0, 200);
+    // Pinned requests still reach it, for whoever debugs it.
+    assert_eq!(c.score_full("flaky", &[("x-wasmscore-version", "v2")], "hi").0, 200);
+    let log = events(&s, "flaky", "v2");
+    assert!(log.contains("Unhealthy: 3 replica failures in a row"), "{log}");
+    // The next probe starts a fresh replica; its init() passes: ready again.
+    until("v2 Healthy again", Duration::from_secs(4), || {
+        s.show("flaky")["versions"][1]["state"] == "Healthy"
+    });
+    assert_eq!(s.show("flaky")["traffic"]["v2"], 50);
+    assert_eq!(s.get("/v2/models/flaky/versions/v2/ready").0, 200);
+    let log = events(&s, "flaky", "v2");
+    assert!(log.contains("Healthy again"), "{log}");
+}
