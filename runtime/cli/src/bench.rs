@@ -37,6 +37,13 @@ pub struct BenchArgs {
     /// step -> new replica serving (0 skips them).
     #[arg(long, default_value_t = 5)]
     pub scaling_rounds: u32,
+    /// Virtual environments made by ../shared/peers/setup.sh DIR: measure the
+    /// peers' cold start (process start -> first 200) beside ours.
+    #[arg(long)]
+    pub peers_dir: Option<PathBuf>,
+    /// The peers' scripts (run.sh).
+    #[arg(long, default_value = "../shared/peers")]
+    pub peers_scripts: PathBuf,
 }
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -144,6 +151,86 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if args.scaling_rounds > 0 {
         scaling(&args)?;
+        cold_starts(&args)?;
+    }
+    Ok(())
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Times `start` (a process) until POST `path` on `port` answers 200.
+fn cold_start(mut cmd: Command, port: u16, path: &str) -> Result<Duration> {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+    let result = loop {
+        if t.elapsed() > Duration::from_secs(60) {
+            break Err(anyhow::anyhow!("no 200 within 60 s"));
+        }
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(
+                s,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+                BODY.len()
+            );
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            if out.starts_with(b"HTTP/1.1 200") || out.starts_with(b"HTTP/1.0 200") {
+                break Ok(t.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// Process start -> first 200: wasmscore restarting with the Rust module
+/// deployed (from its compile cache), and the peers when `--peers-dir` is given.
+fn cold_starts(args: &BenchArgs) -> Result<()> {
+    let (_, path) = args.modules[0].split_once('=').unwrap_or(("module", args.modules[0].as_str()));
+    let dir = tempfile::tempdir()?;
+    {
+        let (mut child, c) = start_up(dir.path())?;
+        let model = c.register_model(&args.model, "iris", &serde_json::json!({}), "")?;
+        let model_id = model["id"].as_str().unwrap_or("iris:1").to_string();
+        let (sha, _) = c.upload_module(Path::new(path))?;
+        let made = create_version(&c, "cold", "v1", &sha, &model_id, 0);
+        let _ = child.kill();
+        let _ = child.wait();
+        made?;
+    }
+    let mut rows: Vec<(String, Vec<Duration>)> = Vec::new();
+    let mut ours = Vec::new();
+    for _ in 0..args.scaling_rounds {
+        let port = free_port()?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        cmd.args(["up", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir.path().join("data"));
+        ours.push(cold_start(cmd, port, "/api/v1/service/cold/score")?);
+    }
+    rows.push((format!("wasmscore up, {path} deployed (restart, compile cache warm)"), ours));
+    if let Some(peers) = &args.peers_dir {
+        let run = args.peers_scripts.join("run.sh");
+        for kind in ["azml", "fastapi"] {
+            let mut times = Vec::new();
+            for _ in 0..args.scaling_rounds.min(3) {
+                let port = free_port()?;
+                let mut cmd = Command::new(&run);
+                cmd.arg(kind).arg(port.to_string()).arg(&args.model).arg(peers);
+                times.push(cold_start(cmd, port, "/score")?);
+            }
+            rows.push((format!("peer {kind} (../shared/peers/run.sh)"), times));
+        }
+    }
+    println!("\n| cold start: process start -> first 200 | p50 | min | max |\n| --- | --- | --- | --- |");
+    for (name, mut v) in rows {
+        v.sort();
+        println!("| {name} | {} | {} | {} |", ms(v[v.len() / 2]), ms(v[0]), ms(v[v.len() - 1]));
     }
     Ok(())
 }

@@ -539,7 +539,7 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
             flags.push(format!("mirror {}%", ver["mirror"]));
         }
         println!(
-            "  version {}: {}  traffic {}% (serves {}%){}  module {}  instances {}  served {}{}",
+            "  version {}: {}  traffic {}% (serves {}%){}  module {}  served {}{}",
             ver["name"].as_str().unwrap_or("?"),
             ver["state"].as_str().unwrap_or("?"),
             ver["traffic"],
@@ -550,7 +550,6 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
                 format!(" [{}]", flags.join(", "))
             },
             ver["module"].as_str().unwrap_or("-"),
-            ver["instances"],
             ver["served"],
             ver["error"]
                 .as_str()
@@ -558,6 +557,38 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
                 .map(|e| format!("  error: {e}"))
                 .unwrap_or_default()
         );
+        if !ver["replicas"].is_null() {
+            let a = &ver["autoscale"];
+            let scaling = if a["enabled"] == true {
+                format!(
+                    "autoscale {}..{} at {}%, desired {}, utilization {}",
+                    a["min_replicas"],
+                    a["max_replicas"],
+                    a["target_utilization"],
+                    a["desired_replicas"],
+                    a["utilization"]
+                        .as_f64()
+                        .map(|u| format!("{:.0}%", u * 100.0))
+                        .unwrap_or("-".into())
+                )
+            } else {
+                "fixed count".to_string()
+            };
+            println!(
+                "    replicas {} (target {}; {}), busy {}, queued {}, overloaded {}, replaced {}; {}",
+                ver["replicas"],
+                ver["target_replicas"],
+                scaling,
+                ver["busy"],
+                ver["queued"],
+                ver["overloaded"],
+                ver["replaced"],
+                match ver["health"]["ready"].as_bool() {
+                    Some(false) => format!("not ready: {}", ver["health"]["reason"].as_str().unwrap_or("?")),
+                    _ => "ready".to_string(),
+                }
+            );
+        }
     }
     println!("scoring URL: {base}/api/v1/service/{name}/score");
     Ok(())

@@ -75,6 +75,8 @@ pub(crate) struct VersionMonitor {
     pub scale_events: u64,
     pub capacity_limited: u64,
     pub unhealthy_events: u64,
+    /// Failed init() runs of new or replacement replicas already reported.
+    init_failures_seen: u64,
 }
 
 impl VersionMonitor {
@@ -100,6 +102,7 @@ impl VersionMonitor {
             scale_events: 0,
             capacity_limited: 0,
             unhealthy_events: 0,
+            init_failures_seen: 0,
         }
     }
 
@@ -145,6 +148,7 @@ enum Happened {
     CapacityLimited { wanted: usize, granted: usize, why: String },
     Unhealthy(String),
     Healthy(String),
+    InitFailed { count: u64, error: String },
 }
 
 impl Control {
@@ -224,6 +228,17 @@ impl Control {
                             });
                         }
                     }
+                }
+
+                // New or replacement replicas whose init() failed: they retry
+                // with backoff (10 ms doubling to 5 s); say so once per tick.
+                let init_failures = st.init_failures.load(Ordering::Relaxed);
+                if init_failures > m.init_failures_seen {
+                    events.push(Happened::InitFailed {
+                        count: init_failures - m.init_failures_seen,
+                        error: st.last_error().unwrap_or_default(),
+                    });
+                    m.init_failures_seen = init_failures;
                 }
 
                 // Readiness.
@@ -307,6 +322,10 @@ impl Control {
                             tracing::warn!(endpoint = %name, %version, wanted, granted, %why, "capacity reached");
                             format!("capacity reached: wanted {wanted} replicas, granted {granted}; {why}")
                         }
+                        Happened::InitFailed { count, error } => {
+                            tracing::warn!(endpoint = %name, %version, count, %error, "starting replicas failed; retrying with backoff");
+                            format!("starting a replica failed ({count}x): {error}; retrying with backoff")
+                        }
                         Happened::Unhealthy(why) => {
                             let m = &mut v.live.as_mut().expect("serving").monitor;
                             m.ready = false;
@@ -314,6 +333,9 @@ impl Control {
                             m.unhealthy_since = Some(now);
                             m.unhealthy_events += 1;
                             m.probes_passed_in_a_row = 0;
+                            // A probe started before this counts for nothing:
+                            // recovery is judged from the next period on.
+                            m.probe = None;
                             m.next_probe = now + m.settings.probes.period;
                             republish.push(name.clone());
                             tracing::warn!(endpoint = %name, %version, %why, "version unhealthy; its traffic share goes to the default version");

@@ -308,12 +308,23 @@ impl Pool {
                 return Err(ScoreError::Unavailable("the version is shutting down".into()));
             }
         }
+        // The last replica may have retired between the check above and the
+        // send: then this request wakes the pool.
+        if st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) == 0 {
+            self.wake();
+        }
         let mut rx = rx;
         let mut wait = self.cfg.max_wait;
         loop {
             match tokio::time::timeout(wait, &mut rx).await {
                 Ok(r) => return r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
                 Err(_) => {
+                    if state.load(Ordering::Acquire) == QUEUED
+                        && st.instances.load(Ordering::Acquire) == 0
+                        && st.starting.load(Ordering::Acquire) == 0
+                    {
+                        self.wake();
+                    }
                     // No replica yet but one is starting: keep waiting for it,
                     // up to cold_start_wait.
                     if self.waking() && enqueued.elapsed() < self.cfg.max_wait + self.cfg.cold_start_wait {
@@ -417,6 +428,13 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
             Msg::Score(job) => job,
             Msg::Retire => {
                 stats.retiring.fetch_sub(1, Ordering::AcqRel);
+                // The last instance stays while requests wait behind the
+                // retire message (they came after the decision to scale to
+                // zero); the next decision sees them.
+                if stats.instances.load(Ordering::Acquire) == 1 && !shared.rx.is_empty() {
+                    stats.target.fetch_max(1, Ordering::Relaxed);
+                    continue;
+                }
                 stats.retired.fetch_add(1, Ordering::Relaxed);
                 break;
             }

@@ -327,3 +327,33 @@ fn a_version_whose_replicas_keep_failing_hands_its_share_to_the_default_until_it
     let log = events(&s, "flaky", "v2");
     assert!(log.contains("Healthy again"), "{log}");
 }
+
+#[test]
+fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
+    let _one = one_at_a_time();
+    // 0.4 cores of capacity; each replica asks 0.1: four replicas in all.
+    let s = Server::start(&["--cpu-capacity", "0.4"]);
+    let dc = serde_json::json!({"autoscale_max_replicas": 6, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.2});
+    s.deploy_ok("one", &hostile(), &[], Some(dc.clone()));
+    s.deploy_ok("two", &hostile(), &[], Some(dc));
+    let loads = [
+        Load::start(&s.addr, "one", 8, "sleep:50", None),
+        Load::start(&s.addr, "two", 8, "sleep:50", None),
+    ];
+    until("the capacity in use", Duration::from_secs(3), || {
+        replicas(&s, "one") + replicas(&s, "two") == 4
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(replicas(&s, "one") + replicas(&s, "two"), 4, "never above the capacity");
+    for l in loads {
+        l.stop();
+    }
+    let log = events(&s, "one", "v1") + &events(&s, "two", "v1");
+    assert!(log.contains("capacity reached: wanted 6 replicas"), "{log}");
+    assert!(log.contains("of 0.4 CPU cores"), "{log}");
+    let v = version(&s, "one");
+    assert!(
+        v["autoscale"]["capacity_limited"].as_u64().unwrap() >= 1
+            || version(&s, "two")["autoscale"]["capacity_limited"].as_u64().unwrap() >= 1
+    );
+}
