@@ -51,14 +51,15 @@ url=$(.venv/bin/python -c "import json;print(json.load(open('$data/server.json')
 say "Deploying the iris endpoint"
 "$bin" deploy --data-dir "$data" --name iris --module "$data/iris-python.wasm" --model examples/iris/model.onnx --wait
 
-say "Scoring one request"
-curl -sS -X POST "$url/api/v1/service/iris/score" -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
+say "Scoring one request (key auth is on: the endpoint's primary key from \`service get-keys\`)"
+key=$("$bin" service get-keys --data-dir "$data" iris | .venv/bin/python -c "import json,sys;print(json.load(sys.stdin)['primaryKey'])")
+curl -sS --fail-with-body -X POST "$url/api/v1/service/iris/score" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 echo
 cat <<MSG
 
 wasmscore is serving at $url (log: $data/wasmscore.log). Try:
 
-  curl -X POST $url/api/v1/service/iris/score -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2], [6.2, 3.4, 5.4, 2.3]]}'
+  curl -X POST $url/api/v1/service/iris/score -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2], [6.2, 3.4, 5.4, 2.3]]}'
 
 Stop it with: kill \$(.venv/bin/python -c "import json;print(json.load(open('$data/server.json'))['pid'])")
 MSG

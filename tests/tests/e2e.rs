@@ -8,6 +8,9 @@ mod rollout;
 #[path = "e2e/autoscale.rs"]
 mod autoscale;
 
+#[path = "e2e/security.rs"]
+mod security;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -159,13 +162,32 @@ impl Server {
         (s, j)
     }
 
+    /// Scores with the endpoint's primary key (when the endpoint exists).
     pub(crate) fn score(&self, name: &str, body: &str) -> (u16, String, serde_json::Value) {
-        self.request(
-            "POST",
-            &format!("/api/v1/service/{name}/score"),
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
+        self.score_with(name, &[], body)
+    }
+
+    pub(crate) fn score_with(&self, name: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, serde_json::Value) {
+        let auth = self.key(name).map(|k| format!("Bearer {k}"));
+        let mut all = vec![("Content-Type", "application/json")];
+        if let Some(a) = &auth {
+            all.push(("Authorization", a.as_str()));
+        }
+        all.extend_from_slice(headers);
+        self.request("POST", &format!("/api/v1/service/{name}/score"), &all, body.as_bytes())
+    }
+
+    pub(crate) fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// The endpoint's primary key, if it exists.
+    pub(crate) fn key(&self, endpoint: &str) -> Option<String> {
+        let (status, keys) = self.get_admin(&format!("/admin/v1/endpoints/{endpoint}/keys"));
+        (status == 200).then(|| keys["primaryKey"].as_str().unwrap().to_string())
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -254,7 +276,7 @@ fn oversize_body_is_413_and_unknown_service_404() {
     let (status, _, body) = s.score("nope", "{}");
     assert_eq!(status, 404);
     assert_eq!(error_code(&body), "not_found");
-    let (status, _, body) = s.request("POST", "/api/v1/service/iris/score", &[("x-wasmscore-version", "v9")], b"{}");
+    let (status, _, body) = s.score_with("iris", &[("x-wasmscore-version", "v9")], "{}");
     assert_eq!(status, 404, "{body}");
     assert_eq!(s.get("/v2/health/live").0, 200);
     assert_eq!(s.score("iris", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#).0, 200);
@@ -390,8 +412,7 @@ fn the_admin_api_needs_the_admin_token() {
 
 impl Server {
     pub(crate) fn get_admin(&self, path: &str) -> (u16, serde_json::Value) {
-        let token = std::fs::read_to_string(self.data.path().join("admin.token")).unwrap();
-        let auth = format!("Bearer {}", token.trim());
+        let auth = format!("Bearer {}", self.admin_token());
         let (s, _, j) = self.request("GET", path, &[("Authorization", &auth)], b"");
         (s, j)
     }

@@ -48,6 +48,17 @@ pub struct BenchArgs {
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
+/// Every endpoint the bench makes uses this primary key (key auth on, as a
+/// user deploys), so one wrk script serves them all.
+const BENCH_KEY: &str = "bench-primary-key-0123456789";
+
+/// wrk's script: the request, with the key.
+fn wrk_script(extra: &str) -> String {
+    format!(
+        "wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"Authorization\"] = \"Bearer {BENCH_KEY}\"\n{extra}"
+    )
+}
+
 struct Stats {
     p50: Duration,
     p99: Duration,
@@ -173,7 +184,7 @@ fn cold_start(mut cmd: Command, port: u16, path: &str) -> Result<Duration> {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
             let _ = write!(
                 s,
-                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+                "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {BENCH_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
                 BODY.len()
             );
             let mut out = Vec::new();
@@ -244,7 +255,7 @@ fn score_once(base: &str, endpoint: &str) -> Result<(u16, Duration)> {
     s.set_nodelay(true)?;
     write!(
         s,
-        "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
+        "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {BENCH_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{BODY}",
         BODY.len()
     )?;
     let mut out = Vec::new();
@@ -324,10 +335,7 @@ fn scaling(args: &BenchArgs) -> Result<()> {
         let (_, path) = args.modules[0].split_once('=').unwrap_or(("module", args.modules[0].as_str()));
         let (sha, _) = c.upload_module(Path::new(path))?;
         let lua = dir.path().join("post.lua");
-        std::fs::write(
-            &lua,
-            format!("wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
-        )?;
+        std::fs::write(&lua, wrk_script(""))?;
         for refresh in [1.0, 0.2] {
             let endpoint = format!("step-{}", (refresh * 10.0) as u32);
             create_version_with(
@@ -401,6 +409,11 @@ fn create_version_with(
     traffic: u32,
     config: serde_json::Value,
 ) -> Result<()> {
+    let mut config = config;
+    if config.is_null() {
+        config = serde_json::json!({});
+    }
+    config["primary_key"] = BENCH_KEY.into();
     let body = serde_json::json!({"name": version, "module": module_sha, "module_name": "bench.wasm",
         "models": [{"model": model_id}], "traffic": traffic, "config": config});
     let answer = c.request(
@@ -472,10 +485,7 @@ fn http(args: &BenchArgs) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let lua = dir.path().join("post.lua");
-    std::fs::write(
-        &lua,
-        format!("wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\n"),
-    )?;
+    std::fs::write(&lua, wrk_script(""))?;
 
     let static_addr = static_responder()?;
     let (mut child, client) = start_up(dir.path())?;
@@ -509,10 +519,7 @@ fn http(args: &BenchArgs) -> Result<()> {
         create_version(&client, "split", "s2", &sha, &model_id, 33)?;
         create_version(&client, "split", "s3", &sha, &model_id, 33)?;
         let pinned = dir.path().join("pinned.lua");
-        std::fs::write(
-            &pinned,
-            format!("wrk.method = \"POST\"\nwrk.body = '{BODY}'\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.headers[\"x-wasmscore-version\"] = \"s1\"\n"),
-        )?;
+        std::fs::write(&pinned, wrk_script("wrk.headers[\"x-wasmscore-version\"] = \"s1\"\n"))?;
         let url = format!("{}/api/v1/service/split/score", client.base_url());
         for c in [1u32, 16] {
             let r = wrk(&pinned, &url, c, args.http_seconds)?;

@@ -105,8 +105,50 @@ pub enum EndpointCommand {
         description: String,
         #[arg(long = "tag")]
         tags: Vec<String>,
+        #[command(flatten)]
+        auth: AuthArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Change who may score an endpoint: key auth (the default), token
+    /// auth, or none. Takes effect at once.
+    Update {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[command(flatten)]
+        auth: AuthArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the endpoint's scoring keys: {"primaryKey": ..., "secondaryKey": ...}.
+    GetKeys {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+    },
+    /// Replace the primary or secondary key; the old one is refused at once.
+    RegenKey {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        #[arg(long, value_parser = ["primary", "secondary"])]
+        key: String,
+    },
+    /// Print a token for an endpoint with token auth: {"accessToken": ..., "refreshBy": ...}.
+    GetAccessToken {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        /// How long the token is valid (default 3600, at most 86400).
+        #[arg(long)]
+        lifetime_seconds: Option<u64>,
+    },
+    /// Sign new tokens with a new key; tokens already given keep working until they expire.
+    RotateTokenKey {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
     },
     /// List endpoints.
     List {
@@ -139,6 +181,39 @@ pub enum EndpointCommand {
         data_dir: PathBuf,
         name: String,
     },
+}
+
+/// Azure ML's endpoint-level auth settings.
+#[derive(clap::Args, Default)]
+pub struct AuthArgs {
+    /// Key auth (default true for a new endpoint).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub auth_enabled: Option<bool>,
+    /// Token auth instead of keys.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub token_auth_enabled: Option<bool>,
+    /// Use this primary key instead of a generated one.
+    #[arg(long)]
+    pub primary_key: Option<String>,
+    #[arg(long)]
+    pub secondary_key: Option<String>,
+}
+
+impl AuthArgs {
+    fn json(&self) -> Value {
+        let mut o = serde_json::Map::new();
+        for (k, v) in [
+            ("auth_enabled", self.auth_enabled.map(Value::from)),
+            ("token_auth_enabled", self.token_auth_enabled.map(Value::from)),
+            ("primary_key", self.primary_key.clone().map(Value::from)),
+            ("secondary_key", self.secondary_key.clone().map(Value::from)),
+        ] {
+            if let Some(v) = v {
+                o.insert(k.into(), v);
+            }
+        }
+        Value::Object(o)
+    }
 }
 
 #[derive(Subcommand)]
@@ -399,12 +474,54 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
             name,
             description,
             tags: t,
+            auth,
             json,
         } => {
             let c = Client::from_data_dir(&data_dir)?;
-            let body = json!({"name": name, "description": description, "tags": tags(&t)?});
+            let mut body = json!({"name": name, "description": description, "tags": tags(&t)?});
+            if let (Some(o), Value::Object(a)) = (body.as_object_mut(), auth.json()) {
+                o.extend(a);
+            }
             let v = c.request("POST", "/admin/v1/endpoints", serde_json::to_vec(&body)?)?;
             print_service(&v, c.base_url(), json)?;
+        }
+        EndpointCommand::Update {
+            data_dir,
+            name,
+            auth,
+            json,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.request("PATCH", &format!("/admin/v1/endpoints/{name}"), serde_json::to_vec(&auth.json())?)?;
+            print_service(&v, c.base_url(), json)?;
+        }
+        EndpointCommand::GetKeys { data_dir, name } => {
+            let v = Client::from_data_dir(&data_dir)?.get(&format!("/admin/v1/endpoints/{name}/keys"))?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        EndpointCommand::RegenKey { data_dir, name, key } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.request(
+                "POST",
+                &format!("/admin/v1/endpoints/{name}/regen-key"),
+                serde_json::to_vec(&json!({"key": key}))?,
+            )?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        EndpointCommand::GetAccessToken {
+            data_dir,
+            name,
+            lifetime_seconds,
+        } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let q = lifetime_seconds.map(|s| format!("?lifetime_seconds={s}")).unwrap_or_default();
+            let v = c.request("POST", &format!("/admin/v1/endpoints/{name}/token{q}"), Vec::new())?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        EndpointCommand::RotateTokenKey { data_dir, name } => {
+            let c = Client::from_data_dir(&data_dir)?;
+            let v = c.request("POST", &format!("/admin/v1/endpoints/{name}/rotate-token-key"), Vec::new())?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
         }
         EndpointCommand::List { data_dir, json } => {
             let c = Client::from_data_dir(&data_dir)?;
@@ -591,5 +708,14 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
         }
     }
     println!("scoring URL: {base}/api/v1/service/{name}/score");
+    println!(
+        "auth: {}",
+        match v["auth"]["mode"].as_str() {
+            Some("key") => format!("keys (`wasmscore service get-keys {name}`, send `Authorization: Bearer <key>`)"),
+            Some("token") => format!("tokens (`wasmscore service get-access-token {name}`)"),
+            Some("none") => "off (auth_enabled = false)".to_string(),
+            _ => "?".to_string(),
+        }
+    );
     Ok(())
 }

@@ -6,8 +6,12 @@
 //! POST   blobs                               raw bytes -> {sha256, size}
 //! POST   models                              {name, sha256, file_name?, tags?, description?} -> name:version
 //! GET    models[?name=N]   GET models/N[:V]  DELETE models/N:V
-//! GET    endpoints         POST endpoints {name, description?, tags?}
-//! GET    endpoints/E       DELETE endpoints/E
+//! GET    endpoints         POST endpoints {name, description?, tags?, auth_enabled?, token_auth_enabled?, primary_key?, secondary_key?}
+//! GET    endpoints/E       DELETE endpoints/E     PATCH endpoints/E {auth_enabled?, token_auth_enabled?, primary_key?, secondary_key?}
+//! GET    endpoints/E/keys                    {primaryKey, secondaryKey}
+//! POST   endpoints/E/regen-key {key: primary|secondary}
+//! POST   endpoints/E/token[?lifetime_seconds=N]  {accessToken, refreshBy, expiresOn}
+//! POST   endpoints/E/rotate-token-key
 //! GET    endpoints/E/versions                GET endpoints/E/versions/V
 //! POST   endpoints/E/versions {name, ...}    create (the endpoint too, if new)     -> 202 while it builds
 //! PATCH  endpoints/E/versions/V {...}        update traffic/flags (200) or module/models/config (202)
@@ -20,6 +24,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+use crate::access::AuthSettings;
 use crate::deploy::Control;
 use crate::registry::RegisterModel;
 use crate::rollout::{Accepted, Mode, VersionRequest};
@@ -59,6 +64,20 @@ struct CreateEndpoint {
     description: String,
     #[serde(default)]
     tags: Tags,
+    #[serde(default)]
+    auth_enabled: Option<bool>,
+    #[serde(default)]
+    token_auth_enabled: Option<bool>,
+    #[serde(default)]
+    primary_key: Option<String>,
+    #[serde(default)]
+    secondary_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegenKey {
+    key: String,
 }
 
 #[derive(Deserialize)]
@@ -112,9 +131,28 @@ impl Control {
             ("GET", ["endpoints"]) => ok(self.list()),
             ("POST", ["endpoints"]) => {
                 let c: CreateEndpoint = parse("endpoint", body)?;
-                ok(self.create_endpoint(&c.name, &c.description, c.tags)?)
+                let auth = AuthSettings {
+                    auth_enabled: c.auth_enabled,
+                    token_auth_enabled: c.token_auth_enabled,
+                    primary_key: c.primary_key,
+                    secondary_key: c.secondary_key,
+                };
+                ok(self.create_endpoint(&c.name, &c.description, c.tags, &auth)?)
             }
             ("GET", ["endpoints", ep]) => ok(self.show(ep)?),
+            ("PATCH", ["endpoints", ep]) => ok(self.update_auth(ep, &parse("endpoint update", body)?)?),
+            ("GET", ["endpoints", ep, "keys"]) => ok(self.keys(ep)?),
+            ("POST", ["endpoints", ep, "regen-key"]) => ok(self.regen_key(ep, &parse::<RegenKey>("regen-key", body)?.key)?),
+            ("POST", ["endpoints", ep, "token"]) => {
+                let lifetime = match query_param(query, "lifetime_seconds") {
+                    Some(s) => Some(std::time::Duration::from_secs(s.parse().map_err(|_| {
+                        ControlError::BadRequest(format!("lifetime_seconds must be a whole number, got {s:?}"))
+                    })?)),
+                    None => None,
+                };
+                ok(self.access_token(ep, lifetime)?)
+            }
+            ("POST", ["endpoints", ep, "rotate-token-key"]) => ok(self.rotate_token_key(ep)?),
             ("DELETE", ["endpoints", ep]) => ok(self.delete_endpoint(ep)?),
             ("GET", ["endpoints", ep, "logs"]) => ok(self.logs(ep, None)?),
             ("GET", ["endpoints", ep, "versions"]) => ok(self.show(ep)?["versions"].clone()),

@@ -42,7 +42,6 @@ pub fn is_azureml_deployment(v: &Value) -> bool {
     })
 }
 
-const NOT_YET_AUTH: &str = "key and token auth are not enforced yet; keys are generated and stored per endpoint";
 const NO_GPU: &str = "this build has no GPU device; versions run on the CPU";
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -147,7 +146,13 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
                     }
                 }
             }
-            "authEnabled" | "tokenAuthEnabled" | "keys" | "primaryKey" | "secondaryKey" => m.ignored.push(format!("{k}: {NOT_YET_AUTH}")),
+            "authEnabled" if !val.is_null() => put(&mut m, k, "auth_enabled", val.clone()),
+            "tokenAuthEnabled" if !val.is_null() => put(&mut m, k, "token_auth_enabled", val.clone()),
+            "primaryKey" if !val.is_null() => put(&mut m, k, "primary_key", val.clone()),
+            "secondaryKey" if !val.is_null() => put(&mut m, k, "secondary_key", val.clone()),
+            "keys" => m
+                .ignored
+                .push(format!("{k}: give primaryKey and secondaryKey, or let wasmscore generate them")),
             "gpuCores" if as_u64(val).unwrap_or(0) > 0 => m.ignored.push(format!("{k}: {NO_GPU}")),
             "cpuCores" | "cpu" if !val.is_null() => put(&mut m, k, "cpu_cores", val.clone()),
             "appInsightsEnabled" | "enableAppInsights" => m
@@ -232,6 +237,7 @@ mod tests {
         assert_eq!(m.config["num_replicas"], 2);
         assert_eq!(m.config["memory_gb"], 1.0);
         assert_eq!(m.config["cpu_cores"], 0.5);
+        assert_eq!(m.config["auth_enabled"], true);
         assert_eq!(m.config["autoscale_enabled"], false);
         assert_eq!(m.config["autoscale_refresh_seconds"], 2);
         assert!(!m.config.contains_key("autoscale_min_replicas"));
@@ -246,7 +252,6 @@ mod tests {
             "computeType",
             "containerResourceRequirements.cpuLimit",
             "livenessProbeRequirements.somethingElse",
-            "authEnabled",
             "somethingNew",
         ] {
             assert!(ignored.contains(k), "{k} not named in {ignored}");

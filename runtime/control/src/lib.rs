@@ -10,6 +10,7 @@
 //! immutable routing table. On start, everything in the store is deployed
 //! again. It does not serve scoring traffic.
 
+mod access;
 mod admin;
 mod autoscale;
 pub mod azureml;
@@ -22,6 +23,7 @@ pub mod rules;
 mod status;
 mod store;
 
+pub use access::AuthSettings;
 pub use admin::AdminResponse;
 pub use config::DeploymentConfig;
 pub use deploy::{Control, ModelRef, VersionSpec, MAX_MODELS};

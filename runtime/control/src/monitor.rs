@@ -113,7 +113,7 @@ impl VersionMonitor {
                 "enabled": true,
                 "min_replicas": a.min,
                 "max_replicas": a.max,
-                "target_utilization": (a.target * 100.0).round(),
+                "target_utilization": (a.target * 100.0).round() as u64,
                 "refresh_seconds": a.refresh.as_secs_f64(),
                 "scale_down_delay_seconds": a.down_delay.as_secs_f64(),
                 "desired_replicas": s.desired,

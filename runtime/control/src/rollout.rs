@@ -14,9 +14,10 @@ use serde::Deserialize;
 use wasmscore_engine::VersionContext;
 use wasmscore_router::{Endpoint, Version};
 
+use crate::access::{self, AuthSettings};
 use crate::deploy::{lock, valid_name, Built, Control, ModelRef, VersionSpec};
 use crate::rules::{self, Rollout, RolloutChange};
-use crate::store::{new_key, now_rfc3339, EndpointRow, Store, Tags, VersionRow};
+use crate::store::{new_key, now_rfc3339, AuthMode, EndpointRow, Store, Tags, VersionRow};
 use crate::ControlError;
 
 /// Deploy events kept per version for `logs`.
@@ -155,13 +156,20 @@ pub enum Mode {
 
 impl Control {
     /// Creates an empty endpoint.
-    pub fn create_endpoint(&self, name: &str, description: &str, tags: Tags) -> Result<serde_json::Value, ControlError> {
+    pub fn create_endpoint(
+        &self,
+        name: &str,
+        description: &str,
+        tags: Tags,
+        auth: &AuthSettings,
+    ) -> Result<serde_json::Value, ControlError> {
         valid_name("endpoint", name)?;
         let mut inner = lock(&self.inner);
         if inner.endpoints.contains_key(name) {
             return Err(ControlError::Conflict(format!("endpoint {name:?} already exists")));
         }
-        let row = new_endpoint_row(name, description, tags);
+        let mut row = new_endpoint_row(name, description, tags);
+        auth.apply(&mut row)?;
         inner.store.commit_endpoint(&row, &[], &[])?;
         inner.endpoints.insert(name.into(), EndpointState { row, versions: Vec::new() });
         self.publish(&inner, name);
@@ -189,11 +197,16 @@ impl Control {
         self: &Arc<Self>,
         endpoint: &str,
         version: &str,
-        req: VersionRequest,
+        mut req: VersionRequest,
         mode: Mode,
     ) -> Result<Accepted, ControlError> {
         valid_name("endpoint", endpoint)?;
         valid_name("version", version)?;
+        // Auth settings in a deployment config belong to the endpoint.
+        let auth_change = match req.config.as_mut() {
+            Some(c) => AuthSettings::take_from(c)?,
+            None => AuthSettings::default(),
+        };
         let mut inner = lock(&self.inner);
         let exists = inner
             .endpoints
@@ -262,11 +275,14 @@ impl Control {
             tags: base.map(|b| b.tags.clone()).unwrap_or_default(),
             created_at: base.map(|b| b.created_at.clone()).unwrap_or_else(now_rfc3339),
         };
-        let ep_row = inner
+        let mut ep_row = inner
             .endpoints
             .get(endpoint)
             .map(|e| e.row.clone())
             .unwrap_or_else(|| new_endpoint_row(endpoint, "", Tags::new()));
+        if !auth_change.is_empty() {
+            auth_change.apply(&mut ep_row)?;
+        }
         let mut rows = Vec::new();
         for r in &next {
             let base = inner
@@ -306,9 +322,10 @@ impl Control {
         // Committed: now the in-memory view.
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let ep = inner.endpoints.entry(endpoint.to_string()).or_insert_with(|| EndpointState {
-            row: ep_row,
+            row: ep_row.clone(),
             versions: Vec::new(),
         });
+        ep.row = ep_row;
         for row in rows {
             match ep.versions.iter_mut().find(|v| v.row.rollout.name == row.rollout.name) {
                 Some(v) => v.row = row,
@@ -588,6 +605,8 @@ fn new_endpoint_row(name: &str, description: &str, tags: Tags) -> EndpointRow {
         primary_key: new_key(),
         secondary_key: new_key(),
         created_at: now_rfc3339(),
+        auth_mode: AuthMode::Key,
+        token_keys: Vec::new(),
     }
 }
 
@@ -658,5 +677,5 @@ fn routing_table(ep: &EndpointState) -> Endpoint {
             (v.row.rollout.name.clone(), why)
         })
         .collect();
-    Endpoint::new(&ep.row.name, split, others, mirror, not_ready)
+    Endpoint::new(&ep.row.name, split, others, mirror, not_ready).with_auth(access::policy(&ep.row))
 }

@@ -127,6 +127,7 @@ impl Control {
             "tags": ep.row.tags,
             "created_at": ep.row.created_at,
             "scoring_uri": format!("/api/v1/service/{endpoint}/score"),
+            "auth": crate::access::auth_json(&ep.row),
             "default_version": flag(|r| r.is_default),
             "control_version": flag(|r| r.is_control),
             "mirror": mirror,

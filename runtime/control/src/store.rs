@@ -18,8 +18,9 @@ use crate::rules::Rollout;
 use crate::ControlError;
 
 /// The schema this build writes (`PRAGMA user_version`). 1 was the first
-/// release's single `versions` table; `open` migrates it.
-const SCHEMA: i64 = 2;
+/// release's single `versions` table; 2 had no auth mode and no token
+/// signing keys per endpoint; `open` migrates both.
+const SCHEMA: i64 = 3;
 
 pub struct Store {
     conn: Connection,
@@ -32,13 +33,58 @@ pub struct EndpointRow {
     pub name: String,
     pub description: String,
     pub tags: Tags,
-    /// Scoring keys, generated at creation (checked by the server once key
-    /// auth is on; see the README).
+    /// Scoring keys, generated at creation or given; checked by the router
+    /// when `auth_mode` is key. Never shown but by `get-keys`.
     #[serde(skip_serializing)]
     pub primary_key: String,
     #[serde(skip_serializing)]
     pub secondary_key: String,
     pub created_at: String,
+    pub auth_mode: AuthMode,
+    /// Token signing keys, the current one last.
+    #[serde(skip_serializing)]
+    pub token_keys: Vec<TokenKey>,
+}
+
+/// How an endpoint's scoring calls authenticate.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// A primary or secondary key (the default).
+    #[default]
+    Key,
+    /// A token from `get-access-token`.
+    Token,
+    /// `auth_enabled = false`.
+    None,
+}
+
+impl AuthMode {
+    fn as_str(self) -> &'static str {
+        match self {
+            AuthMode::Key => "key",
+            AuthMode::Token => "token",
+            AuthMode::None => "none",
+        }
+    }
+    fn parse(s: &str) -> Result<AuthMode, ControlError> {
+        match s {
+            "key" => Ok(AuthMode::Key),
+            "token" => Ok(AuthMode::Token),
+            "none" => Ok(AuthMode::None),
+            other => Err(ControlError::Store(format!("unknown auth mode {other:?} in the store"))),
+        }
+    }
+}
+
+/// A token signing key; `retired_at` (Unix seconds) once a newer one signs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TokenKey {
+    pub kid: String,
+    /// Hex.
+    pub secret: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +146,9 @@ impl Store {
                 tags TEXT NOT NULL DEFAULT '{}',
                 primary_key TEXT NOT NULL,
                 secondary_key TEXT NOT NULL,
-                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+                created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                auth_mode TEXT NOT NULL DEFAULT 'key',
+                token_keys TEXT NOT NULL DEFAULT '[]'
             );
             CREATE TABLE IF NOT EXISTS versions (
                 endpoint TEXT NOT NULL REFERENCES endpoints(name) ON DELETE CASCADE,
@@ -137,6 +185,13 @@ impl Store {
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
             );",
         )?;
+        if version == 2 {
+            // Schema 2's endpoints: key auth (the default), no token keys yet.
+            tx.execute_batch(
+                "ALTER TABLE endpoints ADD COLUMN auth_mode TEXT NOT NULL DEFAULT 'key';
+                 ALTER TABLE endpoints ADD COLUMN token_keys TEXT NOT NULL DEFAULT '[]';",
+            )?;
+        }
         if had_v1 {
             // The first release kept versions only; their endpoints get fresh keys.
             let names: Vec<String> = {
@@ -164,21 +219,23 @@ impl Store {
     // ---- endpoints and versions ----
 
     pub fn endpoints(&self) -> Result<Vec<EndpointRow>, ControlError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name, description, tags, primary_key, secondary_key, created_at FROM endpoints ORDER BY name")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT name, description, tags, primary_key, secondary_key, created_at, auth_mode, token_keys FROM endpoints ORDER BY name",
+        )?;
         let rows = stmt.query_map([], |r| {
-            Ok((
+            Ok([
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, String>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
-            ))
+                r.get::<_, String>(6)?,
+                r.get::<_, String>(7)?,
+            ])
         })?;
         rows.map(|r| {
-            let (name, description, tags, primary_key, secondary_key, created_at) = r?;
+            let [name, description, tags, primary_key, secondary_key, created_at, auth_mode, token_keys] = r?;
             Ok(EndpointRow {
                 name,
                 description,
@@ -186,6 +243,8 @@ impl Store {
                 primary_key,
                 secondary_key,
                 created_at,
+                auth_mode: AuthMode::parse(&auth_mode)?,
+                token_keys: serde_json::from_str(&token_keys).map_err(json_err)?,
             })
         })
         .collect()
@@ -273,17 +332,7 @@ impl Store {
     /// versions, so a change may touch several) and the versions deleted.
     pub fn commit_endpoint(&mut self, endpoint: &EndpointRow, upserts: &[VersionRow], deletes: &[String]) -> Result<(), ControlError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO endpoints (name, description, tags, primary_key, secondary_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                endpoint.name,
-                endpoint.description,
-                serde_json::to_string(&endpoint.tags).expect("tags serialize"),
-                endpoint.primary_key,
-                endpoint.secondary_key,
-                or_now(&endpoint.created_at),
-            ],
-        )?;
+        upsert_endpoint(&tx, endpoint)?;
         for d in deletes {
             tx.execute(
                 "DELETE FROM versions WHERE endpoint = ?1 AND version = ?2",
@@ -316,6 +365,14 @@ impl Store {
                 ],
             )?;
         }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes an endpoint's own row (keys, auth mode, token keys).
+    pub fn update_endpoint(&mut self, endpoint: &EndpointRow) -> Result<(), ControlError> {
+        let tx = self.conn.transaction()?;
+        upsert_endpoint(&tx, endpoint)?;
         tx.commit()?;
         Ok(())
     }
@@ -448,6 +505,11 @@ pub fn now_rfc3339() -> String {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
+    rfc3339(d)
+}
+
+/// A time since the Unix epoch as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(d: std::time::Duration) -> String {
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
@@ -469,6 +531,27 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+fn upsert_endpoint(tx: &rusqlite::Transaction<'_>, endpoint: &EndpointRow) -> Result<(), ControlError> {
+    tx.execute(
+        "INSERT INTO endpoints (name, description, tags, primary_key, secondary_key, created_at, auth_mode, token_keys)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (name) DO UPDATE SET
+           description = excluded.description, tags = excluded.tags, primary_key = excluded.primary_key,
+           secondary_key = excluded.secondary_key, auth_mode = excluded.auth_mode, token_keys = excluded.token_keys",
+        params![
+            endpoint.name,
+            endpoint.description,
+            serde_json::to_string(&endpoint.tags).expect("tags serialize"),
+            endpoint.primary_key,
+            endpoint.secondary_key,
+            or_now(&endpoint.created_at),
+            endpoint.auth_mode.as_str(),
+            serde_json::to_string(&endpoint.token_keys).expect("keys serialize"),
+        ],
+    )?;
+    Ok(())
+}
+
 /// A fresh random key (32 bytes, hex).
 pub fn new_key() -> String {
     let mut bytes = [0u8; 32];
@@ -477,11 +560,11 @@ pub fn new_key() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::deploy::ModelRef;
 
-    fn endpoint(name: &str) -> EndpointRow {
+    pub(crate) fn endpoint(name: &str) -> EndpointRow {
         EndpointRow {
             name: name.into(),
             description: String::new(),
@@ -489,6 +572,8 @@ mod tests {
             primary_key: new_key(),
             secondary_key: new_key(),
             created_at: String::new(),
+            auth_mode: AuthMode::Key,
+            token_keys: Vec::new(),
         }
     }
 
@@ -583,5 +668,36 @@ mod tests {
         let v = s.versions().unwrap();
         assert_eq!(v.len(), 1);
         assert!(v[0].rollout.is_default);
+    }
+
+    #[test]
+    fn a_schema_2_store_gets_key_auth_and_its_keys_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE endpoints (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '',
+                   tags TEXT NOT NULL DEFAULT '{}', primary_key TEXT NOT NULL, secondary_key TEXT NOT NULL,
+                   created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')));
+                 INSERT INTO endpoints (name, primary_key, secondary_key) VALUES ('iris', 'p-key', 's-key');
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let mut e = s.endpoints().unwrap().remove(0);
+        assert_eq!((e.primary_key.as_str(), e.auth_mode), ("p-key", AuthMode::Key));
+        assert!(e.token_keys.is_empty());
+        e.auth_mode = AuthMode::Token;
+        e.token_keys.push(TokenKey {
+            kid: "k1".into(),
+            secret: "00".into(),
+            retired_at: None,
+        });
+        s.update_endpoint(&e).unwrap();
+        drop(s);
+        let e = Store::open(&path).unwrap().endpoints().unwrap().remove(0);
+        assert_eq!((e.auth_mode, e.token_keys.len()), (AuthMode::Token, 1));
     }
 }

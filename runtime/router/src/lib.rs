@@ -16,12 +16,17 @@
 //! it and discards the answer. This crate does not know why a version is not
 //! ready; the control plane says so in [`Endpoint::not_ready`].
 
+pub mod auth;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use wasmscore_replica::Pool;
+
+pub use auth::{AuthError, Policy};
 
 /// A deployed, ready version: its name and its replica pool.
 pub struct Version {
@@ -48,6 +53,8 @@ pub struct Endpoint {
     /// Failed: ...), so a pinned request gets 503 with the reason, not 404.
     not_ready: Vec<(String, String)>,
     counter: AtomicU64,
+    /// Who may score it.
+    auth: Policy,
 }
 
 /// Where one request goes.
@@ -65,6 +72,8 @@ pub enum RouteError {
     UnknownVersion { endpoint: String, version: String },
     #[error("service {endpoint:?} cannot serve yet: {reason}")]
     NotReady { endpoint: String, reason: String },
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
 }
 
 impl Endpoint {
@@ -90,7 +99,18 @@ impl Endpoint {
             mirror: mirror.filter(|(_, p)| *p > 0),
             not_ready,
             counter: AtomicU64::new(0),
+            auth: Policy::Open,
         }
+    }
+
+    /// The same table with an auth policy (the default is open).
+    pub fn with_auth(mut self, auth: Policy) -> Endpoint {
+        self.auth = auth;
+        self
+    }
+
+    pub fn auth(&self) -> &Policy {
+        &self.auth
     }
 
     /// Every ready version (split, then others).
@@ -226,12 +246,31 @@ impl Router {
         Self::default()
     }
 
-    /// Picks the version for one request.
+    /// Picks the version for one request, ignoring the endpoint's auth
+    /// policy (for callers that checked it, and tests).
     pub fn route(&self, endpoint: &str, pin: Option<&str>, cohort: Option<&str>) -> Result<Route, RouteError> {
         let table = self.table.load();
         let ep = table
             .get(endpoint)
             .ok_or_else(|| RouteError::UnknownEndpoint(endpoint.to_string()))?;
+        ep.route(pin, cohort)
+    }
+
+    /// Checks the request's `Authorization` header against the endpoint's
+    /// policy, then picks its version.
+    pub fn route_authorized(
+        &self,
+        endpoint: &str,
+        authorization: Option<&[u8]>,
+        pin: Option<&str>,
+        cohort: Option<&str>,
+    ) -> Result<Route, RouteError> {
+        let table = self.table.load();
+        let ep = table
+            .get(endpoint)
+            .ok_or_else(|| RouteError::UnknownEndpoint(endpoint.to_string()))?;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        auth::check(&ep.auth, authorization, now)?;
         ep.route(pin, cohort)
     }
 

@@ -35,6 +35,7 @@ impl From<RouteError> for ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(503, "unavailable", e.to_string())
             },
+            RouteError::Unauthorized(_) => ApiError::new(401, "unauthorized", e.to_string()),
             _ => ApiError::new(404, "not_found", e.to_string()),
         }
     }

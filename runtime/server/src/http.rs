@@ -88,6 +88,10 @@ fn error_response(e: ApiError) -> Response<Body> {
     if let Some(s) = e.retry_after {
         r.headers_mut().insert("retry-after", HeaderValue::from(s));
     }
+    if e.status == 401 {
+        r.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
     r
 }
 
@@ -133,6 +137,9 @@ impl App {
             ("GET", ["v2", "models", name, "ready"]) => self.model_ready(name, None),
             ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(name, Some(v)),
             ("GET", ["metrics"]) => {
+                if let Err(e) = self.admin_authorized(&req) {
+                    return error_response(e);
+                }
                 let mut r = Response::new(Full::new(Bytes::from(self.control.metrics())));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
@@ -160,10 +167,11 @@ impl App {
     async fn score(&self, req: Request<Incoming>, endpoint: &str) -> Result<Response<Body>, ApiError> {
         // The headers are read in place: routing needs no copy of them.
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let route = self
-            .control
-            .router()
-            .route(endpoint, header("x-wasmscore-version"), header("x-wasmscore-cohort"))?;
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
+        let route =
+            self.control
+                .router()
+                .route_authorized(endpoint, authorization, header("x-wasmscore-version"), header("x-wasmscore-cohort"))?;
         let (parts, body) = read_body(req, self.cfg.max_body_bytes).await?;
         let content_type = parts
             .headers
@@ -210,7 +218,9 @@ impl App {
         Ok(resp)
     }
 
-    async fn admin(&self, req: Request<Incoming>, path: &str) -> Result<Response<Body>, ApiError> {
+    /// The admin token, and only it (no scoring key or token), opens the
+    /// admin API and /metrics.
+    fn admin_authorized(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
         let given = req
             .headers()
             .get(hyper::header::AUTHORIZATION)
@@ -227,6 +237,11 @@ impl App {
                 "the admin API needs `Authorization: Bearer <admin token>` (the token is in the data dir's admin.token)",
             ));
         }
+        Ok(())
+    }
+
+    async fn admin(&self, req: Request<Incoming>, path: &str) -> Result<Response<Body>, ApiError> {
+        self.admin_authorized(&req)?;
         let method = req.method().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let (_, body) = read_body(req, self.cfg.max_admin_body_bytes).await?;
@@ -235,10 +250,4 @@ impl App {
     }
 }
 
-/// Compares secrets without an early exit, so timing does not leak them.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use wasmscore_router::auth::constant_time_eq;

@@ -39,13 +39,14 @@ struct Tally {
 impl Load {
     /// `conns` clients send `body` to `endpoint`; each waits for its answer,
     /// then (with `every`) until its next slot.
-    fn start(addr: &str, endpoint: &str, conns: usize, body: &str, every: Option<Duration>) -> Load {
+    fn start(s: &Server, endpoint: &str, conns: usize, body: &str, every: Option<Duration>) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = (0..conns)
             .map(|i| {
-                let (addr, endpoint, body, stop) = (addr.to_string(), endpoint.to_string(), body.to_string(), stop.clone());
+                let (addr, token) = (s.addr.clone(), s.admin_token());
+                let (endpoint, body, stop) = (endpoint.to_string(), body.to_string(), stop.clone());
                 std::thread::spawn(move || {
-                    let mut c = KeepAlive::connect(&addr);
+                    let mut c = KeepAlive::connect_to(&addr, &token);
                     let mut t = Tally::default();
                     // Spread paced clients over their period.
                     let mut next = Instant::now() + every.map(|e| e * i as u32 / conns as u32).unwrap_or_default();
@@ -120,7 +121,7 @@ fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
     s.deploy_ok("step", &hostile(), &[], Some(dc));
     assert_eq!(replicas(&s, "step"), 1);
     // 8 clients, 50 ms each, on one replica: utilization 800%.
-    let load = Load::start(&s.addr, "step", 8, "sleep:50", None);
+    let load = Load::start(&s, "step", 8, "sleep:50", None);
     let first = until("a second replica serving", Duration::from_secs(2), || replicas(&s, "step") >= 2);
     let all = until("6 replicas (the maximum)", Duration::from_secs(4), || replicas(&s, "step") == 6);
     println!("load step: 2nd replica serving after {first:?}, 6 after {all:?}");
@@ -142,7 +143,7 @@ fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
     assert!(log.contains("scale up 1 -> "), "{log}");
     assert!(log.contains("utilization"), "{log}");
     assert!(log.contains("scale down 6 -> 1") && log.contains("below target"), "{log}");
-    let metrics = raw_get(&s.addr, "/metrics");
+    let metrics = raw_get(&s, "/metrics");
     for want in [
         "wasmscore_version_replicas{endpoint=\"step\",version=\"v1\"} 1",
         "wasmscore_version_utilization{endpoint=\"step\"",
@@ -154,10 +155,15 @@ fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
 }
 
 /// The body of a GET, as text.
-fn raw_get(addr: &str, path: &str) -> String {
+fn raw_get(s: &Server, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+        s.admin_token()
+    )
+    .unwrap();
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
@@ -172,7 +178,7 @@ fn overload_beyond_max_replicas_is_a_bounded_queue_503_with_retry_after_and_flat
     s.deploy_ok("hot", &hostile(), &[], Some(dc));
     s.deploy_ok("calm", iris_rust(), &[&model()], None);
     // 48 clients of 100 ms requests against at most 2 replicas (20 req/s).
-    let load = Load::start(&s.addr, "hot", 48, "sleep:100", None);
+    let load = Load::start(&s, "hot", 48, "sleep:100", None);
     std::thread::sleep(Duration::from_secs(5));
     let early = rss_kib(s.pid());
     let mut peak_queued = 0;
@@ -243,8 +249,8 @@ fn the_steady_replica_count_follows_the_seeds_sizing_rule() {
     }
     let every = Duration::from_millis(200);
     let loads = [
-        Load::start(&s.addr, "size1", 16, "sleep:50", Some(every)),
-        Load::start(&s.addr, "size2", 16, "sleep:50", Some(every)),
+        Load::start(&s, "size1", 16, "sleep:50", Some(every)),
+        Load::start(&s, "size2", 16, "sleep:50", Some(every)),
     ];
     std::thread::sleep(Duration::from_secs(6));
     let (mut one, mut two) = (Vec::new(), Vec::new());
@@ -291,7 +297,7 @@ fn a_version_whose_replicas_keep_failing_hands_its_share_to_the_default_until_it
         "--wait",
     ]);
     // "trap" is bad input to the iris module (400) and a trap in v2 (500).
-    let mut c = KeepAlive::connect(&s.addr);
+    let mut c = KeepAlive::connect(&s);
     let mut traps = 0;
     while traps < 3 {
         let (status, version, _) = c.score_full("flaky", &[], "trap");
@@ -337,8 +343,8 @@ fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
     s.deploy_ok("one", &hostile(), &[], Some(dc.clone()));
     s.deploy_ok("two", &hostile(), &[], Some(dc));
     let loads = [
-        Load::start(&s.addr, "one", 8, "sleep:50", None),
-        Load::start(&s.addr, "two", 8, "sleep:50", None),
+        Load::start(&s, "one", 8, "sleep:50", None),
+        Load::start(&s, "two", 8, "sleep:50", None),
     ];
     until("the capacity in use", Duration::from_secs(3), || {
         replicas(&s, "one") + replicas(&s, "two") == 4

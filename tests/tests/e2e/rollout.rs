@@ -47,7 +47,7 @@ impl Server {
 
     /// Scores `n` requests; counts the versions that served them.
     fn shares(&self, endpoint: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
-        let mut conn = KeepAlive::connect(&self.addr);
+        let mut conn = KeepAlive::connect(self);
         let mut counts = HashMap::new();
         for _ in 0..n {
             let (status, version) = conn.score(endpoint, headers, ROW);
@@ -71,14 +71,51 @@ fn count(c: &HashMap<String, usize>, v: &str) -> usize {
 /// An HTTP/1.1 client on one kept-alive connection.
 pub(crate) struct KeepAlive {
     r: BufReader<TcpStream>,
+    addr: String,
+    admin_token: String,
+    /// Each endpoint's primary key, asked of the admin API once.
+    keys: HashMap<String, Option<String>>,
 }
 
 impl KeepAlive {
-    pub(crate) fn connect(addr: &str) -> KeepAlive {
+    /// A connection to `s` that sends each endpoint's primary key.
+    pub(crate) fn connect(s: &Server) -> KeepAlive {
+        Self::connect_to(&s.addr, &s.admin_token())
+    }
+
+    pub(crate) fn connect_to(addr: &str, admin_token: &str) -> KeepAlive {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.set_nodelay(true).unwrap();
-        KeepAlive { r: BufReader::new(s) }
+        KeepAlive {
+            r: BufReader::new(s),
+            addr: addr.to_string(),
+            admin_token: admin_token.to_string(),
+            keys: HashMap::new(),
+        }
+    }
+
+    fn key(&mut self, endpoint: &str) -> Option<String> {
+        if let Some(k) = self.keys.get(endpoint) {
+            return k.clone();
+        }
+        let mut c = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            c,
+            "GET /admin/v1/endpoints/{endpoint}/keys HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.admin_token
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        let key = out
+            .starts_with("HTTP/1.1 200")
+            .then(|| out.split_once("\r\n\r\n"))
+            .flatten()
+            .and_then(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+            .and_then(|v| v["primaryKey"].as_str().map(str::to_string));
+        self.keys.insert(endpoint.to_string(), key.clone());
+        key
     }
 
     /// Returns the status and the served-version header.
@@ -93,6 +130,11 @@ impl KeepAlive {
             "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             body.len()
         );
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization")) {
+            if let Some(key) = self.key(endpoint) {
+                req.push_str(&format!("Authorization: Bearer {key}\r\n"));
+            }
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -193,7 +235,7 @@ fn the_seeds_three_rollout_steps_hold_their_shares() {
     let c = s.shares("iris", 200, &[]);
     assert_eq!(count(&c, "B"), 200, "{c:?}");
     // A pinned version that no longer exists is 404; the one there is served.
-    let mut conn = KeepAlive::connect(&s.addr);
+    let mut conn = KeepAlive::connect(&s);
     assert_eq!(conn.score("iris", &[("x-wasmscore-version", "A")], ROW).0, 404);
     assert_eq!(conn.score("iris", &[("x-wasmscore-version", "B")], ROW), (200, "B".into()));
 }
@@ -228,7 +270,7 @@ fn a_cohort_keeps_its_version_and_pinning_wins() {
         "--traffic",
         "50",
     ]);
-    let mut conn = KeepAlive::connect(&s.addr);
+    let mut conn = KeepAlive::connect(&s);
     let mut per_version = HashMap::new();
     for user in 0..60 {
         let key = format!("user-{user}");
@@ -277,7 +319,7 @@ fn the_mirror_gets_its_share_and_its_failures_never_reach_clients() {
         "--mirror",
         "20",
     ]);
-    let mut conn = KeepAlive::connect(&s.addr);
+    let mut conn = KeepAlive::connect(&s);
     for _ in 0..500 {
         assert_eq!(conn.score("e", &[], "hello"), (200, "live".into()));
     }
@@ -452,9 +494,9 @@ fn a_steady_load_sees_no_failure_while_versions_change() {
     let seen = Arc::new(Mutex::new(HashMap::<(u16, String), usize>::new()));
     let clients: Vec<_> = (0..4)
         .map(|_| {
-            let (addr, stop, seen) = (s.addr.clone(), stop.clone(), seen.clone());
+            let (addr, token, stop, seen) = (s.addr.clone(), s.admin_token(), stop.clone(), seen.clone());
             std::thread::spawn(move || {
-                let mut conn = KeepAlive::connect(&addr);
+                let mut conn = KeepAlive::connect_to(&addr, &token);
                 let mut local = HashMap::new();
                 while !stop.load(Ordering::Relaxed) {
                     *local.entry(conn.score("live", &[], ROW)).or_insert(0) += 1;
@@ -569,7 +611,7 @@ fn azure_mls_config_files_are_mapped_and_what_is_left_out_is_named() {
         "ignored computeType",
         "mapped autoScaler.autoscaleEnabled -> autoscale_enabled",
         "mapped containerResourceRequirements.cpu -> cpu_cores",
-        "ignored authEnabled",
+        "mapped authEnabled -> auth_enabled",
     ] {
         assert!(err.contains(want), "{want:?} not in {err}");
     }
