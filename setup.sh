@@ -16,7 +16,7 @@ say "Python tools (.venv: onnxruntime, componentize-py, scikit-learn, skl2onnx)"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx' 2>/dev/null || [ ! -x .venv/bin/componentize-py ]; then
+if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests' 2>/dev/null || [ ! -x .venv/bin/componentize-py ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 

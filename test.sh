@@ -4,7 +4,7 @@
 # steps without starting a server).
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxruntime' 2>/dev/null; then
+if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxruntime, requests' 2>/dev/null; then
   python3 -m venv .venv
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi

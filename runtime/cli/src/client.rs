@@ -1,5 +1,7 @@
 //! A small blocking client for the admin API of a running `wasmscore up`,
-//! found through DATA_DIR/server.json and DATA_DIR/admin.token.
+//! found through DATA_DIR/server.json and DATA_DIR/admin.token. Plain HTTP
+//! on loopback, or TLS (verifying the server against the CA that
+//! server.json names) when `up` serves HTTPS only.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -12,6 +14,25 @@ pub struct Client {
     base: String,
     addr: String,
     token: String,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+/// A TLS client config that trusts the certificates in `ca` (PEM).
+fn tls_client(ca: &Path) -> Result<std::sync::Arc<rustls::ClientConfig>> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(c.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(cfg))
 }
 
 impl Client {
@@ -25,16 +46,32 @@ impl Client {
             )
         })?)
         .with_context(|| format!("{} is not JSON", info_path.display()))?;
-        let base = info["url"]
-            .as_str()
-            .ok_or_else(|| anyhow!("{} has no url", info_path.display()))?
-            .to_string();
-        let addr = base.trim_start_matches("http://").to_string();
         let token = std::fs::read_to_string(data_dir.join("admin.token"))
             .context("reading the admin token")?
             .trim()
             .to_string();
-        Ok(Client { base, addr, token })
+        if let Some(base) = info["url"].as_str() {
+            let addr = base.trim_start_matches("http://").to_string();
+            return Ok(Client {
+                base: base.to_string(),
+                addr,
+                token,
+                tls: None,
+            });
+        }
+        // HTTPS only.
+        let (Some(base), Some(addr)) = (info["tls_url"].as_str(), info["tls_addr"].as_str()) else {
+            bail!("{} names no url", info_path.display());
+        };
+        let ca = info["tls_ca"]
+            .as_str()
+            .ok_or_else(|| anyhow!("{} names no CA to verify the server with", info_path.display()))?;
+        Ok(Client {
+            base: base.to_string(),
+            addr: addr.to_string(),
+            token,
+            tls: Some(tls_client(Path::new(ca))?),
+        })
     }
 
     pub fn base_url(&self) -> &str {
@@ -43,10 +80,18 @@ impl Client {
 
     /// One request; returns the JSON body of a 2xx answer, else the server's error message.
     pub fn request(&self, method: &str, path: &str, body: Vec<u8>) -> Result<serde_json::Value> {
-        let mut s = TcpStream::connect(&self.addr)
+        let tcp = TcpStream::connect(&self.addr)
             .with_context(|| format!("connecting to wasmscore at {} (is `wasmscore up` running?)", self.base))?;
         // Deploys compile and run init(); a large Python module can take a while uncached.
-        s.set_read_timeout(Some(Duration::from_secs(900)))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(900)))?;
+        let mut s: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(cfg) => {
+                let name = rustls_pki_types::ServerName::try_from("localhost")?;
+                let conn = rustls::ClientConnection::new(cfg.clone(), name)?;
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            }
+        };
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             self.addr,

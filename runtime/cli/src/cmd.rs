@@ -36,6 +36,8 @@ pub enum Command {
         /// machine's memory).
         #[arg(long)]
         memory_capacity_gb: Option<f64>,
+        #[command(flatten)]
+        edge: up::EdgeArgs,
     },
     /// Build a scoring module: SRC is a score.py or a Rust crate directory.
     Build {
@@ -86,6 +88,7 @@ pub fn run(cli: Cli) -> Result<()> {
             max_body_bytes,
             cpu_capacity,
             memory_capacity_gb,
+            edge,
         } => up::run(up::UpArgs {
             data_dir,
             port,
@@ -93,6 +96,7 @@ pub fn run(cli: Cli) -> Result<()> {
             max_body_bytes,
             cpu_capacity,
             memory_capacity_gb,
+            edge,
         }),
         Command::Build { src, output } => {
             let info = build::build(&src, &output)?;

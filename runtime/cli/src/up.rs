@@ -18,6 +18,37 @@ pub struct UpArgs {
     pub max_body_bytes: usize,
     pub cpu_capacity: Option<f64>,
     pub memory_capacity_gb: Option<f64>,
+    pub edge: EdgeArgs,
+}
+
+/// TLS and the limits at the edge.
+#[derive(clap::Args, Debug)]
+pub struct EdgeArgs {
+    /// Serve HTTPS on this port (0: any free port) besides plain HTTP.
+    #[arg(long)]
+    pub tls_port: Option<u16>,
+    /// PEM certificate chain (leaf first) for HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Make (once) a development CA and certificate for localhost under
+    /// DATA_DIR/tls; clients trust DATA_DIR/tls/dev-ca.pem.
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
+    /// Serve HTTPS only (needs --tls-port); the CLI then talks TLS too.
+    #[arg(long, requires = "tls_port")]
+    pub no_plain_http: bool,
+    /// Open connections at most; more get 503 at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a request's headers (or finish the TLS handshake).
+    #[arg(long, default_value_t = 30_000)]
+    pub header_read_timeout_ms: u64,
+    /// Largest request head in bytes (431 beyond it).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
 }
 
 /// The admin token: made at first start, kept in DATA_DIR/admin.token (0600).
@@ -72,17 +103,51 @@ pub fn run(args: UpArgs) -> Result<()> {
         "capacity that autoscaled replicas are counted against"
     );
 
+    let tls = match (&args.edge.tls_cert, &args.edge.tls_key, args.edge.tls_self_signed) {
+        (Some(c), Some(k), _) => Some((wasmscore_server::tls::server_config(c, k)?, None)),
+        (_, _, true) => {
+            let dev = wasmscore_server::tls::dev_cert(&args.data_dir.join("tls"))?;
+            Some((wasmscore_server::tls::server_config(&dev.cert, &dev.key)?, Some(dev.ca)))
+        }
+        _ => None,
+    };
+    anyhow::ensure!(
+        tls.is_none() || args.edge.tls_port.is_some(),
+        "--tls-cert/--tls-self-signed need --tls-port (0 for any free port)"
+    );
+    anyhow::ensure!(
+        tls.is_some() || args.edge.tls_port.is_none(),
+        "--tls-port needs --tls-cert and --tls-key, or --tls-self-signed"
+    );
+    anyhow::ensure!(args.edge.max_connections > 0, "--max-connections must be at least 1");
+
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
-            .await
-            .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
-        let addr = listener.local_addr()?;
-        let url = format!("http://{addr}");
-        let info = serde_json::json!({"url": url, "pid": std::process::id()});
+        let mut listeners = wasmscore_server::Listeners::default();
+        let mut info = serde_json::json!({"pid": std::process::id()});
+        if !args.edge.no_plain_http {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+                .await
+                .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+            info["url"] = format!("http://{}", l.local_addr()?).into();
+            listeners.plain = Some(l);
+        }
+        if let (Some((cfg, ca)), Some(port)) = (tls, args.edge.tls_port) {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("binding 127.0.0.1:{port} for TLS"))?;
+            let a = l.local_addr()?;
+            info["tls_url"] = format!("https://localhost:{}", a.port()).into();
+            info["tls_addr"] = a.to_string().into();
+            let trust = ca.or_else(|| args.edge.tls_cert.clone());
+            if let Some(p) = trust {
+                info["tls_ca"] = std::fs::canonicalize(&p).unwrap_or(p).display().to_string().into();
+            }
+            listeners.tls = Some((l, cfg));
+        }
         let info_path = args.data_dir.join("server.json");
         std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", info_path.display()))?;
-        tracing::info!(%url, data_dir = %args.data_dir.display(), "wasmscore is up; restoring deployed versions");
+        tracing::info!(url = %info["url"], tls_url = %info["tls_url"], data_dir = %args.data_dir.display(), "wasmscore is up; restoring deployed versions");
         {
             let control = control.clone();
             tokio::task::spawn_blocking(move || {
@@ -95,9 +160,12 @@ pub fn run(args: UpArgs) -> Result<()> {
         let cfg = ServerConfig {
             max_body_bytes: args.max_body_bytes,
             admin_token: token,
+            max_connections: args.edge.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(args.edge.header_read_timeout_ms.max(1)),
+            max_header_bytes: args.edge.max_header_bytes,
             ..ServerConfig::default()
         };
-        wasmscore_server::serve(listener, control, cfg, shutdown_signal()).await?;
+        wasmscore_server::serve(listeners, control, cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&info_path);
         Ok(())

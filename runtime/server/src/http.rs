@@ -3,14 +3,17 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use wasmscore_control::Control;
 use wasmscore_engine::ScoreRequest;
 
@@ -25,6 +28,16 @@ pub struct ServerConfig {
     pub max_admin_body_bytes: usize,
     /// The admin token every /admin/v1/ call must carry.
     pub admin_token: String,
+    /// Open connections at most (plain and TLS together); more are answered
+    /// 503 (plain) or closed (TLS) at once.
+    pub max_connections: usize,
+    /// A client has this long to send a request's headers (and to finish
+    /// the TLS handshake); slower ones are cut.
+    pub header_read_timeout: Duration,
+    /// Largest request head (HTTP/1.1: 431 beyond it; HTTP/2: the header list).
+    pub max_header_bytes: usize,
+    /// Streams at once on one HTTP/2 connection.
+    pub max_h2_streams: u32,
 }
 
 impl Default for ServerConfig {
@@ -33,8 +46,19 @@ impl Default for ServerConfig {
             max_body_bytes: 100 * 1000 * 1000,
             max_admin_body_bytes: 2 << 30,
             admin_token: String::new(),
+            max_connections: 4096,
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 32 * 1024,
+            max_h2_streams: 256,
         }
     }
+}
+
+/// Where to listen: plain HTTP, TLS, or both.
+#[derive(Default)]
+pub struct Listeners {
+    pub plain: Option<TcpListener>,
+    pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
 struct App {
@@ -46,33 +70,189 @@ type Body = Full<Bytes>;
 
 /// Serves until `shutdown` resolves, then stops accepting; open connections finish.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
     control: Arc<Control>,
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let conns = Arc::new(Semaphore::new(cfg.max_connections));
     let app = Arc::new(App { control, cfg });
-    let mut shutdown = std::pin::pin!(shutdown);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut loops = tokio::task::JoinSet::new();
+    if let Some(l) = listeners.plain {
+        loops.spawn(accept_loop(l, None, app.clone(), conns.clone(), stopped.clone()));
+    }
+    if let Some((l, tls)) = listeners.tls {
+        loops.spawn(accept_loop(
+            l,
+            Some(TlsAcceptor::from(tls)),
+            app.clone(),
+            conns.clone(),
+            stopped.clone(),
+        ));
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    while loops.join_next().await.is_some() {}
+    Ok(())
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<App>,
+    conns: Arc<Semaphore>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     loop {
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+                Err(e) => {
+                    // Out of file descriptors, say: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
             },
-            _ = &mut shutdown => return Ok(()),
+            _ = stopped.changed() => return,
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            refuse(stream, tls.is_some());
+            continue;
+        };
+        let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(app.handle(req).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let _permit = permit;
+            let first_byte = app.cfg.header_read_timeout;
+            match tls {
+                None => serve_connection(app, TokioIo::new(FirstByteDeadline::new(stream, first_byte))).await,
+                Some(acceptor) => match tokio::time::timeout(app.cfg.header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => serve_connection(app, TokioIo::new(FirstByteDeadline::new(s, first_byte))).await,
+                    Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake timed out"),
+                },
             }
         });
+    }
+}
+
+/// A connection must send its first byte within the header read timeout.
+/// (hyper's own header timer starts only once it knows the protocol, so a
+/// client that connects and sends nothing would otherwise hold its slot.)
+/// After the first byte it is transparent: long calls are not cut.
+struct FirstByteDeadline<I> {
+    inner: I,
+    deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> FirstByteDeadline<I> {
+    fn new(inner: I, limit: Duration) -> Self {
+        FirstByteDeadline {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(limit))),
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline<I> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if self.deadline.is_none() {
+            return r;
+        }
+        match r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                self.deadline = None;
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
+                Some(Poll::Ready(())) => Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no request within the header read timeout",
+                ))),
+                _ => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadline<I> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Over the connection cap: a plain client is told 503 (bounded by a
+/// timeout, so a client that does not read cannot hold the task); a TLS
+/// client is closed before the handshake.
+fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
+    tracing::debug!("connection refused: at the connection cap");
+    if tls {
+        return;
+    }
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let body = r#"{"error":{"code":"overloaded","message":"too many open connections; retry"}}"#;
+        let resp = format!(
+            "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(resp.as_bytes())).await;
+    });
+}
+
+async fn serve_connection<I>(app: Arc<App>, io: TokioIo<I>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = app.cfg.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(app.handle(req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(cfg.max_h2_streams);
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
@@ -168,10 +348,19 @@ impl App {
         // The headers are read in place: routing needs no copy of them.
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let route =
+        let routed =
             self.control
                 .router()
-                .route_authorized(endpoint, authorization, header("x-wasmscore-version"), header("x-wasmscore-cohort"))?;
+                .route_authorized(endpoint, authorization, header("x-wasmscore-version"), header("x-wasmscore-cohort"));
+        let route = match routed {
+            Ok(r) => r,
+            Err(e) => {
+                // Read (a bounded part of) the body first, so the client
+                // sees the answer instead of a reset while still sending.
+                let _ = tokio::time::timeout(Duration::from_secs(1), Limited::new(req.into_body(), 64 * 1024).collect()).await;
+                return Err(e.into());
+            }
+        };
         let (parts, body) = read_body(req, self.cfg.max_body_bytes).await?;
         let content_type = parts
             .headers

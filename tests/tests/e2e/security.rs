@@ -244,3 +244,180 @@ fn auth_settings_from_a_deployment_config_and_azure_mls_file() {
     ]);
     assert_eq!(s.score_as("az", None).0, 200);
 }
+
+fn server_info(s: &Server) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(s.data.path().join("server.json")).unwrap()).unwrap()
+}
+
+/// curl's answer: (exit code, body + "\nhttp VERSION STATUS").
+fn curl(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\nhttp %{http_version} %{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is installed (Debian's curl)");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+#[test]
+fn tls_with_real_clients_that_verify_the_certificate() {
+    let s = Server::start(&["--tls-port", "0", "--tls-self-signed"]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let info = server_info(&s);
+    let (url, ca) = (info["tls_url"].as_str().unwrap(), info["tls_ca"].as_str().unwrap());
+    assert!(url.starts_with("https://localhost:"), "{info}");
+    let score = format!("{url}/api/v1/service/iris/score");
+    let auth = format!("Authorization: Bearer {}", s.key("iris").unwrap());
+    // HTTP/2 by ALPN, and HTTP/1.1 when the client asks for it.
+    let (code, out) = curl(&["--cacert", ca, "-H", &auth, "-d", ROW, &score]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("probabilities") && out.ends_with("http 2 200"), "{out}");
+    let (code, out) = curl(&["--http1.1", "--cacert", ca, "-H", &auth, "-d", ROW, &score]);
+    assert!(code == 0 && out.ends_with("http 1.1 200"), "{out}");
+    // Auth holds over TLS too.
+    let (_, out) = curl(&["--cacert", ca, "-d", ROW, &score]);
+    assert!(out.ends_with(" 401"), "{out}");
+    // Without the CA the client refuses the certificate (curl exit 60).
+    let (code, _) = curl(&["-H", &auth, "-d", ROW, &score]);
+    assert_eq!(code, 60);
+    // Python requests, verifying against the CA; and refusing without it.
+    let py = format!(
+        "import requests,sys\nr=requests.post('{score}',json={{'data':[[5.1,3.5,1.4,0.2]]}},headers={{'Authorization':'Bearer {}'}},verify='{ca}')\nprint(r.status_code, r.json()['probabilities'][0][0] > 0.9)\ntry:\n requests.get('{url}/v2/health/live')\n print('unverified!')\nexcept requests.exceptions.SSLError:\n print('refused')\n",
+        s.key("iris").unwrap()
+    );
+    let out = std::process::Command::new(super::root().join(".venv/bin/python"))
+        .args(["-c", &py])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.trim(), "200 True\nrefused", "{}", String::from_utf8_lossy(&out.stderr));
+    // Plain HTTP is still served beside it.
+    assert_eq!(s.score("iris", ROW).0, 200);
+}
+
+#[test]
+fn https_only_the_cli_and_clients_use_tls() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(super::bin())
+        .args([
+            "up",
+            "--port",
+            "0",
+            "--tls-port",
+            "0",
+            "--tls-self-signed",
+            "--no-plain-http",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let info_path = data.path().join("server.json");
+    let t = std::time::Instant::now();
+    let info: serde_json::Value = loop {
+        if let Some(v) = std::fs::read(&info_path).ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            break v;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "up did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(info["url"].is_null(), "no plain HTTP: {info}");
+    let cli = |args: &[&str]| {
+        std::process::Command::new(super::bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap()
+    };
+    let out = cli(&[
+        "deploy",
+        "--name",
+        "iris",
+        "--module",
+        iris_rust().to_str().unwrap(),
+        "--model",
+        model().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys: serde_json::Value = serde_json::from_slice(&cli(&["service", "get-keys", "iris"]).stdout).unwrap();
+    let auth = format!("Authorization: Bearer {}", keys["primaryKey"].as_str().unwrap());
+    let score = format!("{}/api/v1/service/iris/score", info["tls_url"].as_str().unwrap());
+    let (code, out) = curl(&["--cacert", info["tls_ca"].as_str().unwrap(), "-H", &auth, "-d", ROW, &score]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(code == 0 && out.ends_with(" 200"), "{out}");
+}
+
+#[test]
+fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let s = Server::start(&[
+        "--max-connections",
+        "8",
+        "--header-read-timeout-ms",
+        "700",
+        "--max-header-bytes",
+        "8192",
+    ]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let key = s.key("iris").unwrap();
+
+    // A head larger than the limit: 431, and the server goes on.
+    let big = "x".repeat(20_000);
+    let (status, _, _) = s.request("POST", "/api/v1/service/iris/score", &[("X-Big", &big)], ROW.as_bytes());
+    assert_eq!(status, 431);
+
+    // Slow clients (half a request head, then nothing) are cut after the
+    // header read timeout.
+    let t = std::time::Instant::now();
+    let mut slow: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(b"POST /api/v1/service/iris/score HTTP/1.1\r\nHost: x\r\n").unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            c
+        })
+        .collect();
+    // Others are served meanwhile.
+    assert_eq!(s.score("iris", ROW).0, 200);
+    for c in &mut slow {
+        let mut buf = Vec::new();
+        let _ = c.read_to_end(&mut buf); // returns when the server closes it
+    }
+    let cut = t.elapsed();
+    assert!(cut < Duration::from_secs(5), "slow clients held for {cut:?}");
+
+    // The connection cap: 8 open connections; the 9th is told 503 at once.
+    let held: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(&s.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut ninth = TcpStream::connect(&s.addr).unwrap();
+    ninth.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = ninth.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 503") && answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer:?}"
+    );
+    assert!(answer.contains("\"overloaded\""), "{answer}");
+    // Idle connections that never send a request are cut by the same
+    // timeout, so holding the cap does not starve others for long.
+    let t = std::time::Instant::now();
+    loop {
+        let (status, _, _) = s.request(
+            "POST",
+            "/api/v1/service/iris/score",
+            &[("Authorization", &format!("Bearer {key}"))],
+            ROW.as_bytes(),
+        );
+        if status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(6), "still refused: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+}
