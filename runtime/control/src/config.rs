@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use wasmscore_engine::Sandbox;
 use wasmscore_replica::PoolConfig;
 
 use crate::ControlError;
@@ -67,6 +68,12 @@ pub struct DeploymentConfig {
     /// Unhealthy (default 3).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_threshold: Option<u32>,
+    /// Sandbox grant: environment variables the module sees (default none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub environment_variables: Option<std::collections::BTreeMap<String, String>>,
+    /// Sandbox grant: clocks at full resolution (default: 1 ms steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub precise_clocks: Option<bool>,
 }
 
 /// Resolved settings.
@@ -83,6 +90,8 @@ pub struct Resolved {
     /// What one replica asks of the machine's capacity.
     pub cpu_cores: f64,
     pub memory_gb: f64,
+    /// What the module may reach through WASI.
+    pub sandbox: Sandbox,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +208,25 @@ impl DeploymentConfig {
                 "deployment config: {name} must be in 1..=100, got {n}"
             ))),
         };
+        let env = self.environment_variables.clone().unwrap_or_default();
+        if env.len() > 64 {
+            return bad(format!("environment_variables holds at most 64 variables, got {}", env.len()));
+        }
+        for (k, v) in &env {
+            let name_ok = !k.is_empty()
+                && k.len() <= 128
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !k.starts_with(|c: char| c.is_ascii_digit());
+            if !name_ok || v.len() > 4096 || v.contains('\0') {
+                return bad(format!(
+                    "environment variable {k:?}: names are letters, digits and _ (not first a digit), values at most 4096 bytes"
+                ));
+            }
+        }
+        let sandbox = Sandbox {
+            env: env.into_iter().collect(),
+            precise_clocks: self.precise_clocks.unwrap_or(false),
+        };
         let probes = Probes {
             period: seconds("period_seconds", self.period_seconds, 10.0, 0.1, 3600.0)?,
             initial_delay: seconds("initial_delay_seconds", self.initial_delay_seconds, 0.0, 0.0, 3600.0)?,
@@ -227,6 +255,7 @@ impl DeploymentConfig {
             probes,
             cpu_cores,
             memory_gb,
+            sandbox,
         })
     }
 }

@@ -258,14 +258,10 @@ impl Control {
         for m in &spec.models {
             models.insert(m.file.clone(), self.session(m, device).map_err(fail)?);
         }
-        let ctx = Arc::new(VersionContext::new(
-            endpoint,
-            version,
-            models,
-            self.devices.clone(),
-            device,
-            resolved.memory_limit,
-        ));
+        let ctx = Arc::new(
+            VersionContext::new(endpoint, version, models, self.devices.clone(), device, resolved.memory_limit)
+                .with_sandbox(resolved.sandbox.clone()),
+        );
         let prepared = Prepared::new(pre, ctx.clone(), resolved.timeout, INIT_TIMEOUT);
         phase(format!(
             "starting {} replica(s) x {} instance(s): init()",

@@ -11,6 +11,18 @@ use crate::deploy::{lock, Control};
 use crate::rollout::{effective_shares, EndpointState, Inner, Phase, VersionState};
 use crate::ControlError;
 
+/// A version's config as shown: granted environment variables keep their
+/// names, not their values (they may be secrets).
+fn redacted(config: &Value) -> Value {
+    let mut c = config.clone();
+    if let Some(env) = c.get_mut("environment_variables").and_then(Value::as_object_mut) {
+        for v in env.values_mut() {
+            *v = Value::from("<hidden>");
+        }
+    }
+    c
+}
+
 fn version_json(v: &VersionState, effective: u32) -> Value {
     let r = &v.row.rollout;
     let live = v.live.as_ref();
@@ -34,6 +46,19 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         (h, _) => h,
     };
     let resources = live.map(|l| json!({"cpu_cores": l.monitor.settings.cpu_cores, "memory_gb": l.monitor.settings.memory_gb}));
+    let sandbox = live.map(|l| {
+        let s = &l.monitor.settings;
+        json!({
+            "files": "none",
+            "sockets": "none",
+            "arguments": "none",
+            "stdio": "stdin empty; stdout and stderr discarded (module logs: the log import)",
+            "environment": s.sandbox.env.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            "clocks": if s.sandbox.precise_clocks { "precise".to_string() } else { format!("coarse ({} ms steps)", wasmscore_engine::COARSE_CLOCK_NS / 1_000_000) },
+            "memory_limit_bytes": s.memory_limit,
+            "scoring_timeout_ms": s.timeout.as_millis() as u64,
+        })
+    });
     let mut out = json!({
         "name": r.name,
         "state": v.state(),
@@ -53,7 +78,7 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "module": v.row.spec.module_name,
         "module_sha256": v.row.spec.module,
         "models": v.row.spec.models,
-        "config": v.row.spec.config,
+        "config": redacted(&v.row.spec.config),
         "serving_module_sha256": live.map(|l| l.spec.module.clone()),
         "device": pool.map(|p| p.prepared().context().default_device.to_string()),
         "component": live.map(|l| l.component),
@@ -78,10 +103,12 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "replicas_started": stat(&|s| s.started.load(Ordering::Relaxed)),
         "replicas_retired": stat(&|s| s.retired.load(Ordering::Relaxed)),
         "wakes_from_zero": stat(&|s| s.wakes.load(Ordering::Relaxed)),
+        "abandoned_calls": stat(&|s| s.stuck.load(Ordering::Relaxed)),
         "utilization": live.and_then(|l| l.monitor.scaler.as_ref()).and_then(|s| s.utilization).map(|u| (u * 1000.0).round() / 1000.0),
         "autoscale": autoscale,
         "health": health,
         "resources": resources,
+        "sandbox": sandbox,
         "last_error": pool.and_then(|p| p.stats().last_error()),
     });
     if let (Value::Object(o), Value::Object(r)) = (&mut out, replicas) {

@@ -54,6 +54,48 @@ pub struct VersionContext {
     /// Recent log lines. A mutex is fine here: logging is rare next to scoring
     /// and never on the path of a request that does not log.
     logs: Mutex<VecDeque<LogLine>>,
+    /// What the module may reach through WASI beyond its own memory.
+    pub sandbox: Sandbox,
+}
+
+/// What a version's deployment config grants its module through WASI.
+/// Nothing else is reachable: no files (no preopened directory), no
+/// sockets (TCP, UDP and name lookup are off), no arguments, stdin empty,
+/// stdout and stderr discarded (module logs go through the `log` import).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Sandbox {
+    /// Environment variables the module sees (none unless granted).
+    pub env: Vec<(String, String)>,
+    /// The host's clocks at full resolution; otherwise both clocks read in
+    /// whole milliseconds (a timing side channel gets 1 ms steps).
+    pub precise_clocks: bool,
+}
+
+/// Resolution of the clocks a module sees unless precise clocks are granted.
+pub const COARSE_CLOCK_NS: u64 = 1_000_000;
+
+struct CoarseWallClock;
+
+impl wasmtime_wasi::HostWallClock for CoarseWallClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(COARSE_CLOCK_NS)
+    }
+    fn now(&self) -> std::time::Duration {
+        let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        std::time::Duration::from_millis(d.as_millis() as u64)
+    }
+}
+
+struct CoarseMonotonicClock(std::time::Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for CoarseMonotonicClock {
+    fn resolution(&self) -> u64 {
+        COARSE_CLOCK_NS
+    }
+    fn now(&self) -> u64 {
+        let ns = self.0.elapsed().as_nanos() as u64;
+        ns - ns % COARSE_CLOCK_NS
+    }
 }
 
 impl VersionContext {
@@ -73,7 +115,14 @@ impl VersionContext {
             default_device: Arc::from(default_device),
             memory_limit,
             logs: Mutex::new(VecDeque::new()),
+            sandbox: Sandbox::default(),
         }
+    }
+
+    /// The same context with these grants.
+    pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
+        self
     }
 
     pub fn log(&self, level: &'static str, message: String) {
@@ -120,9 +169,17 @@ pub struct HostState {
 
 impl HostState {
     pub fn new(version: Arc<VersionContext>) -> Self {
-        // Nothing is granted: no preopened directories, no environment, no
-        // arguments, no network (wasmtime-wasi denies sockets unless allowed).
-        let wasi = WasiCtx::builder().build();
+        // Only what the version's config grants (see `Sandbox`): no
+        // preopened directories, no arguments, no network, and the
+        // environment and clock resolution it was given.
+        let mut b = WasiCtx::builder();
+        b.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        b.envs(&version.sandbox.env);
+        if !version.sandbox.precise_clocks {
+            b.wall_clock(CoarseWallClock);
+            b.monotonic_clock(CoarseMonotonicClock(std::time::Instant::now()));
+        }
+        let wasi = b.build();
         HostState {
             wasi,
             table: ResourceTable::new(),

@@ -15,7 +15,7 @@ mod host;
 mod replica;
 
 pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
-pub use host::{LogLine, VersionContext};
+pub use host::{LogLine, Sandbox, VersionContext, COARSE_CLOCK_NS};
 pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
 
 /// A compiled, pre-linked component: what versions that ship the same module

@@ -69,6 +69,15 @@ pub enum ScoreError {
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
+/// The call outlived its deadline plus `STUCK_GRACE` (blocked in a host
+/// call the epoch deadline cannot interrupt, such as a WASI sleep): the
+/// client got 504, a substitute instance was started, and the stuck one
+/// exits when its call returns.
+const STUCK: u8 = 3;
+
+/// How long past `scoring_timeout_ms` the pool waits before it gives up on
+/// a call that the engine's deadline did not stop.
+const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 struct Job {
     req: ScoreRequest,
@@ -112,6 +121,8 @@ pub struct PoolStats {
     pub retired: AtomicU64,
     /// Times a request found no replica and woke the pool.
     pub wakes: AtomicU64,
+    /// Calls given up on past their deadline (blocked in the host).
+    pub stuck: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -347,13 +358,35 @@ impl Pool {
                             waited_ms: enqueued.elapsed().as_millis() as u64,
                         });
                     }
-                    // A replica has it: the engine's deadline bounds the wait.
-                    return rx
-                        .await
-                        .unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into())));
+                    // A replica has it: the engine's deadline bounds the
+                    // call; past it (plus grace) the pool gives up on it.
+                    let limit = self.shared.prepared.timeout() + STUCK_GRACE;
+                    return match tokio::time::timeout(limit, &mut rx).await {
+                        Ok(r) => r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
+                        Err(_) => self.give_up(&state),
+                    };
                 }
             }
         }
+    }
+
+    /// A call outlived its deadline: answer 504, and start a substitute
+    /// instance so the pool keeps its size while the stuck one is blocked.
+    fn give_up(&self, state: &AtomicU8) -> Result<ScoreResponse, ScoreError> {
+        let timeout_ms = self.shared.prepared.timeout().as_millis() as u64;
+        if state.compare_exchange(TAKEN, STUCK, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let st = &self.shared.stats;
+            st.stuck.fetch_add(1, Ordering::Relaxed);
+            st.failed(format!(
+                "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
+                STUCK_GRACE.as_millis()
+            ));
+            tracing::warn!(pool = %self.shared.label, "a call outlived its deadline (blocked in the host); starting a substitute instance");
+            if let Err(e) = spawn_instance(&self.shared, None) {
+                st.set_error(e);
+            }
+        }
+        Err(ScoreError::Call(CallError::Timeout(timeout_ms)))
     }
 
     /// Starts a fresh instance of this version and runs its init() on a
@@ -462,6 +495,11 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
             }
         }
         let _ = job.reply.send(result);
+        if job.state.load(Ordering::Acquire) == STUCK {
+            // The caller gave up and started a substitute: this one goes.
+            tracing::info!(pool = %shared.label, "an abandoned call returned; its instance stops");
+            break;
+        }
         if poisoned {
             match start_with_backoff(&shared) {
                 Some(r) => {

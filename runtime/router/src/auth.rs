@@ -306,7 +306,10 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
         let none = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","kid":"k1"}"#);
         let unsigned = format!("{none}.{}.", parts[1]);
-        assert_eq!(verify(unsigned.as_bytes(), "iris", std::slice::from_ref(&k), 150), Err(TokenError::Algorithm));
+        assert_eq!(
+            verify(unsigned.as_bytes(), "iris", std::slice::from_ref(&k), 150),
+            Err(TokenError::Algorithm)
+        );
         // Longer expiry, same signature.
         let edited = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&claims("iris", 10_000)).unwrap());
         let tampered = format!("{}.{edited}.{}", parts[0], parts[2]);

@@ -421,3 +421,101 @@ fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
     }
     drop(held);
 }
+
+#[test]
+fn hostile_modules_are_contained_with_a_clear_error_while_others_are_served() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let s = Server::start(&[]);
+    let hostile = super::hostile();
+    let dc = |extra: serde_json::Value| {
+        let mut c = serde_json::json!({"scoring_timeout_ms": 2000, "memory_gb": 0.25, "num_replicas": 1});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Some(c)
+    };
+    s.deploy_ok("bare", &hostile, &[], dc(serde_json::json!({})));
+    s.deploy_ok(
+        "granted",
+        &hostile,
+        &[],
+        dc(serde_json::json!({"environment_variables": {"GREETING": "hello"}, "precise_clocks": true})),
+    );
+    s.deploy_ok("calm", iris_rust(), &[&model()], None);
+
+    // Another endpoint is scored throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let calm = {
+        let (addr, token, stop) = (s.addr.clone(), s.admin_token(), stop.clone());
+        std::thread::spawn(move || {
+            let mut c = super::rollout::KeepAlive::connect_to(&addr, &token);
+            let (mut ok, mut other) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                match c.score_full("calm", &[], ROW).0 {
+                    200 => ok += 1,
+                    _ => other += 1,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (ok, other)
+        })
+    };
+
+    let run = |endpoint: &str, body: &str| s.score(endpoint, body);
+    // Files, environment, sockets: denied unless granted.
+    let (st, _, j) = run("bare", "file");
+    assert_eq!((st, j["file"].as_str()), (200, Some("denied")), "{j}");
+    let (_, _, j) = run("bare", "env");
+    assert_eq!(j["env_vars"], 0, "{j}");
+    assert_eq!(run("bare", "env:GREETING").2["value"], serde_json::Value::Null);
+    let port = s.addr.rsplit(':').next().unwrap().to_string();
+    let (st, _, j) = run("bare", &format!("socket:{port}"));
+    assert_eq!((st, j["socket"].as_str()), (200, Some("denied")), "{j}");
+    // Clocks: 1 ms steps unless precise clocks are granted.
+    let (_, _, j) = run("bare", "clock");
+    assert!(j["monotonic_step_ns"].as_u64().unwrap() >= 1_000_000, "{j}");
+    assert!(j["wall_step_ns"].as_u64().unwrap() >= 1_000_000, "{j}");
+    let (_, _, j) = run("granted", "clock");
+    assert!(j["monotonic_step_ns"].as_u64().unwrap() < 1_000_000, "{j}");
+    // Granted environment: exactly what was granted.
+    assert_eq!(run("granted", "env:GREETING").2["value"], "hello");
+    assert_eq!(run("granted", "env").2["env_vars"], 1);
+    assert_eq!(run("granted", "env:HOME").2["value"], serde_json::Value::Null);
+
+    // Runaway recursion, a huge allocation, creeping allocation, an endless
+    // loop: each a clear error, and the next request is served.
+    for (body, status, code) in [
+        ("recurse", 500, "module_trapped"),
+        ("huge", 500, "memory_limit_exceeded"),
+        ("alloc", 500, "memory_limit_exceeded"),
+        ("loop", 504, "scoring_timeout"),
+    ] {
+        let (st, _, j) = run("bare", body);
+        assert_eq!((st, error_code(&j)), (status, code), "{body}: {j}");
+        assert_eq!(run("bare", "after").2["echo"], "after", "served after {body}");
+    }
+    // Blocked in a host call (a 30 s sleep) past its 2 s deadline: 504 after
+    // the deadline plus a grace second, a substitute instance serves the next.
+    let t = std::time::Instant::now();
+    let (st, _, j) = run("bare", "sleep:30000");
+    assert_eq!((st, error_code(&j)), (504, "scoring_timeout"), "{j}");
+    assert!(t.elapsed() < Duration::from_secs(6), "{:?}", t.elapsed());
+    assert_eq!(run("bare", "after").2["echo"], "after");
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, other) = calm.join().unwrap();
+    assert!(ok > 50 && other == 0, "calm endpoint: {ok} ok, {other} not");
+
+    let show = s.cli_json(&["service", "show", "granted", "--json"]);
+    let sb = &show["versions"][0]["sandbox"];
+    assert_eq!(sb["environment"], serde_json::json!(["GREETING"]), "{show}");
+    assert_eq!(
+        (sb["files"].as_str(), sb["sockets"].as_str(), sb["clocks"].as_str()),
+        (Some("none"), Some("none"), Some("precise"))
+    );
+    assert!(!show.to_string().contains("hello"), "a granted value is shown: {show}");
+    let bare = s.cli_json(&["service", "show", "bare", "--json"]);
+    let v = &bare["versions"][0];
+    assert_eq!(v["sandbox"]["clocks"], "coarse (1 ms steps)");
+    assert_eq!(v["abandoned_calls"], 1, "{v}");
+    assert!(v["replaced"].as_u64().unwrap() >= 4, "{v}");
+}

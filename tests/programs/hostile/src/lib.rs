@@ -1,7 +1,10 @@
 //! A scoring module that misbehaves on request, for the fault tests. The body
-//! names the misbehaviour: "trap", "loop", "alloc", "file", "env"; "sleep:MS"
-//! waits MS milliseconds without using the CPU (a model whose run takes a
-//! known time, for the autoscaling tests); anything else is echoed.
+//! names the misbehaviour: "trap", "loop", "alloc" (1 MiB at a time),
+//! "huge" (one 1 GiB allocation), "recurse" (unbounded recursion), "file",
+//! "env", "socket" (a TCP connection to PORT with "socket:PORT"), "clock"
+//! (the smallest step of the monotonic and wall clocks); "sleep:MS" waits MS
+//! milliseconds without using the CPU (a model whose run takes a known time,
+//! for the autoscaling tests); anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
 
@@ -45,6 +48,42 @@ impl Guest for Hostile {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 json(format!("{{\"env_vars\":{},\"home\":{}}}", vars.len(), std::env::var("HOME").is_ok()))
             }
+            "huge" => {
+                let v = black_box(vec![7u8; 1 << 30]);
+                json(format!("{{\"huge\":{}}}", v.len()))
+            }
+            "recurse" => json(format!("{{\"depth\":{}}}", recurse(black_box(1)))),
+            "clock" => {
+                let step = |f: &dyn Fn() -> u128| {
+                    let a = f();
+                    let mut b = f();
+                    let mut spins = 0u64;
+                    while b == a && spins < 50_000_000 {
+                        b = f();
+                        spins += 1;
+                    }
+                    b.saturating_sub(a)
+                };
+                let t0 = std::time::Instant::now();
+                let mono = step(&|| t0.elapsed().as_nanos());
+                let wall = step(&|| {
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos())
+                        .unwrap_or(0)
+                });
+                json(format!("{{\"monotonic_step_ns\":{mono},\"wall_step_ns\":{wall}}}"))
+            }
+            other if other.starts_with("socket:") => {
+                let addr = format!("127.0.0.1:{}", &other[7..]);
+                match std::net::TcpStream::connect(&addr) {
+                    Ok(_) => json("{\"socket\":\"connected\"}".into()),
+                    Err(e) => json(format!("{{\"socket\":\"denied\",\"error\":{}}}", quote(&e.to_string()))),
+                }
+            }
+            other if other.starts_with("env:") => {
+                json(format!("{{\"value\":{}}}", std::env::var(&other[4..]).map(|v| quote(&v)).unwrap_or("null".into())))
+            }
             other if other.starts_with("sleep:") => {
                 let ms: u64 = other[6..].parse().unwrap_or(0);
                 std::thread::sleep(std::time::Duration::from_millis(ms));
@@ -52,6 +91,16 @@ impl Guest for Hostile {
             }
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }
+    }
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let pad = black_box([n; 64]);
+    if black_box(true) {
+        recurse(n + 1) + pad[(n % 64) as usize]
+    } else {
+        n
     }
 }
 
