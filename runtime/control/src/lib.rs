@@ -71,3 +71,49 @@ impl From<rusqlite::Error> for ControlError {
         ControlError::Store(e.to_string())
     }
 }
+
+/// Fuzz entry points (fuzz/ and the corpus replay test in tests/).
+pub mod fuzzing {
+    /// Bytes as an admin request body: a version change (with its
+    /// deployment config and endpoint auth fields), an Azure ML
+    /// deploymentconfig.json and inferenceconfig.json. Must never panic.
+    pub fn admin_bodies(data: &[u8]) {
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(data) else {
+            return;
+        };
+        if let Ok(mut req) = serde_json::from_value::<crate::VersionRequest>(v.clone()) {
+            if let Some(c) = req.config.as_mut() {
+                let _ = crate::AuthSettings::take_from(c);
+                if let Ok(d) = crate::DeploymentConfig::parse(c) {
+                    let _ = d.resolve();
+                }
+            }
+        }
+        let mut c = v.clone();
+        let _ = crate::AuthSettings::take_from(&mut c);
+        if let Ok(d) = crate::DeploymentConfig::parse(&c) {
+            let _ = d.resolve();
+        }
+        if let Ok(s) = serde_json::from_value::<crate::AuthSettings>(v.clone()) {
+            let mut row = crate::store::EndpointRow {
+                name: "fuzz".into(),
+                description: String::new(),
+                tags: Default::default(),
+                primary_key: "p".repeat(32),
+                secondary_key: "s".repeat(32),
+                created_at: String::new(),
+                auth_mode: Default::default(),
+                token_keys: Vec::new(),
+            };
+            let _ = s.apply(&mut row);
+        }
+        if crate::azureml::is_azureml_deployment(&v) {
+            if let Ok(m) = crate::azureml::map_deployment(&v) {
+                if let Ok(d) = crate::DeploymentConfig::parse(&serde_json::Value::Object(m.config)) {
+                    let _ = d.resolve();
+                }
+            }
+        }
+        let _ = crate::azureml::map_inference(&v);
+    }
+}
