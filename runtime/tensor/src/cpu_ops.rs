@@ -123,6 +123,13 @@ fn gemm_impl<T: Float>(
     Ok(out)
 }
 
+/// Largest output one op call may make (elements), and most multiply-adds
+/// one gemm may do: a guest's tensors are bounded by its memory limit, but
+/// an output is not (zero-sized inputs can declare any dims), and host code
+/// is not interrupted by the scoring deadline. Found by fuzzing.
+pub const MAX_OUTPUT_ELEMENTS: u64 = 1 << 26;
+pub const MAX_GEMM_WORK: u64 = 1 << 33;
+
 fn gemm_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, op: &str) -> Result<(usize, usize, usize), TensorError> {
     let (ar, ac) = dims2(a, &format!("{op}: a"))?;
     let (br, bc) = dims2(b, &format!("{op}: b"))?;
@@ -133,6 +140,17 @@ fn gemm_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, op: &str) -> 
             "{op}: inner dimensions differ: a {:?} and b {:?}",
             a.shape(),
             b.shape()
+        )));
+    }
+    let out = (m as u64).checked_mul(n as u64).filter(|e| *e <= MAX_OUTPUT_ELEMENTS);
+    let Some(out) = out else {
+        return Err(TensorError::bad(format!(
+            "{op}: an output of [{m}, {n}] is more than {MAX_OUTPUT_ELEMENTS} elements"
+        )));
+    };
+    if out.checked_mul(k as u64).is_none_or(|w| w > MAX_GEMM_WORK) {
+        return Err(TensorError::bad(format!(
+            "{op}: [{m}, {k}] x [{k}, {n}] is more than {MAX_GEMM_WORK} multiply-adds for one call"
         )));
     }
     Ok((m, k, n))
@@ -275,6 +293,20 @@ impl Ops for CpuOps {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_inputs_cannot_ask_for_a_huge_output() {
+        // [2, 0] x [0, 2^40]: no data in, 2^41 elements out.
+        let a = Tensor::new(vec![2, 0], TensorData::Float32(vec![])).unwrap();
+        let b = Tensor::new(vec![0, 1 << 40], TensorData::Float32(vec![])).unwrap();
+        let e = CpuOps.matmul(&a, &b).unwrap_err();
+        assert!(matches!(&e, TensorError::BadInput(m) if m.contains("more than")), "{e:?}");
+        // Modest inputs, an output of 2.5e9 elements.
+        let col = Tensor::new(vec![50_000, 1], TensorData::Float32(vec![1.0; 50_000])).unwrap();
+        let row = Tensor::new(vec![1, 50_000], TensorData::Float32(vec![1.0; 50_000])).unwrap();
+        assert!(CpuOps.matmul(&col, &row).is_err());
+        assert!(CpuOps.matmul(&row, &col).is_ok(), "a [1, 1] result is fine");
+    }
 
     fn f32s(shape: &[u64], v: &[f32]) -> Tensor {
         Tensor::new(shape.to_vec(), TensorData::Float32(v.to_vec())).unwrap()
