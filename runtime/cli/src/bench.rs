@@ -3,7 +3,8 @@
 //! the compute floor (raw ONNX Runtime), a guest `run()` without HTTP,
 //! instance creation, component load uncached and from the cache, and with
 //! wrk (a real HTTP load generator) the network floor (a static responder on
-//! the same hyper stack) and the full HTTP path at 1 and 16 connections.
+//! the same hyper stack) and the full HTTP path at 1 and 16 connections,
+//! with key auth (as deployed by default), auth off, token auth and TLS.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -379,7 +380,7 @@ fn scaling(args: &BenchArgs) -> Result<()> {
 fn start_up(dir: &Path) -> Result<(std::process::Child, crate::client::Client)> {
     let data = dir.join("data");
     let child = Command::new(std::env::current_exe()?)
-        .args(["up", "--port", "0", "--data-dir"])
+        .args(["up", "--port", "0", "--tls-port", "0", "--tls-self-signed", "--data-dir"])
         .arg(&data)
         .stderr(Stdio::null())
         .spawn()?;
@@ -512,9 +513,53 @@ fn http(args: &BenchArgs) -> Result<()> {
                 println!("| wasmscore {name}, full path | {c} | {} |", r);
             }
         }
+        // What auth and TLS cost: one endpoint of the first module with a
+        // fixed replica count (so autoscaling does not move between runs),
+        // scored with its key over plain HTTP and over TLS, then with auth
+        // off, then with tokens.
+        let sha = first_sha.clone().expect("at least one module");
+        let (first, _) = args.modules[0].split_once('=').unwrap_or(("module", args.modules[0].as_str()));
+        create_version_with(&client, "auth", "v1", &sha, &model_id, 0, serde_json::json!({"num_replicas": 2}))?;
+        let info: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("data/server.json"))?)?;
+        let plain = format!("{}/api/v1/service/auth/score", client.base_url());
+        let tls = format!("{}/api/v1/service/auth/score", info["tls_url"].as_str().unwrap_or(""));
+        let set_auth =
+            |body: serde_json::Value| client.request("PATCH", "/admin/v1/endpoints/auth", serde_json::to_vec(&body).unwrap_or_default());
+        for c in [1u32, 16] {
+            println!(
+                "| {first} (2 replicas), key auth | {c} | {} |",
+                wrk(&lua, &plain, c, args.http_seconds)?
+            );
+            println!(
+                "| {first} (2 replicas), key auth over TLS 1.3 (HTTP/1.1) | {c} | {} |",
+                wrk(&lua, &tls, c, args.http_seconds)?
+            );
+        }
+        set_auth(serde_json::json!({"auth_enabled": false}))?;
+        for c in [1u32, 16] {
+            println!(
+                "| {first} (2 replicas), auth off | {c} | {} |",
+                wrk(&lua, &plain, c, args.http_seconds)?
+            );
+        }
+        set_auth(serde_json::json!({"token_auth_enabled": true}))?;
+        let token = client.request("POST", "/admin/v1/endpoints/auth/token", Vec::new())?;
+        let token_lua = dir.path().join("token.lua");
+        std::fs::write(
+            &token_lua,
+            wrk_script(&format!(
+                "wrk.headers[\"Authorization\"] = \"Bearer {}\"\n",
+                token["accessToken"].as_str().unwrap_or("")
+            )),
+        )?;
+        for c in [1u32, 16] {
+            println!(
+                "| {first} (2 replicas), token auth (HS256 JWT) | {c} | {} |",
+                wrk(&token_lua, &plain, c, args.http_seconds)?
+            );
+        }
         // The router's hop: the same module as one version pinned, and
         // through a 3-version split (34/33/33).
-        let sha = first_sha.expect("at least one module");
         create_version(&client, "split", "s1", &sha, &model_id, 34)?;
         create_version(&client, "split", "s2", &sha, &model_id, 33)?;
         create_version(&client, "split", "s3", &sha, &model_id, 33)?;
