@@ -11,6 +11,9 @@ mod autoscale;
 #[path = "e2e/security.rs"]
 mod security;
 
+#[path = "e2e/plugins.rs"]
+mod plugins;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

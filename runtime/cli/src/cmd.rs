@@ -77,6 +77,29 @@ pub enum Command {
     },
     /// Measure the request path piece by piece (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// Device plugins (plugins/abi): check one against the CPU reference.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// The conformance kit: every op x dtype the plugin declares, over
+    /// shapes and edge cases, against the CPU reference; a pass/fail table;
+    /// exits non-zero on any failure.
+    Check {
+        /// The plugin's shared library.
+        path: PathBuf,
+        /// Float outputs may differ from the reference by this fraction of
+        /// the largest reference magnitude (a quantizing device needs some).
+        #[arg(long, default_value_t = 0.05)]
+        tolerance: f64,
+        /// JSON handed to the plugin's initialize.
+        #[arg(long, default_value = "{}")]
+        config: String,
+    },
 }
 
 pub fn run(cli: Cli) -> Result<()> {
@@ -113,5 +136,20 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Endpoint { command } => manage::endpoint(command),
         Command::Version { command } => manage::version(command),
         Command::Bench(args) => bench::run(args),
+        Command::Plugin {
+            command: PluginCommand::Check { path, tolerance, config },
+        } => {
+            let plugin = wasmscore_device_plugin::Plugin::load(&path, &config)?;
+            println!("{}: {}", plugin.name, plugin.description);
+            let report = wasmscore_device_plugin::check::check(&plugin, tolerance);
+            print!("{}", report.table());
+            anyhow::ensure!(
+                report.passed(),
+                "{} of {} checks failed",
+                report.rows.iter().filter(|r| !r.passed).count(),
+                report.rows.len()
+            );
+            Ok(())
+        }
     }
 }

@@ -1,0 +1,371 @@
+//! Hop 6 for accelerators: loading device plugins (shared libraries built
+//! against plugins/abi/wasmscore_plugin.h) and checking them.
+//!
+//! [`Plugin::load`] opens the library, finds `wasmscore_plugin_get_api`,
+//! does the MAJOR/MINOR handshake (a different MAJOR or a newer MINOR is
+//! refused with a message that says which), checks the table (`execute` is
+//! required), runs `initialize` and reads the capabilities; [`Instance`]s
+//! (version_init + instance_init) run ops. Errors come back as the plugin's
+//! returned error objects, freed with its `error_free`.
+//!
+//! [`check`] is the conformance kit behind `wasmscore plugin check`: every
+//! op x dtype the plugin declares, over shapes and edge cases, against a
+//! plain CPU reference.
+//!
+//! Not here yet: versions that name a plugin device in their config and
+//! dispatch their `ops` imports to it (the plugin runs only under the
+//! conformance kit so far).
+
+pub mod check;
+
+use std::ffi::{c_void, CStr, CString};
+use std::path::Path;
+
+use wasmscore_plugin_sdk::abi::{self, Capability, ExecStats, OpKind, OpParams, PluginApi};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LoadError {
+    #[error("{path}: cannot be loaded as a shared library: {message}")]
+    Open { path: String, message: String },
+    #[error("{0}: not a wasmscore device plugin (no wasmscore_plugin_get_api symbol)")]
+    NoEntryPoint(String),
+    #[error("{path}: the plugin refused this host's ABI major version {host}")]
+    Refused { path: String, host: u32 },
+    #[error(
+        "{path}: built for plugin ABI {major}.{minor}; this host speaks {host_major}.{host_minor} (a newer major or minor is refused)"
+    )]
+    Version {
+        path: String,
+        major: u32,
+        minor: u32,
+        host_major: u32,
+        host_minor: u32,
+    },
+    #[error("{path}: the plugin's table has no {0}", path = .1)]
+    Missing(&'static str, String),
+    #[error("{path}: initialize failed: {message}")]
+    Initialize { path: String, message: String },
+}
+
+/// An op the plugin refused or failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message} ({code:?})")]
+pub struct CallError {
+    pub code: abi::Status,
+    pub message: String,
+}
+
+/// Checks a function table against this host's ABI.
+pub fn check_table(api: &PluginApi, path: &str) -> Result<(), LoadError> {
+    let (major, minor) = (api.abi_version >> 16, api.abi_version & 0xffff);
+    if major != abi::ABI_MAJOR || minor > abi::ABI_MINOR {
+        return Err(LoadError::Version {
+            path: path.into(),
+            major,
+            minor,
+            host_major: abi::ABI_MAJOR,
+            host_minor: abi::ABI_MINOR,
+        });
+    }
+    if api.execute.is_none() {
+        return Err(LoadError::Missing("execute", path.into()));
+    }
+    if api.error_free.is_none() {
+        return Err(LoadError::Missing("error_free", path.into()));
+    }
+    Ok(())
+}
+
+/// A loaded, initialized plugin.
+pub struct Plugin {
+    api: *const PluginApi,
+    state: *mut c_void,
+    pub name: String,
+    pub description: String,
+    capabilities: Vec<Capability>,
+    // Last: the library is unloaded after finalize ran (see Drop).
+    _lib: libloading::Library,
+}
+
+// SAFETY: the ABI says execute may run concurrently on different instances;
+// the table and the plugin state are only read.
+unsafe impl Send for Plugin {}
+unsafe impl Sync for Plugin {}
+
+fn cstr(p: *const std::ffi::c_char) -> String {
+    if p.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the plugin's static NUL-terminated strings.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+impl Plugin {
+    /// Loads, handshakes and initializes the plugin at `path`.
+    pub fn load(path: &Path, config_json: &str) -> Result<Plugin, LoadError> {
+        let shown = path.display().to_string();
+        // SAFETY: loading a library runs its initializers; that is what a
+        // platform team asks for by configuring this plugin.
+        let lib = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        // SAFETY: the symbol's type is the header's.
+        let get: libloading::Symbol<'_, abi::GetApiFn> =
+            unsafe { lib.get(abi::ENTRY_POINT) }.map_err(|_| LoadError::NoEntryPoint(shown.clone()))?;
+        // SAFETY: calling the plugin's entry point with our major.
+        let api = unsafe { get(abi::ABI_MAJOR) };
+        if api.is_null() {
+            return Err(LoadError::Refused {
+                path: shown,
+                host: abi::ABI_MAJOR,
+            });
+        }
+        // SAFETY: a non-null table lives as long as the library.
+        let table = unsafe { &*api };
+        check_table(table, &shown)?;
+        let mut state = std::ptr::null_mut();
+        if let Some(init) = table.initialize {
+            let cfg = CString::new(config_json).unwrap_or_default();
+            // SAFETY: per the header.
+            let e = unsafe { init(cfg.as_ptr(), &mut state) };
+            if let Some(err) = take_error(table, e) {
+                return Err(LoadError::Initialize {
+                    path: shown,
+                    message: err.message,
+                });
+            }
+        }
+        let mut capabilities = Vec::new();
+        if let Some(caps) = table.capabilities {
+            let (mut ptr, mut n) = (std::ptr::null(), 0usize);
+            // SAFETY: per the header; the array lives as long as the state.
+            let e = unsafe { caps(state, &mut ptr, &mut n) };
+            if let Some(err) = take_error(table, e) {
+                return Err(LoadError::Initialize {
+                    path: shown,
+                    message: format!("capabilities: {}", err.message),
+                });
+            }
+            if !ptr.is_null() && n > 0 {
+                capabilities = unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec();
+            }
+        }
+        Ok(Plugin {
+            api,
+            state,
+            name: cstr(table.name),
+            description: cstr(table.description),
+            capabilities,
+            _lib: lib,
+        })
+    }
+
+    fn table(&self) -> &PluginApi {
+        // SAFETY: valid while the library is loaded, which `self` ensures.
+        unsafe { &*self.api }
+    }
+
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.capabilities
+    }
+
+    pub fn abi_version(&self) -> (u32, u32) {
+        let v = self.table().abi_version;
+        (v >> 16, v & 0xffff)
+    }
+
+    /// A per-version, per-instance handle to run ops on.
+    pub fn instance(&self, version: &str) -> Result<Instance<'_>, CallError> {
+        let t = self.table();
+        let mut v = self.state;
+        if let Some(f) = t.version_init {
+            let name = CString::new(version).unwrap_or_default();
+            // SAFETY: per the header.
+            if let Some(e) = take_error(t, unsafe { f(self.state, name.as_ptr(), &mut v) }) {
+                return Err(e);
+            }
+        }
+        let mut i = v;
+        if let Some(f) = t.instance_init {
+            // SAFETY: per the header.
+            if let Some(e) = take_error(t, unsafe { f(v, &mut i) }) {
+                return Err(e);
+            }
+        }
+        Ok(Instance {
+            plugin: self,
+            version: v,
+            instance: i,
+        })
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(f) = self.table().finalize {
+            // SAFETY: the state from initialize, not used after.
+            unsafe { f(self.state) };
+        }
+    }
+}
+
+fn take_error(t: &PluginApi, e: *mut abi::Error) -> Option<CallError> {
+    if e.is_null() {
+        return None;
+    }
+    // SAFETY: a returned error object, freed once with the plugin's error_free.
+    let err = unsafe { &*e };
+    let out = CallError {
+        code: err.code,
+        message: cstr(err.message),
+    };
+    if let Some(free) = t.error_free {
+        unsafe { free(e) };
+    }
+    Some(out)
+}
+
+/// A tensor in host memory for a plugin call. `offset` shifts the data
+/// inside its buffer, to hand the plugin unaligned memory on purpose.
+#[derive(Debug, Clone)]
+pub struct HostTensor {
+    pub dtype: abi::DType,
+    pub shape: Vec<i64>,
+    buf: Vec<u8>,
+    offset: usize,
+}
+
+impl HostTensor {
+    pub fn new(dtype: abi::DType, shape: Vec<i64>, bytes: &[u8], offset: usize) -> HostTensor {
+        let mut buf = vec![0u8; offset + bytes.len()];
+        buf[offset..].copy_from_slice(bytes);
+        HostTensor { dtype, shape, buf, offset }
+    }
+    pub fn zeros(dtype: abi::DType, shape: Vec<i64>, offset: usize) -> HostTensor {
+        let n: i64 = shape.iter().product();
+        let len = n.max(0) as usize * dtype.size();
+        HostTensor::new(dtype, shape, &vec![0u8; len], offset)
+    }
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.offset..]
+    }
+    fn raw(&mut self) -> abi::Tensor {
+        let bytes = self.buf.len() - self.offset;
+        abi::Tensor {
+            dtype: self.dtype,
+            memory: abi::MemoryKind::Host,
+            rank: self.shape.len() as u32,
+            shape: self.shape.as_ptr(),
+            // SAFETY: within the buffer (an offset of at most its length).
+            data: unsafe { self.buf.as_mut_ptr().add(self.offset) }.cast(),
+            bytes,
+        }
+    }
+}
+
+pub struct Instance<'p> {
+    plugin: &'p Plugin,
+    version: *mut c_void,
+    instance: *mut c_void,
+}
+
+impl Instance<'_> {
+    /// Runs one op; the output's shape and dtype are set by the caller.
+    pub fn execute(
+        &self,
+        op: OpKind,
+        params: &OpParams,
+        inputs: &mut [HostTensor],
+        output: &mut HostTensor,
+    ) -> Result<ExecStats, CallError> {
+        let t = self.plugin.table();
+        let raw_in: Vec<abi::Tensor> = inputs.iter_mut().map(HostTensor::raw).collect();
+        let mut raw_out = output.raw();
+        let mut stats = ExecStats::default();
+        let exec = t.execute.expect("checked at load");
+        // SAFETY: all pointers live across the call; per the header.
+        let e = unsafe { exec(self.instance, op, params, raw_in.as_ptr(), raw_in.len(), &mut raw_out, &mut stats) };
+        match take_error(t, e) {
+            Some(err) => Err(err),
+            None => Ok(stats),
+        }
+    }
+}
+
+impl Drop for Instance<'_> {
+    fn drop(&mut self) {
+        let t = self.plugin.table();
+        // SAFETY: handles from instance_init / version_init, not used after.
+        unsafe {
+            if let Some(f) = t.instance_fini {
+                f(self.instance);
+            }
+            if let Some(f) = t.version_fini {
+                f(self.version);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(version: u32, execute: bool) -> PluginApi {
+        unsafe extern "C" fn exec(
+            _: *mut c_void,
+            _: OpKind,
+            _: *const OpParams,
+            _: *const abi::Tensor,
+            _: usize,
+            _: *mut abi::Tensor,
+            _: *mut ExecStats,
+        ) -> *mut abi::Error {
+            std::ptr::null_mut()
+        }
+        unsafe extern "C" fn free(_: *mut abi::Error) {}
+        PluginApi {
+            abi_version: version,
+            name: std::ptr::null(),
+            description: std::ptr::null(),
+            initialize: None,
+            capabilities: None,
+            version_init: None,
+            instance_init: None,
+            execute: if execute { Some(exec) } else { None },
+            instance_fini: None,
+            version_fini: None,
+            finalize: None,
+            error_free: Some(free),
+        }
+    }
+
+    #[test]
+    fn the_handshake_refuses_other_majors_newer_minors_and_no_execute() {
+        assert!(check_table(&table(abi::ABI_VERSION, true), "p.so").is_ok());
+        let newer_major = check_table(&table(2 << 16, true), "p.so").unwrap_err().to_string();
+        assert!(
+            newer_major.contains("built for plugin ABI 2.0") && newer_major.contains("speaks 1.0"),
+            "{newer_major}"
+        );
+        assert!(check_table(&table((1 << 16) | 1, true), "p.so").is_err(), "a newer minor");
+        assert!(check_table(&table(0, true), "p.so").is_err(), "major 0");
+        let no_exec = check_table(&table(abi::ABI_VERSION, false), "p.so").unwrap_err().to_string();
+        assert!(no_exec.contains("no execute"), "{no_exec}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_plugin_is_refused_with_a_message() {
+        let dir = std::env::temp_dir().join(format!("ws-plugin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("junk.so");
+        std::fs::write(&p, b"not an ELF file").unwrap();
+        let e = Plugin::load(&p, "").err().expect("refused").to_string();
+        assert!(e.contains("cannot be loaded as a shared library"), "{e}");
+        let missing = Plugin::load(&dir.join("nope.so"), "").err().expect("refused").to_string();
+        assert!(missing.contains("nope.so"), "{missing}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
