@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// The peers' scripts (run.sh).
     #[arg(long, default_value = "../shared/peers")]
     pub peers_scripts: PathBuf,
+    /// A device plugin (e.g. target/release/libwasmscore_fpga_sim.so):
+    /// call overhead through the ABI against a direct Rust call, and its
+    /// cycle counts by shape.
+    #[arg(long)]
+    pub plugin: Option<PathBuf>,
 }
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -164,6 +169,76 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if args.scaling_rounds > 0 {
         scaling(&args)?;
         cold_starts(&args)?;
+    }
+    if let Some(p) = &args.plugin {
+        plugin(p, args.iterations)?;
+    }
+    Ok(())
+}
+
+/// Device plugin figures: the ABI's cost per call for small int8 matmuls
+/// (through dlopen'd execute vs calling the same Rust function directly),
+/// and fpga-sim's cycle counts by shape.
+fn plugin(path: &Path, iterations: u32) -> Result<()> {
+    use wasmscore_device_plugin::{HostTensor, Plugin};
+    use wasmscore_plugin_sdk::abi::{DType, OpKind, OpParams};
+    let p = Plugin::load(path, "{}")?;
+    let inst = p.instance("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!(
+        "\n| plugin {}: int8 matmul | through the ABI (p50) | direct Rust call (p50) | ABI overhead |\n| --- | --- | --- | --- |",
+        p.name
+    );
+    for (m, k, n) in [(1usize, 1usize, 1usize), (4, 4, 4), (16, 16, 16), (64, 64, 64)] {
+        let a: Vec<u8> = (0..m * k).map(|i| (i % 7) as u8).collect();
+        let b: Vec<u8> = (0..k * n).map(|i| (i % 5) as u8).collect();
+        let mut inputs = vec![
+            HostTensor::new(DType::Int8, vec![m as i64, k as i64], &a, 0),
+            HostTensor::new(DType::Int8, vec![k as i64, n as i64], &b, 0),
+        ];
+        let mut out = HostTensor::zeros(DType::Int32, vec![m as i64, n as i64], 0);
+        let params = OpParams::default();
+        let n_iter = if m >= 64 { iterations / 20 } else { iterations }.max(100);
+        let via = measure(n_iter, || {
+            inst.execute(OpKind::MatMul, &params, &mut inputs, &mut out).expect("execute");
+        });
+        let ai: Vec<i32> = a.iter().map(|x| i32::from(*x as i8)).collect();
+        let bi: Vec<i32> = b.iter().map(|x| i32::from(*x as i8)).collect();
+        let direct = measure(n_iter, || {
+            std::hint::black_box(wasmscore_fpga_sim::systolic_matmul(&ai, &bi, m, k, n));
+        });
+        let ns = |d: Duration| format!("{} ns", d.as_nanos());
+        println!(
+            "| {m}x{k}x{n} | {} | {} | {} |",
+            ns(via.p50),
+            ns(direct.p50),
+            ns(via.p50.saturating_sub(direct.p50))
+        );
+    }
+    println!(
+        "\n| fpga-sim (a simulator), int8 matmul | cycles | MACs | array utilization (MACs / (cycles x 256)) |\n| --- | --- | --- | --- |"
+    );
+    for (m, k, n) in [
+        (1usize, 16usize, 16usize),
+        (16, 16, 16),
+        (64, 64, 64),
+        (128, 256, 64),
+        (256, 256, 256),
+        (17, 33, 15),
+    ] {
+        let mut inputs = vec![
+            HostTensor::zeros(DType::Int8, vec![m as i64, k as i64], 0),
+            HostTensor::zeros(DType::Int8, vec![k as i64, n as i64], 0),
+        ];
+        let mut out = HostTensor::zeros(DType::Int32, vec![m as i64, n as i64], 0);
+        let st = inst
+            .execute(OpKind::MatMul, &OpParams::default(), &mut inputs, &mut out)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let macs = (m * k * n) as u64;
+        println!(
+            "| {m}x{k}x{n} | {} | {macs} | {:.1}% |",
+            st.device_cycles,
+            100.0 * macs as f64 / (st.device_cycles.max(1) as f64 * 256.0)
+        );
     }
     Ok(())
 }
