@@ -17,28 +17,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Start the local system (control plane, router, replicas) on 127.0.0.1:PORT.
-    Up {
-        #[arg(long)]
-        data_dir: PathBuf,
-        #[arg(long, default_value_t = 8080)]
-        port: u16,
-        /// Where compiled modules are cached (default: DATA_DIR/cache).
-        #[arg(long)]
-        cache_dir: Option<PathBuf>,
-        /// Largest scoring request body in bytes (default 100 MB, as Azure ML).
-        #[arg(long, default_value_t = 100_000_000)]
-        max_body_bytes: usize,
-        /// CPU cores that replicas' cpu_cores are counted against when the
-        /// autoscaler adds replicas (default: this machine's cores).
-        #[arg(long)]
-        cpu_capacity: Option<f64>,
-        /// GB that replicas' memory_gb are counted against (default: this
-        /// machine's memory).
-        #[arg(long)]
-        memory_capacity_gb: Option<f64>,
-        #[command(flatten)]
-        edge: up::EdgeArgs,
-    },
+    Up(up::UpArgs),
     /// Build a scoring module: SRC is a score.py or a Rust crate directory.
     Build {
         src: PathBuf,
@@ -104,23 +83,7 @@ pub enum PluginCommand {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Up {
-            data_dir,
-            port,
-            cache_dir,
-            max_body_bytes,
-            cpu_capacity,
-            memory_capacity_gb,
-            edge,
-        } => up::run(up::UpArgs {
-            data_dir,
-            port,
-            cache_dir,
-            max_body_bytes,
-            cpu_capacity,
-            memory_capacity_gb,
-            edge,
-        }),
+        Command::Up(args) => up::run(args),
         Command::Build { src, output } => {
             let info = build::build(&src, &output)?;
             println!("built {} ({} bytes) from {}", output.display(), info, src.display());

@@ -11,13 +11,27 @@ use wasmscore_router::Router;
 use wasmscore_server::ServerConfig;
 use wasmscore_tensor::Devices;
 
+#[derive(clap::Args)]
 pub struct UpArgs {
+    #[arg(long)]
     pub data_dir: PathBuf,
+    #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Where compiled modules are cached (default: DATA_DIR/cache).
+    #[arg(long)]
     pub cache_dir: Option<PathBuf>,
+    /// Largest scoring request body in bytes (default 100 MB, as Azure ML).
+    #[arg(long, default_value_t = 100_000_000)]
     pub max_body_bytes: usize,
+    /// CPU cores that replicas' cpu_cores are counted against when the
+    /// autoscaler adds replicas (default: this machine's cores).
+    #[arg(long)]
     pub cpu_capacity: Option<f64>,
+    /// GB that replicas' memory_gb are counted against (default: this
+    /// machine's memory).
+    #[arg(long)]
     pub memory_capacity_gb: Option<f64>,
+    #[command(flatten)]
     pub edge: EdgeArgs,
 }
 
