@@ -10,4 +10,7 @@ if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxrunti
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
 cargo build --release -p wasmscore-cli
+# The CUDA device is behind a feature: compile it and run its tests, which
+# say SKIPPED and why on a machine without a GPU.
+cargo test --release -p wasmscore-device-ort --features cuda -- --nocapture
 cargo test --release --workspace "$@"

@@ -8,8 +8,9 @@
 //! are quantized at its boundary (symmetric per-tensor scale to int8, round
 //! half away from zero), computed in int8 and dequantized. Deterministic.
 //! Each op reports a cycle count from the array's dataflow (weight load,
-//! fill, stream, drain, and the quantizer's 16-wide vector passes) as its
-//! device time.
+//! fill, stream, drain, and the quantizer's 16-wide vector passes), and
+//! that count at the simulated fabric clock (`clock_mhz` in its config,
+//! default 250 MHz) as its device time.
 
 use wasmscore_plugin_sdk::{export_plugin, Capability, DType, OpKind, OpParams, Plugin, PluginError, Stats, TensorMut, TensorRef};
 
@@ -18,14 +19,35 @@ pub const ARRAY: usize = 16;
 /// Largest dimension it takes (its on-chip buffers, as a real part would say).
 pub const MAX_DIM: i64 = 4096;
 
-pub struct FpgaSim;
+/// The simulated fabric clock unless the config names one.
+pub const DEFAULT_CLOCK_MHZ: u64 = 250;
+
+pub struct FpgaSim {
+    clock_mhz: u64,
+}
+
+/// `{"clock_mhz": N}` (1..=1000); anything else in the config is refused.
+fn clock_from_config(config: &str) -> Result<u64, PluginError> {
+    let t: String = config.chars().filter(|c| !c.is_whitespace()).collect();
+    if t.is_empty() || t == "{}" {
+        return Ok(DEFAULT_CLOCK_MHZ);
+    }
+    let n = t
+        .strip_prefix("{\"clock_mhz\":")
+        .and_then(|r| r.strip_suffix('}'))
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|n| (1..=1000).contains(n));
+    n.ok_or_else(|| PluginError::invalid(format!("fpga-sim's config is {{\"clock_mhz\": 1..=1000}}, got {config}")))
+}
 
 impl Plugin for FpgaSim {
     const NAME: &'static str = "fpga-sim";
     const DESCRIPTION: &'static str = "simulated FPGA: 16x16 int8/int16 systolic array, float32 quantized to int8 at the boundary";
 
-    fn initialize(_config_json: &str) -> Result<Self, PluginError> {
-        Ok(FpgaSim)
+    fn initialize(config_json: &str) -> Result<Self, PluginError> {
+        Ok(FpgaSim {
+            clock_mhz: clock_from_config(config_json)?,
+        })
     }
 
     fn capabilities(&self) -> Vec<Capability> {
@@ -41,11 +63,13 @@ impl Plugin for FpgaSim {
     }
 
     fn execute(&self, op: OpKind, params: &OpParams, inputs: &[TensorRef<'_>], out: &mut TensorMut<'_>) -> Result<Stats, PluginError> {
-        match op {
+        let mut stats = match op {
             OpKind::MatMul => matmul_op(inputs, out),
             OpKind::Gemm => gemm_op(params, inputs, out),
             OpKind::Conv2d => conv_op(params, inputs, out),
-        }
+        }?;
+        stats.device_ns = stats.device_cycles * 1000 / self.clock_mhz;
+        Ok(stats)
     }
 }
 
@@ -361,6 +385,44 @@ fn conv_op(p: &OpParams, inputs: &[TensorRef<'_>], out: &mut TensorMut<'_>) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clock_comes_from_the_config() {
+        assert_eq!(clock_from_config("{}").unwrap(), DEFAULT_CLOCK_MHZ);
+        assert_eq!(clock_from_config("").unwrap(), DEFAULT_CLOCK_MHZ);
+        assert_eq!(clock_from_config("{ \"clock_mhz\": 500 }").unwrap(), 500);
+        for bad in ["{\"clock_mhz\": 0}", "{\"clock\": 5}", "nonsense"] {
+            assert!(clock_from_config(bad).is_err(), "{bad}");
+        }
+        let sim = FpgaSim::initialize("{\"clock_mhz\": 100}").unwrap();
+        let a = [1u8; 16 * 16];
+        let mut out = [0u8; 16 * 16 * 4];
+        let stats = sim
+            .execute(
+                OpKind::MatMul,
+                &OpParams::default(),
+                &[
+                    TensorRef {
+                        dtype: DType::Int8,
+                        shape: &[16, 16],
+                        bytes: &a,
+                    },
+                    TensorRef {
+                        dtype: DType::Int8,
+                        shape: &[16, 16],
+                        bytes: &a,
+                    },
+                ],
+                &mut TensorMut {
+                    dtype: DType::Int32,
+                    shape: &[16, 16],
+                    bytes: &mut out,
+                },
+            )
+            .unwrap();
+        assert!(stats.device_cycles > 0);
+        assert_eq!(stats.device_ns, stats.device_cycles * 10, "100 MHz: 10 ns a cycle");
+    }
 
     /// The straightforward reference: three loops, int32 wrapping.
     fn reference(a: &[i32], b: &[i32], m: usize, k: usize, n: usize) -> Vec<i32> {

@@ -112,7 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     );
 
     let mut devices = Devices::new();
-    devices.add(cpu.clone());
+    devices.add(cpu.clone()).map_err(anyhow::Error::msg)?;
     for spec in &args.modules {
         let (name, path) = spec.split_once('=').unwrap_or(("module", spec.as_str()));
         let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
@@ -182,8 +182,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
 fn plugin(path: &Path, iterations: u32) -> Result<()> {
     use wasmscore_device_plugin::{HostTensor, Plugin};
     use wasmscore_plugin_sdk::abi::{DType, OpKind, OpParams};
-    let p = Plugin::load(path, "{}")?;
-    let inst = p.instance("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
+    let p = std::sync::Arc::new(Plugin::load(path, "{}")?);
+    let mut inst = p.instance("bench").map_err(|e| anyhow::anyhow!("{e}"))?;
     println!(
         "\n| plugin {}: int8 matmul | through the ABI (p50) | direct Rust call (p50) | ABI overhead |\n| --- | --- | --- | --- |",
         p.name

@@ -56,6 +56,15 @@ pub enum Command {
     },
     /// Measure the request path piece by piece (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
+    /// The devices a running `up` has (cpu, cuda, plugins) and the ones it
+    /// has not, with why.
+    Devices {
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Print the JSON as the admin API returns it.
+        #[arg(long)]
+        json: bool,
+    },
     /// Device plugins (plugins/abi): check one against the CPU reference.
     Plugin {
         #[command(subcommand)]
@@ -99,10 +108,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Endpoint { command } => manage::endpoint(command),
         Command::Version { command } => manage::version(command),
         Command::Bench(args) => bench::run(args),
+        Command::Devices { data_dir, json } => manage::devices(&data_dir, json),
         Command::Plugin {
             command: PluginCommand::Check { path, tolerance, config },
         } => {
-            let plugin = wasmscore_device_plugin::Plugin::load(&path, &config)?;
+            let plugin = std::sync::Arc::new(wasmscore_device_plugin::Plugin::load(&path, &config)?);
             println!("{}: {}", plugin.name, plugin.description);
             let report = wasmscore_device_plugin::check::check(&plugin, tolerance);
             print!("{}", report.table());

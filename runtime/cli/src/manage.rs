@@ -706,6 +706,7 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
                 }
             );
         }
+        print_devices(&ver["devices"]);
     }
     println!("scoring URL: {base}/api/v1/service/{name}/score");
     println!(
@@ -717,5 +718,75 @@ fn print_service(v: &Value, base: &str, json: bool) -> Result<()> {
             _ => "?".to_string(),
         }
     );
+    Ok(())
+}
+
+/// A version's device line and its usage per device.
+fn print_devices(d: &Value) {
+    if d.is_null() {
+        return;
+    }
+    let mut line = format!("    device {}", d["ops"].as_str().unwrap_or("?"));
+    if d["asked"] != d["ops"] {
+        line += &format!(" (asked for {})", d["asked"].as_str().unwrap_or("?"));
+    }
+    if d["models"] != d["ops"] {
+        line += &format!(", models on {}", d["models"].as_str().unwrap_or("?"));
+    }
+    if let Some(fb) = d["fallback"].as_str() {
+        line += &format!(", fallback {fb}");
+    }
+    println!("{line}");
+    for u in d["usage"].as_array().into_iter().flatten() {
+        let mut parts = vec![format!(
+            "{} ops ({} failed), device time {:.3} ms, wall {:.3} ms",
+            u["op_calls"],
+            u["op_errors"],
+            u["device_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+            u["op_wall_seconds"].as_f64().unwrap_or(0.0) * 1e3
+        )];
+        if u["device_cycles"].as_u64().unwrap_or(0) > 0 {
+            parts.push(format!("{} cycles", u["device_cycles"]));
+        }
+        if u["fell_back"].as_u64().unwrap_or(0) > 0 {
+            parts.push(format!("{} ops sent to the fallback", u["fell_back"]));
+        }
+        if u["inference_calls"].as_u64().unwrap_or(0) > 0 {
+            parts.push(format!(
+                "{} model runs, {:.3} ms",
+                u["inference_calls"],
+                u["inference_wall_seconds"].as_f64().unwrap_or(0.0) * 1e3
+            ));
+        }
+        println!("      on {}: {}", u["device"].as_str().unwrap_or("?"), parts.join(", "));
+    }
+    for note in d["fallbacks_at_deploy"].as_array().into_iter().flatten() {
+        println!("      fallback at deploy: {}", note.as_str().unwrap_or(""));
+    }
+}
+
+/// `wasmscore devices`.
+pub fn devices(data_dir: &Path, json: bool) -> Result<()> {
+    let v = Client::from_data_dir(data_dir)?.get("/admin/v1/devices")?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    for d in v["devices"].as_array().into_iter().flatten() {
+        println!(
+            "{:<12} {:<7} {}",
+            d["name"].as_str().unwrap_or(""),
+            d["kind"].as_str().unwrap_or(""),
+            d["description"].as_str().unwrap_or("")
+        );
+    }
+    for d in v["unavailable"].as_array().into_iter().flatten() {
+        println!(
+            "{:<12} {:<7} not available: {}",
+            d["name"].as_str().unwrap_or(""),
+            "-",
+            d["why"].as_str().unwrap_or("")
+        );
+    }
     Ok(())
 }

@@ -31,6 +31,11 @@ pub struct UpArgs {
     /// machine's memory).
     #[arg(long)]
     pub memory_capacity_gb: Option<f64>,
+    /// Load every device plugin (*.so) in this directory; NAME.json beside
+    /// NAME.so is its config. One that fails to load is refused with a
+    /// message and the rest load.
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -65,6 +70,40 @@ pub struct EdgeArgs {
     pub max_header_bytes: usize,
 }
 
+/// The devices: the CPU (ONNX Runtime must load), CUDA when this build
+/// has it and the machine a GPU, and the plugins in --plugin-dir. A device
+/// that is not there is recorded with why, so a version asking for it is
+/// refused with that reason.
+fn devices(args: &UpArgs) -> Result<Devices> {
+    let mut devices = Devices::new();
+    let ort_library = wasmscore_device_ort::find_onnxruntime()?;
+    let cpu = Arc::new(OrtCpu::new(&ort_library)?);
+    devices.add(cpu.clone()).map_err(anyhow::Error::msg)?;
+    match wasmscore_device_ort::cuda::discover(&cpu, &ort_library) {
+        Ok(cuda) => {
+            tracing::info!(device = "cuda", "{}", cuda.description());
+            devices.add(cuda).map_err(anyhow::Error::msg)?;
+        }
+        Err(why) => {
+            tracing::info!("no cuda device: {why}");
+            devices.mark_unavailable("cuda", why);
+        }
+    }
+    if let Some(dir) = &args.plugin_dir {
+        match wasmscore_device_plugin::load_dir(dir, &mut devices) {
+            Ok(l) => tracing::info!(
+                loaded = l.loaded.len(),
+                refused = l.refused.len(),
+                dir = %dir.display(),
+                "device plugins"
+            ),
+            // The host serves without them; versions asking for one are refused with this.
+            Err(e) => tracing::error!("{e}; no device plugins loaded"),
+        }
+    }
+    Ok(devices)
+}
+
 /// The admin token: made at first start, kept in DATA_DIR/admin.token (0600).
 pub fn admin_token(data_dir: &Path) -> Result<String> {
     use std::io::Write;
@@ -94,9 +133,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         .init();
     std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
     let token = admin_token(&args.data_dir)?;
-    let cpu = OrtCpu::discover()?;
-    let mut devices = Devices::new();
-    devices.add(Arc::new(cpu));
+    let devices = devices(&args)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
     let router = Arc::new(Router::new());

@@ -18,6 +18,7 @@
 //! PUT    endpoints/E/versions/V {...}        create or replace (what `deploy` does)
 //! DELETE endpoints/E/versions/V[?new_default=W]
 //! GET    endpoints/E/logs  GET endpoints/E/versions/V/logs
+//! GET    devices                             {devices: [...], unavailable: [{name, why}]}
 //! ```
 
 use std::sync::Arc;
@@ -129,6 +130,7 @@ impl Control {
             ("GET", ["models", id]) => ok(serde_json::to_value(self.model(id)?).expect("serializes")),
             ("DELETE", ["models", id]) => ok(self.delete_model(id)?),
             ("GET", ["endpoints"]) => ok(self.list()),
+            ("GET", ["devices"]) => ok(self.devices_json()),
             ("POST", ["endpoints"]) => {
                 let c: CreateEndpoint = parse("endpoint", body)?;
                 let auth = AuthSettings {

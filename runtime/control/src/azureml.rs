@@ -42,7 +42,7 @@ pub fn is_azureml_deployment(v: &Value) -> bool {
     })
 }
 
-const NO_GPU: &str = "this build has no GPU device; versions run on the CPU";
+const GPU_IN_DEPLOYMENT: &str = "the GPU is the deployment config's: gpu_cores (or gpuCores) > 0 runs the version on device cuda";
 
 fn as_u64(v: &Value) -> Option<u64> {
     v.as_u64()
@@ -79,7 +79,7 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
                     let name = format!("{k}.{rk}");
                     match rk.as_str() {
                         "memoryInGB" if !rv.is_null() => put(&mut m, &name, "memory_gb", rv.clone()),
-                        "gpu" if as_u64(rv).unwrap_or(0) > 0 => m.ignored.push(format!("{name}: {NO_GPU}")),
+                        "gpu" if as_u64(rv).unwrap_or(0) > 0 => put(&mut m, &name, "gpu_cores", rv.clone()),
                         "cpu" if !rv.is_null() => put(&mut m, &name, "cpu_cores", rv.clone()),
                         "cpuLimit" | "cpu_limit" => m.ignored.push(format!(
                             "{name}: no CPU limit per replica; cpu is what a replica asks of the machine's capacity"
@@ -153,7 +153,7 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
             "keys" => m
                 .ignored
                 .push(format!("{k}: give primaryKey and secondaryKey, or let wasmscore generate them")),
-            "gpuCores" if as_u64(val).unwrap_or(0) > 0 => m.ignored.push(format!("{k}: {NO_GPU}")),
+            "gpuCores" if as_u64(val).unwrap_or(0) > 0 => put(&mut m, k, "gpu_cores", val.clone()),
             "cpuCores" | "cpu" if !val.is_null() => put(&mut m, k, "cpu_cores", val.clone()),
             "appInsightsEnabled" | "enableAppInsights" => m
                 .ignored
@@ -197,7 +197,7 @@ pub fn map_inference(v: &Value) -> Result<MappedInference, String> {
                     ))
                 }
             }
-            "enableGpu" if val.as_bool() == Some(true) => m.ignored.push(format!("{k}: {NO_GPU}")),
+            "enableGpu" if val.as_bool() == Some(true) => m.ignored.push(format!("{k}: {GPU_IN_DEPLOYMENT}")),
             "enableGpu" | "description" | "schemaFile" | "dependencies" | "sourceDirectoryName" => {}
             _ if val.is_null() => {}
             _ => m.ignored.push(format!("{k}: not a field wasmscore knows")),

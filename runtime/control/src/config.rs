@@ -74,6 +74,18 @@ pub struct DeploymentConfig {
     /// Sandbox grant: clocks at full resolution (default: 1 ms steps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub precise_clocks: Option<bool>,
+    /// Where the version's tensor work runs: "cpu" (default), "cuda", or a
+    /// loaded device plugin's name ("fpga-sim").
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// GPUs per replica (Azure ML's gpu_cores); more than 0 means device "cuda".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu_cores: Option<u32>,
+    /// Where work goes that the version's device cannot take ("cpu"): a
+    /// device this host does not have, an op or a model a plugin does not
+    /// run. Logged and counted. None (the default): such work fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_fallback: Option<String>,
 }
 
 /// Resolved settings.
@@ -92,6 +104,10 @@ pub struct Resolved {
     pub memory_gb: f64,
     /// What the module may reach through WASI.
     pub sandbox: Sandbox,
+    /// The device the version asks for ("cpu", "cuda", a plugin's name).
+    pub device: String,
+    /// Where work goes that `device` cannot take; none: it fails.
+    pub fallback: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -238,6 +254,7 @@ impl DeploymentConfig {
         if conc == 0 || conc > 64 {
             return bad(format!("replica_max_concurrent_requests must be in 1..=64, got {conc}"));
         }
+        let (device, fallback) = self.device()?;
         let wait = self.max_request_wait_time.unwrap_or(500);
         if wait > 600_000 {
             return bad(format!("max_request_wait_time must be at most 600000 ms, got {wait}"));
@@ -256,7 +273,41 @@ impl DeploymentConfig {
             cpu_cores,
             memory_gb,
             sandbox,
+            device,
+            fallback,
         })
+    }
+
+    fn device(&self) -> Result<(String, Option<String>), ControlError> {
+        let bad = |m: String| Err(ControlError::BadRequest(format!("deployment config: {m}")));
+        let gpus = self.gpu_cores.unwrap_or(0);
+        if gpus > 16 {
+            return bad(format!("gpu_cores must be in 0..=16, got {gpus}"));
+        }
+        let device = match (self.device.as_deref(), gpus) {
+            (None, 0) => "cpu".to_string(),
+            (None, _) => "cuda".to_string(),
+            (Some(d), 0) => d.to_string(),
+            (Some("cuda"), _) => "cuda".to_string(),
+            (Some(d), g) => return bad(format!("gpu_cores {g} asks for device cuda, but device is {d:?}; give one of them")),
+        };
+        let name_ok = !device.is_empty() && device.len() <= 64 && device.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !name_ok {
+            return bad(format!(
+                "device {device:?} must be \"cpu\", \"cuda\" or a device plugin's name (letters, digits, '-', '_')"
+            ));
+        }
+        let fallback = match self.device_fallback.as_deref() {
+            None => None,
+            Some("cpu") if device == "cpu" => return bad("device_fallback \"cpu\" on a cpu version falls back to itself".into()),
+            Some("cpu") => Some("cpu".to_string()),
+            Some(other) => {
+                return bad(format!(
+                    "device_fallback may only be \"cpu\" (the device that runs every op and model), got {other:?}"
+                ))
+            }
+        };
+        Ok((device, fallback))
     }
 }
 
@@ -277,6 +328,58 @@ mod tests {
         assert_eq!((r.cpu_cores, r.memory_gb), (0.1, 0.5));
         assert_eq!(r.probes.period, Duration::from_secs(10));
         assert_eq!((r.probes.success_threshold, r.probes.failure_threshold), (1, 3));
+    }
+
+    #[test]
+    fn the_device_comes_from_device_or_gpu_cores() {
+        let dev = |c: DeploymentConfig| c.resolve().map(|r| (r.device, r.fallback));
+        assert_eq!(dev(DeploymentConfig::default()).unwrap(), ("cpu".into(), None));
+        let gpu = DeploymentConfig {
+            gpu_cores: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(dev(gpu).unwrap(), ("cuda".into(), None));
+        let plugin = DeploymentConfig {
+            device: Some("fpga-sim".into()),
+            device_fallback: Some("cpu".into()),
+            ..Default::default()
+        };
+        assert_eq!(dev(plugin).unwrap(), ("fpga-sim".into(), Some("cpu".into())));
+        for (bad, says) in [
+            (
+                DeploymentConfig {
+                    device: Some("fpga-sim".into()),
+                    gpu_cores: Some(1),
+                    ..Default::default()
+                },
+                "give one of them",
+            ),
+            (
+                DeploymentConfig {
+                    device_fallback: Some("cpu".into()),
+                    ..Default::default()
+                },
+                "falls back to itself",
+            ),
+            (
+                DeploymentConfig {
+                    device: Some("cuda".into()),
+                    device_fallback: Some("fpga-sim".into()),
+                    ..Default::default()
+                },
+                "may only be",
+            ),
+            (
+                DeploymentConfig {
+                    device: Some("../x".into()),
+                    ..Default::default()
+                },
+                "device plugin's name",
+            ),
+        ] {
+            let e = dev(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@ use wasmscore_replica::Pool;
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::{Devices, Model};
 
-use crate::config::DeploymentConfig;
+use crate::config::{DeploymentConfig, Resolved};
 use crate::monitor::{Capacity, VersionMonitor};
 use crate::rollout::Inner;
 use crate::store::Store;
@@ -68,6 +68,8 @@ pub(crate) struct Built {
     pub deploy_ms: u64,
     /// Its autoscaler and health (monitor.rs).
     pub monitor: VersionMonitor,
+    /// Where it runs.
+    pub placement: Placement,
 }
 
 /// A build that failed, with the module's context if it got that far (its
@@ -75,6 +77,34 @@ pub(crate) struct Built {
 pub(crate) struct BuildFailure {
     pub message: String,
     pub ctx: Option<Arc<VersionContext>>,
+}
+
+/// Where a version runs, as `show` tells it.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    /// What its config asked for.
+    pub asked: String,
+    /// Where its ops go by default.
+    pub device: String,
+    /// Where its models' sessions are.
+    pub model_device: String,
+    /// Fallbacks taken at deploy time, each logged.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug)]
+enum SessionError {
+    /// The device runs no models (a plugin).
+    Unsupported(String),
+    Other(String),
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Unsupported(m) | SessionError::Other(m) => f.write_str(m),
+        }
+    }
 }
 
 /// The control plane.
@@ -180,18 +210,19 @@ impl Control {
         std::fs::read(self.blob_path(sha)?).map_err(|e| ControlError::BadRequest(format!("{what}: blob {sha} was not uploaded ({e})")))
     }
 
-    fn session(&self, model: &ModelRef, device: &str) -> Result<Arc<dyn Model>, String> {
+    fn session(&self, model: &ModelRef, device: &str) -> Result<Arc<dyn Model>, SessionError> {
         let key = (model.sha256.clone(), device.to_string());
         if let Some(s) = lock(&self.sessions).get(&key) {
             return Ok(s.clone());
         }
         let bytes = self
             .read_blob(&model.sha256, &format!("model file {}", model.file))
-            .map_err(|e| e.to_string())?;
-        let dev = self.devices.get(device).map_err(|e| e.to_string())?;
-        let session = dev
-            .load_model(&model.file, &bytes)
-            .map_err(|e| format!("model file {} is not a usable ONNX model: {e}", model.file))?;
+            .map_err(|e| SessionError::Other(e.to_string()))?;
+        let dev = self.devices.get(device).map_err(|e| SessionError::Other(e.to_string()))?;
+        let session = dev.load_model(&model.file, &bytes).map_err(|e| match e {
+            wasmscore_tensor::TensorError::Unsupported(m) => SessionError::Unsupported(m),
+            e => SessionError::Other(format!("model file {} is not a usable ONNX model: {e}", model.file)),
+        })?;
         lock(&self.sessions).insert(key, session.clone());
         Ok(session)
     }
@@ -216,7 +247,10 @@ impl Control {
     /// Checks what can be checked before a version is acknowledged: its
     /// config resolves, its blobs were uploaded, its model names are sane.
     pub(crate) fn validate(&self, spec: &VersionSpec) -> Result<(), ControlError> {
-        DeploymentConfig::parse(&spec.config)?.resolve()?;
+        let resolved = DeploymentConfig::parse(&spec.config)?.resolve()?;
+        // A device this host has not is refused before the version is
+        // acknowledged (a restart without it fails the build instead).
+        self.place(&resolved).map_err(ControlError::DeployFailed)?;
         let module_name = display_name(spec);
         self.blob_size(&spec.module, &format!("module {module_name}"))?;
         if spec.models.len() > MAX_MODELS {
@@ -250,18 +284,45 @@ impl Control {
         let module_name = display_name(spec);
         phase(format!("loading module {module_name}"));
         let (pre, component, load_ms) = self.compile(&spec.module, &module_name).map_err(fail)?;
-        let device = "cpu";
+        let placed = self.place(&resolved).map_err(fail)?;
+        let mut notes = placed.notes.clone();
+        let mut model_device = placed.device.clone();
         let mut models = HashMap::new();
         if !spec.models.is_empty() {
-            phase(format!("loading {} model(s) on {device}", spec.models.len()));
+            phase(format!("loading {} model(s) on {}", spec.models.len(), placed.device));
         }
         for m in &spec.models {
-            models.insert(m.file.clone(), self.session(m, device).map_err(fail)?);
+            let session = match self.session(m, &model_device) {
+                Err(SessionError::Unsupported(why)) if resolved.fallback.is_some() => {
+                    let fb = resolved.fallback.clone().unwrap_or_default();
+                    notes.push(format!("model {} runs on {fb} (device_fallback): {why}", m.file));
+                    model_device = fb;
+                    self.session(m, &model_device)
+                }
+                Err(SessionError::Unsupported(why)) => Err(SessionError::Other(format!(
+                    "{why}; run the model through the ops import, or set device_fallback: \"cpu\" to run models on the CPU (logged and counted)"
+                ))),
+                other => other,
+            };
+            models.insert(m.file.clone(), session.map_err(|e| fail(e.to_string()))?);
         }
+        // Models that loaded before one fell back stay where they are; they
+        // are sessions on the version's device.
         let ctx = Arc::new(
-            VersionContext::new(endpoint, version, models, self.devices.clone(), device, resolved.memory_limit)
-                .with_sandbox(resolved.sandbox.clone()),
+            VersionContext::new(
+                endpoint,
+                version,
+                models,
+                self.devices.clone(),
+                &placed.device,
+                resolved.memory_limit,
+            )
+            .with_devices(&model_device, resolved.fallback.as_deref())
+            .with_sandbox(resolved.sandbox.clone()),
         );
+        for note in &notes {
+            ctx.log("warn", note.clone());
+        }
         let prepared = Prepared::new(pre, ctx.clone(), resolved.timeout, INIT_TIMEOUT);
         phase(format!(
             "starting {} replica(s) x {} instance(s): init()",
@@ -281,7 +342,56 @@ impl Control {
             load_ms,
             deploy_ms: started.elapsed().as_millis() as u64,
             monitor: VersionMonitor::new(resolved, Instant::now()),
+            placement: Placement {
+                asked: placed.asked,
+                device: placed.device,
+                model_device,
+                notes,
+            },
         })
+    }
+
+    /// Where a version's work runs: the device it asked for, or its
+    /// fallback (with a note) when this host does not have that device.
+    pub(crate) fn place(&self, resolved: &Resolved) -> Result<Placement, String> {
+        let asked = resolved.device.clone();
+        match (self.devices.get(&asked), &resolved.fallback) {
+            (Ok(_), _) => Ok(Placement {
+                model_device: asked.clone(),
+                device: asked.clone(),
+                asked,
+                notes: Vec::new(),
+            }),
+            (Err(e), Some(fb)) => {
+                let note = format!("{e}; running on {fb} instead (device_fallback)");
+                tracing::warn!("{note}");
+                Ok(Placement {
+                    model_device: fb.clone(),
+                    device: fb.clone(),
+                    asked,
+                    notes: vec![note],
+                })
+            }
+            (Err(e), None) => Err(format!(
+                "{e}. Nothing falls back on its own: set device_fallback: \"cpu\" to run this version on the CPU instead (logged and counted)"
+            )),
+        }
+    }
+
+    /// The devices this host has and the ones it has not, with why.
+    pub fn devices_json(&self) -> serde_json::Value {
+        let have: Vec<serde_json::Value> = self
+            .devices
+            .all()
+            .map(|d| serde_json::json!({"name": d.name(), "kind": d.kind().as_str(), "description": d.description()}))
+            .collect();
+        let missing: Vec<serde_json::Value> = self
+            .devices
+            .unavailable()
+            .iter()
+            .map(|(n, why)| serde_json::json!({"name": n, "why": why}))
+            .collect();
+        serde_json::json!({"devices": have, "unavailable": missing})
     }
 
     pub(crate) fn set_ready(&self) {

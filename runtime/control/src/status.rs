@@ -81,6 +81,17 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "config": redacted(&v.row.spec.config),
         "serving_module_sha256": live.map(|l| l.spec.module.clone()),
         "device": pool.map(|p| p.prepared().context().default_device.to_string()),
+        "devices": live.map(|l| {
+            let ctx = l.version.pool.prepared().context();
+            json!({
+                "asked": l.placement.asked,
+                "ops": l.placement.device,
+                "models": l.placement.model_device,
+                "fallback": l.monitor.settings.fallback,
+                "fallbacks_at_deploy": l.placement.notes,
+                "usage": ctx.usage.snapshot(&l.placement.device),
+            })
+        }),
         "component": live.map(|l| l.component),
         "compiled_from_cache": live.map(|l| l.component != "compiled"),
         "component_load_ms": live.map(|l| l.load_ms),
@@ -243,6 +254,8 @@ impl Control {
         use std::fmt::Write;
         let inner = lock(&self.inner);
         let mut rows: Vec<(String, Vec<(String, f64)>)> = Vec::new();
+        let mut device_rows: Vec<(String, [(&str, f64); 8])> = Vec::new();
+        let mut device_rows_deploy: Vec<(String, f64)> = Vec::new();
         for (name, ep) in &inner.endpoints {
             for v in &ep.versions {
                 let Some(b) = &v.live else { continue };
@@ -272,7 +285,26 @@ impl Control {
                     ("unhealthy_events_total".into(), m.unhealthy_events as f64),
                     ("wakes_from_zero_total".into(), lu(&st.wakes)),
                 ];
-                rows.push((labels, figures));
+                rows.push((labels.clone(), figures));
+                let ctx = p.prepared().context();
+                for u in ctx.usage.snapshot(&b.placement.device) {
+                    let dl = format!("{labels},device=\"{}\"", label(&u.device));
+                    device_rows.push((
+                        dl,
+                        [
+                            ("op_calls_total", u.op_calls as f64),
+                            ("op_errors_total", u.op_errors as f64),
+                            ("op_wall_seconds_total", u.op_wall_seconds),
+                            ("seconds_total", u.device_seconds),
+                            ("cycles_total", u.device_cycles as f64),
+                            ("fell_back_total", u.fell_back as f64),
+                            ("inference_calls_total", u.inference_calls as f64),
+                            ("inference_wall_seconds_total", u.inference_wall_seconds),
+                        ],
+                    ));
+                }
+                let at_deploy = if b.placement.notes.is_empty() { 0.0 } else { 1.0 };
+                device_rows_deploy.push((labels, at_deploy));
             }
         }
         drop(inner);
@@ -286,6 +318,20 @@ impl Control {
             let _ = writeln!(out, "# TYPE wasmscore_version_{n} {kind}");
             for (labels, f) in &rows {
                 let _ = writeln!(out, "wasmscore_version_{n}{{{labels}}} {}", f[i].1);
+            }
+        }
+        if let Some((_, first)) = device_rows.first() {
+            for (i, (n, _)) in first.iter().enumerate() {
+                let _ = writeln!(out, "# TYPE wasmscore_device_{n} counter");
+                for (labels, f) in &device_rows {
+                    let _ = writeln!(out, "wasmscore_device_{n}{{{labels}}} {}", f[i].1);
+                }
+            }
+        }
+        if !device_rows_deploy.is_empty() {
+            let _ = writeln!(out, "# TYPE wasmscore_version_device_fallback_at_deploy gauge");
+            for (labels, v) in &device_rows_deploy {
+                let _ = writeln!(out, "wasmscore_version_device_fallback_at_deploy{{{labels}}} {v}");
             }
         }
         let c = self.capacity_json();

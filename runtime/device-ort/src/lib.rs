@@ -3,17 +3,17 @@
 //!
 //! ONNX Runtime is loaded at run time (`ort`'s `load-dynamic`) from the
 //! `onnxruntime` wheel that the project's setup installs into `.venv`, or from
-//! `ORT_DYLIB_PATH`. Nothing is downloaded. The CUDA execution provider is not
-//! here yet; it will come behind a `cuda` feature through the same `Device`
-//! trait.
+//! `ORT_DYLIB_PATH`. Nothing is downloaded. The CUDA device (`cuda`) is
+//! behind the `cuda` cargo feature; without it [`cuda::discover`] says so.
 
+pub mod cuda;
 mod locate;
 mod session;
 
 use std::path::Path;
 use std::sync::Arc;
 
-use wasmscore_tensor::{CpuOps, Device, Model, Ops, TensorError};
+use wasmscore_tensor::{CpuOps, Device, DeviceKind, Model, Ops, TensorError};
 
 pub use locate::{find_onnxruntime, venv_candidates, SETUP_HINT};
 pub use session::OrtModel;
@@ -34,7 +34,7 @@ pub struct OrtCpu {
     /// requests in parallel, so one thread per run avoids oversubscribing the
     /// cores (see `new`).
     intra_threads: usize,
-    ops: CpuOps,
+    ops: Arc<CpuOps>,
 }
 
 impl OrtCpu {
@@ -52,8 +52,13 @@ impl OrtCpu {
         Ok(OrtCpu {
             env,
             intra_threads: 1,
-            ops: CpuOps,
+            ops: Arc::new(CpuOps),
         })
+    }
+
+    /// The ONNX Runtime environment (the CUDA device makes its sessions in it).
+    pub fn env(&self) -> &ort::environment::Environment {
+        &self.env
     }
 
     /// Finds the library (ORT_DYLIB_PATH, then the project's .venv) and loads it.
@@ -68,11 +73,20 @@ impl Device for OrtCpu {
         "cpu"
     }
 
+    fn kind(&self) -> DeviceKind {
+        DeviceKind::Cpu
+    }
+
+    fn description(&self) -> String {
+        "ONNX Runtime on the CPU for models; plain-Rust reference ops".into()
+    }
+
     fn load_model(&self, file: &str, bytes: &[u8]) -> Result<Arc<dyn Model>, TensorError> {
         Ok(Arc::new(OrtModel::load(&self.env, file, bytes, self.intra_threads)?))
     }
 
-    fn ops(&self) -> &dyn Ops {
-        &self.ops
+    fn open_ops(&self, _version: &str) -> Result<Arc<dyn Ops>, TensorError> {
+        // Stateless: every instance shares the one handle.
+        Ok(self.ops.clone())
     }
 }

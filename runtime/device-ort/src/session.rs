@@ -63,6 +63,12 @@ fn info(file: &str, name: &str, vt: &ValueType) -> Result<TensorInfo, TensorErro
     }
 }
 
+/// A session's inputs and outputs.
+pub(crate) fn describe(file: &str, session: &Session) -> Result<(Vec<TensorInfo>, Vec<TensorInfo>), TensorError> {
+    let list = |v: &[ort::value::Outlet]| v.iter().map(|o| info(file, o.name(), o.dtype())).collect::<Result<Vec<_>, _>>();
+    Ok((list(session.inputs())?, list(session.outputs())?))
+}
+
 impl OrtModel {
     /// Makes the session. Errors name the file.
     pub fn load(env: &ort::environment::Environment, file: &str, bytes: &[u8], intra_threads: usize) -> Result<Self, TensorError> {
@@ -82,16 +88,7 @@ impl OrtModel {
             .map_err(|e| fail(e.to_string()))?
             .commit_from_memory(bytes)
             .map_err(|e| fail(e.to_string()))?;
-        let inputs = session
-            .inputs()
-            .iter()
-            .map(|o| info(file, o.name(), o.dtype()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let outputs = session
-            .outputs()
-            .iter()
-            .map(|o| info(file, o.name(), o.dtype()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (inputs, outputs) = describe(file, &session)?;
         let cstr = |s: &str| CString::new(s).map_err(|_| TensorError::failed(format!("{file}: a tensor name has a NUL byte")));
         let input_names = inputs.iter().map(|i| cstr(&i.name)).collect::<Result<_, _>>()?;
         let output_names = outputs.iter().map(|o| cstr(&o.name)).collect::<Result<_, _>>()?;
@@ -106,43 +103,52 @@ impl OrtModel {
     }
 
     fn check_input(&self, name: &str, t: &Tensor) -> Result<usize, TensorError> {
-        let idx = self.inputs.iter().position(|i| i.name == name).ok_or_else(|| {
-            TensorError::bad(format!(
-                "{} has no input named {name:?}; its inputs are {:?}",
-                self.file,
-                self.inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
-            ))
-        })?;
-        let want = &self.inputs[idx];
-        if want.dtype != t.dtype() {
-            return Err(TensorError::bad(format!(
-                "{}: input {name} takes {}, got {}",
-                self.file,
-                want.dtype.name(),
-                t.dtype().name()
-            )));
-        }
-        let shape_ok = want.shape.len() == t.shape().len() && want.shape.iter().zip(t.shape()).all(|(&w, &g)| w < 0 || w as u64 == g);
-        if !shape_ok {
-            return Err(TensorError::bad(format!(
-                "{}: input {name} takes shape {:?} (-1 = any), got {:?}",
-                self.file,
-                want.shape,
-                t.shape()
-            )));
-        }
-        Ok(idx)
+        check_input(&self.file, &self.inputs, name, t)
     }
 }
 
+/// Where input `name` is among the model's inputs, if `t` fits it.
+pub(crate) fn check_input(file: &str, inputs: &[TensorInfo], name: &str, t: &Tensor) -> Result<usize, TensorError> {
+    let idx = inputs.iter().position(|i| i.name == name).ok_or_else(|| {
+        TensorError::bad(format!(
+            "{file} has no input named {name:?}; its inputs are {:?}",
+            inputs.iter().map(|i| &i.name).collect::<Vec<_>>()
+        ))
+    })?;
+    let want = &inputs[idx];
+    if want.dtype != t.dtype() {
+        return Err(TensorError::bad(format!(
+            "{file}: input {name} takes {}, got {}",
+            want.dtype.name(),
+            t.dtype().name()
+        )));
+    }
+    let shape_ok = want.shape.len() == t.shape().len() && want.shape.iter().zip(t.shape()).all(|(&w, &g)| w < 0 || w as u64 == g);
+    if !shape_ok {
+        return Err(TensorError::bad(format!(
+            "{file}: input {name} takes shape {:?} (-1 = any), got {:?}",
+            want.shape,
+            t.shape()
+        )));
+    }
+    Ok(idx)
+}
+
 /// An ONNX Runtime value made from a host tensor, borrowing its data where it can.
-enum Input<'a> {
+pub(crate) enum Input<'a> {
     Ref(DynValueRef<'a>),
     Owned(DynValue),
 }
 type DynValueRef<'a> = ort::value::ValueRef<'a, ort::value::DynValueTypeMarker>;
 
 impl Input<'_> {
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn value(&self) -> &ort::value::DynValue {
+        match self {
+            Input::Ref(v) => v,
+            Input::Owned(v) => v,
+        }
+    }
     fn ptr(&self) -> *const ort::sys::OrtValue {
         match self {
             Input::Ref(v) => v.ptr(),
@@ -151,7 +157,7 @@ impl Input<'_> {
     }
 }
 
-fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
+pub(crate) fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
     let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
     macro_rules! view {
         ($v:expr) => {
@@ -174,7 +180,7 @@ fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
     })
 }
 
-fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, TensorError> {
+pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, TensorError> {
     let err = |e: ort::Error| TensorError::failed(format!("{file}: reading output {name}: {e}"));
     let ValueType::Tensor { ty, .. } = v.dtype() else {
         return Err(TensorError::failed(format!("{file}: output {name} is not a tensor")));

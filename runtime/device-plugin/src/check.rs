@@ -330,10 +330,10 @@ fn cases(cap: &Capability, rng: &mut Lcg) -> Vec<Case> {
 }
 
 /// Runs the kit against the plugin at `path`.
-pub fn check(plugin: &Plugin, tolerance: f64) -> Report {
+pub fn check(plugin: &std::sync::Arc<Plugin>, tolerance: f64) -> Report {
     let mut rows = Vec::new();
     let mut rng = Lcg(0x5eed);
-    let instance = match plugin.instance("conformance") {
+    let mut instance = match plugin.instance("conformance") {
         Ok(i) => i,
         Err(e) => {
             rows.push(Row {

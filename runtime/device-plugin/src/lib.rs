@@ -12,14 +12,19 @@
 //! op x dtype the plugin declares, over shapes and edge cases, against a
 //! plain CPU reference.
 //!
-//! Not here yet: versions that name a plugin device in their config and
-//! dispatch their `ops` imports to it (the plugin runs only under the
-//! conformance kit so far).
+//! [`PluginDevice`] puts a loaded plugin behind the host's device seam, so
+//! a version that names it (`device = "fpga-sim"`) sends its `ops` calls
+//! there; [`load_dir`] loads every plugin in the configured directory,
+//! refusing the ones that fail with a message while the rest load.
 
 pub mod check;
+mod device;
 
 use std::ffi::{c_void, CStr, CString};
 use std::path::Path;
+use std::sync::Arc;
+
+pub use device::{load_dir, Loaded, PluginDevice};
 
 use wasmscore_plugin_sdk::abi::{self, Capability, ExecStats, OpKind, OpParams, PluginApi};
 
@@ -176,8 +181,9 @@ impl Plugin {
         (v >> 16, v & 0xffff)
     }
 
-    /// A per-version, per-instance handle to run ops on.
-    pub fn instance(&self, version: &str) -> Result<Instance<'_>, CallError> {
+    /// Per-version state (the plugin's version_init), closed with
+    /// version_fini when the last handle to it goes.
+    pub fn open_version(self: &Arc<Self>, version: &str) -> Result<Arc<VersionHandle>, CallError> {
         let t = self.table();
         let mut v = self.state;
         if let Some(f) = t.version_init {
@@ -187,18 +193,53 @@ impl Plugin {
                 return Err(e);
             }
         }
-        let mut i = v;
+        Ok(Arc::new(VersionHandle {
+            plugin: self.clone(),
+            handle: v,
+        }))
+    }
+
+    /// A per-version, per-instance handle to run ops on.
+    pub fn instance(self: &Arc<Self>, version: &str) -> Result<Instance, CallError> {
+        self.open_version(version)?.instance()
+    }
+}
+
+/// A version's state in the plugin.
+pub struct VersionHandle {
+    plugin: Arc<Plugin>,
+    handle: *mut c_void,
+}
+
+// SAFETY: the ABI lets instance_init and execute run on any thread; the
+// handle is only passed back to the plugin.
+unsafe impl Send for VersionHandle {}
+unsafe impl Sync for VersionHandle {}
+
+impl VersionHandle {
+    /// Per-instance state (instance_init), closed with instance_fini.
+    pub fn instance(self: &Arc<Self>) -> Result<Instance, CallError> {
+        let t = self.plugin.table();
+        let mut i = self.handle;
         if let Some(f) = t.instance_init {
             // SAFETY: per the header.
-            if let Some(e) = take_error(t, unsafe { f(v, &mut i) }) {
+            if let Some(e) = take_error(t, unsafe { f(self.handle, &mut i) }) {
                 return Err(e);
             }
         }
         Ok(Instance {
-            plugin: self,
-            version: v,
+            version: self.clone(),
             instance: i,
         })
+    }
+}
+
+impl Drop for VersionHandle {
+    fn drop(&mut self) {
+        if let Some(f) = self.plugin.table().version_fini {
+            // SAFETY: the handle from version_init, not used after.
+            unsafe { f(self.handle) };
+        }
     }
 }
 
@@ -265,28 +306,85 @@ impl HostTensor {
     }
 }
 
-pub struct Instance<'p> {
-    plugin: &'p Plugin,
-    version: *mut c_void,
+/// One instance's state in the plugin. The ABI allows execute on different
+/// instances at once, never on one instance from two threads: `execute`
+/// takes `&mut self`.
+pub struct Instance {
+    version: Arc<VersionHandle>,
     instance: *mut c_void,
 }
 
-impl Instance<'_> {
+// SAFETY: an instance may move between threads (not be shared: execute
+// takes &mut self).
+unsafe impl Send for Instance {}
+
+/// A tensor handed to `execute` as it lies in the caller's memory.
+pub struct TensorView<'a> {
+    pub dtype: abi::DType,
+    pub shape: &'a [i64],
+    pub bytes: &'a [u8],
+}
+
+impl Instance {
     /// Runs one op; the output's shape and dtype are set by the caller.
     pub fn execute(
-        &self,
+        &mut self,
         op: OpKind,
         params: &OpParams,
         inputs: &mut [HostTensor],
         output: &mut HostTensor,
     ) -> Result<ExecStats, CallError> {
-        let t = self.plugin.table();
         let raw_in: Vec<abi::Tensor> = inputs.iter_mut().map(HostTensor::raw).collect();
         let mut raw_out = output.raw();
+        self.execute_raw(op, params, &raw_in, &mut raw_out)
+    }
+
+    /// Runs one op on tensors in place (no copy): the inputs are read, the
+    /// output's bytes are written.
+    pub fn execute_views(
+        &mut self,
+        op: OpKind,
+        params: &OpParams,
+        inputs: &[TensorView<'_>],
+        out_dtype: abi::DType,
+        out_shape: &[i64],
+        out: &mut [u8],
+    ) -> Result<ExecStats, CallError> {
+        let raw_in: Vec<abi::Tensor> = inputs
+            .iter()
+            .map(|t| abi::Tensor {
+                dtype: t.dtype,
+                memory: abi::MemoryKind::Host,
+                rank: t.shape.len() as u32,
+                shape: t.shape.as_ptr(),
+                // The header's inputs are const; the field is shared with outputs.
+                data: t.bytes.as_ptr().cast_mut().cast(),
+                bytes: t.bytes.len(),
+            })
+            .collect();
+        let mut raw_out = abi::Tensor {
+            dtype: out_dtype,
+            memory: abi::MemoryKind::Host,
+            rank: out_shape.len() as u32,
+            shape: out_shape.as_ptr(),
+            data: out.as_mut_ptr().cast(),
+            bytes: out.len(),
+        };
+        self.execute_raw(op, params, &raw_in, &mut raw_out)
+    }
+
+    fn execute_raw(
+        &mut self,
+        op: OpKind,
+        params: &OpParams,
+        inputs: &[abi::Tensor],
+        out: &mut abi::Tensor,
+    ) -> Result<ExecStats, CallError> {
+        let t = self.version.plugin.table();
         let mut stats = ExecStats::default();
         let exec = t.execute.expect("checked at load");
         // SAFETY: all pointers live across the call; per the header.
-        let e = unsafe { exec(self.instance, op, params, raw_in.as_ptr(), raw_in.len(), &mut raw_out, &mut stats) };
+        let e = unsafe { exec(self.instance, op, params, inputs.as_ptr(), inputs.len(), out, &mut stats) };
         match take_error(t, e) {
             Some(err) => Err(err),
             None => Ok(stats),
@@ -294,17 +392,11 @@ impl Instance<'_> {
     }
 }
 
-impl Drop for Instance<'_> {
+impl Drop for Instance {
     fn drop(&mut self) {
-        let t = self.plugin.table();
-        // SAFETY: handles from instance_init / version_init, not used after.
-        unsafe {
-            if let Some(f) = t.instance_fini {
-                f(self.instance);
-            }
-            if let Some(f) = t.version_fini {
-                f(self.version);
-            }
+        if let Some(f) = self.version.plugin.table().instance_fini {
+            // SAFETY: the handle from instance_init, not used after.
+            unsafe { f(self.instance) };
         }
     }
 }

@@ -6,14 +6,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
-use wasmscore_tensor::{DType, Device, Devices, Model, Tensor, TensorData, TensorError};
+use wasmscore_tensor::{DType, Devices, Model, Ops, Tensor, TensorData, TensorError};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::{inference, log, ops, scoring_types, tensors, types, HostError};
+use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it.
 pub struct TensorRes {
@@ -46,8 +47,17 @@ pub struct VersionContext {
     /// Sessions by model file name.
     pub models: HashMap<String, Arc<dyn Model>>,
     pub devices: Devices,
-    /// Shared so tagging each tensor with its device does not allocate.
+    /// Where `ops` calls that name no device run. Shared so tagging each
+    /// tensor with its device does not allocate.
     pub default_device: Arc<str>,
+    /// Where the models' sessions were made (the version's device, or the
+    /// fallback when that device runs single ops only).
+    pub model_device: Arc<str>,
+    /// The device ops go to when theirs cannot do them (the version's
+    /// `device_fallback`); none means such ops fail.
+    pub fallback: Option<Arc<str>>,
+    /// Which device served, and for how long.
+    pub usage: DeviceUsage,
     /// Bytes an instance may hold: its linear memories plus the tensors it
     /// keeps on the host.
     pub memory_limit: u64,
@@ -111,12 +121,23 @@ impl VersionContext {
             endpoint: endpoint.into(),
             version: version.into(),
             models,
+            usage: DeviceUsage::new(devices.names()),
             devices,
             default_device: Arc::from(default_device),
+            model_device: Arc::from(default_device),
+            fallback: None,
             memory_limit,
             logs: Mutex::new(VecDeque::new()),
             sandbox: Sandbox::default(),
         }
+    }
+
+    /// The same context with models on `model_device` and ops falling back
+    /// to `fallback` when their device cannot do them.
+    pub fn with_devices(mut self, model_device: &str, fallback: Option<&str>) -> Self {
+        self.model_device = Arc::from(model_device);
+        self.fallback = fallback.map(Arc::from);
+        self
     }
 
     /// The same context with these grants.
@@ -146,10 +167,6 @@ impl VersionContext {
     pub fn recent_logs(&self) -> Vec<LogLine> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
-
-    fn device(&self, name: Option<&str>) -> Result<&Arc<dyn Device>, TensorError> {
-        self.devices.get(name.unwrap_or(&*self.default_device))
-    }
 }
 
 /// Per-instance state: WASI (with nothing granted), the resource table, and
@@ -165,6 +182,9 @@ pub struct HostState {
     /// Set when a growth was refused for the limit, so the trap that follows
     /// is reported as the memory limit, not as a generic trap.
     pub(crate) hit_memory_limit: bool,
+    /// This instance's op handles, by device, opened on first use (a
+    /// plugin's instance_init) and closed when the instance is dropped.
+    ops: Vec<(Arc<str>, Arc<dyn Ops>)>,
 }
 
 impl HostState {
@@ -187,6 +207,7 @@ impl HostState {
             memory_bytes: 0,
             tensor_bytes: 0,
             hit_memory_limit: false,
+            ops: Vec::new(),
         }
     }
 
@@ -303,7 +324,7 @@ impl types::Host for HostState {
     fn convert_error(&mut self, err: HostError) -> wasmtime::Result<types::Error> {
         match err {
             HostError::Guest(TensorError::BadInput(m)) => Ok(types::Error::BadInput(m)),
-            HostError::Guest(TensorError::Failed(m)) => Ok(types::Error::Failed(m)),
+            HostError::Guest(TensorError::Failed(m) | TensorError::Unsupported(m)) => Ok(types::Error::Failed(m)),
             HostError::Trap(e) => Err(e),
         }
     }
@@ -383,9 +404,12 @@ impl inference::HostModel for HostState {
                 named.push((name.as_str(), &self.table.get(r)?.tensor));
             }
             let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
-            model.run(&named, &wanted)?
+            let started = Instant::now();
+            let results = model.run(&named, &wanted);
+            self.version.usage.inference(&self.version.model_device, started.elapsed());
+            results?
         };
-        let dev = self.device_name();
+        let dev = self.version.model_device.clone();
         let mut out = Vec::with_capacity(results.len());
         for (name, t) in results {
             out.push((name, self.push_tensor(t, dev.clone())?));
@@ -400,16 +424,61 @@ impl inference::HostModel for HostState {
 }
 
 impl HostState {
-    /// Runs one op on the named (or the version's) device and hands the result to the guest.
+    /// This instance's handle for `device`, opened on first use.
+    fn ops_for(&mut self, device: &str) -> Result<(Arc<str>, Arc<dyn Ops>), TensorError> {
+        if let Some((n, o)) = self.ops.iter().find(|(n, _)| &**n == device) {
+            return Ok((n.clone(), o.clone()));
+        }
+        let v = &self.version;
+        let handle = v.devices.get(device)?.open_ops(&format!("{}/{}", v.endpoint, v.version))?;
+        let name: Arc<str> = Arc::from(device);
+        self.ops.push((name.clone(), handle.clone()));
+        Ok((name, handle))
+    }
+
+    /// Runs one op on the named (or the version's) device and hands the
+    /// result to the guest. An op that device cannot do runs on the
+    /// version's fallback device when it chose one, counted and logged
+    /// (the first time per op); otherwise the guest gets the device's
+    /// message.
     fn op(
         &mut self,
+        op: &'static str,
         device: Option<String>,
-        f: impl FnOnce(&dyn wasmscore_tensor::Ops, &ResourceTable) -> Result<Tensor, HostError>,
+        f: impl Fn(&dyn Ops, &ResourceTable) -> Result<Tensor, HostError>,
     ) -> Result<Resource<TensorRes>, HostError> {
         let version = self.version.clone();
-        let dev = version.device(device.as_deref())?;
-        let t = f(dev.ops(), &self.table)?;
-        self.push_tensor(t, Arc::from(dev.name()))
+        let (name, ops) = self.ops_for(device.as_deref().unwrap_or(&version.default_device))?;
+        let started = Instant::now();
+        let result = f(&*ops, &self.table);
+        let (name, result) = match (result, &version.fallback) {
+            (Err(HostError::Guest(TensorError::Unsupported(why))), Some(fallback)) if *fallback != name => {
+                if version.usage.fell_back(&name, op) {
+                    version.log(
+                        "warn",
+                        format!("{op} ran on the fallback device {fallback} (device_fallback): {why}; later ones are counted in fell_back"),
+                    );
+                }
+                let (fb, fb_ops) = self.ops_for(fallback)?;
+                let started = Instant::now();
+                let result = f(&*fb_ops, &self.table);
+                record(&version, &fb, &*fb_ops, started, result.is_ok());
+                (fb, result)
+            }
+            (result, _) => {
+                record(&version, &name, &*ops, started, result.is_ok());
+                (name, result)
+            }
+        };
+        self.push_tensor(result?, name)
+    }
+}
+
+fn record(version: &VersionContext, device: &str, ops: &dyn Ops, started: Instant, ok: bool) {
+    if ok {
+        version.usage.op(device, started.elapsed(), ops.last_cost());
+    } else {
+        version.usage.op_error(device);
     }
 }
 
@@ -419,7 +488,7 @@ fn get<'a>(table: &'a ResourceTable, r: &Resource<TensorRes>) -> Result<&'a Tens
 
 impl ops::Host for HostState {
     fn matmul(&mut self, a: Resource<TensorRes>, b: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
-        self.op(device, |ops, t| Ok(ops.matmul(get(t, &a)?, get(t, &b)?)?))
+        self.op("matmul", device, |ops, t| Ok(ops.matmul(get(t, &a)?, get(t, &b)?)?))
     }
 
     fn gemm(
@@ -433,7 +502,7 @@ impl ops::Host for HostState {
         trans_b: bool,
         device: Option<String>,
     ) -> Result<Resource<TensorRes>, HostError> {
-        self.op(device, |ops, t| {
+        self.op("gemm", device, |ops, t| {
             let c = match &c {
                 Some(c) => Some(get(t, c)?),
                 None => None,
@@ -443,15 +512,15 @@ impl ops::Host for HostState {
     }
 
     fn add(&mut self, a: Resource<TensorRes>, b: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
-        self.op(device, |ops, t| Ok(ops.add(get(t, &a)?, get(t, &b)?)?))
+        self.op("add", device, |ops, t| Ok(ops.add(get(t, &a)?, get(t, &b)?)?))
     }
 
     fn relu(&mut self, x: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
-        self.op(device, |ops, t| Ok(ops.relu(get(t, &x)?)?))
+        self.op("relu", device, |ops, t| Ok(ops.relu(get(t, &x)?)?))
     }
 
     fn softmax(&mut self, x: Resource<TensorRes>, axis: i32, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
-        self.op(device, |ops, t| Ok(ops.softmax(get(t, &x)?, axis)?))
+        self.op("softmax", device, |ops, t| Ok(ops.softmax(get(t, &x)?, axis)?))
     }
 }
 

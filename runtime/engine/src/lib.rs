@@ -13,10 +13,12 @@ mod cache;
 mod engine;
 mod host;
 mod replica;
+mod usage;
 
 pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
 pub use host::{LogLine, Sandbox, VersionContext, COARSE_CLOCK_NS};
 pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
+pub use usage::{DeviceUsage, DeviceUsageSnapshot};
 
 /// A compiled, pre-linked component: what versions that ship the same module
 /// bytes share. Cheap to clone.

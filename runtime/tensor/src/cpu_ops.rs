@@ -101,18 +101,7 @@ fn gemm_impl<T: Float>(
         *v = alpha * *v;
     }
     if let Some((c, cshape)) = c {
-        // Unidirectional broadcast of C to [m, n], as ONNX Gemm allows.
-        let (cr, cc) = match cshape {
-            [] => (1, 1),
-            [x] => (1, *x as usize),
-            [r, cl] => (*r as usize, *cl as usize),
-            s => return Err(TensorError::bad(format!("gemm: c must be at most 2-D, got {s:?}"))),
-        };
-        if !(cr == 1 || cr == m) || !(cc == 1 || cc == n) {
-            return Err(TensorError::bad(format!(
-                "gemm: c of shape {cshape:?} does not broadcast to [{m}, {n}]"
-            )));
-        }
+        let (cr, cc) = bias_dims(cshape, m, n)?;
         for i in 0..m {
             for j in 0..n {
                 let cv = c[(if cr == 1 { 0 } else { i }) * cc + if cc == 1 { 0 } else { j }];
@@ -123,6 +112,23 @@ fn gemm_impl<T: Float>(
     Ok(out)
 }
 
+/// Rows and columns of gemm's `c` as it broadcasts (unidirectionally, as
+/// ONNX Gemm allows) to [m, n].
+pub fn bias_dims(cshape: &[u64], m: usize, n: usize) -> Result<(usize, usize), TensorError> {
+    let (cr, cc) = match cshape {
+        [] => (1, 1),
+        [x] => (1, *x as usize),
+        [r, cl] => (*r as usize, *cl as usize),
+        s => return Err(TensorError::bad(format!("gemm: c must be at most 2-D, got {s:?}"))),
+    };
+    if !(cr == 1 || cr == m) || !(cc == 1 || cc == n) {
+        return Err(TensorError::bad(format!(
+            "gemm: c of shape {cshape:?} does not broadcast to [{m}, {n}]"
+        )));
+    }
+    Ok((cr, cc))
+}
+
 /// Largest output one op call may make (elements), and most multiply-adds
 /// one gemm may do: a guest's tensors are bounded by its memory limit, but
 /// an output is not (zero-sized inputs can declare any dims), and host code
@@ -130,7 +136,9 @@ fn gemm_impl<T: Float>(
 pub const MAX_OUTPUT_ELEMENTS: u64 = 1 << 26;
 pub const MAX_GEMM_WORK: u64 = 1 << 33;
 
-fn gemm_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, op: &str) -> Result<(usize, usize, usize), TensorError> {
+/// [m, k] and [k, n] of `op(a) x op(b)`, within the output and work
+/// limits; every device checks a product's shapes with this.
+pub fn gemm_dims(a: &Tensor, b: &Tensor, trans_a: bool, trans_b: bool, op: &str) -> Result<(usize, usize, usize), TensorError> {
     let (ar, ac) = dims2(a, &format!("{op}: a"))?;
     let (br, bc) = dims2(b, &format!("{op}: b"))?;
     let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };

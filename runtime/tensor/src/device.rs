@@ -1,8 +1,10 @@
 //! The device seam: what a device must do for the host imports.
 //!
-//! Lifecycle (the same words as the plugin ABI will use): a device is
-//! initialized once per process, configured per version (`load_model` makes the
-//! sessions at deploy time), and executes per request (`Model::run`, `Ops`).
+//! Lifecycle (the same words as the plugin ABI): a device is initialized
+//! once per process (`up` makes it), configured per version (`load_model`
+//! makes the sessions at deploy time), opened per instance (`open_ops`: a
+//! plugin's version_init + instance_init) and executes per request
+//! (`Model::run`, `Ops`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,7 +28,17 @@ pub trait Model: Send + Sync {
     fn run(&self, inputs: &[(&str, &Tensor)], outputs: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError>;
 }
 
-/// Single tensor ops on a device.
+/// What the last op cost on its device, as the device reports it (a
+/// plugin's execute stats). The host measures wall time itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpCost {
+    pub device_ns: u64,
+    pub cycles: u64,
+}
+
+/// Single tensor ops on a device. A device that cannot do an op (or a dtype
+/// or shape of it) answers [`TensorError::Unsupported`]; the host then
+/// runs it on the version's fallback device if one was chosen, and says so.
 pub trait Ops: Send + Sync {
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError>;
     #[allow(clippy::too_many_arguments)]
@@ -43,40 +55,95 @@ pub trait Ops: Send + Sync {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError>;
     fn relu(&self, x: &Tensor) -> Result<Tensor, TensorError>;
     fn softmax(&self, x: &Tensor, axis: i32) -> Result<Tensor, TensorError>;
+    /// The device's own account of the op this handle ran last, if it
+    /// keeps one. Handles are per instance, so "last" is this instance's.
+    fn last_cost(&self) -> Option<OpCost> {
+        None
+    }
 }
 
-/// A place where tensor work runs: "cpu" now; CUDA and plugin devices later.
+/// What kind of device it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+    Plugin,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+            DeviceKind::Plugin => "plugin",
+        }
+    }
+}
+
+/// A place where tensor work runs: "cpu", "cuda", or a device plugin by its
+/// name ("fpga-sim").
 pub trait Device: Send + Sync {
-    /// The name versions and guests use to pick it ("cpu").
+    /// The name versions and guests use to pick it.
     fn name(&self) -> &str;
+    fn kind(&self) -> DeviceKind;
+    /// One line for `wasmscore devices` (a simulator says so here).
+    fn description(&self) -> String;
     /// Makes a session for a model's bytes. Called at deploy time, once per
-    /// (model, device); `file` names the model in errors.
+    /// (model, device); `file` names the model in errors. A device that runs
+    /// single ops only answers [`TensorError::Unsupported`].
     fn load_model(&self, file: &str, bytes: &[u8]) -> Result<Arc<dyn Model>, TensorError>;
-    fn ops(&self) -> &dyn Ops;
+    /// Ops for one instance of `version` ("endpoint/version"), made when the
+    /// instance first uses this device and dropped with the instance.
+    fn open_ops(&self, version: &str) -> Result<Arc<dyn Ops>, TensorError>;
 }
 
-/// The devices this process has, by name. Made once at start-up.
+/// The devices this process has, by name, and the ones it has not with
+/// why (a plugin that was refused, no GPU, a build without `cuda`). Made
+/// once at start-up.
 #[derive(Clone, Default)]
 pub struct Devices {
     by_name: BTreeMap<String, Arc<dyn Device>>,
+    unavailable: BTreeMap<String, String>,
 }
 
 impl Devices {
     pub fn new() -> Self {
         Self::default()
     }
-    pub fn add(&mut self, device: Arc<dyn Device>) {
-        self.by_name.insert(device.name().to_string(), device);
+    /// Adds a device; a second one with a taken name is refused.
+    pub fn add(&mut self, device: Arc<dyn Device>) -> Result<(), String> {
+        let name = device.name().to_string();
+        if self.by_name.contains_key(&name) {
+            return Err(format!("a device named {name:?} is already loaded"));
+        }
+        self.unavailable.remove(&name);
+        self.by_name.insert(name, device);
+        Ok(())
+    }
+    /// Records a device this host does not have, and why.
+    pub fn mark_unavailable(&mut self, name: &str, why: impl Into<String>) {
+        if !self.by_name.contains_key(name) {
+            self.unavailable.insert(name.to_string(), why.into());
+        }
     }
     pub fn get(&self, name: &str) -> Result<&Arc<dyn Device>, TensorError> {
-        self.by_name.get(name).ok_or_else(|| {
-            TensorError::bad(format!(
-                "no device named {name:?}; this host has: {}",
-                self.by_name.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })
+        if let Some(d) = self.by_name.get(name) {
+            return Ok(d);
+        }
+        let have = self.by_name.keys().cloned().collect::<Vec<_>>().join(", ");
+        Err(TensorError::bad(match self.unavailable.get(name) {
+            Some(why) => format!("device {name:?} is not available on this host: {why} (it has: {have})"),
+            None => format!("no device named {name:?}; this host has: {have}"),
+        }))
     }
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.by_name.keys().map(String::as_str)
+    }
+    pub fn all(&self) -> impl Iterator<Item = &Arc<dyn Device>> {
+        self.by_name.values()
+    }
+    /// Devices asked for that this host has not, with why.
+    pub fn unavailable(&self) -> &BTreeMap<String, String> {
+        &self.unavailable
     }
 }

@@ -10,8 +10,8 @@ mod cpu_ops;
 mod device;
 mod tensor;
 
-pub use cpu_ops::CpuOps;
-pub use device::{Device, Devices, Model, Ops, TensorInfo};
+pub use cpu_ops::{bias_dims, gemm_dims, CpuOps, MAX_GEMM_WORK, MAX_OUTPUT_ELEMENTS};
+pub use device::{Device, DeviceKind, Devices, Model, OpCost, Ops, TensorInfo};
 pub use tensor::{DType, Tensor, TensorData};
 
 /// Errors from tensor work. The split is the one the guest sees:
@@ -22,6 +22,11 @@ pub enum TensorError {
     BadInput(String),
     #[error("{0}")]
     Failed(String),
+    /// The device cannot do this op (or this dtype or shape of it). Not the
+    /// client's fault; the guest sees `failed` unless the version chose a
+    /// fallback device.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl TensorError {

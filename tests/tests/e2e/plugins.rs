@@ -1,13 +1,18 @@
 //! Device plugins: the fpga-sim plugin (a simulator) built as a shared
 //! library against plugins/abi, checked by `wasmscore plugin check`; the
 //! kit fails a plugin that does not meet it, and refuses a library that is
-//! not a plugin.
+//! not a plugin. Then the same plugin loaded by `up --plugin-dir` as a
+//! device: the MLP example scored through `ops` on cpu and on fpga-sim,
+//! device time in show and /metrics, and what happens to devices the host
+//! has not (no silent fallback).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::{bin, root};
+use serde_json::{json, Value};
+
+use super::{bin, built, error_code, iris_rust, model, root, Server};
 
 /// Builds plugins/fpga-sim in its own target dir (the outer `cargo test`
 /// holds the workspace's), once per run.
@@ -90,4 +95,217 @@ fn the_kit_fails_a_plugin_that_misses_and_refuses_what_is_not_a_plugin() {
     let out = Command::new(bin()).args(["plugin", "check"]).arg(&p).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot be loaded as a shared library"));
+}
+
+fn mlp() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("mlp-rust", &root().join("examples/mlp-rust")))
+}
+
+/// The stated tolerance of the MLP on fpga-sim (float32 quantized to int8
+/// per tensor at each of its three products): each probability within
+/// 0.02 of the CPU's.
+const MLP_TOLERANCE: f64 = 0.02;
+
+fn mlp_rows(n: usize) -> Value {
+    let mut s = 12345u64;
+    let rows: Vec<Vec<f64>> = (0..n)
+        .map(|_| {
+            (0..16)
+                .map(|_| {
+                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    ((s >> 33) as f64 / (1u64 << 31) as f64) * 4.0 - 2.0
+                })
+                .collect()
+        })
+        .collect();
+    json!({ "data": rows })
+}
+
+fn deploy_error(s: &Server, name: &str, module: &Path, models: &[&Path], dc: Value) -> String {
+    let out = s.deploy(name, module, models, Some(dc));
+    assert!(!out.status.success(), "{name} must be refused");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn usage<'a>(show: &'a Value, device: &str) -> &'a Value {
+    show["versions"][0]["devices"]["usage"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["device"] == device)
+        .unwrap_or_else(|| panic!("no usage for {device}: {show}"))
+}
+
+#[test]
+fn the_mlp_on_fpga_sim_agrees_with_the_cpu_and_devices_are_never_swapped_silently() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fpga_sim(), dir.path().join("libwasmscore_fpga_sim.so")).unwrap();
+    std::fs::write(dir.path().join("broken.so"), b"not a library").unwrap();
+    let s = Server::start(&["--plugin-dir", dir.path().to_str().unwrap()]);
+
+    // What the host has: the broken plugin is refused with its reason and
+    // the host serves; cuda is missing with why.
+    let (st, devices) = s.get_admin("/admin/v1/devices");
+    assert_eq!(st, 200);
+    let names: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["cpu", "fpga-sim"], "{devices}");
+    assert!(devices["devices"][1]["description"].as_str().unwrap().contains("simulated FPGA"));
+    let missing = devices["unavailable"].as_array().unwrap();
+    let why = |n: &str| {
+        missing
+            .iter()
+            .find(|d| d["name"] == n)
+            .map(|d| d["why"].as_str().unwrap().to_string())
+    };
+    assert!(why("broken").unwrap().contains("cannot be loaded as a shared library"), "{devices}");
+    assert!(why("cuda").is_some(), "{devices}");
+    let out = Command::new(bin())
+        .args(["devices", "--data-dir"])
+        .arg(s.data.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("fpga-sim") && text.contains("broken") && text.contains("not available"),
+        "{text}"
+    );
+
+    // The same module on the two devices: same classes, probabilities
+    // within the stated tolerance; the products ran where the version said.
+    s.deploy_ok("mlp-cpu", mlp(), &[], None);
+    s.deploy_ok("mlp-fpga", mlp(), &[], Some(json!({"device": "fpga-sim", "num_replicas": 1})));
+    let body = mlp_rows(32).to_string();
+    let (sc, _, cpu) = s.score("mlp-cpu", &body);
+    let (sf, _, fpga) = s.score("mlp-fpga", &body);
+    assert_eq!((sc, sf), (200, 200), "{cpu} {fpga}");
+    assert_eq!(cpu["devices"], json!({"gemm": "cpu", "elementwise": "cpu"}));
+    assert_eq!(fpga["devices"], json!({"gemm": "fpga-sim", "elementwise": "cpu"}));
+    let mut worst = 0f64;
+    for (rc, rf) in cpu["probabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(fpga["probabilities"].as_array().unwrap())
+    {
+        for (a, b) in rc.as_array().unwrap().iter().zip(rf.as_array().unwrap()) {
+            worst = worst.max((a.as_f64().unwrap() - b.as_f64().unwrap()).abs());
+        }
+    }
+    assert!(worst > 0.0, "int8 products cannot match float32 exactly");
+    assert!(worst < MLP_TOLERANCE, "largest difference {worst}");
+    let agree = cpu["class"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(fpga["class"].as_array().unwrap())
+        .filter(|(a, b)| a == b)
+        .count();
+    assert!(agree >= 30, "classes agree on {agree} of 32");
+    for _ in 0..4 {
+        assert_eq!(s.score("mlp-fpga", &body).0, 200);
+    }
+
+    // Device time, per version and device, in show and in /metrics.
+    let (_, show) = s.get_admin("/admin/v1/endpoints/mlp-fpga");
+    let sim = usage(&show, "fpga-sim");
+    assert_eq!(sim["op_calls"], 15, "3 products x 5 requests: {sim}");
+    assert!(
+        sim["device_cycles"].as_u64().unwrap() > 0 && sim["device_seconds"].as_f64().unwrap() > 0.0,
+        "{sim}"
+    );
+    assert_eq!(usage(&show, "cpu")["op_calls"], 30, "add + activation x 3 layers x 5 requests");
+    assert_eq!(show["versions"][0]["devices"]["ops"], "fpga-sim");
+    let human = Command::new(bin())
+        .args(["service", "show", "mlp-fpga", "--data-dir"])
+        .arg(s.data.path())
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(human.contains("on fpga-sim: 15 ops") && human.contains("cycles"), "{human}");
+    let auth = format!("Bearer {}", s.admin_token());
+    let metrics = raw_metrics(&s, &auth);
+    assert!(
+        metrics.contains("wasmscore_device_cycles_total{endpoint=\"mlp-fpga\",version=\"v1\",device=\"fpga-sim\"}"),
+        "{metrics}"
+    );
+
+    // An op the plugin does not run, with no fallback chosen: the guest's
+    // error says so (500), and the version keeps serving.
+    let mut asks = mlp_rows(2);
+    asks["elementwise"] = json!("version");
+    let (st, _, j) = s.score("mlp-fpga", &asks.to_string());
+    assert_eq!(st, 500, "{j}");
+    assert!(j.to_string().contains("does not run add"), "{j}");
+    assert_eq!(s.score("mlp-fpga", &body).0, 200);
+
+    // Devices this host has not: refused before the version is
+    // acknowledged, with why and what to do.
+    let gpu = deploy_error(&s, "mlp-gpu", mlp(), &[], json!({"gpu_cores": 1}));
+    assert!(
+        gpu.contains("\"cuda\" is not available") && gpu.contains("device_fallback"),
+        "{gpu}"
+    );
+    let nope = deploy_error(&s, "mlp-nope", mlp(), &[], json!({"device": "nope"}));
+    assert!(
+        nope.contains("no device named \"nope\"") && nope.contains("cpu, fpga-sim"),
+        "{nope}"
+    );
+    let model_on_plugin = deploy_error(&s, "iris-fpga", iris_rust(), &[model().as_path()], json!({"device": "fpga-sim"}));
+    assert!(model_on_plugin.contains("not whole models"), "{model_on_plugin}");
+
+    // Falling back is a per-version choice, logged and counted.
+    s.deploy_ok("mlp-fb", mlp(), &[], Some(json!({"device": "fpga-sim", "device_fallback": "cpu"})));
+    let (st, _, j) = s.score("mlp-fb", &asks.to_string());
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["devices"], json!({"gemm": "fpga-sim", "elementwise": "cpu"}));
+    let (_, show) = s.get_admin("/admin/v1/endpoints/mlp-fb");
+    assert_eq!(usage(&show, "fpga-sim")["fell_back"], 6, "add and activation of 3 layers");
+    let (_, logs) = s.get_admin("/admin/v1/endpoints/mlp-fb/logs");
+    let logs = logs.to_string();
+    assert!(logs.contains("ran on the fallback device cpu"), "{logs}");
+    s.deploy_ok("mlp-gpu-fb", mlp(), &[], Some(json!({"gpu_cores": 1, "device_fallback": "cpu"})));
+    let (_, show) = s.get_admin("/admin/v1/endpoints/mlp-gpu-fb");
+    let d = &show["versions"][0]["devices"];
+    assert_eq!((d["asked"].as_str(), d["ops"].as_str()), (Some("cuda"), Some("cpu")), "{d}");
+    assert!(
+        d["fallbacks_at_deploy"][0].as_str().unwrap().contains("running on cpu instead"),
+        "{d}"
+    );
+    assert_eq!(s.score("mlp-gpu-fb", &body).0, 200);
+    let metrics = raw_metrics(&s, &auth);
+    assert!(
+        metrics.contains("wasmscore_version_device_fallback_at_deploy{endpoint=\"mlp-gpu-fb\",version=\"v1\"} 1"),
+        "{metrics}"
+    );
+    s.deploy_ok(
+        "iris-fb",
+        iris_rust(),
+        &[model().as_path()],
+        Some(json!({"device": "fpga-sim", "device_fallback": "cpu"})),
+    );
+    let (st, _, j) = s.score("iris-fb", r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#);
+    assert_eq!(st, 200, "{j}: {}", error_code(&j));
+    let (_, show) = s.get_admin("/admin/v1/endpoints/iris-fb");
+    assert_eq!(show["versions"][0]["devices"]["models"], "cpu");
+    assert_eq!(usage(&show, "cpu")["inference_calls"], 1);
+}
+
+/// /metrics as text (the JSON helper reads only JSON bodies).
+fn raw_metrics(s: &Server, auth: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: {auth}\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
 }

@@ -124,6 +124,7 @@ fn the_auth_matrix_over_scoring_and_admin_routes() {
     let admin = bearer(&s.admin_token());
     let routes: &[(&str, &str)] = &[
         ("GET", "/admin/v1/endpoints"),
+        ("GET", "/admin/v1/devices"),
         ("POST", "/admin/v1/endpoints"),
         ("GET", "/admin/v1/endpoints/keyed"),
         ("PATCH", "/admin/v1/endpoints/keyed"),
