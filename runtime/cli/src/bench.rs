@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// cycle counts by shape.
     #[arg(long)]
     pub plugin: Option<PathBuf>,
+    /// The test program tests/programs/hostile (its copy-up / copy-down
+    /// commands): host <-> guest tensor copy cost per MB.
+    #[arg(long)]
+    pub copy_module: Option<PathBuf>,
 }
 
 const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
@@ -172,6 +176,81 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     if let Some(p) = &args.plugin {
         plugin(p, args.iterations)?;
+    }
+    if let Some(p) = &args.copy_module {
+        copies(p, &devices)?;
+    }
+    Ok(())
+}
+
+/// Tensor copies across the component boundary, per MB: `Tensor::create`
+/// (the host lifts a list<f32> out of guest memory) and `tensor.data()`
+/// (the host lowers one into guest memory), against a plain memcpy of the
+/// same bytes. Each figure is (run with 1 + R copies - run with 1) / R, the
+/// median of 5, so what the guest does around the copies cancels out.
+fn copies(path: &Path, devices: &Devices) -> Result<()> {
+    const R: u32 = 8;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let cache = tempfile::tempdir()?;
+    let engine = ScoringEngine::new(EngineConfig::new(cache.path().to_path_buf()))?;
+    let (pre, _) = engine.load(&bytes)?;
+    let ctx = Arc::new(VersionContext::new(
+        "bench",
+        "copy",
+        HashMap::new(),
+        devices.clone(),
+        "cpu",
+        3 << 30,
+    ));
+    let mut replica = Prepared::new(pre, ctx, Duration::from_secs(60), Duration::from_secs(60)).start()?;
+    let mut time = |cmd: String| -> Result<Duration> {
+        let req = ScoreRequest {
+            body: cmd.into_bytes(),
+            content_type: "text/plain".into(),
+            tensors: Vec::new(),
+        };
+        let t = Instant::now();
+        replica.run(req).map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(t.elapsed())
+    };
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "\n| tensor copy, float32 | guest -> host (Tensor::create) per MB | host -> guest (data()) per MB | memcpy per MB (floor) | ratio to memcpy (up / down) |\n| --- | --- | --- | --- | --- |"
+    );
+    for mb in [1u64, 8, 64] {
+        let mut per = |dir: &str| -> Result<f64> {
+            let mut v = Vec::new();
+            for _ in 0..5 {
+                let one = time(format!("copy-{dir}:{mb}:1"))?;
+                let many = time(format!("copy-{dir}:{mb}:{}", 1 + R))?;
+                v.push(many.saturating_sub(one).as_secs_f64() / f64::from(R) / mb as f64);
+            }
+            Ok(median(v))
+        };
+        let (up, down) = (per("up")?, per("down")?);
+        let src = vec![1.5f32; (mb << 18) as usize];
+        let floor = median(
+            (0..5)
+                .map(|_| {
+                    let t = Instant::now();
+                    std::hint::black_box(src.clone());
+                    t.elapsed().as_secs_f64() / mb as f64
+                })
+                .collect(),
+        );
+        println!(
+            "| {mb} MB | {:.0} µs ({:.1} GB/s) | {:.0} µs ({:.1} GB/s) | {:.0} µs | {:.1}x / {:.1}x |",
+            up * 1e6,
+            1.0 / 1024.0 / up,
+            down * 1e6,
+            1.0 / 1024.0 / down,
+            floor * 1e6,
+            up / floor,
+            down / floor
+        );
     }
     Ok(())
 }

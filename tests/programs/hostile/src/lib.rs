@@ -4,7 +4,10 @@
 //! "env", "socket" (a TCP connection to PORT with "socket:PORT"), "clock"
 //! (the smallest step of the monotonic and wall clocks); "sleep:MS" waits MS
 //! milliseconds without using the CPU (a model whose run takes a known time,
-//! for the autoscaling tests); anything else is echoed.
+//! for the autoscaling tests); "copy-up:MB:REPS" hands the host REPS
+//! tensors of MB megabytes (guest -> host) and "copy-down:MB:REPS" reads
+//! one back REPS times (host -> guest), for the copy-cost benchmark
+//! (`wasmscore bench --copy-module`); anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
 
@@ -89,9 +92,38 @@ impl Guest for Hostile {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 json(format!("{{\"slept_ms\":{ms}}}"))
             }
+            other if other.starts_with("copy-") => copy(other),
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }
     }
+}
+
+/// "copy-up:MB:REPS" or "copy-down:MB:REPS".
+fn copy(cmd: &str) -> Result<Response, Error> {
+    use wasmscore::scoring::tensors::Tensor;
+    use wasmscore::scoring::types::TensorData;
+    let parts: Vec<&str> = cmd.split(':').collect();
+    let (mb, reps) = match parts[..] {
+        [_, mb, reps] => (mb.parse::<u64>().unwrap_or(1), reps.parse::<u32>().unwrap_or(1)),
+        _ => return Err(Error::BadInput("copy-up:MB:REPS or copy-down:MB:REPS".into())),
+    };
+    let n = (mb << 20) / 4;
+    let data = TensorData::Float32(vec![1.5f32; n as usize]);
+    let mut seen = 0usize;
+    if parts[0] == "copy-up" {
+        for _ in 0..reps {
+            let t = Tensor::create(&[n], &data)?;
+            seen += t.shape()[0] as usize;
+        }
+    } else {
+        let t = Tensor::create(&[n], &data)?;
+        for _ in 0..reps {
+            if let TensorData::Float32(v) = black_box(t.data()) {
+                seen += v.len();
+            }
+        }
+    }
+    json(format!("{{\"elements\":{seen}}}"))
 }
 
 #[inline(never)]
