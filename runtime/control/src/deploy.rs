@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use wasmscore_engine::{Compiled, Prepared, ScoringEngine, VersionContext};
+use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionContext};
 use wasmscore_replica::Pool;
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::{Devices, Model};
@@ -308,6 +308,18 @@ impl Control {
         }
         // Models that loaded before one fell back stay where they are; they
         // are sessions on the version's device.
+        // `load-on` reads the version's model files from the blobs.
+        let blobs: HashMap<String, PathBuf> = spec
+            .models
+            .iter()
+            .filter_map(|m| self.blob_path(&m.sha256).ok().map(|p| (m.file.clone(), p)))
+            .collect();
+        let source: ModelSource = Arc::new(move |file: &str| {
+            let path = blobs
+                .get(file)
+                .ok_or_else(|| format!("no model file {file:?} ships with this version"))?;
+            std::fs::read(path).map_err(|e| format!("reading model file {file}: {e}"))
+        });
         let ctx = Arc::new(
             VersionContext::new(
                 endpoint,
@@ -318,6 +330,7 @@ impl Control {
                 resolved.memory_limit,
             )
             .with_devices(&model_device, resolved.fallback.as_deref())
+            .with_model_source(source)
             .with_sandbox(resolved.sandbox.clone()),
         );
         for note in &notes {

@@ -304,6 +304,10 @@ mod imp {
         fn softmax(&self, _x: &Tensor, _axis: i32) -> Result<Tensor, TensorError> {
             Err(unsupported("softmax"))
         }
+
+        fn conv2d(&self, _x: &Tensor, _w: &Tensor, _b: Option<&Tensor>, _s: [u32; 2], _p: [u32; 2]) -> Result<Tensor, TensorError> {
+            Err(unsupported("conv2d"))
+        }
     }
 }
 

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 
 use wasmscore_plugin_sdk::abi::{self, Capability, OpKind, OpParams};
-use wasmscore_tensor::{gemm_dims, DType, Device, DeviceKind, Devices, Model, OpCost, Ops, Tensor, TensorData, TensorError};
+use wasmscore_tensor::{conv2d_dims, gemm_dims, DType, Device, DeviceKind, Devices, Model, OpCost, Ops, Tensor, TensorData, TensorError};
 
 use crate::{CallError, Instance, Plugin, VersionHandle};
 
@@ -223,10 +223,11 @@ impl PluginOps {
         Ok(d)
     }
 
-    fn run(&self, op: OpKind, params: &OpParams, inputs: &[&Tensor], shape: [u64; 2]) -> Result<Tensor, TensorError> {
+    /// Runs `op` on the plugin; `shape` is the output's, already checked
+    /// against the limits (gemm_dims, conv2d_dims).
+    fn run(&self, op: OpKind, params: &OpParams, inputs: &[&Tensor], shape: &[u64]) -> Result<Tensor, TensorError> {
         let dtype = self.covered(op, inputs)?;
-        // gemm_dims bounded it to MAX_OUTPUT_ELEMENTS.
-        let n = (shape[0] * shape[1]) as usize;
+        let n = shape.iter().product::<u64>() as usize;
         let shapes: Vec<Vec<i64>> = inputs.iter().map(|t| t.shape().iter().map(|d| *d as i64).collect()).collect();
         let views: Vec<crate::TensorView<'_>> = inputs
             .iter()
@@ -242,7 +243,7 @@ impl PluginOps {
             abi::DType::Float32 | abi::DType::Float64 => (dtype, vec![0u8; n * dtype.size()]),
             _ => (abi::DType::Int32, vec![0u8; n * 4]),
         };
-        let out_shape = [shape[0] as i64, shape[1] as i64];
+        let out_shape: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let stats = state
             .instance
@@ -269,7 +270,7 @@ impl PluginOps {
 impl Ops for PluginOps {
     fn matmul(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError> {
         let (m, _, n) = gemm_dims(a, b, false, false, "matmul")?;
-        self.run(OpKind::MatMul, &OpParams::default(), &[a, b], [m as u64, n as u64])
+        self.run(OpKind::MatMul, &OpParams::default(), &[a, b], &[m as u64, n as u64])
     }
 
     fn gemm(
@@ -292,8 +293,8 @@ impl Ops for PluginOps {
             ..OpParams::default()
         };
         match c {
-            Some(c) => self.run(OpKind::Gemm, &params, &[a, b, c], [m, n]),
-            None => self.run(OpKind::Gemm, &params, &[a, b], [m, n]),
+            Some(c) => self.run(OpKind::Gemm, &params, &[a, b, c], &[m, n]),
+            None => self.run(OpKind::Gemm, &params, &[a, b], &[m, n]),
         }
     }
 
@@ -307,6 +308,20 @@ impl Ops for PluginOps {
 
     fn softmax(&self, _x: &Tensor, _axis: i32) -> Result<Tensor, TensorError> {
         Err(self.unsupported("softmax"))
+    }
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, strides: [u32; 2], pads: [u32; 2]) -> Result<Tensor, TensorError> {
+        let d = conv2d_dims(x, w, bias, strides, pads)?;
+        let params = OpParams {
+            stride: strides,
+            pad: pads,
+            ..OpParams::default()
+        };
+        let shape = [d.n as u64, d.o as u64, d.ho as u64, d.wo as u64];
+        match bias {
+            Some(b) => self.run(OpKind::Conv2d, &params, &[x, w, b], &shape),
+            None => self.run(OpKind::Conv2d, &params, &[x, w], &shape),
+        }
     }
 
     fn last_cost(&self) -> Option<OpCost> {

@@ -22,11 +22,16 @@ pub struct TensorRes {
     pub device: Arc<str>,
 }
 
-/// A model handle given to the guest.
+/// A model handle given to the guest, with the device its session is on.
 pub struct ModelRes {
     file: String,
     model: Arc<dyn Model>,
+    device: Arc<str>,
 }
+
+/// Reads a model file of the version by name (from the control plane's
+/// blobs), for sessions made on another device than the version's.
+pub type ModelSource = Arc<dyn Fn(&str) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// One line a module logged.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -58,6 +63,11 @@ pub struct VersionContext {
     pub fallback: Option<Arc<str>>,
     /// Which device served, and for how long.
     pub usage: DeviceUsage,
+    /// Where `load-on` reads model files; none: only the version's sessions.
+    model_source: Option<ModelSource>,
+    /// Sessions made by `load-on`, by (file, device). A mutex is fine: it
+    /// is taken when a module loads a model (in init), never per request.
+    other_sessions: Mutex<HashMap<(String, String), Arc<dyn Model>>>,
     /// Bytes an instance may hold: its linear memories plus the tensors it
     /// keeps on the host.
     pub memory_limit: u64,
@@ -126,6 +136,8 @@ impl VersionContext {
             default_device: Arc::from(default_device),
             model_device: Arc::from(default_device),
             fallback: None,
+            model_source: None,
+            other_sessions: Mutex::new(HashMap::new()),
             memory_limit,
             logs: Mutex::new(VecDeque::new()),
             sandbox: Sandbox::default(),
@@ -138,6 +150,41 @@ impl VersionContext {
         self.model_device = Arc::from(model_device);
         self.fallback = fallback.map(Arc::from);
         self
+    }
+
+    /// The same context with `load-on` reading model files from `source`.
+    pub fn with_model_source(mut self, source: ModelSource) -> Self {
+        self.model_source = Some(source);
+        self
+    }
+
+    /// The session of `file` on `device`: the version's own when that is
+    /// its model device, else made once and kept.
+    fn session_on(&self, file: &str, device: &str) -> Result<Arc<dyn Model>, TensorError> {
+        let own = self.models.get(file).cloned().ok_or_else(|| {
+            let mut names: Vec<&String> = self.models.keys().collect();
+            names.sort();
+            TensorError::failed(format!("no model file {file:?} ships with this version; it has {names:?}"))
+        })?;
+        if device == &*self.model_device {
+            return Ok(own);
+        }
+        let key = (file.to_string(), device.to_string());
+        if let Some(m) = self.other_sessions.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(m.clone());
+        }
+        let dev = self.devices.get(device).map_err(|e| TensorError::failed(e.to_string()))?;
+        let source = self
+            .model_source
+            .as_ref()
+            .ok_or_else(|| TensorError::failed(format!("model {file} can only run on {} here", self.model_device)))?;
+        let bytes = source(file).map_err(TensorError::failed)?;
+        let model = dev.load_model(file, &bytes)?;
+        self.other_sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, model.clone());
+        Ok(model)
     }
 
     /// The same context with these grants.
@@ -375,12 +422,31 @@ fn info(i: &wasmscore_tensor::TensorInfo) -> inference::TensorInfo {
 
 impl inference::HostModel for HostState {
     fn load(&mut self, name: String) -> Result<Resource<ModelRes>, HostError> {
-        let model = self.version.models.get(&name).cloned().ok_or_else(|| {
-            let mut names: Vec<&String> = self.version.models.keys().collect();
-            names.sort();
-            TensorError::failed(format!("no model file {name:?} ships with this version; it has {names:?}"))
-        })?;
-        Ok(self.table.push(ModelRes { file: name, model })?)
+        let device = self.version.model_device.clone();
+        let model = self.version.session_on(&name, &device)?;
+        Ok(self.table.push(ModelRes { file: name, model, device })?)
+    }
+
+    fn load_on(&mut self, name: String, device: String) -> Result<Resource<ModelRes>, HostError> {
+        let version = self.version.clone();
+        let (model, device) = match (version.session_on(&name, &device), &version.fallback) {
+            (Err(TensorError::Unsupported(why)), Some(fallback)) => {
+                version.usage.fell_back(&device, "load-on");
+                version.log(
+                    "warn",
+                    format!("model {name} runs on the fallback device {fallback} (device_fallback): {why}"),
+                );
+                (version.session_on(&name, fallback)?, fallback.clone())
+            }
+            (Err(TensorError::Unsupported(why)), None) => {
+                return Err(TensorError::failed(format!(
+                    "{why}; run it on another device, or set device_fallback: \"cpu\" on the version"
+                ))
+                .into())
+            }
+            (result, _) => (result?, Arc::from(device.as_str())),
+        };
+        Ok(self.table.push(ModelRes { file: name, model, device })?)
     }
 
     fn inputs(&mut self, m: Resource<ModelRes>) -> wasmtime::Result<Vec<inference::TensorInfo>> {
@@ -397,7 +463,10 @@ impl inference::HostModel for HostState {
         inputs: Vec<(String, Resource<TensorRes>)>,
         outputs: Vec<String>,
     ) -> Result<Vec<(String, Resource<TensorRes>)>, HostError> {
-        let model = self.table.get(&m)?.model.clone();
+        let (model, device) = {
+            let m = self.table.get(&m)?;
+            (m.model.clone(), m.device.clone())
+        };
         let results = {
             let mut named = Vec::with_capacity(inputs.len());
             for (name, r) in &inputs {
@@ -406,10 +475,10 @@ impl inference::HostModel for HostState {
             let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let started = Instant::now();
             let results = model.run(&named, &wanted);
-            self.version.usage.inference(&self.version.model_device, started.elapsed());
+            self.version.usage.inference(&device, started.elapsed());
             results?
         };
-        let dev = self.version.model_device.clone();
+        let dev = device;
         let mut out = Vec::with_capacity(results.len());
         for (name, t) in results {
             out.push((name, self.push_tensor(t, dev.clone())?));
@@ -430,7 +499,10 @@ impl HostState {
             return Ok((n.clone(), o.clone()));
         }
         let v = &self.version;
-        let handle = v.devices.get(device)?.open_ops(&format!("{}/{}", v.endpoint, v.version))?;
+        // A device the module names and the host has not is the module's
+        // error (500), not the client's.
+        let dev = v.devices.get(device).map_err(|e| TensorError::failed(e.to_string()))?;
+        let handle = dev.open_ops(&format!("{}/{}", v.endpoint, v.version))?;
         let name: Arc<str> = Arc::from(device);
         self.ops.push((name.clone(), handle.clone()));
         Ok((name, handle))
@@ -517,6 +589,24 @@ impl ops::Host for HostState {
 
     fn relu(&mut self, x: Resource<TensorRes>, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
         self.op("relu", device, |ops, t| Ok(ops.relu(get(t, &x)?)?))
+    }
+
+    fn conv2d(
+        &mut self,
+        x: Resource<TensorRes>,
+        w: Resource<TensorRes>,
+        bias: Option<Resource<TensorRes>>,
+        strides: (u32, u32),
+        pads: (u32, u32),
+        device: Option<String>,
+    ) -> Result<Resource<TensorRes>, HostError> {
+        self.op("conv2d", device, |ops, t| {
+            let bias = match &bias {
+                Some(b) => Some(get(t, b)?),
+                None => None,
+            };
+            Ok(ops.conv2d(get(t, &x)?, get(t, &w)?, bias, [strides.0, strides.1], [pads.0, pads.1])?)
+        })
     }
 
     fn softmax(&mut self, x: Resource<TensorRes>, axis: i32, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {

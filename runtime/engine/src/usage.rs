@@ -11,7 +11,7 @@ use std::time::Duration;
 use wasmscore_tensor::OpCost;
 
 /// The ops the `ops` import has, in the order of the bits in `warned`.
-pub const OPS: [&str; 5] = ["matmul", "gemm", "add", "relu", "softmax"];
+pub const OPS: [&str; 7] = ["matmul", "gemm", "add", "relu", "softmax", "conv2d", "load-on"];
 
 #[derive(Default)]
 struct Counters {
@@ -22,7 +22,8 @@ struct Counters {
     /// stats), the host's wall time otherwise.
     device_ns: AtomicU64,
     device_cycles: AtomicU64,
-    /// Ops this device could not do that ran on the fallback device.
+    /// Ops (and `load-on` models) this device could not take that went to
+    /// the fallback device.
     fell_back: AtomicU64,
     inference_calls: AtomicU64,
     inference_wall_ns: AtomicU64,

@@ -296,6 +296,144 @@ impl Ops for CpuOps {
         };
         Tensor::new(shape.to_vec(), data)
     }
+
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, strides: [u32; 2], pads: [u32; 2]) -> Result<Tensor, TensorError> {
+        same_dtype(x, w, "conv2d")?;
+        let d = conv2d_dims(x, w, bias, strides, pads)?;
+        fn go<T: Float>(x: &[T], w: &[T], bias: Option<&[T]>, d: &Conv2dDims) -> Vec<T> {
+            let Conv2dDims {
+                n,
+                c,
+                h,
+                w: wi,
+                o,
+                kh,
+                kw,
+                ho,
+                wo,
+                stride,
+                pad,
+            } = *d;
+            let mut out = vec![T::ZERO; n * o * ho * wo];
+            for b in 0..n {
+                for oc in 0..o {
+                    let start = bias.map_or(T::ZERO, |v| v[oc]);
+                    for oy in 0..ho {
+                        for ox in 0..wo {
+                            let mut acc = start;
+                            for ch in 0..c {
+                                for ky in 0..kh {
+                                    let Some(iy) = (oy * stride[0] + ky).checked_sub(pad[0]).filter(|iy| *iy < h) else {
+                                        continue;
+                                    };
+                                    for kx in 0..kw {
+                                        let Some(ix) = (ox * stride[1] + kx).checked_sub(pad[1]).filter(|ix| *ix < wi) else {
+                                            continue;
+                                        };
+                                        acc = acc + x[((b * c + ch) * h + iy) * wi + ix] * w[((oc * c + ch) * kh + ky) * kw + kx];
+                                    }
+                                }
+                            }
+                            out[((b * o + oc) * ho + oy) * wo + ox] = acc;
+                        }
+                    }
+                }
+            }
+            out
+        }
+        let data = match (
+            floats(x, "conv2d")?,
+            floats(w, "conv2d")?,
+            bias.map(|b| floats(b, "conv2d")).transpose()?,
+        ) {
+            (Floats::F32(x), Floats::F32(w), None) => TensorData::Float32(go(x, w, None, &d)),
+            (Floats::F32(x), Floats::F32(w), Some(Floats::F32(b))) => TensorData::Float32(go(x, w, Some(b), &d)),
+            (Floats::F64(x), Floats::F64(w), None) => TensorData::Float64(go(x, w, None, &d)),
+            (Floats::F64(x), Floats::F64(w), Some(Floats::F64(b))) => TensorData::Float64(go(x, w, Some(b), &d)),
+            _ => return Err(TensorError::bad("conv2d: the bias must have x's dtype")),
+        };
+        Tensor::new(vec![d.n as u64, d.o as u64, d.ho as u64, d.wo as u64], data)
+    }
+}
+
+/// The sizes of one conv2d (NCHW input, OIHW weights).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Conv2dDims {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ho: usize,
+    pub wo: usize,
+    pub stride: [usize; 2],
+    pub pad: [usize; 2],
+}
+
+/// Checks a conv2d's shapes (x [N, C, H, W], w [O, C, KH, KW], bias [O])
+/// against each other and the output and work limits; every device uses it.
+pub fn conv2d_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, strides: [u32; 2], pads: [u32; 2]) -> Result<Conv2dDims, TensorError> {
+    let bad = |m: String| Err(TensorError::bad(format!("conv2d: {m}")));
+    let ([n, c, h, wi], [o, ci, kh, kw]) = (x.shape(), w.shape()) else {
+        return bad(format!(
+            "x [N, C, H, W] and w [O, C, KH, KW] must be 4-D, got {:?} and {:?}",
+            x.shape(),
+            w.shape()
+        ));
+    };
+    if c != ci {
+        return bad(format!("x has {c} channels, w expects {ci}"));
+    }
+    if let Some(b) = bias {
+        if b.shape() != [*o] {
+            return bad(format!("bias must be [{o}], got {:?}", b.shape()));
+        }
+    }
+    if strides.contains(&0) {
+        return bad("strides must be at least 1".into());
+    }
+    // The sizes of tensors that exist (their data is in memory) fit usize;
+    // only the derived output could be out of bounds.
+    let (h, wi, kh, kw) = (*h as usize, *wi as usize, *kh as usize, *kw as usize);
+    // A pad as wide as the kernel only adds outputs that see nothing but
+    // padding, and lets a tiny call ask for a huge output (found by fuzzing).
+    if pads[0] as usize >= kh.max(1) || pads[1] as usize >= kw.max(1) {
+        return bad(format!("pads {pads:?} must each be smaller than the kernel ({kh}x{kw})"));
+    }
+    let out = |len: usize, k: usize, s: u32, p: u32| (len + 2 * p as usize).checked_sub(k).map(|r| r / s as usize + 1);
+    let (Some(ho), Some(wo)) = (out(h, kh, strides[0], pads[0]), out(wi, kw, strides[1], pads[1])) else {
+        return bad(format!("a {kh}x{kw} kernel does not fit the padded {h}x{wi} input"));
+    };
+    let (n, c, o) = (*n as usize, *c as usize, *o as usize);
+    let elements = [n, o, ho, wo].iter().try_fold(1u64, |acc, d| acc.checked_mul(*d as u64));
+    if elements.is_none_or(|e| e > MAX_OUTPUT_ELEMENTS) {
+        return bad(format!(
+            "an output of [{n}, {o}, {ho}, {wo}] is more than {MAX_OUTPUT_ELEMENTS} elements"
+        ));
+    }
+    // The loops run over every channel and kernel row even when another
+    // factor is 0: count each as at least 1 (found by fuzzing: 2^40 empty
+    // channels made an endless call out of a zero-work one).
+    let per_output = [c, kh, kw].iter().try_fold(1u64, |acc, d| acc.checked_mul((*d).max(1) as u64));
+    let work = elements.zip(per_output).and_then(|(e, p)| e.checked_mul(p));
+    if work.is_none_or(|w| w > MAX_GEMM_WORK) {
+        return bad(format!("more than {MAX_GEMM_WORK} multiply-adds for one call"));
+    }
+    Ok(Conv2dDims {
+        n,
+        c,
+        h,
+        w: wi,
+        o,
+        kh,
+        kw,
+        ho,
+        wo,
+        stride: [strides[0] as usize, strides[1] as usize],
+        pad: [pads[0] as usize, pads[1] as usize],
+    })
 }
 
 #[cfg(test)]
@@ -318,6 +456,28 @@ mod tests {
 
     fn f32s(shape: &[u64], v: &[f32]) -> Tensor {
         Tensor::new(shape.to_vec(), TensorData::Float32(v.to_vec())).unwrap()
+    }
+
+    #[test]
+    fn conv2d_with_stride_pad_and_bias() {
+        // One 3x3 input, one channel; a 2x2 kernel of ones; pad 1, stride 2.
+        let x = f32s(&[1, 1, 3, 3], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+        let w = f32s(&[1, 1, 2, 2], &[1., 1., 1., 1.]);
+        let b = f32s(&[1], &[0.5]);
+        let y = CpuOps.conv2d(&x, &w, Some(&b), [2, 2], [1, 1]).unwrap();
+        assert_eq!(y.shape(), &[1, 1, 2, 2]);
+        // Windows: {1}, {2,3}, {4,7}, {5,6,8,9}.
+        assert_eq!(y.data(), &TensorData::Float32(vec![1.5, 5.5, 11.5, 28.5]));
+        let e = CpuOps
+            .conv2d(&x, &f32s(&[1, 2, 1, 1], &[1., 1.]), None, [1, 1], [0, 0])
+            .unwrap_err();
+        assert!(e.to_string().contains("channels"), "{e}");
+        let big = f32s(&[1, 1, 1, 1], &[1.]);
+        assert!(
+            CpuOps.conv2d(&big, &big, None, [1, 1], [1 << 30, 1 << 30]).is_err(),
+            "a huge padded output is refused"
+        );
+        assert!(CpuOps.conv2d(&big, &big, None, [0, 1], [0, 0]).is_err());
     }
 
     #[test]

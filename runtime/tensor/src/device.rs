@@ -55,6 +55,8 @@ pub trait Ops: Send + Sync {
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, TensorError>;
     fn relu(&self, x: &Tensor) -> Result<Tensor, TensorError>;
     fn softmax(&self, x: &Tensor, axis: i32) -> Result<Tensor, TensorError>;
+    /// 2-D convolution: x [N, C, H, W], w [O, C, KH, KW], bias [O] -> [N, O, HO, WO].
+    fn conv2d(&self, x: &Tensor, w: &Tensor, bias: Option<&Tensor>, strides: [u32; 2], pads: [u32; 2]) -> Result<Tensor, TensorError>;
     /// The device's own account of the op this handle ran last, if it
     /// keeps one. Handles are per instance, so "last" is this instance's.
     fn last_cost(&self) -> Option<OpCost> {

@@ -10,7 +10,7 @@ mod cpu_ops;
 mod device;
 mod tensor;
 
-pub use cpu_ops::{bias_dims, gemm_dims, CpuOps, MAX_GEMM_WORK, MAX_OUTPUT_ELEMENTS};
+pub use cpu_ops::{bias_dims, conv2d_dims, gemm_dims, Conv2dDims, CpuOps, MAX_GEMM_WORK, MAX_OUTPUT_ELEMENTS};
 pub use device::{Device, DeviceKind, Devices, Model, OpCost, Ops, TensorInfo};
 pub use tensor::{DType, Tensor, TensorData};
 
@@ -93,6 +93,9 @@ pub mod fuzzing {
                 let _ = ops.add(a, b);
                 let _ = ops.gemm(a, b, None, 1.0, 0.0, ta, tb);
                 let _ = ops.gemm(a, b, Some(a), 0.5, 2.0, ta, tb);
+                let strides = [u32::from(next() % 4), u32::from(next() % 4)];
+                let pads = [u32::from(next() % 3), u32::from(next())];
+                let _ = ops.conv2d(a, b, None, strides, pads);
             }
         }
     }

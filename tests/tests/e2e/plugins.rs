@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 
-use super::{bin, built, error_code, iris_rust, model, root, Server};
+use super::{bin, built, error_code, hostile, iris_rust, model, root, Server};
 
 /// Builds plugins/fpga-sim in its own target dir (the outer `cargo test`
 /// holds the workspace's), once per run.
@@ -308,4 +308,73 @@ fn raw_metrics(s: &Server, auth: &str) -> String {
     let mut out = String::new();
     c.read_to_string(&mut out).unwrap();
     out
+}
+
+#[test]
+fn a_module_names_the_device_for_a_model_with_load_on() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fpga_sim(), dir.path().join("libwasmscore_fpga_sim.so")).unwrap();
+    let s = Server::start(&["--plugin-dir", dir.path().to_str().unwrap()]);
+    let h = hostile();
+    s.deploy_ok("strict", &h, &[model().as_path()], None);
+    s.deploy_ok(
+        "lenient",
+        &h,
+        &[model().as_path()],
+        Some(json!({"device_fallback": "cpu", "device": "fpga-sim"})),
+    );
+
+    let (st, _, on_cpu) = s.score("strict", "model-on:cpu");
+    assert_eq!(st, 200, "{on_cpu}");
+    assert_eq!(on_cpu["device"], "cpu");
+    let p = on_cpu["probabilities"].as_array().unwrap();
+    assert_eq!(p.len(), 3);
+    assert!((p.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() - 1.0).abs() < 1e-4, "{on_cpu}");
+    // A plugin runs no whole models; a device the host has not; neither
+    // falls back on its own: the module's call fails (500), the version serves.
+    let (st, _, j) = s.score("strict", "model-on:fpga-sim");
+    assert_eq!(st, 500, "{j}");
+    assert!(
+        j.to_string().contains("not whole models") && j.to_string().contains("device_fallback"),
+        "{j}"
+    );
+    let (st, _, j) = s.score("strict", "model-on:nope");
+    assert_eq!(st, 500, "{j}");
+    assert!(error_message(&j).contains("no device named \"nope\""), "{j}");
+    assert_eq!(s.score("strict", "model-on:cpu").0, 200);
+
+    // conv2d through `ops` on the device the module names: fpga-sim (int8
+    // inside) agrees with the CPU within the kit's 5% of the largest value.
+    let (sc, _, cpu) = s.score("strict", "conv-on:cpu");
+    let (sf, _, sim) = s.score("strict", "conv-on:fpga-sim");
+    assert_eq!((sc, sf), (200, 200), "{cpu} {sim}");
+    assert_eq!((cpu["device"].as_str(), sim["device"].as_str()), (Some("cpu"), Some("fpga-sim")));
+    assert_eq!(cpu["shape"], json!([1, 3, 6, 6]));
+    assert_eq!(sim["shape"], cpu["shape"]);
+    let (yc, ys) = (cpu["y"].as_array().unwrap(), sim["y"].as_array().unwrap());
+    let max = yc.iter().map(|v| v.as_f64().unwrap().abs()).fold(0.0, f64::max);
+    let worst = yc
+        .iter()
+        .zip(ys)
+        .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
+        .fold(0.0, f64::max);
+    assert!(max > 1.0 && worst <= 0.05 * max, "worst {worst} of {max}");
+
+    // The version that chose a fallback: the model runs on cpu, counted and logged.
+    let (st, _, j) = s.score("lenient", "model-on:fpga-sim");
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["device"], "cpu");
+    assert_eq!(j["probabilities"], on_cpu["probabilities"]);
+    let (_, show) = s.get_admin("/admin/v1/endpoints/lenient");
+    assert_eq!(usage(&show, "fpga-sim")["fell_back"], 1, "{show}");
+    assert_eq!(usage(&show, "cpu")["inference_calls"], 1, "{show}");
+    let (_, logs) = s.get_admin("/admin/v1/endpoints/lenient/logs");
+    assert!(
+        logs.to_string().contains("model model.onnx runs on the fallback device cpu"),
+        "{logs}"
+    );
+}
+
+fn error_message(j: &Value) -> &str {
+    j["error"]["message"].as_str().unwrap_or("")
 }

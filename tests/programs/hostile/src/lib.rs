@@ -7,7 +7,9 @@
 //! for the autoscaling tests); "copy-up:MB:REPS" hands the host REPS
 //! tensors of MB megabytes (guest -> host) and "copy-down:MB:REPS" reads
 //! one back REPS times (host -> guest), for the copy-cost benchmark
-//! (`wasmscore bench --copy-module`); anything else is echoed.
+//! (`wasmscore bench --copy-module`); "model-on:DEVICE" runs the version's
+//! model.onnx (iris) on DEVICE through `load-on`; "conv-on:DEVICE" runs a
+//! fixed float32 conv2d through `ops` on DEVICE; anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
 
@@ -93,9 +95,42 @@ impl Guest for Hostile {
                 json(format!("{{\"slept_ms\":{ms}}}"))
             }
             other if other.starts_with("copy-") => copy(other),
+            other if other.starts_with("model-on:") => model_on(&other[9..]),
+            other if other.starts_with("conv-on:") => conv_on(&other[8..]),
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }
     }
+}
+
+/// Iris on the named device: which device the output came from, and it.
+fn model_on(device: &str) -> Result<Response, Error> {
+    use wasmscore::scoring::inference::Model;
+    use wasmscore::scoring::tensors::Tensor;
+    use wasmscore::scoring::types::TensorData;
+    let model = Model::load_on("model.onnx", device)?;
+    let x = Tensor::create(&[1, 4], &TensorData::Float32(vec![5.1, 3.5, 1.4, 0.2]))?;
+    let out = model.run(&[("X".to_string(), &x)], &["probabilities".to_string()])?;
+    let (_, p) = out.into_iter().next().ok_or_else(|| Error::Failed("no output".into()))?;
+    let TensorData::Float32(v) = p.data() else {
+        return Err(Error::Failed("probabilities are not float32".into()));
+    };
+    json(format!("{{\"device\":{},\"probabilities\":{v:?}}}", quote(&p.device())))
+}
+
+/// x [1, 2, 6, 6] * w [3, 2, 3, 3], stride 1, pad 1, on the named device.
+fn conv_on(device: &str) -> Result<Response, Error> {
+    use wasmscore::scoring::ops;
+    use wasmscore::scoring::tensors::Tensor;
+    use wasmscore::scoring::types::TensorData;
+    let x: Vec<f32> = (0..72).map(|i| ((i * 7) % 11) as f32 / 5.0 - 1.0).collect();
+    let w: Vec<f32> = (0..54).map(|i| ((i * 5) % 13) as f32 / 6.0 - 1.0).collect();
+    let x = Tensor::create(&[1, 2, 6, 6], &TensorData::Float32(x))?;
+    let w = Tensor::create(&[3, 2, 3, 3], &TensorData::Float32(w))?;
+    let y = ops::conv2d(&x, &w, None, (1, 1), (1, 1), Some(device))?;
+    let TensorData::Float32(v) = y.data() else {
+        return Err(Error::Failed("conv2d output is not float32".into()));
+    };
+    json(format!("{{\"device\":{},\"shape\":{:?},\"y\":{v:?}}}", quote(&y.device()), y.shape()))
 }
 
 /// "copy-up:MB:REPS" or "copy-down:MB:REPS".
