@@ -34,7 +34,7 @@ pub enum LoadError {
     Open { path: String, message: String },
     #[error("{0}: not a wasmscore device plugin (no wasmscore_plugin_get_api symbol)")]
     NoEntryPoint(String),
-    #[error("{path}: the plugin refused this host's ABI major version {host}")]
+    #[error("{path}: the plugin does not serve this host's plugin ABI major version {host} (it was built for another major; rebuild it against this host's wasmscore_plugin.h)")]
     Refused { path: String, host: u32 },
     #[error(
         "{path}: built for plugin ABI {major}.{minor}; this host speaks {host_major}.{host_minor} (a newer major or minor is refused)"

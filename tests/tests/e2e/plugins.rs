@@ -378,3 +378,71 @@ fn a_module_names_the_device_for_a_model_with_load_on() {
 fn error_message(j: &Value) -> &str {
     j["error"]["message"].as_str().unwrap_or("")
 }
+
+/// Builds plugins/c-matmul with the system C compiler, as a platform team
+/// would: only the header and the linker script. `defines` pick another ABI.
+fn c_plugin(dir: &Path, file: &str, defines: &[&str]) -> PathBuf {
+    let out = dir.join(file);
+    let abi = root().join("plugins/abi");
+    let st = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-I"])
+        .arg(&abi)
+        .arg(format!("-Wl,--version-script={}", abi.join("plugin.map").display()))
+        .args(defines)
+        .arg("-o")
+        .arg(&out)
+        .arg(root().join("plugins/c-matmul/c_matmul.c"))
+        .status()
+        .expect("running cc");
+    assert!(st.success(), "cc failed for {file}");
+    out
+}
+
+#[test]
+fn a_plugin_in_c_passes_the_kit_and_other_abi_versions_are_refused_while_the_host_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let ok = c_plugin(dir.path(), "libc_matmul.so", &[]);
+    c_plugin(dir.path(), "libc_matmul_major2.so", &["-DPLUGIN_MAJOR=2"]);
+    c_plugin(dir.path(), "libc_matmul_minor5.so", &["-DPLUGIN_MINOR=5"]);
+
+    let out = Command::new(bin())
+        .args(["plugin", "check", "--tolerance", "0.001"])
+        .arg(&ok)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("plugin c-matmul (ABI 1.0)") && text.contains(", 0 failed"),
+        "{text}"
+    );
+
+    let s = Server::start(&["--plugin-dir", dir.path().to_str().unwrap()]);
+    let (_, devices) = s.get_admin("/admin/v1/devices");
+    let names: Vec<&str> = devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c-matmul", "cpu"], "{devices}");
+    let missing = devices["unavailable"].as_array().unwrap();
+    let why = |n: &str| {
+        missing
+            .iter()
+            .find(|d| d["name"] == n)
+            .map(|d| d["why"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("{n} not listed: {devices}"))
+    };
+    assert!(why("libc_matmul_major2").contains("does not serve this host's plugin ABI major version 1"));
+    assert!(why("libc_matmul_minor5").contains("built for plugin ABI 1.5; this host speaks 1.0"));
+
+    // The host serves; a version on c-matmul gets what c-matmul declares
+    // (matmul) and, having chosen the CPU as fallback, gemm there.
+    s.deploy_ok("mlp-c", mlp(), &[], Some(json!({"device": "c-matmul", "device_fallback": "cpu"})));
+    let (st, _, j) = s.score("mlp-c", &mlp_rows(4).to_string());
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["devices"]["gemm"], "cpu");
+    let (_, show) = s.get_admin("/admin/v1/endpoints/mlp-c");
+    let c = usage(&show, "c-matmul");
+    assert_eq!((c["fell_back"].as_u64(), c["op_errors"].as_u64()), (Some(3), Some(0)), "{c}");
+}
