@@ -148,23 +148,16 @@ fn the_mlp_on_fpga_sim_agrees_with_the_cpu_and_devices_are_never_swapped_silentl
     // the host serves; cuda is missing with why.
     let (st, devices) = s.get_admin("/admin/v1/devices");
     assert_eq!(st, 200);
-    let names: Vec<&str> = devices["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
+    let names = device_names(&devices);
     assert_eq!(names, ["cpu", "fpga-sim"], "{devices}");
     assert!(devices["devices"][1]["description"].as_str().unwrap().contains("simulated FPGA"));
-    let missing = devices["unavailable"].as_array().unwrap();
-    let why = |n: &str| {
-        missing
-            .iter()
-            .find(|d| d["name"] == n)
-            .map(|d| d["why"].as_str().unwrap().to_string())
-    };
-    assert!(why("broken").unwrap().contains("cannot be loaded as a shared library"), "{devices}");
-    assert!(why("cuda").is_some(), "{devices}");
+    assert!(
+        unavailable_why(&devices, "broken")
+            .unwrap()
+            .contains("cannot be loaded as a shared library"),
+        "{devices}"
+    );
+    assert!(unavailable_why(&devices, "cuda").is_some(), "{devices}");
     let out = Command::new(bin())
         .args(["devices", "--data-dir"])
         .arg(s.data.path())
@@ -418,23 +411,14 @@ fn a_plugin_in_c_passes_the_kit_and_other_abi_versions_are_refused_while_the_hos
 
     let s = Server::start(&["--plugin-dir", dir.path().to_str().unwrap()]);
     let (_, devices) = s.get_admin("/admin/v1/devices");
-    let names: Vec<&str> = devices["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["name"].as_str().unwrap())
-        .collect();
+    let names = device_names(&devices);
     assert_eq!(names, ["c-matmul", "cpu"], "{devices}");
-    let missing = devices["unavailable"].as_array().unwrap();
-    let why = |n: &str| {
-        missing
-            .iter()
-            .find(|d| d["name"] == n)
-            .map(|d| d["why"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| panic!("{n} not listed: {devices}"))
-    };
-    assert!(why("libc_matmul_major2").contains("does not serve this host's plugin ABI major version 1"));
-    assert!(why("libc_matmul_minor5").contains("built for plugin ABI 1.5; this host speaks 1.0"));
+    assert!(unavailable_why(&devices, "libc_matmul_major2")
+        .unwrap()
+        .contains("does not serve this host's plugin ABI major version 1"));
+    assert!(unavailable_why(&devices, "libc_matmul_minor5")
+        .unwrap()
+        .contains("built for plugin ABI 1.5; this host speaks 1.0"));
 
     // The host serves; a version on c-matmul gets what c-matmul declares
     // (matmul) and, having chosen the CPU as fallback, gemm there.
@@ -445,4 +429,23 @@ fn a_plugin_in_c_passes_the_kit_and_other_abi_versions_are_refused_while_the_hos
     let (_, show) = s.get_admin("/admin/v1/endpoints/mlp-c");
     let c = usage(&show, "c-matmul");
     assert_eq!((c["fell_back"].as_u64(), c["op_errors"].as_u64()), (Some(3), Some(0)), "{c}");
+}
+
+fn device_names(devices: &Value) -> Vec<&str> {
+    devices["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect()
+}
+
+/// Why `up` has not the device (or plugin file) `name`, if it says so.
+fn unavailable_why(devices: &Value, name: &str) -> Option<String> {
+    devices["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .map(|d| d["why"].as_str().unwrap().to_string())
 }
