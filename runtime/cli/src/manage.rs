@@ -753,9 +753,11 @@ fn print_devices(d: &Value) {
         }
         if u["inference_calls"].as_u64().unwrap_or(0) > 0 {
             parts.push(format!(
-                "{} model runs, {:.3} ms",
+                "{} model runs, {:.3} ms; {} outputs kept on the device, {} read back to the host",
                 u["inference_calls"],
-                u["inference_wall_seconds"].as_f64().unwrap_or(0.0) * 1e3
+                u["inference_wall_seconds"].as_f64().unwrap_or(0.0) * 1e3,
+                u["kept_on_device"],
+                u["host_reads"]
             ));
         }
         println!("      on {}: {}", u["device"].as_str().unwrap_or("?"), parts.join(", "));

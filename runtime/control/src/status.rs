@@ -254,7 +254,7 @@ impl Control {
         use std::fmt::Write;
         let inner = lock(&self.inner);
         let mut rows: Vec<(String, Vec<(String, f64)>)> = Vec::new();
-        let mut device_rows: Vec<(String, [(&str, f64); 8])> = Vec::new();
+        let mut device_rows: Vec<(String, [(&str, f64); 10])> = Vec::new();
         let mut device_rows_deploy: Vec<(String, f64)> = Vec::new();
         for (name, ep) in &inner.endpoints {
             for v in &ep.versions {
@@ -300,6 +300,8 @@ impl Control {
                             ("fell_back_total", u.fell_back as f64),
                             ("inference_calls_total", u.inference_calls as f64),
                             ("inference_wall_seconds_total", u.inference_wall_seconds),
+                            ("kept_on_device_total", u.kept_on_device as f64),
+                            ("host_reads_total", u.host_reads as f64),
                         ],
                     ));
                 }

@@ -9,9 +9,12 @@
 //! Each "no" is the reason `up` records, and a version that asks for cuda
 //! is refused with it unless it chose `device_fallback: "cpu"`.
 //!
-//! What is not built: tensors stay in host memory between the guest's
-//! calls (a model run binds its inputs from host memory and its outputs to
-//! pinned host memory; an op copies its operands to the GPU and back).
+//! Tensors stay on the GPU between the guest's calls: a model's outputs are
+//! bound to GPU memory and handed to the guest as values the device keeps;
+//! a later model run on cuda binds them as they are, and the host copies
+//! one to host memory only when something reads it (`data()`, an op, a
+//! model on another device). Ops (cuBLAS) copy their operands over and
+//! back.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -43,9 +46,11 @@ mod imp {
     use ort::ep::ExecutionProvider;
     use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
     use ort::session::Session;
-    use wasmscore_tensor::{bias_dims, gemm_dims, Device, DeviceKind, Model, Ops, Tensor, TensorData, TensorError, TensorInfo};
+    use wasmscore_tensor::{bias_dims, gemm_dims, Device, DeviceKind, Model, Ops, Tensor, TensorData, TensorError, TensorInfo, Value};
 
-    use crate::session::{check_input, describe, from_ort, to_ort};
+    use ort::value::DynValue;
+
+    use crate::session::{check_input, describe, from_ort, to_ort, OrtResident};
     use crate::OrtCpu;
 
     pub struct OrtCuda {
@@ -115,12 +120,15 @@ mod imp {
             let (inputs, outputs) = describe(file, &session)?;
             let pinned = MemoryInfo::new(AllocationDevice::CUDA_PINNED, 0, AllocatorType::Device, MemoryType::CPUOutput)
                 .map_err(|e| fail(e.to_string()))?;
+            let device_memory =
+                MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default).map_err(|e| fail(e.to_string()))?;
             Ok(Arc::new(CudaModel {
                 file: file.to_string(),
                 session: Mutex::new(session),
                 inputs,
                 outputs,
                 pinned,
+                device_memory,
             }))
         }
 
@@ -146,6 +154,7 @@ mod imp {
         inputs: Vec<TensorInfo>,
         outputs: Vec<TensorInfo>,
         pinned: MemoryInfo<'static>,
+        device_memory: MemoryInfo<'static>,
     }
 
     // SAFETY: the session is behind a mutex; the memory info is read only.
@@ -161,11 +170,52 @@ mod imp {
         }
 
         fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
+            let values: Vec<(&str, Value)> = inputs.iter().map(|(n, t)| (*n, Value::Host((*t).clone()))).collect();
+            let refs: Vec<(&str, &Value)> = values.iter().map(|(n, v)| (*n, v)).collect();
+            // Outputs to pinned host memory: one copy off the GPU.
+            self.bind_and_run(&refs, wanted, &self.pinned)?
+                .into_iter()
+                .map(|(name, v)| Ok((name.clone(), from_ort(&self.file, &name, &v)?)))
+                .collect()
+        }
+
+        /// Inputs an earlier run kept on the GPU are bound as they are;
+        /// outputs stay in GPU memory until something reads them.
+        fn run_values(&self, inputs: &[(&str, &Value)], wanted: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
+            self.bind_and_run(inputs, wanted, &self.device_memory)?
+                .into_iter()
+                .map(|(name, v)| Ok((name.clone(), OrtResident::wrap(&self.file, &name, "cuda", v)?)))
+                .collect()
+        }
+    }
+
+    impl CudaModel {
+        fn bind_and_run(
+            &self,
+            inputs: &[(&str, &Value)],
+            wanted: &[&str],
+            out_memory: &MemoryInfo<'static>,
+        ) -> Result<Vec<(String, DynValue)>, TensorError> {
             let err = |e: ort::Error| TensorError::failed(format!("{} on cuda: {e}", self.file));
-            let mut values = Vec::with_capacity(inputs.len());
-            for (name, t) in inputs {
-                check_input(&self.file, &self.inputs, name, t)?;
-                values.push((
+            // Values kept by another device come through host memory.
+            let mut copied: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
+            for (name, v) in inputs {
+                check_input(&self.file, &self.inputs, name, v.dtype(), v.shape())?;
+                copied.push(match v {
+                    Value::Resident(r) if OrtResident::on(v, "cuda").is_none() => Some(r.to_host()?),
+                    _ => None,
+                });
+            }
+            let mut host_inputs = Vec::new();
+            for ((name, v), copy) in inputs.iter().zip(&copied) {
+                if OrtResident::on(v, "cuda").is_some() {
+                    continue;
+                }
+                let t = match (copy, v) {
+                    (Some(t), _) | (None, Value::Host(t)) => t,
+                    (None, Value::Resident(_)) => unreachable!("copied above"),
+                };
+                host_inputs.push((
                     *name,
                     to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
                 ));
@@ -177,24 +227,28 @@ mod imp {
             };
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             let mut binding = session.create_binding().map_err(err)?;
-            for (name, v) in &values {
+            for (name, v) in inputs {
+                if let Some(kept) = OrtResident::on(v, "cuda") {
+                    binding.bind_input(*name, kept).map_err(err)?;
+                }
+            }
+            for (name, v) in &host_inputs {
                 binding.bind_input(*name, v.value()).map_err(err)?;
             }
             for name in &names {
                 if !self.outputs.iter().any(|o| o.name == *name) {
                     return Err(TensorError::bad(format!("{} has no output named {name:?}", self.file)));
                 }
-                // Outputs land in pinned host memory: one copy off the GPU.
-                binding.bind_output_to_device(*name, &self.pinned).map_err(err)?;
+                binding.bind_output_to_device(*name, out_memory).map_err(err)?;
             }
-            let outs = session.run_binding(&binding).map_err(err)?;
+            let mut outs = session.run_binding(&binding).map_err(err)?;
             names
                 .iter()
                 .map(|name| {
                     let v = outs
-                        .get(name)
+                        .remove(*name)
                         .ok_or_else(|| TensorError::failed(format!("{}: no output {name} came back", self.file)))?;
-                    Ok((name.to_string(), from_ort(&self.file, name, v)?))
+                    Ok((name.to_string(), v))
                 })
                 .collect()
         }

@@ -14,7 +14,9 @@ use std::ptr::{self, NonNull};
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
 use ort::AsPointer;
-use wasmscore_tensor::{DType, Model, Tensor, TensorData, TensorError, TensorInfo};
+use std::sync::Arc;
+
+use wasmscore_tensor::{DType, Model, Resident, Tensor, TensorData, TensorError, TensorInfo, Value};
 
 /// A loaded ONNX model.
 pub struct OrtModel {
@@ -102,13 +104,13 @@ impl OrtModel {
         })
     }
 
-    fn check_input(&self, name: &str, t: &Tensor) -> Result<usize, TensorError> {
-        check_input(&self.file, &self.inputs, name, t)
+    fn check_input(&self, name: &str, dtype: DType, shape: &[u64]) -> Result<usize, TensorError> {
+        check_input(&self.file, &self.inputs, name, dtype, shape)
     }
 }
 
 /// Where input `name` is among the model's inputs, if `t` fits it.
-pub(crate) fn check_input(file: &str, inputs: &[TensorInfo], name: &str, t: &Tensor) -> Result<usize, TensorError> {
+pub(crate) fn check_input(file: &str, inputs: &[TensorInfo], name: &str, dtype: DType, shape: &[u64]) -> Result<usize, TensorError> {
     let idx = inputs.iter().position(|i| i.name == name).ok_or_else(|| {
         TensorError::bad(format!(
             "{file} has no input named {name:?}; its inputs are {:?}",
@@ -116,19 +118,18 @@ pub(crate) fn check_input(file: &str, inputs: &[TensorInfo], name: &str, t: &Ten
         ))
     })?;
     let want = &inputs[idx];
-    if want.dtype != t.dtype() {
+    if want.dtype != dtype {
         return Err(TensorError::bad(format!(
             "{file}: input {name} takes {}, got {}",
             want.dtype.name(),
-            t.dtype().name()
+            dtype.name()
         )));
     }
-    let shape_ok = want.shape.len() == t.shape().len() && want.shape.iter().zip(t.shape()).all(|(&w, &g)| w < 0 || w as u64 == g);
+    let shape_ok = want.shape.len() == shape.len() && want.shape.iter().zip(shape).all(|(&w, &g)| w < 0 || w as u64 == g);
     if !shape_ok {
         return Err(TensorError::bad(format!(
-            "{file}: input {name} takes shape {:?} (-1 = any), got {:?}",
-            want.shape,
-            t.shape()
+            "{file}: input {name} takes shape {:?} (-1 = any), got {shape:?}",
+            want.shape
         )));
     }
     Ok(idx)
@@ -138,6 +139,8 @@ pub(crate) fn check_input(file: &str, inputs: &[TensorInfo], name: &str, t: &Ten
 pub(crate) enum Input<'a> {
     Ref(DynValueRef<'a>),
     Owned(DynValue),
+    /// A value the device already holds (a model output it kept).
+    Kept(&'a DynValue),
 }
 type DynValueRef<'a> = ort::value::ValueRef<'a, ort::value::DynValueTypeMarker>;
 
@@ -147,13 +150,11 @@ impl Input<'_> {
         match self {
             Input::Ref(v) => v,
             Input::Owned(v) => v,
+            Input::Kept(v) => v,
         }
     }
     fn ptr(&self) -> *const ort::sys::OrtValue {
-        match self {
-            Input::Ref(v) => v.ptr(),
-            Input::Owned(v) => v.ptr(),
-        }
+        self.value().ptr()
     }
 }
 
@@ -219,21 +220,78 @@ pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, T
     Tensor::new(shape, data)
 }
 
-impl Model for OrtModel {
-    fn inputs(&self) -> &[TensorInfo] {
-        &self.inputs
-    }
-    fn outputs(&self) -> &[TensorInfo] {
-        &self.outputs
+/// A model output that ONNX Runtime keeps: on the CPU device in host
+/// memory (reading it is the copy `run` would have made anyway), on cuda in
+/// GPU memory. A model on the same device takes it as an input as it is.
+pub struct OrtResident {
+    file: String,
+    name: String,
+    device: &'static str,
+    dtype: DType,
+    shape: Vec<u64>,
+    pub(crate) value: DynValue,
+}
+
+impl OrtResident {
+    /// Wraps an output; strings (and types we do not map) go to the host at once.
+    pub(crate) fn wrap(file: &str, name: &str, device: &'static str, value: DynValue) -> Result<Value, TensorError> {
+        let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
+            return Ok(Value::Host(from_ort(file, name, &value)?));
+        };
+        match dtype_of(*ty) {
+            Some(dtype) if dtype != DType::String => Ok(Value::Resident(Arc::new(OrtResident {
+                file: file.to_string(),
+                name: name.to_string(),
+                device,
+                dtype,
+                shape: shape.iter().map(|d| *d as u64).collect(),
+                value,
+            }))),
+            _ => Ok(Value::Host(from_ort(file, name, &value)?)),
+        }
     }
 
-    fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
+    /// The kept value when `device` is the one holding it.
+    pub(crate) fn on<'a>(v: &'a Value, device: &str) -> Option<&'a DynValue> {
+        match v {
+            Value::Resident(r) if r.device() == device => r.as_any().downcast_ref::<OrtResident>().map(|o| &o.value),
+            _ => None,
+        }
+    }
+}
+
+impl Resident for OrtResident {
+    fn device(&self) -> &str {
+        self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn shape(&self) -> &[u64] {
+        &self.shape
+    }
+    fn to_host(&self) -> Result<Tensor, TensorError> {
+        if self.device == "cpu" {
+            return from_ort(&self.file, &self.name, &self.value);
+        }
+        let fail = |e: ort::Error| TensorError::failed(format!("{}: copying output {} off {}: {e}", self.file, self.name, self.device));
+        let tensor = self.value.view().downcast::<ort::value::DynTensorValueType>().map_err(fail)?;
+        let host = tensor.to(ort::memory::AllocationDevice::CPU, 0).map_err(fail)?.into_dyn();
+        from_ort(&self.file, &self.name, &host)
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+impl OrtModel {
+    /// Runs the session through the C API (see the module comment) and
+    /// returns the outputs as ONNX Runtime values.
+    fn run_ort(&self, inputs: &[(&str, Input<'_>)], wanted: &[&str]) -> Result<Vec<(String, DynValue)>, TensorError> {
         let mut in_names: Vec<*const c_char> = Vec::with_capacity(inputs.len());
-        let mut in_values = Vec::with_capacity(inputs.len());
-        for (name, t) in inputs {
-            let idx = self.check_input(name, t)?;
+        for (name, _) in inputs {
+            let idx = self.inputs.iter().position(|i| i.name == *name).expect("checked by the caller");
             in_names.push(self.input_names[idx].as_ptr());
-            in_values.push(to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?);
         }
         for want in &self.inputs {
             if !inputs.iter().any(|(n, _)| *n == want.name) {
@@ -254,7 +312,7 @@ impl Model for OrtModel {
                 .collect::<Result<_, _>>()?
         };
         let out_names: Vec<*const c_char> = out_idx.iter().map(|&i| self.output_names[i].as_ptr()).collect();
-        let in_ptrs: Vec<*const ort::sys::OrtValue> = in_values.iter().map(Input::ptr).collect();
+        let in_ptrs: Vec<*const ort::sys::OrtValue> = inputs.iter().map(|(_, v)| v.ptr()).collect();
         let mut out_ptrs: Vec<*mut ort::sys::OrtValue> = vec![ptr::null_mut(); out_names.len()];
 
         // SAFETY: the session outlives the call; every pointer array has the
@@ -282,10 +340,62 @@ impl Model for OrtModel {
             // SAFETY: `p` is an OrtValue that Run just gave us to own, allocated
             // by the session's allocator.
             let value: DynValue = unsafe { DynValue::from_ptr(p, Some(self.session.allocator())) };
-            let name = &self.outputs[out_idx[k]].name;
-            outs.push((name.clone(), from_ort(&self.file, name, &value)?));
+            outs.push((self.outputs[out_idx[k]].name.clone(), value));
         }
         Ok(outs)
+    }
+}
+
+impl Model for OrtModel {
+    fn inputs(&self) -> &[TensorInfo] {
+        &self.inputs
+    }
+    fn outputs(&self) -> &[TensorInfo] {
+        &self.outputs
+    }
+
+    fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for (name, t) in inputs {
+            self.check_input(name, t.dtype(), t.shape())?;
+            values.push((
+                *name,
+                to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
+            ));
+        }
+        self.run_ort(&values, wanted)?
+            .into_iter()
+            .map(|(name, v)| Ok((name.clone(), from_ort(&self.file, &name, &v)?)))
+            .collect()
+    }
+
+    /// Outputs stay ONNX Runtime values (no copy until read); inputs that
+    /// an earlier run on this device kept go in as they are.
+    fn run_values(&self, inputs: &[(&str, &Value)], wanted: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
+        // Values kept by another device are read into host memory first.
+        let mut copied: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
+        for (name, v) in inputs {
+            self.check_input(name, v.dtype(), v.shape())?;
+            copied.push(match v {
+                Value::Resident(r) if OrtResident::on(v, "cpu").is_none() => Some(r.to_host()?),
+                _ => None,
+            });
+        }
+        let mut values = Vec::with_capacity(inputs.len());
+        for ((name, v), copy) in inputs.iter().zip(&copied) {
+            let input = match (OrtResident::on(v, "cpu"), copy, v) {
+                (Some(kept), _, _) => Input::Kept(kept),
+                (None, Some(t), _) | (None, None, Value::Host(t)) => {
+                    to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?
+                }
+                (None, None, Value::Resident(_)) => unreachable!("copied above"),
+            };
+            values.push((*name, input));
+        }
+        self.run_ort(&values, wanted)?
+            .into_iter()
+            .map(|(name, v)| Ok((name.clone(), OrtResident::wrap(&self.file, &name, "cpu", v)?)))
+            .collect()
     }
 }
 

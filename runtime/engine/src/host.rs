@@ -5,10 +5,10 @@
 //! [`HostState`] is prepared per instance (its resource table and limits).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use wasmscore_tensor::{DType, Devices, Model, Ops, Tensor, TensorData, TensorError};
+use wasmscore_tensor::{DType, Devices, Model, Ops, Tensor, TensorData, TensorError, Value};
 use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -16,10 +16,36 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::{inference, log, ops, scoring_types, tensors, types, HostError};
 use crate::usage::DeviceUsage;
 
-/// A tensor held for the guest, with the device that holds it.
+/// A tensor held for the guest, with the device that holds it: host
+/// data, or a value a device keeps (a model's output left on the GPU),
+/// copied to the host once, when something first needs the elements.
 pub struct TensorRes {
-    pub tensor: Tensor,
+    value: Value,
+    host: OnceLock<Tensor>,
     pub device: Arc<str>,
+}
+
+impl TensorRes {
+    /// The elements in host memory.
+    fn host(&self) -> Result<&Tensor, TensorError> {
+        match &self.value {
+            Value::Host(t) => Ok(t),
+            Value::Resident(r) => {
+                if self.host.get().is_none() {
+                    let _ = self.host.set(r.to_host()?);
+                }
+                Ok(self.host.get().expect("set above"))
+            }
+        }
+    }
+
+    /// The device whose value was read into host memory, if one was.
+    fn read_from(&self) -> Option<&str> {
+        match &self.value {
+            Value::Resident(r) if self.host.get().is_some() => Some(r.device()),
+            _ => None,
+        }
+    }
 }
 
 /// A model handle given to the guest, with the device its session is on.
@@ -259,7 +285,13 @@ impl HostState {
     }
 
     pub(crate) fn push_tensor(&mut self, tensor: Tensor, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
-        let size = tensor.data().byte_size() as u64;
+        self.push_value(Value::Host(tensor), device)
+    }
+
+    /// Hands a value to the guest. A resident one counts at its full size
+    /// now: that is what its host copy takes if it is ever read.
+    fn push_value(&mut self, value: Value, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
+        let size = value.byte_size() as u64;
         if self.memory_bytes + self.tensor_bytes + size > self.version.memory_limit {
             self.hit_memory_limit = true;
             return Err(TensorError::bad(format!(
@@ -269,13 +301,36 @@ impl HostState {
             .into());
         }
         self.tensor_bytes += size;
-        Ok(self.table.push(TensorRes { tensor, device })?)
+        Ok(self.table.push(TensorRes {
+            value,
+            host: OnceLock::new(),
+            device,
+        })?)
     }
 
+    /// Takes a tensor back from the guest (a response tensor), in host memory.
     pub(crate) fn take_tensor(&mut self, r: Resource<TensorRes>) -> Result<Tensor, HostError> {
+        let t = self.forget(r)?;
+        if let Value::Resident(r) = &t.value {
+            if t.host.get().is_none() {
+                self.version.usage.host_read(r.device());
+            }
+        }
+        match (t.value, t.host.into_inner()) {
+            (_, Some(copy)) => Ok(copy),
+            (value, None) => Ok(value.into_host()?),
+        }
+    }
+
+    /// Removes a tensor from the table and its bytes from the count,
+    /// noting a resident value that was read into host memory.
+    fn forget(&mut self, r: Resource<TensorRes>) -> Result<TensorRes, HostError> {
         let t = self.table.delete(r)?;
-        self.tensor_bytes -= t.tensor.data().byte_size() as u64;
-        Ok(t.tensor)
+        self.tensor_bytes -= t.value.byte_size() as u64;
+        if let Some(device) = t.read_from() {
+            self.version.usage.host_read(device);
+        }
+        Ok(t)
     }
 
     fn device_name(&self) -> Arc<str> {
@@ -388,15 +443,21 @@ impl tensors::HostTensor for HostState {
     }
 
     fn dtype(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<types::Dtype> {
-        Ok(to_wit_dtype(self.table.get(&t)?.tensor.dtype()))
+        Ok(to_wit_dtype(self.table.get(&t)?.value.dtype()))
     }
 
     fn shape(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<Vec<u64>> {
-        Ok(self.table.get(&t)?.tensor.shape().to_vec())
+        Ok(self.table.get(&t)?.value.shape().to_vec())
     }
 
     fn data(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<types::TensorData> {
-        Ok(to_wit_data(self.table.get(&t)?.tensor.data()))
+        // A device that cannot hand its value back is a host failure: trap.
+        let host = self
+            .table
+            .get(&t)?
+            .host()
+            .map_err(|e| wasmtime::format_err!("reading a tensor from its device: {e}"))?;
+        Ok(to_wit_data(host.data()))
     }
 
     fn device(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<String> {
@@ -404,9 +465,11 @@ impl tensors::HostTensor for HostState {
     }
 
     fn drop(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<()> {
-        let t = self.table.delete(t)?;
-        self.tensor_bytes -= t.tensor.data().byte_size() as u64;
-        Ok(())
+        match self.forget(t) {
+            Ok(_) => Ok(()),
+            Err(HostError::Trap(e)) => Err(e),
+            Err(HostError::Guest(e)) => Err(wasmtime::format_err!("{e}")),
+        }
     }
 }
 
@@ -470,18 +533,21 @@ impl inference::HostModel for HostState {
         let results = {
             let mut named = Vec::with_capacity(inputs.len());
             for (name, r) in &inputs {
-                named.push((name.as_str(), &self.table.get(r)?.tensor));
+                named.push((name.as_str(), &self.table.get(r)?.value));
             }
             let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let started = Instant::now();
-            let results = model.run(&named, &wanted);
+            // Inputs already on the model's device stay there; outputs may too.
+            let results = model.run_values(&named, &wanted);
             self.version.usage.inference(&device, started.elapsed());
             results?
         };
-        let dev = device;
         let mut out = Vec::with_capacity(results.len());
-        for (name, t) in results {
-            out.push((name, self.push_tensor(t, dev.clone())?));
+        for (name, v) in results {
+            if let Value::Resident(r) = &v {
+                self.version.usage.kept_on_device(r.device());
+            }
+            out.push((name, self.push_value(v, device.clone())?));
         }
         Ok(out)
     }
@@ -555,7 +621,7 @@ fn record(version: &VersionContext, device: &str, ops: &dyn Ops, started: Instan
 }
 
 fn get<'a>(table: &'a ResourceTable, r: &Resource<TensorRes>) -> Result<&'a Tensor, HostError> {
-    Ok(&table.get(r)?.tensor)
+    Ok(table.get(r)?.host()?)
 }
 
 impl ops::Host for HostState {

@@ -27,6 +27,10 @@ struct Counters {
     fell_back: AtomicU64,
     inference_calls: AtomicU64,
     inference_wall_ns: AtomicU64,
+    /// Model outputs the device kept (not copied to the host).
+    kept_on_device: AtomicU64,
+    /// Kept outputs that were read into host memory after all.
+    host_reads: AtomicU64,
     /// Bit per op in [`OPS`]: its first fallback was logged.
     warned: AtomicU32,
 }
@@ -48,6 +52,8 @@ pub struct DeviceUsageSnapshot {
     pub fell_back: u64,
     pub inference_calls: u64,
     pub inference_wall_seconds: f64,
+    pub kept_on_device: u64,
+    pub host_reads: u64,
 }
 
 fn ns(d: Duration) -> u64 {
@@ -96,6 +102,18 @@ impl DeviceUsage {
         c.warned.fetch_or(bit, Relaxed) & bit == 0
     }
 
+    pub fn kept_on_device(&self, device: &str) {
+        if let Some(c) = self.get(device) {
+            c.kept_on_device.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn host_read(&self, device: &str) {
+        if let Some(c) = self.get(device) {
+            c.host_reads.fetch_add(1, Relaxed);
+        }
+    }
+
     pub fn inference(&self, device: &str, wall: Duration) {
         if let Some(c) = self.get(device) {
             c.inference_calls.fetch_add(1, Relaxed);
@@ -119,6 +137,8 @@ impl DeviceUsage {
                 fell_back: c.fell_back.load(Relaxed),
                 inference_calls: c.inference_calls.load(Relaxed),
                 inference_wall_seconds: secs(&c.inference_wall_ns),
+                kept_on_device: c.kept_on_device.load(Relaxed),
+                host_reads: c.host_reads.load(Relaxed),
             })
             .filter(|s| s.device == always || s.op_calls + s.op_errors + s.fell_back + s.inference_calls > 0)
             .collect()

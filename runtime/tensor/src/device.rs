@@ -19,6 +19,61 @@ pub struct TensorInfo {
     pub shape: Vec<i64>,
 }
 
+/// Tensor data a device keeps between the guest's calls (an ONNX Runtime
+/// value, in GPU memory on cuda), so one model's output feeds the next
+/// model on that device without a trip through host memory. The host reads
+/// the elements only when something needs them (the guest's `data()`, an
+/// op, a model on another device).
+pub trait Resident: Send + Sync {
+    /// The device that holds it.
+    fn device(&self) -> &str;
+    fn dtype(&self) -> DType;
+    fn shape(&self) -> &[u64];
+    /// A copy in host memory.
+    fn to_host(&self) -> Result<Tensor, TensorError>;
+    /// For the device that made it, to get its own type back.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A model's input or output: in host memory, or kept by a device.
+#[derive(Clone)]
+pub enum Value {
+    Host(Tensor),
+    Resident(Arc<dyn Resident>),
+}
+
+impl Value {
+    pub fn dtype(&self) -> DType {
+        match self {
+            Value::Host(t) => t.dtype(),
+            Value::Resident(r) => r.dtype(),
+        }
+    }
+
+    pub fn shape(&self) -> &[u64] {
+        match self {
+            Value::Host(t) => t.shape(),
+            Value::Resident(r) => r.shape(),
+        }
+    }
+
+    /// Bytes the elements take (what a host copy would take).
+    pub fn byte_size(&self) -> usize {
+        match self {
+            Value::Host(t) => t.data().byte_size(),
+            Value::Resident(r) => r.shape().iter().product::<u64>() as usize * r.dtype().width(),
+        }
+    }
+
+    /// The host tensor, copied from the device when it is resident.
+    pub fn into_host(self) -> Result<Tensor, TensorError> {
+        match self {
+            Value::Host(t) => Ok(t),
+            Value::Resident(r) => r.to_host(),
+        }
+    }
+}
+
 /// A model loaded on a device. `run` takes `&self`: replicas of a version run
 /// the same model concurrently, with no lock around it.
 pub trait Model: Send + Sync {
@@ -26,6 +81,25 @@ pub trait Model: Send + Sync {
     fn outputs(&self) -> &[TensorInfo];
     /// Runs the model. `outputs` names the outputs wanted; empty means all.
     fn run(&self, inputs: &[(&str, &Tensor)], outputs: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError>;
+    /// Runs on values that may already be on this device, and may leave the
+    /// outputs there. The default reads resident inputs into host memory
+    /// and returns host outputs.
+    fn run_values(&self, inputs: &[(&str, &Value)], outputs: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
+        let host: Vec<(&str, std::borrow::Cow<'_, Tensor>)> = inputs
+            .iter()
+            .map(|(n, v)| {
+                Ok((
+                    *n,
+                    match v {
+                        Value::Host(t) => std::borrow::Cow::Borrowed(t),
+                        Value::Resident(r) => std::borrow::Cow::Owned(r.to_host()?),
+                    },
+                ))
+            })
+            .collect::<Result<_, TensorError>>()?;
+        let refs: Vec<(&str, &Tensor)> = host.iter().map(|(n, t)| (*n, t.as_ref())).collect();
+        Ok(self.run(&refs, outputs)?.into_iter().map(|(n, t)| (n, Value::Host(t))).collect())
+    }
 }
 
 /// What the last op cost on its device, as the device reports it (a

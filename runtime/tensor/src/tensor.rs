@@ -21,6 +21,17 @@ pub enum DType {
 }
 
 impl DType {
+    /// Bytes per element (a string counts as a pointer-sized handle).
+    pub fn width(self) -> usize {
+        match self {
+            DType::Int8 | DType::Uint8 | DType::Bool => 1,
+            DType::Int16 | DType::Uint16 => 2,
+            DType::Float32 | DType::Int32 | DType::Uint32 => 4,
+            DType::Float64 | DType::Int64 | DType::Uint64 => 8,
+            DType::String => std::mem::size_of::<String>(),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::Float32 => "float32",

@@ -449,3 +449,45 @@ fn unavailable_why(devices: &Value, name: &str) -> Option<String> {
         .find(|d| d["name"] == name)
         .map(|d| d["why"].as_str().unwrap().to_string())
 }
+
+/// chain.onnx: Y = X + 1, float32 [-1, 4] (made with the onnx package in .venv).
+fn chain_model(dir: &Path) -> PathBuf {
+    let out = dir.join("chain.onnx");
+    let script = "import sys,onnx\nfrom onnx import helper as h, TensorProto as T\n\
+        one=h.make_tensor('one',T.FLOAT,[1],[1.0])\n\
+        g=h.make_graph([h.make_node('Add',['X','one'],['Y'])],'chain',\
+        [h.make_tensor_value_info('X',T.FLOAT,[None,4])],[h.make_tensor_value_info('Y',T.FLOAT,[None,4])],[one])\n\
+        m=h.make_model(g,opset_imports=[h.make_opsetid('',13)])\nm.ir_version=8\nonnx.save(m,sys.argv[1])";
+    let st = Command::new(root().join(".venv/bin/python"))
+        .args(["-c", script])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "making chain.onnx");
+    out
+}
+
+#[test]
+fn model_outputs_stay_on_their_device_between_calls_until_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = chain_model(dir.path());
+    let s = Server::start(&[]);
+    s.deploy_ok("chain", &hostile(), &[chain.as_path()], None);
+    let (st, _, j) = s.score("chain", "chain:5");
+    assert_eq!(st, 200, "{j}");
+    assert_eq!(j["y"], json!([6.0, 7.0, 8.0, 9.0]));
+    assert_eq!(j["device"], "cpu");
+    // Five runs, each output kept by the device and fed to the next run as
+    // it was; only the last one was read into host memory.
+    let (_, show) = s.get_admin("/admin/v1/endpoints/chain");
+    let cpu = usage(&show, "cpu");
+    assert_eq!(
+        (
+            cpu["inference_calls"].as_u64(),
+            cpu["kept_on_device"].as_u64(),
+            cpu["host_reads"].as_u64()
+        ),
+        (Some(5), Some(5), Some(1)),
+        "{cpu}"
+    );
+}

@@ -9,7 +9,9 @@
 //! one back REPS times (host -> guest), for the copy-cost benchmark
 //! (`wasmscore bench --copy-module`); "model-on:DEVICE" runs the version's
 //! model.onnx (iris) on DEVICE through `load-on`; "conv-on:DEVICE" runs a
-//! fixed float32 conv2d through `ops` on DEVICE; anything else is echoed.
+//! fixed float32 conv2d through `ops` on DEVICE; "chain:N" feeds
+//! chain.onnx's output back into it N times and reads only the last one;
+//! anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
 
@@ -97,6 +99,7 @@ impl Guest for Hostile {
             other if other.starts_with("copy-") => copy(other),
             other if other.starts_with("model-on:") => model_on(&other[9..]),
             other if other.starts_with("conv-on:") => conv_on(&other[8..]),
+            other if other.starts_with("chain:") => chain(other[6..].parse().unwrap_or(1)),
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }
     }
@@ -115,6 +118,23 @@ fn model_on(device: &str) -> Result<Response, Error> {
         return Err(Error::Failed("probabilities are not float32".into()));
     };
     json(format!("{{\"device\":{},\"probabilities\":{v:?}}}", quote(&p.device())))
+}
+
+/// chain.onnx (Y = X + 1, float32 [-1, 4]) run n times on its own output.
+fn chain(n: u32) -> Result<Response, Error> {
+    use wasmscore::scoring::inference::Model;
+    use wasmscore::scoring::tensors::Tensor;
+    use wasmscore::scoring::types::TensorData;
+    let model = Model::load("chain.onnx")?;
+    let mut x = Tensor::create(&[1, 4], &TensorData::Float32(vec![1.0, 2.0, 3.0, 4.0]))?;
+    for _ in 0..n {
+        let out = model.run(&[("X".to_string(), &x)], &["Y".to_string()])?;
+        x = out.into_iter().next().ok_or_else(|| Error::Failed("no output".into()))?.1;
+    }
+    let TensorData::Float32(v) = x.data() else {
+        return Err(Error::Failed("Y is not float32".into()));
+    };
+    json(format!("{{\"device\":{},\"y\":{v:?}}}", quote(&x.device())))
 }
 
 /// x [1, 2, 6, 6] * w [3, 2, 3, 3], stride 1, pad 1, on the named device.
