@@ -366,7 +366,8 @@ mod imp {
 }
 
 /// Runs where the machine has a GPU (and the onnxruntime-gpu library in
-/// ORT_DYLIB_PATH); elsewhere each test says it skipped and why.
+/// ORT_DYLIB_PATH); elsewhere each test says it skipped and why, unless
+/// WASMSCORE_REQUIRE_GPU=1 (a GPU CI job) makes a missing GPU a failure.
 #[cfg(all(test, feature = "cuda"))]
 mod tests {
     use wasmscore_tensor::{CpuOps, Ops, Tensor, TensorData};
@@ -374,20 +375,22 @@ mod tests {
     use crate::{find_onnxruntime, OrtCpu};
 
     fn gpu() -> Option<std::sync::Arc<dyn wasmscore_tensor::Device>> {
+        let skip = |why: String| {
+            assert!(
+                std::env::var("WASMSCORE_REQUIRE_GPU").as_deref() != Ok("1"),
+                "WASMSCORE_REQUIRE_GPU=1 but {why}"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        };
         let lib = match find_onnxruntime() {
             Ok(l) => l,
-            Err(e) => {
-                eprintln!("SKIPPED: no ONNX Runtime library: {e}");
-                return None;
-            }
+            Err(e) => return skip(format!("no ONNX Runtime library: {e}")),
         };
         let cpu = OrtCpu::new(&lib).expect("ONNX Runtime loads");
         match super::discover(&cpu, &lib) {
             Ok(d) => Some(d),
-            Err(why) => {
-                eprintln!("SKIPPED: no GPU here: {why}");
-                None
-            }
+            Err(why) => skip(format!("no GPU here: {why}")),
         }
     }
 
