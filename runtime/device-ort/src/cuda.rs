@@ -50,7 +50,7 @@ mod imp {
 
     use ort::value::DynValue;
 
-    use crate::session::{check_input, describe, from_ort, to_ort, OrtResident};
+    use crate::session::{check_input, describe, feed, from_ort, host_copies, to_ort, Input, OrtResident};
     use crate::OrtCpu;
 
     pub struct OrtCuda {
@@ -123,7 +123,7 @@ mod imp {
             let device_memory =
                 MemoryInfo::new(AllocationDevice::CUDA, 0, AllocatorType::Device, MemoryType::Default).map_err(|e| fail(e.to_string()))?;
             Ok(Arc::new(CudaModel {
-                file: file.to_string(),
+                file: Arc::from(file),
                 session: Mutex::new(session),
                 inputs,
                 outputs,
@@ -149,7 +149,7 @@ mod imp {
     /// call concurrently on one session, so runs of one model take turns
     /// (the GPU runs them one after another anyway).
     struct CudaModel {
-        file: String,
+        file: Arc<str>,
         session: Mutex<Session>,
         inputs: Vec<TensorInfo>,
         outputs: Vec<TensorInfo>,
@@ -170,10 +170,13 @@ mod imp {
         }
 
         fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
-            let values: Vec<(&str, Value)> = inputs.iter().map(|(n, t)| (*n, Value::Host((*t).clone()))).collect();
-            let refs: Vec<(&str, &Value)> = values.iter().map(|(n, v)| (*n, v)).collect();
+            let mut feeds = Vec::with_capacity(inputs.len());
+            for (name, t) in inputs {
+                check_input(&self.file, &self.inputs, name, t.dtype(), t.shape())?;
+                feeds.push((*name, to_ort(t).map_err(|e| self.bad_input(name, e))?));
+            }
             // Outputs to pinned host memory: one copy off the GPU.
-            self.bind_and_run(&refs, wanted, &self.pinned)?
+            self.bind_and_run(&feeds, wanted, &self.pinned)?
                 .into_iter()
                 .map(|(name, v)| Ok((name.clone(), from_ort(&self.file, &name, &v)?)))
                 .collect()
@@ -182,44 +185,38 @@ mod imp {
         /// Inputs an earlier run kept on the GPU are bound as they are;
         /// outputs stay in GPU memory until something reads them.
         fn run_values(&self, inputs: &[(&str, &Value)], wanted: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
-            self.bind_and_run(inputs, wanted, &self.device_memory)?
+            for (name, v) in inputs {
+                check_input(&self.file, &self.inputs, name, v.dtype(), v.shape())?;
+            }
+            let copies = host_copies(inputs, "cuda")?;
+            let mut feeds = Vec::with_capacity(inputs.len());
+            for ((name, v), copy) in inputs.iter().zip(&copies) {
+                feeds.push((*name, feed(v, copy, "cuda").map_err(|e| self.bad_input(name, e))?));
+            }
+            self.bind_and_run(&feeds, wanted, &self.device_memory)?
                 .into_iter()
-                .map(|(name, v)| Ok((name.clone(), OrtResident::wrap(&self.file, &name, "cuda", v)?)))
+                .map(|(name, v)| {
+                    let label: Arc<str> = Arc::from(name.as_str());
+                    Ok((name, OrtResident::wrap(&self.file, &label, "cuda", v)?))
+                })
                 .collect()
         }
     }
 
     impl CudaModel {
+        fn bad_input(&self, name: &str, e: ort::Error) -> TensorError {
+            TensorError::bad(format!("{}: input {name}: {e}", self.file))
+        }
+
+        /// Binds the inputs (checked by the caller) and the outputs to
+        /// `out_memory`, and runs.
         fn bind_and_run(
             &self,
-            inputs: &[(&str, &Value)],
+            inputs: &[(&str, Input<'_>)],
             wanted: &[&str],
             out_memory: &MemoryInfo<'static>,
         ) -> Result<Vec<(String, DynValue)>, TensorError> {
             let err = |e: ort::Error| TensorError::failed(format!("{} on cuda: {e}", self.file));
-            // Values kept by another device come through host memory.
-            let mut copied: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
-            for (name, v) in inputs {
-                check_input(&self.file, &self.inputs, name, v.dtype(), v.shape())?;
-                copied.push(match v {
-                    Value::Resident(r) if OrtResident::on(v, "cuda").is_none() => Some(r.to_host()?),
-                    _ => None,
-                });
-            }
-            let mut host_inputs = Vec::new();
-            for ((name, v), copy) in inputs.iter().zip(&copied) {
-                if OrtResident::on(v, "cuda").is_some() {
-                    continue;
-                }
-                let t = match (copy, v) {
-                    (Some(t), _) | (None, Value::Host(t)) => t,
-                    (None, Value::Resident(_)) => unreachable!("copied above"),
-                };
-                host_inputs.push((
-                    *name,
-                    to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
-                ));
-            }
             let names: Vec<&str> = if wanted.is_empty() {
                 self.outputs.iter().map(|o| o.name.as_str()).collect()
             } else {
@@ -228,11 +225,6 @@ mod imp {
             let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
             let mut binding = session.create_binding().map_err(err)?;
             for (name, v) in inputs {
-                if let Some(kept) = OrtResident::on(v, "cuda") {
-                    binding.bind_input(*name, kept).map_err(err)?;
-                }
-            }
-            for (name, v) in &host_inputs {
                 binding.bind_input(*name, v.value()).map_err(err)?;
             }
             for name in &names {

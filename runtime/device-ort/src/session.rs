@@ -20,13 +20,15 @@ use wasmscore_tensor::{DType, Model, Resident, Tensor, TensorData, TensorError, 
 
 /// A loaded ONNX model.
 pub struct OrtModel {
-    file: String,
+    file: Arc<str>,
     session: Session,
     inputs: Vec<TensorInfo>,
     outputs: Vec<TensorInfo>,
     /// NUL-terminated names, made once so `run` does not allocate them.
     input_names: Vec<CString>,
     output_names: Vec<CString>,
+    /// The same names, shared with the outputs the device keeps.
+    output_labels: Vec<Arc<str>>,
 }
 
 // SAFETY: `Session` is Send + Sync in `ort`; the CStrings are immutable after load.
@@ -95,7 +97,8 @@ impl OrtModel {
         let input_names = inputs.iter().map(|i| cstr(&i.name)).collect::<Result<_, _>>()?;
         let output_names = outputs.iter().map(|o| cstr(&o.name)).collect::<Result<_, _>>()?;
         Ok(OrtModel {
-            file: file.to_string(),
+            file: Arc::from(file),
+            output_labels: outputs.iter().map(|o| Arc::from(o.name.as_str())).collect(),
             session,
             inputs,
             outputs,
@@ -224,8 +227,8 @@ pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, T
 /// memory (reading it is the copy `run` would have made anyway), on cuda in
 /// GPU memory. A model on the same device takes it as an input as it is.
 pub struct OrtResident {
-    file: String,
-    name: String,
+    file: Arc<str>,
+    name: Arc<str>,
     device: &'static str,
     dtype: DType,
     shape: Vec<u64>,
@@ -234,14 +237,14 @@ pub struct OrtResident {
 
 impl OrtResident {
     /// Wraps an output; strings (and types we do not map) go to the host at once.
-    pub(crate) fn wrap(file: &str, name: &str, device: &'static str, value: DynValue) -> Result<Value, TensorError> {
+    pub(crate) fn wrap(file: &Arc<str>, name: &Arc<str>, device: &'static str, value: DynValue) -> Result<Value, TensorError> {
         let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
             return Ok(Value::Host(from_ort(file, name, &value)?));
         };
         match dtype_of(*ty) {
             Some(dtype) if dtype != DType::String => Ok(Value::Resident(Arc::new(OrtResident {
-                file: file.to_string(),
-                name: name.to_string(),
+                file: file.clone(),
+                name: name.clone(),
                 device,
                 dtype,
                 shape: shape.iter().map(|d| *d as u64).collect(),
@@ -284,17 +287,38 @@ impl Resident for OrtResident {
     }
 }
 
+/// Host copies of the inputs that another device than `device` keeps (read
+/// before a run, so the copies outlive the values made from them).
+pub(crate) fn host_copies(inputs: &[(&str, &Value)], device: &str) -> Result<Vec<Option<Tensor>>, TensorError> {
+    inputs
+        .iter()
+        .map(|(_, v)| match v {
+            Value::Resident(r) if OrtResident::on(v, device).is_none() => r.to_host().map(Some),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// What a model on `device` is given for `v`: the value it keeps as it is,
+/// else a view of the host data (or of its host copy).
+pub(crate) fn feed<'a>(v: &'a Value, copy: &'a Option<Tensor>, device: &str) -> Result<Input<'a>, ort::Error> {
+    match (OrtResident::on(v, device), copy, v) {
+        (Some(kept), _, _) => Ok(Input::Kept(kept)),
+        (None, Some(t), _) | (None, None, Value::Host(t)) => to_ort(t),
+        (None, None, Value::Resident(_)) => unreachable!("host_copies made a copy"),
+    }
+}
+
 impl OrtModel {
     /// Runs the session through the C API (see the module comment) and
     /// returns the outputs as ONNX Runtime values.
-    fn run_ort(&self, inputs: &[(&str, Input<'_>)], wanted: &[&str]) -> Result<Vec<(String, DynValue)>, TensorError> {
-        let mut in_names: Vec<*const c_char> = Vec::with_capacity(inputs.len());
-        for (name, _) in inputs {
-            let idx = self.inputs.iter().position(|i| i.name == *name).expect("checked by the caller");
-            in_names.push(self.input_names[idx].as_ptr());
-        }
-        for want in &self.inputs {
-            if !inputs.iter().any(|(n, _)| *n == want.name) {
+    /// `inputs` pairs each value with its index among the model's inputs
+    /// (from `check_input`).
+    /// Outputs come back with their index among the model's outputs.
+    fn run_ort(&self, inputs: &[(usize, Input<'_>)], wanted: &[&str]) -> Result<Vec<(usize, DynValue)>, TensorError> {
+        let in_names: Vec<*const c_char> = inputs.iter().map(|(idx, _)| self.input_names[*idx].as_ptr()).collect();
+        for (k, want) in self.inputs.iter().enumerate() {
+            if !inputs.iter().any(|(idx, _)| *idx == k) {
                 return Err(TensorError::bad(format!("{}: missing input {:?}", self.file, want.name)));
             }
         }
@@ -340,7 +364,7 @@ impl OrtModel {
             // SAFETY: `p` is an OrtValue that Run just gave us to own, allocated
             // by the session's allocator.
             let value: DynValue = unsafe { DynValue::from_ptr(p, Some(self.session.allocator())) };
-            outs.push((self.outputs[out_idx[k]].name.clone(), value));
+            outs.push((out_idx[k], value));
         }
         Ok(outs)
     }
@@ -357,15 +381,18 @@ impl Model for OrtModel {
     fn run(&self, inputs: &[(&str, &Tensor)], wanted: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
         let mut values = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
-            self.check_input(name, t.dtype(), t.shape())?;
+            let idx = self.check_input(name, t.dtype(), t.shape())?;
             values.push((
-                *name,
+                idx,
                 to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
             ));
         }
         self.run_ort(&values, wanted)?
             .into_iter()
-            .map(|(name, v)| Ok((name.clone(), from_ort(&self.file, &name, &v)?)))
+            .map(|(k, v)| {
+                let name = &self.outputs[k].name;
+                Ok((name.clone(), from_ort(&self.file, name, &v)?))
+            })
             .collect()
     }
 
@@ -373,28 +400,24 @@ impl Model for OrtModel {
     /// an earlier run on this device kept go in as they are.
     fn run_values(&self, inputs: &[(&str, &Value)], wanted: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
         // Values kept by another device are read into host memory first.
-        let mut copied: Vec<Option<Tensor>> = Vec::with_capacity(inputs.len());
+        let mut idx = Vec::with_capacity(inputs.len());
         for (name, v) in inputs {
-            self.check_input(name, v.dtype(), v.shape())?;
-            copied.push(match v {
-                Value::Resident(r) if OrtResident::on(v, "cpu").is_none() => Some(r.to_host()?),
-                _ => None,
-            });
+            idx.push(self.check_input(name, v.dtype(), v.shape())?);
         }
+        let copies = host_copies(inputs, "cpu")?;
         let mut values = Vec::with_capacity(inputs.len());
-        for ((name, v), copy) in inputs.iter().zip(&copied) {
-            let input = match (OrtResident::on(v, "cpu"), copy, v) {
-                (Some(kept), _, _) => Input::Kept(kept),
-                (None, Some(t), _) | (None, None, Value::Host(t)) => {
-                    to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?
-                }
-                (None, None, Value::Resident(_)) => unreachable!("copied above"),
-            };
-            values.push((*name, input));
+        for (((name, v), copy), idx) in inputs.iter().zip(&copies).zip(idx) {
+            values.push((
+                idx,
+                feed(v, copy, "cpu").map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
+            ));
         }
         self.run_ort(&values, wanted)?
             .into_iter()
-            .map(|(name, v)| Ok((name.clone(), OrtResident::wrap(&self.file, &name, "cpu", v)?)))
+            .map(|(k, v)| {
+                let name = &self.output_labels[k];
+                Ok((name.to_string(), OrtResident::wrap(&self.file, name, "cpu", v)?))
+            })
             .collect()
     }
 }

@@ -154,6 +154,13 @@ fn abi_dtype(d: DType) -> Option<abi::DType> {
 }
 
 /// The tensor's elements as the bytes they are in memory.
+// The ABI's buffers are little-endian; host tensors are handed over as they
+// lie in memory.
+const _: () = assert!(
+    cfg!(target_endian = "little"),
+    "the plugin ABI hands tensors over in place, little-endian"
+);
+
 fn bytes_of(d: &TensorData) -> &[u8] {
     fn raw<T>(v: &[T]) -> &[u8] {
         // SAFETY: plain numbers without padding; any byte pattern is readable.
@@ -166,6 +173,20 @@ fn bytes_of(d: &TensorData) -> &[u8] {
         TensorData::Int16(v) => raw(v),
         TensorData::Int32(v) => raw(v),
         _ => &[],
+    }
+}
+
+/// The same, writable: the plugin fills the output tensor in place.
+fn bytes_of_mut(d: &mut TensorData) -> &mut [u8] {
+    fn raw<T>(v: &mut [T]) -> &mut [u8] {
+        // SAFETY: plain numbers without padding; any byte pattern is valid.
+        unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast(), std::mem::size_of_val(v)) }
+    }
+    match d {
+        TensorData::Float32(v) => raw(v),
+        TensorData::Float64(v) => raw(v),
+        TensorData::Int32(v) => raw(v),
+        _ => &mut [],
     }
 }
 
@@ -238,31 +259,23 @@ impl PluginOps {
                 bytes: bytes_of(t.data()),
             })
             .collect();
-        // Integer products accumulate in int32; float ones come back float32.
-        let (out_dtype, mut out) = match dtype {
-            abi::DType::Float32 | abi::DType::Float64 => (dtype, vec![0u8; n * dtype.size()]),
-            _ => (abi::DType::Int32, vec![0u8; n * 4]),
+        // Integer products accumulate in int32; float ones keep their type.
+        let (out_dtype, mut data) = match dtype {
+            abi::DType::Float32 => (dtype, TensorData::Float32(vec![0.0; n])),
+            abi::DType::Float64 => (dtype, TensorData::Float64(vec![0.0; n])),
+            _ => (abi::DType::Int32, TensorData::Int32(vec![0; n])),
         };
         let out_shape: Vec<i64> = shape.iter().map(|d| *d as i64).collect();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let stats = state
             .instance
-            .execute_views(op, params, &views, out_dtype, &out_shape, &mut out)
+            .execute_views(op, params, &views, out_dtype, &out_shape, bytes_of_mut(&mut data))
             .map_err(|e| call_error(&self.name, e))?;
         state.last = Some(OpCost {
             device_ns: stats.device_ns,
             cycles: stats.device_cycles,
         });
         drop(state);
-        let data = match out_dtype {
-            abi::DType::Float32 => TensorData::Float32(out.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-            abi::DType::Float64 => TensorData::Float64(
-                out.chunks_exact(8)
-                    .map(|c| f64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
-                    .collect(),
-            ),
-            _ => TensorData::Int32(out.chunks_exact(4).map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        };
         Tensor::new(shape.to_vec(), data)
     }
 }
