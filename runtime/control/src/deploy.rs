@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionContext};
-use wasmscore_replica::Pool;
+use wasmscore_replica::{Pool, PoolConfig};
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::{Devices, Model};
 
@@ -331,7 +331,10 @@ impl Control {
             )
             .with_devices(&model_device, resolved.fallback.as_deref())
             .with_model_source(source)
-            .with_sandbox(resolved.sandbox.clone()),
+            .with_sandbox(wasmscore_engine::Sandbox {
+                env: resolved.sandbox.env.clone(),
+                precise_clocks: resolved.sandbox.precise_clocks,
+            }),
         );
         for note in &notes {
             ctx.log("warn", note.clone());
@@ -341,7 +344,13 @@ impl Control {
             "starting {} replica(s) x {} instance(s): init()",
             resolved.pool.replicas, resolved.pool.max_concurrent
         ));
-        let pool = Pool::start(prepared, resolved.pool.clone()).map_err(|e| BuildFailure {
+        let pool_config = PoolConfig {
+            replicas: resolved.pool.replicas,
+            max_concurrent: resolved.pool.max_concurrent,
+            max_wait: resolved.pool.max_wait,
+            ..PoolConfig::default()
+        };
+        let pool = Pool::start(prepared, pool_config).map_err(|e| BuildFailure {
             message: format!("{endpoint}/{version}: {e}"),
             ctx: Some(ctx.clone()),
         })?;

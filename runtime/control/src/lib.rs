@@ -12,16 +12,17 @@
 
 mod access;
 mod admin;
-mod autoscale;
 pub mod azureml;
-mod config;
 mod deploy;
 mod monitor;
 mod registry;
 mod rollout;
-pub mod rules;
 mod status;
 mod store;
+
+// The pure cores live in wasmscore-rules (shared with the router and the
+// operator); these names keep the control plane's paths short.
+use wasmscore_rules::{autoscale, config, rollout as rules};
 
 pub use access::AuthSettings;
 pub use admin::AdminResponse;
@@ -62,6 +63,17 @@ impl ControlError {
             ControlError::Conflict(_) => "conflict",
             ControlError::DeployFailed(_) => "deploy_failed",
             ControlError::Store(_) => "store_error",
+        }
+    }
+}
+
+impl From<wasmscore_rules::RuleError> for ControlError {
+    fn from(e: wasmscore_rules::RuleError) -> Self {
+        use wasmscore_rules::RuleError;
+        match e {
+            RuleError::Refused(m) => ControlError::BadRequest(m),
+            RuleError::NotFound(m) => ControlError::NotFound(m),
+            RuleError::Conflict(m) => ControlError::Conflict(m),
         }
     }
 }

@@ -610,11 +610,8 @@ fn new_endpoint_row(name: &str, description: &str, tags: Tags) -> EndpointRow {
     }
 }
 
-/// The effective split: each version's share by the rules, with the shares
-/// of versions that cannot serve yet, or that the monitor found Unhealthy,
-/// given to the default. If the default
-/// itself cannot serve, its share goes to the serving version with the
-/// largest share, so an endpoint keeps serving what it can.
+/// The effective split (rules::effective_shares): versions that cannot
+/// serve yet, or that the monitor found Unhealthy, give their share away.
 pub(crate) fn effective_shares(ep: &EndpointState) -> Vec<(String, u32)> {
     let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.row.rollout.clone()).collect();
     // Versions that are ready take their share; if none is, those that run
@@ -625,18 +622,7 @@ pub(crate) fn effective_shares(ep: &EndpointState) -> Vec<(String, u32)> {
             .iter()
             .any(|v| v.row.rollout.name == name && if any_ready { v.takes_traffic() } else { v.live.is_some() })
     };
-    let mut shares: Vec<(String, u32)> = rules::shares(&rollouts);
-    let lost: u32 = shares.iter().filter(|(n, _)| !serving(n)).map(|(_, s)| s).sum();
-    shares.retain(|(n, _)| serving(n));
-    if lost > 0 && !shares.is_empty() {
-        let default = rollouts.iter().find(|r| r.is_default).map(|r| r.name.clone());
-        let to = shares.iter().position(|(n, _)| Some(n) == default.as_ref()).unwrap_or_else(|| {
-            let max = shares.iter().map(|(_, s)| *s).max().unwrap_or(0);
-            shares.iter().position(|(_, s)| *s == max).unwrap_or(0)
-        });
-        shares[to].1 += lost;
-    }
-    shares
+    rules::effective_shares(&rollouts, serving)
 }
 
 fn routing_table(ep: &EndpointState) -> Endpoint {

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ControlError;
+use crate::RuleError;
 
 /// At most this many versions per endpoint (Azure ML's limit).
 pub const MAX_VERSIONS: usize = 6;
@@ -38,16 +38,14 @@ pub struct RolloutChange {
     pub mirror: Option<u32>,
 }
 
-fn refuse<T>(msg: String) -> Result<T, ControlError> {
-    Err(ControlError::BadRequest(msg))
+fn refuse<T>(msg: String) -> Result<T, RuleError> {
+    Err(RuleError::Refused(msg))
 }
 
 /// Creates version `name` on an endpoint whose versions are `current`.
-pub fn create(current: &[Rollout], name: &str, change: &RolloutChange) -> Result<Vec<Rollout>, ControlError> {
+pub fn create(current: &[Rollout], name: &str, change: &RolloutChange) -> Result<Vec<Rollout>, RuleError> {
     if current.iter().any(|v| v.name == name) {
-        return Err(ControlError::Conflict(format!(
-            "version {name:?} already exists; update it instead"
-        )));
+        return Err(RuleError::Conflict(format!("version {name:?} already exists; update it instead")));
     }
     if current.len() >= MAX_VERSIONS {
         return refuse(format!(
@@ -75,9 +73,9 @@ pub fn create(current: &[Rollout], name: &str, change: &RolloutChange) -> Result
 }
 
 /// Updates version `name`.
-pub fn update(current: &[Rollout], name: &str, change: &RolloutChange) -> Result<Vec<Rollout>, ControlError> {
+pub fn update(current: &[Rollout], name: &str, change: &RolloutChange) -> Result<Vec<Rollout>, RuleError> {
     if !current.iter().any(|v| v.name == name) {
-        return Err(ControlError::NotFound(format!("no version {name:?}")));
+        return Err(RuleError::NotFound(format!("no version {name:?}")));
     }
     let was_default = current.iter().any(|v| v.name == name && v.is_default);
     if was_default && change.default == Some(false) {
@@ -92,16 +90,16 @@ pub fn update(current: &[Rollout], name: &str, change: &RolloutChange) -> Result
 }
 
 /// Deletes version `name`, moving the default to `new_default` if given.
-pub fn delete(current: &[Rollout], name: &str, new_default: Option<&str>) -> Result<Vec<Rollout>, ControlError> {
+pub fn delete(current: &[Rollout], name: &str, new_default: Option<&str>) -> Result<Vec<Rollout>, RuleError> {
     let Some(victim) = current.iter().find(|v| v.name == name) else {
-        return Err(ControlError::NotFound(format!("no version {name:?}")));
+        return Err(RuleError::NotFound(format!("no version {name:?}")));
     };
     let mut next: Vec<Rollout> = current.iter().filter(|v| v.name != name).cloned().collect();
     match new_default {
         Some(d) if d == name => return refuse(format!("cannot make {name:?} the default while deleting it")),
         Some(d) => {
             if !next.iter().any(|v| v.name == d) {
-                return Err(ControlError::NotFound(format!("no version {d:?} to make the default")));
+                return Err(RuleError::NotFound(format!("no version {d:?} to make the default")));
             }
             apply(
                 &mut next,
@@ -123,7 +121,7 @@ pub fn delete(current: &[Rollout], name: &str, new_default: Option<&str>) -> Res
     Ok(next)
 }
 
-fn apply(versions: &mut [Rollout], name: &str, change: &RolloutChange) -> Result<(), ControlError> {
+fn apply(versions: &mut [Rollout], name: &str, change: &RolloutChange) -> Result<(), RuleError> {
     if let Some(t) = change.traffic {
         if t > 100 {
             return refuse(format!("traffic is a percentage: 0 to 100, got {t}"));
@@ -162,7 +160,7 @@ fn apply(versions: &mut [Rollout], name: &str, change: &RolloutChange) -> Result
 }
 
 /// The rules every endpoint's versions hold after any change.
-pub fn check(versions: &[Rollout]) -> Result<(), ControlError> {
+pub fn check(versions: &[Rollout]) -> Result<(), RuleError> {
     if versions.len() > MAX_VERSIONS {
         return refuse(format!("an endpoint has at most {MAX_VERSIONS} versions"));
     }
@@ -214,6 +212,26 @@ pub fn shares(versions: &[Rollout]) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// The split as served: each version's share by the rules, with the shares
+/// of versions that cannot serve (`serving` says which can) given to the
+/// default. If the default cannot serve either, its share goes to the
+/// serving version with the largest share, so an endpoint keeps serving
+/// what it can. Versions that cannot serve are left out.
+pub fn effective_shares(versions: &[Rollout], serving: impl Fn(&str) -> bool) -> Vec<(String, u32)> {
+    let mut shares = shares(versions);
+    let lost: u32 = shares.iter().filter(|(n, _)| !serving(n)).map(|(_, s)| s).sum();
+    shares.retain(|(n, _)| serving(n));
+    if lost > 0 && !shares.is_empty() {
+        let default = versions.iter().find(|r| r.is_default).map(|r| r.name.as_str());
+        let to = shares.iter().position(|(n, _)| Some(n.as_str()) == default).unwrap_or_else(|| {
+            let max = shares.iter().map(|(_, s)| *s).max().unwrap_or(0);
+            shares.iter().position(|(_, s)| *s == max).unwrap_or(0)
+        });
+        shares[to].1 += lost;
+    }
+    shares
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +246,20 @@ mod tests {
 
     fn share(v: &[Rollout], name: &str) -> u32 {
         shares(v).into_iter().find(|(n, _)| n == name).map(|(_, s)| s).unwrap()
+    }
+
+    #[test]
+    fn shares_of_versions_that_cannot_serve_go_to_the_default() {
+        let v = create(&[], "A", &change(Some(20), None)).unwrap();
+        let v = create(&v, "B", &change(Some(30), None)).unwrap();
+        let v = create(&v, "C", &change(Some(10), None)).unwrap();
+        let all = effective_shares(&v, |_| true);
+        assert_eq!(all, vec![("A".into(), 60), ("B".into(), 30), ("C".into(), 10)]);
+        // B cannot serve: its 30 go to A, the default.
+        assert_eq!(effective_shares(&v, |n| n != "B"), vec![("A".into(), 90), ("C".into(), 10)]);
+        // The default cannot serve: its share goes to the largest other.
+        assert_eq!(effective_shares(&v, |n| n != "A"), vec![("B".into(), 90), ("C".into(), 10)]);
+        assert!(effective_shares(&v, |_| false).is_empty());
     }
 
     #[test]
@@ -248,7 +280,7 @@ mod tests {
     #[test]
     fn each_refusal_names_its_rule() {
         let one = create(&[], "a", &change(Some(60), None)).unwrap();
-        let err = |r: Result<Vec<Rollout>, ControlError>| r.unwrap_err().to_string();
+        let err = |r: Result<Vec<Rollout>, RuleError>| r.unwrap_err().to_string();
         assert!(err(create(&one, "b", &change(Some(50), None))).contains("add up to 110%"));
         assert!(err(create(&one, "a", &change(None, None))).contains("already exists"));
         assert!(err(update(&one, "zz", &change(None, None))).contains("no version"));

@@ -3,10 +3,8 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use wasmscore_engine::Sandbox;
-use wasmscore_replica::PoolConfig;
 
-use crate::ControlError;
+use crate::RuleError;
 
 /// The settings a version may carry, with Azure ML's names. Unknown keys are
 /// refused so a typo does not silently fall back to a default.
@@ -95,7 +93,7 @@ pub struct Resolved {
     pub memory_limit: u64,
     /// The pool's first replicas are `num_replicas`, or the autoscaler's
     /// minimum (at least 1: a deploy proves init() works).
-    pub pool: PoolConfig,
+    pub pool: PoolSettings,
     /// None when the count is fixed.
     pub autoscale: Option<Autoscale>,
     pub probes: Probes,
@@ -103,11 +101,29 @@ pub struct Resolved {
     pub cpu_cores: f64,
     pub memory_gb: f64,
     /// What the module may reach through WASI.
-    pub sandbox: Sandbox,
+    pub sandbox: SandboxGrant,
     /// The device the version asks for ("cpu", "cuda", a plugin's name).
     pub device: String,
     /// Where work goes that `device` cannot take; none: it fails.
     pub fallback: Option<String>,
+}
+
+/// A version's replica pool, as its config sets it (the pool's own limits,
+/// such as its queue's capacity, are the pool's business).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSettings {
+    pub replicas: usize,
+    /// Instances per replica (`replica_max_concurrent_requests`).
+    pub max_concurrent: usize,
+    /// `max_request_wait_time`.
+    pub max_wait: Duration,
+}
+
+/// What the module may reach through WASI beyond nothing.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SandboxGrant {
+    pub env: Vec<(String, String)>,
+    pub precise_clocks: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -133,10 +149,10 @@ pub struct Probes {
 const MAX_REPLICAS: usize = 64;
 const MAX_MEMORY_GB: f64 = 4.0;
 
-fn seconds(name: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, ControlError> {
+fn seconds(name: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Result<Duration, RuleError> {
     let s = v.unwrap_or(default);
     if !(s >= min && s <= max) {
-        return Err(ControlError::BadRequest(format!(
+        return Err(RuleError::Refused(format!(
             "deployment config: {name} must be in {min}..={max} seconds, got {s}"
         )));
     }
@@ -144,15 +160,15 @@ fn seconds(name: &str, v: Option<f64>, default: f64, min: f64, max: f64) -> Resu
 }
 
 impl DeploymentConfig {
-    pub fn parse(v: &serde_json::Value) -> Result<Self, ControlError> {
+    pub fn parse(v: &serde_json::Value) -> Result<Self, RuleError> {
         if v.is_null() {
             return Ok(Self::default());
         }
-        serde_json::from_value(v.clone()).map_err(|e| ControlError::BadRequest(format!("deployment config: {e}")))
+        serde_json::from_value(v.clone()).map_err(|e| RuleError::Refused(format!("deployment config: {e}")))
     }
 
-    pub fn resolve(&self) -> Result<Resolved, ControlError> {
-        let bad = |m: String| Err(ControlError::BadRequest(format!("deployment config: {m}")));
+    pub fn resolve(&self) -> Result<Resolved, RuleError> {
+        let bad = |m: String| Err(RuleError::Refused(format!("deployment config: {m}")));
         let timeout_ms = self.scoring_timeout_ms.unwrap_or(60_000);
         if timeout_ms == 0 || timeout_ms > 3_600_000 {
             return bad(format!("scoring_timeout_ms must be in 1..=3600000, got {timeout_ms}"));
@@ -220,9 +236,7 @@ impl DeploymentConfig {
         }
         let threshold = |name: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
             n @ 1..=100 => Ok(n),
-            n => Err(ControlError::BadRequest(format!(
-                "deployment config: {name} must be in 1..=100, got {n}"
-            ))),
+            n => Err(RuleError::Refused(format!("deployment config: {name} must be in 1..=100, got {n}"))),
         };
         let env = self.environment_variables.clone().unwrap_or_default();
         if env.len() > 64 {
@@ -239,7 +253,7 @@ impl DeploymentConfig {
                 ));
             }
         }
-        let sandbox = Sandbox {
+        let sandbox = SandboxGrant {
             env: env.into_iter().collect(),
             precise_clocks: self.precise_clocks.unwrap_or(false),
         };
@@ -262,11 +276,10 @@ impl DeploymentConfig {
         Ok(Resolved {
             timeout: Duration::from_millis(timeout_ms),
             memory_limit: (memory_gb * (1u64 << 30) as f64) as u64,
-            pool: PoolConfig {
+            pool: PoolSettings {
                 replicas,
                 max_concurrent: conc,
                 max_wait: Duration::from_millis(wait),
-                ..PoolConfig::default()
             },
             autoscale,
             probes,
@@ -278,8 +291,8 @@ impl DeploymentConfig {
         })
     }
 
-    fn device(&self) -> Result<(String, Option<String>), ControlError> {
-        let bad = |m: String| Err(ControlError::BadRequest(format!("deployment config: {m}")));
+    fn device(&self) -> Result<(String, Option<String>), RuleError> {
+        let bad = |m: String| Err(RuleError::Refused(format!("deployment config: {m}")));
         let gpus = self.gpu_cores.unwrap_or(0);
         if gpus > 16 {
             return bad(format!("gpu_cores must be in 0..=16, got {gpus}"));
@@ -420,7 +433,7 @@ mod tests {
             serde_json::json!({"num_replicas": 2, "autoscale_max_replicas": 4}),
         ] {
             let err = DeploymentConfig::parse(&bad).unwrap().resolve().unwrap_err();
-            assert!(matches!(err, ControlError::BadRequest(_)), "{bad}: {err}");
+            assert!(matches!(err, RuleError::Refused(_)), "{bad}: {err}");
         }
     }
 
