@@ -32,6 +32,10 @@ bin=$root/target/release/wasmscore
 say "The iris model"
 [ -f examples/iris/model.onnx ] || .venv/bin/python examples/iris/make_model.py
 
+# The data directory holds keys, secrets and model files: private from here on
+# (wasmscore itself makes what it writes private; this covers the log and the
+# module built below).
+umask 077
 say "Building the iris scoring module from examples/iris-python/score.py"
 mkdir -p "$data"
 "$bin" build examples/iris-python/score.py -o "$data/iris-python.wasm"

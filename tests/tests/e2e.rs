@@ -14,6 +14,9 @@ mod security;
 #[path = "e2e/plugins.rs"]
 mod plugins;
 
+#[path = "e2e/secrets.rs"]
+mod secrets;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -66,6 +69,17 @@ pub(crate) fn hostile() -> PathBuf {
     PathBuf::from(env!("HOSTILE_WASM"))
 }
 
+/// How `Server::launch` starts `up`.
+#[derive(Default)]
+pub(crate) struct Launch {
+    /// Run under this umask (through sh), instead of the test's.
+    pub umask: Option<&'static str>,
+    /// Append the server's log (stderr) to this file instead of dropping it.
+    pub log: Option<PathBuf>,
+    /// The compile cache in DATA_DIR/cache, not the one the tests share.
+    pub own_cache: bool,
+}
+
 pub(crate) struct Server {
     child: Child,
     pub data: tempfile::TempDir,
@@ -79,17 +93,28 @@ impl Server {
     }
 
     pub(crate) fn start_in(data: tempfile::TempDir, extra: &[&str]) -> Server {
+        Self::launch(data, extra, &Launch::default())
+    }
+
+    pub(crate) fn launch(data: tempfile::TempDir, extra: &[&str], how: &Launch) -> Server {
         let _ = std::fs::remove_file(data.path().join("server.json"));
-        let child = Command::new(bin())
-            .args(["up", "--port", "0", "--data-dir"])
-            .arg(data.path())
-            .arg("--cache-dir")
-            .arg(cache_dir())
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut cmd = match how.umask {
+            Some(mask) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("umask {mask} && exec \"$@\"")).arg("sh").arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        cmd.args(["up", "--port", "0", "--data-dir"]).arg(data.path());
+        if !how.own_cache {
+            cmd.arg("--cache-dir").arg(cache_dir());
+        }
+        let stderr = match &how.log {
+            Some(p) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap()),
+            None => Stdio::null(),
+        };
+        let child = cmd.args(extra).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
         let deadline = Instant::now() + Duration::from_secs(30);
         let info = data.path().join("server.json");
         let addr = loop {
@@ -418,5 +443,20 @@ impl Server {
         let auth = format!("Bearer {}", self.admin_token());
         let (s, _, j) = self.request("GET", path, &[("Authorization", &auth)], b"");
         (s, j)
+    }
+
+    /// A 200 admin route's body as text (`/metrics`).
+    pub(crate) fn get_admin_text(&self, path: &str) -> String {
+        let mut c = TcpStream::connect(&self.addr).unwrap();
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
+            self.admin_token()
+        )
+        .unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+        out.split_once("\r\n\r\n").unwrap().1.to_string()
     }
 }

@@ -104,6 +104,16 @@ fn devices(args: &UpArgs) -> Result<Devices> {
     Ok(devices)
 }
 
+/// Everything this process creates is readable by its user only (files 600,
+/// directories 700), whatever umask it was started with: the data directory
+/// holds keys, signing secrets and model files (see data_dir.rs in control).
+pub fn private_files() {
+    // SAFETY: umask(2) cannot fail; it only swaps the process's file mode mask.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// The admin token: made at first start, kept in DATA_DIR/admin.token (0600).
 pub fn admin_token(data_dir: &Path) -> Result<String> {
     use std::io::Write;
@@ -131,7 +141,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMSCORE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    private_files();
+    wasmscore_control::data_dir::make_private(&args.data_dir)?;
     let token = admin_token(&args.data_dir)?;
     let devices = devices(&args)?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));

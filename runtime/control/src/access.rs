@@ -20,7 +20,8 @@ pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// The endpoint-level settings, as a create, an update or a version's
 /// deployment config carries them.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+/// Debug says whether a key was given, never the key.
+#[derive(Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     #[serde(default)]
@@ -31,6 +32,18 @@ pub struct AuthSettings {
     pub primary_key: Option<String>,
     #[serde(default)]
     pub secondary_key: Option<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = |k: &Option<String>| k.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AuthSettings")
+            .field("auth_enabled", &self.auth_enabled)
+            .field("token_auth_enabled", &self.token_auth_enabled)
+            .field("primary_key", &given(&self.primary_key))
+            .field("secondary_key", &given(&self.secondary_key))
+            .finish()
+    }
 }
 
 const FIELDS: [&str; 4] = ["auth_enabled", "token_auth_enabled", "primary_key", "secondary_key"];

@@ -28,7 +28,8 @@ pub struct Store {
 
 pub type Tags = BTreeMap<String, String>;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Debug leaves the keys and signing secrets out (see the impl below).
+#[derive(Clone, Serialize, Deserialize)]
 pub struct EndpointRow {
     pub name: String,
     pub description: String,
@@ -78,13 +79,40 @@ impl AuthMode {
 }
 
 /// A token signing key; `retired_at` (Unix seconds) once a newer one signs.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct TokenKey {
     pub kid: String,
     /// Hex.
     pub secret: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<u64>,
+}
+
+// Secrets live in the store and leave it only through `get-keys` and signed
+// tokens: a `{:?}` in a log line or a panic message must not print them.
+impl std::fmt::Debug for EndpointRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointRow")
+            .field("name", &self.name)
+            .field("description", &self.description)
+            .field("tags", &self.tags)
+            .field("primary_key", &"<redacted>")
+            .field("secondary_key", &"<redacted>")
+            .field("created_at", &self.created_at)
+            .field("auth_mode", &self.auth_mode)
+            .field("token_keys", &self.token_keys)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("kid", &self.kid)
+            .field("secret", &"<redacted>")
+            .field("retired_at", &self.retired_at)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -143,7 +143,7 @@ fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
     assert!(log.contains("scale up 1 -> "), "{log}");
     assert!(log.contains("utilization"), "{log}");
     assert!(log.contains("scale down 6 -> 1") && log.contains("below target"), "{log}");
-    let metrics = raw_get(&s, "/metrics");
+    let metrics = s.get_admin_text("/metrics");
     for want in [
         "wasmscore_version_replicas{endpoint=\"step\",version=\"v1\"} 1",
         "wasmscore_version_utilization{endpoint=\"step\"",
@@ -155,21 +155,6 @@ fn a_load_step_adds_replicas_within_2_s_and_they_fall_after_the_down_window() {
 }
 
 /// The body of a GET, as text.
-fn raw_get(s: &Server, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {}\r\n\r\n",
-        s.admin_token()
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out.split_once("\r\n\r\n").unwrap().1.to_string()
-}
-
 #[test]
 fn overload_beyond_max_replicas_is_a_bounded_queue_503_with_retry_after_and_flat_memory() {
     let _one = one_at_a_time();

@@ -18,7 +18,7 @@ impl Server {
         self.request("POST", &format!("/api/v1/service/{endpoint}/score"), &h, ROW.as_bytes())
     }
 
-    fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn cli_json(&self, args: &[&str]) -> serde_json::Value {
         let out = self.cli_ok(args);
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {out}"))
     }
