@@ -17,6 +17,9 @@ mod plugins;
 #[path = "e2e/secrets.rs"]
 mod secrets;
 
+#[path = "e2e/network.rs"]
+mod network;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::{bench, build, manage, up};
+use crate::{artifact, bench, build, manage, node, router, up};
 
 #[derive(Parser)]
 #[command(name = "wasmscore", version, about = "Serve ONNX models behind WebAssembly scoring modules")]
@@ -53,6 +53,42 @@ pub enum Command {
     Version {
         #[command(subcommand)]
         command: manage::VersionCommand,
+    },
+    /// Serve one version to routers (on Kubernetes: a pod of the version's
+    /// Deployment): pull it by digest, build it as `up` does, answer the
+    /// internal scoring protocol over HTTP/2; SIGTERM drains.
+    Node(node::NodeArgs),
+    /// Route endpoints to versions on `wasmscore node` processes, by the
+    /// rollout rules, auth and limits of `up` (router.json, re-read when it changes).
+    Router(router::RouterArgs),
+    /// Push a version's module and model files to an OCI registry as one
+    /// artifact; prints its digest.
+    Push {
+        /// HOST:PORT/REPO:TAG
+        #[arg(long)]
+        registry: String,
+        /// The component (.wasm).
+        #[arg(long)]
+        module: PathBuf,
+        /// A model file, or a registered model (name:version) of the `up`
+        /// at --data-dir. Repeat for more.
+        #[arg(long = "model")]
+        models: Vec<String>,
+        /// A deployment config to ship with the version (JSON, `up`'s keys).
+        #[arg(long)]
+        dc: Option<PathBuf>,
+        /// Where registered models (name:version) are looked up.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Plain HTTP (registries on loopback only).
+        #[arg(long)]
+        insecure: bool,
+        /// A CA certificate (PEM) to trust for the registry.
+        #[arg(long)]
+        registry_ca: Option<PathBuf>,
+        /// Print {"digest": "sha256:..."}.
+        #[arg(long)]
+        json: bool,
     },
     /// Measure the request path piece by piece (see BENCHMARKS.md).
     Bench(bench::BenchArgs),
@@ -108,6 +144,37 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Endpoint { command } => manage::endpoint(command),
         Command::Version { command } => manage::version(command),
         Command::Bench(args) => bench::run(args),
+        Command::Node(args) => node::run(args),
+        Command::Router(args) => router::run(args),
+        Command::Push {
+            registry,
+            module,
+            models,
+            dc,
+            data_dir,
+            insecure,
+            registry_ca,
+            json,
+        } => {
+            let push = manage::push_contents(&module, &models, dc.as_deref(), data_dir.as_deref())?;
+            let opts = artifact::RegistryOptions {
+                insecure,
+                ca_file: registry_ca,
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let digest = rt.block_on(artifact::push(&registry, push, &opts))?;
+            if json {
+                println!("{}", serde_json::json!({"digest": digest}));
+            } else {
+                let repo = registry
+                    .rsplit_once(':')
+                    .filter(|(r, _)| r.contains('/'))
+                    .map(|(r, _)| r)
+                    .unwrap_or(&registry);
+                println!("pushed {registry}\ndigest {digest}\nnode:  wasmscore node --artifact {repo}@{digest} --port PORT");
+            }
+            Ok(())
+        }
         Command::Devices { data_dir, json } => manage::devices(&data_dir, json),
         Command::Plugin {
             command: PluginCommand::Check { path, tolerance, config },

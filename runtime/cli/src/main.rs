@@ -1,11 +1,14 @@
 //! The `wasmscore` binary: parse the command line, resolve it, call `run`.
 //! The only crate that uses `anyhow`; errors print their whole cause chain.
 
+mod artifact;
 mod bench;
 mod build;
 mod client;
 mod cmd;
 mod manage;
+mod node;
+mod router;
 mod up;
 
 use clap::Parser;

@@ -792,3 +792,46 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// What `push` sends: the module, each model (a file, or a registered
+/// `name:version` read from the data dir's blobs and checked against its
+/// sha256) and the deployment config.
+pub fn push_contents(module: &Path, models: &[String], dc: Option<&Path>, data_dir: Option<&Path>) -> Result<crate::artifact::Push> {
+    use sha2::Digest;
+    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let bytes = read(module)?;
+    anyhow::ensure!(
+        bytes.starts_with(b"\0asm"),
+        "{} is not a WebAssembly component (build one with `wasmscore build`)",
+        module.display()
+    );
+    let mut out = crate::artifact::Push {
+        module_name: module.file_name().and_then(|n| n.to_str()).unwrap_or("module.wasm").to_string(),
+        module: bytes,
+        models: Vec::new(),
+        config: None,
+    };
+    for m in models {
+        let p = Path::new(m);
+        if p.is_file() {
+            let name = p.file_name().and_then(|n| n.to_str()).context("a model file needs a name")?;
+            out.models.push((name.to_string(), read(p)?));
+            continue;
+        }
+        let dir = data_dir.with_context(|| format!("--model {m}: no such file; a registered model (name:version) needs --data-dir"))?;
+        let row = Client::from_data_dir(dir)?.get(&format!("/admin/v1/models/{m}"))?;
+        let (file, sha) = (row["file_name"].as_str().unwrap_or(m), row["sha256"].as_str().unwrap_or(""));
+        let bytes = read(&dir.join("blobs").join(sha))?;
+        anyhow::ensure!(
+            hex::encode(sha2::Sha256::digest(&bytes)) == sha,
+            "model {m}: its blob does not match sha256 {sha}"
+        );
+        out.models.push((file.to_string(), bytes));
+    }
+    if let Some(p) = dc {
+        let bytes = read(p)?;
+        serde_json::from_slice::<serde_json::Value>(&bytes).with_context(|| format!("{}: not JSON", p.display()))?;
+        out.config = Some(bytes);
+    }
+    Ok(out)
+}

@@ -70,11 +70,79 @@ pub struct EdgeArgs {
     pub max_header_bytes: usize,
 }
 
+/// A TLS server config and the CA clients should trust, if any.
+type Tls = Option<(Arc<rustls::ServerConfig>, Option<PathBuf>)>;
+
+impl EdgeArgs {
+    /// The TLS setup the flags ask for (`--tls-self-signed` keeps its
+    /// development CA under DATA_DIR/tls).
+    pub fn tls(&self, data_dir: Option<&Path>) -> Result<Tls> {
+        let tls = match (&self.tls_cert, &self.tls_key, self.tls_self_signed) {
+            (Some(c), Some(k), _) => Some((wasmscore_server::tls::server_config(c, k)?, None)),
+            (_, _, true) => {
+                let dir = data_dir.context("--tls-self-signed keeps its CA in --data-dir; give one")?;
+                let dev = wasmscore_server::tls::dev_cert(&dir.join("tls"))?;
+                Some((wasmscore_server::tls::server_config(&dev.cert, &dev.key)?, Some(dev.ca)))
+            }
+            _ => None,
+        };
+        anyhow::ensure!(
+            tls.is_none() || self.tls_port.is_some(),
+            "--tls-cert/--tls-self-signed need --tls-port (0 for any free port)"
+        );
+        anyhow::ensure!(
+            tls.is_some() || self.tls_port.is_none(),
+            "--tls-port needs --tls-cert and --tls-key, or --tls-self-signed"
+        );
+        anyhow::ensure!(self.max_connections > 0, "--max-connections must be at least 1");
+        Ok(tls)
+    }
+
+    /// Binds the plain and TLS ports on 127.0.0.1; returns them with what
+    /// server.json says about them (pid, url, tls_url, tls_addr, tls_ca).
+    pub async fn listen(&self, port: u16, tls: Tls) -> Result<(wasmscore_server::Listeners, serde_json::Value)> {
+        let mut listeners = wasmscore_server::Listeners::default();
+        let mut info = serde_json::json!({"pid": std::process::id()});
+        if !self.no_plain_http {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+            info["url"] = format!("http://{}", l.local_addr()?).into();
+            listeners.plain = Some(l);
+        }
+        if let (Some((cfg, ca)), Some(port)) = (tls, self.tls_port) {
+            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .with_context(|| format!("binding 127.0.0.1:{port} for TLS"))?;
+            let a = l.local_addr()?;
+            info["tls_url"] = format!("https://localhost:{}", a.port()).into();
+            info["tls_addr"] = a.to_string().into();
+            let trust = ca.or_else(|| self.tls_cert.clone());
+            if let Some(p) = trust {
+                info["tls_ca"] = std::fs::canonicalize(&p).unwrap_or(p).display().to_string().into();
+            }
+            listeners.tls = Some((l, cfg));
+        }
+        Ok((listeners, info))
+    }
+
+    pub fn server_config(&self, max_body_bytes: usize, admin_token: String) -> ServerConfig {
+        ServerConfig {
+            max_body_bytes,
+            admin_token,
+            max_connections: self.max_connections,
+            header_read_timeout: std::time::Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            max_header_bytes: self.max_header_bytes,
+            ..ServerConfig::default()
+        }
+    }
+}
+
 /// The devices: the CPU (ONNX Runtime must load), CUDA when this build
 /// has it and the machine a GPU, and the plugins in --plugin-dir. A device
 /// that is not there is recorded with why, so a version asking for it is
 /// refused with that reason.
-fn devices(args: &UpArgs) -> Result<Devices> {
+pub fn devices(plugin_dir: Option<&Path>) -> Result<Devices> {
     let mut devices = Devices::new();
     let ort_library = wasmscore_device_ort::find_onnxruntime()?;
     let cpu = Arc::new(OrtCpu::new(&ort_library)?);
@@ -89,7 +157,7 @@ fn devices(args: &UpArgs) -> Result<Devices> {
             devices.mark_unavailable("cuda", why);
         }
     }
-    if let Some(dir) = &args.plugin_dir {
+    if let Some(dir) = plugin_dir {
         match wasmscore_device_plugin::load_dir(dir, &mut devices) {
             Ok(l) => tracing::info!(
                 loaded = l.loaded.len(),
@@ -136,15 +204,20 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-pub fn run(args: UpArgs) -> Result<()> {
+/// Logs to stderr; `WASMSCORE_LOG` filters (default info).
+pub fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMSCORE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    init_logging();
     private_files();
     wasmscore_control::data_dir::make_private(&args.data_dir)?;
     let token = admin_token(&args.data_dir)?;
-    let devices = devices(&args)?;
+    let devices = devices(args.plugin_dir.as_deref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
     let router = Arc::new(Router::new());
@@ -165,48 +238,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         "capacity that autoscaled replicas are counted against"
     );
 
-    let tls = match (&args.edge.tls_cert, &args.edge.tls_key, args.edge.tls_self_signed) {
-        (Some(c), Some(k), _) => Some((wasmscore_server::tls::server_config(c, k)?, None)),
-        (_, _, true) => {
-            let dev = wasmscore_server::tls::dev_cert(&args.data_dir.join("tls"))?;
-            Some((wasmscore_server::tls::server_config(&dev.cert, &dev.key)?, Some(dev.ca)))
-        }
-        _ => None,
-    };
-    anyhow::ensure!(
-        tls.is_none() || args.edge.tls_port.is_some(),
-        "--tls-cert/--tls-self-signed need --tls-port (0 for any free port)"
-    );
-    anyhow::ensure!(
-        tls.is_some() || args.edge.tls_port.is_none(),
-        "--tls-port needs --tls-cert and --tls-key, or --tls-self-signed"
-    );
-    anyhow::ensure!(args.edge.max_connections > 0, "--max-connections must be at least 1");
-
+    let tls = args.edge.tls(Some(&args.data_dir))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let mut listeners = wasmscore_server::Listeners::default();
-        let mut info = serde_json::json!({"pid": std::process::id()});
-        if !args.edge.no_plain_http {
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
-                .await
-                .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
-            info["url"] = format!("http://{}", l.local_addr()?).into();
-            listeners.plain = Some(l);
-        }
-        if let (Some((cfg, ca)), Some(port)) = (tls, args.edge.tls_port) {
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-                .await
-                .with_context(|| format!("binding 127.0.0.1:{port} for TLS"))?;
-            let a = l.local_addr()?;
-            info["tls_url"] = format!("https://localhost:{}", a.port()).into();
-            info["tls_addr"] = a.to_string().into();
-            let trust = ca.or_else(|| args.edge.tls_cert.clone());
-            if let Some(p) = trust {
-                info["tls_ca"] = std::fs::canonicalize(&p).unwrap_or(p).display().to_string().into();
-            }
-            listeners.tls = Some((l, cfg));
-        }
+        let (listeners, info) = args.edge.listen(args.port, tls).await?;
         let info_path = args.data_dir.join("server.json");
         std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", info_path.display()))?;
         tracing::info!(url = %info["url"], tls_url = %info["tls_url"], data_dir = %args.data_dir.display(), "wasmscore is up; restoring deployed versions");
@@ -219,14 +254,7 @@ pub fn run(args: UpArgs) -> Result<()> {
                 tracing::info!("ready");
             });
         }
-        let cfg = ServerConfig {
-            max_body_bytes: args.max_body_bytes,
-            admin_token: token,
-            max_connections: args.edge.max_connections,
-            header_read_timeout: std::time::Duration::from_millis(args.edge.header_read_timeout_ms.max(1)),
-            max_header_bytes: args.edge.max_header_bytes,
-            ..ServerConfig::default()
-        };
+        let cfg = args.edge.server_config(args.max_body_bytes, token);
         wasmscore_server::serve(listeners, control, cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
         let _ = std::fs::remove_file(&info_path);
@@ -234,7 +262,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     })
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {

@@ -61,6 +61,8 @@ const INIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// A built version, serving or ready to.
 pub(crate) struct Built {
     pub version: Arc<Version>,
+    /// The version's replicas (the router reaches them as `version`).
+    pub pool: Arc<Pool>,
     pub spec: VersionSpec,
     /// "compiled", "disk cache" or "shared" (another version's, in memory).
     pub component: &'static str,
@@ -350,15 +352,13 @@ impl Control {
             max_wait: resolved.pool.max_wait,
             ..PoolConfig::default()
         };
-        let pool = Pool::start(prepared, pool_config).map_err(|e| BuildFailure {
+        let pool = Arc::new(Pool::start(prepared, pool_config).map_err(|e| BuildFailure {
             message: format!("{endpoint}/{version}: {e}"),
             ctx: Some(ctx.clone()),
-        })?;
+        })?);
         Ok(Built {
-            version: Arc::new(Version {
-                name: version.into(),
-                pool: Arc::new(pool),
-            }),
+            version: Arc::new(Version::local(version, pool.clone())),
+            pool,
             spec: spec.clone(),
             component,
             load_ms,

@@ -175,7 +175,7 @@ impl Control {
         let (mut cpu_used, mut mem_used) = (0.0, 0.0);
         for v in inner.endpoints.values().flat_map(|e| e.versions.iter()) {
             if let Some(b) = &v.live {
-                let n = b.version.pool.target_replicas() as f64;
+                let n = b.pool.target_replicas() as f64;
                 cpu_used += n * b.monitor.settings.cpu_cores;
                 mem_used += n * b.monitor.settings.memory_gb;
             }
@@ -184,7 +184,7 @@ impl Control {
         for (name, ep) in inner.endpoints.iter_mut() {
             for v in ep.versions.iter_mut() {
                 let Some(built) = v.live.as_mut() else { continue };
-                let pool = built.version.pool.clone();
+                let pool = built.pool.clone();
                 let st = pool.stats().clone();
                 let m = &mut built.monitor;
                 let mut events = Vec::new();
@@ -376,7 +376,7 @@ impl Control {
             .flat_map(|e| e.versions.iter())
             .filter_map(|v| v.live.as_ref())
         {
-            let n = b.version.pool.target_replicas();
+            let n = b.pool.target_replicas();
             replicas += n;
             cpu += n as f64 * b.monitor.settings.cpu_cores;
             mem += n as f64 * b.monitor.settings.memory_gb;

@@ -80,7 +80,7 @@ impl VersionState {
             (Phase::Building(_), _) => "Transitioning",
             (_, Some(b)) if !b.monitor.ready => "Unhealthy",
             (_, Some(b)) => {
-                let st = b.version.pool.stats();
+                let st = b.pool.stats();
                 let running = st.instances.load(Ordering::Relaxed) + st.starting.load(Ordering::Relaxed);
                 // Scaled to zero on purpose is healthy: the next request wakes it.
                 if running > 0 || st.target.load(Ordering::Relaxed) == 0 {
@@ -486,7 +486,7 @@ impl Control {
                     deploy_ms = built.deploy_ms,
                     "version serving"
                 );
-                v.ctx = Some(built.version.pool.prepared().context().clone());
+                v.ctx = Some(built.pool.prepared().context().clone());
                 v.phase = Phase::Done;
                 v.last_error = None;
                 v.live.replace(built)

@@ -26,7 +26,7 @@ fn redacted(config: &Value) -> Value {
 fn version_json(v: &VersionState, effective: u32) -> Value {
     let r = &v.row.rollout;
     let live = v.live.as_ref();
-    let pool = live.map(|l| &l.version.pool);
+    let pool = live.map(|l| &l.pool);
     let stat = |f: &dyn Fn(&wasmscore_replica::PoolStats) -> u64| pool.map(|p| f(p.stats()));
     let (autoscale, health) = match live {
         Some(l) => l.monitor.json(),
@@ -82,7 +82,7 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "serving_module_sha256": live.map(|l| l.spec.module.clone()),
         "device": pool.map(|p| p.prepared().context().default_device.to_string()),
         "devices": live.map(|l| {
-            let ctx = l.version.pool.prepared().context();
+            let ctx = l.pool.prepared().context();
             json!({
                 "asked": l.placement.asked,
                 "ops": l.placement.device,
@@ -259,7 +259,7 @@ impl Control {
         for (name, ep) in &inner.endpoints {
             for v in &ep.versions {
                 let Some(b) = &v.live else { continue };
-                let p = &b.version.pool;
+                let p = &b.pool;
                 let st = p.stats();
                 let m = &b.monitor;
                 let labels = format!("endpoint=\"{}\",version=\"{}\"", label(name), label(&v.row.rollout.name));

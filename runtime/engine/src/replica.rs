@@ -29,7 +29,8 @@ pub struct ScoreResponse {
 
 /// Why a call did not produce a response. The variants name the phase and
 /// map to a status code (see `status`).
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum CallError {
     #[error("{0}")]
     BadInput(String),

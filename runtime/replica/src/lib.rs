@@ -55,8 +55,11 @@ impl Default for PoolConfig {
     }
 }
 
-/// Why a request got no response from the pool.
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+/// Why a request got no response from a version's replicas, in this
+/// process or on a node. Serializable: a node sends it to the router as it
+/// is, so the client sees the same error either way.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ScoreError {
     #[error(transparent)]
     Call(#[from] CallError),
@@ -64,6 +67,13 @@ pub enum ScoreError {
     Overloaded { waited_ms: u64 },
     #[error("the version has no running replica: {0}")]
     Unavailable(String),
+    /// A node failed the request itself (it answered garbage, reset the
+    /// connection, or went away mid-request): not the module's answer.
+    #[error("the version's node {node} failed: {message}")]
+    Node { node: String, message: String },
+    /// A node did not answer within the request's deadline.
+    #[error("the version's node {node} did not answer within {waited_ms} ms")]
+    NodeTimeout { node: String, waited_ms: u64 },
 }
 
 const QUEUED: u8 = 0;

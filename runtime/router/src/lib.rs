@@ -24,14 +24,43 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use wasmscore_replica::Pool;
+use wasmscore_engine::{ScoreRequest, ScoreResponse};
+use wasmscore_remote::{Call, Nodes};
+use wasmscore_replica::{Pool, ScoreError};
 
 pub use auth::{AuthError, Policy};
 
-/// A deployed, ready version: its name and its replica pool.
+/// A deployed, ready version: its name and where its replicas are.
 pub struct Version {
     pub name: String,
-    pub pool: Arc<Pool>,
+    pub replicas: Replicas,
+}
+
+/// How a request reaches a version's replicas: the one interface of hop 3,
+/// with its two transports. Tests and modes pick the transport; the
+/// request path is the same.
+pub enum Replicas {
+    /// In this process: `up`, and a node serving its version.
+    Local(Arc<Pool>),
+    /// On `wasmscore node` processes: the router across the network.
+    Remote(Arc<Nodes>),
+}
+
+impl Version {
+    pub fn local(name: &str, pool: Arc<Pool>) -> Version {
+        Version {
+            name: name.into(),
+            replicas: Replicas::Local(pool),
+        }
+    }
+
+    /// Scores one request on one of the version's replicas.
+    pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
+        match &self.replicas {
+            Replicas::Local(pool) => pool.score(req).await,
+            Replicas::Remote(nodes) => nodes.score(req, call).await,
+        }
+    }
 }
 
 /// Slots in one turn of the split: shares are whole percentages.

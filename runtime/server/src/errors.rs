@@ -58,6 +58,8 @@ impl From<ScoreError> for ApiError {
                 retry_after: Some(1),
                 ..ApiError::new(503, "unavailable", msg)
             },
+            ScoreError::Node { .. } => ApiError::new(502, "bad_gateway", msg),
+            ScoreError::NodeTimeout { .. } => ApiError::new(504, "node_timeout", msg),
         }
     }
 }

@@ -14,10 +14,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
-use wasmscore_control::Control;
 use wasmscore_engine::ScoreRequest;
+use wasmscore_remote::Call;
 
 use crate::errors::ApiError;
+use crate::plane::Plane;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -61,22 +62,22 @@ pub struct Listeners {
     pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 }
 
-struct App {
-    control: Arc<Control>,
+struct App<P> {
+    plane: Arc<P>,
     cfg: ServerConfig,
 }
 
 type Body = Full<Bytes>;
 
 /// Serves until `shutdown` resolves, then stops accepting; open connections finish.
-pub async fn serve(
+pub async fn serve<P: Plane>(
     listeners: Listeners,
-    control: Arc<Control>,
+    plane: Arc<P>,
     cfg: ServerConfig,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let conns = Arc::new(Semaphore::new(cfg.max_connections));
-    let app = Arc::new(App { control, cfg });
+    let app = Arc::new(App { plane, cfg });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
     if let Some(l) = listeners.plain {
@@ -97,10 +98,10 @@ pub async fn serve(
     Ok(())
 }
 
-async fn accept_loop(
+async fn accept_loop<P: Plane>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
-    app: Arc<App>,
+    app: Arc<App<P>>,
     conns: Arc<Semaphore>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -231,7 +232,7 @@ fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
     });
 }
 
-async fn serve_connection<I>(app: Arc<App>, io: TokioIo<I>)
+async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -296,7 +297,7 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::reques
     }
 }
 
-impl App {
+impl<P: Plane> App<P> {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
@@ -308,7 +309,7 @@ impl App {
             }
             ("GET", ["v2", "health", "live"]) => json(200, br#"{"live":true}"#.to_vec()),
             ("GET", ["v2", "health", "ready"]) => {
-                if self.control.is_ready() {
+                if self.plane.is_ready() {
                     json(200, br#"{"ready":true}"#.to_vec())
                 } else {
                     error_response(ApiError::new(503, "not_ready", "restoring deployed versions"))
@@ -320,7 +321,7 @@ impl App {
                 if let Err(e) = self.admin_authorized(&req) {
                     return error_response(e);
                 }
-                let mut r = Response::new(Full::new(Bytes::from(self.control.metrics())));
+                let mut r = Response::new(Full::new(Bytes::from(self.plane.metrics())));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
@@ -333,14 +334,14 @@ impl App {
     /// Open Inference Protocol model readiness: 200 when the endpoint (or the
     /// version) takes traffic, else 503 with the state and the reason.
     fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
-        match self.control.ready(endpoint, version) {
+        match self.plane.model_ready(endpoint, version) {
             Ok((true, body)) => json(200, serde_json::to_vec(&body).expect("json")),
             Ok((false, body)) => {
                 let mut r = json(503, serde_json::to_vec(&body).expect("json"));
                 r.headers_mut().insert("retry-after", HeaderValue::from(1));
                 r
             }
-            Err(e) => error_response(ApiError::new(e.status(), e.code(), e.to_string())),
+            Err((status, code, message)) => error_response(ApiError::new(status, code, message)),
         }
     }
 
@@ -349,7 +350,7 @@ impl App {
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
         let routed =
-            self.control
+            self.plane
                 .router()
                 .route_authorized(endpoint, authorization, header("x-wasmscore-version"), header("x-wasmscore-cohort"));
         let route = match routed {
@@ -377,14 +378,27 @@ impl App {
             // A copy for the mirror, answered by no one: its result, slow or
             // failed, never reaches this client (the pool counts it).
             let copy = request.clone();
+            let endpoint = endpoint.to_string();
             tokio::spawn(async move {
-                if let Err(e) = mirror.pool.score(copy).await {
+                let call = Call {
+                    endpoint: &endpoint,
+                    version: &mirror.name,
+                    ..Call::default()
+                };
+                if let Err(e) = mirror.score(copy, &call).await {
                     tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
                 }
             });
         }
         let version = route.version;
-        let result = version.pool.score(request).await;
+        let trace = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let call = Call {
+            endpoint,
+            version: &version.name,
+            traceparent: trace("traceparent"),
+            tracestate: trace("tracestate"),
+        };
+        let result = version.score(request, &call).await;
         let mut resp = match result {
             Ok(out) => {
                 let ct = if out.content_type.is_empty() {
@@ -434,7 +448,7 @@ impl App {
         let method = req.method().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
         let (_, body) = read_body(req, self.cfg.max_admin_body_bytes).await?;
-        let r = self.control.admin(&method, path, &query, body.to_vec()).await;
+        let r = self.plane.admin(&method, path, &query, body.to_vec()).await;
         Ok(json(r.status, serde_json::to_vec(&r.body).expect("json")))
     }
 }

@@ -11,6 +11,8 @@
 
 mod errors;
 mod http;
+pub mod plane;
 pub mod tls;
 
 pub use http::{serve, Listeners, ServerConfig};
+pub use plane::{Answer, Plane};

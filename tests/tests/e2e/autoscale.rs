@@ -18,7 +18,7 @@ use super::rollout::KeepAlive;
 use super::{hostile, iris_rust, model, Server};
 
 /// These tests measure time: one at a time, so they do not load each other.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
+pub(crate) fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,0 +1,279 @@
+//! A version as an OCI artifact: `wasmscore push` and the node's pull,
+//! through oci-client (the OCI distribution client of the ORAS project).
+//!
+//! The layout is the CNCF Wasm OCI artifact's: the component is a layer of
+//! media type `application/wasm` and the config is
+//! `application/vnd.wasm.config.v0+json`. Each model file is a layer of its
+//! own (`application/vnd.wasmscore.model.v1`), and a deployment config, if
+//! given, one more (`application/vnd.wasmscore.deployment-config.v1+json`);
+//! every layer carries its file name as `org.opencontainers.image.title`.
+//! A node pulls by digest; every blob's sha256 is checked against the
+//! manifest (and the manifest's against the reference) before anything runs.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::errors::OciDistributionError;
+use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest, Sha256};
+
+use crate::node::Fetched;
+
+pub const WASM_LAYER: &str = "application/wasm";
+pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
+pub const MODEL_LAYER: &str = "application/vnd.wasmscore.model.v1";
+pub const DC_LAYER: &str = "application/vnd.wasmscore.deployment-config.v1+json";
+pub const ARTIFACT_TYPE: &str = "application/vnd.wasmscore.version.v1";
+const TITLE: &str = "org.opencontainers.image.title";
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Plain HTTP (loopback registries only).
+    pub insecure: bool,
+    /// A CA certificate to trust besides the system's.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Why a pull did not give a version.
+#[derive(Debug)]
+pub enum PullError {
+    /// The registry could not be reached: worth retrying.
+    Unreachable(String),
+    /// The registry answered, and the answer is no (unknown digest, a blob
+    /// that does not match its digest, an artifact that is not a version).
+    Refused(String),
+}
+
+fn is_loopback(registry: &str) -> bool {
+    let host = registry.rsplit_once(':').map(|(h, _)| h).unwrap_or(registry);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client> {
+    // reqwest builds a TLS config even for plain HTTP: ring, as the rest of
+    // wasmscore (no aws-lc build).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let registry = reference.resolve_registry().to_string();
+    if opts.insecure && !is_loopback(&registry) {
+        bail!("--insecure (plain HTTP) is for registries on loopback; {registry} needs TLS (--registry-ca for a private CA)");
+    }
+    let mut cfg = ClientConfig {
+        protocol: if opts.insecure {
+            ClientProtocol::HttpsExcept(vec![registry])
+        } else {
+            ClientProtocol::Https
+        },
+        connect_timeout: Some(std::time::Duration::from_secs(5)),
+        read_timeout: Some(std::time::Duration::from_secs(60)),
+        ..Default::default()
+    };
+    if let Some(ca) = &opts.ca_file {
+        let data = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+        cfg.extra_root_certificates.push(Certificate {
+            encoding: CertificateEncoding::Pem,
+            data,
+        });
+    }
+    Client::try_from(cfg).context("making the registry client")
+}
+
+/// Credentials for `registry` from the docker config (`$DOCKER_CONFIG/config.json`
+/// or `~/.docker/config.json`), `auths.<registry>.auth` = base64 "user:password".
+fn auth_for(registry: &str) -> Result<RegistryAuth> {
+    use base64::Engine;
+    let dir = std::env::var_os("DOCKER_CONFIG")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
+    let Some(path) = dir.map(|d| d.join("config.json")) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let Ok(bytes) = std::fs::read(&path) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let cfg: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
+    let Some(auth) = cfg["auths"][registry]["auth"].as_str() else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(auth)
+        .with_context(|| format!("{}: auths.{registry}.auth is not base64", path.display()))?;
+    let text = String::from_utf8(decoded).with_context(|| format!("{}: auths.{registry}.auth", path.display()))?;
+    let (user, pass) = text
+        .split_once(':')
+        .with_context(|| format!("{}: auths.{registry}.auth is not user:password", path.display()))?;
+    Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+fn titled(name: &str) -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::from([(TITLE.to_string(), name.to_string())]))
+}
+
+/// What `push` sends.
+pub struct Push {
+    pub module_name: String,
+    pub module: Vec<u8>,
+    pub models: Vec<(String, Vec<u8>)>,
+    pub config: Option<Vec<u8>>,
+}
+
+/// Pushes a version and returns the manifest's digest.
+pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<String> {
+    let r: Reference = reference
+        .parse()
+        .with_context(|| format!("{reference:?} is not a registry reference (HOST:PORT/REPO:TAG)"))?;
+    let c = client(&r, opts)?;
+    let auth = auth_for(r.resolve_registry())?;
+    let module_digest = sha256(&p.module);
+    let mut layers = vec![ImageLayer::new(p.module, WASM_LAYER.to_string(), titled(&p.module_name))];
+    for (name, bytes) in p.models {
+        layers.push(ImageLayer::new(bytes, MODEL_LAYER.to_string(), titled(&name)));
+    }
+    if let Some(dc) = p.config {
+        layers.push(ImageLayer::new(dc, DC_LAYER.to_string(), titled("deploymentconfig.json")));
+    }
+    // The Wasm artifact's config: what the component is, and which layer.
+    // No creation time: the same files give the same digest (a push is
+    // reproducible, and pushing again is a no-op for nodes).
+    let config = serde_json::json!({
+        "architecture": "wasm",
+        "os": "wasip2",
+        "layerDigests": [module_digest],
+        "component": {"target": "wasmscore:scoring/scorer"},
+    });
+    let config = Config::new(serde_json::to_vec(&config)?, WASM_CONFIG.to_string(), None);
+    let mut manifest = OciImageManifest::build(&layers, &config, None);
+    manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
+    manifest.artifact_type = Some(ARTIFACT_TYPE.to_string());
+    let resp = c
+        .push(&r, &layers, config, &auth, Some(manifest))
+        .await
+        .map_err(|e| anyhow::anyhow!("pushing to {reference}: {}", describe(&e)))?;
+    let digest = match resp.manifest_url.rsplit('/').next() {
+        Some(d) if d.starts_with("sha256:") => d.to_string(),
+        _ => c
+            .fetch_manifest_digest(&r, &auth)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading back the digest of {reference}: {}", describe(&e)))?,
+    };
+    Ok(digest)
+}
+
+fn describe(e: &OciDistributionError) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s = format!("{s}: {c}");
+        cur = c.source();
+    }
+    s
+}
+
+fn unreachable(e: &OciDistributionError) -> bool {
+    match e {
+        OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout(),
+        _ => {
+            let mut cur = std::error::Error::source(e);
+            while let Some(c) = cur {
+                if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+                    return r.is_connect() || r.is_timeout();
+                }
+                cur = c.source();
+            }
+            false
+        }
+    }
+}
+
+/// Pulls a version; each blob is checked against its digest.
+pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, PullError> {
+    let refused = |m: String| PullError::Refused(m);
+    let r: Reference = reference
+        .parse()
+        .map_err(|e| refused(format!("not a registry reference (HOST:PORT/REPO@sha256:...): {e}")))?;
+    let c = client(&r, opts).map_err(|e| refused(format!("{e:#}")))?;
+    let auth = auth_for(r.resolve_registry()).map_err(|e| refused(format!("{e:#}")))?;
+    let oci = |what: String, e: OciDistributionError| {
+        if unreachable(&e) {
+            PullError::Unreachable(describe(&e))
+        } else {
+            PullError::Refused(format!("{what}: {}", describe(&e)))
+        }
+    };
+    let want = r.digest().map(str::to_string);
+    let (manifest, digest) = c
+        .pull_image_manifest(&r, &auth)
+        .await
+        .map_err(|e| oci(format!("manifest {}", want.as_deref().unwrap_or(reference)), e))?;
+    if let Some(w) = &want {
+        if *w != digest {
+            return Err(refused(format!("the registry gave manifest {digest} for {w}")));
+        }
+    }
+    let mut fetched = Fetched {
+        module: Vec::new(),
+        module_name: String::new(),
+        models: Vec::new(),
+        config: serde_json::Value::Null,
+    };
+    let mut modules = 0;
+    for layer in &manifest.layers {
+        let mut bytes = Vec::with_capacity(layer.size.max(0) as usize);
+        c.pull_blob(&r, layer, &mut bytes)
+            .await
+            .map_err(|e| oci(format!("layer {}", layer.digest), e))?;
+        // oci-client checks too; this says which digest in our words.
+        let got = sha256(&bytes);
+        if got != layer.digest {
+            return Err(refused(format!(
+                "layer {} does not match its digest (its bytes hash to {got}): corrupt in the registry",
+                layer.digest
+            )));
+        }
+        let title = layer
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(TITLE))
+            .cloned()
+            .unwrap_or_else(|| layer.digest.clone());
+        match layer.media_type.as_str() {
+            WASM_LAYER => {
+                modules += 1;
+                fetched.module = bytes;
+                fetched.module_name = title;
+            }
+            MODEL_LAYER => fetched.models.push((title, bytes)),
+            DC_LAYER => {
+                fetched.config = serde_json::from_slice(&bytes)
+                    .map_err(|e| refused(format!("layer {}: the deployment config is not JSON: {e}", layer.digest)))?;
+            }
+            other => {
+                return Err(refused(format!(
+                    "layer {} has media type {other:?}, which a wasmscore version does not have",
+                    layer.digest
+                )))
+            }
+        }
+    }
+    if modules != 1 {
+        return Err(refused(format!(
+            "manifest {digest} has {modules} {WASM_LAYER} layers; a version has one"
+        )));
+    }
+    tracing::info!(
+        artifact = reference,
+        digest,
+        layers = manifest.layers.len(),
+        "pulled; every digest checked"
+    );
+    Ok(fetched)
+}

@@ -1,0 +1,200 @@
+//! router.json: what the router serves. Raw (as written), then checked by
+//! the rollout rules `up` uses, with the same messages.
+//!
+//! ```json
+//! {"endpoints": [{"name": "iris",
+//!   "auth": {"mode": "key", "primary_key": "...", "secondary_key": "..."},
+//!   "versions": [{"name": "v1", "traffic": 20, "default": true, "control": false, "mirror": 0,
+//!                 "nodes": ["127.0.0.1:9001", "127.0.0.1:9002"],
+//!                 "config": {"scoring_timeout_ms": 60000, "autoscale_max_replicas": 4}}]}]}
+//! ```
+//!
+//! `config` is the version's deployment config, with `up`'s keys, defaults
+//! and refusal of unknown keys; the router uses its scoring timeout and
+//! autoscale settings (the rest is the nodes' business).
+
+use serde::Deserialize;
+use wasmscore_rules::config::{DeploymentConfig, Resolved};
+use wasmscore_rules::rollout::{self, Rollout};
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSpec {
+    pub endpoints: Vec<EndpointSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    pub name: String,
+    pub auth: AuthSpec,
+    pub versions: Vec<VersionSpec>,
+}
+
+/// Who may score an endpoint. Debug leaves the keys out.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
+pub enum AuthSpec {
+    Key { primary_key: String, secondary_key: String },
+    None,
+}
+
+impl std::fmt::Debug for AuthSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthSpec::Key { .. } => f.write_str("Key(<redacted>)"),
+            AuthSpec::None => f.write_str("None"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct VersionSpec {
+    pub name: String,
+    #[serde(default)]
+    pub traffic: u32,
+    #[serde(default)]
+    pub default: bool,
+    #[serde(default)]
+    pub control: bool,
+    #[serde(default)]
+    pub mirror: u32,
+    /// host:port of each node that serves it.
+    #[serde(default)]
+    pub nodes: Vec<String>,
+    #[serde(default)]
+    pub config: serde_json::Value,
+}
+
+impl VersionSpec {
+    pub fn rollout(&self) -> Rollout {
+        Rollout {
+            name: self.name.clone(),
+            traffic: self.traffic,
+            is_default: self.default,
+            is_control: self.control,
+            mirror: self.mirror,
+        }
+    }
+
+    pub fn resolved(&self) -> Result<Resolved, String> {
+        DeploymentConfig::parse(&self.config)
+            .and_then(|c| c.resolve())
+            .map_err(|e| e.to_string())
+    }
+}
+
+fn valid_name(kind: &str, s: &str) -> Result<(), String> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{kind} name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+impl FleetSpec {
+    /// Parses and checks router.json; the message names the endpoint and
+    /// the rule.
+    pub fn parse(bytes: &[u8]) -> Result<FleetSpec, String> {
+        let spec: FleetSpec = serde_json::from_slice(bytes).map_err(|e| format!("router config: {e}"))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for ep in &self.endpoints {
+            valid_name("endpoint", &ep.name)?;
+            if !names.insert(ep.name.as_str()) {
+                return Err(format!("router config: endpoint {:?} is listed twice", ep.name));
+            }
+            let at = |m: String| format!("router config: endpoint {:?}: {m}", ep.name);
+            if let AuthSpec::Key {
+                primary_key,
+                secondary_key,
+            } = &ep.auth
+            {
+                if primary_key.len() < 16 || secondary_key.len() < 16 {
+                    return Err(at("keys must be at least 16 characters".into()));
+                }
+            }
+            let mut versions = std::collections::HashSet::new();
+            for v in &ep.versions {
+                valid_name("version", &v.name).map_err(at)?;
+                if !versions.insert(v.name.as_str()) {
+                    return Err(at(format!("version {:?} is listed twice", v.name)));
+                }
+                if v.traffic > 100 {
+                    return Err(at(format!(
+                        "version {:?}: traffic is a percentage in 0..=100, got {}",
+                        v.name, v.traffic
+                    )));
+                }
+                if v.mirror > rollout::MAX_MIRROR_PERCENT {
+                    return Err(at(format!(
+                        "version {:?}: a mirror copies at most {}% of live traffic, got {}",
+                        v.name,
+                        rollout::MAX_MIRROR_PERCENT,
+                        v.mirror
+                    )));
+                }
+                for n in &v.nodes {
+                    let ok = n
+                        .rsplit_once(':')
+                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                    if !ok {
+                        return Err(at(format!("version {:?}: node {n:?} is not host:port", v.name)));
+                    }
+                }
+                v.resolved().map_err(|e| at(format!("version {:?}: {e}", v.name)))?;
+            }
+            let rollouts: Vec<Rollout> = ep.versions.iter().map(VersionSpec::rollout).collect();
+            rollout::check(&rollouts).map_err(|e| at(e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(versions: &str) -> Result<FleetSpec, String> {
+        FleetSpec::parse(format!(r#"{{"endpoints": [{{"name": "iris", "auth": {{"mode": "none"}}, "versions": {versions}}}]}}"#).as_bytes())
+    }
+
+    #[test]
+    fn the_rules_of_up_with_its_messages() {
+        assert!(spec(r#"[{"name": "v1", "traffic": 20, "default": true, "nodes": ["127.0.0.1:9001"]}]"#).is_ok());
+        let e = spec(r#"[{"name": "a", "traffic": 70, "default": true}, {"name": "b", "traffic": 40}]"#).unwrap_err();
+        assert!(e.contains("traffic percentages add up to 110%"), "{e}");
+        let e = spec(r#"[{"name": "a"}, {"name": "b"}]"#).unwrap_err();
+        assert!(e.contains("exactly one default"), "{e}");
+        let e = spec(r#"[{"name": "a", "default": true, "control": true}, {"name": "b", "control": true}]"#).unwrap_err();
+        assert!(e.contains("at most one version is the control"), "{e}");
+        let e = spec(r#"[{"name": "a", "default": true, "nodes": ["nohost"]}]"#).unwrap_err();
+        assert!(e.contains("not host:port"), "{e}");
+        let e = spec(r#"[{"name": "a", "default": true, "config": {"scoring_timeout": 5}}]"#).unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+        let e = spec(r#"[{"name": "a", "default": true, "weight": 5}]"#).unwrap_err();
+        assert!(e.contains("unknown field `weight`"), "{e}");
+        let seven: Vec<String> = (0..7).map(|i| format!(r#"{{"name": "v{i}", "default": {}}}"#, i == 0)).collect();
+        let e = spec(&format!("[{}]", seven.join(","))).unwrap_err();
+        assert!(e.contains("at most 6 versions"), "{e}");
+    }
+
+    #[test]
+    fn keys_are_checked_and_never_printed() {
+        let short = FleetSpec::parse(br#"{"endpoints": [{"name": "e", "auth": {"mode": "key", "primary_key": "short", "secondary_key": "also-short"}, "versions": []}]}"#);
+        assert!(short.unwrap_err().contains("at least 16"));
+        let ok = FleetSpec::parse(br#"{"endpoints": [{"name": "e", "auth": {"mode": "key", "primary_key": "0123456789abcdef-p", "secondary_key": "0123456789abcdef-s"}, "versions": []}]}"#).unwrap();
+        assert!(!format!("{ok:?}").contains("0123456789abcdef"));
+    }
+}

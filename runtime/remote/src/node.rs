@@ -1,0 +1,277 @@
+//! The node's side: one version's replica pool served over the internal
+//! protocol (HTTP/2 cleartext for routers; HTTP/1.1 too, for probes and
+//! curl on the health routes).
+//!
+//! The server listens from the start, so a platform can probe it while the
+//! version is pulled and built: `GET /v2/health/ready` is 503 with the
+//! reason until the pool exists and its replicas ran init(), and again once
+//! draining starts. `GET /v2/health/live` is 200 while the process serves.
+//!
+//! Draining (SIGTERM): ready goes false at once; new score requests are
+//! refused with outcome `draining` (the router sends them to another node);
+//! requests in flight finish; then `serve` returns.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use wasmscore_engine::ScoreRequest;
+use wasmscore_replica::{Pool, ScoreError};
+
+use crate::wire::{self, Load, Outcome};
+
+/// Says whether the version may take requests (its init() passed and its
+/// health holds), or why not.
+pub type Readiness = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
+
+/// One node: the version it serves and its state.
+pub struct Node {
+    pub endpoint: String,
+    pub version: String,
+    /// Set once the version is built and its replicas ran init().
+    pool: OnceLock<(Arc<Pool>, Readiness)>,
+    /// Why the node is not ready yet (pulling, building, retrying).
+    starting: std::sync::RwLock<String>,
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    /// Largest request body (as the router's edge: 100 MB).
+    pub max_body_bytes: usize,
+}
+
+impl Node {
+    pub fn new(endpoint: &str, version: &str) -> Node {
+        Node {
+            endpoint: endpoint.into(),
+            version: version.into(),
+            pool: OnceLock::new(),
+            starting: std::sync::RwLock::new("starting".into()),
+            draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            max_body_bytes: 100 * 1000 * 1000,
+        }
+    }
+
+    /// What the node is doing before it serves ("pulling ...", "retrying ...").
+    pub fn set_status(&self, s: impl Into<String>) {
+        // A rare write (start-up steps); readers are health checks.
+        *self.starting.write().unwrap_or_else(|p| p.into_inner()) = s.into();
+    }
+
+    /// The version is built: requests go to this pool from now on.
+    pub fn serve_pool(&self, pool: Arc<Pool>, readiness: Readiness) {
+        let _ = self.pool.set((pool, readiness));
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Ready, or why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("draining: shutting down".into());
+        }
+        match self.pool.get() {
+            Some((_, readiness)) => readiness(),
+            None => Err(self.starting.read().unwrap_or_else(|p| p.into_inner()).clone()),
+        }
+    }
+
+    pub fn load(&self) -> Load {
+        match self.pool.get() {
+            Some((pool, _)) => {
+                let st = pool.stats();
+                Load {
+                    busy: st.busy.load(Ordering::Relaxed) as u32,
+                    queued: st.queued.load(Ordering::Relaxed) as u32,
+                    replicas: pool.replicas() as u32,
+                    max_concurrent: pool.config().max_concurrent as u32,
+                }
+            }
+            None => Load::default(),
+        }
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// Longer than a router's health-check period (0.5 s) plus its check's
+/// time, so no router sends to a closed socket.
+const DRAIN_LINGER: Duration = Duration::from_millis(1200);
+
+/// Serves until `shutdown` resolves, then drains: refuses new requests,
+/// waits for the ones in flight (at most `drain_limit`), and returns.
+pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>, drain_limit: Duration) {
+    let accept = {
+        let node = node.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = match listener.accept().await {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let node = node.clone();
+                        async move { Ok::<_, Infallible>(handle(&node, req).await) }
+                    });
+                    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // Streams at once per router connection: enough for any
+                    // concurrency a version's pool can queue.
+                    b.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
+                    b.http1().timer(TokioTimer::new());
+                    if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        })
+    };
+    shutdown.await;
+    node.start_draining();
+    tracing::info!(in_flight = node.in_flight(), "draining: ready is false; new requests are refused");
+    let began = tokio::time::Instant::now();
+    let deadline = began + drain_limit;
+    // Requests in flight finish; and the node stays up (refusing) for at
+    // least DRAIN_LINGER, so every router sees it not ready, from a refusal
+    // or its health check, before the sockets close.
+    while (node.in_flight() > 0 || began.elapsed() < DRAIN_LINGER) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    accept.abort();
+    tracing::info!(left = node.in_flight(), "drained");
+}
+
+fn respond(node: &Node, status: StatusCode, outcome: Option<Outcome>, content_type: &str, body: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/json")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&node.load().encode()) {
+        h.insert(wire::LOAD, v);
+    }
+    if let Some(o) = outcome {
+        h.insert(wire::OUTCOME, HeaderValue::from_static(o.as_str()));
+    }
+    r
+}
+
+fn error(node: &Node, e: &ScoreError) -> Response<Body> {
+    respond(
+        node,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Some(Outcome::Error),
+        "application/json",
+        wire::encode_error(e),
+    )
+}
+
+async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    let json = |status: StatusCode, v: serde_json::Value| respond(node, status, None, "application/json", v.to_string().into_bytes());
+    match (req.method().as_str(), req.uri().path()) {
+        ("POST", wire::SCORE_PATH) => score(node, req).await,
+        ("GET", wire::READY_PATH) => match node.ready() {
+            Ok(()) => json(
+                StatusCode::OK,
+                serde_json::json!({"ready": true, "endpoint": node.endpoint, "version": node.version}),
+            ),
+            Err(why) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": why})),
+        },
+        ("GET", "/v2/health/live") => json(StatusCode::OK, serde_json::json!({"live": true})),
+        (m, p) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": format!("no route for {m} {p} on a node")}),
+        ),
+    }
+}
+
+async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    if node.draining.load(Ordering::SeqCst) {
+        return respond(
+            node,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Outcome::Draining),
+            "application/json",
+            br#"{"error":"draining"}"#.to_vec(),
+        );
+    }
+    let Some((pool, _)) = node.pool.get() else {
+        return error(
+            node,
+            &ScoreError::Unavailable(format!("the node is not ready: {}", node.ready().err().unwrap_or_default())),
+        );
+    };
+    // Counted from here, so a drain waits for this request.
+    node.in_flight.fetch_add(1, Ordering::SeqCst);
+    let _done = InFlight(&node.in_flight);
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let content_type = header("content-type").unwrap_or_else(|| "application/json".into());
+    if let Some(v) = header(wire::VERSION) {
+        if v != node.version {
+            tracing::warn!(sent_for = %v, serving = %node.version, "a request for another version reached this node");
+        }
+    }
+    if let Some(tp) = header("traceparent") {
+        tracing::debug!(traceparent = %tp, "scoring");
+    }
+    if header(wire::DEADLINE_MS).and_then(|d| d.parse::<u64>().ok()) == Some(0) {
+        return error(
+            node,
+            &ScoreError::NodeTimeout {
+                node: "router".into(),
+                waited_ms: 0,
+            },
+        );
+    }
+    let body = match Limited::new(req.into_body(), node.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(node, &ScoreError::Unavailable(format!("reading the request body: {e}"))),
+    };
+    let request = ScoreRequest {
+        body: body.to_vec(),
+        content_type,
+        tensors: Vec::new(),
+    };
+    match pool.score(request).await {
+        Ok(out) => {
+            let ct = if out.content_type.is_empty() {
+                "application/json".to_string()
+            } else {
+                out.content_type
+            };
+            respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, out.body)
+        }
+        Err(e) => error(node, &e),
+    }
+}
+
+/// Takes a request off the in-flight count however its handler ends.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

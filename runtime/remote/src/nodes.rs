@@ -1,0 +1,548 @@
+//! The router's side: a version served by remote nodes.
+//!
+//! - Balancing: the power of two choices on outstanding requests (two
+//!   available nodes at random, the one with fewer requests in flight from
+//!   this router), as linkerd2-proxy and Finagle balance: a slow node keeps
+//!   its requests longer, so it is picked less.
+//! - Connections: one pooled HTTP/2 connection per node, multiplexed,
+//!   shared by every version that names the node (hyper's client pool).
+//! - Outlier ejection: a connect error, a reset, garbage or no answer in time
+//!   ejects the node for a backoff (1 s doubling to 30 s while it keeps
+//!   failing); it is re-admitted when the backoff is over and its
+//!   `/v2/health/ready` answers 200. A module's error is the client's
+//!   answer, not a node failure.
+//! - Retries: only requests that provably never reached a module: the
+//!   connection was refused, or the node said it is draining. Nothing a
+//!   module may have seen is sent twice.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Method, Request, Uri};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rand::Rng;
+use wasmscore_engine::{ScoreRequest, ScoreResponse};
+use wasmscore_replica::ScoreError;
+
+use crate::wire::{self, Load, Outcome};
+
+/// The HTTP/2 client every version's nodes share (one connection per node).
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A client for the internal protocol: HTTP/2 with prior knowledge.
+pub fn http_client() -> HttpClient {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    // A node that does not accept within this is as good as down here.
+    c.set_connect_timeout(Some(Duration::from_secs(1)));
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .build(c)
+}
+
+/// A version's settings across its nodes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodesConfig {
+    /// The scoring deadline for one request, node included: the version's
+    /// `scoring_timeout_ms` plus a margin for the node's own 504 to arrive.
+    pub timeout: Duration,
+    /// First ejection; doubled per failure in a row, up to `eject_max`.
+    pub eject_base: Duration,
+    pub eject_max: Duration,
+    /// How long a health check may take.
+    pub check_timeout: Duration,
+}
+
+impl Default for NodesConfig {
+    fn default() -> Self {
+        NodesConfig {
+            timeout: Duration::from_millis(61_000),
+            eject_base: Duration::from_secs(1),
+            eject_max: Duration::from_secs(30),
+            check_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What one request carries besides its body.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Call<'a> {
+    pub endpoint: &'a str,
+    pub version: &'a str,
+    pub traceparent: Option<&'a str>,
+    pub tracestate: Option<&'a str>,
+}
+
+/// One node as this router sees it.
+struct Node {
+    addr: String,
+    score_uri: Uri,
+    ready_uri: Uri,
+    /// Requests sent and not answered yet.
+    outstanding: AtomicUsize,
+    /// Its last health check passed and it is not ejected or draining.
+    ready: AtomicBool,
+    ejected_until_ms: AtomicU64,
+    failures_in_a_row: AtomicU32,
+    /// The load it last reported, and when (ms since `Nodes::epoch`).
+    busy: AtomicU32,
+    queued: AtomicU32,
+    replicas: AtomicU32,
+    max_concurrent: AtomicU32,
+    load_at_ms: AtomicU64,
+    served: AtomicU64,
+    failed: AtomicU64,
+    ejections: AtomicU64,
+    /// Why it is not ready (a rare write: checks and failures).
+    why: std::sync::RwLock<String>,
+}
+
+impl Node {
+    fn new(addr: &str) -> Result<Node, String> {
+        let uri = |path: &str| {
+            format!("http://{addr}{path}")
+                .parse::<Uri>()
+                .map_err(|e| format!("node address {addr:?}: {e}"))
+        };
+        Ok(Node {
+            addr: addr.to_string(),
+            score_uri: uri(wire::SCORE_PATH)?,
+            ready_uri: uri(wire::READY_PATH)?,
+            outstanding: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+            ejected_until_ms: AtomicU64::new(0),
+            failures_in_a_row: AtomicU32::new(0),
+            busy: AtomicU32::new(0),
+            queued: AtomicU32::new(0),
+            replicas: AtomicU32::new(0),
+            max_concurrent: AtomicU32::new(0),
+            load_at_ms: AtomicU64::new(0),
+            served: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            why: std::sync::RwLock::new("not checked yet".into()),
+        })
+    }
+
+    fn set_why(&self, why: String) {
+        *self.why.write().unwrap_or_else(|p| p.into_inner()) = why;
+    }
+
+    fn why(&self) -> String {
+        self.why.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn record_load(&self, headers: &hyper::HeaderMap, now_ms: u64) {
+        if let Some(l) = headers.get(wire::LOAD).and_then(|v| v.to_str().ok()).and_then(Load::parse) {
+            self.busy.store(l.busy, Ordering::Relaxed);
+            self.queued.store(l.queued, Ordering::Relaxed);
+            self.replicas.store(l.replicas, Ordering::Relaxed);
+            self.max_concurrent.store(l.max_concurrent, Ordering::Relaxed);
+            self.load_at_ms.store(now_ms.max(1), Ordering::Relaxed);
+        }
+    }
+
+    fn load(&self) -> Load {
+        Load {
+            busy: self.busy.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+            replicas: self.replicas.load(Ordering::Relaxed),
+            max_concurrent: self.max_concurrent.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Takes a request off a node's outstanding count however it ends.
+struct Outstanding<'a>(&'a AtomicUsize);
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A node as `show` and the status route print it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeView {
+    pub addr: String,
+    pub ready: bool,
+    /// Why it is not ready ("" when it is).
+    pub reason: String,
+    pub outstanding: usize,
+    /// The load it last reported, if it reported any.
+    pub load: Option<Load>,
+    pub served: u64,
+    pub failed: u64,
+    pub ejections: u64,
+}
+
+/// A version served by remote nodes.
+pub struct Nodes {
+    pub version: String,
+    nodes: Vec<Node>,
+    client: HttpClient,
+    cfg: NodesConfig,
+    epoch: Instant,
+    /// Requests sent again to another node (refused connections, drains).
+    pub retried: AtomicU64,
+}
+
+impl Nodes {
+    pub fn new(version: &str, addrs: &[String], client: HttpClient, cfg: NodesConfig) -> Result<Nodes, String> {
+        Ok(Nodes {
+            version: version.to_string(),
+            nodes: addrs.iter().map(|a| Node::new(a)).collect::<Result<_, _>>()?,
+            client,
+            cfg,
+            epoch: Instant::now(),
+            retried: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &NodesConfig {
+        &self.cfg
+    }
+
+    pub fn addrs(&self) -> impl Iterator<Item = &str> {
+        self.nodes.iter().map(|n| n.addr.as_str())
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Nodes that take requests now.
+    pub fn ready_count(&self) -> usize {
+        self.nodes.iter().filter(|n| n.ready.load(Ordering::Acquire)).count()
+    }
+
+    /// Why no node takes requests ("a: connection refused; b: draining").
+    pub fn why_unavailable(&self) -> String {
+        if self.nodes.is_empty() {
+            return "it has no nodes".into();
+        }
+        let parts: Vec<String> = self.nodes.iter().map(|n| format!("{}: {}", n.addr, n.why())).collect();
+        format!("no ready node ({})", parts.join("; "))
+    }
+
+    /// The demand the version's nodes carry: per node, what it last
+    /// reported (busy + queued: every router's requests) or, when that is
+    /// older than a second or smaller, this router's requests in flight on it.
+    pub fn demand(&self) -> usize {
+        let now = self.now_ms();
+        self.nodes
+            .iter()
+            .map(|n| {
+                let mine = n.outstanding.load(Ordering::Relaxed);
+                let at = n.load_at_ms.load(Ordering::Relaxed);
+                let reported = if at > 0 && now.saturating_sub(at) < 1000 {
+                    n.load().demand() as usize
+                } else {
+                    0
+                };
+                mine.max(reported)
+            })
+            .sum()
+    }
+
+    /// Instances per replica, as the nodes report it (1 until one does).
+    pub fn max_concurrent(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.max_concurrent.load(Ordering::Relaxed) as usize)
+            .max()
+            .unwrap_or(0)
+            .max(1)
+    }
+
+    pub fn views(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let ready = n.ready.load(Ordering::Acquire);
+                let l = n.load();
+                NodeView {
+                    addr: n.addr.clone(),
+                    ready,
+                    reason: if ready { String::new() } else { n.why() },
+                    outstanding: n.outstanding.load(Ordering::Relaxed),
+                    load: (n.load_at_ms.load(Ordering::Relaxed) > 0).then_some(l),
+                    served: n.served.load(Ordering::Relaxed),
+                    failed: n.failed.load(Ordering::Relaxed),
+                    ejections: n.ejections.load(Ordering::Relaxed),
+                }
+            })
+            .collect()
+    }
+
+    /// Carries the health of nodes with the same address over from the
+    /// version's previous node set (a re-read config keeps what it knew).
+    pub fn inherit(&self, old: &Nodes) {
+        for n in &self.nodes {
+            if let Some(o) = old.nodes.iter().find(|o| o.addr == n.addr) {
+                n.ready.store(o.ready.load(Ordering::Acquire), Ordering::Release);
+                n.set_why(o.why());
+                let shift = self.now_ms() as i64 - old.now_ms() as i64;
+                let until = o.ejected_until_ms.load(Ordering::Relaxed) as i64 + shift;
+                n.ejected_until_ms.store(until.max(0) as u64, Ordering::Relaxed);
+                n.failures_in_a_row
+                    .store(o.failures_in_a_row.load(Ordering::Relaxed), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Two ready nodes at random, not tried yet; the one with fewer
+    /// requests in flight.
+    fn pick(&self, tried: u64) -> Option<usize> {
+        let mut avail = [0usize; 64];
+        let mut n = 0;
+        for (i, node) in self.nodes.iter().enumerate().take(64) {
+            if tried & (1 << i) == 0 && node.ready.load(Ordering::Acquire) {
+                avail[n] = i;
+                n += 1;
+            }
+        }
+        match n {
+            0 => None,
+            1 => Some(avail[0]),
+            _ => {
+                let mut rng = rand::rng();
+                let a = rng.random_range(0..n);
+                let mut b = rng.random_range(0..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (a, b) = (avail[a], avail[b]);
+                let load = |i: usize| self.nodes[i].outstanding.load(Ordering::Relaxed);
+                Some(if load(b) < load(a) { b } else { a })
+            }
+        }
+    }
+
+    fn eject(&self, node: &Node, why: String) {
+        let k = node.failures_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
+        let backoff = self.cfg.eject_base.saturating_mul(1 << k).min(self.cfg.eject_max);
+        node.ejected_until_ms
+            .store(self.now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        node.ejections.fetch_add(1, Ordering::Relaxed);
+        node.failed.fetch_add(1, Ordering::Relaxed);
+        if node.ready.swap(false, Ordering::AcqRel) {
+            tracing::warn!(version = %self.version, node = %node.addr, backoff_ms = backoff.as_millis() as u64, reason = %why, "node ejected");
+        }
+        node.set_why(format!("ejected for {} ms: {why}", backoff.as_millis()));
+    }
+
+    /// Scores one request on one of the version's nodes.
+    pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
+        let started = Instant::now();
+        let body = Bytes::from(req.body);
+        let mut tried = 0u64;
+        loop {
+            let Some(i) = self.pick(tried) else {
+                return Err(ScoreError::Unavailable(format!(
+                    "version {:?} has {}",
+                    self.version,
+                    self.why_unavailable()
+                )));
+            };
+            tried |= 1 << i;
+            let node = &self.nodes[i];
+            let remaining = self.cfg.timeout.saturating_sub(started.elapsed());
+            let mut r = Request::builder()
+                .method(Method::POST)
+                .uri(node.score_uri.clone())
+                .header(wire::ENDPOINT, call.endpoint)
+                .header(wire::VERSION, call.version)
+                .header(wire::DEADLINE_MS, remaining.as_millis().to_string());
+            if let Ok(ct) = HeaderValue::from_str(&req.content_type) {
+                r = r.header(CONTENT_TYPE, ct);
+            }
+            for (name, value) in [("traceparent", call.traceparent), ("tracestate", call.tracestate)] {
+                if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
+                    r = r.header(name, v);
+                }
+            }
+            let request = r.body(Full::new(body.clone())).expect("a valid request");
+            node.outstanding.fetch_add(1, Ordering::Relaxed);
+            let _out = Outstanding(&node.outstanding);
+            let sent = tokio::time::timeout(remaining, async {
+                let resp = self.client.request(request).await.map_err(Sent::Request)?;
+                let (parts, body) = resp.into_parts();
+                let bytes = body.collect().await.map_err(|e| Sent::Body(e.to_string()))?.to_bytes();
+                Ok::<_, Sent>((parts, bytes))
+            })
+            .await;
+            let (parts, bytes) = match sent {
+                Err(_) => {
+                    let waited_ms = started.elapsed().as_millis() as u64;
+                    self.eject(node, format!("no answer within {waited_ms} ms"));
+                    return Err(ScoreError::NodeTimeout {
+                        node: node.addr.clone(),
+                        waited_ms,
+                    });
+                }
+                Ok(Err(Sent::Request(e))) if e.is_connect() => {
+                    // Never reached the node: another one may take it.
+                    self.eject(node, format!("cannot connect: {}", cause(&e)));
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    let message = match e {
+                        Sent::Request(e) => cause(&e),
+                        Sent::Body(m) => m,
+                    };
+                    self.eject(node, message.clone());
+                    return Err(ScoreError::Node {
+                        node: node.addr.clone(),
+                        message,
+                    });
+                }
+                Ok(Ok(x)) => x,
+            };
+            node.record_load(&parts.headers, self.now_ms());
+            let outcome = parts
+                .headers
+                .get(wire::OUTCOME)
+                .and_then(|v| v.to_str().ok())
+                .and_then(Outcome::parse);
+            match outcome {
+                Some(Outcome::Ok) => {
+                    node.served.fetch_add(1, Ordering::Relaxed);
+                    node.failures_in_a_row.store(0, Ordering::Relaxed);
+                    let content_type = parts
+                        .headers
+                        .get(CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or("application/json")
+                        .to_string();
+                    return Ok(ScoreResponse {
+                        body: bytes.to_vec(),
+                        content_type,
+                        tensors: Vec::new(),
+                    });
+                }
+                Some(Outcome::Error) => {
+                    node.served.fetch_add(1, Ordering::Relaxed);
+                    node.failures_in_a_row.store(0, Ordering::Relaxed);
+                    return Err(wire::decode_error(&bytes).unwrap_or_else(|| ScoreError::Node {
+                        node: node.addr.clone(),
+                        message: "its error could not be read".into(),
+                    }));
+                }
+                Some(Outcome::Draining) => {
+                    // It did not start the request: send it elsewhere, and
+                    // no more until it is ready again (it will not be).
+                    if node.ready.swap(false, Ordering::AcqRel) {
+                        tracing::info!(version = %self.version, node = %node.addr, "node is draining");
+                    }
+                    node.set_why("draining".into());
+                    self.retried.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                None => {
+                    let message = format!(
+                        "answered {} without the internal protocol's outcome header (not a wasmscore node?)",
+                        parts.status
+                    );
+                    self.eject(node, message.clone());
+                    return Err(ScoreError::Node {
+                        node: node.addr.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Asks every node whether it is ready; a node that is ejected stays
+    /// out until its backoff is over, then comes back on a passed check.
+    pub async fn check(&self) {
+        let checks = self.nodes.iter().map(|node| async move {
+            let req = Request::builder()
+                .method(Method::GET)
+                .uri(node.ready_uri.clone())
+                .body(Full::new(Bytes::new()))
+                .expect("a valid request");
+            let answer = tokio::time::timeout(self.cfg.check_timeout, async {
+                let resp = self.client.request(req).await.map_err(|e| cause(&e))?;
+                let (parts, body) = resp.into_parts();
+                let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                Ok::<_, String>((parts, bytes))
+            })
+            .await;
+            let verdict = match answer {
+                Err(_) => Err(format!("health check took over {} ms", self.cfg.check_timeout.as_millis())),
+                Ok(Err(e)) => Err(format!("health check: {e}")),
+                Ok(Ok((parts, bytes))) => {
+                    node.record_load(&parts.headers, self.now_ms());
+                    if parts.status == 200 {
+                        Ok(())
+                    } else {
+                        let why = serde_json::from_slice::<serde_json::Value>(&bytes)
+                            .ok()
+                            .and_then(|v| v["error"].as_str().map(str::to_string))
+                            .unwrap_or_else(|| format!("answered {}", parts.status));
+                        Err(format!("not ready: {why}"))
+                    }
+                }
+            };
+            let ejected = node.ejected_until_ms.load(Ordering::Relaxed) > self.now_ms();
+            match verdict {
+                Ok(()) if !ejected => {
+                    if !node.ready.swap(true, Ordering::AcqRel) {
+                        tracing::info!(version = %self.version, node = %node.addr, "node ready");
+                    }
+                    node.set_why(String::new());
+                }
+                Ok(()) => {}
+                Err(why) => {
+                    if node.ready.swap(false, Ordering::AcqRel) {
+                        tracing::warn!(version = %self.version, node = %node.addr, reason = %why, "node not ready");
+                    }
+                    if !ejected {
+                        node.set_why(why);
+                    }
+                }
+            }
+        });
+        futures_join_all(checks).await;
+    }
+}
+
+enum Sent {
+    Request(hyper_util::client::legacy::Error),
+    Body(String),
+}
+
+/// The innermost cause of a client error ("Connection refused (os error 111)").
+fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        last = s.to_string();
+        cur = s.source();
+    }
+    last
+}
+
+/// Runs the futures at once and waits for all (tokio has no join_all).
+async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterator<Item = F>) {
+    let mut set: Vec<std::pin::Pin<Box<F>>> = futs.map(Box::pin).collect();
+    std::future::poll_fn(|cx| {
+        set.retain_mut(|f| f.as_mut().poll(cx).is_pending());
+        if set.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+}

@@ -1,0 +1,968 @@
+//! Across the network, with real processes on 127.0.0.1: a registry
+//! (Debian's docker-registry), `wasmscore push`, `wasmscore node` processes
+//! pulling by digest, and `wasmscore router` in front of them. The seeds'
+//! rollout steps over the network, cohorts, the mirror, key auth at the
+//! router, and the faults: kill -9 and SIGTERM of a node under load, every
+//! node of a version gone, a node that answers garbage or hangs, a slow
+//! node, a bad artifact or an unreachable registry, the router restarted.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::autoscale::one_at_a_time;
+use super::{bin, hostile, iris_rust, model, root};
+
+const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
+const KEY: &str = "router-primary-key-0123456789";
+const KEY2: &str = "router-secondary-key-0123456789";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A child process, killed when dropped; its stderr goes to a log file.
+struct Proc {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(f).spawn().unwrap();
+        Proc { child: Some(child), log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().unwrap().id().to_string();
+        assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for it to exit; its status.
+    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().unwrap();
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                self.child = None;
+                return st;
+            }
+            assert!(Instant::now() < deadline, "process did not exit: {}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A plain GET or POST over a fresh connection: status, head, body.
+fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+    let Ok(mut s) = TcpStream::connect(addr) else {
+        return (0, String::new(), "connection refused".into());
+    };
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, String::new(), "write failed".into());
+    }
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let Some((head, body)) = raw.split_once("\r\n\r\n") else {
+        return (0, String::new(), raw);
+    };
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+fn header(head: &str, name: &str) -> String {
+    head.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or("")
+        .to_string()
+}
+
+struct Registry {
+    _proc: Proc,
+    addr: String,
+    root: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start_on(port: u16) -> Registry {
+        let root = tempfile::tempdir().unwrap();
+        let cfg = root.path().join("config.yml");
+        let storage = root.path().join("storage");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let exe = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+            .into_iter()
+            .find(|p| Path::new(p).is_file())
+            .expect("docker-registry is missing: ./test.sh installs it (Debian package docker-registry)");
+        let proc = Proc::spawn(Command::new(exe).arg("serve").arg(&cfg), root.path().join("registry.log"));
+        let addr = format!("127.0.0.1:{port}");
+        wait_for("the registry", Duration::from_secs(20), || {
+            http(&addr, "GET", "/v2/", &[], "").0 == 200
+        });
+        Registry { _proc: proc, addr, root }
+    }
+
+    fn start() -> Registry {
+        Self::start_on(free_port())
+    }
+
+    /// `wasmscore push`; the digest it prints.
+    fn push(&self, tag: &str, module: &Path, models: &[&Path], dc: Option<&Value>) -> String {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "push",
+            "--insecure",
+            "--json",
+            "--registry",
+            &format!("{}/{tag}", self.addr),
+            "--module",
+        ])
+        .arg(module);
+        for m in models {
+            cmd.arg("--model").arg(m);
+        }
+        let dc_file = self.root.path().join(format!("{}.json", tag.replace([':', '/'], "-")));
+        if let Some(dc) = dc {
+            std::fs::write(&dc_file, dc.to_string()).unwrap();
+            cmd.arg("--dc").arg(&dc_file);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "push failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let digest = v["digest"].as_str().unwrap().to_string();
+        assert!(digest.starts_with("sha256:") && digest.len() == 71, "{digest}");
+        digest
+    }
+
+    fn reference(&self, repo: &str, digest: &str) -> String {
+        format!("{}/{repo}@{digest}", self.addr)
+    }
+}
+
+/// The shared compile cache of the nodes the tests start.
+fn node_cache() -> PathBuf {
+    root().join("target/e2e-node-cache")
+}
+
+struct Node {
+    proc: Proc,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn spawn(args: &[&str], port: u16) -> Node {
+        let dir = tempfile::tempdir().unwrap();
+        let proc = Proc::spawn(
+            Command::new(bin())
+                .arg("node")
+                .args(args)
+                .args(["--port", &port.to_string(), "--data-dir"])
+                .arg(dir.path().join("data"))
+                .arg("--cache-dir")
+                .arg(node_cache()),
+            dir.path().join("node.log"),
+        );
+        Node {
+            proc,
+            addr: format!("127.0.0.1:{port}"),
+            _dir: dir,
+        }
+    }
+
+    fn artifact(reference: &str) -> Node {
+        Self::artifact_on(reference, free_port())
+    }
+
+    fn artifact_on(reference: &str, port: u16) -> Node {
+        let n = Self::spawn(&["--artifact", reference, "--insecure"], port);
+        n.wait_ready();
+        n
+    }
+
+    /// A node of the hostile test module from its file (no registry).
+    fn hostile_on(port: u16) -> Node {
+        let m = hostile();
+        let n = Self::spawn(&["--module", m.to_str().unwrap()], port);
+        n.wait_ready();
+        n
+    }
+
+    fn ready(&self) -> (u16, String) {
+        let (s, _, b) = http(&self.addr, "GET", "/v2/health/ready", &[], "");
+        (s, b)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.ready().0 != 200 {
+            assert!(Instant::now() < deadline, "node never became ready: {}", self.proc.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Router starts, so a restarted router logs to a new file.
+static STARTS: AtomicU64 = AtomicU64::new(0);
+
+struct Router {
+    proc: Proc,
+    addr: String,
+    port: u16,
+    config: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+fn endpoint(name: &str, versions: Value) -> Value {
+    json!({"name": name, "auth": {"mode": "key", "primary_key": KEY, "secondary_key": KEY2}, "versions": versions})
+}
+
+impl Router {
+    fn start(config: &Value, extra: &[&str]) -> Router {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("router.json");
+        std::fs::write(&cfg, config.to_string()).unwrap();
+        Self::start_in(dir, cfg, free_port(), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, config: PathBuf, port: u16, extra: &[&str]) -> Router {
+        let proc = Proc::spawn(
+            Command::new(bin())
+                .args(["router", "--port", &port.to_string(), "--config"])
+                .arg(&config)
+                .arg("--data-dir")
+                .arg(dir.path().join("data"))
+                .args(extra),
+            dir.path().join(format!("router-{}.log", STARTS.fetch_add(1, Ordering::Relaxed))),
+        );
+        let r = Router {
+            proc,
+            addr: format!("127.0.0.1:{port}"),
+            port,
+            config,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while http(&r.addr, "GET", "/v2/health/ready", &[], "").0 != 200 {
+            assert!(Instant::now() < deadline, "router never became ready: {}", r.proc.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        r
+    }
+
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/admin.token")).unwrap()
+    }
+
+    fn status(&self) -> Value {
+        let auth = format!("Bearer {}", self.admin_token());
+        let (s, _, b) = http(&self.addr, "GET", "/admin/v1/status", &[("Authorization", &auth)], "");
+        assert_eq!(s, 200, "{b}");
+        serde_json::from_str(&b).unwrap()
+    }
+
+    fn version_status(&self, endpoint: &str, version: &str) -> Value {
+        let st = self.status();
+        st["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == endpoint)
+            .and_then(|e| e["versions"].as_array().unwrap().iter().find(|v| v["name"] == version).cloned())
+            .unwrap_or(Value::Null)
+    }
+
+    /// Writes a new config (atomically) and waits until the router serves
+    /// the effective shares `want` for `endpoint`.
+    fn reconfigure(&self, config: &Value, endpoint: &str, want: &[(&str, u64)]) {
+        let tmp = self.config.with_extension("tmp");
+        std::fs::write(&tmp, config.to_string()).unwrap();
+        std::fs::rename(&tmp, &self.config).unwrap();
+        self.wait_shares(endpoint, want);
+    }
+
+    fn wait_shares(&self, endpoint: &str, want: &[(&str, u64)]) {
+        wait_for(&format!("shares {want:?}"), Duration::from_secs(20), || {
+            let st = self.status();
+            let Some(ep) = st["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == endpoint) else {
+                return false;
+            };
+            let got: Vec<(String, u64)> = ep["versions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| (v["name"].as_str().unwrap().to_string(), v["effective_traffic"].as_u64().unwrap()))
+                .filter(|(_, s)| *s > 0)
+                .collect();
+            let want: Vec<(String, u64)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+            got == want
+        });
+    }
+
+    fn score(&self, endpoint: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+        let auth = format!("Bearer {KEY}");
+        let mut h = vec![("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+        h.extend_from_slice(headers);
+        let (s, head, b) = http(&self.addr, "POST", &format!("/api/v1/service/{endpoint}/score"), &h, body);
+        (s, header(&head, "x-wasmscore-version"), b)
+    }
+
+    /// Versions that served `n` requests on one kept-alive connection.
+    fn shares(&self, endpoint: &str, n: usize, headers: &[(&str, &str)]) -> HashMap<String, usize> {
+        let mut c = Client::connect(&self.addr);
+        let mut counts = HashMap::new();
+        for _ in 0..n {
+            let (status, version, body) = c.score(endpoint, headers, ROW).expect("connection kept");
+            assert_eq!(status, 200, "{body}");
+            *counts.entry(version).or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// An HTTP/1.1 client on one kept-alive connection that reports, rather
+/// than panics on, a broken connection.
+struct Client {
+    r: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(addr: &str) -> Client {
+        Self::try_connect(addr).expect("connect")
+    }
+
+    fn try_connect(addr: &str) -> Option<Client> {
+        let s = TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+        s.set_nodelay(true).ok()?;
+        Some(Client { r: BufReader::new(s) })
+    }
+
+    /// Status, served version and body; None when the connection broke.
+    fn score(&mut self, endpoint: &str, headers: &[(&str, &str)], body: &str) -> Option<(u16, String, String)> {
+        let mut req = format!(
+            "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: Bearer {KEY}\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.r.get_mut().write_all(req.as_bytes()).ok()?;
+        let (mut status, mut len, mut version) = (0u16, 0usize, String::new());
+        loop {
+            let mut line = String::new();
+            if self.r.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if status == 0 {
+                status = line.split_whitespace().nth(1)?.parse().ok()?;
+            } else if let Some((k, v)) = line.split_once(':') {
+                match k.to_ascii_lowercase().as_str() {
+                    "content-length" => len = v.trim().parse().ok()?,
+                    "x-wasmscore-version" => version = v.trim().to_string(),
+                    _ => {}
+                }
+            }
+        }
+        let mut b = vec![0; len];
+        self.r.read_exact(&mut b).ok()?;
+        Some((status, version, String::from_utf8_lossy(&b).into_owned()))
+    }
+}
+
+/// One request's outcome: when it ended (ms since the load started), its
+/// status (0 for a broken connection), the version that served it, and
+/// the body when it is not a 200.
+type Outcome = (u64, u16, String, String);
+
+/// Closed-loop clients that keep going through failures: each request's
+/// outcome is recorded with when it ended (ms since the load started).
+struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    started: Instant,
+    /// (ms, status or 0 for a broken connection, version, body if not 200)
+    log: Arc<Mutex<Vec<Outcome>>>,
+}
+
+impl Load {
+    fn start(addr: &str, endpoint: &str, clients: usize, body: &'static str) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let threads = (0..clients)
+            .map(|_| {
+                let (addr, endpoint, stop, log) = (addr.to_string(), endpoint.to_string(), stop.clone(), log.clone());
+                std::thread::spawn(move || {
+                    let mut conn: Option<Client> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let c = match conn.as_mut() {
+                            Some(c) => c,
+                            None => match Client::try_connect(&addr) {
+                                Some(c) => conn.insert(c),
+                                None => {
+                                    log.lock().unwrap().push((
+                                        started.elapsed().as_millis() as u64,
+                                        0,
+                                        String::new(),
+                                        "connect refused".into(),
+                                    ));
+                                    std::thread::sleep(Duration::from_millis(20));
+                                    continue;
+                                }
+                            },
+                        };
+                        let outcome = c.score(&endpoint, &[], body);
+                        let ms = started.elapsed().as_millis() as u64;
+                        match outcome {
+                            Some((status, version, body)) => {
+                                let body = if status == 200 { String::new() } else { body };
+                                log.lock().unwrap().push((ms, status, version, body));
+                            }
+                            None => {
+                                log.lock().unwrap().push((ms, 0, String::new(), "connection broke".into()));
+                                conn = None;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            started,
+            log,
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn stop(self) -> Vec<Outcome> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let log = self.log.lock().unwrap().clone();
+        log
+    }
+}
+
+fn failures(log: &[Outcome], from_ms: u64, to_ms: u64) -> Vec<&Outcome> {
+    log.iter()
+        .filter(|(ms, st, _, _)| *ms >= from_ms && *ms < to_ms && *st != 200)
+        .collect()
+}
+
+fn count(c: &HashMap<String, usize>, v: &str) -> usize {
+    c.get(v).copied().unwrap_or(0)
+}
+
+#[test]
+fn the_seeds_rollout_over_the_network_from_a_real_registry() {
+    let reg = Registry::start();
+    // Two versions of iris, pushed as artifacts with their model file.
+    let d1 = reg.push("iris:v1", iris_rust(), &[&model()], None);
+    let d2 = reg.push("iris:v2", iris_rust(), &[&model()], Some(&json!({"scoring_timeout_ms": 30000})));
+    assert_ne!(d1, d2);
+    let (a, b, c) = (
+        Node::artifact(&reg.reference("iris", &d1)),
+        Node::artifact(&reg.reference("iris", &d1)),
+        Node::artifact(&reg.reference("iris", &d2)),
+    );
+    let mirror = Node::hostile_on(free_port());
+    let v1 = |traffic: u32, default: bool| json!({"name": "v1", "traffic": traffic, "default": default, "nodes": [a.addr, b.addr]});
+    let v2 = |traffic: u32, default: bool| json!({"name": "v2", "traffic": traffic, "default": default, "nodes": [c.addr]});
+
+    // Step 1: v1 at 20% is the only version and the default: it gets everything.
+    let cfg = json!({"endpoints": [endpoint("iris", json!([v1(20, true)]))]});
+    let r = Router::start(&cfg, &["--tls-port", "0", "--tls-self-signed"]);
+    assert_eq!(count(&r.shares("iris", 100, &[]), "v1"), 100);
+    // The answer is iris's, through the router and a node.
+    let (status, version, body) = r.score("iris", &[], ROW);
+    assert_eq!((status, version.as_str()), (200, "v1"), "{body}");
+    assert!(body.contains("probabilities"), "{body}");
+    // Both nodes of v1 served.
+    let nodes = &r.version_status("iris", "v1")["nodes"];
+    assert!(
+        nodes.as_array().unwrap().iter().all(|n| n["served"].as_u64().unwrap() > 10),
+        "{nodes}"
+    );
+
+    // Step 2: add v2 at 10%: exactly 90/10 in every 100 requests.
+    r.reconfigure(
+        &json!({"endpoints": [endpoint("iris", json!([v1(20, true), v2(10, false)]))]}),
+        "iris",
+        &[("v1", 90), ("v2", 10)],
+    );
+    for _ in 0..2 {
+        let s = r.shares("iris", 100, &[]);
+        assert_eq!((count(&s, "v1"), count(&s, "v2")), (90, 10), "{s:?}");
+    }
+    // Step 3: v2 at 40% and the default: v1 20, v2 80.
+    r.reconfigure(
+        &json!({"endpoints": [endpoint("iris", json!([v1(20, false), v2(40, true)]))]}),
+        "iris",
+        &[("v1", 20), ("v2", 80)],
+    );
+    let s = r.shares("iris", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2")), (20, 80), "{s:?}");
+
+    // Cohorts are sticky; pinning wins.
+    for key in ["alice", "bob", "carol", "dave"] {
+        let s = r.shares("iris", 20, &[("x-wasmscore-cohort", key)]);
+        assert_eq!(s.len(), 1, "cohort {key} moved: {s:?}");
+    }
+    let s = r.shares("iris", 10, &[("x-wasmscore-version", "v1")]);
+    assert_eq!(count(&s, "v1"), 10);
+
+    // A mirror (the hostile module echoes; its answers never reach clients).
+    let m = json!({"name": "shadow", "mirror": 50, "nodes": [mirror.addr]});
+    r.reconfigure(
+        &json!({"endpoints": [endpoint("iris", json!([v1(20, false), v2(40, true), m]))]}),
+        "iris",
+        &[("v1", 20), ("v2", 80)],
+    );
+    wait_for("the mirror's node", Duration::from_secs(10), || {
+        r.version_status("iris", "shadow")["ready_nodes"] == 1
+    });
+    let s = r.shares("iris", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2"), count(&s, "shadow")), (20, 80, 0), "{s:?}");
+    wait_for("50 mirrored copies", Duration::from_secs(10), || {
+        r.version_status("iris", "shadow")["nodes"][0]["served"].as_u64() == Some(50)
+    });
+
+    // Key auth at the router: none is 401, the secondary key works.
+    let (st, _, body) = http(&r.addr, "POST", "/api/v1/service/iris/score", &[], ROW);
+    assert_eq!(st, 401, "{body}");
+    let (st, _, _) = http(
+        &r.addr,
+        "POST",
+        "/api/v1/service/iris/score",
+        &[("Authorization", &format!("Bearer {KEY2}"))],
+        ROW,
+    );
+    assert_eq!(st, 200);
+    // TLS at the router, verified against its development CA.
+    let info: Value = serde_json::from_slice(&std::fs::read(r.dir.path().join("data/server.json")).unwrap()).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--fail-with-body",
+            "--cacert",
+            info["tls_ca"].as_str().unwrap(),
+            "-H",
+            &format!("Authorization: Bearer {KEY}"),
+            "-d",
+            ROW,
+        ])
+        .arg(format!("{}/api/v1/service/iris/score", info["tls_url"].as_str().unwrap()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("probabilities"));
+
+    // A config that breaks a rule is refused with up's message; the last good one serves on.
+    std::fs::write(
+        &r.config,
+        json!({"endpoints": [endpoint("iris", json!([v1(70, false), v2(40, true)]))]}).to_string(),
+    )
+    .unwrap();
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        r.proc.log().contains("traffic percentages add up to 110%")
+    });
+    let s = r.shares("iris", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2")), (20, 80), "{s:?}");
+    // And the seeds' last step: delete v1.
+    r.reconfigure(
+        &json!({"endpoints": [endpoint("iris", json!([v2(40, true)]))]}),
+        "iris",
+        &[("v2", 100)],
+    );
+    assert_eq!(count(&r.shares("iris", 50, &[]), "v2"), 50);
+    let (st, _, body) = r.score("iris", &[("x-wasmscore-version", "v1")], ROW);
+    assert_eq!(st, 404, "{body}");
+
+    // A router that cannot start says why, with the rule.
+    let bad = tempfile::tempdir().unwrap();
+    let bad_cfg = bad.path().join("router.json");
+    std::fs::write(
+        &bad_cfg,
+        json!({"endpoints": [endpoint("x", json!([{"name": "a"}, {"name": "b"}]))]}).to_string(),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["router", "--port", "0", "--config"])
+        .arg(&bad_cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exactly one default version"), "{err}");
+}
+
+#[test]
+fn kill_9_and_sigterm_of_a_node_under_load() {
+    let _one = one_at_a_time();
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = Node::hostile_on(pa);
+    let mut b = Node::hostile_on(pb);
+    let cfg = json!({"endpoints": [endpoint("h", json!([{"name": "v1", "default": true, "nodes": [a.addr, b.addr]}]))]});
+    let r = Router::start(&cfg, &[]);
+    // Each request takes 20 ms in the module, so some are always in flight.
+    let load = Load::start(&r.addr, "h", 4, "sleep:20");
+    std::thread::sleep(Duration::from_millis(1000));
+    let killed_at = load.now_ms();
+    a.proc.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = load.now_ms();
+    // SIGTERM of a node under load: it drains with nothing failed. Bring
+    // `a` back first so there is somewhere to go.
+    let a2 = Node::hostile_on(pa);
+    wait_for("a to be re-admitted", Duration::from_secs(15), || {
+        r.version_status("h", "v1")["ready_nodes"] == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let term_at = load.now_ms();
+    b.proc.signal("-TERM");
+    let st = b.proc.wait(Duration::from_secs(20));
+    assert!(st.success(), "a drained node exits 0: {st:?}");
+    std::thread::sleep(Duration::from_millis(1000));
+    let end = load.now_ms();
+    let log = load.stop();
+
+    let before = failures(&log, 0, killed_at);
+    assert!(before.is_empty(), "failures before the kill: {before:?}");
+    // Only requests in flight on the killed node may fail (4 clients: at
+    // most 4), with a clear error; none once it is ejected.
+    let at_kill = failures(&log, killed_at, after);
+    assert!(at_kill.len() <= 4, "{} failed at the kill: {at_kill:?}", at_kill.len());
+    for (_, status, _, body) in &at_kill {
+        assert!(*status == 502 && body.contains("bad_gateway"), "{status} {body}");
+    }
+    let late = failures(&log, killed_at + 500, term_at);
+    assert!(late.is_empty(), "failures after the ejection: {late:?}");
+    let drain = failures(&log, term_at, end);
+    assert!(drain.is_empty(), "failures during the drain: {drain:?}");
+    let served_after = log.iter().filter(|(ms, st, _, _)| *ms > term_at && *st == 200).count();
+    assert!(served_after > 10, "{served_after}");
+    assert!(b.proc.log().contains("drained"), "{}", b.proc.log());
+    println!(
+        "kill -9: {} of {} requests in the 1.5 s after it failed (in flight on the killed node); SIGTERM: 0 failed of {}",
+        at_kill.len(),
+        log.iter().filter(|(ms, _, _, _)| *ms >= killed_at && *ms < after).count(),
+        log.iter().filter(|(ms, _, _, _)| *ms >= term_at).count()
+    );
+    drop(a2);
+}
+
+#[test]
+fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
+    let (p1, p2) = (free_port(), free_port());
+    let n1 = Node::hostile_on(p1);
+    let mut n2 = Node::hostile_on(p2);
+    let cfg = json!({"endpoints": [endpoint("h", json!([
+        {"name": "v1", "traffic": 50, "default": true, "nodes": [n1.addr]},
+        {"name": "v2", "traffic": 50, "nodes": [n2.addr]}]))]});
+    let r = Router::start(&cfg, &[]);
+    let s = r.shares("h", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2")), (50, 50));
+    n2.proc.kill9();
+    r.wait_shares("h", &[("v1", 100)]);
+    assert_eq!(count(&r.shares("h", 100, &[]), "v1"), 100);
+    // Pinned to v2: 503 with the reason.
+    let (st, _, body) = r.score("h", &[("x-wasmscore-version", "v2")], "x");
+    assert_eq!(st, 503, "{body}");
+    assert!(body.contains("no ready node") && body.contains(&n2.addr), "{body}");
+    let auth = format!("Bearer {}", r.admin_token());
+    let (st, _, body) = http(&r.addr, "GET", "/v2/models/h/versions/v2/ready", &[("Authorization", &auth)], "");
+    assert_eq!(st, 503, "{body}");
+    assert_eq!(http(&r.addr, "GET", "/v2/models/h/ready", &[], "").0, 200);
+    // A node is back: so is v2's share.
+    let _n2 = Node::hostile_on(p2);
+    r.wait_shares("h", &[("v1", 50), ("v2", 50)]);
+    let s = r.shares("h", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2")), (50, 50));
+    drop(n1);
+}
+
+/// A TCP proxy in front of a node that can turn into a node that answers
+/// garbage, or add a delay to everything it relays.
+struct Proxy {
+    addr: String,
+    garbage: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+}
+
+impl Proxy {
+    fn start(to: &str) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let garbage = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (to, g, d) = (to.to_string(), garbage.clone(), delay_ms.clone());
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut client) = c else { return };
+                if g.load(Ordering::Relaxed) {
+                    let _ = client.write_all(b"HTTP/9.9 garbage garbage garbage\r\n\r\n");
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&to) else { continue };
+                let pipe = |mut from: TcpStream, mut into: TcpStream, g: Arc<AtomicBool>, d: Arc<AtomicU64>, up: bool| {
+                    std::thread::spawn(move || {
+                        from.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                        let mut buf = [0u8; 16384];
+                        loop {
+                            if g.load(Ordering::Relaxed) {
+                                if !up {
+                                    let _ = into.write_all(b"\x00\x00\x00garbage, not HTTP/2");
+                                }
+                                let _ = into.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = into.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    let ms = d.load(Ordering::Relaxed);
+                                    if ms > 0 && up {
+                                        std::thread::sleep(Duration::from_millis(ms));
+                                    }
+                                    if into.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                };
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap(), g.clone(), d.clone(), true);
+                pipe(server, client, g.clone(), d.clone(), false);
+            }
+        });
+        Proxy { addr, garbage, delay_ms }
+    }
+}
+
+#[test]
+fn a_node_that_answers_garbage_or_hangs_is_ejected_and_a_slow_one_gets_less() {
+    let _one = one_at_a_time();
+    let good = Node::hostile_on(free_port());
+    let other = Node::hostile_on(free_port());
+    let proxy = Proxy::start(&other.addr);
+    let cfg = json!({"endpoints": [endpoint("h", json!([{"name": "v1", "default": true, "nodes": [good.addr, proxy.addr],
+        "config": {"scoring_timeout_ms": 1000}}]))]});
+    let r = Router::start(&cfg, &[]);
+    wait_for("both nodes ready", Duration::from_secs(10), || {
+        r.version_status("h", "v1")["ready_nodes"] == 2
+    });
+
+    // A slow node (50 ms added to each request it gets) is picked less.
+    proxy.delay_ms.store(50, Ordering::Relaxed);
+    let load = Load::start(&r.addr, "h", 4, "hello");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(load.stop().iter().all(|(_, st, _, _)| *st == 200));
+    let nodes = r.version_status("h", "v1")["nodes"].clone();
+    let served = |i: usize| nodes[i]["served"].as_u64().unwrap();
+    println!("slow node: {} requests, fast node: {}", served(1), served(0));
+    assert!(
+        served(1) * 4 < served(0),
+        "the slow node got {} of {}: {nodes}",
+        served(1),
+        served(0) + served(1)
+    );
+    proxy.delay_ms.store(0, Ordering::Relaxed);
+
+    // Garbage: the requests on it get 502 with a JSON error, it is
+    // ejected, and the other node serves everything after.
+    proxy.garbage.store(true, Ordering::Relaxed);
+    let mut codes = HashMap::new();
+    for _ in 0..40 {
+        let (st, _, body) = r.score("h", &[], "hello");
+        if st != 200 {
+            assert_eq!(st, 502, "{body}");
+            let v: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(v["error"]["code"], "bad_gateway", "{body}");
+            assert!(v["error"]["message"].as_str().unwrap().contains(&proxy.addr), "{body}");
+        }
+        *codes.entry(st).or_insert(0) += 1;
+    }
+    assert!(codes.get(&200).copied().unwrap_or(0) >= 38, "{codes:?}");
+    let node = r.version_status("h", "v1")["nodes"][1].clone();
+    // Out, whether a request or a health check found it first.
+    assert_eq!(node["ready"], false, "{node}");
+    println!("garbage: {codes:?}; the node: {node}");
+
+    // A node that hangs (stopped): 504 once the deadline passes, ejected,
+    // the others keep serving.
+    proxy.garbage.store(false, Ordering::Relaxed);
+    let hung = Node::hostile_on(free_port());
+    let cfg = json!({"endpoints": [endpoint("h", json!([{"name": "v1", "default": true, "nodes": [good.addr, hung.addr],
+        "config": {"scoring_timeout_ms": 1000}}]))]});
+    std::fs::write(&r.config, cfg.to_string()).unwrap();
+    wait_for("the new node", Duration::from_secs(10), || {
+        r.version_status("h", "v1")["nodes"][1]["addr"] == hung.addr.as_str() && r.version_status("h", "v1")["ready_nodes"] == 2
+    });
+    hung.proc.signal("-STOP");
+    let started = Instant::now();
+    let mut timeouts = 0;
+    for _ in 0..20 {
+        let (st, _, body) = r.score("h", &[], "hello");
+        if st == 504 {
+            assert!(body.contains("node_timeout") && body.contains(&hung.addr), "{body}");
+            timeouts += 1;
+        } else {
+            assert_eq!(st, 200, "{body}");
+        }
+    }
+    hung.proc.signal("-CONT");
+    assert!((1..=2).contains(&timeouts), "{timeouts} timed out");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    drop(other);
+}
+
+#[test]
+fn bad_artifacts_are_refused_and_an_unreachable_registry_is_retried() {
+    let reg = Registry::start();
+    let digest = reg.push("iris:v1", iris_rust(), &[&model()], None);
+    // A digest the registry does not have: the node refuses to start, naming it.
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let mut n = Node::spawn(&["--artifact", &reg.reference("iris", &missing), "--insecure"], free_port());
+    assert!(!n.proc.wait(Duration::from_secs(30)).success());
+    assert!(n.proc.log().contains(&missing), "{}", n.proc.log());
+
+    // An unreachable registry: the node retries with backoff and stays not
+    // ready, saying why; it becomes ready once the registry is there.
+    let port = free_port();
+    let reference = format!("127.0.0.1:{port}/iris@{digest}");
+    let waiting = Node::spawn(&["--artifact", &reference, "--insecure"], free_port());
+    wait_for("the node to say why", Duration::from_secs(10), || {
+        waiting.ready().1.contains("registry unreachable")
+    });
+    assert_eq!(waiting.ready().0, 503);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        waiting.proc.log().matches("registry unreachable").count() >= 2,
+        "{}",
+        waiting.proc.log()
+    );
+    let reg2 = Registry::start_on(port);
+    let again = reg2.push("iris:v1", iris_rust(), &[&model()], None);
+    assert_eq!(again, digest, "the same bytes give the same digest");
+    waiting.wait_ready();
+
+    // A corrupt layer: the node refuses to start, naming the layer's digest.
+    let blobs = reg.root.path().join("storage/docker/registry/v2/blobs/sha256");
+    let model_digest = {
+        use std::process::Command;
+        let out = Command::new("sha256sum").arg(model()).output().unwrap();
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    };
+    let data = blobs.join(&model_digest[..2]).join(&model_digest).join("data");
+    assert!(data.is_file(), "{}", data.display());
+    let mut bytes = std::fs::read(&data).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&data, bytes).unwrap();
+    let mut n = Node::spawn(&["--artifact", &reg.reference("iris", &digest), "--insecure"], free_port());
+    assert!(!n.proc.wait(Duration::from_secs(30)).success());
+    let log = n.proc.log();
+    assert!(log.contains(&format!("sha256:{model_digest}")), "{log}");
+}
+
+#[test]
+fn the_router_restarted_under_load_changes_nothing_else() {
+    let _one = one_at_a_time();
+    let n1 = Node::hostile_on(free_port());
+    let n2 = Node::hostile_on(free_port());
+    let cfg = json!({"endpoints": [endpoint("h", json!([{"name": "v1", "default": true, "nodes": [n1.addr, n2.addr]}]))]});
+    let mut r = Router::start(&cfg, &[]);
+    let load = Load::start(&r.addr, "h", 4, "hello");
+    std::thread::sleep(Duration::from_millis(700));
+    let down_at = load.now_ms();
+    r.proc.kill9();
+    let (dir, config, port) = (
+        std::mem::replace(&mut r.dir, tempfile::tempdir().unwrap()),
+        r.config.clone(),
+        r.port,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let r2 = Router::start_in(dir, config, port, &[]);
+    let up_at = load.now_ms();
+    std::thread::sleep(Duration::from_millis(1000));
+    let log = load.stop();
+    assert!(failures(&log, 0, down_at).is_empty());
+    // Clients reconnect; once the router is back, nothing fails.
+    let after = failures(&log, up_at + 100, u64::MAX);
+    assert!(after.is_empty(), "{after:?}");
+    assert!(log.iter().filter(|(ms, st, _, _)| *ms > up_at && *st == 200).count() > 20);
+    let s = r2.shares("h", 20, &[]);
+    assert_eq!(count(&s, "v1"), 20);
+}
