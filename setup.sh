@@ -20,6 +20,11 @@ if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests' 2>/de
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 
+say "Debian's docker-registry (the OCI registry for artifacts across the network; README)"
+if ! command -v docker-registry >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry
+fi
+
 say "Rust target wasm32-wasip2"
 if ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2

@@ -9,6 +9,8 @@ if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxrunti
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
+# The OCI registry the network tests push to and pull from (Debian's distribution 2.8).
+command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; }
 cargo build --release -p wasmscore-cli
 # The CUDA device is behind a feature: compile it and run its tests, which
 # say SKIPPED and why on a machine without a GPU.

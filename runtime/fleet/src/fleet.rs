@@ -234,8 +234,9 @@ impl Fleet {
                     continue;
                 };
                 scaler.sample(v.nodes.demand());
-                let current = v.nodes.ready_count();
-                if let Some(d) = scaler.decide(now, current) {
+                // What the version is moving to, as under `up` (the pool's
+                // target): the nodes follow the Scaler, not the other way.
+                if let Some(d) = scaler.decide(now, v.desired) {
                     if d.to != v.desired {
                         self.scaler.scale(&ep.spec.name, &v.spec.name, v.desired, d.to, &d.reason);
                         v.desired = d.to;

@@ -966,3 +966,34 @@ fn the_router_restarted_under_load_changes_nothing_else() {
     let s = r2.shares("h", 20, &[]);
     assert_eq!(count(&s, "v1"), 20);
 }
+
+#[test]
+fn the_router_autoscales_across_nodes_from_the_load_they_report() {
+    let _one = one_at_a_time();
+    let n1 = Node::hostile_on(free_port());
+    let cfg = json!({"endpoints": [endpoint("h", json!([{"name": "v1", "default": true, "nodes": [n1.addr],
+        "config": {"autoscale_max_replicas": 4, "autoscale_scale_down_delay_seconds": 1}}]))]});
+    let r = Router::start(&cfg, &[]);
+    assert_eq!(r.version_status("h", "v1")["desired_replicas"], 1);
+    // 6 clients of 50 ms on one node's one instance: utilization far above
+    // 70%, so the seeds' rule asks for ceil(6 / 0.7) = 9, capped at 4.
+    let load = Load::start(&r.addr, "h", 6, "sleep:50");
+    wait_for("4 desired nodes", Duration::from_secs(5), || {
+        r.version_status("h", "v1")["desired_replicas"] == 4
+    });
+    let log = load.stop();
+    assert!(log.iter().all(|(_, st, _, _)| *st == 200), "{:?}", failures(&log, 0, u64::MAX));
+    let v = r.version_status("h", "v1");
+    assert!(v["last_scale_reason"].as_str().unwrap().contains("utilization"), "{v}");
+    assert!(r.proc.log().contains("desired nodes changed"), "{}", r.proc.log());
+    let auth = format!("Bearer {}", r.admin_token());
+    let (_, _, metrics) = http(&r.addr, "GET", "/metrics", &[("Authorization", &auth)], "");
+    assert!(
+        metrics.contains("wasmscore_router_version_desired_replicas{endpoint=\"h\",version=\"v1\"} 4"),
+        "{metrics}"
+    );
+    // Idle: back to the minimum after the down delay.
+    wait_for("1 desired node", Duration::from_secs(8), || {
+        r.version_status("h", "v1")["desired_replicas"] == 1
+    });
+}
