@@ -418,21 +418,31 @@ def render(results, order, floor_us, hop, deploy_first, density_kib, deploy_per_
 
 
 def write_benchmarks(report):
-    p = ROOT / "BENCHMARKS.md"
-    text = p.read_text()
-    start, end = "<!-- compare:start -->", "<!-- compare:end -->"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = (
-        f"{start}\n## Side by side with the peers ({stamp}, written by bench/compare.sh)\n\n"
+    write_section(
+        "compare",
+        "Side by side with the peers ({stamp}, written by bench/compare.sh)",
         "Command: `bench/compare.sh` (installs the peers with ../shared/peers/setup.sh, nginx from Debian, "
         "matplotlib for the plot; then `.venv/bin/python bench/compare.py --write`).\n\n"
-        f"{report}\n\n![latency percentiles per server](bench/latency.png)\n{end}"
+        f"{report}\n\n![latency percentiles per server](bench/latency.png)",
+        first=True,
     )
+
+
+def write_section(name, heading, body, first=False):
+    """Replaces the section between `<!-- name:start -->` and its end marker
+    in BENCHMARKS.md, or adds it (first: before the first dated section)."""
+    p = ROOT / "BENCHMARKS.md"
+    text = p.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    block = f"{start}\n## {heading.format(stamp=stamp)}\n\n{body}\n{end}"
     if start in text:
         text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
+    elif first:
         head, sep, rest = text.partition("\n## ")
         text = head + "\n" + block + "\n\n## " + rest if sep else text + "\n" + block + "\n"
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     p.write_text(text)
 
 

@@ -19,16 +19,13 @@ Run through bench/network.sh; it writes a section of BENCHMARKS.md.
 
 import argparse
 import json
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, BODY, KEY, MODEL, ROOT, Proc, free_port, lua_file, machine, wait_for, wasmscore_up, deploy, cli, nginx, wrk  # noqa: E402
+from compare import BIN, BODY, KEY, MODEL, Proc, cli, deploy, free_port, lua_file, machine, nginx, wait_for, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def node(work, port, args, name):
@@ -87,6 +84,10 @@ def main():
         r = Proc([str(BIN), "router", "--port", str(rport), "--config", str(cfg)], log=Path(work) / "router.log")
         procs.append(r)
         wait_for(f"http://127.0.0.1:{rport}/v2/health/ready", get=True)
+        r1port = free_port()
+        r1 = Proc([str(BIN), "router", "--port", str(r1port), "--config", str(cfg), "--node-http1"], log=Path(work) / "router-h1.log")
+        procs.append(r1)
+        wait_for(f"http://127.0.0.1:{r1port}/v2/health/ready", get=True)
         gport = free_port()
         g = nginx(work, gport, f"""
   upstream node {{ server 127.0.0.1:{nport}; keepalive 32; }}
@@ -107,6 +108,7 @@ def main():
             ("up (in-process)", f"http://127.0.0.1:{uport}/api/v1/service/iris/score", ukeyed),
             ("node direct (the floor)", f"http://127.0.0.1:{nport}/internal/v1/score", plain),
             ("router -> node", f"http://127.0.0.1:{rport}/api/v1/service/iris/score", keyed),
+            ("router -> node (--node-http1)", f"http://127.0.0.1:{r1port}/api/v1/service/iris/score", keyed),
             ("nginx -> node", f"http://127.0.0.1:{gport}/", plain),
         ]
         results = {}
@@ -132,14 +134,18 @@ def render(results, starts, a):
     floor = results["node direct (the floor)"]
     L += ["", "Added by each hop in front of the node (the path minus `node direct`):", "",
           "| hop | p50 @1 | p99 @1 | p50 @16 | req/s @16 vs node direct |", "| --- | --- | --- | --- | --- |"]
-    for name in ("router -> node", "nginx -> node"):
+    for name in ("router -> node", "router -> node (--node-http1)", "nginx -> node"):
         r = results[name]
         L.append(f"| {name} | +{(r[1]['p50']-floor[1]['p50'])*1000:.0f} µs | +{(r[1]['p99']-floor[1]['p99'])*1000:.0f} µs | "
                  f"+{(r[16]['p50']-floor[16]['p50'])*1000:.0f} µs | {r[16]['rps']/floor[16]['rps']:.2f}x |")
-    rt, ng = results["router -> node"], results["nginx -> node"]
-    L += ["", f"Router vs nginx as the proxy hop: req/s at 16 connections {rt[16]['rps']/ng[16]['rps']:.2f}x nginx's; "
-          f"p50 at 1 connection {rt[1]['p50']*1000:.0f} µs vs {ng[1]['p50']*1000:.0f} µs. "
-          f"Router -> node vs `up` in-process: {rt[16]['rps']/results['up (in-process)'][16]['rps']:.2f}x the req/s at 16 connections.", "",
+    ng = results["nginx -> node"]
+    L.append("")
+    for name in ("router -> node", "router -> node (--node-http1)"):
+        rt = results[name]
+        L.append(f"{name} vs nginx as the proxy hop: req/s at 16 connections {rt[16]['rps']/ng[16]['rps']:.2f}x nginx's; "
+                 f"p50 at 1 connection {rt[1]['p50']*1000:.0f} µs vs {ng[1]['p50']*1000:.0f} µs; "
+                 f"{rt[16]['rps']/results['up (in-process)'][16]['rps']:.2f}x the req/s of `up` in-process at 16 connections.")
+    L += ["",
           "A new node, process start -> `/v2/health/ready` 200, pulling iris from a registry on loopback:", "",
           "| module | empty compile cache | warm compile cache |", "| --- | --- | --- |"]
     for lang in ("Rust", "Python"):
@@ -148,16 +154,7 @@ def render(results, starts, a):
 
 
 def write(report):
-    p = ROOT / "BENCHMARKS.md"
-    text = p.read_text()
-    start, end = "<!-- network:start -->", "<!-- network:end -->"
-    stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = f"{start}\n## Across the network ({stamp}, written by bench/network.sh)\n\nCommand: `bench/network.sh`.\n\n{report}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    p.write_text(text)
+    write_section("network", "Across the network ({stamp}, written by bench/network.sh)", f"Command: `bench/network.sh`.\n\n{report}")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use wasmscore_fleet::{FileDiscovery, Fleet, LogScaler};
+use wasmscore_remote::NodeHttp;
 
 use crate::up::EdgeArgs;
 
@@ -24,6 +25,10 @@ pub struct RouterArgs {
     /// Largest scoring request body in bytes (default 100 MB, as Azure ML).
     #[arg(long, default_value_t = 100_000_000)]
     pub max_body_bytes: usize,
+    /// Talk to nodes over HTTP/1.1 keep-alive connections instead of one
+    /// HTTP/2 connection per node (faster on loopback; BENCHMARKS.md).
+    #[arg(long)]
+    pub node_http1: bool,
     #[command(flatten)]
     pub edge: EdgeArgs,
 }
@@ -42,7 +47,8 @@ pub fn run(args: RouterArgs) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let discovery = FileDiscovery::start(args.config.clone()).map_err(anyhow::Error::msg)?;
-        let fleet = Fleet::new(Box::new(LogScaler));
+        let http = if args.node_http1 { NodeHttp::H1 } else { NodeHttp::H2 };
+        let fleet = Fleet::new(Box::new(LogScaler), http);
         {
             let fleet = fleet.clone();
             tokio::spawn(async move { fleet.run(&discovery).await });

@@ -140,18 +140,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Endpoint, version and model names (wasmscore-rules' rule).
 pub(crate) fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !s.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(ControlError::BadRequest(format!(
-            "{kind} name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
-        )))
-    }
+    Ok(wasmscore_rules::valid_name(kind, s)?)
 }
 
 impl Control {

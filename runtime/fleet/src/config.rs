@@ -86,17 +86,7 @@ impl VersionSpec {
 }
 
 fn valid_name(kind: &str, s: &str) -> Result<(), String> {
-    let ok = !s.is_empty()
-        && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !s.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "{kind} name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
-        ))
-    }
+    wasmscore_rules::valid_name(kind, s).map_err(|e| e.to_string())
 }
 
 impl FleetSpec {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use wasmscore_remote::nodes::{http_client, HttpClient};
-use wasmscore_remote::{Nodes, NodesConfig};
+use wasmscore_remote::{NodeHttp, Nodes, NodesConfig};
 use wasmscore_router::{Endpoint, Policy, Replicas, Router, Version};
 use wasmscore_rules::autoscale;
 use wasmscore_rules::rollout::{self, Rollout};
@@ -85,11 +85,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Fleet {
-    pub fn new(scaler: Box<dyn Scaler>) -> Arc<Fleet> {
+    pub fn new(scaler: Box<dyn Scaler>, http: NodeHttp) -> Arc<Fleet> {
         Arc::new(Fleet {
             router: Router::new(),
             state: Mutex::new(Vec::new()),
-            client: http_client(),
+            client: http_client(http),
             ready: AtomicBool::new(false),
             scaler,
         })

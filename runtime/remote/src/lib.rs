@@ -16,4 +16,4 @@ pub mod node;
 pub mod nodes;
 pub mod wire;
 
-pub use nodes::{Call, NodeView, Nodes, NodesConfig};
+pub use nodes::{Call, NodeHttp, NodeView, Nodes, NodesConfig};

@@ -5,7 +5,8 @@
 //!   this router), as linkerd2-proxy and Finagle balance: a slow node keeps
 //!   its requests longer, so it is picked less.
 //! - Connections: one pooled HTTP/2 connection per node, multiplexed,
-//!   shared by every version that names the node (hyper's client pool).
+//!   shared by every version that names the node (hyper's client pool); or,
+//!   by choice, pooled HTTP/1.1 keep-alive connections.
 //! - Outlier ejection: a connect error, a reset, garbage or no answer in time
 //!   ejects the node for a backoff (1 s doubling to 30 s while it keeps
 //!   failing); it is re-admitted when the backoff is over and its
@@ -34,14 +35,24 @@ use crate::wire::{self, Load, Outcome};
 /// The HTTP/2 client every version's nodes share (one connection per node).
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
-/// A client for the internal protocol: HTTP/2 with prior knowledge.
-pub fn http_client() -> HttpClient {
+/// How the router talks to nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeHttp {
+    /// HTTP/2 with prior knowledge: one multiplexed connection per node.
+    H2,
+    /// HTTP/1.1 keep-alive: a pool of connections per node, one request on
+    /// each at a time (measured faster on loopback: BENCHMARKS.md).
+    H1,
+}
+
+/// A client for the internal protocol.
+pub fn http_client(http: NodeHttp) -> HttpClient {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
     // A node that does not accept within this is as good as down here.
     c.set_connect_timeout(Some(Duration::from_secs(1)));
     Client::builder(TokioExecutor::new())
-        .http2_only(true)
+        .http2_only(http == NodeHttp::H2)
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .build(c)

@@ -1,7 +1,8 @@
 //! The internal scoring protocol between a router and a node.
 //!
-//! `POST /internal/v1/score` over HTTP/2 cleartext (prior knowledge), the
-//! body as the client sent it, and these headers:
+//! `POST /internal/v1/score` over HTTP/2 cleartext (prior knowledge; or
+//! HTTP/1.1 keep-alive when the router is asked to), the body as the client
+//! sent it, and these headers:
 //! - `x-wasmscore-endpoint`, `x-wasmscore-version`: the names the router
 //!   routed by (the node serves one version; it logs a mismatch);
 //! - `x-wasmscore-deadline-ms`: what is left of the scoring deadline when

@@ -11,6 +11,22 @@ pub mod autoscale;
 pub mod config;
 pub mod rollout;
 
+/// Endpoint, version and model names: 1-64 letters, digits, '-', '_' or
+/// '.', not starting with '.' (they become URL path segments and labels).
+pub fn valid_name(kind: &str, s: &str) -> Result<(), RuleError> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !s.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuleError::Refused(format!(
+            "{kind} name {s:?} must be 1-64 characters of letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
+
 /// A refusal, naming the rule it breaks; each maps to an HTTP status.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RuleError {

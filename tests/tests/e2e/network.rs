@@ -722,7 +722,8 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
     let cfg = json!({"endpoints": [endpoint("h", json!([
         {"name": "v1", "traffic": 50, "default": true, "nodes": [n1.addr]},
         {"name": "v2", "traffic": 50, "nodes": [n2.addr]}]))]});
-    let r = Router::start(&cfg, &[]);
+    // HTTP/1.1 to the nodes here (HTTP/2 in the other tests).
+    let r = Router::start(&cfg, &["--node-http1"]);
     let s = r.shares("h", 100, &[]);
     assert_eq!((count(&s, "v1"), count(&s, "v2")), (50, 50));
     n2.proc.kill9();
