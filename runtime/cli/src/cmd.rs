@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use crate::{artifact, bench, build, manage, node, router, up};
@@ -61,6 +61,17 @@ pub enum Command {
     /// Route endpoints to versions on `wasmscore node` processes, by the
     /// rollout rules, auth and limits of `up` (router.json, re-read when it changes).
     Router(router::RouterArgs),
+    /// A token for an endpoint of a router whose router.json gives it token
+    /// auth, signed with its last signing key: {"accessToken", "refreshBy", ...}.
+    RouterToken {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        endpoint: String,
+        /// How long the token is valid (default 3600, at most 86400).
+        #[arg(long)]
+        lifetime_seconds: Option<u64>,
+    },
     /// Push a version's module and model files to an OCI registry as one
     /// artifact; prints its digest.
     Push {
@@ -146,6 +157,26 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => node::run(args),
         Command::Router(args) => router::run(args),
+        Command::RouterToken {
+            config,
+            endpoint,
+            lifetime_seconds,
+        } => {
+            let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
+            let spec = wasmscore_fleet::FleetSpec::parse(&bytes).map_err(anyhow::Error::msg)?;
+            let ep = spec
+                .endpoints
+                .iter()
+                .find(|e| e.name == endpoint)
+                .with_context(|| format!("{} has no endpoint {endpoint:?}", config.display()))?;
+            let wasmscore_fleet::AuthSpec::Token { signing_keys } = &ep.auth else {
+                anyhow::bail!("endpoint {endpoint:?} does not use token auth in {}", config.display());
+            };
+            let key = signing_keys.last().expect("checked: at least one").key();
+            let lifetime = wasmscore_control::token_lifetime(lifetime_seconds.map(std::time::Duration::from_secs))?;
+            println!("{}", wasmscore_control::issue_token(&key, &endpoint, lifetime));
+            Ok(())
+        }
         Command::Push {
             registry,
             module,

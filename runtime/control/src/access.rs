@@ -154,6 +154,42 @@ fn signing_key(k: &TokenKey) -> SigningKey {
     }
 }
 
+/// A token's lifetime: the default, or what was asked within the limit.
+pub fn token_lifetime(asked: Option<Duration>) -> Result<Duration, ControlError> {
+    let lifetime = asked.unwrap_or(TOKEN_LIFETIME);
+    if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
+        return Err(ControlError::BadRequest(format!(
+            "a token lives 1 s to {} s, asked {} s",
+            MAX_TOKEN_LIFETIME.as_secs(),
+            lifetime.as_secs()
+        )));
+    }
+    Ok(lifetime)
+}
+
+/// Signs a token for `audience` (an endpoint) as `get-access-token` gives it:
+/// `{"accessToken", "refreshBy", "expiresOn", "tokenType"}`. Shared by `up`
+/// and the router's `router-token`.
+pub fn issue_token(key: &SigningKey, audience: &str, lifetime: Duration) -> Value {
+    let issued = now();
+    let claims = Claims {
+        iss: auth::ISSUER.into(),
+        aud: audience.into(),
+        iat: issued.as_secs(),
+        exp: issued.as_secs() + lifetime.as_secs(),
+        jti: new_key()[..16].to_string(),
+    };
+    let token = auth::sign(key, &claims);
+    // Refresh a quarter of the lifetime (at most 15 minutes) before expiry.
+    let refresh_by = issued + lifetime - (lifetime / 4).min(Duration::from_secs(900));
+    json!({
+        "accessToken": token,
+        "refreshBy": rfc3339(refresh_by),
+        "expiresOn": rfc3339(Duration::from_secs(claims.exp)),
+        "tokenType": "Bearer",
+    })
+}
+
 /// The router's copy of an endpoint's policy.
 pub(crate) fn policy(row: &EndpointRow) -> Policy {
     match row.auth_mode {
@@ -213,14 +249,7 @@ impl Control {
     /// `get-access-token`: a token for this endpoint, signed with its
     /// current key, and when to get the next one.
     pub fn access_token(&self, endpoint: &str, lifetime: Option<Duration>) -> Result<Value, ControlError> {
-        let lifetime = lifetime.unwrap_or(TOKEN_LIFETIME);
-        if lifetime.is_zero() || lifetime > MAX_TOKEN_LIFETIME {
-            return Err(ControlError::BadRequest(format!(
-                "a token lives 1 s to {} s, asked {} s",
-                MAX_TOKEN_LIFETIME.as_secs(),
-                lifetime.as_secs()
-            )));
-        }
+        let lifetime = token_lifetime(lifetime)?;
         let inner = lock(&self.inner);
         let ep = inner.endpoints.get(endpoint).ok_or_else(|| not_found(endpoint))?;
         if ep.row.auth_mode != AuthMode::Token {
@@ -238,23 +267,7 @@ impl Control {
             .iter()
             .rfind(|k| k.retired_at.is_none())
             .ok_or_else(|| ControlError::Store(format!("{endpoint:?} has token auth but no signing key")))?;
-        let issued = now();
-        let claims = Claims {
-            iss: auth::ISSUER.into(),
-            aud: endpoint.into(),
-            iat: issued.as_secs(),
-            exp: issued.as_secs() + lifetime.as_secs(),
-            jti: new_key()[..16].to_string(),
-        };
-        let token = auth::sign(&signing_key(key), &claims);
-        // Refresh a quarter of the lifetime (at most 15 minutes) before expiry.
-        let refresh_by = issued + lifetime - (lifetime / 4).min(Duration::from_secs(900));
-        Ok(json!({
-            "accessToken": token,
-            "refreshBy": rfc3339(refresh_by),
-            "expiresOn": rfc3339(Duration::from_secs(claims.exp)),
-            "tokenType": "Bearer",
-        }))
+        Ok(issue_token(&signing_key(key), endpoint, lifetime))
     }
 
     /// Starts signing with a new key; tokens signed with the old one keep

@@ -25,7 +25,7 @@ mod store;
 // operator); these names keep the control plane's paths short.
 use wasmscore_rules::{autoscale, config, rollout as rules};
 
-pub use access::AuthSettings;
+pub use access::{issue_token, token_lifetime, AuthSettings};
 pub use admin::AdminResponse;
 pub use config::DeploymentConfig;
 pub use deploy::{Control, ModelRef, VersionSpec, MAX_MODELS};

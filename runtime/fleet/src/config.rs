@@ -35,14 +35,51 @@ pub struct EndpointSpec {
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(tag = "mode", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AuthSpec {
-    Key { primary_key: String, secondary_key: String },
+    Key {
+        primary_key: String,
+        secondary_key: String,
+    },
+    /// Tokens (HS256, audience = the endpoint) signed by one of these keys;
+    /// the last one signs what `wasmscore router-token` gives, all verify
+    /// (keep a rotated-out key listed as long as its tokens may live).
+    Token {
+        signing_keys: Vec<SigningKeySpec>,
+    },
     None,
+}
+
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SigningKeySpec {
+    pub kid: String,
+    /// Hex, at least 32 bytes.
+    pub secret: String,
+}
+
+impl SigningKeySpec {
+    pub fn key(&self) -> wasmscore_router::auth::SigningKey {
+        wasmscore_router::auth::SigningKey {
+            kid: self.kid.clone(),
+            secret: decode_hex(&self.secret).unwrap_or_default(),
+        }
+    }
+}
+
+fn decode_hex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl std::fmt::Debug for AuthSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AuthSpec::Key { .. } => f.write_str("Key(<redacted>)"),
+            AuthSpec::Token { signing_keys } => write!(f, "Token({} keys, <redacted>)", signing_keys.len()),
             AuthSpec::None => f.write_str("None"),
         }
     }
@@ -113,6 +150,19 @@ impl FleetSpec {
             {
                 if primary_key.len() < 16 || secondary_key.len() < 16 {
                     return Err(at("keys must be at least 16 characters".into()));
+                }
+            }
+            if let AuthSpec::Token { signing_keys } = &ep.auth {
+                if signing_keys.is_empty() {
+                    return Err(at("token auth needs at least one signing key".into()));
+                }
+                for k in signing_keys {
+                    if k.kid.is_empty() || k.kid.len() > 64 {
+                        return Err(at("a signing key's kid is 1-64 characters".into()));
+                    }
+                    if decode_hex(&k.secret).is_none_or(|b| b.len() < 32) {
+                        return Err(at(format!("signing key {:?}: the secret must be hex, at least 32 bytes", k.kid)));
+                    }
                 }
             }
             let mut versions = std::collections::HashSet::new();

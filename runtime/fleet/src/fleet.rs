@@ -323,6 +323,10 @@ fn table(ep: &EndpointState, serving: &[bool]) -> Endpoint {
             primary_key,
             secondary_key,
         } => Policy::keys(primary_key, secondary_key),
+        AuthSpec::Token { signing_keys } => Policy::Tokens {
+            audience: ep.spec.name.clone(),
+            keys: signing_keys.iter().map(|k| k.key()).collect(),
+        },
         AuthSpec::None => Policy::Open,
     };
     Endpoint::new(&ep.spec.name, split, others, mirror, not_ready).with_auth(auth)

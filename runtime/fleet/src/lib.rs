@@ -15,6 +15,6 @@ pub mod config;
 pub mod discovery;
 mod fleet;
 
-pub use config::{EndpointSpec, FleetSpec, VersionSpec};
+pub use config::{AuthSpec, EndpointSpec, FleetSpec, SigningKeySpec, VersionSpec};
 pub use discovery::{Discovery, FileDiscovery};
 pub use fleet::{Fleet, LogScaler, Scaler};

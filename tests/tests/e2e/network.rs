@@ -998,3 +998,52 @@ fn the_router_autoscales_across_nodes_from_the_load_they_report() {
         r.version_status("h", "v1")["desired_replicas"] == 1
     });
 }
+
+#[test]
+fn token_auth_at_the_router() {
+    let n = Node::hostile_on(free_port());
+    let key = |kid: &str, byte: &str| json!({"kid": kid, "secret": byte.repeat(32)});
+    let cfg = json!({"endpoints": [
+        {"name": "t", "auth": {"mode": "token", "signing_keys": [key("old", "ab"), key("new", "cd")]},
+         "versions": [{"name": "v1", "default": true, "nodes": [n.addr]}]},
+        {"name": "other", "auth": {"mode": "token", "signing_keys": [key("x", "ef")]},
+         "versions": [{"name": "v1", "default": true, "nodes": [n.addr]}]}]});
+    let r = Router::start(&cfg, &[]);
+    let token = |endpoint: &str| {
+        let out = Command::new(bin())
+            .args(["router-token", "--endpoint", endpoint, "--config"])
+            .arg(&r.config)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert!(v["refreshBy"].as_str().unwrap().ends_with('Z'), "{v}");
+        v["accessToken"].as_str().unwrap().to_string()
+    };
+    let score = |bearer: Option<&str>| {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let h: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
+        http(&r.addr, "POST", "/api/v1/service/t/score", &h, "hello")
+    };
+    let t = token("t");
+    let (st, head, body) = score(Some(&t));
+    assert_eq!((st, header(&head, "x-wasmscore-version").as_str()), (200, "v1"), "{body}");
+    let (st, _, body) = score(None);
+    assert!(st == 401 && body.contains("Bearer <token>"), "{st} {body}");
+    // Another endpoint's token, and a key with a wrong secret: refused.
+    let (st, _, _) = score(Some(&token("other")));
+    assert_eq!(st, 401);
+    let (st, _, _) = score(Some(KEY));
+    assert_eq!(st, 401);
+    // A key endpoint has no tokens to give.
+    let keyed = json!({"endpoints": [endpoint("k", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]});
+    let f = r.dir.path().join("keyed.json");
+    std::fs::write(&f, keyed.to_string()).unwrap();
+    let out = Command::new(bin())
+        .args(["router-token", "--endpoint", "k", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not use token auth"));
+}
