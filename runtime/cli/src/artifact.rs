@@ -277,3 +277,25 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
     );
     Ok(fetched)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_only_on_loopback() {
+        for r in ["127.0.0.1:5000", "localhost:5000", "[::1]:5000", "127.1.2.3:80"] {
+            assert!(is_loopback(r), "{r}");
+        }
+        for r in ["registry.example.com:5000", "10.0.0.1:5000", "example.com"] {
+            assert!(!is_loopback(r), "{r}");
+            let reference: Reference = format!("{r}/iris:v1").parse().unwrap();
+            let opts = RegistryOptions {
+                insecure: true,
+                ca_file: None,
+            };
+            let e = client(&reference, &opts).err().expect("refused").to_string();
+            assert!(e.contains("--insecure (plain HTTP) is for registries on loopback"), "{e}");
+        }
+    }
+}

@@ -1047,3 +1047,131 @@ fn token_auth_at_the_router() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not use token auth"));
 }
+
+/// Runs a command; panics with its stderr if it fails.
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn a_private_registry_with_tls_and_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).display().to_string();
+    // A CA and a certificate for 127.0.0.1 it signed (openssl), a bcrypt
+    // htpasswd file (Python's crypt), docker's config.json with the login.
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .args([
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=wasmscore test CA",
+        ]));
+    run(Command::new("openssl")
+        .args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-keyout", &p("srv.key"), "-out", &p("srv.csr"), "-subj", "/CN=127.0.0.1"]));
+    std::fs::write(
+        d.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args(["x509", "-req", "-in", &p("srv.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key")])
+        .args(["-CAcreateserial", "-out", &p("srv.pem"), "-days", "2", "-extfile", &p("ext.cnf")]));
+    let py = root().join(".venv/bin/python");
+    let script = "import crypt,sys,base64,json,warnings\nwarnings.simplefilter('ignore')\nopen(sys.argv[1],'w').write('ci:'+crypt.crypt('s3cret-pw',crypt.mksalt(crypt.METHOD_BLOWFISH))+'\\n')\nopen(sys.argv[2],'w').write(json.dumps({'auths':{sys.argv[3]:{'auth':base64.b64encode(b'ci:s3cret-pw').decode()}}}))";
+    let port = free_port();
+    let registry = format!("127.0.0.1:{port}");
+    std::fs::create_dir_all(d.join("docker")).unwrap();
+    run(Command::new(&py).args(["-c", script, &p("htpasswd"), &p("docker/config.json"), &registry]));
+    std::fs::write(
+        d.join("registry.yml"),
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: wasmscore-test\n    path: {}\n",
+            p("storage"),
+            p("srv.pem"),
+            p("srv.key"),
+            p("htpasswd")
+        ),
+    )
+    .unwrap();
+    let _reg = Proc::spawn(
+        Command::new("docker-registry").arg("serve").arg(d.join("registry.yml")),
+        d.join("registry.log"),
+    );
+    wait_for("the TLS registry", Duration::from_secs(20), || {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert", &p("ca.pem")])
+            .arg(format!("https://{registry}/v2/"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout) == "401"
+    });
+    let push = |docker_config: &str, ca: bool| {
+        let mut cmd = Command::new(bin());
+        cmd.env("DOCKER_CONFIG", docker_config)
+            .args(["push", "--json", "--registry", &format!("{registry}/iris:v1"), "--module"])
+            .arg(iris_rust())
+            .arg("--model")
+            .arg(model());
+        if ca {
+            cmd.args(["--registry-ca", &p("ca.pem")]);
+        }
+        cmd.output().unwrap()
+    };
+    // Without the CA: the certificate is refused. Without the login: 401.
+    let out = push(&p("docker"), false);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    let out = push(&p("nowhere"), true);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("unauthorized") || err.to_lowercase().contains("authentication"),
+        "{err}"
+    );
+    // With both, through TLS verified against the CA, logged in.
+    let out = push(&p("docker"), true);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let digest = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A node pulls with the same login and CA.
+    let nport = free_port();
+    let mut cmd = Command::new(bin());
+    cmd.env("DOCKER_CONFIG", p("docker"))
+        .args([
+            "node",
+            "--artifact",
+            &format!("{registry}/iris@{digest}"),
+            "--registry-ca",
+            &p("ca.pem"),
+            "--port",
+            &nport.to_string(),
+            "--data-dir",
+        ])
+        .arg(d.join("node"));
+    let node = Node {
+        proc: Proc::spawn(&mut cmd, d.join("node.log")),
+        addr: format!("127.0.0.1:{nport}"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    node.wait_ready();
+}
