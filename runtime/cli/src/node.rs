@@ -33,6 +33,12 @@ pub struct NodeArgs {
     pub dc: Option<PathBuf>,
     #[arg(long)]
     pub port: u16,
+    /// Address to listen on. Loopback by default: the internal protocol
+    /// carries no credentials (the router checks keys and tokens), so a
+    /// node on a network must be reachable by routers only (on Kubernetes:
+    /// a NetworkPolicy; `--listen 0.0.0.0` in the pod).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: std::net::IpAddr,
     /// Blobs, the compile cache and scratch state (default: a new temporary
     /// directory, removed at exit).
     #[arg(long)]
@@ -46,7 +52,8 @@ pub struct NodeArgs {
     /// A CA certificate (PEM) to trust for the registry.
     #[arg(long)]
     pub registry_ca: Option<PathBuf>,
-    /// The endpoint and version names, for logs (default from the artifact).
+    /// The endpoint and version names it serves, for logs and its ready
+    /// route (default: node, v1).
     #[arg(long)]
     pub endpoint: Option<String>,
     #[arg(long)]
@@ -81,16 +88,19 @@ pub fn run(args: NodeArgs) -> Result<()> {
         }
     };
     wasmscore_control::data_dir::make_private(&data_dir)?;
-    // The node's store is scratch: the artifact is the truth, so a restart
-    // builds what it is given, not what it served before.
+    // The node's store is scratch, in a folder of its own (so pointing
+    // --data-dir at an `up` data dir loses nothing): the artifact is the
+    // truth, and a restart builds what it is given.
+    let data_dir = data_dir.join("node");
+    wasmscore_control::data_dir::make_private(&data_dir)?;
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port))
+    let result = rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.listen, args.port))
             .await
-            .with_context(|| format!("binding 127.0.0.1:{}", args.port))?;
+            .with_context(|| format!("binding {}:{}", args.listen, args.port))?;
         let addr = listener.local_addr()?;
         let endpoint = args.endpoint.clone().unwrap_or_else(|| "node".into());
         let version = args.version.clone().unwrap_or_else(|| "v1".into());
@@ -114,7 +124,11 @@ pub fn run(args: NodeArgs) -> Result<()> {
         serving.await?;
         drop(control);
         Ok(())
-    })
+    });
+    // A build still running on a blocking thread (SIGTERM while building)
+    // does not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 /// Pulls (or reads) the version, builds it and hands its pool to the node.

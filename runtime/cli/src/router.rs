@@ -14,6 +14,9 @@ use crate::up::EdgeArgs;
 pub struct RouterArgs {
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
+    /// Address to listen on (loopback by default; `0.0.0.0` in a pod).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub listen: std::net::IpAddr,
     /// Endpoints, versions and their nodes (re-read when it changes).
     #[arg(long)]
     pub config: PathBuf,
@@ -53,7 +56,7 @@ pub fn run(args: RouterArgs) -> Result<()> {
             let fleet = fleet.clone();
             tokio::spawn(async move { fleet.run(&discovery).await });
         }
-        let (listeners, info) = args.edge.listen(args.port, tls).await?;
+        let (listeners, info) = args.edge.listen(args.listen, args.port, tls).await?;
         let info_path = args.data_dir.as_ref().map(|d| d.join("server.json"));
         if let Some(p) = &info_path {
             std::fs::write(p, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", p.display()))?;

@@ -98,22 +98,22 @@ impl EdgeArgs {
         Ok(tls)
     }
 
-    /// Binds the plain and TLS ports on 127.0.0.1; returns them with what
+    /// Binds the plain and TLS ports on `ip`; returns them with what
     /// server.json says about them (pid, url, tls_url, tls_addr, tls_ca).
-    pub async fn listen(&self, port: u16, tls: Tls) -> Result<(wasmscore_server::Listeners, serde_json::Value)> {
+    pub async fn listen(&self, ip: std::net::IpAddr, port: u16, tls: Tls) -> Result<(wasmscore_server::Listeners, serde_json::Value)> {
         let mut listeners = wasmscore_server::Listeners::default();
         let mut info = serde_json::json!({"pid": std::process::id()});
         if !self.no_plain_http {
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            let l = tokio::net::TcpListener::bind((ip, port))
                 .await
-                .with_context(|| format!("binding 127.0.0.1:{port}"))?;
+                .with_context(|| format!("binding {ip}:{port}"))?;
             info["url"] = format!("http://{}", l.local_addr()?).into();
             listeners.plain = Some(l);
         }
         if let (Some((cfg, ca)), Some(port)) = (tls, self.tls_port) {
-            let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            let l = tokio::net::TcpListener::bind((ip, port))
                 .await
-                .with_context(|| format!("binding 127.0.0.1:{port} for TLS"))?;
+                .with_context(|| format!("binding {ip}:{port} for TLS"))?;
             let a = l.local_addr()?;
             info["tls_url"] = format!("https://localhost:{}", a.port()).into();
             info["tls_addr"] = a.to_string().into();
@@ -241,7 +241,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let tls = args.edge.tls(Some(&args.data_dir))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let (listeners, info) = args.edge.listen(args.port, tls).await?;
+        let (listeners, info) = args.edge.listen(std::net::Ipv4Addr::LOCALHOST.into(), args.port, tls).await?;
         let info_path = args.data_dir.join("server.json");
         std::fs::write(&info_path, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", info_path.display()))?;
         tracing::info!(url = %info["url"], tls_url = %info["tls_url"], data_dir = %args.data_dir.display(), "wasmscore is up; restoring deployed versions");

@@ -26,7 +26,10 @@ pub fn make_private(dir: &Path) -> Result<usize, ControlError> {
         return Ok(0);
     }
     let mut changed = 0;
-    tighten(dir, &mut changed).map_err(|e| io(dir, e))?;
+    // The directory itself may be a link to where the data lives: follow
+    // that one (links inside it are not followed).
+    let root = std::fs::canonicalize(dir).map_err(|e| io(dir, e))?;
+    tighten(&root, &mut changed).map_err(|e| io(dir, e))?;
     if changed > 0 {
         tracing::warn!(
             dir = %dir.display(),

@@ -122,6 +122,10 @@ impl VersionSpec {
     }
 }
 
+/// Nodes per version: the balancer keeps which nodes a request tried in one
+/// 64-bit word.
+pub const MAX_NODES: usize = 64;
+
 fn valid_name(kind: &str, s: &str) -> Result<(), String> {
     wasmscore_rules::valid_name(kind, s).map_err(|e| e.to_string())
 }
@@ -185,10 +189,19 @@ impl FleetSpec {
                         v.mirror
                     )));
                 }
+                if v.nodes.len() > MAX_NODES {
+                    return Err(at(format!(
+                        "version {:?} lists {} nodes; a version has at most {MAX_NODES} (run more replicas per node instead)",
+                        v.name,
+                        v.nodes.len()
+                    )));
+                }
                 for n in &v.nodes {
-                    let ok = n
-                        .rsplit_once(':')
-                        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                    let ok = n.rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty()
+                            && p.parse::<u16>().is_ok_and(|p| p > 0)
+                            && h.chars().all(|c| c.is_ascii_alphanumeric() || "-.[]:".contains(c))
+                    }) && format!("http://{n}/").parse::<http_uri::Uri>().is_ok();
                     if !ok {
                         return Err(at(format!("version {:?}: node {n:?} is not host:port", v.name)));
                     }
@@ -219,8 +232,10 @@ mod tests {
         assert!(e.contains("exactly one default"), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "control": true}, {"name": "b", "control": true}]"#).unwrap_err();
         assert!(e.contains("at most one version is the control"), "{e}");
-        let e = spec(r#"[{"name": "a", "default": true, "nodes": ["nohost"]}]"#).unwrap_err();
-        assert!(e.contains("not host:port"), "{e}");
+        for bad in ["nohost", "a b:9001", "host/x:9001", ":9001", "h:0", "h:99999", "hé:80"] {
+            let e = spec(&format!(r#"[{{"name": "a", "default": true, "nodes": ["{bad}"]}}]"#)).unwrap_err();
+            assert!(e.contains("not host:port"), "{bad}: {e}");
+        }
         let e = spec(r#"[{"name": "a", "default": true, "config": {"scoring_timeout": 5}}]"#).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "weight": 5}]"#).unwrap_err();

@@ -105,6 +105,8 @@ impl Fleet {
         self.ready.store(true, Ordering::Release);
         tracing::info!(endpoints = first.endpoints.len(), "router config applied; serving");
         let mut tick = tokio::time::interval(TICK);
+        // After a slow round of checks, carry on; do not catch up in a burst.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u32;
         loop {
             tokio::select! {
@@ -134,6 +136,7 @@ impl Fleet {
     fn apply(&self, spec: &FleetSpec) {
         let mut state = lock(&self.state);
         let mut old: HashMap<(String, String), VersionState> = HashMap::new();
+        let old_names: Vec<String> = state.iter().map(|e| e.spec.name.clone()).collect();
         for ep in state.drain(..) {
             for v in ep.versions {
                 old.insert((ep.spec.name.clone(), v.spec.name.clone()), v);
@@ -143,8 +146,11 @@ impl Fleet {
             let mut versions = Vec::new();
             for v in &ep.versions {
                 let resolved = v.resolved().expect("checked when the spec was parsed");
+                // The longest a node may take to answer itself: a wait in its
+                // queue, the scoring timeout, and the pool's grace for a call
+                // blocked in the host (1 s); then the margin.
                 let cfg = NodesConfig {
-                    timeout: resolved.timeout + DEADLINE_MARGIN,
+                    timeout: resolved.pool.max_wait + resolved.timeout + Duration::from_secs(1) + DEADLINE_MARGIN,
                     ..NodesConfig::default()
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));
@@ -195,7 +201,7 @@ impl Fleet {
         }
         // Endpoints that are gone stop being served.
         let names: Vec<String> = state.iter().map(|e| e.spec.name.clone()).collect();
-        for ((ep, _), _) in old {
+        for ep in old_names {
             if !names.contains(&ep) {
                 self.router.remove(&ep);
             }

@@ -218,9 +218,15 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let Some((pool, _)) = node.pool.get() else {
-        return error(
+        // No module saw it: the router may send it elsewhere, as a drain.
+        return respond(
             node,
-            &ScoreError::Unavailable(format!("the node is not ready: {}", node.ready().err().unwrap_or_default())),
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Outcome::Draining),
+            "application/json",
+            serde_json::json!({"error": format!("not ready: {}", node.ready().err().unwrap_or_default())})
+                .to_string()
+                .into_bytes(),
         );
     };
     // Counted from here, so a drain waits for this request.

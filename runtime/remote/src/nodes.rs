@@ -53,6 +53,10 @@ pub fn http_client(http: NodeHttp) -> HttpClient {
     c.set_connect_timeout(Some(Duration::from_secs(1)));
     Client::builder(TokioExecutor::new())
         .http2_only(http == NodeHttp::H2)
+        // A connection that died silently (no FIN, no RST) is found by a
+        // ping, not by a request waiting for its deadline.
+        .http2_keep_alive_interval(Some(Duration::from_secs(5)))
+        .http2_keep_alive_timeout(Duration::from_secs(2))
         .timer(TokioTimer::new())
         .pool_timer(TokioTimer::new())
         .build(c)
@@ -61,8 +65,9 @@ pub fn http_client(http: NodeHttp) -> HttpClient {
 /// A version's settings across its nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodesConfig {
-    /// The scoring deadline for one request, node included: the version's
-    /// `scoring_timeout_ms` plus a margin for the node's own 504 to arrive.
+    /// The scoring deadline for one request, node included: the longest a
+    /// node may take to answer itself (its queue wait, the scoring timeout
+    /// and the grace for a call blocked in the host) plus a margin.
     pub timeout: Duration,
     /// First ejection; doubled per failure in a row, up to `eject_max`.
     pub eject_base: Duration,
@@ -337,16 +342,21 @@ impl Nodes {
         }
     }
 
+    /// Takes a node out for a backoff. Requests that fail together (all
+    /// those in flight when it crashed) are one incident: only the one that
+    /// takes it out counts towards the next, longer backoff.
     fn eject(&self, node: &Node, why: String) {
+        node.failed.fetch_add(1, Ordering::Relaxed);
+        let now = self.now_ms();
+        if node.ejected_until_ms.load(Ordering::Acquire) > now {
+            return;
+        }
         let k = node.failures_in_a_row.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = self.cfg.eject_base.saturating_mul(1 << k).min(self.cfg.eject_max);
-        node.ejected_until_ms
-            .store(self.now_ms() + backoff.as_millis() as u64, Ordering::Relaxed);
+        node.ejected_until_ms.store(now + backoff.as_millis() as u64, Ordering::Release);
         node.ejections.fetch_add(1, Ordering::Relaxed);
-        node.failed.fetch_add(1, Ordering::Relaxed);
-        if node.ready.swap(false, Ordering::AcqRel) {
-            tracing::warn!(version = %self.version, node = %node.addr, backoff_ms = backoff.as_millis() as u64, reason = %why, "node ejected");
-        }
+        node.ready.store(false, Ordering::Release);
+        tracing::warn!(version = %self.version, node = %node.addr, backoff_ms = backoff.as_millis() as u64, reason = %why, "node ejected");
         node.set_why(format!("ejected for {} ms: {why}", backoff.as_millis()));
     }
 
@@ -366,6 +376,13 @@ impl Nodes {
             tried |= 1 << i;
             let node = &self.nodes[i];
             let remaining = self.cfg.timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                // Spent on nodes that refused: no time left to send it.
+                return Err(ScoreError::NodeTimeout {
+                    node: node.addr.clone(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
             let mut r = Request::builder()
                 .method(Method::POST)
                 .uri(node.score_uri.clone())
@@ -509,6 +526,11 @@ impl Nodes {
             match verdict {
                 Ok(()) if !ejected => {
                     if !node.ready.swap(true, Ordering::AcqRel) {
+                        // An ejection that landed since the check began wins.
+                        if node.ejected_until_ms.load(Ordering::Acquire) > self.now_ms() {
+                            node.ready.store(false, Ordering::Release);
+                            return;
+                        }
                         tracing::info!(version = %self.version, node = %node.addr, "node ready");
                     }
                     node.set_why(String::new());

@@ -17,8 +17,8 @@
 //! - `ok`: the module's answer (status 200, its content type and body);
 //! - `error`: the request got no answer; the body is the `ScoreError` as
 //!   JSON, so the client sees the same error as under `up` (status 500);
-//! - `draining`: the node is shutting down and did not start the request
-//!   (status 503): the router sends it to another node.
+//! - `draining`: the node is shutting down (or not ready yet) and did not
+//!   start the request (status 503): the router sends it to another node.
 
 use wasmscore_replica::ScoreError;
 
