@@ -76,6 +76,7 @@ pub struct Fleet {
     /// (it reads the router's published tables).
     state: Mutex<Vec<EndpointState>>,
     client: HttpClient,
+    http: NodeHttp,
     ready: AtomicBool,
     scaler: Box<dyn Scaler>,
 }
@@ -89,7 +90,10 @@ impl Fleet {
         Arc::new(Fleet {
             router: Router::new(),
             state: Mutex::new(Vec::new()),
+            // Health checks go through hyper's client (HTTP/1.1 or 2 as
+            // asked); requests over HTTP/2 through each node's own h2 connection.
             client: http_client(http),
+            http,
             ready: AtomicBool::new(false),
             scaler,
         })
@@ -154,8 +158,11 @@ impl Fleet {
                     ..NodesConfig::default()
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));
-                let fresh_nodes =
-                    || Arc::new(Nodes::new(&v.name, &v.nodes, self.client.clone(), cfg.clone()).expect("node addresses were checked"));
+                let fresh_nodes = || {
+                    Arc::new(
+                        Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked"),
+                    )
+                };
                 let fresh_scaler = || {
                     resolved
                         .autoscale

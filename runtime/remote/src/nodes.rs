@@ -17,6 +17,7 @@
 //!   module may have seen is sent twice.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -116,12 +117,14 @@ struct Node {
     served: AtomicU64,
     failed: AtomicU64,
     ejections: AtomicU64,
+    /// Its HTTP/2 connection, when the router speaks HTTP/2 to nodes.
+    h2: Option<H2Conn>,
     /// Why it is not ready (a rare write: checks and failures).
     why: std::sync::RwLock<String>,
 }
 
 impl Node {
-    fn new(addr: &str) -> Result<Node, String> {
+    fn new(addr: &str, http: NodeHttp) -> Result<Node, String> {
         let uri = |path: &str| {
             format!("http://{addr}{path}")
                 .parse::<Uri>()
@@ -143,6 +146,7 @@ impl Node {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            h2: (http == NodeHttp::H2).then(H2Conn::new),
             why: std::sync::RwLock::new("not checked yet".into()),
         })
     }
@@ -211,10 +215,10 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    pub fn new(version: &str, addrs: &[String], client: HttpClient, cfg: NodesConfig) -> Result<Nodes, String> {
+    pub fn new(version: &str, addrs: &[String], http: NodeHttp, client: HttpClient, cfg: NodesConfig) -> Result<Nodes, String> {
         Ok(Nodes {
             version: version.to_string(),
-            nodes: addrs.iter().map(|a| Node::new(a)).collect::<Result<_, _>>()?,
+            nodes: addrs.iter().map(|a| Node::new(a, http)).collect::<Result<_, _>>()?,
             client,
             cfg,
             epoch: Instant::now(),
@@ -397,16 +401,30 @@ impl Nodes {
                     r = r.header(name, v);
                 }
             }
-            let request = r.body(Full::new(body.clone())).expect("a valid request");
             node.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&node.outstanding);
-            let sent = tokio::time::timeout(remaining, async {
-                let resp = self.client.request(request).await.map_err(Sent::Request)?;
-                let (parts, body) = resp.into_parts();
-                let bytes = body.collect().await.map_err(|e| Sent::Body(e.to_string()))?.to_bytes();
-                Ok::<_, Sent>((parts, bytes))
-            })
-            .await;
+            let sent = match &node.h2 {
+                Some(h2) => {
+                    let request = r.body(()).expect("a valid request");
+                    tokio::time::timeout(remaining, h2.send(&node.addr, request, body.clone())).await
+                }
+                None => {
+                    let request = r.body(Full::new(body.clone())).expect("a valid request");
+                    tokio::time::timeout(remaining, async {
+                        let resp = self.client.request(request).await.map_err(|e| {
+                            if e.is_connect() {
+                                Sent::NotSent(format!("cannot connect: {}", cause(&e)))
+                            } else {
+                                Sent::Failed(cause(&e))
+                            }
+                        })?;
+                        let (parts, body) = resp.into_parts();
+                        let bytes = body.collect().await.map_err(|e| Sent::Failed(e.to_string()))?.to_bytes();
+                        Ok::<_, Sent>((parts, bytes))
+                    })
+                    .await
+                }
+            };
             let (parts, bytes) = match sent {
                 Err(_) => {
                     let waited_ms = started.elapsed().as_millis() as u64;
@@ -416,17 +434,13 @@ impl Nodes {
                         waited_ms,
                     });
                 }
-                Ok(Err(Sent::Request(e))) if e.is_connect() => {
+                Ok(Err(Sent::NotSent(why))) => {
                     // Never reached the node: another one may take it.
-                    self.eject(node, format!("cannot connect: {}", cause(&e)));
+                    self.eject(node, why);
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                Ok(Err(e)) => {
-                    let message = match e {
-                        Sent::Request(e) => cause(&e),
-                        Sent::Body(m) => m,
-                    };
+                Ok(Err(Sent::Failed(message))) => {
                     self.eject(node, message.clone());
                     return Err(ScoreError::Node {
                         node: node.addr.clone(),
@@ -550,9 +564,107 @@ impl Nodes {
     }
 }
 
+/// How a request to a node went wrong.
 enum Sent {
-    Request(hyper_util::client::legacy::Error),
-    Body(String),
+    /// Provably not processed: the connection was refused, or the stream
+    /// was refused before the node read it. Safe to send elsewhere.
+    NotSent(String),
+    /// It may have reached a module: not retried.
+    Failed(String),
+}
+
+/// A node's HTTP/2 connection, driven by the `h2` crate from the request's
+/// own task (hyper's client adds a hop through its dispatch task per
+/// request; BENCHMARKS.md). One connection per node, made on first use and
+/// again after it breaks.
+struct H2Conn {
+    send: arc_swap::ArcSwapOption<h2::client::SendRequest<Bytes>>,
+    /// One connect at a time per node.
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl H2Conn {
+    fn new() -> H2Conn {
+        H2Conn {
+            send: arc_swap::ArcSwapOption::empty(),
+            connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn connection(&self, addr: &str) -> Result<h2::client::SendRequest<Bytes>, Sent> {
+        if let Some(s) = self.send.load_full() {
+            return Ok((*s).clone());
+        }
+        let _g = self.connecting.lock().await;
+        if let Some(s) = self.send.load_full() {
+            return Ok((*s).clone());
+        }
+        let not_sent = |e: String| Sent::NotSent(format!("cannot connect: {e}"));
+        let tcp = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| not_sent("no connection within 1 s".into()))?
+            .map_err(|e| not_sent(e.to_string()))?;
+        let _ = tcp.set_nodelay(true);
+        let (send, conn) = h2::client::Builder::new()
+            .initial_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .handshake::<_, Bytes>(tcp)
+            .await
+            .map_err(|e| not_sent(format!("HTTP/2 handshake: {e}")))?;
+        let addr = addr.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(node = %addr, error = %e, "node connection ended");
+            }
+        });
+        self.send.store(Some(Arc::new(send.clone())));
+        Ok(send)
+    }
+
+    async fn send(&self, addr: &str, req: Request<()>, body: Bytes) -> Result<(http::response::Parts, Bytes), Sent> {
+        let send = self.connection(addr).await?;
+        // Not ready: the connection is gone; nothing was sent on it.
+        let mut send = match send.ready().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.send.store(None);
+                return Err(Sent::NotSent(format!("connection lost: {e}")));
+            }
+        };
+        let (resp, mut stream) = match send.send_request(req, body.is_empty()) {
+            Ok(x) => x,
+            Err(e) => {
+                self.send.store(None);
+                return Err(Sent::NotSent(format!("connection lost: {e}")));
+            }
+        };
+        if !body.is_empty() {
+            // Buffered by h2 past the window, sent as the node reads.
+            stream.send_data(body, true).map_err(|e| self.failed(e))?;
+        }
+        let resp = resp.await.map_err(|e| self.failed(e))?;
+        let (parts, mut recv) = resp.into_parts();
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.map_err(|e| self.failed(e))?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        Ok((parts, out.freeze()))
+    }
+
+    /// A stream the node refused before reading it (REFUSED_STREAM, or past
+    /// a GOAWAY's last stream) was never processed; anything else may have been.
+    fn failed(&self, e: h2::Error) -> Sent {
+        if e.is_io() || e.is_go_away() {
+            self.send.store(None);
+        }
+        if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+            Sent::NotSent(format!("stream refused: {e}"))
+        } else {
+            Sent::Failed(e.to_string())
+        }
+    }
 }
 
 /// The innermost cause of a client error ("Connection refused (os error 111)").
