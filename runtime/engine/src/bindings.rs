@@ -22,9 +22,11 @@ impl From<wasmtime::component::ResourceTableError> for HostError {
     }
 }
 
+// The host provides `scorer-nn`, the scoring world plus wasi:nn; a module
+// built for `scorer` imports a subset of it and links the same way.
 wasmtime::component::bindgen!({
     path: "../../wit",
-    world: "scorer",
+    world: "scorer-nn",
     imports: { default: trappable },
     trappable_error_type: {
         "wasmscore:scoring/types.error" => HostError,
@@ -32,7 +34,13 @@ wasmtime::component::bindgen!({
     with: {
         "wasmscore:scoring/tensors.tensor": TensorRes,
         "wasmscore:scoring/inference.model": ModelRes,
+        "wasi:nn/graph.graph": crate::nn::NnGraph,
+        "wasi:nn/tensor.tensor": crate::nn::NnTensor,
+        "wasi:nn/inference.graph-execution-context": crate::nn::NnContext,
+        "wasi:nn/errors.error": crate::nn::NnError,
     },
 });
 
+pub use self::{ScorerNn as Scorer, ScorerNnPre as ScorerPre};
+pub use wasi::nn;
 pub use wasmscore::scoring::{inference, log, ops, scoring_types, tensors, types};

@@ -186,7 +186,7 @@ impl VersionContext {
 
     /// The session of `file` on `device`: the version's own when that is
     /// its model device, else made once and kept.
-    fn session_on(&self, file: &str, device: &str) -> Result<Arc<dyn Model>, TensorError> {
+    pub(crate) fn session_on(&self, file: &str, device: &str) -> Result<Arc<dyn Model>, TensorError> {
         let own = self.models.get(file).cloned().ok_or_else(|| {
             let mut names: Vec<&String> = self.models.keys().collect();
             names.sort();
@@ -291,16 +291,7 @@ impl HostState {
     /// Hands a value to the guest. A resident one counts at its full size
     /// now: that is what its host copy takes if it is ever read.
     fn push_value(&mut self, value: Value, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
-        let size = value.byte_size() as u64;
-        if self.memory_bytes + self.tensor_bytes + size > self.version.memory_limit {
-            self.hit_memory_limit = true;
-            return Err(TensorError::bad(format!(
-                "tensor of {size} bytes would exceed the instance's memory limit of {} bytes",
-                self.version.memory_limit
-            ))
-            .into());
-        }
-        self.tensor_bytes += size;
+        self.reserve_tensor_bytes(value.byte_size() as u64)?;
         Ok(self.table.push(TensorRes {
             value,
             host: OnceLock::new(),
@@ -320,6 +311,28 @@ impl HostState {
             (_, Some(copy)) => Ok(copy),
             (value, None) => Ok(value.into_host()?),
         }
+    }
+
+    /// Counts `size` more bytes of host tensors held by the instance, or
+    /// refuses them past its memory limit.
+    pub(crate) fn reserve_tensor_bytes(&mut self, size: u64) -> Result<(), TensorError> {
+        if self.memory_bytes + self.tensor_bytes + size > self.version.memory_limit {
+            self.hit_memory_limit = true;
+            return Err(TensorError::bad(format!(
+                "tensor of {size} bytes would exceed the instance's memory limit of {} bytes",
+                self.version.memory_limit
+            )));
+        }
+        self.tensor_bytes += size;
+        Ok(())
+    }
+
+    pub(crate) fn release_tensor_bytes(&mut self, size: u64) {
+        self.tensor_bytes -= size;
+    }
+
+    pub(crate) fn table_mut(&mut self) -> &mut ResourceTable {
+        &mut self.table
     }
 
     /// Removes a tensor from the table and its bytes from the count,

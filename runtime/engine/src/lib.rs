@@ -12,6 +12,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod host;
+mod nn;
 mod replica;
 mod usage;
 

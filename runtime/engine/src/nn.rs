@@ -1,0 +1,351 @@
+//! `wasi:nn` (0.2.0-rc-2024-10-28, the version wasmtime 48 ships) over the
+//! version's ONNX Runtime sessions, so a module written against the
+//! portable ML API scores like one written against `inference`.
+//!
+//! - `load-by-name(file)` gives the session of a model file shipped with
+//!   the version (the one `inference.model.load` gives), nothing else.
+//! - `load(bytes, ...)` is refused: a module may not bring models the
+//!   version did not ship, nor make the host build sessions per request.
+//! - Tensors count against the instance's memory limit as `tensors` do.
+//! - FP32, FP64, U8, I32 and I64 map to ONNX's types; FP16 and BF16 are
+//!   refused with `invalid-argument` (the host has no half-precision data).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use wasmscore_tensor::{Model, Tensor, TensorData, TensorError, Value};
+use wasmtime::component::Resource;
+
+use crate::bindings::nn::{errors, graph, inference, tensor};
+use crate::host::HostState;
+
+/// A graph handed to the guest: a session of one of the version's model files.
+pub struct NnGraph {
+    model: Arc<dyn Model>,
+    device: Arc<str>,
+}
+
+/// An execution context; the session itself is shared and stateless.
+pub struct NnContext {
+    model: Arc<dyn Model>,
+    device: Arc<str>,
+}
+
+/// A wasi-nn tensor: dimensions, element type and little-endian bytes.
+#[derive(Debug)]
+pub struct NnTensor {
+    dims: Vec<u32>,
+    ty: tensor::TensorType,
+    data: Vec<u8>,
+}
+
+/// A wasi-nn error (a resource in this version of the proposal).
+#[derive(Debug)]
+pub struct NnError {
+    code: errors::ErrorCode,
+    data: String,
+}
+
+type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
+
+impl HostState {
+    fn nn_error<T>(&mut self, code: errors::ErrorCode, data: impl Into<String>) -> NnResult<T> {
+        let e = self.table_mut().push(NnError { code, data: data.into() })?;
+        Ok(Err(e))
+    }
+
+    fn nn_tensor(&mut self, t: NnTensor) -> wasmtime::Result<Resource<NnTensor>> {
+        self.reserve_tensor_bytes(t.data.len() as u64)
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        Ok(self.table_mut().push(t)?)
+    }
+
+    fn nn_forget(&mut self, r: Resource<NnTensor>) -> wasmtime::Result<NnTensor> {
+        let t = self.table_mut().delete(r)?;
+        self.release_tensor_bytes(t.data.len() as u64);
+        Ok(t)
+    }
+}
+
+/// The type as the WIT spells it, for messages.
+fn type_name(ty: tensor::TensorType) -> &'static str {
+    use tensor::TensorType as T;
+    match ty {
+        T::Fp16 => "FP16",
+        T::Fp32 => "FP32",
+        T::Fp64 => "FP64",
+        T::Bf16 => "BF16",
+        T::U8 => "U8",
+        T::I32 => "I32",
+        T::I64 => "I64",
+    }
+}
+
+/// The elements' width in bytes, for the types this host runs.
+fn width(ty: tensor::TensorType) -> Result<usize, String> {
+    use tensor::TensorType as T;
+    match ty {
+        T::U8 => Ok(1),
+        T::Fp32 | T::I32 => Ok(4),
+        T::Fp64 | T::I64 => Ok(8),
+        T::Fp16 | T::Bf16 => Err(format!("{} tensors are not supported by this host; use FP32", type_name(ty))),
+    }
+}
+
+fn from_bytes<const N: usize, T>(bytes: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+    bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunks of N"))).collect()
+}
+
+fn to_host(t: NnTensor) -> Result<Tensor, TensorError> {
+    use tensor::TensorType as T;
+    check(&t)?;
+    let data = match t.ty {
+        T::Fp32 => TensorData::Float32(from_bytes(&t.data, f32::from_le_bytes)),
+        T::Fp64 => TensorData::Float64(from_bytes(&t.data, f64::from_le_bytes)),
+        T::U8 => TensorData::Uint8(t.data),
+        T::I32 => TensorData::Int32(from_bytes(&t.data, i32::from_le_bytes)),
+        T::I64 => TensorData::Int64(from_bytes(&t.data, i64::from_le_bytes)),
+        T::Fp16 | T::Bf16 => unreachable!("check refused it"),
+    };
+    Tensor::new(t.dims.iter().map(|&d| u64::from(d)).collect(), data)
+}
+
+fn from_host(name: &str, t: Tensor) -> Result<NnTensor, TensorError> {
+    use tensor::TensorType as T;
+    let dims = t
+        .shape()
+        .iter()
+        .map(|&d| u32::try_from(d).map_err(|_| TensorError::failed(format!("output {name} has a dimension over u32"))))
+        .collect::<Result<Vec<u32>, _>>()?;
+    let (ty, data) = match t.data() {
+        TensorData::Float32(v) => (T::Fp32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::Float64(v) => (T::Fp64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::Uint8(v) => (T::U8, v.clone()),
+        TensorData::Int32(v) => (T::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::Int64(v) => (T::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        other => {
+            return Err(TensorError::failed(format!(
+                "output {name} is {}, which wasi-nn has no type for; use the wasmscore inference import for this model",
+                other.dtype().name()
+            )))
+        }
+    };
+    Ok(NnTensor { dims, ty, data })
+}
+
+fn code_of(e: &TensorError) -> errors::ErrorCode {
+    match e {
+        TensorError::BadInput(_) => errors::ErrorCode::InvalidArgument,
+        TensorError::Unsupported(_) => errors::ErrorCode::UnsupportedOperation,
+        TensorError::Failed(_) => errors::ErrorCode::RuntimeError,
+    }
+}
+
+impl graph::Host for HostState {
+    fn load(
+        &mut self,
+        builders: Vec<graph::GraphBuilder>,
+        encoding: graph::GraphEncoding,
+        _target: graph::ExecutionTarget,
+    ) -> NnResult<Resource<NnGraph>> {
+        let bytes: usize = builders.iter().map(Vec::len).sum();
+        self.nn_error(
+            errors::ErrorCode::Security,
+            format!(
+                "loading a graph from bytes ({bytes} bytes, encoding {}) is refused: ship the model with the version \
+                 (`wasmscore deploy --model FILE`) and use load-by-name(\"FILE\")",
+                format!("{encoding:?}").to_lowercase()
+            ),
+        )
+    }
+
+    fn load_by_name(&mut self, name: String) -> NnResult<Resource<NnGraph>> {
+        let version = self.version.clone();
+        let device = version.model_device.clone();
+        match version.session_on(&name, &device) {
+            Ok(model) => Ok(Ok(self.table_mut().push(NnGraph { model, device })?)),
+            Err(e) => self.nn_error(errors::ErrorCode::NotFound, e.to_string()),
+        }
+    }
+}
+
+impl graph::HostGraph for HostState {
+    fn init_execution_context(&mut self, g: Resource<NnGraph>) -> NnResult<Resource<NnContext>> {
+        let g = self.table_mut().get(&g)?;
+        let ctx = NnContext {
+            model: g.model.clone(),
+            device: g.device.clone(),
+        };
+        Ok(Ok(self.table_mut().push(ctx)?))
+    }
+
+    fn drop(&mut self, g: Resource<NnGraph>) -> wasmtime::Result<()> {
+        self.table_mut().delete(g)?;
+        Ok(())
+    }
+}
+
+impl inference::Host for HostState {}
+
+impl inference::HostGraphExecutionContext for HostState {
+    fn compute(&mut self, ctx: Resource<NnContext>, inputs: Vec<inference::NamedTensor>) -> NnResult<Vec<inference::NamedTensor>> {
+        let (model, device) = {
+            let c = self.table_mut().get(&ctx)?;
+            (c.model.clone(), c.device.clone())
+        };
+        // The guest hands its input tensors over: all of them leave the
+        // table here, before anything can fail.
+        let mut given = Vec::with_capacity(inputs.len());
+        for (name, r) in inputs {
+            given.push((name, self.nn_forget(r)?));
+        }
+        let mut named: Vec<(String, Value)> = Vec::with_capacity(given.len());
+        for (name, t) in given {
+            if named.iter().any(|(n, _)| *n == name) {
+                return self.nn_error(errors::ErrorCode::InvalidArgument, format!("input {name} is given twice"));
+            }
+            match to_host(t) {
+                Ok(t) => named.push((name, Value::Host(t))),
+                Err(e) => return self.nn_error(code_of(&e), format!("input {name}: {e}")),
+            }
+        }
+        let refs: Vec<(&str, &Value)> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        let started = Instant::now();
+        let results = model.run_values(&refs, &[]);
+        self.version.usage.inference(&device, started.elapsed());
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => return self.nn_error(code_of(&e), e.to_string()),
+        };
+        let mut converted = Vec::with_capacity(results.len());
+        for (name, v) in results {
+            match v.into_host().and_then(|t| from_host(&name, t)) {
+                Ok(t) => converted.push((name, t)),
+                Err(e) => return self.nn_error(code_of(&e), e.to_string()),
+            }
+        }
+        let mut out = Vec::with_capacity(converted.len());
+        for (name, t) in converted {
+            match self.nn_tensor(t) {
+                Ok(r) => out.push((name, r)),
+                Err(e) => {
+                    // Past the memory limit: give back what was handed out.
+                    for (_, r) in out {
+                        self.nn_forget(r)?;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(Ok(out))
+    }
+
+    fn drop(&mut self, ctx: Resource<NnContext>) -> wasmtime::Result<()> {
+        self.table_mut().delete(ctx)?;
+        Ok(())
+    }
+}
+
+impl tensor::Host for HostState {}
+
+impl tensor::HostTensor for HostState {
+    fn new(&mut self, dims: Vec<u32>, ty: tensor::TensorType, data: Vec<u8>) -> wasmtime::Result<Resource<NnTensor>> {
+        // The constructor cannot return an error in this WIT: a tensor whose
+        // bytes do not match its dimensions is kept as given and refused by
+        // `compute` with invalid-argument, as other hosts do.
+        let t = NnTensor { dims, ty, data };
+        self.nn_tensor(t)
+    }
+
+    fn dimensions(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u32>> {
+        Ok(self.table_mut().get(&t)?.dims.clone())
+    }
+
+    fn ty(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<tensor::TensorType> {
+        Ok(self.table_mut().get(&t)?.ty)
+    }
+
+    fn data(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<Vec<u8>> {
+        Ok(self.table_mut().get(&t)?.data.clone())
+    }
+
+    fn drop(&mut self, t: Resource<NnTensor>) -> wasmtime::Result<()> {
+        self.nn_forget(t)?;
+        Ok(())
+    }
+}
+
+impl errors::Host for HostState {}
+
+impl errors::HostError for HostState {
+    fn code(&mut self, e: Resource<NnError>) -> wasmtime::Result<errors::ErrorCode> {
+        Ok(self.table_mut().get(&e)?.code)
+    }
+
+    fn data(&mut self, e: Resource<NnError>) -> wasmtime::Result<String> {
+        Ok(self.table_mut().get(&e)?.data.clone())
+    }
+
+    fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
+        self.table_mut().delete(e)?;
+        Ok(())
+    }
+}
+
+/// A tensor's bytes must match its dimensions and type, and the type must
+/// be one this host runs.
+fn check(t: &NnTensor) -> Result<(), TensorError> {
+    let w = width(t.ty).map_err(TensorError::bad)?;
+    let elems: u64 = t.dims.iter().map(|&d| u64::from(d)).product();
+    if elems.checked_mul(w as u64) != Some(t.data.len() as u64) {
+        return Err(TensorError::bad(format!(
+            "a {} tensor of dimensions {:?} needs {} bytes, it has {}",
+            type_name(t.ty),
+            t.dims,
+            elems.saturating_mul(w as u64),
+            t.data.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_through_host_tensors() {
+        let t = NnTensor {
+            dims: vec![2, 2],
+            ty: tensor::TensorType::Fp32,
+            data: [1.0f32, -2.5, 3.25, 0.0].iter().flat_map(|x| x.to_le_bytes()).collect(),
+        };
+        check(&t).unwrap();
+        let host = to_host(t).unwrap();
+        assert_eq!(host.shape(), &[2, 2]);
+        assert_eq!(host.data(), &TensorData::Float32(vec![1.0, -2.5, 3.25, 0.0]));
+        let back = from_host("y", host).unwrap();
+        assert_eq!(back.dims, vec![2, 2]);
+        assert_eq!(back.data.len(), 16);
+        let i64s = from_host("l", Tensor::new(vec![2], TensorData::Int64(vec![-1, 7])).unwrap()).unwrap();
+        assert_eq!(to_host(i64s).unwrap().data(), &TensorData::Int64(vec![-1, 7]));
+    }
+
+    #[test]
+    fn wrong_sizes_and_half_precision_are_refused() {
+        let short = NnTensor {
+            dims: vec![3],
+            ty: tensor::TensorType::Fp32,
+            data: vec![0; 8],
+        };
+        assert!(check(&short).unwrap_err().to_string().contains("needs 12 bytes, it has 8"));
+        let half = NnTensor {
+            dims: vec![1],
+            ty: tensor::TensorType::Fp16,
+            data: vec![0; 2],
+        };
+        assert!(matches!(to_host(half), Err(TensorError::BadInput(_))));
+        let strings = Tensor::new(vec![1], TensorData::String(vec!["a".into()])).unwrap();
+        assert!(from_host("label", strings).unwrap_err().to_string().contains("no type for"));
+    }
+}
