@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use wasmscore_tensor::{CpuOps, Device, DeviceKind, Model, Ops, TensorError};
 
-pub use locate::{find_onnxruntime, venv_candidates, SETUP_HINT};
+pub use locate::{find_onnxruntime, project_paths, venv_candidates, SETUP_HINT};
 pub use session::OrtModel;
 
 /// Errors while starting ONNX Runtime.

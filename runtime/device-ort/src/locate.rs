@@ -42,16 +42,24 @@ pub fn find_onnxruntime() -> Result<PathBuf, OrtInitError> {
 
 /// Virtual environments to look in, nearest first.
 pub fn venv_candidates() -> Vec<PathBuf> {
+    project_paths(".venv")
+}
+
+/// `REL` (a path that setup makes inside the checkout: `.venv`,
+/// `runtime/cli/js/node_modules`) under `WASMSCORE_HOME`, then under each
+/// ancestor of the executable and of the working directory where it
+/// exists, nearest first.
+pub fn project_paths(rel: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(home) = std::env::var_os("WASMSCORE_HOME") {
-        out.push(PathBuf::from(home).join(".venv"));
+        out.push(PathBuf::from(home).join(rel));
     }
     let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
     for start in starts.into_iter().flatten() {
         for dir in start.ancestors() {
-            let venv = dir.join(".venv");
-            if venv.is_dir() && !out.contains(&venv) {
-                out.push(venv);
+            let p = dir.join(rel);
+            if p.exists() && !out.contains(&p) {
+                out.push(p);
             }
         }
     }
