@@ -11,9 +11,13 @@
 //! model.onnx (iris) on DEVICE through `load-on`; "conv-on:DEVICE" runs a
 //! fixed float32 conv2d through `ops` on DEVICE; "chain:N" feeds
 //! chain.onnx's output back into it N times and reads only the last one;
+//! through wasi-nn, "nn-load-name:FILE" loads FILE by name,
+//! "nn-load-bytes" tries to load a graph from bytes, "nn-bad-tensor"
+//! computes with a tensor whose bytes do not fit its dimensions and
+//! "nn-fp16" with a half-precision one (each answers 200 with what it got);
 //! anything else is echoed.
 
-wit_bindgen::generate!({ path: "../../../wit", world: "scorer" });
+wit_bindgen::generate!({ path: "../../../wit", world: "scorer-nn", generate_all });
 
 use std::hint::black_box;
 
@@ -100,6 +104,7 @@ impl Guest for Hostile {
             other if other.starts_with("model-on:") => model_on(&other[9..]),
             other if other.starts_with("conv-on:") => conv_on(&other[8..]),
             other if other.starts_with("chain:") => chain(other[6..].parse().unwrap_or(1)),
+            other if other.starts_with("nn-") => nn(other),
             other => json(format!("{{\"echo\":{}}}", quote(other))),
         }
     }
@@ -151,6 +156,55 @@ fn conv_on(device: &str) -> Result<Response, Error> {
         return Err(Error::Failed("conv2d output is not float32".into()));
     };
     json(format!("{{\"device\":{},\"shape\":{:?},\"y\":{v:?}}}", quote(&y.device()), y.shape()))
+}
+
+/// wasi-nn probes: what the host answered, as {"loaded": FILE} or the
+/// error's {"code", "data"}.
+fn nn(cmd: &str) -> Result<Response, Error> {
+    use wasi::nn::errors::Error as NnError;
+    use wasi::nn::graph::{self, ExecutionTarget, GraphEncoding};
+    use wasi::nn::tensor::{Tensor, TensorType};
+    use wasi::nn::errors::ErrorCode as C;
+    let answer = |e: NnError| {
+        let code = match e.code() {
+            C::InvalidArgument => "invalid-argument",
+            C::InvalidEncoding => "invalid-encoding",
+            C::Timeout => "timeout",
+            C::RuntimeError => "runtime-error",
+            C::UnsupportedOperation => "unsupported-operation",
+            C::TooLarge => "too-large",
+            C::NotFound => "not-found",
+            C::Security => "security",
+            C::Unknown => "unknown",
+        };
+        json(format!("{{\"code\":{},\"data\":{}}}", quote(code), quote(&e.data())))
+    };
+    let compute = |t: Tensor| -> Result<Response, Error> {
+        let g = match graph::load_by_name("model.onnx") {
+            Ok(g) => g,
+            Err(e) => return answer(e),
+        };
+        let ctx = g.init_execution_context().map_err(|e| Error::Failed(e.data()))?;
+        match ctx.compute(vec![("X".to_string(), t)]) {
+            Ok(out) => json(format!("{{\"outputs\":{}}}", out.len())),
+            Err(e) => answer(e),
+        }
+    };
+    match cmd {
+        "nn-load-bytes" => match graph::load(&[vec![0u8; 64]], GraphEncoding::Onnx, ExecutionTarget::Cpu) {
+            Ok(_) => json("{\"loaded\":\"bytes\"}".into()),
+            Err(e) => answer(e),
+        },
+        "nn-bad-tensor" => compute(Tensor::new(&[1, 4], TensorType::Fp32, &[0u8; 12])),
+        "nn-fp16" => compute(Tensor::new(&[1, 4], TensorType::Fp16, &[0u8; 8])),
+        other => {
+            let file = other.strip_prefix("nn-load-name:").unwrap_or("");
+            match graph::load_by_name(file) {
+                Ok(_) => json(format!("{{\"loaded\":{}}}", quote(file))),
+                Err(e) => answer(e),
+            }
+        }
+    }
 }
 
 /// "copy-up:MB:REPS" or "copy-down:MB:REPS".
