@@ -12,23 +12,7 @@ data=${DATA_DIR:-$root/.data}
 
 say() { printf '\n== %s\n' "$*"; }
 
-say "Python tools (.venv: onnxruntime, componentize-py, scikit-learn, skl2onnx)"
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
-fi
-if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests' 2>/dev/null || [ ! -x .venv/bin/componentize-py ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-fi
-
-say "Debian's docker-registry (the OCI registry for artifacts across the network; README)"
-if ! command -v docker-registry >/dev/null; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry
-fi
-
-say "Rust target wasm32-wasip2"
-if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-  rustup target add wasm32-wasip2
-fi
+scripts/tools.sh
 
 say "Building wasmscore (release; the first build compiles wasmtime and takes a few minutes)"
 cargo build --release -p wasmscore-cli

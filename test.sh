@@ -4,13 +4,7 @@
 # steps without starting a server).
 set -euo pipefail
 cd "$(dirname "$0")"
-if [ ! -x .venv/bin/componentize-py ] || ! .venv/bin/python -c 'import onnxruntime, requests' 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
-fi
-rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2
-# The OCI registry the network tests push to and pull from (Debian's distribution 2.8).
-command -v docker-registry >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry; }
+scripts/tools.sh
 cargo build --release -p wasmscore-cli
 # The CUDA device is behind a feature: compile it and run its tests, which
 # say SKIPPED and why on a machine without a GPU.

@@ -20,6 +20,9 @@ mod secrets;
 #[path = "e2e/network.rs"]
 mod network;
 
+#[path = "e2e/languages.rs"]
+mod languages;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -66,6 +69,32 @@ pub(crate) fn iris_python() -> &'static Path {
 pub(crate) fn iris_rust() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| built("iris-rust", &root().join("examples/iris-rust")))
+}
+
+pub(crate) fn iris_js() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("iris-js", &root().join("examples/iris-js/score.js")))
+}
+
+pub(crate) fn iris_c() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("iris-c", &root().join("examples/iris-c")))
+}
+
+pub(crate) fn iris_wasi_nn() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| built("iris-wasi-nn", &root().join("examples/iris-wasi-nn")))
+}
+
+/// The iris module of every authoring language, by endpoint name.
+pub(crate) fn iris_modules() -> [(&'static str, &'static Path); 5] {
+    [
+        ("iris-py", iris_python()),
+        ("iris-rs", iris_rust()),
+        ("iris-js", iris_js()),
+        ("iris-c", iris_c()),
+        ("iris-nn", iris_wasi_nn()),
+    ]
 }
 
 pub(crate) fn hostile() -> PathBuf {
@@ -257,14 +286,16 @@ pub(crate) fn error_code(j: &serde_json::Value) -> &str {
     j["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {j}"))
 }
 
+/// Python, Rust, JavaScript, C, and Rust through wasi-nn: the same answer.
 #[test]
-fn both_iris_modules_match_onnxruntime() {
+fn every_languages_iris_module_matches_onnxruntime() {
     let s = Server::start(&[]);
-    s.deploy_ok("iris-py", iris_python(), &[&model()], None);
-    s.deploy_ok("iris-rs", iris_rust(), &[&model()], None);
+    for (name, module) in iris_modules() {
+        s.deploy_ok(name, module, &[&model()], None);
+    }
     let rows = serde_json::json!([[5.1, 3.5, 1.4, 0.2], [6.2, 3.4, 5.4, 2.3], [5.9, 3.0, 4.2, 1.5]]);
     let want = onnxruntime_reference(&rows);
-    for name in ["iris-py", "iris-rs"] {
+    for (name, _) in iris_modules() {
         let (status, head, body) = s.score(name, &serde_json::json!({ "data": rows }).to_string());
         assert_eq!(status, 200, "{name}: {body}");
         assert!(head.contains("x-wasmscore-version: v1"), "{head}");
@@ -281,9 +312,10 @@ fn both_iris_modules_match_onnxruntime() {
 #[test]
 fn malformed_json_is_400_from_the_modules_typed_error() {
     let s = Server::start(&[]);
-    s.deploy_ok("iris-py", iris_python(), &[&model()], None);
-    s.deploy_ok("iris-rs", iris_rust(), &[&model()], None);
-    for name in ["iris-py", "iris-rs"] {
+    for (name, module) in iris_modules() {
+        s.deploy_ok(name, module, &[&model()], None);
+    }
+    for (name, _) in iris_modules() {
         let (status, _, body) = s.score(name, r#"{"data": [[5.1, 3.5"#);
         assert_eq!(status, 400, "{name}: {body}");
         assert_eq!(error_code(&body), "bad_input");
