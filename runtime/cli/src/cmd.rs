@@ -117,6 +117,18 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Kubernetes: the Endpoint custom resource (`crd` prints its
+    /// CustomResourceDefinition; deploy/crd.json is this output).
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum OperatorCommand {
+    /// Print the CustomResourceDefinition of Endpoint (wasmscore.dev/v1alpha1), as JSON (which kubectl applies as YAML).
+    Crd,
 }
 
 #[derive(Subcommand)]
@@ -207,6 +219,12 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Devices { data_dir, json } => manage::devices(&data_dir, json),
+        Command::Operator {
+            command: OperatorCommand::Crd,
+        } => {
+            println!("{}", wasmscore_operator::crd_json());
+            Ok(())
+        }
         Command::Plugin {
             command: PluginCommand::Check { path, tolerance, config },
         } => {

@@ -1,0 +1,623 @@
+//! The operator's loop, controller-rs style: a finalizer, server-side apply
+//! with one field manager, owner references (the API server's garbage
+//! collector removes what an Endpoint owned), events, and an error policy
+//! with backoff.
+//!
+//! One reconcile of an Endpoint:
+//! 1. the spec is checked (`desired::check`, local mode's rules); a broken
+//!    rule sets Ready=False / Degraded=True naming it, and nothing else is
+//!    written;
+//! 2. each version's Deployment and headless Service are applied; the
+//!    endpoint's Secret is made once (never overwritten: the CLI
+//!    regenerates keys);
+//! 3. objects of versions no longer in the spec are deleted;
+//! 4. the status is written from the Deployments' status: each version's
+//!    state, its configured and effective traffic (a version with no ready
+//!    pod hands its share to the default, as locally), the conditions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalizer};
+use kube::{Client, Resource, ResourceExt};
+use wasmscore_rules::rollout;
+
+use crate::crd::{Endpoint, EndpointStatus, VersionState, VersionStatus};
+use crate::desired::{self, Settings, LABEL_ENDPOINT};
+
+/// The one field manager of everything the operator applies.
+pub const FIELD_MANAGER: &str = "wasmscore-operator";
+/// Held on every Endpoint until the operator has seen it deleted.
+pub const FINALIZER: &str = "wasmscore.dev/cleanup";
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub reporter: Reporter,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    #[error("the Endpoint has no namespace")]
+    NoNamespace,
+}
+
+/// The controller's reconcile function.
+pub async fn reconcile(ep: Arc<Endpoint>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = ep.namespace().ok_or(Error::NoNamespace)?;
+    let api: Api<Endpoint> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, ep, |event| async {
+        match event {
+            Finalizer::Apply(ep) => apply(&ep, &ctx, &ns).await,
+            Finalizer::Cleanup(ep) => cleanup(&ep, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        other => Error::Finalizer(other.to_string()),
+    })
+}
+
+/// Requeue after a failure: 5 s, then more while it keeps failing is the
+/// controller's own backoff on top of this.
+pub fn error_policy(_ep: Arc<Endpoint>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> {
+    let name = ep.name_any();
+    let endpoints: Api<Endpoint> = Api::namespaced(ctx.client.clone(), ns);
+    let desired = match desired::desired(ep, &ctx.settings) {
+        Ok(d) => d,
+        Err(rule) => {
+            // Nothing changes: the objects of the last good spec keep serving.
+            let mut status = ep.status.clone().unwrap_or_default();
+            status.observed_generation = ep.metadata.generation;
+            set(
+                &mut status.conditions,
+                condition("Ready", false, "RuleBroken", &rule.to_string(), ep),
+            );
+            set(
+                &mut status.conditions,
+                condition("Degraded", true, "RuleBroken", &rule.to_string(), ep),
+            );
+            set(
+                &mut status.conditions,
+                condition("Progressing", false, "RuleBroken", "the spec is refused", ep),
+            );
+            write_status(&endpoints, &name, &status).await?;
+            publish(ctx, ep, EventType::Warning, "RuleBroken", &rule.to_string()).await;
+            return Ok(Action::await_change());
+        }
+    };
+    let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    for d in &desired.deployments {
+        deployments.patch(&d.name_any(), &ssa, &Patch::Apply(d)).await?;
+    }
+    for s in &desired.services {
+        services.patch(&s.name_any(), &ssa, &Patch::Apply(s)).await?;
+    }
+    let secret_name = desired::secret_name(&name);
+    if secrets.get_opt(&secret_name).await?.is_none() {
+        secrets
+            .create(&PostParams::default(), &desired::secret(ep, &desired::Keys::generate()))
+            .await?;
+        publish(ctx, ep, EventType::Normal, "KeysCreated", &format!("made Secret {secret_name}")).await;
+    }
+    // Versions no longer in the spec.
+    let wanted: Vec<String> = desired.deployments.iter().map(|d| d.name_any()).collect();
+    let owned = ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}"));
+    for d in deployments.list(&owned).await? {
+        if !wanted.contains(&d.name_any()) {
+            deployments.delete(&d.name_any(), &DeleteParams::default()).await?;
+            publish(
+                ctx,
+                ep,
+                EventType::Normal,
+                "VersionDeleted",
+                &format!("deleted Deployment {}", d.name_any()),
+            )
+            .await;
+        }
+    }
+    for s in services.list(&owned).await? {
+        if !wanted.contains(&s.name_any()) {
+            services.delete(&s.name_any(), &DeleteParams::default()).await?;
+        }
+    }
+    let observed = deployments.list(&owned).await?.items;
+    let status = status_of(ep, &observed, &ctx.settings);
+    write_status(&endpoints, &name, &status).await?;
+    // Pods come and go without a change to the Endpoint: look again.
+    Ok(Action::requeue(Duration::from_secs(if ready(&status) { 60 } else { 5 })))
+}
+
+async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
+    // Owner references hand the Deployments, Services and the Secret to the
+    // garbage collector; the finalizer only records that the operator saw it.
+    publish(
+        ctx,
+        ep,
+        EventType::Normal,
+        "Deleted",
+        "the endpoint's objects go with it (owner references)",
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// The status an Endpoint has, given its version Deployments as observed.
+pub fn status_of(ep: &Endpoint, observed: &[Deployment], settings: &Settings) -> EndpointStatus {
+    let name = ep.name_any();
+    let ready_of = |version: &str| -> (i32, Option<i32>, Option<String>) {
+        let obj = desired::object_name(&name, version);
+        let Some(d) = observed.iter().find(|d| d.name_any() == obj) else {
+            // Just applied: the Deployment controller has not seen it yet.
+            return (0, None, None);
+        };
+        let st = d.status.clone().unwrap_or_default();
+        let failure = st
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| (c.type_ == "Progressing" && c.status == "False") || (c.type_ == "ReplicaFailure" && c.status == "True"));
+        let desired = d.spec.as_ref().and_then(|s| s.replicas);
+        (
+            st.ready_replicas.unwrap_or(0),
+            desired,
+            failure.map(|c| c.message.unwrap_or(c.reason.unwrap_or_default())),
+        )
+    };
+    let rollouts = desired::rollouts(&ep.spec);
+    let serving = |v: &str| ready_of(v).0 > 0;
+    let effective = rollout::effective_shares(&rollouts, serving);
+    let mut versions = Vec::new();
+    for v in &ep.spec.versions {
+        let (ready, desired_replicas, failure) = ready_of(&v.name);
+        let (state, reason) = match (ready, failure) {
+            (0, Some(why)) if why.contains("ProgressDeadlineExceeded") || why.contains("failed") => (VersionState::Failed, why),
+            (0, Some(why)) => (VersionState::Unhealthy, why),
+            (0, None) if desired_replicas == Some(0) => (VersionState::Healthy, "scaled to zero; wakes on the first request".into()),
+            (0, None) => (VersionState::Transitioning, "no pod is ready yet".into()),
+            (_, _) => (VersionState::Healthy, String::new()),
+        };
+        versions.push(VersionStatus {
+            name: v.name.clone(),
+            state,
+            reason,
+            traffic: v.traffic,
+            effective_traffic: effective.iter().find(|(n, _)| *n == v.name).map_or(0, |(_, s)| *s),
+            ready_replicas: ready,
+            desired_replicas,
+        });
+    }
+    let mut status = ep.status.clone().unwrap_or_default();
+    status.observed_generation = ep.metadata.generation;
+    let unhealthy: Vec<&str> = versions
+        .iter()
+        .filter(|v| matches!(v.state, VersionState::Failed | VersionState::Unhealthy))
+        .map(|v| v.name.as_str())
+        .collect();
+    let transitioning = versions.iter().any(|v| v.state == VersionState::Transitioning);
+    let serving_any = versions.iter().any(|v| v.ready_replicas > 0);
+    set(
+        &mut status.conditions,
+        if serving_any {
+            condition("Ready", true, "Serving", "at least one version has a ready pod", ep)
+        } else {
+            condition("Ready", false, "NoReadyPod", "no version has a ready pod yet", ep)
+        },
+    );
+    set(
+        &mut status.conditions,
+        condition(
+            "Progressing",
+            transitioning,
+            if transitioning { "PodsStarting" } else { "Settled" },
+            if transitioning {
+                "versions are starting"
+            } else {
+                "every version settled"
+            },
+            ep,
+        ),
+    );
+    set(
+        &mut status.conditions,
+        if unhealthy.is_empty() {
+            condition("Degraded", false, "AllHealthy", "no version is failing", ep)
+        } else {
+            condition(
+                "Degraded",
+                true,
+                "VersionsFailing",
+                &format!("{} cannot serve; their share goes to the default", unhealthy.join(", ")),
+                ep,
+            )
+        },
+    );
+    status.summary = Some(
+        versions
+            .iter()
+            .filter(|v| v.effective_traffic > 0)
+            .map(|v| format!("{} {}%", v.name, v.effective_traffic))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    status.url = Some(format!(
+        "http://{}.{}/api/v1/service/{name}/score",
+        settings.router_service,
+        ep.namespace().unwrap_or_default()
+    ));
+    status.versions = versions;
+    status
+}
+
+fn ready(status: &EndpointStatus) -> bool {
+    status.conditions.iter().any(|c| c.type_ == "Progressing" && c.status == "False")
+}
+
+fn condition(type_: &str, status: bool, reason: &str, message: &str, ep: &Endpoint) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if status { "True" } else { "False" }.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: ep.metadata.generation,
+        last_transition_time: Time(k8s_openapi::jiff::Timestamp::now()),
+    }
+}
+
+/// Sets a condition, keeping its transition time when its status holds.
+fn set(conditions: &mut Vec<Condition>, mut c: Condition) {
+    match conditions.iter_mut().find(|o| o.type_ == c.type_) {
+        Some(old) => {
+            if old.status == c.status {
+                c.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = c;
+        }
+        None => conditions.push(c),
+    }
+}
+
+async fn write_status(api: &Api<Endpoint>, name: &str, status: &EndpointStatus) -> Result<(), Error> {
+    let patch = serde_json::json!({
+        "apiVersion": "wasmscore.dev/v1alpha1",
+        "kind": "Endpoint",
+        "status": status,
+    });
+    api.patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Events are best effort: a failure to record one is logged, not fatal.
+async fn publish(ctx: &Context, ep: &Endpoint, type_: EventType, reason: &str, note: &str) {
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &ep.object_ref(&())).await {
+        tracing::warn!(error = %e, reason, "recording an event failed");
+    }
+}
+
+/// Reconcile against kube-rs's tower-test mock: a fake API server that
+/// answers every call the operator makes and records it (the
+/// ApiServerVerifier pattern of controller-rs, by what was written rather
+/// than by a fixed order, since events interleave).
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{Auth, AuthMode, EndpointSpec, VersionSpec};
+    use http::{Request, Response};
+    use kube::client::Body;
+    use serde_json::{json, Value};
+
+    const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// What the fake cluster holds before the reconcile.
+    #[derive(Default, Clone)]
+    struct Cluster {
+        secret_exists: bool,
+        /// Version Deployments as they are now (name, ready replicas).
+        deployments: Vec<(String, i32)>,
+    }
+
+    #[derive(Debug, Clone)]
+    struct Call {
+        method: String,
+        path: String,
+        query: String,
+        body: Value,
+    }
+
+    impl Call {
+        fn is(&self, method: &str, path_end: &str) -> bool {
+            self.method == method && self.path.ends_with(path_end)
+        }
+    }
+
+    fn version(name: &str, traffic: u32, default: bool) -> VersionSpec {
+        VersionSpec {
+            name: name.into(),
+            artifact: format!("registry:5000/iris@sha256:{DIGEST}"),
+            traffic,
+            default,
+            control: false,
+            mirror: 0,
+            config: serde_json::Map::new(),
+        }
+    }
+
+    fn endpoint(versions: Vec<VersionSpec>) -> Endpoint {
+        let mut ep = Endpoint::new(
+            "iris",
+            EndpointSpec {
+                auth: Auth { mode: AuthMode::Key },
+                versions,
+            },
+        );
+        ep.metadata.namespace = Some("models".into());
+        ep.metadata.uid = Some("uid-1".into());
+        ep.metadata.generation = Some(3);
+        ep.metadata.resource_version = Some("10".into());
+        ep.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        ep
+    }
+
+    fn deployment_json(name: &str, ready: i32) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": "Deployment",
+               "metadata": {"name": name, "namespace": "models", "labels": {LABEL_ENDPOINT: "iris"}},
+               "spec": {"selector": {"matchLabels": {}}, "template": {}},
+               "status": {"readyReplicas": ready}})
+    }
+
+    /// Answers like an API server: applies and creates echo the object,
+    /// gets and lists read the cluster, deletes succeed.
+    async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, cluster: Cluster) -> Vec<Call> {
+        let mut calls = Vec::new();
+        while let Some((req, send)) = handle.next_request().await {
+            let method = req.method().to_string();
+            let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or("").to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"});
+            let (code, answer) = match method.as_str() {
+                "GET" if path.ends_with("/secrets/iris-keys") && !cluster.secret_exists => (404, not_found),
+                "GET" if path.ends_with("/secrets/iris-keys") => (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "iris-keys", "namespace": "models"}}),
+                ),
+                "GET" if path.ends_with("/deployments") => (
+                    200,
+                    json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "1"},
+                           "items": cluster.deployments.iter().map(|(n, r)| deployment_json(n, *r)).collect::<Vec<_>>()}),
+                ),
+                "GET" if path.ends_with("/services") => (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "ServiceList", "metadata": {"resourceVersion": "1"}, "items": []}),
+                ),
+                "DELETE" => (200, json!({"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 200})),
+                _ => {
+                    let mut obj = if body.is_object() { body.clone() } else { json!({}) };
+                    if path.contains("/endpoints/") {
+                        // Status and finalizer patches answer with the Endpoint.
+                        obj = serde_json::to_value(endpoint(vec![])).unwrap();
+                    }
+                    obj["metadata"]["resourceVersion"] = json!("11");
+                    (200, obj)
+                }
+            };
+            calls.push(Call { method, path, query, body });
+            let resp = Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap();
+            send.send_response(resp);
+        }
+        calls
+    }
+
+    async fn run(ep: Endpoint, cluster: Cluster) -> (Result<Action, Error>, Vec<Call>) {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let server = tokio::spawn(serve(handle, cluster));
+        let ctx = Arc::new(Context {
+            client: Client::new(service, "models"),
+            settings: Settings::default(),
+            reporter: Reporter {
+                controller: FIELD_MANAGER.into(),
+                instance: None,
+            },
+        });
+        let result = reconcile(Arc::new(ep), ctx).await;
+        // The context (and its client) is dropped: the fake server ends.
+        (result, server.await.unwrap())
+    }
+
+    fn writes(calls: &[Call]) -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c.method != "GET" && !c.path.contains("/events"))
+            .map(|c| format!("{} {}", c.method, c.path.rsplit("/namespaces/models/").next().unwrap()))
+            .collect()
+    }
+
+    fn status_patch(calls: &[Call]) -> &Value {
+        &calls
+            .iter()
+            .rev()
+            .find(|c| c.is("PATCH", "/endpoints/iris/status"))
+            .expect("a status patch")
+            .body["status"]
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == type_)
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn create_applies_each_version_makes_the_secret_once_and_reports_status() {
+        let ep = endpoint(vec![version("v1", 20, true)]);
+        let (result, calls) = run(ep, Cluster::default()).await;
+        result.unwrap();
+        assert_eq!(
+            writes(&calls),
+            [
+                "PATCH deployments/iris-v1",
+                "PATCH services/iris-v1",
+                "POST secrets",
+                "PATCH endpoints/iris/status",
+            ]
+        );
+        // Server-side apply with the one field manager, forced.
+        let apply = calls.iter().find(|c| c.is("PATCH", "/deployments/iris-v1")).unwrap();
+        assert!(
+            apply.query.contains("fieldManager=wasmscore-operator") && apply.query.contains("force=true"),
+            "{}",
+            apply.query
+        );
+        assert_eq!(apply.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        let secret = calls.iter().find(|c| c.is("POST", "/secrets")).unwrap();
+        assert_eq!(secret.body["stringData"]["primaryKey"].as_str().unwrap().len(), 64);
+        // No pod is ready yet: transitioning, and the 20% version has all of it.
+        let status = status_patch(&calls);
+        assert_eq!(status["observedGeneration"], 3);
+        assert_eq!(status["versions"][0]["state"], "Transitioning");
+        assert_eq!(condition(status, "Ready")["status"], "False");
+        assert_eq!(condition(status, "Progressing")["status"], "True");
+        // An event said the keys were made.
+        assert!(
+            calls
+                .iter()
+                .any(|c| c.path.contains("/events") && c.body["reason"] == "KeysCreated"),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn traffic_and_default_changes_reapply_and_the_split_follows_ready_pods() {
+        // Step 3 of the seeds: v1 20%, v2 40% and the default; both have
+        // ready pods, the Secret exists (it is never rewritten).
+        let ep = endpoint(vec![version("v1", 20, false), version("v2", 40, true)]);
+        let cluster = Cluster {
+            secret_exists: true,
+            deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 2)],
+        };
+        let (result, calls) = run(ep, cluster).await;
+        result.unwrap();
+        assert_eq!(
+            writes(&calls),
+            [
+                "PATCH deployments/iris-v1",
+                "PATCH deployments/iris-v2",
+                "PATCH services/iris-v1",
+                "PATCH services/iris-v2",
+                "PATCH endpoints/iris/status",
+            ]
+        );
+        let status = status_patch(&calls);
+        let eff: Vec<(String, u64)> = status["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| (v["name"].as_str().unwrap().into(), v["effectiveTraffic"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(eff, [("v1".to_string(), 20), ("v2".to_string(), 80)]);
+        assert_eq!(status["summary"], "v1 20%, v2 80%");
+        assert_eq!(condition(status, "Ready")["status"], "True");
+        assert_eq!(status["url"], "http://wasmscore-router.models/api/v1/service/iris/score");
+
+        // v1 with no ready pod: its share goes to the default.
+        let ep = endpoint(vec![version("v1", 20, false), version("v2", 40, true)]);
+        let cluster = Cluster {
+            secret_exists: true,
+            deployments: vec![("iris-v1".into(), 0), ("iris-v2".into(), 2)],
+        };
+        let (_, calls) = run(ep, cluster).await;
+        assert_eq!(status_patch(&calls)["summary"], "v2 100%");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_version_loses_its_deployment_and_service() {
+        let ep = endpoint(vec![version("v2", 40, true)]);
+        let cluster = Cluster {
+            secret_exists: true,
+            deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 1)],
+        };
+        let (result, calls) = run(ep, cluster).await;
+        result.unwrap();
+        let w = writes(&calls);
+        assert!(w.contains(&"DELETE deployments/iris-v1".to_string()), "{w:?}");
+        assert!(!w.iter().any(|c| c.contains("iris-v2") && c.starts_with("DELETE")), "{w:?}");
+    }
+
+    #[tokio::test]
+    async fn a_broken_rule_sets_a_condition_naming_it_and_writes_nothing_else() {
+        let ep = endpoint(vec![version("v1", 70, true), version("v2", 60, false)]);
+        let (result, calls) = run(ep, Cluster::default()).await;
+        result.unwrap();
+        assert_eq!(writes(&calls), ["PATCH endpoints/iris/status"]);
+        let status = status_patch(&calls);
+        let ready = condition(status, "Ready");
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("RuleBroken"))
+        );
+        assert!(ready["message"].as_str().unwrap().contains("add up to 130%"), "{ready}");
+        assert_eq!(condition(status, "Degraded")["status"], "True");
+        assert!(
+            calls.iter().any(|c| c.path.contains("/events") && c.body["type"] == "Warning"),
+            "{calls:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_finalizer_is_added_first_and_removed_on_deletion() {
+        let mut ep = endpoint(vec![version("v1", 0, true)]);
+        ep.metadata.finalizers = None;
+        let (result, calls) = run(ep, Cluster::default()).await;
+        result.unwrap();
+        assert_eq!(
+            writes(&calls),
+            ["PATCH endpoints/iris"],
+            "only the finalizer is added on the first pass"
+        );
+        assert!(calls[0].body.to_string().contains(FINALIZER), "{:?}", calls[0]);
+
+        let mut ep = endpoint(vec![version("v1", 0, true)]);
+        ep.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let (result, calls) = run(ep, Cluster::default()).await;
+        result.unwrap();
+        // Nothing deleted by hand (owner references), the finalizer removed.
+        assert_eq!(writes(&calls), ["PATCH endpoints/iris"]);
+        assert!(calls.iter().any(|c| c.path.contains("/events") && c.body["reason"] == "Deleted"));
+    }
+}
