@@ -406,34 +406,8 @@ pub fn secret(ep: &Endpoint, keys: &Keys) -> Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Auth, AuthMode};
 
-    const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-    fn version(name: &str, traffic: u32, default: bool, config: serde_json::Value) -> VersionSpec {
-        VersionSpec {
-            name: name.into(),
-            artifact: format!("registry:5000/iris@sha256:{DIGEST}"),
-            traffic,
-            default,
-            control: false,
-            mirror: 0,
-            config: config.as_object().cloned().unwrap_or_default(),
-        }
-    }
-
-    fn endpoint(versions: Vec<VersionSpec>) -> Endpoint {
-        let mut ep = Endpoint::new(
-            "iris",
-            EndpointSpec {
-                auth: Auth { mode: AuthMode::Key },
-                versions,
-            },
-        );
-        ep.metadata.namespace = Some("models".into());
-        ep.metadata.uid = Some("uid-1".into());
-        ep
-    }
+    use crate::fixtures::{endpoint, version, DIGEST};
 
     fn json<T: serde::Serialize>(t: &T) -> serde_json::Value {
         serde_json::to_value(t).unwrap()

@@ -25,6 +25,44 @@ pub fn crd_json() -> String {
     serde_json::to_string_pretty(&crd::Endpoint::crd()).expect("a CRD serializes")
 }
 
+/// Endpoints for the tests of every module.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use crate::crd::{Auth, AuthMode, Endpoint, EndpointSpec, VersionSpec};
+
+    pub const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    pub fn version(name: &str, traffic: u32, default: bool, config: serde_json::Value) -> VersionSpec {
+        VersionSpec {
+            name: name.into(),
+            artifact: format!("registry:5000/iris@sha256:{DIGEST}"),
+            traffic,
+            default,
+            control: false,
+            mirror: 0,
+            config: config.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Endpoint "iris" in namespace "models", as the API server gives it
+    /// (uid, generation 3, the operator's finalizer).
+    pub fn endpoint(versions: Vec<VersionSpec>) -> Endpoint {
+        let mut ep = Endpoint::new(
+            "iris",
+            EndpointSpec {
+                auth: Auth { mode: AuthMode::Key },
+                versions,
+            },
+        );
+        ep.metadata.namespace = Some("models".into());
+        ep.metadata.uid = Some("uid-1".into());
+        ep.metadata.generation = Some(3);
+        ep.metadata.resource_version = Some("10".into());
+        ep.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
+        ep
+    }
+}
+
 #[cfg(test)]
 mod tests {
     /// deploy/crd.json is what `wasmscore operator crd` prints; regenerate

@@ -330,12 +330,10 @@ async fn publish(ctx: &Context, ep: &Endpoint, type_: EventType, reason: &str, n
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{Auth, AuthMode, EndpointSpec, VersionSpec};
+    use crate::fixtures::endpoint;
     use http::{Request, Response};
     use kube::client::Body;
     use serde_json::{json, Value};
-
-    const DIGEST: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
     /// What the fake cluster holds before the reconcile.
     #[derive(Default, Clone)]
@@ -359,32 +357,8 @@ mod tests {
         }
     }
 
-    fn version(name: &str, traffic: u32, default: bool) -> VersionSpec {
-        VersionSpec {
-            name: name.into(),
-            artifact: format!("registry:5000/iris@sha256:{DIGEST}"),
-            traffic,
-            default,
-            control: false,
-            mirror: 0,
-            config: serde_json::Map::new(),
-        }
-    }
-
-    fn endpoint(versions: Vec<VersionSpec>) -> Endpoint {
-        let mut ep = Endpoint::new(
-            "iris",
-            EndpointSpec {
-                auth: Auth { mode: AuthMode::Key },
-                versions,
-            },
-        );
-        ep.metadata.namespace = Some("models".into());
-        ep.metadata.uid = Some("uid-1".into());
-        ep.metadata.generation = Some(3);
-        ep.metadata.resource_version = Some("10".into());
-        ep.metadata.finalizers = Some(vec![FINALIZER.into()]);
-        ep
+    fn version(name: &str, traffic: u32, default: bool) -> crate::crd::VersionSpec {
+        crate::fixtures::version(name, traffic, default, json!({}))
     }
 
     fn deployment_json(name: &str, ready: i32) -> Value {
