@@ -23,6 +23,9 @@ mod network;
 #[path = "e2e/languages.rs"]
 mod languages;
 
+#[path = "e2e/kubernetes.rs"]
+mod kubernetes;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -129,6 +129,20 @@ pub enum Command {
 pub enum OperatorCommand {
     /// Print the CustomResourceDefinition of Endpoint (wasmscore.dev/v1alpha1), as JSON (which kubectl applies as YAML).
     Crd,
+    /// Run the operator (deploy/operator.yaml): reconcile Endpoints into a
+    /// Deployment of `wasmscore node` pods and a headless Service per
+    /// version, and the endpoint's Secret; the status says what serves.
+    Run {
+        /// Watch one namespace (default: all, as deploy/rbac.yaml allows).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The image node pods run.
+        #[arg(long, default_value = "wasmscore:dev")]
+        image: String,
+        /// How long a node drains after SIGTERM.
+        #[arg(long, default_value_t = 10)]
+        drain_seconds: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -223,6 +237,23 @@ pub fn run(cli: Cli) -> Result<()> {
             command: OperatorCommand::Crd,
         } => {
             println!("{}", wasmscore_operator::crd_json());
+            Ok(())
+        }
+        Command::Operator {
+            command: OperatorCommand::Run {
+                namespace,
+                image,
+                drain_seconds,
+            },
+        } => {
+            crate::up::init_logging();
+            let settings = wasmscore_operator::desired::Settings {
+                image,
+                drain_seconds,
+                ..Default::default()
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(wasmscore_operator::reconcile::run(settings, namespace))?;
             Ok(())
         }
         Command::Plugin {

@@ -77,6 +77,47 @@ pub fn error_policy(_ep: Arc<Endpoint>, error: &Error, _ctx: Arc<Context>) -> Ac
     Action::requeue(Duration::from_secs(5))
 }
 
+/// Runs the operator until SIGTERM: watches Endpoints (in NAMESPACE, or
+/// all), and the Deployments and Services it owns, and reconciles each
+/// Endpoint when it or one of those changes. The client is the pod's
+/// service account in a cluster, or the kubeconfig outside one.
+pub async fn run(settings: Settings, namespace: Option<String>) -> Result<(), Error> {
+    use futures::StreamExt;
+    use kube::runtime::{watcher, Controller};
+    let client = Client::try_default().await?;
+    let (endpoints, deployments, services) = match &namespace {
+        Some(ns) => (
+            Api::<Endpoint>::namespaced(client.clone(), ns),
+            Api::<Deployment>::namespaced(client.clone(), ns),
+            Api::<Service>::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let ours = watcher::Config::default().labels("app.kubernetes.io/managed-by=wasmscore-operator");
+    let ctx = Arc::new(Context {
+        client,
+        settings,
+        reporter: Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        },
+    });
+    tracing::info!(namespace = namespace.as_deref().unwrap_or("(all)"), "operator watching Endpoints");
+    Controller::new(endpoints, watcher::Config::default())
+        .owns(deployments, ours.clone())
+        .owns(services, ours)
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(endpoint = %obj.name, "reconciled"),
+                Err(e) => tracing::warn!(error = %e, "reconcile"),
+            }
+        })
+        .await;
+    Ok(())
+}
+
 async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> {
     let name = ep.name_any();
     let endpoints: Api<Endpoint> = Api::namespaced(ctx.client.clone(), ns);
