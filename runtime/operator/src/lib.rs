@@ -11,12 +11,16 @@
 //! - `reconcile`: the controller's loop over those (finalizer, server-side
 //!   apply, owner references, events, status).
 //!
-//! The router's watchers, the leader's scaler and the controller's main
-//! (`wasmscore operator run`) are not built yet.
+//! - `routing`: what a router serves for an Endpoint (router.json's entry)
+//!   from the Endpoint, its Secret and its EndpointSlices.
+//!
+//! The router's watchers that feed `routing` and the leader's scaler are
+//! not built yet.
 
 pub mod crd;
 pub mod desired;
 pub mod reconcile;
+pub mod routing;
 
 /// The Endpoint CustomResourceDefinition, as `wasmscore operator crd`
 /// prints it and deploy/crd.json holds it.

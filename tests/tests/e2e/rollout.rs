@@ -618,7 +618,18 @@ fn azure_mls_config_files_are_mapped_and_what_is_left_out_is_named() {
     let show: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let v = &show["versions"][0];
     assert_eq!(v["config"]["scoring_timeout_ms"], 5000, "{show}");
-    assert_eq!(v["replicas"], 2, "{show}");
+    // num_replicas: 2 is the target; deploy returns once the first serves,
+    // and the second comes up beside it.
+    assert_eq!(v["target_replicas"], 2, "{show}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, now) = s.get_admin("/admin/v1/endpoints/az");
+        if now["versions"][0]["replicas"] == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second replica never came up: {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(v["autoscale"]["enabled"], false, "{show}");
     assert_eq!(v["resources"]["cpu_cores"], 0.5, "{show}");
     assert_eq!(v["description"], "from Azure ML");

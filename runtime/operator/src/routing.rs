@@ -1,0 +1,179 @@
+//! What a router serves for an Endpoint on a cluster, with no I/O: the
+//! router.json entry (`fleet::config::EndpointSpec`'s format) made from the
+//! Endpoint, its keys Secret and its versions' EndpointSlices. The router's
+//! Kubernetes discovery watches those three kinds and feeds this to the
+//! same fleet that `router.json` feeds.
+//!
+//! Nodes are the slices' endpoints that are ready (a terminating pod is not
+//! ready: it drains what it has, and gets nothing new); a version with
+//! none is listed with no nodes, so its share goes to the default.
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::ResourceExt;
+
+use crate::crd::{AuthMode, Endpoint};
+use crate::desired::object_name;
+
+/// The label EndpointSlices carry: the Service they list.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// The router.json entry for `ep`, or why it cannot be served yet.
+pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[EndpointSlice]) -> Result<serde_json::Value, String> {
+    let name = ep.name_any();
+    let auth = match ep.spec.auth.mode {
+        AuthMode::None => serde_json::json!({"mode": "none"}),
+        mode => {
+            let secret = secret.ok_or_else(|| format!("endpoint {name}: its Secret {name}-keys is not there yet"))?;
+            let field = |k: &str| -> Result<String, String> {
+                let bytes = secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(k))
+                    .map(|b| b.0.clone())
+                    .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k)).map(|s| s.clone().into_bytes()))
+                    .ok_or_else(|| format!("endpoint {name}: its Secret has no {k}"))?;
+                String::from_utf8(bytes).map_err(|_| format!("endpoint {name}: {k} in its Secret is not text"))
+            };
+            if mode == AuthMode::Key {
+                serde_json::json!({"mode": "key", "primary_key": field("primaryKey")?, "secondary_key": field("secondaryKey")?})
+            } else {
+                let keys: serde_json::Value =
+                    serde_json::from_str(&field("signingKeys")?).map_err(|e| format!("endpoint {name}: signingKeys in its Secret: {e}"))?;
+                serde_json::json!({"mode": "token", "signing_keys": keys})
+            }
+        }
+    };
+    let versions: Vec<serde_json::Value> = ep
+        .spec
+        .versions
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v.name,
+                "traffic": v.traffic,
+                "default": v.default,
+                "control": v.control,
+                "mirror": v.mirror,
+                "nodes": ready_nodes(&object_name(&name, &v.name), slices),
+                "config": v.config,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"name": name, "auth": auth, "versions": versions}))
+}
+
+/// host:port of the ready endpoints in SERVICE's slices, sorted.
+pub fn ready_nodes(service: &str, slices: &[EndpointSlice]) -> Vec<String> {
+    let mut out = Vec::new();
+    for s in slices {
+        if s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) != Some(service) {
+            continue;
+        }
+        let Some(port) = s
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref() == Some("internal"))
+            .and_then(|p| p.port)
+        else {
+            continue;
+        };
+        for e in s.endpoints.iter().flatten() {
+            // Unknown readiness counts as ready, as kube-proxy reads it.
+            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &e.addresses {
+                let host = if a.contains(':') { format!("[{a}]") } else { a.clone() };
+                out.push(format!("{host}:{port}"));
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{secret, Keys};
+    use crate::fixtures::{endpoint, version};
+    use serde_json::json;
+
+    fn slice(service: &str, endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
+        serde_json::from_value(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+            "metadata": {"name": format!("{service}-abc"), "namespace": "models", "labels": {SERVICE_NAME_LABEL: service}},
+            "ports": [{"name": "internal", "port": 8081, "protocol": "TCP"}],
+            "endpoints": endpoints.iter().map(|(ip, ready)| {
+                let mut e = json!({"addresses": [ip]});
+                if let Some(r) = ready { e["conditions"] = json!({"ready": r}); }
+                e
+            }).collect::<Vec<_>>(),
+        }))
+        .unwrap()
+    }
+
+    /// A Secret as the API server returns it: `data`, base64 in JSON.
+    fn stored(s: Secret) -> Secret {
+        let mut v = serde_json::to_value(&s).unwrap();
+        let data: serde_json::Map<String, serde_json::Value> = v["stringData"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, val)| {
+                let bytes = k8s_openapi::ByteString(val.as_str().unwrap().as_bytes().to_vec());
+                (k.clone(), serde_json::to_value(bytes).unwrap())
+            })
+            .collect();
+        v["data"] = json!(data);
+        v.as_object_mut().unwrap().remove("stringData");
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn ready_pods_of_each_version_become_its_nodes() {
+        let ep = endpoint(vec![
+            version("v1", 20, false, json!({})),
+            version("v2", 40, true, json!({"num_replicas": 2})),
+        ]);
+        let keys = Keys::generate();
+        let slices = [
+            slice("iris-v1", &[("10.0.0.5", Some(true)), ("10.0.0.6", Some(false))]),
+            slice("iris-v2", &[("10.0.1.7", None), ("10.0.1.8", Some(true))]),
+            slice("other-v1", &[("10.9.9.9", Some(true))]),
+        ];
+        let got = router_endpoint(&ep, Some(&stored(secret(&ep, &keys))), &slices).unwrap();
+        assert_eq!(
+            got["auth"],
+            json!({"mode": "key", "primary_key": keys.primary, "secondary_key": keys.secondary})
+        );
+        assert_eq!(got["versions"][0]["nodes"], json!(["10.0.0.5:8081"]));
+        assert_eq!(got["versions"][1]["nodes"], json!(["10.0.1.7:8081", "10.0.1.8:8081"]));
+        assert_eq!(got["versions"][1]["config"], json!({"num_replicas": 2}));
+        assert_eq!(
+            (got["versions"][1]["default"].as_bool(), got["versions"][1]["traffic"].as_u64()),
+            (Some(true), Some(40))
+        );
+        // What the router's fleet reads, checked by its own parser.
+        let spec = wasmscore_fleet::config::FleetSpec::parse(json!({"endpoints": [got]}).to_string().as_bytes()).unwrap();
+        assert_eq!(spec.endpoints[0].versions[1].nodes.len(), 2);
+    }
+
+    #[test]
+    fn token_auth_reads_the_signing_keys_and_a_missing_secret_waits() {
+        let mut ep = endpoint(vec![version("v1", 0, true, json!({}))]);
+        ep.spec.auth.mode = AuthMode::Token;
+        let keys = Keys::generate();
+        let got = router_endpoint(&ep, Some(&stored(secret(&ep, &keys))), &[]).unwrap();
+        assert_eq!(got["auth"]["signing_keys"][0]["secret"], keys.signing_secret.as_str());
+        wasmscore_fleet::config::FleetSpec::parse(json!({"endpoints": [got]}).to_string().as_bytes()).unwrap();
+        assert_eq!(got["versions"][0]["nodes"], json!([]));
+        let e = router_endpoint(&ep, None, &[]).unwrap_err();
+        assert!(e.contains("iris-keys is not there yet"), "{e}");
+        ep.spec.auth.mode = AuthMode::None;
+        assert_eq!(router_endpoint(&ep, None, &[]).unwrap()["auth"], json!({"mode": "none"}));
+    }
+}
