@@ -27,6 +27,9 @@ use crate::discovery::Discovery;
 /// Deployment; with file discovery a person (or a script) starts nodes.
 pub trait Scaler: Send + Sync + 'static {
     fn scale(&self, endpoint: &str, version: &str, from: usize, to: usize, reason: &str);
+    /// What the status route says of it (where decisions go, whether this
+    /// router applies them).
+    fn describe(&self) -> Value;
 }
 
 /// Logs each decision: file discovery cannot start nodes itself. The
@@ -43,6 +46,10 @@ impl Scaler for LogScaler {
             reason,
             "autoscaler: desired nodes changed (start or stop nodes to follow)"
         );
+    }
+
+    fn describe(&self) -> Value {
+        json!({"kind": "log", "applies": false})
     }
 }
 
@@ -63,6 +70,16 @@ struct VersionState {
     last_reason: String,
 }
 
+impl VersionState {
+    /// Takes its share: a ready node, or at zero with min 0 (no node, or
+    /// scaled to zero and the last ones draining): the first request wakes
+    /// it, and requests wait for its node, bounded. A version that should
+    /// have nodes and has no ready one gives its share to the default.
+    fn serving(&self) -> bool {
+        self.nodes.ready_count() > 0 || (self.nodes.wakes() && (self.nodes.is_empty() || self.desired == 0))
+    }
+}
+
 struct EndpointState {
     spec: EndpointSpec,
     versions: Vec<VersionState>,
@@ -72,6 +89,9 @@ struct EndpointState {
 
 pub struct Fleet {
     router: Router,
+    /// Requests that found a version at zero say so here (endpoint, version).
+    wakes: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(String, String)>>>,
     /// The control side's state; the request path never takes this lock
     /// (it reads the router's published tables).
     state: Mutex<Vec<EndpointState>>,
@@ -87,8 +107,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Fleet {
     pub fn new(scaler: Box<dyn Scaler>, http: NodeHttp) -> Arc<Fleet> {
+        let (wakes, woken) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Fleet {
             router: Router::new(),
+            wakes,
+            woken: Mutex::new(Some(woken)),
             state: Mutex::new(Vec::new()),
             // Health checks go through hyper's client (HTTP/1.1 or 2 as
             // asked); requests over HTTP/2 through each node's own h2 connection.
@@ -102,6 +125,7 @@ impl Fleet {
     /// Follows discovery until its source goes away.
     pub async fn run(self: Arc<Self>, discovery: &dyn Discovery) {
         let mut rx = discovery.subscribe();
+        let mut woken = lock(&self.woken).take().expect("a fleet runs once");
         let first = rx.borrow_and_update().clone();
         self.apply(&first);
         self.check_all().await;
@@ -123,6 +147,7 @@ impl Fleet {
                     self.check_all().await;
                     self.publish(true);
                 }
+                Some((endpoint, version)) = woken.recv() => self.wake(&endpoint, &version),
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(CHECK_EVERY) {
@@ -159,9 +184,17 @@ impl Fleet {
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));
                 let fresh_nodes = || {
-                    Arc::new(
-                        Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked"),
-                    )
+                    let nodes = Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked");
+                    // With min 0 a version may sit at zero: a request wakes it
+                    // and waits up to its scoring timeout for the first node.
+                    let nodes = match &resolved.autoscale {
+                        Some(a) if a.min == 0 => {
+                            let (wakes, key) = (self.wakes.clone(), (ep.name.clone(), v.name.clone()));
+                            nodes.wakes_with(move || drop(wakes.send(key.clone())), resolved.timeout)
+                        }
+                        _ => nodes,
+                    };
+                    Arc::new(nodes)
                 };
                 let fresh_scaler = || {
                     resolved
@@ -174,15 +207,22 @@ impl Fleet {
                     Some(p) => {
                         let same_nodes = p.spec.nodes == v.nodes && p.nodes.config() == &cfg;
                         let same_config = p.spec.config == v.config;
-                        let nodes = if same_nodes {
+                        let nodes = if same_nodes && same_config {
                             p.nodes.clone()
                         } else {
                             let n = fresh_nodes();
                             n.inherit(&p.nodes);
+                            p.nodes.replaced_by(&n);
                             n
                         };
-                        if same_nodes && same_config {
-                            (nodes, p.scaler, p.desired, p.last_reason)
+                        // Nodes come and go as the autoscaler asks (on
+                        // Kubernetes, as pods start and stop): it keeps its
+                        // state until the config changes. What it moves
+                        // from is what it asked for, or more if more nodes
+                        // came (someone else started them: a person, or the
+                        // API server's default of one replica).
+                        if same_config {
+                            (nodes, p.scaler, p.desired.max(v.nodes.len()), p.last_reason)
                         } else {
                             (nodes, fresh_scaler(), v.nodes.len(), String::new())
                         }
@@ -230,12 +270,32 @@ impl Fleet {
     fn publish(&self, all: bool) {
         let mut state = lock(&self.state);
         for ep in state.iter_mut() {
-            let serving: Vec<bool> = ep.versions.iter().map(|v| v.nodes.ready_count() > 0).collect();
+            let serving: Vec<bool> = ep.versions.iter().map(VersionState::serving).collect();
             if !all && serving == ep.published {
                 continue;
             }
             self.router.publish(table(ep, &serving));
             ep.published = serving;
+        }
+    }
+
+    /// A request found VERSION at zero: ask for one node (once; the
+    /// requests after it wait for the same node).
+    fn wake(&self, endpoint: &str, version: &str) {
+        let mut state = lock(&self.state);
+        let Some(v) = state
+            .iter_mut()
+            .filter(|e| e.spec.name == endpoint)
+            .flat_map(|e| e.versions.iter_mut())
+            .find(|v| v.spec.name == version)
+        else {
+            return;
+        };
+        if v.desired == 0 {
+            let reason = "a request arrived while it was scaled to zero".to_string();
+            self.scaler.scale(endpoint, version, 0, 1, &reason);
+            v.desired = 1;
+            v.last_reason = reason;
         }
     }
 
@@ -280,8 +340,12 @@ impl Fleet {
                             "default": v.spec.default,
                             "control": v.spec.control,
                             "mirror": v.spec.mirror,
-                            "state": if v.nodes.ready_count() > 0 { "Healthy" } else { "Unhealthy" },
-                            "reason": if v.nodes.ready_count() > 0 { String::new() } else { v.nodes.why_unavailable() },
+                            "state": if v.serving() { "Healthy" } else { "Unhealthy" },
+                            "reason": match (v.nodes.ready_count() > 0, v.serving()) {
+                                (true, _) => String::new(),
+                                (false, true) => "scaled to zero; the next request wakes it".into(),
+                                (false, false) => v.nodes.why_unavailable(),
+                            },
                             "nodes": v.nodes.views(),
                             "ready_nodes": v.nodes.ready_count(),
                             "desired_replicas": v.desired,
@@ -295,7 +359,7 @@ impl Fleet {
                 json!({"name": ep.spec.name, "versions": versions})
             })
             .collect();
-        json!({"endpoints": endpoints})
+        json!({"endpoints": endpoints, "scaler": self.scaler.describe()})
     }
 }
 

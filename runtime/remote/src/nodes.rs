@@ -212,6 +212,12 @@ pub struct Nodes {
     epoch: Instant,
     /// Requests sent again to another node (refused connections, drains).
     pub retried: AtomicU64,
+    /// For a version scaled to zero: what asks for a node, and how long a
+    /// request waits for one (see [`Nodes::wakes_with`]).
+    wake: Option<(Box<dyn Fn() + Send + Sync>, Duration)>,
+    /// The node set that replaced this one (the next spec's), which a
+    /// request waiting for a node follows.
+    next: std::sync::OnceLock<Arc<Nodes>>,
 }
 
 impl Nodes {
@@ -223,7 +229,41 @@ impl Nodes {
             cfg,
             epoch: Instant::now(),
             retried: AtomicU64::new(0),
+            wake: None,
+            next: std::sync::OnceLock::new(),
         })
+    }
+
+    /// A version scaled to zero on purpose: a request that finds no node
+    /// calls `wake` (which asks for one) and waits up to `wait` for a ready
+    /// node in a node set that replaces this one, then is sent there.
+    pub fn wakes_with(mut self, wake: impl Fn() + Send + Sync + 'static, wait: Duration) -> Nodes {
+        self.wake = Some((Box::new(wake), wait));
+        self
+    }
+
+    /// Whether a request that finds no ready node wakes it (min 0).
+    pub fn wakes(&self) -> bool {
+        self.wake.is_some()
+    }
+
+    /// Whether it lists no node at all.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Says which node set replaced this one (a spec with other nodes).
+    pub fn replaced_by(&self, next: &Arc<Nodes>) {
+        let _ = self.next.set(next.clone());
+    }
+
+    /// The newest node set along the chain of replacements.
+    fn latest(self: &Arc<Self>) -> Arc<Nodes> {
+        let mut cur = self.clone();
+        while let Some(n) = cur.next.get() {
+            cur = n.clone();
+        }
+        cur
     }
 
     pub fn config(&self) -> &NodesConfig {
@@ -364,9 +404,31 @@ impl Nodes {
         node.set_why(format!("ejected for {} ms: {why}", backoff.as_millis()));
     }
 
-    /// Scores one request on one of the version's nodes.
-    pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
+    /// Scores one request on one of the version's nodes; at zero, wakes the
+    /// version and waits (bounded) for its first node.
+    pub async fn score(self: &Arc<Self>, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
         let started = Instant::now();
+        let Some((wake, wait)) = self.wake.as_ref().filter(|_| self.ready_count() == 0) else {
+            return self.score_on_ready(req, call, started).await;
+        };
+        wake();
+        loop {
+            let latest = self.latest();
+            if latest.ready_count() > 0 {
+                return latest.score_on_ready(req, call, started).await;
+            }
+            if started.elapsed() >= *wait {
+                return Err(ScoreError::Unavailable(format!(
+                    "version {:?} is scaled to zero and no node became ready within {} s of this request waking it",
+                    self.version,
+                    wait.as_secs()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn score_on_ready(&self, req: ScoreRequest, call: &Call<'_>, started: Instant) -> Result<ScoreResponse, ScoreError> {
         let body = Bytes::from(req.body);
         let mut tried = 0u64;
         loop {
