@@ -142,6 +142,10 @@ pub enum OperatorCommand {
         /// How long a node drains after SIGTERM.
         #[arg(long, default_value_t = 10)]
         drain_seconds: u32,
+        /// A directory on each Kubernetes node that node pods share as their
+        /// compile cache (hostPath): new pods skip compiling.
+        #[arg(long)]
+        compile_cache_host_path: Option<String>,
     },
 }
 
@@ -244,12 +248,14 @@ pub fn run(cli: Cli) -> Result<()> {
                 namespace,
                 image,
                 drain_seconds,
+                compile_cache_host_path,
             },
         } => {
             crate::up::init_logging();
             let settings = wasmscore_operator::desired::Settings {
                 image,
                 drain_seconds,
+                compile_cache: compile_cache_host_path,
                 ..Default::default()
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;

@@ -5,6 +5,7 @@ mod artifact;
 mod bench;
 mod build;
 mod client;
+mod cluster;
 mod cmd;
 mod manage;
 mod node;

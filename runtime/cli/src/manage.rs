@@ -52,6 +52,10 @@ pub struct VersionArgs {
     /// Print the endpoint as JSON.
     #[arg(long)]
     pub json: bool,
+    /// On a cluster (--kube): the version's OCI artifact, REF@sha256:...
+    /// (`wasmscore push` prints it).
+    #[arg(long)]
+    pub artifact: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -220,8 +224,10 @@ impl AuthArgs {
 pub enum VersionCommand {
     /// Create a version (and its endpoint, if new).
     Create {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -231,8 +237,10 @@ pub enum VersionCommand {
     },
     /// Update a version: traffic and flags at once; module, models or config by a new build.
     Update {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -242,8 +250,10 @@ pub enum VersionCommand {
     },
     /// Delete a version; deleting the default needs --new-default while others remain.
     Delete {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -255,8 +265,10 @@ pub enum VersionCommand {
     },
     /// List an endpoint's versions.
     List {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
         #[arg(long)]
         endpoint: String,
         #[arg(long)]
@@ -280,6 +292,9 @@ fn read_json(p: &Path) -> Result<Value> {
 
 /// Turns the flags (and --dc/--ic files) into the admin API's version body.
 fn version_body(c: &Client, a: &VersionArgs) -> Result<Value> {
+    if a.artifact.is_some() {
+        bail!("--artifact names what a cluster's nodes pull (with --kube); a local `up` takes --module and --model");
+    }
     let mut body = serde_json::Map::new();
     let mut module = a.module.clone();
     if let Some(ic) = &a.ic {
@@ -582,14 +597,25 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
 }
 
 pub fn version(cmd: VersionCommand) -> Result<()> {
+    let on_cluster = match &cmd {
+        VersionCommand::Create { cluster, .. }
+        | VersionCommand::Update { cluster, .. }
+        | VersionCommand::Delete { cluster, .. }
+        | VersionCommand::List { cluster, .. } => cluster.kube,
+    };
+    if on_cluster {
+        return crate::cluster::version(cmd);
+    }
+    let local = |d: Option<PathBuf>| d.ok_or_else(|| anyhow!("--data-dir is needed (or --kube)"));
     match cmd {
         VersionCommand::Create {
             data_dir,
             endpoint,
             version,
             args,
+            ..
         } => {
-            let c = Client::from_data_dir(&data_dir)?;
+            let c = Client::from_data_dir(&local(data_dir)?)?;
             let mut body = version_body(&c, &args)?;
             body["name"] = version.clone().into();
             let path = format!("/admin/v1/endpoints/{endpoint}/versions");
@@ -600,8 +626,9 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             endpoint,
             version,
             args,
+            ..
         } => {
-            let c = Client::from_data_dir(&data_dir)?;
+            let c = Client::from_data_dir(&local(data_dir)?)?;
             let body = version_body(&c, &args)?;
             let path = format!("/admin/v1/endpoints/{endpoint}/versions/{version}");
             send_version_change(&c, "PATCH", &path, &endpoint, &version, body, &args)
@@ -612,8 +639,9 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             version,
             new_default,
             json,
+            ..
         } => {
-            let c = Client::from_data_dir(&data_dir)?;
+            let c = Client::from_data_dir(&local(data_dir)?)?;
             let mut path = format!("/admin/v1/endpoints/{endpoint}/versions/{version}");
             if let Some(d) = new_default {
                 path.push_str(&format!("?new_default={d}"));
@@ -621,8 +649,8 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             let v = c.request("DELETE", &path, Vec::new())?;
             print_service(&v, c.base_url(), json)
         }
-        VersionCommand::List { data_dir, endpoint, json } => {
-            let c = Client::from_data_dir(&data_dir)?;
+        VersionCommand::List { data_dir, endpoint, json, .. } => {
+            let c = Client::from_data_dir(&local(data_dir)?)?;
             let v = c.get(&format!("/admin/v1/endpoints/{endpoint}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v["versions"])?);

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
     PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
     Volume, VolumeMount,
 };
@@ -47,6 +47,10 @@ pub struct Settings {
     pub process_memory_mib: u32,
     /// The router's Service in each namespace (the scoring URL's host).
     pub router_service: String,
+    /// A directory on each Kubernetes node that node pods share as their
+    /// compile cache (a hostPath at /cache): a new pod on a node that ran
+    /// the version before skips compiling. None: each pod compiles.
+    pub compile_cache: Option<String>,
 }
 
 impl Default for Settings {
@@ -57,6 +61,7 @@ impl Default for Settings {
             drain_seconds: 10,
             process_memory_mib: 256,
             router_service: "wasmscore-router".into(),
+            compile_cache: None,
         }
     }
 }
@@ -200,7 +205,9 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
                 &s.drain_seconds.to_string(),
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(s.compile_cache.iter().flat_map(|_| ["--cache-dir".to_string(), "/cache".to_string()]))
+            .collect(),
         ),
         ports: Some(vec![ContainerPort {
             name: Some("internal".into()),
@@ -237,11 +244,19 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
         }),
         // The artifact, the compile cache and the node's scratch store: the
         // only writable place.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "data".into(),
-            mount_path: "/data".into(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(
+            std::iter::once(VolumeMount {
+                name: "data".into(),
+                mount_path: "/data".into(),
+                ..Default::default()
+            })
+            .chain(s.compile_cache.iter().map(|_| VolumeMount {
+                name: "cache".into(),
+                mount_path: "/cache".into(),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         ..Default::default()
     };
     let plugin = !matches!(r.device.as_str(), "cpu" | "cuda");
@@ -256,11 +271,22 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
             ..Default::default()
         }),
         node_selector: plugin.then(|| BTreeMap::from([(LABEL_DEVICE.to_string(), r.device.clone())])),
-        volumes: Some(vec![Volume {
-            name: "data".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Default::default()
-        }]),
+        volumes: Some(
+            std::iter::once(Volume {
+                name: "data".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Default::default()
+            })
+            .chain(s.compile_cache.iter().map(|path| Volume {
+                name: "cache".into(),
+                host_path: Some(HostPathVolumeSource {
+                    path: path.clone(),
+                    type_: Some("DirectoryOrCreate".into()),
+                }),
+                ..Default::default()
+            }))
+            .collect(),
+        ),
         automount_service_account_token: Some(false),
         ..Default::default()
     };

@@ -14,12 +14,13 @@
 //! - `routing`: what a router serves for an Endpoint (router.json's entry)
 //!   from the Endpoint, its Secret and its EndpointSlices.
 //!
-//! The router's watchers that feed `routing` and the leader's scaler are
-//! not built yet.
+//! - `router`: the router's side on a cluster: watchers that feed
+//!   `routing` to the fleet, the Lease election, and the leader's scaler.
 
 pub mod crd;
 pub mod desired;
 pub mod reconcile;
+pub mod router;
 pub mod routing;
 
 /// The Endpoint CustomResourceDefinition, as `wasmscore operator crd`
