@@ -227,6 +227,10 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
             ..Default::default()
         }),
         resources: Some(resources(v, r, s)),
+        // A node that exits (a bad artifact, init() failing) says why in its
+        // last log lines; the kubelet keeps them as the termination message,
+        // which the operator puts in the version's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
@@ -349,9 +353,6 @@ pub fn service(ep: &Endpoint, v: &VersionSpec, s: &Settings) -> Service {
         spec: Some(ServiceSpec {
             cluster_ip: Some("None".into()),
             selector: Some(selector(&ep.name_any(), &v.name)),
-            // Routers see pods that are not ready yet (and drain ones that
-            // terminate) from the slices' conditions.
-            publish_not_ready_addresses: Some(true),
             ports: Some(vec![ServicePort {
                 name: Some("internal".into()),
                 port: i32::from(s.node_port),

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -183,7 +183,10 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
         }
     }
     let observed = deployments.list(&owned).await?.items;
-    let status = status_of(ep, &observed, &ctx.settings);
+    // Why pods do not start (a crash loop, an image that cannot be pulled)
+    // is on the pods, not the Deployment.
+    let pods = Api::<Pod>::namespaced(ctx.client.clone(), ns).list(&owned).await?.items;
+    let status = status_of(ep, &observed, &pods, &ctx.settings);
     write_status(&endpoints, &name, &status).await?;
     // Pods come and go without a change to the Endpoint: look again.
     Ok(Action::requeue(Duration::from_secs(if ready(&status) { 60 } else { 5 })))
@@ -204,7 +207,7 @@ async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// The status an Endpoint has, given its version Deployments as observed.
-pub fn status_of(ep: &Endpoint, observed: &[Deployment], settings: &Settings) -> EndpointStatus {
+pub fn status_of(ep: &Endpoint, observed: &[Deployment], pods: &[Pod], settings: &Settings) -> EndpointStatus {
     let name = ep.name_any();
     let ready_of = |version: &str| -> (i32, Option<i32>, Option<String>) {
         let obj = desired::object_name(&name, version);
@@ -231,7 +234,9 @@ pub fn status_of(ep: &Endpoint, observed: &[Deployment], settings: &Settings) ->
     let mut versions = Vec::new();
     for v in &ep.spec.versions {
         let (ready, desired_replicas, failure) = ready_of(&v.name);
+        let stuck = if ready == 0 { pod_trouble(pods, &v.name) } else { None };
         let (state, reason) = match (ready, failure) {
+            (0, _) if stuck.is_some() => stuck.expect("just checked"),
             (0, Some(why)) if why.contains("ProgressDeadlineExceeded") || why.contains("failed") => (VersionState::Failed, why),
             (0, Some(why)) => (VersionState::Unhealthy, why),
             (0, None) if desired_replicas == Some(0) => (VersionState::Healthy, "scaled to zero; wakes on the first request".into()),
@@ -310,6 +315,43 @@ pub fn status_of(ep: &Endpoint, observed: &[Deployment], settings: &Settings) ->
     status
 }
 
+/// Why a version's pods do not start, from their container statuses: a
+/// process that keeps exiting (a bad artifact, init() failing: the node's
+/// last log line, which the kubelet keeps as the termination message) is
+/// Failed; an image that cannot be pulled or a container that cannot be
+/// made is Unhealthy.
+fn pod_trouble(pods: &[Pod], version: &str) -> Option<(VersionState, String)> {
+    for pod in pods {
+        if pod.labels().get(desired::LABEL_VERSION).map(String::as_str) != Some(version) {
+            continue;
+        }
+        let Some(cs) = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()) else {
+            continue;
+        };
+        let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
+            continue;
+        };
+        let reason = waiting.reason.clone().unwrap_or_default();
+        let last = cs
+            .last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.as_deref())
+            .and_then(|m| m.lines().rev().find(|l| !l.trim().is_empty()))
+            .map(|l| format!(": {}", l.trim()))
+            .unwrap_or_default();
+        let why = format!("pod {}: {reason} ({} restarts){last}", pod.name_any(), cs.restart_count);
+        match reason.as_str() {
+            "CrashLoopBackOff" => return Some((VersionState::Failed, why)),
+            "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "CreateContainerError" | "CreateContainerConfigError" => {
+                return Some((VersionState::Unhealthy, why))
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
 fn ready(status: &EndpointStatus) -> bool {
     status.conditions.iter().any(|c| c.type_ == "Progressing" && c.status == "False")
 }
@@ -382,6 +424,8 @@ mod tests {
         secret_exists: bool,
         /// Version Deployments as they are now (name, ready replicas).
         deployments: Vec<(String, i32)>,
+        /// Their pods, as the kubelet reports them.
+        pods: Vec<Value>,
     }
 
     #[derive(Debug, Clone)]
@@ -430,6 +474,10 @@ mod tests {
                     200,
                     json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "1"},
                            "items": cluster.deployments.iter().map(|(n, r)| deployment_json(n, *r)).collect::<Vec<_>>()}),
+                ),
+                "GET" if path.ends_with("/pods") => (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "1"}, "items": cluster.pods}),
                 ),
                 "GET" if path.ends_with("/services") => (
                     200,
@@ -545,6 +593,7 @@ mod tests {
         let cluster = Cluster {
             secret_exists: true,
             deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 2)],
+            ..Default::default()
         };
         let (result, calls) = run(ep, cluster).await;
         result.unwrap();
@@ -575,6 +624,7 @@ mod tests {
         let cluster = Cluster {
             secret_exists: true,
             deployments: vec![("iris-v1".into(), 0), ("iris-v2".into(), 2)],
+            ..Default::default()
         };
         let (_, calls) = run(ep, cluster).await;
         assert_eq!(status_patch(&calls)["summary"], "v2 100%");
@@ -586,12 +636,40 @@ mod tests {
         let cluster = Cluster {
             secret_exists: true,
             deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 1)],
+            ..Default::default()
         };
         let (result, calls) = run(ep, cluster).await;
         result.unwrap();
         let w = writes(&calls);
         assert!(w.contains(&"DELETE deployments/iris-v1".to_string()), "{w:?}");
         assert!(!w.iter().any(|c| c.contains("iris-v2") && c.starts_with("DELETE")), "{w:?}");
+    }
+
+    #[tokio::test]
+    async fn a_crash_looping_version_is_failed_with_the_nodes_last_words_and_its_share_goes_to_the_default() {
+        let ep = endpoint(vec![version("v1", 20, true), version("v2", 30, false)]);
+        let crashing = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "iris-v2-abc", "namespace": "models", "labels": {LABEL_ENDPOINT: "iris", desired::LABEL_VERSION: "v2"}},
+            "status": {"containerStatuses": [{"name": "node", "image": "wasmscore:dev", "imageID": "", "ready": false, "restartCount": 4,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"exitCode": 1, "reason": "Error",
+                    "message": "INFO pulling\nError: iris/v2 failed to build: init() failed: no model.onnx\n"}}}]}});
+        let cluster = Cluster {
+            secret_exists: true,
+            deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 0)],
+            pods: vec![crashing],
+        };
+        let (result, calls) = run(ep, cluster).await;
+        result.unwrap();
+        let status = status_patch(&calls);
+        let v2 = &status["versions"][1];
+        assert_eq!(v2["state"], "Failed", "{status}");
+        assert_eq!(
+            v2["reason"],
+            "pod iris-v2-abc: CrashLoopBackOff (4 restarts): Error: iris/v2 failed to build: init() failed: no model.onnx"
+        );
+        assert_eq!((status["versions"][0]["effectiveTraffic"].clone(), v2["effectiveTraffic"].clone()), (json!(100), json!(0)));
+        assert_eq!(condition(status, "Degraded")["status"], "True");
     }
 
     #[tokio::test]

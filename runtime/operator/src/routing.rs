@@ -80,8 +80,12 @@ pub fn ready_nodes(service: &str, slices: &[EndpointSlice]) -> Vec<String> {
             continue;
         };
         for e in s.endpoints.iter().flatten() {
-            // Unknown readiness counts as ready, as kube-proxy reads it.
-            if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            // A terminating pod drains what it has and gets nothing new.
+            // Otherwise `serving` (its readiness, whatever
+            // publishNotReadyAddresses does to `ready`), else `ready`;
+            // unknown counts as ready, as kube-proxy reads it.
+            let c = e.conditions.clone().unwrap_or_default();
+            if c.terminating == Some(true) || !c.serving.or(c.ready).unwrap_or(true) {
                 continue;
             }
             for a in &e.addresses {
@@ -145,6 +149,16 @@ mod tests {
             slice("iris-v2", &[("10.0.1.7", None), ("10.0.1.8", Some(true))]),
             slice("other-v1", &[("10.9.9.9", Some(true))]),
         ];
+        // A terminating pod, and one whose readiness failed where `ready`
+        // is forced (publishNotReadyAddresses): neither takes requests.
+        let mut slices = slices.to_vec();
+        let v1 = slices[0].endpoints.as_mut().unwrap();
+        for (ip, serving, terminating) in [("10.0.0.7", true, true), ("10.0.0.8", false, false)] {
+            let mut e = v1[0].clone();
+            e.addresses = vec![ip.into()];
+            e.conditions = Some(serde_json::from_value(json!({"ready": true, "serving": serving, "terminating": terminating})).unwrap());
+            v1.push(e);
+        }
         let got = router_endpoint(&ep, Some(&stored(secret(&ep, &keys))), &slices).unwrap();
         assert_eq!(
             got["auth"],
