@@ -26,6 +26,9 @@ mod languages;
 #[path = "e2e/kubernetes.rs"]
 mod kubernetes;
 
+#[path = "e2e/cluster.rs"]
+mod cluster;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -6,7 +6,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use kube::api::{DeleteParams, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::Value;
 use wasmscore_control::azureml;
@@ -218,6 +219,9 @@ async fn settle(api: &Api<Endpoint>, name: &str, generation: i64, version: Optio
             None => true,
             Some(v) => v.state != VersionState::Transitioning,
         };
+        if let Some(v) = v.filter(|v| done && v.state == VersionState::Failed) {
+            bail!("version {} is Failed: {} (its share goes to the default)", v.name, v.reason);
+        }
         if done {
             return Ok(ep);
         }
@@ -259,4 +263,40 @@ fn print(ep: &Endpoint, json: bool) -> Result<()> {
         println!("  scoring URL: {url}");
     }
     Ok(())
+}
+
+/// `endpoint get-keys|regen-key --kube`: the endpoint's keys Secret (the
+/// operator made it once and never overwrites it), read or with one key
+/// replaced; the routers follow the Secret.
+pub fn keys(target: &KubeTarget, endpoint: &str, regenerate: Option<&str>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let client = Client::try_default()
+            .await
+            .context("no Kubernetes API server to talk to (KUBECONFIG or ~/.kube/config)")?;
+        let ns = target.namespace.clone().unwrap_or_else(|| client.default_namespace().to_string());
+        let api: Api<Secret> = Api::namespaced(client, &ns);
+        let name = desired::secret_name(endpoint);
+        if let Some(which) = regenerate {
+            let field = if which == "secondary" { "secondaryKey" } else { "primaryKey" };
+            let fresh = desired::Keys::generate().primary;
+            let patch = serde_json::json!({"stringData": {field: fresh}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .with_context(|| format!("Secret {name} in namespace {ns} (is endpoint {endpoint} there?)"))?;
+        }
+        let secret = api.get(&name).await.with_context(|| format!("Secret {name} in namespace {ns}"))?;
+        let read = |k: &str| -> String {
+            secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .or_else(|| secret.string_data.as_ref().and_then(|d| d.get(k)).cloned())
+                .unwrap_or_default()
+        };
+        let keys = serde_json::json!({"primaryKey": read("primaryKey"), "secondaryKey": read("secondaryKey")});
+        println!("{}", serde_json::to_string_pretty(&keys)?);
+        Ok(())
+    })
 }

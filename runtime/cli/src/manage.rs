@@ -127,15 +127,20 @@ pub enum EndpointCommand {
     },
     /// Print the endpoint's scoring keys: {"primaryKey": ..., "secondaryKey": ...}.
     GetKeys {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
         name: String,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
     },
-    /// Replace the primary or secondary key; the old one is refused at once.
+    /// Replace the primary or secondary key; the old one is refused at once
+    /// (on a cluster, once the routers see the Secret change).
     RegenKey {
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "kube")]
+        data_dir: Option<PathBuf>,
         name: String,
+        #[command(flatten)]
+        cluster: crate::cluster::KubeTarget,
         #[arg(long, value_parser = ["primary", "secondary"])]
         key: String,
     },
@@ -510,11 +515,15 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
             let v = c.request("PATCH", &format!("/admin/v1/endpoints/{name}"), serde_json::to_vec(&auth.json())?)?;
             print_service(&v, c.base_url(), json)?;
         }
-        EndpointCommand::GetKeys { data_dir, name } => {
+        EndpointCommand::GetKeys { cluster, name, .. } if cluster.kube => crate::cluster::keys(&cluster, &name, None)?,
+        EndpointCommand::RegenKey { cluster, name, key, .. } if cluster.kube => crate::cluster::keys(&cluster, &name, Some(&key))?,
+        EndpointCommand::GetKeys { data_dir, name, .. } => {
+            let data_dir = data_dir.ok_or_else(|| anyhow!("--data-dir is needed (or --kube)"))?;
             let v = Client::from_data_dir(&data_dir)?.get(&format!("/admin/v1/endpoints/{name}/keys"))?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        EndpointCommand::RegenKey { data_dir, name, key } => {
+        EndpointCommand::RegenKey { data_dir, name, key, .. } => {
+            let data_dir = data_dir.ok_or_else(|| anyhow!("--data-dir is needed (or --kube)"))?;
             let c = Client::from_data_dir(&data_dir)?;
             let v = c.request(
                 "POST",

@@ -81,3 +81,16 @@ fn the_example_endpoint_fits_the_crd_and_the_schema_refuses_what_it_can() {
         assert!(!ok && out.contains(why), "{change}: {out}");
     }
 }
+
+/// The API server simulation the cluster tests run against
+/// (tests/kube/apiserver.py) checks its wire protocol with raw HTTP.
+#[test]
+fn the_api_server_simulation_passes_its_own_wire_tests() {
+    let out = Command::new(root().join(".venv/bin/python"))
+        .arg("tests/kube/test_apiserver.py")
+        .current_dir(root())
+        .output()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+}

@@ -21,15 +21,15 @@ use serde_json::{json, Value};
 use super::autoscale::one_at_a_time;
 use super::{bin, hostile, iris_rust, model, root};
 
-const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
+pub(crate) const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 const KEY: &str = "router-primary-key-0123456789";
 const KEY2: &str = "router-secondary-key-0123456789";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -38,28 +38,28 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
 }
 
 /// A child process, killed when dropped; its stderr goes to a log file.
-struct Proc {
+pub(crate) struct Proc {
     child: Option<Child>,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+    pub(crate) fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
         let f = std::fs::File::create(&log).unwrap();
         let child = cmd.stdout(Stdio::null()).stderr(f).spawn().unwrap();
         Proc { child: Some(child), log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let pid = self.child.as_ref().unwrap().id().to_string();
         assert!(Command::new("kill").args([sig, &pid]).status().unwrap().success());
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -67,7 +67,7 @@ impl Proc {
     }
 
     /// Waits for it to exit; its status.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
         let c = self.child.as_mut().unwrap();
         let deadline = Instant::now() + limit;
         loop {
@@ -88,7 +88,7 @@ impl Drop for Proc {
 }
 
 /// A plain GET or POST over a fresh connection: status, head, body.
-fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
+pub(crate) fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
     let Ok(mut s) = TcpStream::connect(addr) else {
         return (0, String::new(), "connection refused".into());
     };
@@ -114,16 +114,16 @@ fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &s
     (status, head.to_ascii_lowercase(), body.to_string())
 }
 
-fn header(head: &str, name: &str) -> String {
+pub(crate) fn header(head: &str, name: &str) -> String {
     head.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}: ")))
         .unwrap_or("")
         .to_string()
 }
 
-struct Registry {
+pub(crate) struct Registry {
     _proc: Proc,
-    addr: String,
+    pub(crate) addr: String,
     root: tempfile::TempDir,
 }
 
@@ -152,12 +152,12 @@ impl Registry {
         Registry { _proc: proc, addr, root }
     }
 
-    fn start() -> Registry {
+    pub(crate) fn start() -> Registry {
         Self::start_on(free_port())
     }
 
     /// `wasmscore push`; the digest it prints.
-    fn push(&self, tag: &str, module: &Path, models: &[&Path], dc: Option<&Value>) -> String {
+    pub(crate) fn push(&self, tag: &str, module: &Path, models: &[&Path], dc: Option<&Value>) -> String {
         let mut cmd = Command::new(bin());
         cmd.args([
             "push",
@@ -184,13 +184,13 @@ impl Registry {
         digest
     }
 
-    fn reference(&self, repo: &str, digest: &str) -> String {
+    pub(crate) fn reference(&self, repo: &str, digest: &str) -> String {
         format!("{}/{repo}@{digest}", self.addr)
     }
 }
 
 /// The shared compile cache of the nodes the tests start.
-fn node_cache() -> PathBuf {
+pub(crate) fn node_cache() -> PathBuf {
     root().join("target/e2e-node-cache")
 }
 
