@@ -1794,6 +1794,10 @@ class Route:
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "wasmscore-sim-apiserver/1"
+    # Headers and body go out in separate writes: without TCP_NODELAY,
+    # Nagle's algorithm holds the body until the client's delayed ACK
+    # (about 40 ms per response on a kept-alive connection).
+    disable_nagle_algorithm = True
     sim: "Sim"  # set by main()
 
     # -- plumbing ---------------------------------------------------------
