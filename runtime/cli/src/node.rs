@@ -64,6 +64,10 @@ pub struct NodeArgs {
     /// Longest a drain (SIGTERM) waits for requests in flight.
     #[arg(long, default_value_t = 300)]
     pub drain_seconds: u64,
+    /// Deployment config keys (a JSON object) over the artifact's own: what
+    /// the operator passes from the Endpoint's `config`.
+    #[arg(long)]
+    pub config: Option<String>,
 }
 
 /// What the version is made of, once fetched.
@@ -136,7 +140,10 @@ async fn setup(args: &NodeArgs, node: &Arc<Node>, data_dir: &std::path::Path, en
     let (endpoint, version) = (endpoint.to_string(), version.to_string());
     {
         let started = Instant::now();
-        let fetched = fetch(args, node).await?;
+        let mut fetched = fetch(args, node).await?;
+        if let Some(over) = &args.config {
+            fetched.config = overlay(fetched.config, over)?;
+        }
         node.set_status(format!("building {endpoint}/{version}: compile, sessions, init()"));
         let control = {
             let (data_dir, args_plugins, cache) = (data_dir.to_path_buf(), args.plugin_dir.clone(), args.cache_dir.clone());
@@ -269,6 +276,20 @@ fn build(
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The artifact's config with OVER's keys on top (OVER: a JSON object).
+fn overlay(config: serde_json::Value, over: &str) -> Result<serde_json::Value> {
+    let over: serde_json::Value = serde_json::from_str(over).context("--config is not JSON")?;
+    let serde_json::Value::Object(over) = over else {
+        bail!("--config must be a JSON object");
+    };
+    let mut c = match config {
+        serde_json::Value::Object(m) => m,
+        _ => serde_json::Map::new(),
+    };
+    c.extend(over);
+    Ok(serde_json::Value::Object(c))
 }
 
 /// Keys that belong to the router across nodes are taken out; the node

@@ -473,6 +473,12 @@ fn two_routers_one_leader_scale_from_zero_and_under_load() {
     wait_for("the routers to use both nodes", Duration::from_secs(10), || {
         a.status()["endpoints"][0]["versions"][0]["ready_nodes"] == 2
     });
+    // The Endpoint's config reached the nodes (one request at a time each).
+    let nodes = a.status()["endpoints"][0]["versions"][0]["nodes"].clone();
+    assert!(
+        nodes.as_array().unwrap().iter().all(|n| n["load"]["max_concurrent"] == 1),
+        "{nodes}"
+    );
     let (ok_a, failed_a) = la.stop();
     let (ok_b, failed_b) = lb.stop();
     assert!(failed_a.is_empty() && failed_b.is_empty(), "{failed_a:?} {failed_b:?}");
