@@ -29,6 +29,9 @@ mod kubernetes;
 #[path = "e2e/cluster.rs"]
 mod cluster;
 
+#[path = "e2e/observe.rs"]
+mod observe;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

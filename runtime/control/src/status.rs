@@ -256,6 +256,8 @@ impl Control {
         let mut rows: Vec<(String, Vec<(String, f64)>)> = Vec::new();
         let mut device_rows: Vec<(String, [(&str, f64); 10])> = Vec::new();
         let mut device_rows_deploy: Vec<(String, f64)> = Vec::new();
+        // Histograms and answers by status class, labelled with the role.
+        let mut timed: Vec<(String, std::sync::Arc<wasmscore_router::Version>, std::sync::Arc<wasmscore_replica::Pool>)> = Vec::new();
         for (name, ep) in &inner.endpoints {
             for v in &ep.versions {
                 let Some(b) = &v.live else { continue };
@@ -263,6 +265,7 @@ impl Control {
                 let st = p.stats();
                 let m = &b.monitor;
                 let labels = format!("endpoint=\"{}\",version=\"{}\"", label(name), label(&v.row.rollout.name));
+                timed.push((format!("{labels},role=\"{}\"", v.row.rollout.role()), b.version.clone(), p.clone()));
                 let ld = |a: &std::sync::atomic::AtomicUsize| a.load(Ordering::Relaxed) as f64;
                 let lu = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
                 let figures = vec![
@@ -311,6 +314,23 @@ impl Control {
         }
         drop(inner);
         let mut out = String::new();
+        let versions: Vec<(String, &wasmscore_router::VersionStats)> = timed.iter().map(|(l, v, _)| (l.clone(), &*v.stats)).collect();
+        wasmscore_router::render_version_stats(&mut out, &versions);
+        let pools = |f: fn(&wasmscore_replica::PoolStats) -> &wasmscore_replica::histogram::Histogram| -> Vec<(String, &wasmscore_replica::histogram::Histogram)> {
+            timed.iter().map(|(l, _, p)| (l.clone(), f(p.stats()))).collect()
+        };
+        wasmscore_replica::histogram::render(
+            &mut out,
+            "wasmscore_queue_wait_seconds",
+            "Time a request waited for a free instance of the version.",
+            &pools(|s| &s.queue_wait),
+        );
+        wasmscore_replica::histogram::render(
+            &mut out,
+            "wasmscore_run_seconds",
+            "Time the module's run() took, host calls included.",
+            &pools(|s| &s.run_time),
+        );
         let names: Vec<String> = rows
             .first()
             .map(|(_, f)| f.iter().map(|(n, _)| n.clone()).collect())

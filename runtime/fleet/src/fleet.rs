@@ -183,6 +183,8 @@ impl Fleet {
                     ..NodesConfig::default()
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));
+                // Its figures live as long as the version does.
+                let stats = prev.as_ref().map(|p| p.version.stats.clone()).unwrap_or_default();
                 let fresh_nodes = || {
                     let nodes = Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked");
                     // With min 0 a version may sit at zero: a request wakes it
@@ -233,6 +235,7 @@ impl Fleet {
                     version: Arc::new(Version {
                         name: v.name.clone(),
                         replicas: Replicas::Remote(nodes.clone()),
+                        stats,
                     }),
                     nodes,
                     scaler,
@@ -507,6 +510,11 @@ impl Plane for Fleet {
             "Times the node was ejected.",
             &mut nodes.iter().map(|(l, n)| (l.clone(), n.ejections as f64)),
         );
+        let timed: Vec<(String, &wasmscore_router::VersionStats)> = versions
+            .iter()
+            .map(|(e, v)| (format!("{},role=\"{}\"", vl(e, v), v.spec.rollout().role()), &*v.version.stats))
+            .collect();
+        wasmscore_router::render_version_stats(&mut out, &timed);
         out
     }
 

@@ -16,6 +16,8 @@
 //! Deciding the count is the autoscaler's job (`wasmscore-control`'s
 //! monitor); the pool only counts.
 
+pub mod histogram;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -76,6 +78,23 @@ pub enum ScoreError {
     NodeTimeout { node: String, waited_ms: u64 },
 }
 
+impl ScoreError {
+    /// The HTTP status and error code a client gets for it.
+    pub fn status(&self) -> (u16, &'static str) {
+        match self {
+            ScoreError::Call(CallError::BadInput(_)) => (400, "bad_input"),
+            ScoreError::Call(CallError::Failed(_)) => (500, "module_failed"),
+            ScoreError::Call(CallError::Trap(_)) => (500, "module_trapped"),
+            ScoreError::Call(CallError::MemoryLimit(_)) => (500, "memory_limit_exceeded"),
+            ScoreError::Call(CallError::Timeout(_)) => (504, "scoring_timeout"),
+            ScoreError::Overloaded { .. } => (503, "overloaded"),
+            ScoreError::Unavailable(_) => (503, "unavailable"),
+            ScoreError::Node { .. } => (502, "bad_gateway"),
+            ScoreError::NodeTimeout { .. } => (504, "node_timeout"),
+        }
+    }
+}
+
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const ABANDONED: u8 = 2;
@@ -91,6 +110,7 @@ const STUCK_GRACE: Duration = Duration::from_secs(1);
 
 struct Job {
     req: ScoreRequest,
+    enqueued: Instant,
     state: Arc<AtomicU8>,
     reply: oneshot::Sender<Result<ScoreResponse, ScoreError>>,
 }
@@ -133,6 +153,9 @@ pub struct PoolStats {
     pub wakes: AtomicU64,
     /// Calls given up on past their deadline (blocked in the host).
     pub stuck: AtomicU64,
+    /// Time a request waited for a free instance, and its call's time.
+    pub queue_wait: histogram::Histogram,
+    pub run_time: histogram::Histogram,
     last_error: Mutex<Option<String>>,
 }
 
@@ -310,12 +333,13 @@ impl Pool {
         }
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, rx) = oneshot::channel();
+        let enqueued = Instant::now();
         let job = Job {
             req,
+            enqueued,
             state: state.clone(),
             reply,
         };
-        let enqueued = Instant::now();
         st.queued.fetch_add(1, Ordering::Relaxed);
         match self.tx.try_send(Msg::Score(job)) {
             Ok(()) => {}
@@ -491,7 +515,10 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         }
         stats.queued.fetch_sub(1, Ordering::Relaxed);
         stats.busy.fetch_add(1, Ordering::Relaxed);
+        let taken = Instant::now();
+        stats.queue_wait.observe(taken - job.enqueued);
         let result = replica.run(job.req).map_err(ScoreError::Call);
+        stats.run_time.observe(taken.elapsed());
         stats.busy.fetch_sub(1, Ordering::Relaxed);
         stats.served.fetch_add(1, Ordering::Relaxed);
         let poisoned = replica.is_poisoned();

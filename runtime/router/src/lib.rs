@@ -21,19 +21,67 @@ pub mod auth;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 use wasmscore_engine::{ScoreRequest, ScoreResponse};
 use wasmscore_remote::{Call, Nodes};
+use wasmscore_replica::histogram::Histogram;
 use wasmscore_replica::{Pool, ScoreError};
 
 pub use auth::{AuthError, Policy};
 
-/// A deployed, ready version: its name and where its replicas are.
+/// A deployed, ready version: its name, where its replicas are, and what
+/// its requests took.
 pub struct Version {
     pub name: String,
     pub replicas: Replicas,
+    /// Shared with the version's next table entries (the fleet rebuilds a
+    /// Version when its nodes change): figures reset with the version only.
+    pub stats: Arc<VersionStats>,
+}
+
+/// What a version's requests took and how they ended, as hop 2 saw them
+/// (the replica's queue wait and call time are the pool's).
+#[derive(Default)]
+pub struct VersionStats {
+    pub duration: Histogram,
+    /// Answers by status class: 1xx (unused) to 5xx.
+    pub responses: [AtomicU64; 5],
+}
+
+/// The request-path families for each version (LABELS: its endpoint,
+/// version and role): the request duration histogram and answers by
+/// status class.
+pub fn render_version_stats(out: &mut String, versions: &[(String, &VersionStats)]) {
+    use std::fmt::Write;
+    if versions.is_empty() {
+        return;
+    }
+    let durations: Vec<(String, &Histogram)> = versions.iter().map(|(l, s)| (l.clone(), &s.duration)).collect();
+    wasmscore_replica::histogram::render(
+        out,
+        "wasmscore_request_duration_seconds",
+        "Time from routing a request to a version to its answer (queue, run, and the node hop across the network).",
+        &durations,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP wasmscore_responses_total Answers of the version by HTTP status class.\n# TYPE wasmscore_responses_total counter"
+    );
+    for (labels, s) in versions {
+        for (i, n) in s.responses.iter().enumerate().skip(1) {
+            let _ = writeln!(out, "wasmscore_responses_total{{{labels},code=\"{}xx\"}} {}", i + 1, n.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl VersionStats {
+    fn record(&self, took: std::time::Duration, status: u16) {
+        self.duration.observe(took);
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.responses[class].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// How a request reaches a version's replicas: the one interface of hop 3,
@@ -51,15 +99,20 @@ impl Version {
         Version {
             name: name.into(),
             replicas: Replicas::Local(pool),
+            stats: Arc::default(),
         }
     }
 
     /// Scores one request on one of the version's replicas.
     pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
-        match &self.replicas {
+        let started = Instant::now();
+        let result = match &self.replicas {
             Replicas::Local(pool) => pool.score(req).await,
             Replicas::Remote(nodes) => nodes.score(req, call).await,
-        }
+        };
+        let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
+        self.stats.record(started.elapsed(), status);
+        result
     }
 }
 

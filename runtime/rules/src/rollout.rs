@@ -24,6 +24,22 @@ pub struct Rollout {
     pub mirror: u32,
 }
 
+impl Rollout {
+    /// Its part in the rollout, for metrics and the verdict: the control,
+    /// a mirror, the default, or a treatment (any other version).
+    pub fn role(&self) -> &'static str {
+        if self.is_control {
+            "control"
+        } else if self.mirror > 0 {
+            "mirror"
+        } else if self.is_default {
+            "default"
+        } else {
+            "treatment"
+        }
+    }
+}
+
 /// Flags a create or update may set; `None` leaves the value as it is.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

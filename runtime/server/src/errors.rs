@@ -1,6 +1,5 @@
 //! Mapping every failure to a status, a code and a JSON body.
 
-use wasmscore_engine::CallError;
 use wasmscore_replica::ScoreError;
 use wasmscore_router::RouteError;
 
@@ -43,23 +42,11 @@ impl From<RouteError> for ApiError {
 
 impl From<ScoreError> for ApiError {
     fn from(e: ScoreError) -> Self {
-        let msg = e.to_string();
-        match e {
-            ScoreError::Call(CallError::BadInput(_)) => ApiError::new(400, "bad_input", msg),
-            ScoreError::Call(CallError::Failed(_)) => ApiError::new(500, "module_failed", msg),
-            ScoreError::Call(CallError::Trap(_)) => ApiError::new(500, "module_trapped", msg),
-            ScoreError::Call(CallError::MemoryLimit(_)) => ApiError::new(500, "memory_limit_exceeded", msg),
-            ScoreError::Call(CallError::Timeout(_)) => ApiError::new(504, "scoring_timeout", msg),
-            ScoreError::Overloaded { .. } => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(503, "overloaded", msg)
-            },
-            ScoreError::Unavailable(_) => ApiError {
-                retry_after: Some(1),
-                ..ApiError::new(503, "unavailable", msg)
-            },
-            ScoreError::Node { .. } => ApiError::new(502, "bad_gateway", msg),
-            ScoreError::NodeTimeout { .. } => ApiError::new(504, "node_timeout", msg),
+        let (status, code) = e.status();
+        ApiError {
+            // Overloaded or unavailable: worth a retry soon.
+            retry_after: (status == 503).then_some(1),
+            ..ApiError::new(status, code, e.to_string())
         }
     }
 }

@@ -1,0 +1,74 @@
+//! Watching versions: what /metrics says of each version's requests (the
+//! duration histogram, answers by status class, the replica's queue wait
+//! and run time), labelled with the version's role in the rollout.
+
+use std::collections::HashMap;
+use std::process::Command;
+
+use super::{bin, iris_rust, model, Server};
+
+const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
+
+/// `name{labels} value` lines of the text format, by name and labels.
+fn samples(text: &str) -> HashMap<(String, String), f64> {
+    let mut out = HashMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n.to_string(), l.trim_end_matches('}').to_string()),
+            None => (series.to_string(), String::new()),
+        };
+        out.insert((name, labels), value.parse().unwrap());
+    }
+    out
+}
+
+#[test]
+fn metrics_give_each_version_a_latency_histogram_answers_by_class_and_its_role() {
+    let s = Server::start(&[]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (m, r) = (model(), iris_rust());
+    cli(&["version", "create", "--endpoint", "iris", "--version", "v2", "--module", r.to_str().unwrap(), "--model", m.to_str().unwrap(), "--traffic", "30"]);
+    cli(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
+    for _ in 0..100 {
+        assert_eq!(s.score("iris", ROW).0, 200);
+    }
+    for _ in 0..10 {
+        assert_eq!(s.score("iris", r#"{"data": "not rows"}"#).0, 400);
+    }
+    let text = s.get_admin_text("/metrics");
+    let m = samples(&text);
+    let get = |name: &str, labels: &str| *m.get(&(name.to_string(), labels.to_string())).unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"));
+    let v1 = r#"endpoint="iris",version="v1",role="control""#;
+    let v2 = r#"endpoint="iris",version="v2",role="treatment""#;
+    for family in ["wasmscore_request_duration_seconds", "wasmscore_queue_wait_seconds", "wasmscore_run_seconds"] {
+        assert!(text.contains(&format!("# TYPE {family} histogram\n")), "{family}");
+    }
+    // The split: 70 / 30 of the good and the bad requests alike.
+    let count = |v: &str| get("wasmscore_request_duration_seconds_count", v);
+    assert_eq!((count(v1), count(v2)), (77.0, 33.0));
+    let ok = |v: &str| get("wasmscore_responses_total", &format!("{v},code=\"2xx\""));
+    let bad = |v: &str| get("wasmscore_responses_total", &format!("{v},code=\"4xx\""));
+    assert_eq!((ok(v1) + ok(v2), bad(v1) + bad(v2)), (100.0, 10.0));
+    assert_eq!(get("wasmscore_responses_total", &format!("{v1},code=\"5xx\"")), 0.0);
+    for v in [v1, v2] {
+        // Buckets are cumulative and end at the count; the sum is the time.
+        let mut last = 0.0;
+        for le in ["0.00005", "0.0001", "0.001", "0.01", "0.1", "1", "10", "60", "+Inf"] {
+            let n = get("wasmscore_request_duration_seconds_bucket", &format!("{v},le=\"{le}\""));
+            assert!(n >= last, "{le}: {n} < {last}");
+            last = n;
+        }
+        assert_eq!(last, count(v));
+        let sum = get("wasmscore_request_duration_seconds_sum", v);
+        assert!(sum > 0.0 && sum < count(v), "{sum}");
+        // Every request that reached an instance waited and ran.
+        assert_eq!(get("wasmscore_run_seconds_count", v), count(v));
+        assert_eq!(get("wasmscore_queue_wait_seconds_count", v), count(v));
+        assert!(get("wasmscore_run_seconds_sum", v) <= sum);
+    }
+}
