@@ -175,14 +175,21 @@ pub enum EndpointCommand {
         json: bool,
     },
     /// A version's deploy events and its module's log lines (default version unless named).
+    /// Deploy events and the module's log lines, oldest first, of every
+    /// version or of one (--version).
     Logs {
         #[arg(long)]
         data_dir: PathBuf,
         name: String,
         #[arg(long)]
         version: Option<String>,
+        /// One JSON object per line: unix_ms, version, kind (deploy or
+        /// log), level, message.
         #[arg(long)]
         json: bool,
+        /// Keep printing new entries as they come (Ctrl-C stops).
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Delete an endpoint and all its versions.
     Delete {
@@ -574,27 +581,32 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
             name,
             version,
             json,
+            follow,
         } => {
             let c = Client::from_data_dir(&data_dir)?;
             let path = match version {
                 Some(v) => format!("/admin/v1/endpoints/{name}/versions/{v}/logs"),
                 None => format!("/admin/v1/endpoints/{name}/logs"),
             };
-            let v = c.get(&path)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            for e in v["events"].as_array().into_iter().flatten() {
-                println!("{} deploy {}", e["unix_ms"], e["message"].as_str().unwrap_or(""));
-            }
-            for line in v["lines"].as_array().into_iter().flatten() {
-                println!(
-                    "{} {} {}",
-                    line["unix_ms"],
-                    line["level"].as_str().unwrap_or(""),
-                    line["message"].as_str().unwrap_or("")
-                );
+            let mut printed = LogCursor::default();
+            loop {
+                for entry in printed.new_entries(&c.get(&path)?) {
+                    if json {
+                        println!("{entry}");
+                    } else {
+                        println!(
+                            "{} {} {} {}",
+                            entry["unix_ms"],
+                            entry["version"].as_str().unwrap_or(""),
+                            entry["level"].as_str().unwrap_or(""),
+                            entry["message"].as_str().unwrap_or("")
+                        );
+                    }
+                }
+                if !follow {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(500));
             }
         }
         EndpointCommand::Delete { data_dir, name } => {
@@ -603,6 +615,47 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `logs` printed so far: each poll prints what is newer, once. Lines
+/// are kept in a bounded ring by the server, so entries are told apart by
+/// time, version and text.
+#[derive(Default)]
+struct LogCursor {
+    last_ms: u64,
+    at_last_ms: std::collections::HashSet<String>,
+}
+
+impl LogCursor {
+    /// The entries of a logs answer not printed yet, oldest first.
+    fn new_entries(&mut self, v: &Value) -> Vec<Value> {
+        let mut all = Vec::new();
+        for ver in v["versions"].as_array().into_iter().flatten() {
+            let name = ver["version"].clone();
+            for e in ver["events"].as_array().into_iter().flatten() {
+                all.push(json!({"unix_ms": e["unix_ms"], "version": name, "kind": "deploy", "level": "deploy", "message": e["message"]}));
+            }
+            for l in ver["lines"].as_array().into_iter().flatten() {
+                all.push(json!({"unix_ms": l["unix_ms"], "version": name, "kind": "log", "level": l["level"], "message": l["message"]}));
+            }
+        }
+        all.sort_by_key(|e| e["unix_ms"].as_u64().unwrap_or(0));
+        let mut out = Vec::new();
+        for e in all {
+            let ms = e["unix_ms"].as_u64().unwrap_or(0);
+            let key = e.to_string();
+            if ms < self.last_ms || (ms == self.last_ms && self.at_last_ms.contains(&key)) {
+                continue;
+            }
+            if ms > self.last_ms {
+                self.last_ms = ms;
+                self.at_last_ms.clear();
+            }
+            self.at_last_ms.insert(key);
+            out.push(e);
+        }
+        out
+    }
 }
 
 pub fn version(cmd: VersionCommand) -> Result<()> {

@@ -195,22 +195,27 @@ impl Control {
             .ok_or_else(|| ControlError::NotFound(format!("service {endpoint:?} has no version {version:?}")))
     }
 
-    /// A version's deploy events and its module's recent log lines (the
-    /// default version's when none is named).
+    /// Deploy events and the module's recent log lines of one version, or
+    /// of every version (VERSION None), each entry naming its version.
     pub fn logs(&self, endpoint: &str, version: Option<&str>) -> Result<Value, ControlError> {
         let inner = lock(&self.inner);
         let ep = inner
             .endpoints
             .get(endpoint)
             .ok_or_else(|| ControlError::NotFound(format!("no service named {endpoint:?}")))?;
-        let v = match version {
-            Some(name) => ep.versions.iter().find(|v| v.row.rollout.name == name),
-            None => ep.versions.iter().find(|v| v.row.rollout.is_default),
+        let chosen: Vec<_> = ep.versions.iter().filter(|v| version.is_none_or(|n| v.row.rollout.name == n)).collect();
+        if let (Some(n), true) = (version, chosen.is_empty()) {
+            return Err(ControlError::NotFound(format!("service {endpoint:?} has no version {n:?}")));
         }
-        .ok_or_else(|| ControlError::NotFound(format!("service {endpoint:?} has no version {}", version.unwrap_or("(default)"))))?;
-        let events: Vec<Value> = v.events.iter().map(|(ms, m)| json!({"unix_ms": ms, "message": m})).collect();
-        let lines = v.ctx.as_ref().map(|c| c.recent_logs()).unwrap_or_default();
-        Ok(json!({"version": v.row.rollout.name, "state": v.state(), "events": events, "lines": lines}))
+        let versions: Vec<Value> = chosen
+            .iter()
+            .map(|v| {
+                let events: Vec<Value> = v.events.iter().map(|(ms, m)| json!({"unix_ms": ms, "message": m})).collect();
+                let lines = v.ctx.as_ref().map(|c| c.recent_logs()).unwrap_or_default();
+                json!({"version": v.row.rollout.name, "state": v.state(), "events": events, "lines": lines})
+            })
+            .collect();
+        Ok(json!({"endpoint": endpoint, "versions": versions}))
     }
 }
 

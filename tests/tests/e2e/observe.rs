@@ -3,9 +3,13 @@
 //! and run time), labelled with the version's role in the rollout.
 
 use std::collections::HashMap;
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
-use super::{bin, iris_rust, model, Server};
+use serde_json::Value;
+
+use super::{bin, hostile, iris_rust, model, Server};
 
 const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
@@ -71,4 +75,47 @@ fn metrics_give_each_version_a_latency_histogram_answers_by_class_and_its_role()
         assert_eq!(get("wasmscore_queue_wait_seconds_count", v), count(v));
         assert!(get("wasmscore_run_seconds_sum", v) <= sum);
     }
+}
+
+#[test]
+fn logs_follow_new_lines_as_json_lines_of_every_version_or_one() {
+    let s = Server::start(&[]);
+    s.deploy_ok("h", &hostile(), &[], None);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let h = hostile();
+    cli(&["version", "create", "--endpoint", "h", "--version", "v2", "--module", h.to_str().unwrap(), "--traffic", "50"]);
+    // Follow every version's log while requests log through each.
+    let mut follow = Command::new(bin())
+        .args(["service", "logs", "h", "--json", "--follow", "--data-dir"])
+        .arg(s.data.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    for _ in 0..4 {
+        assert_eq!(s.score("h", "log").0, 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut deploys = 0;
+    while seen.len() < 2 || seen.values().sum::<usize>() < 4 {
+        assert!(Instant::now() < deadline, "followed: {seen:?}");
+        let line = lines.next().unwrap().unwrap();
+        let e: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("not a JSON line: {line}"));
+        assert!(e["unix_ms"].as_u64().is_some(), "{e}");
+        match e["kind"].as_str().unwrap() {
+            "deploy" => deploys += 1,
+            _ => *seen.entry(e["version"].as_str().unwrap().to_string()).or_default() += 1,
+        }
+    }
+    assert!(deploys > 0);
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // One version's only, and the text form names the version on each line.
+    let v2 = cli(&["service", "logs", "h", "--version", "v2"]);
+    assert!(!v2.is_empty() && v2.lines().all(|l| l.split(' ').nth(1) == Some("v2")), "{v2}");
 }

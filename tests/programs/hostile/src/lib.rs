@@ -39,6 +39,10 @@ impl Guest for Hostile {
     fn run(request: Request) -> Result<Response, Error> {
         match std::str::from_utf8(&request.body).unwrap_or("") {
             "trap" => panic!("asked to trap"),
+            "log" => {
+                wasmscore::scoring::log::log(wasmscore::scoring::log::Level::Info, "hostile says hello");
+                json("{}".into())
+            }
             "loop" => {
                 let mut i: u64 = 0;
                 loop {
