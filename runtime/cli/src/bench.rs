@@ -139,6 +139,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             body: BODY.as_bytes().to_vec(),
             content_type: "application/json".into(),
             tensors: Vec::new(),
+            trace_id: None,
         };
         let run = measure(args.iterations, || {
             replica.run(req.clone()).expect("run");
@@ -208,6 +209,7 @@ fn copies(path: &Path, devices: &Devices) -> Result<()> {
             body: cmd.into_bytes(),
             content_type: "text/plain".into(),
             tensors: Vec::new(),
+            trace_id: None,
         };
         let t = Instant::now();
         replica.run(req).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -184,7 +184,8 @@ pub enum EndpointCommand {
         #[arg(long)]
         version: Option<String>,
         /// One JSON object per line: unix_ms, version, kind (deploy or
-        /// log), level, message.
+        /// log), level, message, and the request's trace_id on a module's
+        /// lines.
         #[arg(long)]
         json: bool,
         /// Keep printing new entries as they come (Ctrl-C stops).
@@ -636,7 +637,11 @@ impl LogCursor {
                 all.push(json!({"unix_ms": e["unix_ms"], "version": name, "kind": "deploy", "level": "deploy", "message": e["message"]}));
             }
             for l in ver["lines"].as_array().into_iter().flatten() {
-                all.push(json!({"unix_ms": l["unix_ms"], "version": name, "kind": "log", "level": l["level"], "message": l["message"]}));
+                let mut e = json!({"unix_ms": l["unix_ms"], "version": name, "kind": "log", "level": l["level"], "message": l["message"]});
+                if let Some(t) = l["trace_id"].as_str() {
+                    e["trace_id"] = t.into();
+                }
+                all.push(e);
             }
         }
         all.sort_by_key(|e| e["unix_ms"].as_u64().unwrap_or(0));

@@ -65,6 +65,9 @@ pub struct LogLine {
     pub unix_ms: u128,
     pub level: &'static str,
     pub message: String,
+    /// The W3C trace id of the request it was logged in, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 /// Lines kept per version for `service logs`; older ones are dropped.
@@ -220,11 +223,17 @@ impl VersionContext {
     }
 
     pub fn log(&self, level: &'static str, message: String) {
+        self.log_in(level, message, None);
+    }
+
+    /// A line logged while serving the request of trace TRACE_ID.
+    pub fn log_in(&self, level: &'static str, message: String, trace_id: Option<&str>) {
+        let trace = trace_id.unwrap_or("");
         match level {
-            "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, "{message}"),
-            "warn" => tracing::warn!(endpoint = %self.endpoint, version = %self.version, "{message}"),
-            "debug" => tracing::debug!(endpoint = %self.endpoint, version = %self.version, "{message}"),
-            _ => tracing::info!(endpoint = %self.endpoint, version = %self.version, "{message}"),
+            "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
+            "warn" => tracing::warn!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
+            "debug" => tracing::debug!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
+            _ => tracing::info!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
         }
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -234,7 +243,12 @@ impl VersionContext {
         if logs.len() == LOG_LINES_KEPT {
             logs.pop_front();
         }
-        logs.push_back(LogLine { unix_ms, level, message });
+        logs.push_back(LogLine {
+            unix_ms,
+            level,
+            message,
+            trace_id: trace_id.map(str::to_string),
+        });
     }
 
     pub fn recent_logs(&self) -> Vec<LogLine> {
@@ -258,6 +272,8 @@ pub struct HostState {
     /// This instance's op handles, by device, opened on first use (a
     /// plugin's instance_init) and closed when the instance is dropped.
     ops: Vec<(Arc<str>, Arc<dyn Ops>)>,
+    /// The trace id of the request being run, for its log lines.
+    pub(crate) trace_id: Option<String>,
 }
 
 impl HostState {
@@ -281,6 +297,7 @@ impl HostState {
             tensor_bytes: 0,
             hit_memory_limit: false,
             ops: Vec::new(),
+            trace_id: None,
         }
     }
 
@@ -701,7 +718,7 @@ impl log::Host for HostState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        self.version.log(level, message);
+        self.version.log_in(level, message, self.trace_id.as_deref());
         Ok(())
     }
 }

@@ -17,6 +17,9 @@ pub struct ScoreRequest {
     pub body: Vec<u8>,
     pub content_type: String,
     pub tensors: Vec<(String, Tensor)>,
+    /// The request's W3C trace id (32 hex digits): the module's log lines
+    /// during the call carry it.
+    pub trace_id: Option<String>,
 }
 
 /// What `run` gave back.
@@ -163,8 +166,10 @@ impl Replica {
             tensors,
         };
         self.store.set_epoch_deadline(self.run_ticks);
+        self.store.data_mut().trace_id = req.trace_id;
         let started = Instant::now();
         let result = self.scorer.call_run(&mut self.store, &wreq);
+        self.store.data_mut().trace_id = None;
         match result {
             Ok(Ok(resp)) => {
                 let mut out = Vec::with_capacity(resp.tensors.len());

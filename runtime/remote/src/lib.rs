@@ -14,6 +14,7 @@
 
 pub mod node;
 pub mod nodes;
+pub mod trace;
 pub mod wire;
 
 pub use nodes::{Call, NodeHttp, NodeView, Nodes, NodesConfig};

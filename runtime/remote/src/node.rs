@@ -239,9 +239,9 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             tracing::warn!(sent_for = %v, serving = %node.version, "a request for another version reached this node");
         }
     }
-    if let Some(tp) = header("traceparent") {
-        tracing::debug!(traceparent = %tp, "scoring");
-    }
+    // The router's span is the parent; the module's log lines carry the
+    // trace id.
+    let trace_id = header("traceparent").and_then(|tp| crate::trace::parse(&tp)).map(|(trace, _, _)| trace);
     if header(wire::DEADLINE_MS).and_then(|d| d.parse::<u64>().ok()) == Some(0) {
         return error(
             node,
@@ -259,6 +259,7 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         body: body.to_vec(),
         content_type,
         tensors: Vec::new(),
+        trace_id,
     };
     match pool.score(request).await {
         Ok(out) => {

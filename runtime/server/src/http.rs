@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use wasmscore_engine::ScoreRequest;
+use wasmscore_remote::trace::Span;
 use wasmscore_remote::Call;
 
 use crate::errors::ApiError;
@@ -369,10 +370,15 @@ impl<P: Plane> App<P> {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/json")
             .to_string();
+        // This hop's span of the request's trace (the client's, or a new
+        // one): answered in `traceparent`, the parent of the node's work,
+        // and on the module's log lines.
+        let span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
         let request = ScoreRequest {
             body: body.to_vec(),
             content_type,
             tensors: Vec::new(),
+            trace_id: Some(span.trace_id.clone()),
         };
         if let Some(mirror) = route.mirror {
             // A copy for the mirror, answered by no one: its result, slow or
@@ -391,12 +397,12 @@ impl<P: Plane> App<P> {
             });
         }
         let version = route.version;
-        let trace = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+        let traceparent = span.traceparent();
         let call = Call {
             endpoint,
             version: &version.name,
-            traceparent: trace("traceparent"),
-            tracestate: trace("tracestate"),
+            traceparent: Some(&traceparent),
+            tracestate: parts.headers.get("tracestate").and_then(|v| v.to_str().ok()),
         };
         let result = version.score(request, &call).await;
         let mut resp = match result {
@@ -417,6 +423,9 @@ impl<P: Plane> App<P> {
         };
         if let Ok(v) = HeaderValue::from_str(&version.name) {
             resp.headers_mut().insert("x-wasmscore-version", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            resp.headers_mut().insert("traceparent", v);
         }
         Ok(resp)
     }

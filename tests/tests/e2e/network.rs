@@ -1175,3 +1175,28 @@ fn a_private_registry_with_tls_and_a_password() {
     };
     node.wait_ready();
 }
+
+#[test]
+fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
+    let n = Node::hostile_on(free_port());
+    let r = Router::start(
+        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
+        &[],
+    );
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let auth = format!("Bearer {KEY}");
+    let (st, head, body) = http(
+        &r.addr,
+        "POST",
+        "/api/v1/service/t/score",
+        &[("Authorization", &auth), ("traceparent", given)],
+        "log",
+    );
+    assert_eq!(st, 200, "{body}");
+    let answered = header(&head, "traceparent");
+    assert!(answered.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !answered.contains("00f067aa0ba902b7"), "{answered}");
+    // The node ran it in the same trace: its module's line carries the id.
+    wait_for("the node's log line", Duration::from_secs(5), || {
+        n.proc.log().lines().any(|l| l.contains("hostile says hello") && l.contains("4bf92f3577b34da6a3ce929d0e0e4736"))
+    });
+}

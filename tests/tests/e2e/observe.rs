@@ -119,3 +119,47 @@ fn logs_follow_new_lines_as_json_lines_of_every_version_or_one() {
     let v2 = cli(&["service", "logs", "h", "--version", "v2"]);
     assert!(!v2.is_empty() && v2.lines().all(|l| l.split(' ').nth(1) == Some("v2")), "{v2}");
 }
+
+#[test]
+fn a_requests_trace_is_continued_answered_and_on_its_log_lines() {
+    let s = Server::start(&[]);
+    s.deploy_ok("t", &hostile(), &[], None);
+    let traceparent = |head: &str| -> String {
+        head.lines()
+            .find_map(|l| l.strip_prefix("traceparent: "))
+            .unwrap_or_else(|| panic!("no traceparent in {head}"))
+            .trim()
+            .to_string()
+    };
+    // The client's trace: kept, with this hop's own span id.
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let (st, head, _) = s.score_with("t", &[("traceparent", given)], "log");
+    assert_eq!(st, 200);
+    let answered = traceparent(&head);
+    let parts: Vec<&str> = answered.split('-').collect();
+    assert_eq!((parts[0], parts[1], parts[3]), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"), "{answered}");
+    assert!(parts[2].len() == 16 && parts[2] != "00f067aa0ba902b7", "{answered}");
+    // None, or an invalid one: a new trace.
+    for sent in [None, Some("00-not-a-trace-01")] {
+        let headers: Vec<(&str, &str)> = sent.iter().map(|t| ("traceparent", *t)).collect();
+        let (_, head, _) = s.score_with("t", &headers, "log");
+        let made = traceparent(&head);
+        let p: Vec<&str> = made.split('-').collect();
+        assert!(p.len() == 4 && p[1].len() == 32 && p[1] != "4bf92f3577b34da6a3ce929d0e0e4736", "{made}");
+    }
+    // The module's log line of the first request carries its trace id.
+    let out = Command::new(bin())
+        .args(["service", "logs", "t", "--json", "--data-dir"])
+        .arg(s.data.path())
+        .output()
+        .unwrap();
+    let logs = String::from_utf8(out.stdout).unwrap();
+    let traced: Vec<Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["message"] == "hostile says hello")
+        .collect();
+    assert_eq!(traced.len(), 3, "{logs}");
+    assert_eq!(traced[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{logs}");
+    assert!(traced[1]["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{logs}");
+}
