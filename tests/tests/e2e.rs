@@ -32,6 +32,9 @@ mod cluster;
 #[path = "e2e/observe.rs"]
 mod observe;
 
+#[path = "e2e/verdict.rs"]
+mod verdict;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

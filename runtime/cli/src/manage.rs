@@ -175,6 +175,18 @@ pub enum EndpointCommand {
         json: bool,
     },
     /// A version's deploy events and its module's log lines (default version unless named).
+    /// The verdict: each treatment against the control (error rate,
+    /// latency, the split), with always-valid p-values, in one line each.
+    Compare {
+        #[arg(long)]
+        data_dir: PathBuf,
+        name: String,
+        /// The error rate the p-values and intervals are held to.
+        #[arg(long, default_value_t = 0.05)]
+        alpha: f64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Deploy events and the module's log lines, oldest first, of every
     /// version or of one (--version).
     Logs {
@@ -608,6 +620,37 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(500));
+            }
+        }
+        EndpointCommand::Compare { data_dir, name, alpha, json } => {
+            let v = Client::from_data_dir(&data_dir)?.get(&format!("/admin/v1/endpoints/{name}/compare?alpha={alpha}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let verdict = &v["verdict"];
+            println!("control: {}", verdict["control"].as_str().unwrap_or("?"));
+            for c in verdict["comparisons"].as_array().into_iter().flatten() {
+                let (e, l) = (&c["error_rate"], &c["latency"]);
+                let f = |x: &Value| x.as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "  {}: requests {} vs {}; errors {:.2}% vs {:.2}% (p {:.4}); p50 {:.3} vs {:.3} ms, p99 {:.3} vs {:.3} ms, P(slower) {:.3} (p {:.4})",
+                    c["treatment"].as_str().unwrap_or("?"),
+                    c["requests"][0],
+                    c["requests"][1],
+                    f(&e["control"]) * 100.0,
+                    f(&e["treatment"]) * 100.0,
+                    f(&e["p_adjusted"]),
+                    f(&l["p50_ms"][0]),
+                    f(&l["p50_ms"][1]),
+                    f(&l["p99_ms"][0]),
+                    f(&l["p99_ms"][1]),
+                    f(&l["slower"]["treatment"]),
+                    f(&l["slower"]["p_adjusted"]),
+                );
+            }
+            for line in verdict["lines"].as_array().into_iter().flatten() {
+                println!("{}", line.as_str().unwrap_or(""));
             }
         }
         EndpointCommand::Delete { data_dir, name } => {

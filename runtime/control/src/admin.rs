@@ -18,6 +18,7 @@
 //! PUT    endpoints/E/versions/V {...}        create or replace (what `deploy` does)
 //! DELETE endpoints/E/versions/V[?new_default=W]
 //! GET    endpoints/E/logs  GET endpoints/E/versions/V/logs
+//! GET    endpoints/E/compare[?alpha=A]   (the verdict)
 //! GET    devices                             {devices: [...], unavailable: [{name, why}]}
 //! ```
 
@@ -157,6 +158,17 @@ impl Control {
             ("POST", ["endpoints", ep, "rotate-token-key"]) => ok(self.rotate_token_key(ep)?),
             ("DELETE", ["endpoints", ep]) => ok(self.delete_endpoint(ep)?),
             ("GET", ["endpoints", ep, "logs"]) => ok(self.logs(ep, None)?),
+            ("GET", ["endpoints", ep, "compare"]) => {
+                let alpha = match query_param(&query, "alpha") {
+                    Some(a) => a
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|a| *a > 0.0 && *a < 0.5)
+                        .ok_or_else(|| ControlError::BadRequest(format!("alpha must be a number in (0, 0.5), got {a:?}")))?,
+                    None => 0.05,
+                };
+                ok(self.compare(ep, alpha)?)
+            }
             ("GET", ["endpoints", ep, "versions"]) => ok(self.show(ep)?["versions"].clone()),
             ("POST", ["endpoints", ep, "versions"]) => {
                 let Named { name } = parse("version", body)?;

@@ -219,6 +219,49 @@ impl Control {
     }
 }
 
+impl Control {
+    /// The verdict (wasmscore-rules' verdict.rs): each treatment against
+    /// the endpoint's control, from the counts the request path keeps since
+    /// each version was built.
+    pub fn compare(&self, endpoint: &str, alpha: f64) -> Result<Value, ControlError> {
+        let inner = lock(&self.inner);
+        let ep = inner
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| ControlError::NotFound(format!("no service named {endpoint:?}")))?;
+        let rollouts: Vec<_> = ep.versions.iter().map(|v| v.row.rollout.clone()).collect();
+        let shares = wasmscore_rules::rollout::shares(&rollouts);
+        let arm = |v: &VersionState| -> Option<wasmscore_rules::verdict::Arm> {
+            let b = v.live.as_ref()?;
+            let st = &b.version.stats;
+            let answers = |i: usize| st.responses[i].load(Ordering::Relaxed);
+            Some(wasmscore_rules::verdict::Arm {
+                name: v.row.rollout.name.clone(),
+                share: shares.iter().find(|(n, _)| *n == v.row.rollout.name).map_or(0, |(_, s)| *s),
+                requests: (0..5).map(answers).sum(),
+                errors: answers(4),
+                latency: st.duration.counts(),
+            })
+        };
+        let control = ep
+            .versions
+            .iter()
+            .find(|v| v.row.rollout.is_control)
+            .ok_or_else(|| ControlError::Conflict(format!(
+                "service {endpoint:?} has no control version to compare with: mark one with `version update --control`"
+            )))?;
+        let control = arm(control).ok_or_else(|| ControlError::Conflict("the control version is not serving".into()))?;
+        let treatments: Vec<_> = ep
+            .versions
+            .iter()
+            .filter(|v| !v.row.rollout.is_control && v.row.rollout.mirror == 0)
+            .filter_map(arm)
+            .collect();
+        let verdict = wasmscore_rules::verdict::compare(&control, &treatments, &wasmscore_replica::histogram::BUCKETS, alpha);
+        Ok(json!({"endpoint": endpoint, "verdict": verdict}))
+    }
+}
+
 /// Escapes a Prometheus label value.
 fn label(s: &str) -> String {
     s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")

@@ -32,6 +32,11 @@ impl Histogram {
         self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 
+    /// Counts per bucket (not cumulative), the last one past the last bound.
+    pub fn counts(&self) -> Vec<u64> {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).collect()
+    }
+
     /// Cumulative counts per bound, then +Inf.
     pub fn cumulative(&self) -> Vec<u64> {
         let mut total = 0;

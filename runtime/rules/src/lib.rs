@@ -10,6 +10,7 @@
 pub mod autoscale;
 pub mod config;
 pub mod rollout;
+pub mod verdict;
 
 /// Endpoint, version and model names: 1-64 letters, digits, '-', '_' or
 /// '.', not starting with '.' (they become URL path segments and labels).

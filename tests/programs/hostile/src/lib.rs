@@ -39,6 +39,17 @@ impl Guest for Hostile {
     fn run(request: Request) -> Result<Response, Error> {
         match std::str::from_utf8(&request.body).unwrap_or("") {
             "trap" => panic!("asked to trap"),
+            // Every FAIL_EVERY-th call fails (the version's config sets the
+            // variable): a treatment with a known error rate.
+            "maybe-fail" => {
+                static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let every: u64 = std::env::var("FAIL_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+                let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if every > 0 && n % every == 0 {
+                    return Err(Error::Failed(format!("call {n} fails, as FAIL_EVERY={every} asks")));
+                }
+                json("{}".into())
+            }
             "log" => {
                 wasmscore::scoring::log::log(wasmscore::scoring::log::Level::Info, "hostile says hello");
                 json("{}".into())
