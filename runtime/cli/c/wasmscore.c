@@ -285,6 +285,13 @@ void ws_log(ws_level level, const char *fmt, ...) {
     wasmscore_scoring_log_log((wasmscore_scoring_log_level_t)level, &m);
 }
 
+/* ---- reported numbers -------------------------------------------------- */
+
+void ws_record(const char *name, double value) {
+    scorer_string_t n = str(name);
+    wasmscore_scoring_metrics_record(&n, value);
+}
+
 /* ---- JSON ------------------------------------------------------------- */
 
 /* A cursor over the body; every reader reports where JSON went wrong. */

@@ -118,6 +118,11 @@ typedef enum { WS_DEBUG = 0, WS_INFO = 1, WS_WARN = 2, WS_ERROR = 3 } ws_level;
 /* A line in `wasmscore service logs` (printf format). */
 void ws_log(ws_level level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ---- reported numbers ------------------------------------------------ */
+
+/* A number (a click, a score) for `wasmscore endpoint compare`. */
+void ws_record(const char *name, double value);
+
 /* ---- JSON input ------------------------------------------------------ */
 
 /* Reads BODY (LEN bytes) as a JSON object and its member KEY as a matrix

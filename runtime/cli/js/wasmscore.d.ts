@@ -124,6 +124,8 @@ declare module "wasmscore" {
 
   export type LogLevel = "debug" | "info" | "warn" | "error";
 
+  /** Reports a number (a click, a score) for `wasmscore endpoint compare`. */
+  export function record(name: string, value: number): void;
   /** Writes a line to the version's logs (console.* does too, as info etc.). */
   export function log(message: unknown, level?: LogLevel): void;
 

@@ -37,6 +37,7 @@ import {
   conv2d as hostConv2d,
 } from "wasmscore:scoring/ops@0.1.0";
 import { log as hostLog } from "wasmscore:scoring/log@0.1.0";
+import { record as hostRecord } from "wasmscore:scoring/metrics@0.1.0";
 
 /** Throw from run() when the request is wrong: the client gets 400. */
 export class BadInput extends Error {
@@ -448,6 +449,17 @@ export function loadModel(name) {
 /** The same on a named device ("cpu", "cuda", a plugin's name) instead of the version's. */
 export function loadModelOn(name, device) {
   return new Model(host("loadModelOn()", () => HostModel.loadOn(String(name), String(device))));
+}
+
+/**
+ * Reports a number (a click, a score) for the verdict to compare between
+ * versions (`wasmscore endpoint compare`). Call it from init() or run().
+ */
+export function record(name, value) {
+  if (!live) {
+    throw new Error("record() works in init() and run(), not at the module's top level");
+  }
+  hostRecord(String(name), Number(value));
 }
 
 const LEVELS = ["debug", "info", "warn", "error"];

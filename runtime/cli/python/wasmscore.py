@@ -16,10 +16,10 @@ Tensors live on the host; `tensor()` copies a nested list there, `.tolist()`
 copies one back. Raise `wasmscore.BadInput` for a client error (HTTP 400);
 any other exception is a module failure (HTTP 500).
 """
-from wit_world.imports import inference, log as _log, ops as _ops, tensors, types
+from wit_world.imports import inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
 from componentize_py_types import Err
 
-__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "ops"]
+__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "ops"]
 
 
 class BadInput(Exception):
@@ -169,6 +169,12 @@ def load_model(name):
 def log(message, level="info"):
     lv = {"debug": _log.Level.DEBUG, "info": _log.Level.INFO, "warn": _log.Level.WARN, "error": _log.Level.ERROR}[level]
     _log.log(lv, str(message))
+
+
+def record(name, value):
+    """Reports a number (a click, a score) for the verdict to compare
+    between versions: `wasmscore endpoint compare`."""
+    _metrics.record(str(name), float(value))
 
 
 class ops:

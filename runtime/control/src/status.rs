@@ -241,6 +241,21 @@ impl Control {
                 requests: (0..5).map(answers).sum(),
                 errors: answers(4),
                 latency: st.duration.counts(),
+                reported: v
+                    .ctx
+                    .as_ref()
+                    .map(|c| c.reported.snapshot())
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(n, m)| {
+                        let sums = wasmscore_rules::verdict::Sums {
+                            count: m.count,
+                            sum: m.sum,
+                            sum_sq: m.sum_sq,
+                        };
+                        (n, sums)
+                    })
+                    .collect(),
             })
         };
         let control = ep

@@ -13,7 +13,7 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{inference, log, ops, scoring_types, tensors, types, HostError};
+use crate::bindings::{inference, log, metrics, ops, scoring_types, tensors, types, HostError};
 use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it: host
@@ -103,8 +103,60 @@ pub struct VersionContext {
     /// Recent log lines. A mutex is fine here: logging is rare next to scoring
     /// and never on the path of a request that does not log.
     logs: Mutex<VecDeque<LogLine>>,
+    /// What the module reported through the `metrics` import.
+    pub reported: Reported,
     /// What the module may reach through WASI beyond its own memory.
     pub sandbox: Sandbox,
+}
+
+/// The count, sum and sum of squares of one reported number.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Moments {
+    pub count: u64,
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+/// Names a version may report at most.
+pub const REPORTED_NAMES: usize = 32;
+
+/// A version's reported numbers by name. A mutex: a module that reports
+/// does so once per request at most, next to a model run.
+#[derive(Default)]
+pub struct Reported {
+    by_name: Mutex<Vec<(String, Moments)>>,
+    /// Records refused: a bad name, a value that is not finite, too many names.
+    pub dropped: std::sync::atomic::AtomicU64,
+}
+
+impl Reported {
+    pub fn record(&self, name: &str, value: f64) {
+        let name_ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !name_ok || !value.is_finite() {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return;
+        }
+        let mut all = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        let i = match all.iter().position(|(n, _)| n == name) {
+            Some(i) => i,
+            None if all.len() < REPORTED_NAMES => {
+                all.push((name.to_string(), Moments::default()));
+                all.len() - 1
+            }
+            None => {
+                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+        };
+        let m = &mut all[i].1;
+        m.count += 1;
+        m.sum += value;
+        m.sum_sq += value * value;
+    }
+
+    pub fn snapshot(&self) -> Vec<(String, Moments)> {
+        self.by_name.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
 }
 
 /// What a version's deployment config grants its module through WASI.
@@ -169,6 +221,7 @@ impl VersionContext {
             other_sessions: Mutex::new(HashMap::new()),
             memory_limit,
             logs: Mutex::new(VecDeque::new()),
+            reported: Reported::default(),
             sandbox: Sandbox::default(),
         }
     }
@@ -707,6 +760,13 @@ impl ops::Host for HostState {
 
     fn softmax(&mut self, x: Resource<TensorRes>, axis: i32, device: Option<String>) -> Result<Resource<TensorRes>, HostError> {
         self.op("softmax", device, |ops, t| Ok(ops.softmax(get(t, &x)?, axis)?))
+    }
+}
+
+impl metrics::Host for HostState {
+    fn record(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
+        self.version.reported.record(&name, value);
+        Ok(())
     }
 }
 

@@ -45,7 +45,40 @@ pub struct Arm {
     /// Requests per latency bucket (not cumulative), the last one past the
     /// last bound.
     pub latency: Vec<u64>,
+    /// What the module reported through the `metrics` import, by name.
+    pub reported: Vec<(String, Sums)>,
 }
+
+/// Count, sum and sum of squares of a reported number.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sums {
+    pub count: u64,
+    pub sum: f64,
+    pub sum_sq: f64,
+}
+
+impl Sums {
+    fn mean(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            self.sum / self.count as f64
+        }
+    }
+
+    /// The sample variance.
+    fn variance(&self) -> f64 {
+        if self.count < 2 {
+            return 0.0;
+        }
+        let n = self.count as f64;
+        ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0)
+    }
+}
+
+/// The mixture width of a reported number's test, in its pooled standard
+/// deviations: tuned to differences of a tenth of one.
+pub const TAU_REPORTED_SD: f64 = 0.1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Estimate {
@@ -81,6 +114,8 @@ pub struct Comparison {
     pub requests: (u64, u64),
     pub error_rate: Estimate,
     pub latency: Latency,
+    /// Each number both versions reported: the means' difference.
+    pub reported: Vec<(String, Estimate)>,
     pub line: String,
 }
 
@@ -112,6 +147,7 @@ pub fn compare(control: &Arm, treatments: &[Arm], bounds: &[f64], alpha: f64) ->
             requests: (control.requests, t.requests),
             error_rate: error_rate(control, t, alpha),
             latency: latency(control, t, bounds, alpha),
+            reported: reported(control, t, alpha),
             line: String::new(),
         })
         .collect();
@@ -120,6 +156,21 @@ pub fn compare(control: &Arm, treatments: &[Arm], bounds: &[f64], alpha: f64) ->
     for (i, c) in comparisons.iter_mut().enumerate() {
         c.error_rate.p_adjusted = holm_errors[i];
         c.latency.slower.p_adjusted = holm_latency[i];
+    }
+    // Holm per reported name, across the treatments that have it.
+    let names: Vec<String> = control.reported.iter().map(|(n, _)| n.clone()).collect();
+    for name in names {
+        let at: Vec<(usize, usize)> = comparisons
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.reported.iter().position(|(n, _)| *n == name).map(|j| (i, j)))
+            .collect();
+        let adjusted = holm(&at.iter().map(|(i, j)| comparisons[*i].reported[*j].1.p_value).collect::<Vec<_>>());
+        for ((i, j), p) in at.into_iter().zip(adjusted) {
+            comparisons[i].reported[j].1.p_adjusted = p;
+        }
+    }
+    for c in comparisons.iter_mut() {
         c.line = line(c, alpha);
     }
     let srm = srm(std::iter::once(control).chain(treatments));
@@ -160,6 +211,34 @@ fn error_rate(c: &Arm, t: &Arm, alpha: f64) -> Estimate {
         p_value,
         p_adjusted: p_value,
     }
+}
+
+/// Each number reported by both versions: the difference of means (Welch's
+/// variance), with the mSPRT at a tenth of the pooled standard deviation.
+fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
+    let mut out = Vec::new();
+    for (name, sc) in &c.reported {
+        let Some((_, st)) = t.reported.iter().find(|(n, _)| n == name) else {
+            continue;
+        };
+        let (mc, mt) = (sc.mean(), st.mean());
+        let v = sc.variance() / sc.count.max(1) as f64 + st.variance() / st.count.max(1) as f64;
+        let pooled = (sc.variance() + st.variance()) / 2.0;
+        let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * pooled;
+        let (p_value, radius) = if tau2 > 0.0 { msprt(mt - mc, v, tau2, alpha) } else { (1.0, f64::INFINITY) };
+        out.push((
+            name.clone(),
+            Estimate {
+                control: mc,
+                treatment: mt,
+                difference: mt - mc,
+                ci: (mt - mc - radius, mt - mc + radius),
+                p_value,
+                p_adjusted: p_value,
+            },
+        ));
+    }
+    out
 }
 
 /// The normal-mixture SPRT for an estimate DELTA of variance V, mixing
@@ -380,6 +459,18 @@ fn line(c: &Comparison, alpha: f64) -> String {
             fmt_p(l.slower.p_adjusted)
         ));
     }
+    for (name, r) in &c.reported {
+        if r.p_adjusted < alpha {
+            said.push(format!(
+                "{t} reports {name} {} than control: mean {:+.4} (CI {:+.4} to {:+.4}), p = {}",
+                if r.difference > 0.0 { "higher" } else { "lower" },
+                r.difference,
+                r.ci.0,
+                r.ci.1,
+                fmt_p(r.p_adjusted)
+            ));
+        }
+    }
     if !said.is_empty() {
         return said.join("; ");
     }
@@ -524,6 +615,7 @@ mod tests {
             requests,
             errors,
             latency,
+            reported: Vec::new(),
         }
     }
 
@@ -560,6 +652,28 @@ mod tests {
         let v = compare(&c, &[t], &BOUNDS, 0.05);
         assert!(v.srm.as_ref().unwrap().mismatch, "{:?}", v.srm);
         assert!(v.lines.last().unwrap().starts_with("sample ratio mismatch"), "{:?}", v.lines);
+    }
+
+    #[test]
+    fn a_reported_number_that_moves_is_found() {
+        let sums = |n: u64, mean: f64| {
+            // Values mean - 1, mean, mean + 1 in equal parts.
+            let k = n / 3;
+            Sums {
+                count: 3 * k,
+                sum: 3.0 * k as f64 * mean,
+                sum_sq: k as f64 * ((mean - 1.0).powi(2) + mean.powi(2) + (mean + 1.0).powi(2)),
+            }
+        };
+        let mut c = arm("v1", 50, 3000, 0, vec![3000, 0, 0, 0, 0]);
+        let mut t = arm("v2", 50, 3000, 0, vec![3000, 0, 0, 0, 0]);
+        c.reported = vec![("clicks".into(), sums(3000, 1.0))];
+        t.reported = vec![("clicks".into(), sums(3000, 1.2))];
+        let v = compare(&c, &[t], &BOUNDS, 0.05);
+        let (name, r) = &v.comparisons[0].reported[0];
+        assert_eq!(name, "clicks");
+        assert!((r.difference - 0.2).abs() < 1e-9 && r.ci.0 > 0.0 && r.p_adjusted < 1e-6, "{r:?}");
+        assert!(v.lines[0].starts_with("v2 reports clicks higher than control: mean +0.2000"), "{}", v.lines[0]);
     }
 
     #[test]

@@ -110,7 +110,7 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     let h = hostile();
     s.deploy_ok("ab", &h, &[], None);
     let dc = s.data.path().join("fails.json");
-    std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "20"}}).to_string()).unwrap();
+    std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "20", "SCORE_BASE": "0.5"}}).to_string()).unwrap();
     cli(&s, &["version", "create", "--endpoint", "ab", "--version", "fails", "--module", h.to_str().unwrap(), "--dc", dc.to_str().unwrap(), "--traffic", "30"]);
     cli(&s, &["version", "create", "--endpoint", "ab", "--version", "same", "--module", h.to_str().unwrap(), "--traffic", "30"]);
     cli(&s, &["version", "update", "--endpoint", "ab", "--version", "v1", "--control"]);
@@ -131,6 +131,12 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     assert!((fails["error_rate"]["difference"].as_f64().unwrap() - 0.05).abs() < 1e-9, "{fails}");
     assert!(fails["error_rate"]["p_adjusted"].as_f64().unwrap() < 0.01, "{fails}");
     assert!(fails["line"].as_str().unwrap().starts_with("fails fails more than control"), "{fails}");
+    // The number the module reports through `metrics.record`: half a point up.
+    let score = &fails["reported"][0];
+    assert_eq!(score[0], "score");
+    assert!((score[1]["difference"].as_f64().unwrap() - 0.5).abs() < 0.01, "{score}");
+    assert!(score[1]["p_adjusted"].as_f64().unwrap() < 0.01, "{score}");
+    assert!(fails["line"].as_str().unwrap().contains("fails reports score higher than control"), "{fails}");
     // The router's split is the configured one: no mismatch.
     assert_eq!(verdict["srm"]["mismatch"], false, "{verdict}");
     // The words, as the CLI prints them.

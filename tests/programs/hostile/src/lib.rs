@@ -45,6 +45,9 @@ impl Guest for Hostile {
                 static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 let every: u64 = std::env::var("FAIL_EVERY").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
                 let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                // A number for the verdict: SCORE_BASE + 0, 1 or 2 in turn.
+                let base: f64 = std::env::var("SCORE_BASE").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+                wasmscore::scoring::metrics::record("score", base + (n % 3) as f64);
                 if every > 0 && n % every == 0 {
                     return Err(Error::Failed(format!("call {n} fails, as FAIL_EVERY={every} asks")));
                 }
