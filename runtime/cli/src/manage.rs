@@ -174,7 +174,6 @@ pub enum EndpointCommand {
         #[arg(long)]
         json: bool,
     },
-    /// A version's deploy events and its module's log lines (default version unless named).
     /// The verdict: each treatment against the control (error rate,
     /// latency, the split), with always-valid p-values, in one line each.
     Compare {
