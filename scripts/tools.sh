@@ -13,7 +13,7 @@ debian() { # PACKAGES...: apt-get install those not installed yet
 
 say "Python tools (.venv: onnxruntime, componentize-py, scikit-learn, skl2onnx)"
 [ -x .venv/bin/python ] || python3 -m venv .venv
-if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests, kubernetes_validate, statsmodels' 2>/dev/null || [ ! -x .venv/bin/componentize-py ]; then
+if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests, kubernetes_validate, statsmodels, pyarrow, duckdb' 2>/dev/null || [ ! -x .venv/bin/componentize-py ]; then
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 

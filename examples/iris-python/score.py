@@ -16,4 +16,8 @@ def init():
 def run(raw_data):
     data = json.loads(raw_data)["data"]  # malformed JSON -> 400 (bad input)
     out = model.run({"X": wasmscore.tensor(data, dtype="float32")}, outputs=["probabilities"])
-    return {"probabilities": out["probabilities"].tolist()}
+    probabilities = out["probabilities"].tolist()
+    # With collect_model_data on, the host keeps each sampled request and
+    # response; this adds the predicted classes (a no-op otherwise).
+    wasmscore.collect([max(range(len(p)), key=p.__getitem__) for p in probabilities], "predictions", "class")
+    return {"probabilities": probabilities}

@@ -35,6 +35,9 @@ mod observe;
 #[path = "e2e/verdict.rs"]
 mod verdict;
 
+#[path = "e2e/collect.rs"]
+mod collect;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -264,6 +267,20 @@ impl Server {
 
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGTERM, and waits for the exit (at most 60 s); true if it exited 0.
+    pub(crate) fn terminate(&mut self) -> bool {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "wasmscore did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub(crate) fn kill(mut self) -> tempfile::TempDir {

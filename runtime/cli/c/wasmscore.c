@@ -292,6 +292,14 @@ void ws_record(const char *name, double value) {
     wasmscore_scoring_metrics_record(&n, value);
 }
 
+/* ---- collected data ---------------------------------------------------- */
+
+void ws_collect(ws_designation designation, const char *name, const char *data) {
+    scorer_string_t n = str(name);
+    scorer_string_t d = str(data);
+    wasmscore_scoring_data_collection_collect((wasmscore_scoring_data_collection_designation_t)designation, &n, &d);
+}
+
 /* ---- JSON ------------------------------------------------------------- */
 
 /* A cursor over the body; every reader reports where JSON went wrong. */

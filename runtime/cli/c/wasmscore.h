@@ -123,6 +123,18 @@ void ws_log(ws_level level, const char *fmt, ...) __attribute__((format(printf, 
 /* A number (a click, a score) for `wasmscore endpoint compare`. */
 void ws_record(const char *name, double value);
 
+/* Model data collection (versions with collect_model_data): DATA is text,
+ * usually JSON, kept with the request's correlation id when the request is
+ * sampled; otherwise nothing happens. */
+typedef enum {
+    WS_INPUTS = 0,
+    WS_PREDICTIONS = 1,
+    WS_LABELS = 2,
+    WS_SIGNALS = 3,
+    WS_GENERAL = 4,
+} ws_designation;
+void ws_collect(ws_designation designation, const char *name, const char *data);
+
 /* ---- JSON input ------------------------------------------------------ */
 
 /* Reads BODY (LEN bytes) as a JSON object and its member KEY as a matrix

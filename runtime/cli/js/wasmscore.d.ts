@@ -126,6 +126,12 @@ declare module "wasmscore" {
 
   /** Reports a number (a click, a score) for `wasmscore endpoint compare`. */
   export function record(name: string, value: number): void;
+  /** Collects data for analysis when the version collects and the request is sampled. */
+  export function collect(
+    data: unknown,
+    designation?: "inputs" | "predictions" | "labels" | "signals" | "general",
+    name?: string,
+  ): void;
   /** Writes a line to the version's logs (console.* does too, as info etc.). */
   export function log(message: unknown, level?: LogLevel): void;
 

@@ -38,6 +38,7 @@ import {
 } from "wasmscore:scoring/ops@0.1.0";
 import { log as hostLog } from "wasmscore:scoring/log@0.1.0";
 import { record as hostRecord } from "wasmscore:scoring/metrics@0.1.0";
+import { collect as hostCollect } from "wasmscore:scoring/data-collection@0.1.0";
 
 /** Throw from run() when the request is wrong: the client gets 400. */
 export class BadInput extends Error {
@@ -460,6 +461,24 @@ export function record(name, value) {
     throw new Error("record() works in init() and run(), not at the module's top level");
   }
   hostRecord(String(name), Number(value));
+}
+
+const DESIGNATIONS = ["inputs", "predictions", "labels", "signals", "general"];
+
+/**
+ * Collects `data` for analysis (Azure ML's ModelDataCollector): kept with
+ * the request's correlation id under DATA_DIR/collected when the version
+ * has collect_model_data and the request is sampled; otherwise nothing
+ * happens. A string goes as it is, anything else as JSON.
+ */
+export function collect(data, designation = "general", name = "") {
+  if (!DESIGNATIONS.includes(designation)) {
+    throw new TypeError(`unknown designation ${JSON.stringify(designation)}; use one of ${DESIGNATIONS.join(", ")}`);
+  }
+  if (!live) {
+    throw new Error("collect() works in init() and run(), not at the module's top level");
+  }
+  hostCollect(designation, String(name), typeof data === "string" ? data : JSON.stringify(data));
 }
 
 const LEVELS = ["debug", "info", "warn", "error"];

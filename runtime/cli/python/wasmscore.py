@@ -16,10 +16,10 @@ Tensors live on the host; `tensor()` copies a nested list there, `.tolist()`
 copies one back. Raise `wasmscore.BadInput` for a client error (HTTP 400);
 any other exception is a module failure (HTTP 500).
 """
-from wit_world.imports import inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
+from wit_world.imports import data_collection as _dc, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
 from componentize_py_types import Err
 
-__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "ops"]
+__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "collect", "ops"]
 
 
 class BadInput(Exception):
@@ -175,6 +175,29 @@ def record(name, value):
     """Reports a number (a click, a score) for the verdict to compare
     between versions: `wasmscore endpoint compare`."""
     _metrics.record(str(name), float(value))
+
+
+_DESIGNATIONS = {
+    "inputs": _dc.Designation.INPUTS,
+    "predictions": _dc.Designation.PREDICTIONS,
+    "labels": _dc.Designation.LABELS,
+    "signals": _dc.Designation.SIGNALS,
+    "general": _dc.Designation.GENERAL,
+}
+
+
+def collect(data, designation="general", name=""):
+    """Collects `data` for analysis (Azure ML's ModelDataCollector): kept
+    with the request's correlation id under DATA_DIR/collected when the
+    version has collect_model_data and this request is sampled; otherwise
+    nothing happens. A str goes as it is, anything else as JSON.
+    `designation` is "inputs", "predictions", "labels", "signals" or
+    "general"."""
+    import json as _json
+    if designation not in _DESIGNATIONS:
+        raise ValueError(f"unknown designation {designation!r}; use one of {', '.join(_DESIGNATIONS)}")
+    text = data if isinstance(data, str) else _json.dumps(data)
+    _dc.collect(_DESIGNATIONS[designation], str(name), text)
 
 
 class ops:

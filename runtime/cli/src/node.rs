@@ -68,6 +68,10 @@ pub struct NodeArgs {
     /// the operator passes from the Endpoint's `config`.
     #[arg(long)]
     pub config: Option<String>,
+    /// Collected model data goes under DATA_DIR/collected (give --data-dir
+    /// a lasting folder to keep it).
+    #[command(flatten)]
+    pub collect: crate::up::CollectArgs,
 }
 
 /// What the version is made of, once fetched.
@@ -95,6 +99,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
     // The node's store is scratch, in a folder of its own (so pointing
     // --data-dir at an `up` data dir loses nothing): the artifact is the
     // truth, and a restart builds what it is given.
+    let collected = (data_dir.join("collected"), args.collect.settings()?);
     let data_dir = data_dir.join("node");
     wasmscore_control::data_dir::make_private(&data_dir)?;
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
@@ -116,7 +121,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
             crate::up::shutdown_signal(),
             Duration::from_secs(args.drain_seconds),
         ));
-        let setup = setup(&args, &node, &data_dir, &endpoint, &version);
+        let setup = setup(&args, &node, &data_dir, collected, &endpoint, &version);
         // A SIGTERM while pulling or building ends the node at once.
         let control = tokio::select! {
             control = setup => control?,
@@ -126,7 +131,8 @@ pub fn run(args: NodeArgs) -> Result<()> {
             }
         };
         serving.await?;
-        drop(control);
+        // Drained: what the requests collected is written now.
+        tokio::task::spawn_blocking(move || control.shutdown()).await?;
         Ok(())
     });
     // A build still running on a blocking thread (SIGTERM while building)
@@ -136,7 +142,14 @@ pub fn run(args: NodeArgs) -> Result<()> {
 }
 
 /// Pulls (or reads) the version, builds it and hands its pool to the node.
-async fn setup(args: &NodeArgs, node: &Arc<Node>, data_dir: &std::path::Path, endpoint: &str, version: &str) -> Result<Arc<Control>> {
+async fn setup(
+    args: &NodeArgs,
+    node: &Arc<Node>,
+    data_dir: &std::path::Path,
+    collected: (PathBuf, wasmscore_control::CollectSettings),
+    endpoint: &str,
+    version: &str,
+) -> Result<Arc<Control>> {
     let (endpoint, version) = (endpoint.to_string(), version.to_string());
     {
         let started = Instant::now();
@@ -148,7 +161,7 @@ async fn setup(args: &NodeArgs, node: &Arc<Node>, data_dir: &std::path::Path, en
         let control = {
             let (data_dir, args_plugins, cache) = (data_dir.to_path_buf(), args.plugin_dir.clone(), args.cache_dir.clone());
             let (endpoint, version) = (endpoint.clone(), version.clone());
-            tokio::task::spawn_blocking(move || build(&data_dir, cache, args_plugins, &endpoint, &version, fetched)).await??
+            tokio::task::spawn_blocking(move || build(&data_dir, collected, cache, args_plugins, &endpoint, &version, fetched)).await??
         };
         let pool = match control.router().route(&endpoint, Some(&version), None).map(|r| r.version) {
             Ok(v) => match &v.replicas {
@@ -232,6 +245,7 @@ async fn fetch(args: &NodeArgs, node: &Node) -> Result<Fetched> {
 /// Builds the version the way `up` does and waits for its replicas' init().
 fn build(
     data_dir: &std::path::Path,
+    (collected, collect): (PathBuf, wasmscore_control::CollectSettings),
     cache_dir: Option<PathBuf>,
     plugin_dir: Option<PathBuf>,
     endpoint: &str,
@@ -241,7 +255,7 @@ fn build(
     let devices = crate::up::devices(plugin_dir.as_deref())?;
     let cache = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache))?);
-    let control = Arc::new(Control::open(data_dir, engine, devices, Arc::new(Router::new()))?);
+    let control = Arc::new(Control::open_collecting(data_dir, engine, devices, Arc::new(Router::new()), &collected, collect)?);
     control.restore()?;
     let module = control.put_blob(&f.module)?;
     let mut models = Vec::new();

@@ -38,6 +38,34 @@ pub struct UpArgs {
     pub plugin_dir: Option<PathBuf>,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub collect: CollectArgs,
+}
+
+/// Where collected model data goes (versions with `collect_model_data`).
+#[derive(clap::Args, Debug)]
+pub struct CollectArgs {
+    /// Close each collected-data file (making it readable) this many
+    /// seconds after it was opened; files also close at the hour's end and
+    /// on shutdown.
+    #[arg(long, default_value_t = 300.0)]
+    pub collect_rotate_seconds: f64,
+    /// Bytes of collected data waiting for the writer, at most; records
+    /// past it are dropped (and counted), so scoring never waits.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub collect_queue_bytes: usize,
+}
+
+impl CollectArgs {
+    pub fn settings(&self) -> Result<wasmscore_control::CollectSettings> {
+        let s = self.collect_rotate_seconds;
+        anyhow::ensure!(s > 0.0 && s <= 3600.0, "--collect-rotate-seconds must be in (0, 3600], got {s}");
+        Ok(wasmscore_control::CollectSettings {
+            rotate_after: std::time::Duration::from_secs_f64(s),
+            max_queued_bytes: self.collect_queue_bytes,
+            ..Default::default()
+        })
+    }
 }
 
 /// TLS and the limits at the edge.
@@ -221,7 +249,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
     let router = Arc::new(Router::new());
-    let control = Arc::new(Control::open(&args.data_dir, engine, devices, router)?);
+    let collected = args.data_dir.join("collected");
+    let control = Arc::new(Control::open_collecting(&args.data_dir, engine, devices, router, &collected, args.collect.settings()?)?);
     let machine = Capacity::of_machine();
     let capacity = Capacity {
         cpu_cores: args.cpu_capacity.unwrap_or(machine.cpu_cores),
@@ -255,8 +284,10 @@ pub fn run(args: UpArgs) -> Result<()> {
             });
         }
         let cfg = args.edge.server_config(args.max_body_bytes, token);
-        wasmscore_server::serve(listeners, control, cfg, shutdown_signal()).await?;
+        wasmscore_server::serve(listeners, control.clone(), cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
+        // Every request answered: what they collected is written now.
+        tokio::task::spawn_blocking(move || control.shutdown()).await?;
         let _ = std::fs::remove_file(&info_path);
         Ok(())
     })

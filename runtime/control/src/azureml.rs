@@ -158,7 +158,17 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
             "appInsightsEnabled" | "enableAppInsights" => m
                 .ignored
                 .push(format!("{k}: no Application Insights; module logs are in `wasmscore service logs`")),
-            "collectModelData" => m.ignored.push(format!("{k}: model data collection is not built yet")),
+            "collectModelData" if !val.is_null() => put(&mut m, k, "collect_model_data", val.clone()),
+            "dataCollection" => {
+                for (dk, dv) in val.as_object().into_iter().flatten() {
+                    let name = format!("{k}.{dk}");
+                    match dk.as_str() {
+                        "storageEnabled" if !dv.is_null() => put(&mut m, &name, "collect_model_data", dv.clone()),
+                        "storageEnabled" => {}
+                        _ => m.ignored.push(format!("{name}: not a field wasmscore knows")),
+                    }
+                }
+            }
             "namespace" | "computeTargetName" | "name" | "properties" | "location" | "sslEnabled" | "sslCertificate" | "sslKey"
             | "cname" | "dnsNameLabel" => m.ignored.push(format!("{k}: not used by wasmscore")),
             _ if val.is_null() => {}
@@ -227,6 +237,7 @@ mod tests {
             "trafficPercentile": 20,
             "description": "first",
             "tags": {"team": "fraud"},
+            "dataCollection": {"storageEnabled": true},
             "somethingNew": 1
         });
         assert!(is_azureml_deployment(&dc));
@@ -240,6 +251,7 @@ mod tests {
         assert_eq!(m.config["auth_enabled"], true);
         assert_eq!(m.config["autoscale_enabled"], false);
         assert_eq!(m.config["autoscale_refresh_seconds"], 2);
+        assert_eq!(m.config["collect_model_data"], true);
         assert!(!m.config.contains_key("autoscale_min_replicas"));
         assert_eq!(
             (m.config["period_seconds"].clone(), m.config["failure_threshold"].clone()),

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use wasmscore_collect::Collector;
+pub use wasmscore_collect::Settings as CollectSettings;
 use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionContext};
 use wasmscore_replica::{Pool, PoolConfig};
 use wasmscore_router::{Router, Version};
@@ -128,6 +130,9 @@ pub struct Control {
     ready: AtomicBool,
     /// What replicas are counted against (monitor.rs).
     pub(crate) capacity: Mutex<Capacity>,
+    /// The writer of collected model data (DATA_DIR/collected), shared by
+    /// every version that collects.
+    pub(crate) collector: Arc<Collector>,
 }
 
 pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
@@ -147,9 +152,25 @@ pub(crate) fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
 
 impl Control {
     pub fn open(data_dir: &Path, engine: Arc<ScoringEngine>, devices: Devices, router: Arc<Router>) -> Result<Self, ControlError> {
+        Self::open_collecting(data_dir, engine, devices, router, &data_dir.join("collected"), CollectSettings::default())
+    }
+
+    /// `open`, with collected model data written under `collected` with
+    /// these settings.
+    pub fn open_collecting(
+        data_dir: &Path,
+        engine: Arc<ScoringEngine>,
+        devices: Devices,
+        router: Arc<Router>,
+        collected: &Path,
+        collect: CollectSettings,
+    ) -> Result<Self, ControlError> {
         std::fs::create_dir_all(data_dir.join("blobs")).map_err(|e| ControlError::Store(format!("{}: {e}", data_dir.display())))?;
         let store = Store::open(&data_dir.join("state.db"))?;
+        let collector =
+            Collector::start(collected.to_path_buf(), collect).map_err(|e| ControlError::Store(format!("{}: {e}", collected.display())))?;
         Ok(Control {
+            collector,
             data_dir: data_dir.to_path_buf(),
             engine,
             devices,
@@ -165,6 +186,17 @@ impl Control {
 
     pub fn router(&self) -> &Arc<Router> {
         &self.router
+    }
+
+    /// Called once the server stopped taking requests (SIGTERM): collected
+    /// records still queued are written and their files closed.
+    pub fn shutdown(&self) {
+        self.collector.shutdown();
+    }
+
+    /// Closes the collected-data files that are open, so they can be read.
+    pub fn flush_collected(&self) {
+        self.collector.flush();
     }
 
     /// True once the versions in the store have been brought back.
@@ -313,22 +345,24 @@ impl Control {
                 .ok_or_else(|| format!("no model file {file:?} ships with this version"))?;
             std::fs::read(path).map_err(|e| format!("reading model file {file}: {e}"))
         });
-        let ctx = Arc::new(
-            VersionContext::new(
-                endpoint,
-                version,
-                models,
-                self.devices.clone(),
-                &placed.device,
-                resolved.memory_limit,
-            )
-            .with_devices(&model_device, resolved.fallback.as_deref())
-            .with_model_source(source)
-            .with_sandbox(wasmscore_engine::Sandbox {
-                env: resolved.sandbox.env.clone(),
-                precise_clocks: resolved.sandbox.precise_clocks,
-            }),
-        );
+        let ctx = VersionContext::new(
+            endpoint,
+            version,
+            models,
+            self.devices.clone(),
+            &placed.device,
+            resolved.memory_limit,
+        )
+        .with_devices(&model_device, resolved.fallback.as_deref())
+        .with_model_source(source)
+        .with_sandbox(wasmscore_engine::Sandbox {
+            env: resolved.sandbox.env.clone(),
+            precise_clocks: resolved.sandbox.precise_clocks,
+        });
+        let ctx = Arc::new(match resolved.collect {
+            Some(rate) => ctx.with_collector(self.collector.for_version(endpoint, version, rate)),
+            None => ctx,
+        });
         for note in &notes {
             ctx.log("warn", note.clone());
         }

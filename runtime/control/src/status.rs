@@ -92,6 +92,18 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
                 "usage": ctx.usage.snapshot(&l.placement.device),
             })
         }),
+        "data_collection": pool.map(|p| p.prepared().context()).and_then(|ctx| ctx.collector.as_ref().map(|c| {
+            let queued: serde_json::Map<String, serde_json::Value> = wasmscore_collect::Designation::ALL
+                .iter()
+                .map(|d| (d.as_str().to_string(), json!(c.stats.queued[*d as usize].load(Ordering::Relaxed))))
+                .collect();
+            json!({
+                "sample_rate": c.rate(),
+                "records": queued,
+                "dropped": c.stats.dropped.load(Ordering::Relaxed),
+                "path": format!("collected/{}/{}", ctx.endpoint, r.name),
+            })
+        })),
         "component": live.map(|l| l.component),
         "compiled_from_cache": live.map(|l| l.component != "compiled"),
         "component_load_ms": live.map(|l| l.load_ms),
@@ -319,6 +331,8 @@ impl Control {
         let mut rows: Vec<(String, Vec<(String, f64)>)> = Vec::new();
         let mut device_rows: Vec<(String, [(&str, f64); 10])> = Vec::new();
         let mut device_rows_deploy: Vec<(String, f64)> = Vec::new();
+        let mut collect_rows: Vec<(String, u64)> = Vec::new();
+        let mut collect_dropped: Vec<(String, u64)> = Vec::new();
         // Histograms and answers by status class, labelled with the role.
         let mut timed: Vec<(String, std::sync::Arc<wasmscore_router::Version>, std::sync::Arc<wasmscore_replica::Pool>)> = Vec::new();
         for (name, ep) in &inner.endpoints {
@@ -371,6 +385,15 @@ impl Control {
                         ],
                     ));
                 }
+                if let Some(c) = &ctx.collector {
+                    for d in wasmscore_collect::Designation::ALL {
+                        collect_rows.push((
+                            format!("{labels},designation=\"{}\"", d.as_str()),
+                            c.stats.queued[d as usize].load(Ordering::Relaxed),
+                        ));
+                    }
+                    collect_dropped.push((labels.clone(), c.stats.dropped.load(Ordering::Relaxed)));
+                }
                 let at_deploy = if b.placement.notes.is_empty() { 0.0 } else { 1.0 };
                 device_rows_deploy.push((labels, at_deploy));
             }
@@ -419,6 +442,29 @@ impl Control {
                 let _ = writeln!(out, "wasmscore_version_device_fallback_at_deploy{{{labels}}} {v}");
             }
         }
+        if !collect_rows.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP wasmscore_collected_records_total Records queued for the version's collected data, by designation.\n# TYPE wasmscore_collected_records_total counter"
+            );
+            for (labels, n) in &collect_rows {
+                let _ = writeln!(out, "wasmscore_collected_records_total{{{labels}}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP wasmscore_collected_dropped_total Records dropped because the writer's queue was full.\n# TYPE wasmscore_collected_dropped_total counter"
+            );
+            for (labels, n) in &collect_dropped {
+                let _ = writeln!(out, "wasmscore_collected_dropped_total{{{labels}}} {n}");
+            }
+        }
+        let w = &self.collector.stats;
+        let _ = writeln!(
+            out,
+            "# TYPE wasmscore_collected_files_total counter\nwasmscore_collected_files_total {}\n# TYPE wasmscore_collected_write_errors_total counter\nwasmscore_collected_write_errors_total {}",
+            w.files.load(Ordering::Relaxed),
+            w.write_errors.load(Ordering::Relaxed)
+        );
         let c = self.capacity_json();
         for (k, v) in [
             ("capacity_cpu_cores", &c["cpu_cores"]),

@@ -13,7 +13,9 @@ use wasmtime::component::{Resource, ResourceTable};
 use wasmtime::ResourceLimiter;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::bindings::{inference, log, metrics, ops, scoring_types, tensors, types, HostError};
+use wasmscore_collect::{Designation, VersionCollector};
+
+use crate::bindings::{data_collection, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
 use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it: host
@@ -107,6 +109,8 @@ pub struct VersionContext {
     pub reported: Reported,
     /// What the module may reach through WASI beyond its own memory.
     pub sandbox: Sandbox,
+    /// Model data collection, when the version has it on.
+    pub collector: Option<Arc<VersionCollector>>,
 }
 
 /// The count, sum and sum of squares of one reported number.
@@ -223,6 +227,7 @@ impl VersionContext {
             logs: Mutex::new(VecDeque::new()),
             reported: Reported::default(),
             sandbox: Sandbox::default(),
+            collector: None,
         }
     }
 
@@ -272,6 +277,12 @@ impl VersionContext {
     /// The same context with these grants.
     pub fn with_sandbox(mut self, sandbox: Sandbox) -> Self {
         self.sandbox = sandbox;
+        self
+    }
+
+    /// The same context collecting model data through `collector`.
+    pub fn with_collector(mut self, collector: Arc<VersionCollector>) -> Self {
+        self.collector = Some(collector);
         self
     }
 
@@ -327,6 +338,9 @@ pub struct HostState {
     ops: Vec<(Arc<str>, Arc<dyn Ops>)>,
     /// The trace id of the request being run, for its log lines.
     pub(crate) trace_id: Option<String>,
+    /// The correlation id of the request being run when it is sampled for
+    /// data collection: the module's `collect` calls go in under it.
+    pub(crate) collecting: Option<String>,
 }
 
 impl HostState {
@@ -351,6 +365,7 @@ impl HostState {
             hit_memory_limit: false,
             ops: Vec::new(),
             trace_id: None,
+            collecting: None,
         }
     }
 
@@ -766,6 +781,23 @@ impl ops::Host for HostState {
 impl metrics::Host for HostState {
     fn record(&mut self, name: String, value: f64) -> wasmtime::Result<()> {
         self.version.reported.record(&name, value);
+        Ok(())
+    }
+}
+
+impl data_collection::Host for HostState {
+    fn collect(&mut self, designation: data_collection::Designation, name: String, data: String) -> wasmtime::Result<()> {
+        use data_collection::Designation as D;
+        if let (Some(c), Some(id)) = (&self.version.collector, &self.collecting) {
+            let d = match designation {
+                D::Inputs => Designation::Inputs,
+                D::Predictions => Designation::Predictions,
+                D::Labels => Designation::Labels,
+                D::Signals => Designation::Signals,
+                D::General => Designation::General,
+            };
+            c.collect(d, id, &name, "text/plain", data.into_bytes());
+        }
         Ok(())
     }
 }

@@ -10,6 +10,18 @@ use crate::bindings::{scoring_types, types, Scorer, ScorerPre};
 use crate::engine::EPOCH_TICK;
 use crate::host::{HostState, VersionContext};
 use crate::EngineError;
+use wasmscore_collect::Designation;
+
+/// A correlation id for a request that came with no trace (a probe, a
+/// caller of the library): 32 hex digits, as a W3C trace id.
+fn random_correlation_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{t:016x}{:08x}{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed) as u32)
+}
 
 /// A request as the host hands it to `run`.
 #[derive(Debug, Clone, Default)]
@@ -160,6 +172,16 @@ impl Replica {
             })?;
             tensors.push((name, r));
         }
+        // A sampled request's body is copied for the collector (the only
+        // copy collection makes); others cost one hash.
+        let collector = self.store.data().version.collector.clone();
+        let collecting = collector.as_ref().and_then(|c| {
+            let id = req.trace_id.clone().unwrap_or_else(random_correlation_id);
+            c.sampled(&id).then(|| {
+                c.collect(Designation::Inputs, &id, "request", &req.content_type, req.body.clone());
+                id
+            })
+        });
         let wreq = scoring_types::Request {
             body: req.body,
             content_type: req.content_type,
@@ -167,9 +189,14 @@ impl Replica {
         };
         self.store.set_epoch_deadline(self.run_ticks);
         self.store.data_mut().trace_id = req.trace_id;
+        self.store.data_mut().collecting = collecting.clone();
         let started = Instant::now();
         let result = self.scorer.call_run(&mut self.store, &wreq);
         self.store.data_mut().trace_id = None;
+        self.store.data_mut().collecting = None;
+        if let (Some(c), Some(id), Ok(Ok(resp))) = (&collector, &collecting, &result) {
+            c.collect(Designation::Predictions, id, "response", &resp.content_type, resp.body.clone());
+        }
         match result {
             Ok(Ok(resp)) => {
                 let mut out = Vec::with_capacity(resp.tensors.len());

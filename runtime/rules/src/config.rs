@@ -84,6 +84,15 @@ pub struct DeploymentConfig {
     /// run. Logged and counted. None (the default): such work fails.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_fallback: Option<String>,
+    /// Model data collection: requests, responses and the module's
+    /// `collect` records as Parquet under DATA_DIR/collected (default off;
+    /// Azure ML's `collect_model_data`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collect_model_data: Option<bool>,
+    /// The share of requests collected, in (0, 1] (default 1: Azure ML v1
+    /// collects every request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collect_sample_rate: Option<f64>,
 }
 
 /// Resolved settings.
@@ -106,6 +115,8 @@ pub struct Resolved {
     pub device: String,
     /// Where work goes that `device` cannot take; none: it fails.
     pub fallback: Option<String>,
+    /// The share of requests whose data is collected; none: collection off.
+    pub collect: Option<f64>,
 }
 
 /// A version's replica pool, as its config sets it (the pool's own limits,
@@ -273,7 +284,16 @@ impl DeploymentConfig {
         if wait > 600_000 {
             return bad(format!("max_request_wait_time must be at most 600000 ms, got {wait}"));
         }
+        let collect = match (self.collect_model_data.unwrap_or(false), self.collect_sample_rate) {
+            (false, Some(_)) => return bad("collect_sample_rate needs collect_model_data: true".into()),
+            (false, None) => None,
+            (true, rate) => match rate.unwrap_or(1.0) {
+                r if r > 0.0 && r <= 1.0 => Some(r),
+                r => return bad(format!("collect_sample_rate must be in (0, 1], got {r}")),
+            },
+        };
         Ok(Resolved {
+            collect,
             timeout: Duration::from_millis(timeout_ms),
             memory_limit: (memory_gb * (1u64 << 30) as f64) as u64,
             pool: PoolSettings {
@@ -452,5 +472,22 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("num_replicas"), "{err}");
+    }
+
+    #[test]
+    fn collection_is_off_by_default_and_samples_everything_when_on() {
+        let resolve = |v: serde_json::Value| DeploymentConfig::parse(&v).unwrap().resolve();
+        assert_eq!(resolve(serde_json::json!({})).unwrap().collect, None);
+        assert_eq!(resolve(serde_json::json!({"collect_model_data": true})).unwrap().collect, Some(1.0));
+        let r = resolve(serde_json::json!({"collect_model_data": true, "collect_sample_rate": 0.1})).unwrap();
+        assert_eq!(r.collect, Some(0.1));
+        for (bad, why) in [
+            (serde_json::json!({"collect_sample_rate": 0.5}), "needs collect_model_data"),
+            (serde_json::json!({"collect_model_data": true, "collect_sample_rate": 0.0}), "(0, 1]"),
+            (serde_json::json!({"collect_model_data": true, "collect_sample_rate": 1.5}), "(0, 1]"),
+        ] {
+            let err = resolve(bad.clone()).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -66,11 +66,44 @@ pub struct Listeners {
 struct App<P> {
     plane: Arc<P>,
     cfg: ServerConfig,
+    /// Requests being handled, for the drain at shutdown.
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Set at shutdown: requests that arrive on open connections get 503.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Woken when the last request in flight ends.
+    idle: tokio::sync::Notify,
+}
+
+/// Longest shutdown waits for requests in flight (the default scoring
+/// timeout, and a little).
+const DRAIN: Duration = Duration::from_secs(65);
+
+/// Counts a request as in flight for as long as it lives (a dropped
+/// connection drops it too).
+struct InFlight<P>(Arc<App<P>>);
+
+impl<P> InFlight<P> {
+    fn enter(app: Arc<App<P>>) -> Self {
+        app.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlight(app)
+    }
+}
+
+impl<P> Drop for InFlight<P> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 type Body = Full<Bytes>;
 
-/// Serves until `shutdown` resolves, then stops accepting; open connections finish.
+/// Serves until `shutdown` resolves, then stops accepting and drains:
+/// requests in flight finish (up to `DRAIN`), requests that arrive on open
+/// connections meanwhile get 503, and only then does it return, so what the
+/// answered requests did (their collected data) is all in before the caller
+/// shuts the rest down.
 pub async fn serve<P: Plane>(
     listeners: Listeners,
     plane: Arc<P>,
@@ -78,7 +111,13 @@ pub async fn serve<P: Plane>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let conns = Arc::new(Semaphore::new(cfg.max_connections));
-    let app = Arc::new(App { plane, cfg });
+    let app = Arc::new(App {
+        plane,
+        cfg,
+        in_flight: Default::default(),
+        stopping: Default::default(),
+        idle: tokio::sync::Notify::new(),
+    });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
     if let Some(l) = listeners.plain {
@@ -96,6 +135,23 @@ pub async fn serve<P: Plane>(
     shutdown.await;
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
+    app.stopping.store(true, std::sync::atomic::Ordering::Release);
+    let deadline = tokio::time::sleep(DRAIN);
+    tokio::pin!(deadline);
+    loop {
+        let idle = app.idle.notified();
+        let left = app.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        if left == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = idle => {}
+            _ = &mut deadline => {
+                tracing::warn!(requests = left, "shutdown: requests still in flight after the drain");
+                break;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -240,7 +296,18 @@ where
     let cfg = app.cfg.clone();
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(app.handle(req).await) }
+        async move {
+            let _counted = InFlight::enter(app.clone());
+            if app.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                let mut r = error_response(ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(503, "shutting_down", "the server is shutting down; retry")
+                });
+                r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok::<_, Infallible>(r);
+            }
+            Ok(app.handle(req).await)
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder

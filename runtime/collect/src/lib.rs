@@ -1,0 +1,488 @@
+//! Model data collection, off the request path: what a version's requests
+//! carried and what it answered (sampled per request), and what the module
+//! hands to the `data-collection` import, as Parquet files an analyst opens
+//! with pandas, pyarrow or DuckDB.
+//!
+//! Scoring never waits for a disk: a record goes into a bounded queue
+//! (records and bytes) with `try_send`, and is dropped and counted when the
+//! queue is full. One writer thread per process owns every open file:
+//!
+//! ```text
+//! DATA_DIR/collected/{endpoint}/{version}/{designation}/date=YYYY-MM-DD/hour=HH/part-….parquet
+//! ```
+//!
+//! A file is written under a hidden name (`.part-….inprogress`, which
+//! pyarrow and DuckDB's globs skip) and renamed when it is closed: at the
+//! hour's end, after `rotate_after`, past `max_file_bytes`, on `flush` and
+//! on shutdown. A closed file is complete; an open one is never read. On
+//! shutdown the writer drains the queue first, so every record queued
+//! before it is on disk.
+
+mod parquet_file;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+
+use crate::parquet_file::PartFile;
+
+/// What a record is, as Azure ML's ModelDataCollector designates it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Designation {
+    Inputs,
+    Predictions,
+    Labels,
+    Signals,
+    General,
+}
+
+impl Designation {
+    pub const ALL: [Designation; 5] = [
+        Designation::Inputs,
+        Designation::Predictions,
+        Designation::Labels,
+        Designation::Signals,
+        Designation::General,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Designation::Inputs => "inputs",
+            Designation::Predictions => "predictions",
+            Designation::Labels => "labels",
+            Designation::Signals => "signals",
+            Designation::General => "general",
+        }
+    }
+}
+
+/// The writer's limits.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Records waiting for the writer, at most; more are dropped.
+    pub max_queued_records: usize,
+    /// Bytes of data waiting for the writer, at most; more are dropped.
+    pub max_queued_bytes: usize,
+    /// A file is closed (and readable) this long after it was opened.
+    pub rotate_after: Duration,
+    /// A file is closed once this many bytes of data went into it.
+    pub max_file_bytes: u64,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_queued_records: 16_384,
+            max_queued_bytes: 64 << 20,
+            rotate_after: Duration::from_secs(300),
+            max_file_bytes: 128 << 20,
+            row_group_rows: 8192,
+        }
+    }
+}
+
+/// One collected record.
+struct Record {
+    endpoint: Arc<str>,
+    version: Arc<str>,
+    designation: Designation,
+    time_us: i64,
+    correlation_id: String,
+    name: String,
+    content_type: String,
+    data: Vec<u8>,
+}
+
+enum Msg {
+    Record(Box<Record>),
+    /// Close every open file, then answer.
+    Flush(Sender<()>),
+    /// Write what is queued, close every file, answer and stop.
+    Shutdown(Sender<()>),
+}
+
+/// Figures of the whole writer.
+#[derive(Default)]
+pub struct WriterStats {
+    /// Files closed (complete and readable).
+    pub files: AtomicU64,
+    /// Records lost to a failed write (the error is logged).
+    pub write_errors: AtomicU64,
+}
+
+/// The process's collector: the queue and its writer thread.
+pub struct Collector {
+    tx: Sender<Msg>,
+    queued_bytes: Arc<AtomicUsize>,
+    settings: Settings,
+    pub stats: Arc<WriterStats>,
+    /// Taken by `shutdown`. A mutex: touched at start and stop only.
+    thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Collector {
+    /// Starts the writer for files under `root` (DATA_DIR/collected).
+    /// Unfinished files a crash left behind (no footer: unreadable) are
+    /// removed, and their count logged.
+    pub fn start(root: PathBuf, settings: Settings) -> std::io::Result<Arc<Collector>> {
+        std::fs::create_dir_all(&root)?;
+        let removed = remove_unfinished(&root);
+        if removed > 0 {
+            tracing::warn!(files = removed, root = %root.display(), "removed unfinished collected-data files left by a crash");
+        }
+        let (tx, rx) = crossbeam_channel::bounded(settings.max_queued_records);
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let stats = Arc::new(WriterStats::default());
+        let writer = Writer {
+            root,
+            settings: settings.clone(),
+            open: HashMap::new(),
+            queued_bytes: queued_bytes.clone(),
+            stats: stats.clone(),
+            seq: 0,
+        };
+        let thread = std::thread::Builder::new()
+            .name("collect-writer".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(Collector {
+            tx,
+            queued_bytes,
+            settings,
+            stats,
+            thread: std::sync::Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// A version's handle: `rate` of its requests (0 < rate <= 1) are sampled.
+    pub fn for_version(self: &Arc<Self>, endpoint: &str, version: &str, rate: f64) -> Arc<VersionCollector> {
+        Arc::new(VersionCollector {
+            endpoint: endpoint.into(),
+            version: version.into(),
+            rate,
+            collector: self.clone(),
+            stats: VersionStats::default(),
+        })
+    }
+
+    /// Closes every open file (they become readable) and waits for it.
+    pub fn flush(&self) {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        if self.tx.send(Msg::Flush(ack)).is_ok() {
+            let _ = done.recv();
+        }
+    }
+
+    /// Writes everything queued, closes every file and stops the writer.
+    /// Called once the server stopped taking requests.
+    pub fn shutdown(&self) {
+        let (ack, done) = crossbeam_channel::bounded(1);
+        if self.tx.send(Msg::Shutdown(ack)).is_ok() {
+            let _ = done.recv();
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    fn offer(&self, record: Record) -> bool {
+        let bytes = record.data.len();
+        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.settings.max_queued_bytes {
+            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return false;
+        }
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// A version's counts.
+#[derive(Default)]
+pub struct VersionStats {
+    /// Records queued for writing, by designation (`Designation::ALL` order).
+    pub queued: [AtomicU64; 5],
+    /// Records dropped because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+/// What a version's replicas collect through.
+pub struct VersionCollector {
+    endpoint: Arc<str>,
+    version: Arc<str>,
+    rate: f64,
+    collector: Arc<Collector>,
+    pub stats: VersionStats,
+}
+
+impl VersionCollector {
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Whether the request with this correlation id is collected: a hash
+    /// of the id against the rate, so every hop (and every record) of one
+    /// request decides the same.
+    pub fn sampled(&self, correlation_id: &str) -> bool {
+        if self.rate >= 1.0 {
+            return true;
+        }
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in correlation_id.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        // FNV-1a alone leaves ids that differ in their last digits close
+        // together; murmur3's finalizer spreads them.
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^= h >> 33;
+        ((h >> 11) as f64 / (1u64 << 53) as f64) < self.rate
+    }
+
+    /// Queues one record; never blocks. False (and counted) when dropped.
+    pub fn collect(&self, designation: Designation, correlation_id: &str, name: &str, content_type: &str, data: Vec<u8>) -> bool {
+        let record = Record {
+            endpoint: self.endpoint.clone(),
+            version: self.version.clone(),
+            designation,
+            time_us: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64),
+            correlation_id: correlation_id.to_string(),
+            name: name.to_string(),
+            content_type: content_type.to_string(),
+            data,
+        };
+        if self.collector.offer(record) {
+            self.stats.queued[designation as usize].fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+/// Which file a record goes to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct FileKey {
+    endpoint: Arc<str>,
+    version: Arc<str>,
+    designation: Designation,
+    /// Hours since the epoch (UTC).
+    hour: i64,
+}
+
+struct Writer {
+    root: PathBuf,
+    settings: Settings,
+    open: HashMap<FileKey, PartFile>,
+    queued_bytes: Arc<AtomicUsize>,
+    stats: Arc<WriterStats>,
+    seq: u64,
+}
+
+const HOUR_US: i64 = 3_600_000_000;
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut last_check = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(250)) {
+                Ok(Msg::Record(r)) => self.write(*r),
+                Ok(Msg::Flush(ack)) => {
+                    self.close_all();
+                    let _ = ack.send(());
+                }
+                Ok(Msg::Shutdown(ack)) => {
+                    // Records offered after the shutdown message (requests
+                    // finishing late) are written too.
+                    while let Ok(Msg::Record(r)) = rx.try_recv() {
+                        self.write(*r);
+                    }
+                    self.close_all();
+                    let _ = ack.send(());
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.close_all();
+                    return;
+                }
+            }
+            if last_check.elapsed() >= Duration::from_millis(250) {
+                last_check = Instant::now();
+                self.close_due();
+            }
+        }
+    }
+
+    fn write(&mut self, r: Record) {
+        self.queued_bytes.fetch_sub(r.data.len(), Ordering::Relaxed);
+        let key = FileKey {
+            endpoint: r.endpoint.clone(),
+            version: r.version.clone(),
+            designation: r.designation,
+            hour: r.time_us.div_euclid(HOUR_US),
+        };
+        if !self.open.contains_key(&key) {
+            self.seq += 1;
+            let dir = self.root.join(partition(&key));
+            match PartFile::create(&dir, r.time_us, self.seq) {
+                Ok(f) => {
+                    self.open.insert(key.clone(), f);
+                }
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open a collected-data file; the record is lost");
+                    return;
+                }
+            }
+        }
+        let file = self.open.get_mut(&key).expect("opened above");
+        if let Err(e) = file.push(&r, self.settings.row_group_rows) {
+            self.fail(&key, e);
+            return;
+        }
+        if file.data_bytes() >= self.settings.max_file_bytes {
+            self.close(&key);
+        }
+    }
+
+    /// Closes files whose hour is over or that are old enough.
+    fn close_due(&mut self) {
+        let now_hour = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64).div_euclid(HOUR_US);
+        let due: Vec<FileKey> = self
+            .open
+            .iter()
+            .filter(|(k, f)| k.hour < now_hour || f.age() >= self.settings.rotate_after)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.close(&k);
+        }
+    }
+
+    fn close_all(&mut self) {
+        let keys: Vec<FileKey> = self.open.keys().cloned().collect();
+        for k in keys {
+            self.close(&k);
+        }
+    }
+
+    fn close(&mut self, key: &FileKey) {
+        if let Some(f) = self.open.remove(key) {
+            let rows = f.rows();
+            match f.finish() {
+                Ok(path) => {
+                    self.stats.files.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(path = %path.display(), rows, "collected-data file closed");
+                }
+                Err(e) => {
+                    self.stats.write_errors.fetch_add(rows, Ordering::Relaxed);
+                    tracing::error!(error = %e, rows, "closing a collected-data file failed; its records are lost");
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, key: &FileKey, e: parquet::errors::ParquetError) {
+        if let Some(f) = self.open.remove(key) {
+            self.stats.write_errors.fetch_add(f.rows().max(1), Ordering::Relaxed);
+            tracing::error!(error = %e, "writing a collected-data file failed; its records are lost");
+            f.abandon();
+        }
+    }
+}
+
+/// `{endpoint}/{version}/{designation}/date=YYYY-MM-DD/hour=HH` (Hive
+/// partitions, which pyarrow and DuckDB read as columns).
+fn partition(key: &FileKey) -> PathBuf {
+    let days = key.hour.div_euclid(24);
+    let (y, m, d) = civil_from_days(days);
+    Path::new(&*key.endpoint)
+        .join(&*key.version)
+        .join(key.designation.as_str())
+        .join(format!("date={y:04}-{m:02}-{d:02}"))
+        .join(format!("hour={:02}", key.hour.rem_euclid(24)))
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+fn remove_unfinished(dir: &Path) -> usize {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            n += remove_unfinished(&path);
+        } else if path.extension().is_some_and(|x| x == "inprogress") && std::fs::remove_file(&path).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(20_513), (2026, 3, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+    }
+
+    #[test]
+    fn sampling_follows_the_rate_and_the_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Collector::start(dir.path().into(), Settings::default()).unwrap();
+        let v = c.for_version("e", "v", 0.1);
+        let hits = (0..20_000).filter(|i| v.sampled(&format!("{i:032x}"))).count();
+        assert!((1_700..2_300).contains(&hits), "{hits}");
+        assert_eq!(v.sampled("abc"), v.sampled("abc"));
+        assert!(c.for_version("e", "v", 1.0).sampled("anything"));
+        c.shutdown();
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            max_queued_bytes: 10,
+            ..Settings::default()
+        };
+        let c = Collector::start(dir.path().into(), settings).unwrap();
+        let v = c.for_version("e", "v", 1.0);
+        assert!(!v.collect(Designation::Inputs, "id", "request", "application/json", vec![0; 11]));
+        assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
+        assert!(v.collect(Designation::Inputs, "id", "request", "application/json", vec![b'1'; 5]));
+        c.shutdown();
+        assert_eq!(c.stats.files.load(Ordering::Relaxed), 1);
+    }
+}
