@@ -189,9 +189,11 @@ impl Control {
     }
 
     /// Called once the server stopped taking requests (SIGTERM): collected
-    /// records still queued are written and their files closed.
+    /// records still queued are written and their files closed, and the
+    /// versions' counters saved.
     pub fn shutdown(&self) {
         self.collector.shutdown();
+        self.save_counters();
     }
 
     /// Closes the collected-data files that are open, so they can be read.

@@ -13,6 +13,7 @@
 mod access;
 mod admin;
 pub mod azureml;
+mod counters;
 pub mod data_dir;
 mod deploy;
 mod monitor;

@@ -156,11 +156,16 @@ impl Control {
     /// with it.
     pub(crate) fn start_monitor(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new().name("monitor".into()).spawn(move || loop {
-            std::thread::sleep(TICK);
-            match weak.upgrade() {
-                Some(control) => control.tick(Instant::now()),
-                None => return,
+        let spawned = std::thread::Builder::new().name("monitor".into()).spawn(move || {
+            let mut saved = Instant::now();
+            loop {
+                std::thread::sleep(TICK);
+                let Some(control) = weak.upgrade() else { return };
+                control.tick(Instant::now());
+                if saved.elapsed() >= crate::counters::SAVE_EVERY {
+                    control.save_counters();
+                    saved = Instant::now();
+                }
             }
         });
         if let Err(e) = spawned {

@@ -18,6 +18,7 @@ use crate::access::{self, AuthSettings};
 use crate::deploy::{lock, valid_name, Built, Control, ModelRef, VersionSpec};
 use crate::rules::{self, Rollout, RolloutChange};
 use crate::store::{new_key, now_rfc3339, AuthMode, EndpointRow, Store, Tags, VersionRow};
+use crate::counters::{spec_sha, Counters};
 use crate::ControlError;
 
 /// Deploy events kept per version for `logs`.
@@ -457,6 +458,14 @@ impl Control {
         };
         let result = self.build(endpoint, version, &spec, &phase);
         let mut inner = lock(&self.inner);
+        // The counts saved for this version, if it ran before (a restart).
+        let saved = match inner.store.counters(endpoint, version) {
+            Ok(saved) => saved,
+            Err(e) => {
+                tracing::warn!(endpoint, version, error = %e, "reading the version's saved counters failed; they start from zero");
+                None
+            }
+        };
         let Some(v) = find_version(&mut inner, endpoint, version) else {
             tracing::info!(
                 endpoint,
@@ -486,6 +495,23 @@ impl Control {
                     deploy_ms = built.deploy_ms,
                     "version serving"
                 );
+                // The same version (module, models, config) keeps its
+                // counts: from the build it replaces, or saved before a
+                // restart. A changed version starts from zero.
+                let reported = &built.pool.prepared().context().reported;
+                let kept = match &v.live {
+                    Some(old) if old.spec == built.spec => {
+                        let old_reported = &old.pool.prepared().context().reported;
+                        Some(Counters::of(&old.version.stats, old_reported))
+                    }
+                    Some(_) => None,
+                    None => saved
+                        .filter(|(sha, _)| *sha == spec_sha(&built.spec))
+                        .and_then(|(_, json)| serde_json::from_str::<Counters>(&json).ok()),
+                };
+                if let Some(c) = kept {
+                    c.add_to(&built.version.stats, reported);
+                }
                 v.ctx = Some(built.pool.prepared().context().clone());
                 v.phase = Phase::Done;
                 v.last_error = None;

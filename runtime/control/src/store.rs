@@ -19,8 +19,9 @@ use crate::ControlError;
 
 /// The schema this build writes (`PRAGMA user_version`). 1 was the first
 /// release's single `versions` table; 2 had no auth mode and no token
-/// signing keys per endpoint; `open` migrates both.
-const SCHEMA: i64 = 3;
+/// signing keys per endpoint; 3 kept no version counters; `open` migrates
+/// them all.
+const SCHEMA: i64 = 4;
 
 pub struct Store {
     conn: Connection,
@@ -205,6 +206,15 @@ impl Store {
                 description TEXT NOT NULL DEFAULT '',
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
                 PRIMARY KEY (name, version)
+            );
+            CREATE TABLE IF NOT EXISTS version_counters (
+                endpoint TEXT NOT NULL,
+                version TEXT NOT NULL,
+                spec_sha TEXT NOT NULL,
+                counters TEXT NOT NULL,
+                updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                PRIMARY KEY (endpoint, version),
+                FOREIGN KEY (endpoint, version) REFERENCES versions(endpoint, version) ON DELETE CASCADE
             );
             CREATE TABLE IF NOT EXISTS modules (
                 sha256 TEXT PRIMARY KEY,
@@ -411,6 +421,36 @@ impl Store {
         let n = tx.execute("DELETE FROM endpoints WHERE name = ?1", params![endpoint])?;
         tx.commit()?;
         Ok(n > 0)
+    }
+
+    /// Writes versions' counters (endpoint, version, spec hash, JSON) in
+    /// one transaction. A version deleted meanwhile is skipped.
+    pub fn save_counters(&mut self, rows: &[(String, String, String, String)]) -> Result<(), ControlError> {
+        let tx = self.conn.transaction()?;
+        for (endpoint, version, sha, counters) in rows {
+            tx.execute(
+                "INSERT INTO version_counters (endpoint, version, spec_sha, counters)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM versions WHERE endpoint = ?1 AND version = ?2)
+                 ON CONFLICT (endpoint, version) DO UPDATE SET
+                   spec_sha = excluded.spec_sha, counters = excluded.counters,
+                   updated_at = strftime('%Y-%m-%dT%H:%M:%fZ','now')",
+                params![endpoint, version, sha, counters],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A version's saved counters: its spec hash then and the JSON.
+    pub fn counters(&self, endpoint: &str, version: &str) -> Result<Option<(String, String)>, ControlError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT spec_sha, counters FROM version_counters WHERE endpoint = ?1 AND version = ?2",
+                params![endpoint, version],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?)
     }
 
     pub fn record_module(&mut self, sha: &str, name: &str, size: u64) -> Result<(), ControlError> {

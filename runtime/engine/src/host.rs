@@ -114,7 +114,7 @@ pub struct VersionContext {
 }
 
 /// The count, sum and sum of squares of one reported number.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Moments {
     pub count: u64,
     pub sum: f64,
@@ -156,6 +156,18 @@ impl Reported {
         m.count += 1;
         m.sum += value;
         m.sum_sq += value * value;
+    }
+
+    /// Adds moments kept from before (persisted across a restart).
+    pub fn add(&self, name: &str, m: Moments) {
+        let mut all = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, have)) = all.iter_mut().find(|(n, _)| n == name) {
+            have.count += m.count;
+            have.sum += m.sum;
+            have.sum_sq += m.sum_sq;
+        } else if all.len() < REPORTED_NAMES {
+            all.push((name.to_string(), m));
+        }
     }
 
     pub fn snapshot(&self) -> Vec<(String, Moments)> {

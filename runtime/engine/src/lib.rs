@@ -17,7 +17,7 @@ mod replica;
 mod usage;
 
 pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
-pub use host::{LogLine, ModelSource, Sandbox, VersionContext, COARSE_CLOCK_NS};
+pub use host::{LogLine, ModelSource, Moments, Reported, Sandbox, VersionContext, COARSE_CLOCK_NS};
 pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
 pub use usage::{DeviceUsage, DeviceUsageSnapshot};
 

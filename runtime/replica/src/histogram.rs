@@ -49,6 +49,19 @@ impl Histogram {
             .collect()
     }
 
+    pub fn sum_nanos(&self) -> u64 {
+        self.sum_ns.load(Ordering::Relaxed)
+    }
+
+    /// Adds counts kept from before (per bucket, as `counts` gives them)
+    /// and their sum: figures persisted across a restart.
+    pub fn add(&self, counts: &[u64], sum_ns: u64) {
+        for (c, n) in self.counts.iter().zip(counts) {
+            c.fetch_add(*n, Ordering::Relaxed);
+        }
+        self.sum_ns.fetch_add(sum_ns, Ordering::Relaxed);
+    }
+
     pub fn sum_seconds(&self) -> f64 {
         self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9
     }

@@ -157,4 +157,21 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     s.deploy_ok("solo", &h, &[], None);
     let out = Command::new(bin()).args(["endpoint", "compare", "solo", "--data-dir"]).arg(s.data.path()).output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--control"));
+
+    // The counts live through a restart (saved at shutdown, and every 10 s)...
+    let mut s = s;
+    assert!(s.terminate());
+    let s = Server::start_in(s.kill(), &[]);
+    let compare = |s: &Server| -> Value { serde_json::from_str(&cli(s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap() };
+    let again = compare(&s);
+    let after = |v: &Value, name: &str| v["verdict"]["comparisons"].as_array().unwrap().iter().find(|c| c["treatment"] == name).unwrap().clone();
+    assert_eq!(after(&again, "fails")["requests"], json!([4000, 3000]), "{again}");
+    assert_eq!(after(&again, "fails")["error_rate"], fails["error_rate"]);
+    assert_eq!(after(&again, "fails")["reported"], fails["reported"]);
+    // ...and start again when the version changes (its module, models or config).
+    std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "10"}}).to_string()).unwrap();
+    cli(&s, &["version", "update", "--endpoint", "ab", "--version", "fails", "--dc", dc.to_str().unwrap()]);
+    let changed = compare(&s);
+    assert_eq!(after(&changed, "fails")["requests"], json!([4000, 0]), "{changed}");
+    assert_eq!(after(&changed, "same")["requests"], json!([4000, 3000]), "{changed}");
 }

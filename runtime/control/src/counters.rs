@@ -1,0 +1,108 @@
+//! A version's request-path counts (what the verdict compares) kept across
+//! restarts: written to the store every few seconds and at shutdown, read
+//! back when the same version (the same module, models and config) is
+//! built again. A version whose spec changed starts from zero.
+
+use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use wasmscore_engine::{Moments, Reported};
+use wasmscore_router::VersionStats;
+
+use crate::deploy::{lock, Control, VersionSpec};
+
+/// What is persisted of one version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Counters {
+    /// Request duration, per bucket (not cumulative), and the sum.
+    pub duration: Vec<u64>,
+    pub duration_sum_ns: u64,
+    /// Answers by status class, 1xx to 5xx.
+    pub responses: [u64; 5],
+    /// The module's reported numbers.
+    pub reported: Vec<(String, Moments)>,
+}
+
+impl Counters {
+    pub(crate) fn of(stats: &VersionStats, reported: &Reported) -> Counters {
+        Counters {
+            duration: stats.duration.counts(),
+            duration_sum_ns: stats.duration.sum_nanos(),
+            responses: std::array::from_fn(|i| stats.responses[i].load(Ordering::Relaxed)),
+            reported: reported.snapshot(),
+        }
+    }
+
+    /// Adds these counts to a freshly built version's.
+    pub(crate) fn add_to(&self, stats: &VersionStats, reported: &Reported) {
+        stats.duration.add(&self.duration, self.duration_sum_ns);
+        for (c, n) in stats.responses.iter().zip(self.responses) {
+            c.fetch_add(n, Ordering::Relaxed);
+        }
+        for (name, m) in &self.reported {
+            reported.add(name, *m);
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.responses.iter().all(|n| *n == 0) && self.reported.is_empty()
+    }
+}
+
+impl Control {
+    /// Saves every serving version's counters (the monitor does it every
+    /// `SAVE_EVERY`, shutdown once more).
+    pub(crate) fn save_counters(&self) {
+        let mut inner = lock(&self.inner);
+        let mut rows = Vec::new();
+        for (name, ep) in &inner.endpoints {
+            for v in &ep.versions {
+                let Some(b) = &v.live else { continue };
+                let c = Counters::of(&b.version.stats, &b.pool.prepared().context().reported);
+                if !c.is_empty() {
+                    let json = serde_json::to_string(&c).expect("counters serialize");
+                    rows.push((name.clone(), v.row.rollout.name.clone(), spec_sha(&b.spec), json));
+                }
+            }
+        }
+        if rows.is_empty() {
+            return;
+        }
+        if let Err(e) = inner.store.save_counters(&rows) {
+            tracing::warn!(error = %e, "saving version counters failed; they are kept in memory and saved again later");
+        }
+    }
+}
+
+/// How often the monitor saves the counters.
+pub(crate) const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// What identifies "the same version" for its counts: its spec's hash.
+pub(crate) fn spec_sha(spec: &VersionSpec) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(spec).expect("a spec serializes")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_round_trip_and_add_up() {
+        let (stats, reported) = (VersionStats::default(), Reported::default());
+        stats.duration.observe(std::time::Duration::from_millis(2));
+        stats.responses[1].store(7, Ordering::Relaxed);
+        reported.record("clicks", 2.0);
+        let c = Counters::of(&stats, &reported);
+        let back: Counters = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+        let (fresh, fresh_reported) = (VersionStats::default(), Reported::default());
+        back.add_to(&fresh, &fresh_reported);
+        back.add_to(&fresh, &fresh_reported);
+        let twice = Counters::of(&fresh, &fresh_reported);
+        assert_eq!(twice.responses[1], 14);
+        assert_eq!(twice.duration.iter().sum::<u64>(), 2);
+        assert_eq!(twice.duration_sum_ns, 2 * c.duration_sum_ns);
+        assert_eq!(twice.reported[0].1.count, 2);
+    }
+}
