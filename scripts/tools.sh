@@ -29,5 +29,11 @@ if ! cmp -s runtime/cli/js/package-lock.json runtime/cli/js/node_modules/.wasmsc
   (cd runtime/cli/js && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.wasmscore-lock)
 fi
 
+say "Chromium and playwright-core (the /ui page's browser test), pinned by tests/ui/package-lock.json"
+debian chromium
+if ! cmp -s tests/ui/package-lock.json tests/ui/node_modules/.wasmscore-lock 2>/dev/null; then
+  (cd tests/ui && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.wasmscore-lock)
+fi
+
 say "Rust target wasm32-wasip2"
 rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2

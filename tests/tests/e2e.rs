@@ -38,6 +38,9 @@ mod verdict;
 #[path = "e2e/collect.rs"]
 mod collect;
 
+#[path = "e2e/ui.rs"]
+mod ui;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -295,6 +298,41 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A server with endpoint iris: v1 (Rust iris, the default and the
+/// control) and v2 (the same at 30%, a treatment).
+pub(crate) fn iris_control_and_treatment() -> Server {
+    let s = Server::start(&[]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let cli = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let (m, r) = (model(), iris_rust());
+    cli(&["version", "create", "--endpoint", "iris", "--version", "v2", "--module", r.to_str().unwrap(), "--model", m.to_str().unwrap(), "--traffic", "30"]);
+    cli(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
+    s
+}
+
+/// One scoring request with KEY on a fresh connection, from any thread;
+/// its status, if it got one (none: refused or cut).
+pub(crate) fn post_score(addr: &str, endpoint: &str, key: &str, headers: &[(&str, &str)], body: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
+    let mut head = format!(
+        "POST /api/v1/service/{endpoint}/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    head.push_str(body);
+    s.write_all(head.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    String::from_utf8_lossy(&raw).split_whitespace().nth(1)?.parse().ok()
 }
 
 /// ONNX Runtime's own answer, from the onnxruntime wheel in .venv.

@@ -19,6 +19,7 @@
 //! DELETE endpoints/E/versions/V[?new_default=W]
 //! GET    endpoints/E/logs  GET endpoints/E/versions/V/logs
 //! GET    endpoints/E/compare[?alpha=A]   (the verdict)
+//! GET    endpoints/E/series              (the last hour, for /ui)
 //! GET    devices                             {devices: [...], unavailable: [{name, why}]}
 //! ```
 
@@ -158,6 +159,7 @@ impl Control {
             ("POST", ["endpoints", ep, "rotate-token-key"]) => ok(self.rotate_token_key(ep)?),
             ("DELETE", ["endpoints", ep]) => ok(self.delete_endpoint(ep)?),
             ("GET", ["endpoints", ep, "logs"]) => ok(self.logs(ep, None)?),
+            ("GET", ["endpoints", ep, "series"]) => ok(self.series(ep)?),
             ("GET", ["endpoints", ep, "compare"]) => {
                 let alpha = match query_param(&query, "alpha") {
                     Some(a) => a

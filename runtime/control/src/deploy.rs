@@ -74,6 +74,8 @@ pub(crate) struct Built {
     pub monitor: VersionMonitor,
     /// Where it runs.
     pub placement: Placement,
+    /// Its last hour, for the /ui page (series.rs).
+    pub series: crate::series::Series,
 }
 
 /// A build that failed, with the module's context if it got that far (its
@@ -397,6 +399,7 @@ impl Control {
                 model_device,
                 notes,
             },
+            series: Default::default(),
         })
     }
 

@@ -19,6 +19,7 @@ mod deploy;
 mod monitor;
 mod registry;
 mod rollout;
+mod series;
 mod status;
 mod store;
 

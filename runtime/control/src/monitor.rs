@@ -157,11 +157,15 @@ impl Control {
     pub(crate) fn start_monitor(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         let spawned = std::thread::Builder::new().name("monitor".into()).spawn(move || {
-            let mut saved = Instant::now();
+            let (mut saved, mut sampled) = (Instant::now(), None::<Instant>);
             loop {
                 std::thread::sleep(TICK);
                 let Some(control) = weak.upgrade() else { return };
                 control.tick(Instant::now());
+                if sampled.is_none_or(|t| t.elapsed() >= crate::series::EVERY) {
+                    control.sample_series();
+                    sampled = Some(Instant::now());
+                }
                 if saved.elapsed() >= crate::counters::SAVE_EVERY {
                     control.save_counters();
                     saved = Instant::now();

@@ -394,6 +394,10 @@ impl<P: Plane> App<P> {
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
                 r
             }
+            ("GET", ["ui", ..]) => {
+                let rest = path.trim_start_matches("/ui").trim_start_matches('/');
+                crate::ui::file(rest).unwrap_or_else(|| error_response(ApiError::new(404, "not_found", format!("no page {path}"))))
+            }
             (_, ["admin", "v1", ..]) => self.admin(req, &path).await.unwrap_or_else(error_response),
             _ => error_response(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
         }

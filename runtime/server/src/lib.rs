@@ -13,6 +13,7 @@ mod errors;
 mod http;
 pub mod plane;
 pub mod tls;
+mod ui;
 
 pub use http::{serve, Listeners, ServerConfig};
 pub use plane::{Answer, Plane};

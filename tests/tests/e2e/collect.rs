@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{iris_python, model, root, Server};
+use super::{iris_python, model, post_score, root, Server};
 
 /// Every collected row under DATA_DIR/collected, read twice: by pyarrow
 /// (Hive partitions as columns, checked against each row's time) and by
@@ -174,7 +174,7 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
             while !stop.load(Ordering::Relaxed) {
                 let (tp, id) = trace(i);
                 i += 1;
-                if let Some(200) = post(&addr, &key, &tp) {
+                if let Some(200) = post_score(&addr, "iris", &key, &[("traceparent", &tp)], ROW) {
                     answered.lock().unwrap().push(id);
                 }
             }
@@ -209,21 +209,6 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
         .output()
         .unwrap();
     assert!(leftovers.stdout.is_empty(), "{}", String::from_utf8_lossy(&leftovers.stdout));
-}
-
-/// One scoring request on a fresh connection; its status, if it got one.
-fn post(addr: &str, key: &str, traceparent: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let head = format!(
-        "POST /api/v1/service/iris/score HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {key}\r\ntraceparent: {traceparent}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{ROW}",
-        ROW.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).ok()?;
-    String::from_utf8_lossy(&raw).split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

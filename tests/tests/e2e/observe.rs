@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{bin, hostile, iris_rust, model, Server};
+use super::{bin, hostile, Server};
 
 const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 
@@ -29,15 +29,7 @@ fn samples(text: &str) -> HashMap<(String, String), f64> {
 
 #[test]
 fn metrics_give_each_version_a_latency_histogram_answers_by_class_and_its_role() {
-    let s = Server::start(&[]);
-    s.deploy_ok("iris", iris_rust(), &[&model()], None);
-    let cli = |args: &[&str]| {
-        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
-    let (m, r) = (model(), iris_rust());
-    cli(&["version", "create", "--endpoint", "iris", "--version", "v2", "--module", r.to_str().unwrap(), "--model", m.to_str().unwrap(), "--traffic", "30"]);
-    cli(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
+    let s = super::iris_control_and_treatment();
     for _ in 0..100 {
         assert_eq!(s.score("iris", ROW).0, 200);
     }
