@@ -72,6 +72,8 @@ pub struct NodeArgs {
     /// a lasting folder to keep it).
     #[command(flatten)]
     pub collect: crate::up::CollectArgs,
+    #[command(flatten)]
+    pub trace: crate::up::TraceArgs,
 }
 
 /// What the version is made of, once fetched.
@@ -105,6 +107,8 @@ pub fn run(args: NodeArgs) -> Result<()> {
     for f in ["state.db", "state.db-wal", "state.db-shm"] {
         let _ = std::fs::remove_file(data_dir.join(f));
     }
+    // The exporter's blocking HTTP client is made outside the runtime.
+    let spans = args.trace.export("wasmscore-node")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.listen, args.port))
@@ -113,7 +117,9 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let addr = listener.local_addr()?;
         let endpoint = args.endpoint.clone().unwrap_or_else(|| "node".into());
         let version = args.version.clone().unwrap_or_else(|| "v1".into());
-        let node = Arc::new(Node::new(&endpoint, &version));
+        let mut node = Node::new(&endpoint, &version);
+        node.spans = spans.clone();
+        let node = Arc::new(node);
         tracing::info!(%addr, "node listening; ready once the version is built and its replicas ran init()");
         let mut serving = tokio::spawn(wasmscore_remote::node::serve(
             listener,
@@ -133,6 +139,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         serving.await?;
         // Drained: what the requests collected is written now.
         tokio::task::spawn_blocking(move || control.shutdown()).await?;
+        crate::up::flush_spans(spans).await;
         Ok(())
     });
     // A build still running on a blocking thread (SIGTERM while building)

@@ -54,6 +54,8 @@ pub struct RouterArgs {
     pub node_http1: bool,
     #[command(flatten)]
     pub edge: EdgeArgs,
+    #[command(flatten)]
+    pub trace: crate::up::TraceArgs,
 }
 
 pub fn run(args: RouterArgs) -> Result<()> {
@@ -67,6 +69,8 @@ pub fn run(args: RouterArgs) -> Result<()> {
         None => std::env::var("WASMSCORE_ADMIN_TOKEN").unwrap_or_default(),
     };
     let tls = args.edge.tls(args.data_dir.as_deref())?;
+    // The exporter's blocking HTTP client is made outside the runtime.
+    let spans = args.trace.export("wasmscore-router")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let http = if args.node_http1 { NodeHttp::H1 } else { NodeHttp::H2 };
@@ -89,8 +93,10 @@ pub fn run(args: RouterArgs) -> Result<()> {
             std::fs::write(p, serde_json::to_vec_pretty(&info)?).with_context(|| format!("writing {}", p.display()))?;
         }
         tracing::info!(url = %info["url"], tls_url = %info["tls_url"], source, "wasmscore router is up");
-        let cfg = args.edge.server_config(args.max_body_bytes, token);
+        let mut cfg = args.edge.server_config(args.max_body_bytes, token);
+        cfg.spans = spans.clone();
         wasmscore_server::serve(listeners, fleet, cfg, crate::up::shutdown_signal()).await?;
+        crate::up::flush_spans(spans).await;
         tracing::info!("shutting down");
         if let Some((client, namespace, election)) = election {
             leader::release(client, &namespace, &election).await;

@@ -40,6 +40,37 @@ pub struct UpArgs {
     pub edge: EdgeArgs,
     #[command(flatten)]
     pub collect: CollectArgs,
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// Where spans go.
+#[derive(clap::Args, Debug)]
+pub struct TraceArgs {
+    /// Export each sampled request's span over OTLP/HTTP (protobuf) to this
+    /// collector, e.g. http://127.0.0.1:4318 (spans go to its /v1/traces).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl TraceArgs {
+    /// The exporter, named SERVICE, when an endpoint was given.
+    pub fn export(&self, service: &str) -> Result<Option<Arc<wasmscore_remote::otlp::SpanExport>>> {
+        // reqwest (shared with the registry client) is built with rustls
+        // and no provider: ring is the one this binary has.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        self.otlp_endpoint
+            .as_deref()
+            .map(|e| wasmscore_remote::otlp::SpanExport::start(e, service).map(Arc::new).map_err(anyhow::Error::msg))
+            .transpose()
+    }
+}
+
+/// Exports the spans still queued (at shutdown), off the async threads.
+pub async fn flush_spans(spans: Option<Arc<wasmscore_remote::otlp::SpanExport>>) {
+    if let Some(s) = spans {
+        let _ = tokio::task::spawn_blocking(move || s.shutdown()).await;
+    }
 }
 
 /// Where collected model data goes (versions with `collect_model_data`).
@@ -268,6 +299,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     );
 
     let tls = args.edge.tls(Some(&args.data_dir))?;
+    // The exporter's blocking HTTP client is made outside the runtime.
+    let spans = args.trace.export("wasmscore")?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let (listeners, info) = args.edge.listen(std::net::Ipv4Addr::LOCALHOST.into(), args.port, tls).await?;
@@ -283,9 +316,11 @@ pub fn run(args: UpArgs) -> Result<()> {
                 tracing::info!("ready");
             });
         }
-        let cfg = args.edge.server_config(args.max_body_bytes, token);
+        let mut cfg = args.edge.server_config(args.max_body_bytes, token);
+        cfg.spans = spans.clone();
         wasmscore_server::serve(listeners, control.clone(), cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
+        flush_spans(spans).await;
         // Every request answered: what they collected is written now.
         tokio::task::spawn_blocking(move || control.shutdown()).await?;
         let _ = std::fs::remove_file(&info_path);

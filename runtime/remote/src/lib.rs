@@ -14,6 +14,7 @@
 
 pub mod node;
 pub mod nodes;
+pub mod otlp;
 pub mod trace;
 pub mod wire;
 

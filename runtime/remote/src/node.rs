@@ -45,6 +45,8 @@ pub struct Node {
     in_flight: AtomicUsize,
     /// Largest request body (as the router's edge: 100 MB).
     pub max_body_bytes: usize,
+    /// Where this node's spans go (`--otlp-endpoint`), if anywhere.
+    pub spans: Option<Arc<crate::otlp::SpanExport>>,
 }
 
 impl Node {
@@ -57,6 +59,7 @@ impl Node {
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             max_body_bytes: 100 * 1000 * 1000,
+            spans: None,
         }
     }
 
@@ -239,9 +242,12 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             tracing::warn!(sent_for = %v, serving = %node.version, "a request for another version reached this node");
         }
     }
-    // The router's span is the parent; the module's log lines carry the
-    // trace id.
-    let trace_id = header("traceparent").and_then(|tp| crate::trace::parse(&tp)).map(|(trace, _, _)| trace);
+    // The router's span is the parent of this node's; the module's log
+    // lines carry the trace id.
+    let started = std::time::SystemTime::now();
+    let traceparent = header("traceparent");
+    let span = traceparent.is_some().then(|| crate::trace::Span::child_of(traceparent.as_deref()));
+    let trace_id = span.as_ref().map(|s| s.trace_id.clone());
     if header(wire::DEADLINE_MS).and_then(|d| d.parse::<u64>().ok()) == Some(0) {
         return error(
             node,
@@ -261,7 +267,23 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         tensors: Vec::new(),
         trace_id,
     };
-    match pool.score(request).await {
+    let result = pool.score(request).await;
+    if let (Some(spans), Some(span)) = (&node.spans, &span) {
+        let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
+        spans.record(crate::otlp::Finished {
+            span,
+            name: "wasmscore.node score",
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes: vec![
+                opentelemetry::KeyValue::new("wasmscore.endpoint", node.endpoint.clone()),
+                opentelemetry::KeyValue::new("wasmscore.version", node.version.clone()),
+                opentelemetry::KeyValue::new("wasmscore.status_code", i64::from(status)),
+            ],
+            error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
+        });
+    }
+    match result {
         Ok(out) => {
             let ct = if out.content_type.is_empty() {
                 "application/json".to_string()

@@ -40,6 +40,8 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Streams at once on one HTTP/2 connection.
     pub max_h2_streams: u32,
+    /// Where the `/score` spans go (`--otlp-endpoint`), if anywhere.
+    pub spans: Option<Arc<wasmscore_remote::otlp::SpanExport>>,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +54,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(30),
             max_header_bytes: 32 * 1024,
             max_h2_streams: 256,
+            spans: None,
         }
     }
 }
@@ -418,6 +421,7 @@ impl<P: Plane> App<P> {
     }
 
     async fn score(&self, req: Request<Incoming>, endpoint: &str) -> Result<Response<Body>, ApiError> {
+        let started = std::time::SystemTime::now();
         // The headers are read in place: routing needs no copy of them.
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
@@ -476,6 +480,23 @@ impl<P: Plane> App<P> {
             tracestate: parts.headers.get("tracestate").and_then(|v| v.to_str().ok()),
         };
         let result = version.score(request, &call).await;
+        if let Some(spans) = &self.cfg.spans {
+            let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
+            spans.record(wasmscore_remote::otlp::Finished {
+                span: &span,
+                name: "POST /api/v1/service/{name}/score",
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    opentelemetry::KeyValue::new("http.request.method", "POST"),
+                    opentelemetry::KeyValue::new("http.route", "/api/v1/service/{name}/score"),
+                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+                    opentelemetry::KeyValue::new("wasmscore.endpoint", endpoint.to_string()),
+                    opentelemetry::KeyValue::new("wasmscore.version", version.name.clone()),
+                ],
+                error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
+            });
+        }
         let mut resp = match result {
             Ok(out) => {
                 let ct = if out.content_type.is_empty() {

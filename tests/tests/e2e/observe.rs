@@ -155,3 +155,109 @@ fn a_requests_trace_is_continued_answered_and_on_its_log_lines() {
     assert_eq!(traced[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736", "{logs}");
     assert!(traced[1]["trace_id"].as_str().is_some_and(|t| t.len() == 32), "{logs}");
 }
+
+/// An OTLP/HTTP collector inside the test: every request's path, content
+/// type and body, answered 200 as a collector does.
+fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8>)>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                // Keep-alive: several requests on one connection.
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    let header = |name: &str| {
+                        head.lines()
+                            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+                    };
+                    let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                    while buf.len() < end + 4 + len {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let body = buf[end + 4..end + 4 + len].to_vec();
+                    buf.drain(..end + 4 + len);
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    let _ = tx.send((path, header("content-type").unwrap_or_default(), body));
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[test]
+fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use prost::Message;
+    let (collector, received) = otlp_receiver();
+    let mut s = Server::start(&["--otlp-endpoint", &collector]);
+    s.deploy_ok("t", &hostile(), &[], None);
+    let answered = |head: &str| head.lines().find_map(|l| l.strip_prefix("traceparent: ")).unwrap().trim().to_string();
+    // Five sampled requests of one trace, one not sampled, one with no
+    // trace (a new, sampled one) and one that fails (500).
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut ours = Vec::new();
+    for _ in 0..5 {
+        let (st, head, _) = s.score_with("t", &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))], "log");
+        assert_eq!(st, 200);
+        ours.push(answered(&head));
+    }
+    let (_, unsampled, _) = s.score_with("t", &[("traceparent", "00-11111111111111111111111111111111-00f067aa0ba902b7-00")], "log");
+    assert!(answered(&unsampled).ends_with("-00"));
+    let (_, fresh, _) = s.score("t", "log");
+    let (st, failed, _) = s.score("t", "trap");
+    assert_eq!(st, 500);
+    // SIGTERM exports what is queued.
+    assert!(s.terminate());
+    let mut spans = Vec::new();
+    while let Ok((path, content_type, body)) = received.recv_timeout(Duration::from_secs(2)) {
+        assert_eq!((path.as_str(), content_type.as_str()), ("/v1/traces", "application/x-protobuf"));
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
+        for rs in req.resource_spans {
+            let service = rs.resource.unwrap().attributes.into_iter().find(|a| a.key == "service.name").unwrap();
+            assert_eq!(format!("{:?}", service.value.unwrap().value.unwrap()), r#"StringValue("wasmscore")"#);
+            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
+        }
+    }
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let attr = |sp: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
+        sp.attributes.iter().find(|a| a.key == k).map(|a| format!("{:?}", a.value.as_ref().unwrap().value.as_ref().unwrap()))
+    };
+    assert_eq!(spans.len(), 7, "five, the fresh trace and the failure; not the unsampled one");
+    // Each exported span has the ids the client got back, under the client's span.
+    for tp in &ours {
+        let span_id = tp.split('-').nth(2).unwrap();
+        let sp = spans.iter().find(|sp| hex(&sp.span_id) == span_id).unwrap_or_else(|| panic!("no span {span_id}"));
+        assert_eq!((hex(&sp.trace_id), hex(&sp.parent_span_id)), (trace.to_string(), "00f067aa0ba902b7".to_string()));
+        assert_eq!(sp.name, "POST /api/v1/service/{name}/score");
+        assert_eq!(sp.kind, 2, "SPAN_KIND_SERVER");
+        assert!(sp.end_time_unix_nano > sp.start_time_unix_nano);
+        assert_eq!(attr(sp, "http.response.status_code").as_deref(), Some("IntValue(200)"));
+        assert_eq!(attr(sp, "wasmscore.version").as_deref(), Some(r#"StringValue("v1")"#));
+    }
+    let fresh_id = answered(&fresh).split('-').nth(1).unwrap().to_string();
+    let root = spans.iter().find(|sp| hex(&sp.trace_id) == fresh_id).unwrap();
+    assert!(root.parent_span_id.is_empty(), "a new trace's span has no parent");
+    let failed_id = answered(&failed).split('-').nth(2).unwrap().to_string();
+    let f = spans.iter().find(|sp| hex(&sp.span_id) == failed_id).unwrap();
+    assert_eq!(attr(f, "http.response.status_code").as_deref(), Some("IntValue(500)"));
+    assert_eq!(f.status.as_ref().unwrap().code, 2, "STATUS_CODE_ERROR");
+}
