@@ -323,6 +323,42 @@ impl Fleet {
         }
     }
 
+    /// The verdict (wasmscore-rules' verdict.rs) from the requests this
+    /// router routed since it started: error rate and latency. The numbers
+    /// modules report are kept on their nodes and are not in it.
+    pub fn compare(&self, endpoint: &str, alpha: f64) -> Result<Value, (u16, &'static str, String)> {
+        use std::sync::atomic::Ordering;
+        let state = lock(&self.state);
+        let ep = state
+            .iter()
+            .find(|e| e.spec.name == endpoint)
+            .ok_or_else(|| (404, "not_found", format!("no endpoint named {endpoint:?}")))?;
+        let rollouts: Vec<_> = ep.versions.iter().map(|v| v.spec.rollout()).collect();
+        let shares = wasmscore_rules::rollout::shares(&rollouts);
+        let arm = |v: &VersionState| {
+            let st = &v.version.stats;
+            let answers = |i: usize| st.responses[i].load(Ordering::Relaxed);
+            wasmscore_rules::verdict::Arm {
+                name: v.spec.name.clone(),
+                share: shares.iter().find(|(n, _)| *n == v.spec.name).map_or(0, |(_, s)| *s),
+                requests: (0..5).map(answers).sum(),
+                errors: answers(4),
+                latency: st.duration.counts(),
+                reported: Vec::new(),
+            }
+        };
+        let control = ep.versions.iter().find(|v| v.spec.control).ok_or_else(|| {
+            (
+                409,
+                "conflict",
+                format!("endpoint {endpoint:?} has no control version to compare with: set \"control\": true on one"),
+            )
+        })?;
+        let treatments: Vec<_> = ep.versions.iter().filter(|v| !v.spec.control && v.spec.mirror == 0).map(arm).collect();
+        let verdict = wasmscore_rules::verdict::compare(&arm(control), &treatments, &wasmscore_replica::histogram::BUCKETS, alpha);
+        Ok(json!({"endpoint": endpoint, "verdict": verdict}))
+    }
+
     /// The status route: endpoints, versions, their nodes and the desired
     /// replica counts.
     pub fn status(&self) -> Value {
@@ -556,16 +592,35 @@ impl Plane for Fleet {
         }
     }
 
-    async fn admin(self: &Arc<Self>, method: &str, path: &str, _query: &str, _body: Vec<u8>) -> Answer {
-        match (method, path.trim_end_matches('/')) {
-            ("GET", "/admin/v1/status") => Answer {
+    async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, _body: Vec<u8>) -> Answer {
+        let error = |status: u16, code: &str, message: String| Answer {
+            status,
+            body: json!({"error": {"code": code, "message": message}}),
+        };
+        let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+        match (method, segs.as_slice()) {
+            ("GET", ["admin", "v1", "status"]) => Answer {
                 status: 200,
                 body: self.status(),
             },
-            _ => Answer {
-                status: 404,
-                body: json!({"error": {"code": "not_found", "message": format!("the router serves GET /admin/v1/status only; change endpoints and versions in its config file ({method} {path})")}}),
-            },
+            ("GET", ["admin", "v1", "endpoints", ep, "compare"]) => {
+                let alpha = match query.split('&').filter_map(|kv| kv.split_once('=')).find(|(k, _)| *k == "alpha") {
+                    Some((_, a)) => match a.parse::<f64>().ok().filter(|a| *a > 0.0 && *a < 0.5) {
+                        Some(a) => a,
+                        None => return error(400, "bad_request", format!("alpha must be a number in (0, 0.5), got {a:?}")),
+                    },
+                    None => 0.05,
+                };
+                match self.compare(ep, alpha) {
+                    Ok(body) => Answer { status: 200, body },
+                    Err((status, code, message)) => error(status, code, message),
+                }
+            }
+            _ => error(
+                404,
+                "not_found",
+                format!("the router serves GET /admin/v1/status and /admin/v1/endpoints/E/compare; change endpoints and versions in its config file ({method} {path})"),
+            ),
         }
     }
 }
