@@ -161,7 +161,7 @@ impl Control {
             ("GET", ["endpoints", ep, "logs"]) => ok(self.logs(ep, None)?),
             ("GET", ["endpoints", ep, "series"]) => ok(self.series(ep)?),
             ("GET", ["endpoints", ep, "compare"]) => {
-                let alpha = match query_param(&query, "alpha") {
+                let alpha = match query_param(query, "alpha") {
                     Some(a) => a
                         .parse::<f64>()
                         .ok()
