@@ -306,11 +306,29 @@ pub(crate) fn iris_control_and_treatment() -> Server {
     let s = Server::start(&[]);
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     let cli = |args: &[&str]| {
-        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(s.data.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     };
     let (m, r) = (model(), iris_rust());
-    cli(&["version", "create", "--endpoint", "iris", "--version", "v2", "--module", r.to_str().unwrap(), "--model", m.to_str().unwrap(), "--traffic", "30"]);
+    cli(&[
+        "version",
+        "create",
+        "--endpoint",
+        "iris",
+        "--version",
+        "v2",
+        "--module",
+        r.to_str().unwrap(),
+        "--model",
+        m.to_str().unwrap(),
+        "--traffic",
+        "30",
+    ]);
     cli(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
     s
 }

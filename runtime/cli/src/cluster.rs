@@ -55,7 +55,10 @@ async fn run(cmd: VersionCommand) -> Result<()> {
         }
         VersionCommand::Delete { json, .. } => (*json, true, None),
         VersionCommand::List { json, .. } => {
-            let ep = api.get(&endpoint).await.with_context(|| format!("endpoint {endpoint} in namespace {ns}"))?;
+            let ep = api
+                .get(&endpoint)
+                .await
+                .with_context(|| format!("endpoint {endpoint} in namespace {ns}"))?;
             return print(&ep, *json);
         }
     };
@@ -100,10 +103,9 @@ fn change(cmd: &VersionCommand, endpoint: &str, current: Option<&Endpoint>) -> R
     let next: Vec<Rollout> = match cmd {
         VersionCommand::Create { version, args, .. } => {
             let (config, change) = version_fields(args)?;
-            let artifact = args
-                .artifact
-                .clone()
-                .ok_or_else(|| anyhow!("--artifact is needed: on a cluster a version is an OCI artifact (`wasmscore push` prints its reference)"))?;
+            let artifact = args.artifact.clone().ok_or_else(|| {
+                anyhow!("--artifact is needed: on a cluster a version is an OCI artifact (`wasmscore push` prints its reference)")
+            })?;
             let next = rollout::create(&rollouts, version, &change)?;
             spec.versions.push(VersionSpec {
                 name: version.clone(),
@@ -208,7 +210,16 @@ async fn settle(api: &Api<Endpoint>, name: &str, generation: i64, version: Optio
         let seen = status.observed_generation.unwrap_or(0) >= generation;
         let v = version.and_then(|n| status.versions.iter().find(|v| v.name == n));
         if let Some(v) = v.filter(|_| seen) {
-            let line = format!("{} {:?}{}", v.name, v.state, if v.reason.is_empty() { String::new() } else { format!(": {}", v.reason) });
+            let line = format!(
+                "{} {:?}{}",
+                v.name,
+                v.state,
+                if v.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", v.reason)
+                }
+            );
             if line != said {
                 eprintln!("{line}");
                 said = line;
@@ -256,7 +267,8 @@ fn print(ep: &Endpoint, json: bool) -> Result<()> {
             s.map_or("?".into(), |s| format!("{:?}", s.state)),
             s.map_or(0, |s| s.ready_replicas),
             s.and_then(|s| s.desired_replicas).map_or("auto".into(), |d| d.to_string()),
-            s.filter(|s| !s.reason.is_empty()).map_or(String::new(), |s| format!(" ({})", s.reason)),
+            s.filter(|s| !s.reason.is_empty())
+                .map_or(String::new(), |s| format!(" ({})", s.reason)),
         );
     }
     if let Some(url) = &status.url {

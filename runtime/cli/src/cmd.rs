@@ -244,12 +244,13 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Operator {
-            command: OperatorCommand::Run {
-                namespace,
-                image,
-                drain_seconds,
-                compile_cache_host_path,
-            },
+            command:
+                OperatorCommand::Run {
+                    namespace,
+                    image,
+                    drain_seconds,
+                    compile_cache_host_path,
+                },
         } => {
             crate::up::init_logging();
             let settings = wasmscore_operator::desired::Settings {

@@ -621,7 +621,12 @@ pub fn endpoint(cmd: EndpointCommand) -> Result<()> {
                 std::thread::sleep(std::time::Duration::from_millis(500));
             }
         }
-        EndpointCommand::Compare { data_dir, name, alpha, json } => {
+        EndpointCommand::Compare {
+            data_dir,
+            name,
+            alpha,
+            json,
+        } => {
             let v = Client::from_data_dir(&data_dir)?.get(&format!("/admin/v1/endpoints/{name}/compare?alpha={alpha}"))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
@@ -758,7 +763,9 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             let v = c.request("DELETE", &path, Vec::new())?;
             print_service(&v, c.base_url(), json)
         }
-        VersionCommand::List { data_dir, endpoint, json, .. } => {
+        VersionCommand::List {
+            data_dir, endpoint, json, ..
+        } => {
             let c = Client::from_data_dir(&local(data_dir)?)?;
             let v = c.get(&format!("/admin/v1/endpoints/{endpoint}"))?;
             if json {

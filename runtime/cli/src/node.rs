@@ -262,7 +262,14 @@ fn build(
     let devices = crate::up::devices(plugin_dir.as_deref())?;
     let cache = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache))?);
-    let control = Arc::new(Control::open_collecting(data_dir, engine, devices, Arc::new(Router::new()), &collected, collect)?);
+    let control = Arc::new(Control::open_collecting(
+        data_dir,
+        engine,
+        devices,
+        Arc::new(Router::new()),
+        &collected,
+        collect,
+    )?);
     control.restore()?;
     let module = control.put_blob(&f.module)?;
     let mut models = Vec::new();

@@ -61,7 +61,11 @@ impl TraceArgs {
         let _ = rustls::crypto::ring::default_provider().install_default();
         self.otlp_endpoint
             .as_deref()
-            .map(|e| wasmscore_remote::otlp::SpanExport::start(e, service).map(Arc::new).map_err(anyhow::Error::msg))
+            .map(|e| {
+                wasmscore_remote::otlp::SpanExport::start(e, service)
+                    .map(Arc::new)
+                    .map_err(anyhow::Error::msg)
+            })
             .transpose()
     }
 }
@@ -281,7 +285,14 @@ pub fn run(args: UpArgs) -> Result<()> {
     let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
     let router = Arc::new(Router::new());
     let collected = args.data_dir.join("collected");
-    let control = Arc::new(Control::open_collecting(&args.data_dir, engine, devices, router, &collected, args.collect.settings()?)?);
+    let control = Arc::new(Control::open_collecting(
+        &args.data_dir,
+        engine,
+        devices,
+        router,
+        &collected,
+        args.collect.settings()?,
+    )?);
     let machine = Capacity::of_machine();
     let capacity = Capacity {
         cpu_cores: args.cpu_capacity.unwrap_or(machine.cpu_cores),

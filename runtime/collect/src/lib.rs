@@ -361,7 +361,10 @@ impl Writer {
 
     /// Closes files whose hour is over or that are old enough.
     fn close_due(&mut self) {
-        let now_hour = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64).div_euclid(HOUR_US);
+        let now_hour = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64)
+            .div_euclid(HOUR_US);
         let due: Vec<FileKey> = self
             .open
             .iter()

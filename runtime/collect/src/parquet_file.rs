@@ -106,7 +106,9 @@ impl PartFile {
         col.typed::<Int64Type>().write_batch(&self.time, None, None)?;
         col.close()?;
         for values in &self.text {
-            let mut col = group.next_column()?.ok_or_else(|| ParquetError::General("a column is missing".into()))?;
+            let mut col = group
+                .next_column()?
+                .ok_or_else(|| ParquetError::General("a column is missing".into()))?;
             col.typed::<ByteArrayType>().write_batch(values, None, None)?;
             col.close()?;
         }
@@ -134,7 +136,11 @@ impl PartFile {
     /// file into view. Returns its path.
     pub(crate) fn finish(mut self) -> Result<PathBuf, ParquetError> {
         self.write_row_group()?;
-        let file = self.writer.into_inner()?.into_inner().map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
+        let file = self
+            .writer
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
         file.sync_all()?;
         std::fs::rename(&self.tmp, &self.path)?;
         Ok(self.path)

@@ -154,7 +154,14 @@ pub(crate) fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
 
 impl Control {
     pub fn open(data_dir: &Path, engine: Arc<ScoringEngine>, devices: Devices, router: Arc<Router>) -> Result<Self, ControlError> {
-        Self::open_collecting(data_dir, engine, devices, router, &data_dir.join("collected"), CollectSettings::default())
+        Self::open_collecting(
+            data_dir,
+            engine,
+            devices,
+            router,
+            &data_dir.join("collected"),
+            CollectSettings::default(),
+        )
     }
 
     /// `open`, with collected model data written under `collected` with

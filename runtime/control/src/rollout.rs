@@ -15,10 +15,10 @@ use wasmscore_engine::VersionContext;
 use wasmscore_router::{Endpoint, Version};
 
 use crate::access::{self, AuthSettings};
+use crate::counters::{spec_sha, Counters};
 use crate::deploy::{lock, valid_name, Built, Control, ModelRef, VersionSpec};
 use crate::rules::{self, Rollout, RolloutChange};
 use crate::store::{new_key, now_rfc3339, AuthMode, EndpointRow, Store, Tags, VersionRow};
-use crate::counters::{spec_sha, Counters};
 use crate::ControlError;
 
 /// Deploy events kept per version for `logs`.

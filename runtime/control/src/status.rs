@@ -215,7 +215,11 @@ impl Control {
             .endpoints
             .get(endpoint)
             .ok_or_else(|| ControlError::NotFound(format!("no service named {endpoint:?}")))?;
-        let chosen: Vec<_> = ep.versions.iter().filter(|v| version.is_none_or(|n| v.row.rollout.name == n)).collect();
+        let chosen: Vec<_> = ep
+            .versions
+            .iter()
+            .filter(|v| version.is_none_or(|n| v.row.rollout.name == n))
+            .collect();
         if let (Some(n), true) = (version, chosen.is_empty()) {
             return Err(ControlError::NotFound(format!("service {endpoint:?} has no version {n:?}")));
         }
@@ -270,13 +274,11 @@ impl Control {
                     .collect(),
             })
         };
-        let control = ep
-            .versions
-            .iter()
-            .find(|v| v.row.rollout.is_control)
-            .ok_or_else(|| ControlError::Conflict(format!(
+        let control = ep.versions.iter().find(|v| v.row.rollout.is_control).ok_or_else(|| {
+            ControlError::Conflict(format!(
                 "service {endpoint:?} has no control version to compare with: mark one with `version update --control`"
-            )))?;
+            ))
+        })?;
         let control = arm(control).ok_or_else(|| ControlError::Conflict("the control version is not serving".into()))?;
         let treatments: Vec<_> = ep
             .versions
@@ -334,7 +336,11 @@ impl Control {
         let mut collect_rows: Vec<(String, u64)> = Vec::new();
         let mut collect_dropped: Vec<(String, u64)> = Vec::new();
         // Histograms and answers by status class, labelled with the role.
-        let mut timed: Vec<(String, std::sync::Arc<wasmscore_router::Version>, std::sync::Arc<wasmscore_replica::Pool>)> = Vec::new();
+        let mut timed: Vec<(
+            String,
+            std::sync::Arc<wasmscore_router::Version>,
+            std::sync::Arc<wasmscore_replica::Pool>,
+        )> = Vec::new();
         for (name, ep) in &inner.endpoints {
             for v in &ep.versions {
                 let Some(b) = &v.live else { continue };

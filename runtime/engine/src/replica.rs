@@ -20,7 +20,11 @@ fn random_correlation_id() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    format!("{t:016x}{:08x}{:08x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed) as u32)
+    format!(
+        "{t:016x}{:08x}{:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed) as u32
+    )
 }
 
 /// A request as the host hands it to `run`.

@@ -186,7 +186,8 @@ impl Fleet {
                 // Its figures live as long as the version does.
                 let stats = prev.as_ref().map(|p| p.version.stats.clone()).unwrap_or_default();
                 let fresh_nodes = || {
-                    let nodes = Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked");
+                    let nodes =
+                        Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked");
                     // With min 0 a version may sit at zero: a request wakes it
                     // and waits up to its scoring timeout for the first node.
                     let nodes = match &resolved.autoscale {
@@ -354,7 +355,12 @@ impl Fleet {
                 format!("endpoint {endpoint:?} has no control version to compare with: set \"control\": true on one"),
             )
         })?;
-        let treatments: Vec<_> = ep.versions.iter().filter(|v| !v.spec.control && v.spec.mirror == 0).map(arm).collect();
+        let treatments: Vec<_> = ep
+            .versions
+            .iter()
+            .filter(|v| !v.spec.control && v.spec.mirror == 0)
+            .map(arm)
+            .collect();
         let verdict = wasmscore_rules::verdict::compare(&arm(control), &treatments, &wasmscore_replica::histogram::BUCKETS, alpha);
         Ok(json!({"endpoint": endpoint, "verdict": verdict}))
     }

@@ -13,9 +13,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service, ServicePort, ServiceSpec, SleepAction,
-    Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, HTTPGetAction, HostPathVolumeSource, Lifecycle, LifecycleHandler,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service,
+    ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -206,10 +206,19 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
             ]
             .map(String::from)
             .into_iter()
-            .chain(s.compile_cache.iter().flat_map(|_| ["--cache-dir".to_string(), "/cache".to_string()]))
+            .chain(
+                s.compile_cache
+                    .iter()
+                    .flat_map(|_| ["--cache-dir".to_string(), "/cache".to_string()]),
+            )
             // The Endpoint's config over the artifact's (the node keeps what
             // is its own: timeouts, instances, limits, the device).
-            .chain((!v.config.is_empty()).then(|| ["--config".to_string(), serde_json::Value::Object(v.config.clone()).to_string()]).into_iter().flatten())
+            .chain(
+                (!v.config.is_empty())
+                    .then(|| ["--config".to_string(), serde_json::Value::Object(v.config.clone()).to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .collect(),
         ),
         ports: Some(vec![ContainerPort {
@@ -530,7 +539,10 @@ mod tests {
         assert_eq!(args[..3], ["node", "--artifact", &*format!("registry:5000/iris@sha256:{DIGEST}")]);
         // The Endpoint's config reaches the node, over the artifact's.
         let at = args.iter().position(|a| *a == "--config").expect("--config");
-        assert_eq!(serde_json::from_str::<serde_json::Value>(args[at + 1]).unwrap(), serde_json::json!({"cpu_cores": 0.5, "memory_gb": 1}));
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(args[at + 1]).unwrap(),
+            serde_json::json!({"cpu_cores": 0.5, "memory_gb": 1})
+        );
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/v2/health/ready");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/v2/health/live");
         assert_eq!(c["lifecycle"]["preStop"]["sleep"]["seconds"], 2);

@@ -325,7 +325,12 @@ fn pod_trouble(pods: &[Pod], version: &str) -> Option<(VersionState, String)> {
         if pod.labels().get(desired::LABEL_VERSION).map(String::as_str) != Some(version) {
             continue;
         }
-        let Some(cs) = pod.status.as_ref().and_then(|s| s.container_statuses.as_ref()).and_then(|c| c.first()) else {
+        let Some(cs) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|c| c.first())
+        else {
             continue;
         };
         let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) else {
@@ -668,7 +673,10 @@ mod tests {
             v2["reason"],
             "pod iris-v2-abc: CrashLoopBackOff (4 restarts): Error: iris/v2 failed to build: init() failed: no model.onnx"
         );
-        assert_eq!((status["versions"][0]["effectiveTraffic"].clone(), v2["effectiveTraffic"].clone()), (json!(100), json!(0)));
+        assert_eq!(
+            (status["versions"][0]["effectiveTraffic"].clone(), v2["effectiveTraffic"].clone()),
+            (json!(100), json!(0))
+        );
         assert_eq!(condition(status, "Degraded")["status"], "True");
     }
 

@@ -41,7 +41,9 @@ impl SpanExport {
     pub fn start(endpoint: &str, service: &str) -> Result<SpanExport, String> {
         let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
         if !url.starts_with("http://") {
-            return Err(format!("--otlp-endpoint {endpoint}: only plain http:// collectors are supported (a local agent or sidecar)"));
+            return Err(format!(
+                "--otlp-endpoint {endpoint}: only plain http:// collectors are supported (a local agent or sidecar)"
+            ));
         }
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -50,7 +52,9 @@ impl SpanExport {
             .map_err(|e| format!("OTLP exporter for {url}: {e}"))?;
         let mut processor = BatchSpanProcessor::builder(exporter).build();
         processor.set_resource(&Resource::builder().with_service_name(service.to_string()).build());
-        let scope = InstrumentationScope::builder("wasmscore").with_version(env!("CARGO_PKG_VERSION")).build();
+        let scope = InstrumentationScope::builder("wasmscore")
+            .with_version(env!("CARGO_PKG_VERSION"))
+            .build();
         tracing::info!(endpoint = %url, service, "exporting spans over OTLP/HTTP");
         Ok(SpanExport { processor, scope })
     }

@@ -25,7 +25,8 @@ impl Histogram {
         // `le` is inclusive: the first bound at or above s.
         let i = BUCKETS.partition_point(|b| *b < s);
         self.counts[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
+        self.sum_ns
+            .fetch_add(d.as_nanos().min(u128::from(u64::MAX)) as u64, Ordering::Relaxed);
     }
 
     pub fn count(&self) -> u64 {

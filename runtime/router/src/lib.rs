@@ -71,7 +71,12 @@ pub fn render_version_stats(out: &mut String, versions: &[(String, &VersionStats
     );
     for (labels, s) in versions {
         for (i, n) in s.responses.iter().enumerate().skip(1) {
-            let _ = writeln!(out, "wasmscore_responses_total{{{labels},code=\"{}xx\"}} {}", i + 1, n.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "wasmscore_responses_total{{{labels},code=\"{}xx\"}} {}",
+                i + 1,
+                n.load(Ordering::Relaxed)
+            );
         }
     }
 }

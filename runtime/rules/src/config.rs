@@ -483,8 +483,14 @@ mod tests {
         assert_eq!(r.collect, Some(0.1));
         for (bad, why) in [
             (serde_json::json!({"collect_sample_rate": 0.5}), "needs collect_model_data"),
-            (serde_json::json!({"collect_model_data": true, "collect_sample_rate": 0.0}), "(0, 1]"),
-            (serde_json::json!({"collect_model_data": true, "collect_sample_rate": 1.5}), "(0, 1]"),
+            (
+                serde_json::json!({"collect_model_data": true, "collect_sample_rate": 0.0}),
+                "(0, 1]",
+            ),
+            (
+                serde_json::json!({"collect_model_data": true, "collect_sample_rate": 1.5}),
+                "(0, 1]",
+            ),
         ] {
             let err = resolve(bad.clone()).unwrap_err().to_string();
             assert!(err.contains(why), "{bad}: {err}");

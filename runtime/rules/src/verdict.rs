@@ -193,7 +193,13 @@ pub fn compare(control: &Arm, treatments: &[Arm], bounds: &[f64], alpha: f64) ->
 }
 
 fn error_rate(c: &Arm, t: &Arm, alpha: f64) -> Estimate {
-    let rate = |a: &Arm| if a.requests == 0 { 0.0 } else { a.errors as f64 / a.requests as f64 };
+    let rate = |a: &Arm| {
+        if a.requests == 0 {
+            0.0
+        } else {
+            a.errors as f64 / a.requests as f64
+        }
+    };
     let (pc, pt) = (rate(c), rate(t));
     // Each arm's variance, kept off zero so that no errors at all still
     // carries the uncertainty of its sample size.
@@ -225,7 +231,11 @@ fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
         let v = sc.variance() / sc.count.max(1) as f64 + st.variance() / st.count.max(1) as f64;
         let pooled = (sc.variance() + st.variance()) / 2.0;
         let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * pooled;
-        let (p_value, radius) = if tau2 > 0.0 { msprt(mt - mc, v, tau2, alpha) } else { (1.0, f64::INFINITY) };
+        let (p_value, radius) = if tau2 > 0.0 {
+            msprt(mt - mc, v, tau2, alpha)
+        } else {
+            (1.0, f64::INFINITY)
+        };
         out.push((
             name.clone(),
             Estimate {
@@ -403,11 +413,7 @@ fn srm<'a>(arms: impl Iterator<Item = &'a Arm>) -> Option<Srm> {
         return None;
     }
     let expected: Vec<f64> = arms.iter().map(|a| total as f64 * f64::from(a.share) / f64::from(shares)).collect();
-    let chi2: f64 = arms
-        .iter()
-        .zip(&expected)
-        .map(|(a, e)| (a.requests as f64 - e).powi(2) / e)
-        .sum();
+    let chi2: f64 = arms.iter().zip(&expected).map(|(a, e)| (a.requests as f64 - e).powi(2) / e).sum();
     let p_value = chi2_sf(chi2, (arms.len() - 1) as f64);
     Some(Srm {
         observed: arms.iter().map(|a| (a.name.clone(), a.requests)).collect(),
@@ -512,12 +518,14 @@ pub fn normal_sf(z: f64) -> f64 {
 fn erfc(x: f64) -> f64 {
     let z = x.abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let r = t * (-z * z - 1.26551223
-        + t * (1.00002368
-            + t * (0.37409196
-                + t * (0.09678418
-                    + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
-        .exp();
+    let r = t
+        * (-z * z - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
     if x >= 0.0 {
         r
     } else {
@@ -626,7 +634,11 @@ mod tests {
         let v = compare(&c, std::slice::from_ref(&worse), &BOUNDS, 0.05);
         let e = &v.comparisons[0].error_rate;
         assert!(e.p_adjusted < 0.001 && e.ci.0 > 0.0, "{e:?}");
-        assert!(v.lines[0].starts_with("v2 fails more than control: error rate +4.00 pp"), "{}", v.lines[0]);
+        assert!(
+            v.lines[0].starts_with("v2 fails more than control: error rate +4.00 pp"),
+            "{}",
+            v.lines[0]
+        );
         let same = arm("v2", 50, 4000, 40, vec![4000, 0, 0, 0, 0]);
         let v = compare(&c, &[same], &BOUNDS, 0.05);
         assert!(v.lines[0].starts_with("no difference yet between v2 and control"), "{}", v.lines[0]);
@@ -673,7 +685,11 @@ mod tests {
         let (name, r) = &v.comparisons[0].reported[0];
         assert_eq!(name, "clicks");
         assert!((r.difference - 0.2).abs() < 1e-9 && r.ci.0 > 0.0 && r.p_adjusted < 1e-6, "{r:?}");
-        assert!(v.lines[0].starts_with("v2 reports clicks higher than control: mean +0.2000"), "{}", v.lines[0]);
+        assert!(
+            v.lines[0].starts_with("v2 reports clicks higher than control: mean +0.2000"),
+            "{}",
+            v.lines[0]
+        );
     }
 
     #[test]

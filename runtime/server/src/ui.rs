@@ -12,8 +12,16 @@ const FILES: [(&str, &str, &str); 5] = [
     ("", "text/html; charset=utf-8", include_str!("../ui/index.html")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("../ui/app.js")),
     ("app.css", "text/css; charset=utf-8", include_str!("../ui/app.css")),
-    ("vendor/uPlot.iife.min.js", "text/javascript; charset=utf-8", include_str!("../ui/vendor/uplot/uPlot.iife.min.js")),
-    ("vendor/uPlot.min.css", "text/css; charset=utf-8", include_str!("../ui/vendor/uplot/uPlot.min.css")),
+    (
+        "vendor/uPlot.iife.min.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../ui/vendor/uplot/uPlot.iife.min.js"),
+    ),
+    (
+        "vendor/uPlot.min.css",
+        "text/css; charset=utf-8",
+        include_str!("../ui/vendor/uplot/uPlot.min.css"),
+    ),
 ];
 
 /// The file at `/ui/{rest}`, if there is one.

@@ -82,8 +82,16 @@ impl Cluster {
 
     fn start_operator(&mut self) {
         let mut c = self.command();
-        c.args(["operator", "run", "--namespace", NS, "--drain-seconds", "2", "--compile-cache-host-path"])
-            .arg(node_cache());
+        c.args([
+            "operator",
+            "run",
+            "--namespace",
+            NS,
+            "--drain-seconds",
+            "2",
+            "--compile-cache-host-path",
+        ])
+        .arg(node_cache());
         let n = std::fs::read_dir(self.dir.path()).unwrap().count();
         self.operator = Some(Proc::spawn(&mut c, self.dir.path().join(format!("operator-{n}.log"))));
     }
@@ -91,9 +99,19 @@ impl Cluster {
     fn router(&self, identity: &str) -> KubeRouter {
         let port = free_port();
         let mut c = self.command();
-        c.args(["router", "--kube", "--namespace", NS, "--lease-seconds", "2", "--identity", identity, "--node-http1"])
-            .args(["--port", &port.to_string()])
-            .env("WASMSCORE_ADMIN_TOKEN", ADMIN);
+        c.args([
+            "router",
+            "--kube",
+            "--namespace",
+            NS,
+            "--lease-seconds",
+            "2",
+            "--identity",
+            identity,
+            "--node-http1",
+        ])
+        .args(["--port", &port.to_string()])
+        .env("WASMSCORE_ADMIN_TOKEN", ADMIN);
         let proc = Proc::spawn(&mut c, self.dir.path().join(format!("router-{identity}.log")));
         let addr = format!("127.0.0.1:{port}");
         wait_for("the router to list the namespace", Duration::from_secs(30), || {
@@ -300,31 +318,58 @@ fn in_range(got: &HashMap<String, usize>, version: &str, range: std::ops::RangeI
 fn the_seeds_steps_on_a_cluster_in_a_box() {
     let _one = one_at_a_time();
     let mut c = Cluster::start();
-    let v1 = c.registry.reference("iris", &c.registry.push("iris:v1", iris_rust(), &[&model()], None));
+    let v1 = c
+        .registry
+        .reference("iris", &c.registry.push("iris:v1", iris_rust(), &[&model()], None));
     // The same module with its own config: another artifact, another digest.
     let dc = json!({"scoring_timeout_ms": 30000});
-    let v2 = c.registry.reference("iris", &c.registry.push("iris:v2", iris_rust(), &[&model()], Some(&dc)));
+    let v2 = c
+        .registry
+        .reference("iris", &c.registry.push("iris:v2", iris_rust(), &[&model()], Some(&dc)));
     c.start_operator();
     let router = c.router("router-a");
 
     // Step 1: the first version at 20% gets everything (it is the default).
-    let (ok, out) = c.cli(&["version", "create", "--endpoint", "iris", "--version", "v1", "--artifact", &v1, "--traffic", "20"]);
+    let (ok, out) = c.cli(&[
+        "version",
+        "create",
+        "--endpoint",
+        "iris",
+        "--version",
+        "v1",
+        "--artifact",
+        &v1,
+        "--traffic",
+        "20",
+    ]);
     assert!(ok, "{out}\n{}", c.logs());
     assert!(out.contains("v1 Healthy"), "{out}");
     let key = c.key("iris");
     router.wait_for_versions(&key, &["v1"], &c);
     let (_, dep) = c.deployment("iris-v1");
-    assert!(dep["spec"]["template"]["spec"]["containers"][0]["args"]
-        .to_string()
-        .contains(&v1));
+    assert!(dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string().contains(&v1));
 
     // Step 2: a second version at 10%.
-    let (ok, out) = c.cli(&["version", "create", "--endpoint", "iris", "--version", "v2", "--artifact", &v2, "--traffic", "10"]);
+    let (ok, out) = c.cli(&[
+        "version",
+        "create",
+        "--endpoint",
+        "iris",
+        "--version",
+        "v2",
+        "--artifact",
+        &v2,
+        "--traffic",
+        "10",
+    ]);
     assert!(ok, "{out}\n{}", c.logs());
     router.wait_for_versions(&key, &["v1", "v2"], &c);
     let got = router.split(&key, 400);
     eprintln!("step 2 split: {got:?}");
-    assert!(in_range(&got, "v2", 20..=65) && in_range(&got, "v1", 335..=380), "10% to v2: {got:?}");
+    assert!(
+        in_range(&got, "v2", 20..=65) && in_range(&got, "v1", 335..=380),
+        "10% to v2: {got:?}"
+    );
 
     // The API server compacts its history: every watch ends, and a watch
     // from an older resourceVersion gets 410 Gone. The operator and the
@@ -333,7 +378,17 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     assert_eq!(s, 200, "{b}");
 
     // Step 3: v2 at 40% and the default: v1 keeps its 20%, v2 takes the rest.
-    let (ok, out) = c.cli(&["version", "update", "--endpoint", "iris", "--version", "v2", "--traffic", "40", "--default"]);
+    let (ok, out) = c.cli(&[
+        "version",
+        "update",
+        "--endpoint",
+        "iris",
+        "--version",
+        "v2",
+        "--traffic",
+        "40",
+        "--default",
+    ]);
     assert!(ok, "{out}");
     let deadline = Instant::now() + Duration::from_secs(30);
     let got = loop {
@@ -343,7 +398,10 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
         }
     };
     eprintln!("step 3 split: {got:?}");
-    assert!(in_range(&got, "v1", 50..=115) && in_range(&got, "v2", 285..=350), "v1 20%, v2 80%: {got:?}");
+    assert!(
+        in_range(&got, "v1", 50..=115) && in_range(&got, "v2", 285..=350),
+        "v1 20%, v2 80%: {got:?}"
+    );
 
     // Step 4: delete the first version under load: nothing fails.
     let load = Load::start(&router.addr, &key, 2);
@@ -357,7 +415,13 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     let (served, failed) = load.stop();
     eprintln!("step 4: {served} served while v1 was deleted, {} failed", failed.len());
     assert!(served > 50, "the load ran: {served}");
-    assert!(failed.is_empty(), "{} of {} failed while v1 was deleted: {:?}", failed.len(), served, &failed[..failed.len().min(5)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed while v1 was deleted: {:?}",
+        failed.len(),
+        served,
+        &failed[..failed.len().min(5)]
+    );
     assert_eq!(router.split(&key, 30), HashMap::from([("v2".to_string(), 30)]));
 
     // A broken rule (no default): a condition naming it, nothing changes.
@@ -368,8 +432,16 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     });
     let ready = c.condition("iris", "Ready");
     assert!(ready["message"].as_str().unwrap().contains("default"), "{ready}");
-    assert_eq!(c.deployment("iris-v2").1["metadata"]["resourceVersion"], before, "a refused spec writes nothing");
-    assert_eq!(router.split(&key, 20), HashMap::from([("v2".to_string(), 20)]), "the router keeps the last good spec");
+    assert_eq!(
+        c.deployment("iris-v2").1["metadata"]["resourceVersion"],
+        before,
+        "a refused spec writes nothing"
+    );
+    assert_eq!(
+        router.split(&key, 20),
+        HashMap::from([("v2".to_string(), 20)]),
+        "the router keeps the last good spec"
+    );
     // The CLI refuses the same with local mode's message, before writing.
     let (ok, out) = c.cli(&["version", "update", "--endpoint", "iris", "--version", "v2", "--traffic", "120"]);
     assert!(!ok && out.contains("100"), "{out}");
@@ -402,10 +474,24 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     // A version whose pods cannot start (an artifact the registry does not
     // have): Failed with the node's own words, its share to the default.
     let missing = c.registry.reference("iris", &format!("sha256:{}", "0".repeat(64)));
-    let (ok, out) = c.cli(&["version", "create", "--endpoint", "iris", "--version", "bad", "--artifact", &missing, "--traffic", "10"]);
+    let (ok, out) = c.cli(&[
+        "version",
+        "create",
+        "--endpoint",
+        "iris",
+        "--version",
+        "bad",
+        "--artifact",
+        &missing,
+        "--traffic",
+        "10",
+    ]);
     assert!(!ok && out.contains("bad is Failed") && out.contains("CrashLoopBackOff"), "{out}");
     let got = router.split(&key, 200);
-    assert!(!got.keys().any(|k| k.starts_with('!') || k == "bad"), "the default takes bad's share: {got:?}");
+    assert!(
+        !got.keys().any(|k| k.starts_with('!') || k == "bad"),
+        "the default takes bad's share: {got:?}"
+    );
     assert!(in_range(&got, "v3", 40..=80), "{got:?}");
 
     // The router's metrics: each version's request durations, with its role.
@@ -440,7 +526,9 @@ fn two_routers_one_leader_scale_from_zero_and_under_load() {
     });
     let dc_file = c.dir.path().join("dc.json");
     std::fs::write(&dc_file, dc.to_string()).unwrap();
-    let art = c.registry.reference("iris", &c.registry.push("iris:auto", iris_rust(), &[&model()], None));
+    let art = c
+        .registry
+        .reference("iris", &c.registry.push("iris:auto", iris_rust(), &[&model()], None));
     c.start_operator();
     let a = c.router("router-a");
     let mut b = Some(c.router("router-b"));
@@ -454,12 +542,23 @@ fn two_routers_one_leader_scale_from_zero_and_under_load() {
     assert_eq!(holder == "router-a", a.is_leader(), "{lease}");
 
     let (ok, out) = c.cli(&[
-        "version", "create", "--endpoint", "iris", "--version", "v1", "--artifact", &art,
-        "--dc", dc_file.to_str().unwrap(),
+        "version",
+        "create",
+        "--endpoint",
+        "iris",
+        "--version",
+        "v1",
+        "--artifact",
+        &art,
+        "--dc",
+        dc_file.to_str().unwrap(),
     ]);
     assert!(ok, "{out}\n{}", c.logs());
     let (_, dep) = c.deployment("iris-v1");
-    assert!(dep["spec"]["replicas"] == 1, "the API server's default; the operator leaves it to the router: {dep}");
+    assert!(
+        dep["spec"]["replicas"] == 1,
+        "the API server's default; the operator leaves it to the router: {dep}"
+    );
 
     // Idle: the leader scales it to zero.
     wait_for("the version to scale to zero", Duration::from_secs(30), || {

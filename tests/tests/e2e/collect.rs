@@ -92,7 +92,11 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
     let (st, _, _) = s.request(
         "POST",
         "/api/v1/service/iris/score",
-        &[("Authorization", &auth), ("traceparent", &tp), ("Content-Type", "application/octet-stream")],
+        &[
+            ("Authorization", &auth),
+            ("traceparent", &tp),
+            ("Content-Type", "application/octet-stream"),
+        ],
         &[0xff, 0xfe, 0x00, 0x01],
     );
     assert_eq!(st, 400);
@@ -117,7 +121,11 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
         if rows.len() as u64 == queued {
             break rows;
         }
-        assert!(Instant::now() < deadline, "collected files never became readable: {} rows", rows.len());
+        assert!(
+            Instant::now() < deadline,
+            "collected files never became readable: {} rows",
+            rows.len()
+        );
         std::thread::sleep(Duration::from_millis(300));
     };
     let iris: Vec<&Value> = first.iter().filter(|r| r["endpoint"] == "iris").collect();
@@ -142,11 +150,22 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
     assert_eq!(answer["probabilities"].as_array().unwrap().len(), 1);
     assert_eq!(row("class", &id0)["data"], "[0]");
     let binary = row("request", &trace(54).1);
-    assert_eq!((binary["encoding"].as_str(), binary["data"].as_str()), (Some("base64"), Some("//4AAQ==")));
+    assert_eq!(
+        (binary["encoding"].as_str(), binary["data"].as_str()),
+        (Some("base64"), Some("//4AAQ=="))
+    );
     // About 10% of the sampled endpoint, whole requests (both records or neither).
     let sampled: Vec<&Value> = first.iter().filter(|r| r["endpoint"] == "sampled").collect();
-    let in_ids: HashSet<&str> = sampled.iter().filter(|r| r["name"] == "request").map(|r| r["correlation_id"].as_str().unwrap()).collect();
-    let out_ids: HashSet<&str> = sampled.iter().filter(|r| r["name"] == "response").map(|r| r["correlation_id"].as_str().unwrap()).collect();
+    let in_ids: HashSet<&str> = sampled
+        .iter()
+        .filter(|r| r["name"] == "request")
+        .map(|r| r["correlation_id"].as_str().unwrap())
+        .collect();
+    let out_ids: HashSet<&str> = sampled
+        .iter()
+        .filter(|r| r["name"] == "response")
+        .map(|r| r["correlation_id"].as_str().unwrap())
+        .collect();
     assert!((50..=150).contains(&in_ids.len()), "{} of 1000 sampled at 0.1", in_ids.len());
     assert_eq!(in_ids, out_ids);
     assert!(!first.iter().any(|r| r["endpoint"] == "off"));
@@ -195,7 +214,10 @@ fn collected_data_reads_back_with_pyarrow_and_duckdb_and_survives_sigterm() {
     };
     let (requests, responses) = (on_disk("request"), on_disk("response"));
     for id in &answered {
-        assert!(requests.contains(id) && responses.contains(id), "request {id} was answered but not collected");
+        assert!(
+            requests.contains(id) && responses.contains(id),
+            "request {id} was answered but not collected"
+        );
     }
     // DuckDB reads the same rows.
     let n = |k: &str| counts.get(k).copied().unwrap_or(0);
@@ -223,11 +245,17 @@ fn a_full_collection_queue_drops_and_counts_and_scoring_goes_on() {
     }
     let (_, status) = s.get_admin("/admin/v1/endpoints/iris");
     let dc = &status["versions"][0]["data_collection"];
-    assert_eq!((dc["dropped"].as_u64(), dc["records"]["inputs"].as_u64()), (Some(20), Some(0)), "{dc}");
+    assert_eq!(
+        (dc["dropped"].as_u64(), dc["records"]["inputs"].as_u64()),
+        (Some(20), Some(0)),
+        "{dc}"
+    );
     assert_eq!(dc["records"]["predictions"], 40, "{dc}");
     let metrics = s.get_admin_text("/metrics");
     assert!(
-        metrics.lines().any(|l| l.starts_with("wasmscore_collected_dropped_total{") && l.contains(r#"endpoint="iris""#) && l.ends_with(" 20")),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wasmscore_collected_dropped_total{") && l.contains(r#"endpoint="iris""#) && l.ends_with(" 20")),
         "{metrics}"
     );
     assert!(s.terminate());

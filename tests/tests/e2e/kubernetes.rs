@@ -24,7 +24,14 @@ fn python(script: &str, args: &[&str]) -> (bool, String) {
 
 #[test]
 fn deploy_manifests_validate_for_kubernetes_1_36() {
-    let files = ["namespace.yaml", "rbac.yaml", "operator.yaml", "router.yaml", "crd.json", "example-endpoint.yaml"];
+    let files = [
+        "namespace.yaml",
+        "rbac.yaml",
+        "operator.yaml",
+        "router.yaml",
+        "crd.json",
+        "example-endpoint.yaml",
+    ];
     let out = Command::new(root().join(".venv/bin/kubernetes-validate"))
         .args(["--strict", "-k", "1.36.0"])
         .args(files.iter().map(|f| format!("deploy/{f}")))

@@ -94,9 +94,10 @@ fn javascript_modules_reach_nothing_and_their_errors_map_to_statuses() {
     assert_eq!(run("log").0, 200);
     let logs = s.cli_ok(&["service", "logs", "js", "--json"]);
     assert!(
-        logs.lines().any(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("hostile-js"))),
+        logs.lines()
+            .any(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("hostile-js"))),
         "{logs}"
     );
     // The other endpoint was never disturbed.

@@ -1194,10 +1194,16 @@ fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
     );
     assert_eq!(st, 200, "{body}");
     let answered = header(&head, "traceparent");
-    assert!(answered.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !answered.contains("00f067aa0ba902b7"), "{answered}");
+    assert!(
+        answered.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-") && !answered.contains("00f067aa0ba902b7"),
+        "{answered}"
+    );
     // The node ran it in the same trace: its module's line carries the id.
     wait_for("the node's log line", Duration::from_secs(5), || {
-        n.proc.log().lines().any(|l| l.contains("hostile says hello") && l.contains("4bf92f3577b34da6a3ce929d0e0e4736"))
+        n.proc
+            .log()
+            .lines()
+            .any(|l| l.contains("hostile says hello") && l.contains("4bf92f3577b34da6a3ce929d0e0e4736"))
     });
 }
 
@@ -1211,14 +1217,29 @@ fn the_router_gives_the_verdict_from_the_requests_it_routed() {
     let s = r.shares("h", 200, &[]);
     assert_eq!((count(&s, "v1"), count(&s, "v2")), (100, 100));
     let auth = format!("Bearer {}", r.admin_token());
-    let (status, _, body) = http(&r.addr, "GET", "/admin/v1/endpoints/h/compare?alpha=0.01", &[("Authorization", &auth)], "");
+    let (status, _, body) = http(
+        &r.addr,
+        "GET",
+        "/admin/v1/endpoints/h/compare?alpha=0.01",
+        &[("Authorization", &auth)],
+        "",
+    );
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();
     let c = &v["verdict"]["comparisons"][0];
     assert_eq!((c["treatment"].as_str(), &c["requests"]), (Some("v2"), &json!([100, 100])), "{v}");
-    assert!(c["line"].as_str().unwrap().starts_with("no difference yet between v2 and control"), "{c}");
+    assert!(
+        c["line"].as_str().unwrap().starts_with("no difference yet between v2 and control"),
+        "{c}"
+    );
     assert_eq!(v["verdict"]["srm"]["mismatch"], false, "{v}");
-    let (status, _, _) = http(&r.addr, "GET", "/admin/v1/endpoints/h/compare?alpha=2", &[("Authorization", &auth)], "");
+    let (status, _, _) = http(
+        &r.addr,
+        "GET",
+        "/admin/v1/endpoints/h/compare?alpha=2",
+        &[("Authorization", &auth)],
+        "",
+    );
     assert_eq!(status, 400);
     let (status, _, _) = http(&r.addr, "GET", "/admin/v1/endpoints/nope/compare", &[("Authorization", &auth)], "");
     assert_eq!(status, 404);

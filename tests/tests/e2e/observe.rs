@@ -38,10 +38,17 @@ fn metrics_give_each_version_a_latency_histogram_answers_by_class_and_its_role()
     }
     let text = s.get_admin_text("/metrics");
     let m = samples(&text);
-    let get = |name: &str, labels: &str| *m.get(&(name.to_string(), labels.to_string())).unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"));
+    let get = |name: &str, labels: &str| {
+        *m.get(&(name.to_string(), labels.to_string()))
+            .unwrap_or_else(|| panic!("no {name}{{{labels}}} in\n{text}"))
+    };
     let v1 = r#"endpoint="iris",version="v1",role="control""#;
     let v2 = r#"endpoint="iris",version="v2",role="treatment""#;
-    for family in ["wasmscore_request_duration_seconds", "wasmscore_queue_wait_seconds", "wasmscore_run_seconds"] {
+    for family in [
+        "wasmscore_request_duration_seconds",
+        "wasmscore_queue_wait_seconds",
+        "wasmscore_run_seconds",
+    ] {
         assert!(text.contains(&format!("# TYPE {family} histogram\n")), "{family}");
     }
     // The split: 70 / 30 of the good and the bad requests alike.
@@ -74,12 +81,28 @@ fn logs_follow_new_lines_as_json_lines_of_every_version_or_one() {
     let s = Server::start(&[]);
     s.deploy_ok("h", &hostile(), &[], None);
     let cli = |args: &[&str]| {
-        let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(s.data.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     };
     let h = hostile();
-    cli(&["version", "create", "--endpoint", "h", "--version", "v2", "--module", h.to_str().unwrap(), "--traffic", "50"]);
+    cli(&[
+        "version",
+        "create",
+        "--endpoint",
+        "h",
+        "--version",
+        "v2",
+        "--module",
+        h.to_str().unwrap(),
+        "--traffic",
+        "50",
+    ]);
     // Follow every version's log while requests log through each.
     let mut follow = Command::new(bin())
         .args(["service", "logs", "h", "--json", "--follow", "--data-dir"])
@@ -129,7 +152,11 @@ fn a_requests_trace_is_continued_answered_and_on_its_log_lines() {
     assert_eq!(st, 200);
     let answered = traceparent(&head);
     let parts: Vec<&str> = answered.split('-').collect();
-    assert_eq!((parts[0], parts[1], parts[3]), ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"), "{answered}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"),
+        "{answered}"
+    );
     assert!(parts[2].len() == 16 && parts[2] != "00f067aa0ba902b7", "{answered}");
     // None, or an invalid one: a new trace.
     for sent in [None, Some("00-not-a-trace-01")] {
@@ -137,7 +164,10 @@ fn a_requests_trace_is_continued_answered_and_on_its_log_lines() {
         let (_, head, _) = s.score_with("t", &headers, "log");
         let made = traceparent(&head);
         let p: Vec<&str> = made.split('-').collect();
-        assert!(p.len() == 4 && p[1].len() == 32 && p[1] != "4bf92f3577b34da6a3ce929d0e0e4736", "{made}");
+        assert!(
+            p.len() == 4 && p[1].len() == 32 && p[1] != "4bf92f3577b34da6a3ce929d0e0e4736",
+            "{made}"
+        );
     }
     // The module's log line of the first request carries its trace id.
     let out = Command::new(bin())
@@ -181,8 +211,11 @@ fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8
                     };
                     let head = String::from_utf8_lossy(&buf[..end]).to_string();
                     let header = |name: &str| {
-                        head.lines()
-                            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()))
+                        head.lines().find_map(|l| {
+                            l.split_once(':')
+                                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                                .map(|(_, v)| v.trim().to_string())
+                        })
                     };
                     let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
                     while buf.len() < end + 4 + len {
@@ -210,7 +243,13 @@ fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
     let (collector, received) = otlp_receiver();
     let mut s = Server::start(&["--otlp-endpoint", &collector]);
     s.deploy_ok("t", &hostile(), &[], None);
-    let answered = |head: &str| head.lines().find_map(|l| l.strip_prefix("traceparent: ")).unwrap().trim().to_string();
+    let answered = |head: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix("traceparent: "))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
     // Five sampled requests of one trace, one not sampled, one with no
     // trace (a new, sampled one) and one that fails (500).
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -220,7 +259,11 @@ fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
         assert_eq!(st, 200);
         ours.push(answered(&head));
     }
-    let (_, unsampled, _) = s.score_with("t", &[("traceparent", "00-11111111111111111111111111111111-00f067aa0ba902b7-00")], "log");
+    let (_, unsampled, _) = s.score_with(
+        "t",
+        &[("traceparent", "00-11111111111111111111111111111111-00f067aa0ba902b7-00")],
+        "log",
+    );
     assert!(answered(&unsampled).ends_with("-00"));
     let (_, fresh, _) = s.score("t", "log");
     let (st, failed, _) = s.score("t", "trap");
@@ -232,21 +275,39 @@ fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
         assert_eq!((path.as_str(), content_type.as_str()), ("/v1/traces", "application/x-protobuf"));
         let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
         for rs in req.resource_spans {
-            let service = rs.resource.unwrap().attributes.into_iter().find(|a| a.key == "service.name").unwrap();
-            assert_eq!(format!("{:?}", service.value.unwrap().value.unwrap()), r#"StringValue("wasmscore")"#);
+            let service = rs
+                .resource
+                .unwrap()
+                .attributes
+                .into_iter()
+                .find(|a| a.key == "service.name")
+                .unwrap();
+            assert_eq!(
+                format!("{:?}", service.value.unwrap().value.unwrap()),
+                r#"StringValue("wasmscore")"#
+            );
             spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
         }
     }
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let attr = |sp: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
-        sp.attributes.iter().find(|a| a.key == k).map(|a| format!("{:?}", a.value.as_ref().unwrap().value.as_ref().unwrap()))
+        sp.attributes
+            .iter()
+            .find(|a| a.key == k)
+            .map(|a| format!("{:?}", a.value.as_ref().unwrap().value.as_ref().unwrap()))
     };
     assert_eq!(spans.len(), 7, "five, the fresh trace and the failure; not the unsampled one");
     // Each exported span has the ids the client got back, under the client's span.
     for tp in &ours {
         let span_id = tp.split('-').nth(2).unwrap();
-        let sp = spans.iter().find(|sp| hex(&sp.span_id) == span_id).unwrap_or_else(|| panic!("no span {span_id}"));
-        assert_eq!((hex(&sp.trace_id), hex(&sp.parent_span_id)), (trace.to_string(), "00f067aa0ba902b7".to_string()));
+        let sp = spans
+            .iter()
+            .find(|sp| hex(&sp.span_id) == span_id)
+            .unwrap_or_else(|| panic!("no span {span_id}"));
+        assert_eq!(
+            (hex(&sp.trace_id), hex(&sp.parent_span_id)),
+            (trace.to_string(), "00f067aa0ba902b7".to_string())
+        );
         assert_eq!(sp.name, "POST /api/v1/service/{name}/score");
         assert_eq!(sp.kind, 2, "SPAN_KIND_SERVER");
         assert!(sp.end_time_unix_nano > sp.start_time_unix_nano);

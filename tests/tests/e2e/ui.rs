@@ -51,23 +51,46 @@ fn the_page_draws_live_traffic_and_the_verdict_in_chromium() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["asks_for_token"].as_bool(), v["wrong_token_refused"].as_bool()), (Some(true), Some(true)), "{v}");
-    assert!(v["cookie_set"].as_bool().unwrap() && !v["url_after"].as_str().unwrap().contains("token"), "{v}");
+    assert_eq!(
+        (v["asks_for_token"].as_bool(), v["wrong_token_refused"].as_bool()),
+        (Some(true), Some(true)),
+        "{v}"
+    );
+    assert!(
+        v["cookie_set"].as_bool().unwrap() && !v["url_after"].as_str().unwrap().contains("token"),
+        "{v}"
+    );
     assert_eq!(v["console_errors"], serde_json::json!([]), "{v}");
     // The versions: role, state, configured and effective traffic, and an
     // observed share near the split.
     let rows = v["rows"].as_array().unwrap();
-    let row = |name: &str| rows.iter().find(|r| r[0] == name).unwrap_or_else(|| panic!("no row {name}: {v}")).clone();
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no row {name}: {v}"))
+            .clone()
+    };
     let (v1, v2) = (row("v1"), row("v2"));
     // v1 is the default: configured 0%, it takes the rest.
-    assert_eq!((v1[1].as_str(), v1[2].as_str(), v1[4].as_str()), (Some("control"), Some("Healthy"), Some("70%")), "{v1}");
-    assert_eq!((v2[1].as_str(), v2[3].as_str(), v2[4].as_str()), (Some("treatment"), Some("30%"), Some("30%")), "{v2}");
+    assert_eq!(
+        (v1[1].as_str(), v1[2].as_str(), v1[4].as_str()),
+        (Some("control"), Some("Healthy"), Some("70%")),
+        "{v1}"
+    );
+    assert_eq!(
+        (v2[1].as_str(), v2[3].as_str(), v2[4].as_str()),
+        (Some("treatment"), Some("30%"), Some("30%")),
+        "{v2}"
+    );
     let observed: f64 = v2[5].as_str().unwrap().trim_end_matches('%').parse().unwrap();
     assert!((20.0..40.0).contains(&observed), "observed {observed}% for a 30% split");
     // Every plot drew lines for both versions from live data.
     for key in ["rps", "latency", "errors_per_second", "replicas"] {
         let p = &v["plots"][key];
-        assert!(p["points"].as_u64().unwrap() >= 2 && p["inked"].as_u64().unwrap() > 500, "{key}: {p}");
+        assert!(
+            p["points"].as_u64().unwrap() >= 2 && p["inked"].as_u64().unwrap() > 500,
+            "{key}: {p}"
+        );
         let labels = p["series"].to_string();
         assert!(labels.contains("\"v1") && labels.contains("\"v2"), "{key}: {labels}");
     }

@@ -32,7 +32,9 @@ fn the_formulas_agree_with_scipy_and_statsmodels() {
         // Histograms with a shift in some cases and none in others.
         let shift = k % 3;
         let c: Vec<u64> = (0..=bounds.len()).map(|i| if i < 8 { rng.next(30) } else { 0 }).collect();
-        let t: Vec<u64> = (0..=bounds.len()).map(|i| if i >= shift && i < 8 + shift { rng.next(30) } else { 0 }).collect();
+        let t: Vec<u64> = (0..=bounds.len())
+            .map(|i| if i >= shift && i < 8 + shift { rng.next(30) } else { 0 })
+            .collect();
         let (u, _, p) = verdict::mann_whitney(&t, &c);
         let hl = verdict::hodges_lehmann(&c, &t, &mids);
         let obs = [rng.next(500) + 500, rng.next(500) + 500, rng.next(500) + 500];
@@ -41,8 +43,10 @@ fn the_formulas_agree_with_scipy_and_statsmodels() {
         let exp: Vec<f64> = shares.iter().map(|s| total as f64 * s / 100.0).collect();
         let chi2: f64 = obs.iter().zip(&exp).map(|(o, e)| (*o as f64 - e).powi(2) / e).sum();
         let ps: Vec<f64> = (0..4).map(|_| rng.next(1000) as f64 / 10_000.0).collect();
-        ours.push(json!({"u": u, "p": p, "hl": hl, "chi2_p": verdict::chi2_sf(chi2, 2.0), "holm": verdict::holm(&ps),
-                         "sf": verdict::normal_sf(k as f64 * 0.7)}));
+        ours.push(
+            json!({"u": u, "p": p, "hl": hl, "chi2_p": verdict::chi2_sf(chi2, 2.0), "holm": verdict::holm(&ps),
+                         "sf": verdict::normal_sf(k as f64 * 0.7)}),
+        );
         cases.push(json!({"c": c, "t": t, "mids": mids, "obs": obs, "exp": exp, "ps": ps, "z": k as f64 * 0.7}));
     }
     let script = r#"
@@ -70,7 +74,12 @@ print(json.dumps(out))
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(Value::Array(cases).to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(Value::Array(cases).to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let theirs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
@@ -99,7 +108,12 @@ print(json.dumps(out))
 }
 
 fn cli(s: &Server, args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).arg("--data-dir").arg(s.data.path()).output().unwrap();
+    let out = Command::new(bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(s.data.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap()
 }
@@ -110,9 +124,43 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     let h = hostile();
     s.deploy_ok("ab", &h, &[], None);
     let dc = s.data.path().join("fails.json");
-    std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "20", "SCORE_BASE": "0.5"}}).to_string()).unwrap();
-    cli(&s, &["version", "create", "--endpoint", "ab", "--version", "fails", "--module", h.to_str().unwrap(), "--dc", dc.to_str().unwrap(), "--traffic", "30"]);
-    cli(&s, &["version", "create", "--endpoint", "ab", "--version", "same", "--module", h.to_str().unwrap(), "--traffic", "30"]);
+    std::fs::write(
+        &dc,
+        json!({"environment_variables": {"FAIL_EVERY": "20", "SCORE_BASE": "0.5"}}).to_string(),
+    )
+    .unwrap();
+    cli(
+        &s,
+        &[
+            "version",
+            "create",
+            "--endpoint",
+            "ab",
+            "--version",
+            "fails",
+            "--module",
+            h.to_str().unwrap(),
+            "--dc",
+            dc.to_str().unwrap(),
+            "--traffic",
+            "30",
+        ],
+    );
+    cli(
+        &s,
+        &[
+            "version",
+            "create",
+            "--endpoint",
+            "ab",
+            "--version",
+            "same",
+            "--module",
+            h.to_str().unwrap(),
+            "--traffic",
+            "30",
+        ],
+    );
     cli(&s, &["version", "update", "--endpoint", "ab", "--version", "v1", "--control"]);
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..10_000 {
@@ -125,18 +173,32 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     assert_eq!((ok, failed), (10_000 - 150, 150), "3000 to `fails`, one in 20 of them fails");
     let v: Value = serde_json::from_str(&cli(&s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap();
     let verdict = &v["verdict"];
-    let c = |name: &str| verdict["comparisons"].as_array().unwrap().iter().find(|c| c["treatment"] == name).unwrap().clone();
+    let c = |name: &str| {
+        verdict["comparisons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["treatment"] == name)
+            .unwrap()
+            .clone()
+    };
     let fails = c("fails");
     assert_eq!(fails["requests"], json!([4000, 3000]));
     assert!((fails["error_rate"]["difference"].as_f64().unwrap() - 0.05).abs() < 1e-9, "{fails}");
     assert!(fails["error_rate"]["p_adjusted"].as_f64().unwrap() < 0.01, "{fails}");
-    assert!(fails["line"].as_str().unwrap().starts_with("fails fails more than control"), "{fails}");
+    assert!(
+        fails["line"].as_str().unwrap().starts_with("fails fails more than control"),
+        "{fails}"
+    );
     // The number the module reports through `metrics.record`: half a point up.
     let score = &fails["reported"][0];
     assert_eq!(score[0], "score");
     assert!((score[1]["difference"].as_f64().unwrap() - 0.5).abs() < 0.01, "{score}");
     assert!(score[1]["p_adjusted"].as_f64().unwrap() < 0.01, "{score}");
-    assert!(fails["line"].as_str().unwrap().contains("fails reports score higher than control"), "{fails}");
+    assert!(
+        fails["line"].as_str().unwrap().contains("fails reports score higher than control"),
+        "{fails}"
+    );
     // The router's split is the configured one: no mismatch.
     assert_eq!(verdict["srm"]["mismatch"], false, "{verdict}");
     // The words, as the CLI prints them.
@@ -144,7 +206,21 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     assert!(text.contains("fails fails more than control: error rate +5.00 pp"), "{text}");
     // Two copies of one module over 2,000 requests: no difference yet.
     s.deploy_ok("twins", &h, &[], None);
-    cli(&s, &["version", "create", "--endpoint", "twins", "--version", "twin", "--module", h.to_str().unwrap(), "--traffic", "50"]);
+    cli(
+        &s,
+        &[
+            "version",
+            "create",
+            "--endpoint",
+            "twins",
+            "--version",
+            "twin",
+            "--module",
+            h.to_str().unwrap(),
+            "--traffic",
+            "50",
+        ],
+    );
     cli(&s, &["version", "update", "--endpoint", "twins", "--version", "v1", "--control"]);
     for _ in 0..2000 {
         assert_eq!(s.score("twins", "maybe-fail").0, 200);
@@ -152,25 +228,56 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     let v: Value = serde_json::from_str(&cli(&s, &["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
     let twin = &v["verdict"]["comparisons"][0];
     assert_eq!(twin["requests"], json!([1000, 1000]));
-    assert!(twin["line"].as_str().unwrap().starts_with("no difference yet between twin and control"), "{twin}");
+    assert!(
+        twin["line"]
+            .as_str()
+            .unwrap()
+            .starts_with("no difference yet between twin and control"),
+        "{twin}"
+    );
     // No control: refused with what to do.
     s.deploy_ok("solo", &h, &[], None);
-    let out = Command::new(bin()).args(["endpoint", "compare", "solo", "--data-dir"]).arg(s.data.path()).output().unwrap();
+    let out = Command::new(bin())
+        .args(["endpoint", "compare", "solo", "--data-dir"])
+        .arg(s.data.path())
+        .output()
+        .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--control"));
 
     // The counts live through a restart (saved at shutdown, and every 10 s)...
     let mut s = s;
     assert!(s.terminate());
     let s = Server::start_in(s.kill(), &[]);
-    let compare = |s: &Server| -> Value { serde_json::from_str(&cli(s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap() };
+    let compare =
+        |s: &Server| -> Value { serde_json::from_str(&cli(s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap() };
     let again = compare(&s);
-    let after = |v: &Value, name: &str| v["verdict"]["comparisons"].as_array().unwrap().iter().find(|c| c["treatment"] == name).unwrap().clone();
+    let after = |v: &Value, name: &str| {
+        v["verdict"]["comparisons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["treatment"] == name)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(after(&again, "fails")["requests"], json!([4000, 3000]), "{again}");
     assert_eq!(after(&again, "fails")["error_rate"], fails["error_rate"]);
     assert_eq!(after(&again, "fails")["reported"], fails["reported"]);
     // ...and start again when the version changes (its module, models or config).
     std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "10"}}).to_string()).unwrap();
-    cli(&s, &["version", "update", "--endpoint", "ab", "--version", "fails", "--dc", dc.to_str().unwrap()]);
+    cli(
+        &s,
+        &[
+            "version",
+            "update",
+            "--endpoint",
+            "ab",
+            "--version",
+            "fails",
+            "--dc",
+            dc.to_str().unwrap(),
+        ],
+    );
     let changed = compare(&s);
     assert_eq!(after(&changed, "fails")["requests"], json!([4000, 0]), "{changed}");
     assert_eq!(after(&changed, "same")["requests"], json!([4000, 3000]), "{changed}");

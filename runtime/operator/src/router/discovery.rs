@@ -64,7 +64,11 @@ impl KubeDiscovery {
         let changed = Arc::new(Notify::new());
         let stores = Stores {
             namespace: namespace.to_string(),
-            endpoints: follow(Api::namespaced(client.clone(), namespace), watcher::Config::default(), changed.clone()),
+            endpoints: follow(
+                Api::namespaced(client.clone(), namespace),
+                watcher::Config::default(),
+                changed.clone(),
+            ),
             // Only the endpoints' keys: the router has no business with other Secrets.
             secrets: follow(
                 Api::namespaced(client.clone(), namespace),

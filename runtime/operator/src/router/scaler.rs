@@ -38,7 +38,11 @@ impl Scaler for KubeScaler {
         }
         let (api, reason) = (self.deployments.clone(), reason.to_string());
         self.runtime.spawn(async move {
-            let done = if wake { wake_up(&api, &name).await } else { set(&api, &name, to).await };
+            let done = if wake {
+                wake_up(&api, &name).await
+            } else {
+                set(&api, &name, to).await
+            };
             match done {
                 Ok(true) => tracing::info!(deployment = %name, from, to, reason, "scaled"),
                 Ok(false) => tracing::debug!(deployment = %name, "already awake"),
