@@ -100,6 +100,14 @@ struct Record {
     data: Vec<u8>,
 }
 
+impl Record {
+    /// What it holds, for the queue's byte bound: every string a module
+    /// can make long, not only the data.
+    fn size(&self) -> usize {
+        self.data.len() + self.name.len() + self.content_type.len() + self.correlation_id.len()
+    }
+}
+
 enum Msg {
     Record(Box<Record>),
     /// Close every open file, then answer.
@@ -192,7 +200,7 @@ impl Collector {
     }
 
     fn offer(&self, record: Record) -> bool {
-        let bytes = record.data.len();
+        let bytes = record.size();
         if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.settings.max_queued_bytes {
             self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
             return false;
@@ -328,7 +336,7 @@ impl Writer {
     }
 
     fn write(&mut self, r: Record) {
-        self.queued_bytes.fetch_sub(r.data.len(), Ordering::Relaxed);
+        self.queued_bytes.fetch_sub(r.size(), Ordering::Relaxed);
         let key = FileKey {
             endpoint: r.endpoint.clone(),
             version: r.version.clone(),
@@ -484,7 +492,10 @@ mod tests {
         let v = c.for_version("e", "v", 1.0);
         assert!(!v.collect(Designation::Inputs, "id", "request", "application/json", vec![0; 11]));
         assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
-        assert!(v.collect(Designation::Inputs, "id", "request", "application/json", vec![b'1'; 5]));
+        // A long name counts as much as long data.
+        assert!(!v.collect(Designation::General, "id", &"n".repeat(11), "", Vec::new()));
+        assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 2);
+        assert!(v.collect(Designation::Inputs, "id", "x", "", vec![b'1'; 5]));
         c.shutdown();
         assert_eq!(c.stats.files.load(Ordering::Relaxed), 1);
     }
