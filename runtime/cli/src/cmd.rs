@@ -117,6 +117,14 @@ pub enum Command {
         #[command(subcommand)]
         command: PluginCommand,
     },
+    /// Compile a component into a compile cache and exit (what `up` and
+    /// `node` run as a child process for each new module).
+    #[command(hide = true)]
+    CompileComponent {
+        component: PathBuf,
+        #[arg(long)]
+        cache_dir: PathBuf,
+    },
     /// Kubernetes: the Endpoint custom resource (`crd` prints its
     /// CustomResourceDefinition; deploy/crd.json is this output).
     Operator {
@@ -186,6 +194,18 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Version { command } => manage::version(command),
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => node::run(args),
+        Command::CompileComponent { component, cache_dir } => {
+            let bytes = std::fs::read(&component).with_context(|| format!("reading {}", component.display()))?;
+            match wasmscore_engine::compile_to_cache(&wasmscore_engine::EngineConfig::new(cache_dir), &bytes) {
+                Ok(_) => Ok(()),
+                Err(wasmscore_engine::EngineError::InvalidComponent(m)) => {
+                    // The last line is the parent's message (compile_in_child).
+                    eprintln!("{}", m.replace('\n', " "));
+                    std::process::exit(wasmscore_engine::COMPILE_INVALID_EXIT)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
         Command::Router(args) => router::run(args),
         Command::RouterToken {
             config,

@@ -261,7 +261,9 @@ fn build(
 ) -> Result<Arc<Control>> {
     let devices = crate::up::devices(plugin_dir.as_deref())?;
     let cache = cache_dir.unwrap_or_else(|| data_dir.join("cache"));
-    let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache))?);
+    let engine = Arc::new(ScoringEngine::new(
+        EngineConfig::new(cache).with_compiler(crate::up::compiler_exe()?),
+    )?);
     let control = Arc::new(Control::open_collecting(
         data_dir,
         engine,

@@ -282,7 +282,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let token = admin_token(&args.data_dir)?;
     let devices = devices(args.plugin_dir.as_deref())?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(|| args.data_dir.join("cache"));
-    let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir))?);
+    let engine = Arc::new(ScoringEngine::new(EngineConfig::new(cache_dir).with_compiler(compiler_exe()?))?);
     let router = Arc::new(Router::new());
     let collected = args.data_dir.join("collected");
     let control = Arc::new(Control::open_collecting(
@@ -346,4 +346,10 @@ pub async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
     }
+}
+
+/// This executable, which `up` and `node` run as `compile-component` to
+/// compile new modules outside the serving process.
+pub fn compiler_exe() -> Result<PathBuf> {
+    std::env::current_exe().context("finding this executable (the module compiler runs it)")
 }

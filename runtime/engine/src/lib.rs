@@ -16,7 +16,7 @@ mod nn;
 mod replica;
 mod usage;
 
-pub use engine::{EngineConfig, LoadInfo, ScoringEngine};
+pub use engine::{compile_to_cache, EngineConfig, LoadInfo, ScoringEngine, COMPILE_INVALID_EXIT};
 pub use host::{LogLine, ModelSource, Moments, Reported, Sandbox, VersionContext, COARSE_CLOCK_NS};
 pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
 pub use usage::{DeviceUsage, DeviceUsageSnapshot};
