@@ -41,6 +41,9 @@ mod collect;
 #[path = "e2e/ui.rs"]
 mod ui;
 
+#[path = "e2e/batching.rs"]
+mod batching;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

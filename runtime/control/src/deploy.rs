@@ -17,6 +17,7 @@ pub use wasmscore_collect::Settings as CollectSettings;
 use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionContext};
 use wasmscore_replica::{Pool, PoolConfig};
 use wasmscore_router::{Router, Version};
+use wasmscore_tensor::batch::{BatchSettings, BatchStats, Batched};
 use wasmscore_tensor::{Devices, Model};
 
 use crate::config::{DeploymentConfig, Resolved};
@@ -76,6 +77,9 @@ pub(crate) struct Built {
     pub placement: Placement,
     /// Its last hour, for the /ui page (series.rs).
     pub series: crate::series::Series,
+    /// Per model file, when the version asked for batching: its counters,
+    /// or why the probe refused it.
+    pub batching: Vec<(String, Result<Arc<BatchStats>, String>)>,
 }
 
 /// A build that failed, with the module's context if it got that far (its
@@ -342,6 +346,13 @@ impl Control {
             };
             models.insert(m.file.clone(), session.map_err(|e| fail(e.to_string()))?);
         }
+        let batching = match resolved.batching {
+            Some(b) => {
+                phase(format!("probing {} model(s) for batching", models.len()));
+                batch_models(&mut models, &model_device, b)
+            }
+            None => Vec::new(),
+        };
         // Models that loaded before one fell back stay where they are; they
         // are sessions on the version's device.
         // `load-on` reads the version's model files from the blobs.
@@ -377,6 +388,12 @@ impl Control {
         for note in &notes {
             ctx.log("warn", note.clone());
         }
+        for (file, state) in &batching {
+            match state {
+                Ok(_) => ctx.log("info", format!("model {file} is batched: its rows are independent")),
+                Err(why) => ctx.log("warn", format!("model {file} is not batched: {why}")),
+            }
+        }
         let prepared = Prepared::new(pre, ctx.clone(), resolved.timeout, INIT_TIMEOUT);
         phase(format!(
             "starting {} replica(s) x {} instance(s): init()",
@@ -407,6 +424,7 @@ impl Control {
                 notes,
             },
             series: Default::default(),
+            batching,
         })
     }
 
@@ -464,4 +482,39 @@ pub(crate) fn display_name(spec: &VersionSpec) -> String {
     } else {
         spec.module_name.clone()
     }
+}
+
+/// Wraps each model that passes the batching probe (on the CPU) in a
+/// batcher shared by the version's replicas; says why for the others.
+fn batch_models(
+    models: &mut HashMap<String, Arc<dyn Model>>,
+    device: &str,
+    cfg: crate::config::BatchingConfig,
+) -> Vec<(String, Result<Arc<BatchStats>, String>)> {
+    let settings = BatchSettings {
+        max_batch_size: cfg.max_batch_size,
+        max_queue_delay: std::time::Duration::from_micros(cfg.max_queue_delay_us),
+    };
+    let mut files: Vec<String> = models.keys().cloned().collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|file| {
+            let model = models[&file].clone();
+            let state = if device != "cpu" {
+                Err(format!(
+                    "batching merges runs on the cpu device; this version's models run on {device}"
+                ))
+            } else {
+                wasmscore_tensor::batch::probe(&*model).map(|()| {
+                    let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());
+                    let batched = Arc::new(Batched::new(model, settings, lanes));
+                    let stats = batched.stats().clone();
+                    models.insert(file.clone(), batched);
+                    stats
+                })
+            };
+            (file, state)
+        })
+        .collect()
 }

@@ -104,6 +104,32 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
                 "path": format!("collected/{}/{}", ctx.endpoint, r.name),
             })
         })),
+        "batching": live.filter(|l| !l.batching.is_empty()).map(|l| {
+            let models: serde_json::Map<String, serde_json::Value> = l
+                .batching
+                .iter()
+                .map(|(file, state)| {
+                    let v = match state {
+                        Ok(b) => json!({
+                            "batched": true,
+                            "batches": b.batches.load(Ordering::Relaxed),
+                            "calls": b.calls.load(Ordering::Relaxed),
+                            "mean_batch_size": (b.mean_batch_size() * 100.0).round() / 100.0,
+                            "mean_wait_us": (b.mean_wait_us() * 10.0).round() / 10.0,
+                            "fallbacks": b.fallbacks.load(Ordering::Relaxed),
+                            "alone": b.alone.load(Ordering::Relaxed),
+                        }),
+                        Err(why) => json!({"batched": false, "reason": why}),
+                    };
+                    (file.clone(), v)
+                })
+                .collect();
+            json!({
+                "max_batch_size": l.monitor.settings.batching.map(|b| b.max_batch_size),
+                "max_queue_delay_us": l.monitor.settings.batching.map(|b| b.max_queue_delay_us),
+                "models": models,
+            })
+        }),
         "component": live.map(|l| l.component),
         "compiled_from_cache": live.map(|l| l.component != "compiled"),
         "component_load_ms": live.map(|l| l.load_ms),
@@ -335,6 +361,7 @@ impl Control {
         let mut device_rows_deploy: Vec<(String, f64)> = Vec::new();
         let mut collect_rows: Vec<(String, u64)> = Vec::new();
         let mut collect_dropped: Vec<(String, u64)> = Vec::new();
+        let mut batch_rows: Vec<(String, std::sync::Arc<wasmscore_tensor::batch::BatchStats>)> = Vec::new();
         // Histograms and answers by status class, labelled with the role.
         let mut timed: Vec<(
             String,
@@ -400,6 +427,11 @@ impl Control {
                     }
                     collect_dropped.push((labels.clone(), c.stats.dropped.load(Ordering::Relaxed)));
                 }
+                for (file, state) in &b.batching {
+                    if let Ok(bs) = state {
+                        batch_rows.push((format!("{labels},model=\"{}\"", label(file)), bs.clone()));
+                    }
+                }
                 let at_deploy = if b.placement.notes.is_empty() { 0.0 } else { 1.0 };
                 device_rows_deploy.push((labels, at_deploy));
             }
@@ -462,6 +494,38 @@ impl Control {
             );
             for (labels, n) in &collect_dropped {
                 let _ = writeln!(out, "wasmscore_collected_dropped_total{{{labels}}} {n}");
+            }
+        }
+        if !batch_rows.is_empty() {
+            type Figure = fn(&wasmscore_tensor::batch::BatchStats) -> f64;
+            let figures: [(&str, &str, Figure); 5] = [
+                ("batches_total", "Model runs for batched calls (a batch of one counts).", |b| {
+                    b.batches.load(Ordering::Relaxed) as f64
+                }),
+                (
+                    "batched_calls_total",
+                    "Calls answered from batched runs (batched_calls_total / batches_total is the mean batch size).",
+                    |b| b.calls.load(Ordering::Relaxed) as f64,
+                ),
+                (
+                    "batch_wait_seconds_total",
+                    "Time calls waited for their batch to start, summed.",
+                    |b| b.waited_ns.load(Ordering::Relaxed) as f64 / 1e9,
+                ),
+                (
+                    "batch_fallbacks_total",
+                    "Merged runs that failed or did not split, re-run call by call.",
+                    |b| b.fallbacks.load(Ordering::Relaxed) as f64,
+                ),
+                ("batch_alone_total", "Calls that could not merge and ran alone.", |b| {
+                    b.alone.load(Ordering::Relaxed) as f64
+                }),
+            ];
+            for (name, help, f) in figures {
+                let _ = writeln!(out, "# HELP wasmscore_{name} {help}\n# TYPE wasmscore_{name} counter");
+                for (labels, b) in &batch_rows {
+                    let _ = writeln!(out, "wasmscore_{name}{{{labels}}} {}", f(b));
+                }
             }
         }
         let w = &self.collector.stats;

@@ -350,6 +350,9 @@ pub struct HostState {
     ops: Vec<(Arc<str>, Arc<dyn Ops>)>,
     /// The trace id of the request being run, for its log lines.
     pub(crate) trace_id: Option<String>,
+    /// When the call in progress must be answered (its scoring timeout): a
+    /// batched model does not hold it past then.
+    pub(crate) deadline: Option<Instant>,
     /// The correlation id of the request being run when it is sampled for
     /// data collection: the module's `collect` calls go in under it.
     pub(crate) collecting: Option<String>,
@@ -377,6 +380,7 @@ impl HostState {
             hit_memory_limit: false,
             ops: Vec::new(),
             trace_id: None,
+            deadline: None,
             collecting: None,
         }
     }
@@ -648,7 +652,7 @@ impl inference::HostModel for HostState {
             let wanted: Vec<&str> = outputs.iter().map(String::as_str).collect();
             let started = Instant::now();
             // Inputs already on the model's device stay there; outputs may too.
-            let results = model.run_values(&named, &wanted);
+            let results = model.run_values_by(&named, &wanted, self.deadline);
             self.version.usage.inference(&device, started.elapsed());
             results?
         };

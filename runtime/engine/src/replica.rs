@@ -192,11 +192,13 @@ impl Replica {
             tensors,
         };
         self.store.set_epoch_deadline(self.run_ticks);
-        self.store.data_mut().trace_id = req.trace_id;
-        self.store.data_mut().collecting = collecting.clone();
         let started = Instant::now();
+        self.store.data_mut().trace_id = req.trace_id;
+        self.store.data_mut().deadline = Some(started + self.timeout);
+        self.store.data_mut().collecting = collecting.clone();
         let result = self.scorer.call_run(&mut self.store, &wreq);
         self.store.data_mut().trace_id = None;
+        self.store.data_mut().deadline = None;
         self.store.data_mut().collecting = None;
         if let (Some(c), Some(id), Ok(Ok(resp))) = (&collector, &collecting, &result) {
             c.collect(Designation::Predictions, id, "response", &resp.content_type, resp.body.clone());

@@ -93,6 +93,24 @@ pub struct DeploymentConfig {
     /// collects every request).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub collect_sample_rate: Option<f64>,
+    /// Transparent dynamic batching (default off): concurrent `inference`
+    /// runs of the version's replicas on one model are merged into one
+    /// ONNX Runtime run along the first dimension.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batching: Option<BatchingConfig>,
+}
+
+/// `batching: {"max_batch_size": N, "max_queue_delay_us": D}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// Rows one merged run takes at most (2..=1024).
+    pub max_batch_size: usize,
+    /// How long the first call of a batch waits for others (0..=100000 µs;
+    /// default 0: merge only what is already waiting, as Triton's batcher
+    /// with no delay).
+    #[serde(default)]
+    pub max_queue_delay_us: u64,
 }
 
 /// Resolved settings.
@@ -117,6 +135,8 @@ pub struct Resolved {
     pub fallback: Option<String>,
     /// The share of requests whose data is collected; none: collection off.
     pub collect: Option<f64>,
+    /// Dynamic batching; none: off.
+    pub batching: Option<BatchingConfig>,
 }
 
 /// A version's replica pool, as its config sets it (the pool's own limits,
@@ -292,8 +312,20 @@ impl DeploymentConfig {
                 r => return bad(format!("collect_sample_rate must be in (0, 1], got {r}")),
             },
         };
+        if let Some(b) = self.batching {
+            if !(2..=1024).contains(&b.max_batch_size) {
+                return bad(format!("batching.max_batch_size must be in 2..=1024, got {}", b.max_batch_size));
+            }
+            if b.max_queue_delay_us > 100_000 {
+                return bad(format!(
+                    "batching.max_queue_delay_us must be at most 100000, got {}",
+                    b.max_queue_delay_us
+                ));
+            }
+        }
         Ok(Resolved {
             collect,
+            batching: self.batching,
             timeout: Duration::from_millis(timeout_ms),
             memory_limit: (memory_gb * (1u64 << 30) as f64) as u64,
             pool: PoolSettings {
@@ -472,6 +504,36 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("num_replicas"), "{err}");
+    }
+
+    #[test]
+    fn batching_is_off_by_default_and_its_bounds_are_checked() {
+        let resolve = |v: serde_json::Value| DeploymentConfig::parse(&v).unwrap().resolve();
+        let b = resolve(serde_json::json!({"batching": {"max_batch_size": 8}}))
+            .unwrap()
+            .batching
+            .unwrap();
+        assert_eq!((b.max_batch_size, b.max_queue_delay_us), (8, 0));
+        assert!(resolve(serde_json::json!({})).unwrap().batching.is_none());
+        for (bad, says) in [
+            (
+                serde_json::json!({"batching": {"max_batch_size": 1}}),
+                "max_batch_size must be in 2..=1024",
+            ),
+            (
+                serde_json::json!({"batching": {"max_batch_size": 8, "max_queue_delay_us": 200000}}),
+                "at most 100000",
+            ),
+            (serde_json::json!({"batching": {"max_batch_size": 8, "delay": 1}}), "unknown field"),
+            (serde_json::json!({"batching": {}}), "missing field"),
+        ] {
+            let e = DeploymentConfig::parse(&bad)
+                .and_then(|c| c.resolve())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 
     #[test]

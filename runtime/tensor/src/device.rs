@@ -85,21 +85,41 @@ pub trait Model: Send + Sync {
     /// outputs there. The default reads resident inputs into host memory
     /// and returns host outputs.
     fn run_values(&self, inputs: &[(&str, &Value)], outputs: &[&str]) -> Result<Vec<(String, Value)>, TensorError> {
-        let host: Vec<(&str, std::borrow::Cow<'_, Tensor>)> = inputs
-            .iter()
-            .map(|(n, v)| {
-                Ok((
-                    *n,
-                    match v {
-                        Value::Host(t) => std::borrow::Cow::Borrowed(t),
-                        Value::Resident(r) => std::borrow::Cow::Owned(r.to_host()?),
-                    },
-                ))
-            })
-            .collect::<Result<_, TensorError>>()?;
-        let refs: Vec<(&str, &Tensor)> = host.iter().map(|(n, t)| (*n, t.as_ref())).collect();
-        Ok(self.run(&refs, outputs)?.into_iter().map(|(n, t)| (n, Value::Host(t))).collect())
+        on_host(inputs, |refs| self.run(refs, outputs))
     }
+    /// `run_values` for a call that must be answered by `deadline`: a model
+    /// that holds calls back to merge them (`batch::Batched`) does not hold
+    /// one past it.
+    fn run_values_by(
+        &self,
+        inputs: &[(&str, &Value)],
+        outputs: &[&str],
+        _deadline: Option<std::time::Instant>,
+    ) -> Result<Vec<(String, Value)>, TensorError> {
+        self.run_values(inputs, outputs)
+    }
+}
+
+/// Calls `run` with every input in host memory (resident ones read back)
+/// and hands back its outputs as host values.
+pub fn on_host(
+    inputs: &[(&str, &Value)],
+    run: impl FnOnce(&[(&str, &Tensor)]) -> Result<Vec<(String, Tensor)>, TensorError>,
+) -> Result<Vec<(String, Value)>, TensorError> {
+    let host: Vec<(&str, std::borrow::Cow<'_, Tensor>)> = inputs
+        .iter()
+        .map(|(n, v)| {
+            Ok((
+                *n,
+                match v {
+                    Value::Host(t) => std::borrow::Cow::Borrowed(t),
+                    Value::Resident(r) => std::borrow::Cow::Owned(r.to_host()?),
+                },
+            ))
+        })
+        .collect::<Result<_, TensorError>>()?;
+    let refs: Vec<(&str, &Tensor)> = host.iter().map(|(n, t)| (*n, t.as_ref())).collect();
+    Ok(run(&refs)?.into_iter().map(|(n, t)| (n, Value::Host(t))).collect())
 }
 
 /// What the last op cost on its device, as the device reports it (a

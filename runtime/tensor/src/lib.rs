@@ -6,6 +6,7 @@
 //! plain-Rust CPU implementation of the single ops. It does not load ONNX
 //! models itself: that is a device's job (`wasmscore-device-ort` for CPU).
 
+pub mod batch;
 mod cpu_ops;
 mod device;
 mod tensor;
