@@ -528,6 +528,11 @@ impl Control {
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP wasmscore_spin_seconds_total Time idle instances spent spinning for the next request (only while a core was idle).\n# TYPE wasmscore_spin_seconds_total counter\nwasmscore_spin_seconds_total {}",
+            wasmscore_replica::spun_seconds()
+        );
         let w = &self.collector.stats;
         let _ = writeln!(
             out,

@@ -17,6 +17,9 @@
 //! monitor); the pool only counts.
 
 pub mod histogram;
+mod spin;
+
+pub use spin::spun_seconds;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -490,7 +493,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     };
     stats.instances.fetch_add(1, Ordering::AcqRel);
     stats.starting.fetch_sub(1, Ordering::AcqRel);
-    while let Ok(msg) = shared.rx.recv() {
+    while let Ok(msg) = spin::next(&shared.rx) {
         let job = match msg {
             Msg::Score(job) => job,
             Msg::Retire => {

@@ -1,0 +1,141 @@
+//! An idle instance's thread spins for a moment before it parks, but only
+//! while a core would otherwise sit idle.
+//!
+//! Handing a request to a parked thread costs a futex wake, and on a
+//! virtual machine an inter-processor interrupt to a halted vCPU: tens of
+//! microseconds, more than scoring iris takes. A thread that spins for
+//! 250 µs (`WASMSCORE_SPIN_US`) after its call catches the next request of a client that sends
+//! one after another without that cost. When the machine is busy, though,
+//! a spinning thread takes the core the request needs to arrive (the HTTP
+//! workers, the load itself), so spinning is allowed only when the last
+//! 100 ms sample of /proc/stat found at least one core's worth of idle
+//! time, counting the time spent spinning as idle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvError, TryRecvError};
+
+/// How long an idle thread spins before it parks: 250 µs, or
+/// `WASMSCORE_SPIN_US` (0: never spin).
+fn spin_for() -> Duration {
+    static US: OnceLock<u64> = OnceLock::new();
+    Duration::from_micros(*US.get_or_init(|| std::env::var("WASMSCORE_SPIN_US").ok().and_then(|v| v.parse().ok()).unwrap_or(250)))
+}
+/// How long a sample of the machine's idle time lasts.
+const SAMPLE: Duration = Duration::from_millis(100);
+
+struct Gate {
+    allowed: AtomicBool,
+    /// Nanoseconds spent spinning, by every pool's threads.
+    spun_ns: AtomicU64,
+}
+
+/// The process-wide gate, with its sampler thread started on first use.
+fn gate() -> &'static Gate {
+    static GATE: OnceLock<&'static Gate> = OnceLock::new();
+    GATE.get_or_init(|| {
+        let g: &'static Gate = Box::leak(Box::new(Gate {
+            allowed: AtomicBool::new(false),
+            spun_ns: AtomicU64::new(0),
+        }));
+        let started = std::thread::Builder::new().name("spin-gate".into()).spawn(move || sample(g));
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "no idle sampler: instances park at once");
+        }
+        g
+    })
+}
+
+/// Seconds the process's idle instances spent spinning.
+pub fn spun_seconds() -> f64 {
+    gate().spun_ns.load(Ordering::Relaxed) as f64 / 1e9
+}
+
+/// Machine-wide idle and total CPU time in clock ticks (the first line of
+/// /proc/stat), None where there is no /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+    Some((idle, fields.iter().take(8).sum()))
+}
+
+fn sample(g: &'static Gate) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let Some(mut last) = cpu_ticks() else { return };
+    let mut last_spun = g.spun_ns.load(Ordering::Relaxed);
+    let mut last_at = Instant::now();
+    loop {
+        std::thread::sleep(SAMPLE);
+        let Some(now) = cpu_ticks() else { return };
+        let spun = g.spun_ns.load(Ordering::Relaxed);
+        let wall = last_at.elapsed().as_secs_f64();
+        last_at = Instant::now();
+        let (idle, total) = (now.0.saturating_sub(last.0), now.1.saturating_sub(last.1));
+        if total > 0 {
+            // Ticks are per core: idle / total * cores is idle cores; the
+            // time spent spinning would have been idle too.
+            let idle_cores = idle as f64 / total as f64 * cores + spun.saturating_sub(last_spun) as f64 / 1e9 / wall;
+            g.allowed.store(idle_cores >= 0.9, Ordering::Relaxed);
+        }
+        last = now;
+        last_spun = spun;
+    }
+}
+
+/// The next message: at once if one waits, after a short spin if the
+/// gate allows one, else parked until one comes.
+pub(crate) fn next<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
+    match rx.try_recv() {
+        Ok(m) => return Ok(m),
+        Err(TryRecvError::Disconnected) => return Err(RecvError),
+        Err(TryRecvError::Empty) => {}
+    }
+    let spin = spin_for();
+    let g = gate();
+    if !spin.is_zero() && g.allowed.load(Ordering::Relaxed) {
+        let start = Instant::now();
+        let got = loop {
+            match rx.try_recv() {
+                Ok(m) => break Some(Ok(m)),
+                Err(TryRecvError::Disconnected) => break Some(Err(RecvError)),
+                Err(TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
+                Err(TryRecvError::Empty) => break None,
+            }
+        };
+        g.spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if let Some(r) = got {
+            return r;
+        }
+    }
+    rx.recv()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_stat_gives_idle_and_total_ticks() {
+        let (idle, total) = cpu_ticks().expect("/proc/stat on Linux");
+        assert!(total >= idle && total > 0, "{idle} {total}");
+    }
+
+    #[test]
+    fn a_waiting_message_comes_at_once_and_a_closed_channel_ends() {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        tx.send(7).unwrap();
+        assert_eq!(next(&rx), Ok(7));
+        drop(tx);
+        assert_eq!(next(&rx), Err(RecvError));
+    }
+}
