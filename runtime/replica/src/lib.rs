@@ -188,6 +188,8 @@ struct Shared {
     label: String,
     /// Set when the pool is dropped: threads still retrying init() give up.
     closed: AtomicBool,
+    /// Its share of the process's requests, for spinning (spin.rs).
+    share: Arc<spin::Share>,
 }
 
 /// A version's replicas and their queue.
@@ -213,6 +215,7 @@ impl Pool {
             prepared,
             label,
             closed: AtomicBool::new(false),
+            share: spin::Share::register(),
         });
         let n = cfg.replicas.max(1) * cfg.max_concurrent.max(1);
         shared.stats.target.store(n, Ordering::Relaxed);
@@ -344,6 +347,7 @@ impl Pool {
             reply,
         };
         st.queued.fetch_add(1, Ordering::Relaxed);
+        self.shared.share.arrived();
         match self.tx.try_send(Msg::Score(job)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -493,7 +497,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     };
     stats.instances.fetch_add(1, Ordering::AcqRel);
     stats.starting.fetch_sub(1, Ordering::AcqRel);
-    while let Ok(msg) = spin::next(&shared.rx) {
+    while let Ok(msg) = spin::next(&shared.rx, &shared.share) {
         let job = match msg {
             Msg::Score(job) => job,
             Msg::Retire => {

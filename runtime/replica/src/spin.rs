@@ -7,12 +7,16 @@
 //! 250 µs (`WASMSCORE_SPIN_US`) after its call catches the next request of a client that sends
 //! one after another without that cost. When the machine is busy, though,
 //! a spinning thread takes the core the request needs to arrive (the HTTP
-//! workers, the load itself), so spinning is allowed only when the last
-//! 100 ms sample of /proc/stat found at least one core's worth of idle
-//! time, counting the time spent spinning as idle.
+//! workers, the load itself), so no more threads spin at once than the
+//! last 100 ms sample of /proc/stat found idle cores, counting the time
+//! spent spinning as idle: none on a busy machine, one on two cores
+//! serving one client, however many versions and instances wait. And only
+//! the threads of a version that got at least 80% of the process's last
+//! requests spin: in a split, the next request most likely goes elsewhere.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
@@ -26,8 +30,41 @@ fn spin_for() -> Duration {
 /// How long a sample of the machine's idle time lasts.
 const SAMPLE: Duration = Duration::from_millis(100);
 
+/// A pool's requests, and whether it gets most of the process's: only then
+/// is its next request likely to come to it rather than to another
+/// version (a split of three gives each a third).
+#[derive(Default)]
+pub(crate) struct Share {
+    arrivals: AtomicU64,
+    /// Arrivals at the last sample.
+    seen: AtomicU64,
+    mostly_here: AtomicBool,
+}
+
+impl Share {
+    /// A pool's share, sampled with the others from now on.
+    pub(crate) fn register() -> Arc<Share> {
+        let s = Arc::new(Share::default());
+        let g = gate();
+        let mut pools = g.pools.lock().unwrap_or_else(|p| p.into_inner());
+        pools.retain(|w| w.strong_count() > 0);
+        pools.push(Arc::downgrade(&s));
+        s
+    }
+
+    pub(crate) fn arrived(&self) {
+        self.arrivals.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 struct Gate {
-    allowed: AtomicBool,
+    /// Every pool's share (dropped pools linger until the next register).
+    pools: Mutex<Vec<Weak<Share>>>,
+    /// Threads that may spin at once: the idle cores the last sample found
+    /// (0: none, spinning is off).
+    allowed: AtomicUsize,
+    /// Threads spinning now.
+    spinning: AtomicUsize,
     /// Nanoseconds spent spinning, by every pool's threads.
     spun_ns: AtomicU64,
 }
@@ -37,7 +74,9 @@ fn gate() -> &'static Gate {
     static GATE: OnceLock<&'static Gate> = OnceLock::new();
     GATE.get_or_init(|| {
         let g: &'static Gate = Box::leak(Box::new(Gate {
-            allowed: AtomicBool::new(false),
+            pools: Mutex::new(Vec::new()),
+            allowed: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             spun_ns: AtomicU64::new(0),
         }));
         let started = std::thread::Builder::new().name("spin-gate".into()).spawn(move || sample(g));
@@ -46,6 +85,22 @@ fn gate() -> &'static Gate {
         }
         g
     })
+}
+
+impl Gate {
+    /// Takes a spinning slot if one is free: never more spinners than idle
+    /// cores, whatever the number of idle instances.
+    fn enter(&self) -> bool {
+        let allowed = self.allowed.load(Ordering::Relaxed);
+        let mut n = self.spinning.load(Ordering::Relaxed);
+        while n < allowed {
+            match self.spinning.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return true,
+                Err(now) => n = now,
+            }
+        }
+        false
+    }
 }
 
 /// Seconds the process's idle instances spent spinning.
@@ -85,16 +140,35 @@ fn sample(g: &'static Gate) {
             // Ticks are per core: idle / total * cores is idle cores; the
             // time spent spinning would have been idle too.
             let idle_cores = idle as f64 / total as f64 * cores + spun.saturating_sub(last_spun) as f64 / 1e9 / wall;
-            g.allowed.store(idle_cores >= 0.9, Ordering::Relaxed);
+            g.allowed.store((idle_cores + 0.1).floor() as usize, Ordering::Relaxed);
         }
         last = now;
         last_spun = spun;
+        // Which pools got at least 80% of the requests since the last sample.
+        let pools: Vec<Arc<Share>> = g
+            .pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let deltas: Vec<u64> = pools
+            .iter()
+            .map(|p| {
+                let n = p.arrivals.load(Ordering::Relaxed);
+                n - p.seen.swap(n, Ordering::Relaxed)
+            })
+            .collect();
+        let total: u64 = deltas.iter().sum();
+        for (p, d) in pools.iter().zip(deltas) {
+            p.mostly_here.store(total > 0 && d * 5 >= total * 4, Ordering::Relaxed);
+        }
     }
 }
 
 /// The next message: at once if one waits, after a short spin if the
 /// gate allows one, else parked until one comes.
-pub(crate) fn next<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
+pub(crate) fn next<T>(rx: &Receiver<T>, share: &Share) -> Result<T, RecvError> {
     match rx.try_recv() {
         Ok(m) => return Ok(m),
         Err(TryRecvError::Disconnected) => return Err(RecvError),
@@ -102,7 +176,7 @@ pub(crate) fn next<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
     }
     let spin = spin_for();
     let g = gate();
-    if !spin.is_zero() && g.allowed.load(Ordering::Relaxed) {
+    if !spin.is_zero() && share.mostly_here.load(Ordering::Relaxed) && g.enter() {
         let start = Instant::now();
         let got = loop {
             match rx.try_recv() {
@@ -113,6 +187,7 @@ pub(crate) fn next<T>(rx: &Receiver<T>) -> Result<T, RecvError> {
             }
         };
         g.spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        g.spinning.fetch_sub(1, Ordering::AcqRel);
         if let Some(r) = got {
             return r;
         }
@@ -134,8 +209,9 @@ mod tests {
     fn a_waiting_message_comes_at_once_and_a_closed_channel_ends() {
         let (tx, rx) = crossbeam_channel::bounded(1);
         tx.send(7).unwrap();
-        assert_eq!(next(&rx), Ok(7));
+        let share = Share::default();
+        assert_eq!(next(&rx, &share), Ok(7));
         drop(tx);
-        assert_eq!(next(&rx), Err(RecvError));
+        assert_eq!(next(&rx, &share), Err(RecvError));
     }
 }
