@@ -130,8 +130,18 @@ pub(crate) struct Registry {
 impl Registry {
     fn start_on(port: u16) -> Registry {
         let root = tempfile::tempdir().unwrap();
-        let cfg = root.path().join("config.yml");
         let storage = root.path().join("storage");
+        Self::serve(port, root, &storage)
+    }
+
+    /// A second registry process on `port` serving `other`'s storage: what
+    /// was pushed there is present the moment it answers.
+    fn serving_copy_of(other: &Registry, port: u16) -> Registry {
+        Self::serve(port, tempfile::tempdir().unwrap(), &other.root.path().join("storage"))
+    }
+
+    fn serve(port: u16, root: tempfile::TempDir, storage: &Path) -> Registry {
+        let cfg = root.path().join("config.yml");
         std::fs::write(
             &cfg,
             format!(
@@ -910,10 +920,13 @@ fn bad_artifacts_are_refused_and_an_unreachable_registry_is_retried() {
         "{}",
         waiting.proc.log()
     );
-    let reg2 = Registry::start_on(port);
+    // The registry appears with the artifact already in it (pushing after
+    // it answers would race the node's next try, which rightly takes
+    // "manifest unknown" as final).
+    let reg2 = Registry::serving_copy_of(&reg, port);
+    waiting.wait_ready();
     let again = reg2.push("iris:v1", iris_rust(), &[&model()], None);
     assert_eq!(again, digest, "the same bytes give the same digest");
-    waiting.wait_ready();
 
     // A corrupt layer: the node refuses to start, naming the layer's digest.
     let blobs = reg.root.path().join("storage/docker/registry/v2/blobs/sha256");
