@@ -308,17 +308,8 @@ impl Drop for Server {
 pub(crate) fn iris_control_and_treatment() -> Server {
     let s = Server::start(&[]);
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
-    let cli = |args: &[&str]| {
-        let out = Command::new(bin())
-            .args(args)
-            .arg("--data-dir")
-            .arg(s.data.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    };
     let (m, r) = (model(), iris_rust());
-    cli(&[
+    s.cli_ok(&[
         "version",
         "create",
         "--endpoint",
@@ -332,7 +323,7 @@ pub(crate) fn iris_control_and_treatment() -> Server {
         "--traffic",
         "30",
     ]);
-    cli(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
+    s.cli_ok(&["version", "update", "--endpoint", "iris", "--version", "v1", "--control"]);
     s
 }
 

@@ -48,6 +48,14 @@ pub struct BatchStats {
 }
 
 impl BatchStats {
+    /// One run for `calls` calls of `rows` rows that waited `waited_ns` in all.
+    fn record(&self, calls: usize, rows: usize, waited_ns: u64) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.calls.fetch_add(calls as u64, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.waited_ns.fetch_add(waited_ns, Ordering::Relaxed);
+    }
+
     /// Calls per run, 0 before the first.
     pub fn mean_batch_size(&self) -> f64 {
         let b = self.batches.load(Ordering::Relaxed);
@@ -144,6 +152,23 @@ impl Batched {
             self.stats.alone.fetch_add(1, Ordering::Relaxed);
             return self.inner.run(inputs, outputs);
         }
+        // Nothing waits, a lane is free and no delay is asked: a batch of
+        // one, run on the caller's own tensors with nothing copied.
+        if self.settings.max_queue_delay.is_zero() {
+            let mut q = lock(&self.queue);
+            if q.waiting.is_empty() && q.leading < self.lanes {
+                q.leading += 1;
+                drop(q);
+                self.stats.record(1, rows, 0);
+                let out = self.inner.run(inputs, outputs);
+                let mut q = lock(&self.queue);
+                q.leading -= 1;
+                if let Some(next) = q.waiting.front() {
+                    next.wake.notify_one();
+                }
+                return out;
+            }
+        }
         let call = Arc::new(Call {
             key: Key {
                 inputs: inputs
@@ -235,11 +260,8 @@ impl Batched {
         }
         let started = Instant::now();
         let st = &self.stats;
-        st.batches.fetch_add(1, Ordering::Relaxed);
-        st.calls.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        st.rows.fetch_add(batch.iter().map(|c| c.rows as u64).sum(), Ordering::Relaxed);
         let waited: u128 = batch.iter().map(|c| started.saturating_duration_since(c.arrived).as_nanos()).sum();
-        st.waited_ns.fetch_add(waited as u64, Ordering::Relaxed);
+        st.record(batch.len(), batch.iter().map(|c| c.rows).sum(), waited as u64);
         let outputs: Vec<&str> = batch[0].key.outputs.iter().map(String::as_str).collect();
         if batch.len() > 1 {
             if let Some(split) = self.run_merged(batch, &outputs) {

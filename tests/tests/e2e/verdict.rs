@@ -107,17 +107,6 @@ print(json.dumps(out))
     assert!((p_edge - alpha).abs() < 1e-9, "{p_edge}");
 }
 
-fn cli(s: &Server, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(s.data.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 #[test]
 fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches() {
     let s = Server::start(&[]);
@@ -129,39 +118,33 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
         json!({"environment_variables": {"FAIL_EVERY": "20", "SCORE_BASE": "0.5"}}).to_string(),
     )
     .unwrap();
-    cli(
-        &s,
-        &[
-            "version",
-            "create",
-            "--endpoint",
-            "ab",
-            "--version",
-            "fails",
-            "--module",
-            h.to_str().unwrap(),
-            "--dc",
-            dc.to_str().unwrap(),
-            "--traffic",
-            "30",
-        ],
-    );
-    cli(
-        &s,
-        &[
-            "version",
-            "create",
-            "--endpoint",
-            "ab",
-            "--version",
-            "same",
-            "--module",
-            h.to_str().unwrap(),
-            "--traffic",
-            "30",
-        ],
-    );
-    cli(&s, &["version", "update", "--endpoint", "ab", "--version", "v1", "--control"]);
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "ab",
+        "--version",
+        "fails",
+        "--module",
+        h.to_str().unwrap(),
+        "--dc",
+        dc.to_str().unwrap(),
+        "--traffic",
+        "30",
+    ]);
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "ab",
+        "--version",
+        "same",
+        "--module",
+        h.to_str().unwrap(),
+        "--traffic",
+        "30",
+    ]);
+    s.cli_ok(&["version", "update", "--endpoint", "ab", "--version", "v1", "--control"]);
     let (mut ok, mut failed) = (0, 0);
     for _ in 0..10_000 {
         match s.score("ab", "maybe-fail").0 {
@@ -171,7 +154,7 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
         }
     }
     assert_eq!((ok, failed), (10_000 - 150, 150), "3000 to `fails`, one in 20 of them fails");
-    let v: Value = serde_json::from_str(&cli(&s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap();
+    let v: Value = serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap();
     let verdict = &v["verdict"];
     let c = |name: &str| {
         verdict["comparisons"]
@@ -202,30 +185,27 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     // The router's split is the configured one: no mismatch.
     assert_eq!(verdict["srm"]["mismatch"], false, "{verdict}");
     // The words, as the CLI prints them.
-    let text = cli(&s, &["endpoint", "compare", "ab"]);
+    let text = s.cli_ok(&["endpoint", "compare", "ab"]);
     assert!(text.contains("fails fails more than control: error rate +5.00 pp"), "{text}");
     // Two copies of one module over 2,000 requests: no difference yet.
     s.deploy_ok("twins", &h, &[], None);
-    cli(
-        &s,
-        &[
-            "version",
-            "create",
-            "--endpoint",
-            "twins",
-            "--version",
-            "twin",
-            "--module",
-            h.to_str().unwrap(),
-            "--traffic",
-            "50",
-        ],
-    );
-    cli(&s, &["version", "update", "--endpoint", "twins", "--version", "v1", "--control"]);
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "twins",
+        "--version",
+        "twin",
+        "--module",
+        h.to_str().unwrap(),
+        "--traffic",
+        "50",
+    ]);
+    s.cli_ok(&["version", "update", "--endpoint", "twins", "--version", "v1", "--control"]);
     for _ in 0..2000 {
         assert_eq!(s.score("twins", "maybe-fail").0, 200);
     }
-    let v: Value = serde_json::from_str(&cli(&s, &["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
+    let v: Value = serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
     let twin = &v["verdict"]["comparisons"][0];
     assert_eq!(twin["requests"], json!([1000, 1000]));
     assert!(
@@ -249,7 +229,7 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     assert!(s.terminate());
     let s = Server::start_in(s.kill(), &[]);
     let compare =
-        |s: &Server| -> Value { serde_json::from_str(&cli(s, &["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap() };
+        |s: &Server| -> Value { serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "ab", "--json", "--alpha", "0.01"])).unwrap() };
     let again = compare(&s);
     let after = |v: &Value, name: &str| {
         v["verdict"]["comparisons"]
@@ -265,19 +245,16 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     assert_eq!(after(&again, "fails")["reported"], fails["reported"]);
     // ...and start again when the version changes (its module, models or config).
     std::fs::write(&dc, json!({"environment_variables": {"FAIL_EVERY": "10"}}).to_string()).unwrap();
-    cli(
-        &s,
-        &[
-            "version",
-            "update",
-            "--endpoint",
-            "ab",
-            "--version",
-            "fails",
-            "--dc",
-            dc.to_str().unwrap(),
-        ],
-    );
+    s.cli_ok(&[
+        "version",
+        "update",
+        "--endpoint",
+        "ab",
+        "--version",
+        "fails",
+        "--dc",
+        dc.to_str().unwrap(),
+    ]);
     let changed = compare(&s);
     assert_eq!(after(&changed, "fails")["requests"], json!([4000, 0]), "{changed}");
     assert_eq!(after(&changed, "same")["requests"], json!([4000, 3000]), "{changed}");
