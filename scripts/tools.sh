@@ -17,6 +17,15 @@ if ! .venv/bin/python -c 'import onnxruntime, sklearn, skl2onnx, requests, kuber
   .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt
 fi
 
+say "Open Inference Protocol clients (.venv-clients: tritonclient, kserve, schemathesis), pinned by requirements-clients.txt"
+# Their protobuf and grpcio pins clash with .venv's; .wasmscore-lock is the
+# list it was installed from.
+if ! cmp -s requirements-clients.txt .venv-clients/.wasmscore-lock 2>/dev/null; then
+  [ -x .venv-clients/bin/python ] || python3 -m venv .venv-clients
+  .venv-clients/bin/pip install -q --disable-pip-version-check -r requirements-clients.txt
+  cp requirements-clients.txt .venv-clients/.wasmscore-lock
+fi
+
 say "Debian: docker-registry (artifacts across the network), clang-19 + wasi-libc (C modules), Node.js"
 # clang-19's wasm32 linker (lld-19) and builtins (libclang-rt-19-dev-wasm32)
 # with Debian's wasi-libc; `wasmscore build DIR` runs clang-19 for a score.c.

@@ -1,5 +1,12 @@
 //! Iris scoring module in Rust. Build:
 //! `wasmscore build examples/iris-rust -o iris-rust.wasm`
+//!
+//! Two ways in:
+//! - `/score` with `{"data": [[4 floats], ...]}`: parsed here, answered as JSON.
+//! - Open Inference Protocol (`POST /v2/models/iris/infer`, REST or gRPC):
+//!   the host has already decoded the tensors into `request.tensors`; they
+//!   go straight to the model and its outputs go back as tensors, which the
+//!   host encodes for the client (JSON or binary). No JSON is parsed here.
 
 wit_bindgen::generate!({ path: "../../wit", world: "scorer" });
 
@@ -27,6 +34,15 @@ impl Guest for Iris {
     }
 
     fn run(request: Request) -> Result<Response, Error> {
+        if !request.tensors.is_empty() {
+            let inputs: Vec<(String, &Tensor)> = request.tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+            let outputs = MODEL.with(|m| {
+                let m = m.borrow();
+                let model = m.as_ref().ok_or_else(|| Error::Failed("init() did not run".into()))?;
+                model.run(&inputs, &[])
+            })?;
+            return Ok(Response { body: Vec::new(), content_type: String::new(), tensors: outputs });
+        }
         let v: serde_json::Value = serde_json::from_slice(&request.body).map_err(|e| bad(format!("malformed JSON: {e}")))?;
         let rows = v.get("data").and_then(|d| d.as_array()).ok_or_else(|| bad("the body needs \"data\": [[4 floats], ...]"))?;
         let mut flat = Vec::with_capacity(rows.len() * 4);

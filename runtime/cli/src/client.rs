@@ -133,6 +133,11 @@ impl Client {
 
     fn upload(&self, path: &Path, what: &str) -> Result<String> {
         let bytes = std::fs::read(path).with_context(|| format!("{what} {}", path.display()))?;
+        self.upload_bytes(bytes)
+    }
+
+    /// Uploads bytes as a blob; returns its sha256.
+    pub fn upload_bytes(&self, bytes: Vec<u8>) -> Result<String> {
         let v = self.request("POST", "/admin/v1/blobs", bytes)?;
         Ok(v["sha256"]
             .as_str()

@@ -314,8 +314,16 @@ fn read_json(p: &Path) -> Result<Value> {
         .with_context(|| format!("{} is not JSON", p.display()))
 }
 
+/// The built-in scoring module (runtime/builtin, built by build.rs): what a
+/// new version with one model and no module runs.
+pub const BUILTIN_MODULE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/builtin.wasm"));
+/// Its name in `show`.
+pub const BUILTIN_NAME: &str = "built-in (model only)";
+
 /// Turns the flags (and --dc/--ic files) into the admin API's version body.
-fn version_body(c: &Client, a: &VersionArgs) -> Result<Value> {
+/// A `new` version with no module serves its one model through the
+/// built-in module.
+fn version_body(c: &Client, a: &VersionArgs, new: bool) -> Result<Value> {
     if a.artifact.is_some() {
         bail!("--artifact names what a cluster's nodes pull (with --kube); a local `up` takes --module and --model");
     }
@@ -376,13 +384,29 @@ fn version_body(c: &Client, a: &VersionArgs) -> Result<Value> {
             bail!("model file {m} does not exist");
         }
     }
+    let builtin = new && module.is_none();
+    if builtin && a.models.len() != 1 {
+        bail!(
+            "a version needs --module (a .wasm, a score.py or a crate), or exactly one --model to serve it with the built-in module (got {} models)",
+            a.models.len()
+        );
+    }
     if let Some(m) = &module {
         let (sha, name) = c.upload_module(m)?;
         body.insert("module".into(), sha.into());
         body.insert("module_name".into(), name.into());
     }
+    if builtin {
+        body.insert("module".into(), c.upload_bytes(BUILTIN_MODULE.to_vec())?.into());
+        body.insert("module_name".into(), BUILTIN_NAME.into());
+    }
     if !a.models.is_empty() {
-        body.insert("models".into(), Value::Array(c.model_refs(&a.models)?));
+        let mut refs = c.model_refs(&a.models)?;
+        if builtin {
+            // The built-in module loads it by this name.
+            refs[0]["file"] = "model.onnx".into();
+        }
+        body.insert("models".into(), Value::Array(refs));
     }
     for (k, v) in [("traffic", a.traffic.map(Value::from)), ("mirror", a.mirror.map(Value::from))] {
         if let Some(v) = v {
@@ -423,9 +447,6 @@ fn send_version_change(c: &Client, method: &str, path: &str, endpoint: &str, ver
 
 pub fn deploy(data_dir: &Path, name: &str, version: Option<&str>, args: VersionArgs) -> Result<()> {
     let c = Client::from_data_dir(data_dir)?;
-    if args.module.is_none() && args.ic.is_none() {
-        bail!("deploy needs --module (a .wasm, a score.py or a crate) or --ic inferenceconfig.json");
-    }
     let version = match version {
         Some(v) => v.to_string(),
         None => match c.get(&format!("/admin/v1/endpoints/{name}")) {
@@ -433,7 +454,7 @@ pub fn deploy(data_dir: &Path, name: &str, version: Option<&str>, args: VersionA
             Err(_) => "v1".to_string(),
         },
     };
-    let mut body = version_body(&c, &args)?;
+    let mut body = version_body(&c, &args, true)?;
     // A deploy replaces the whole version: models and config not given are
     // not carried over from the version it replaces.
     if let Some(o) = body.as_object_mut() {
@@ -730,7 +751,7 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             ..
         } => {
             let c = Client::from_data_dir(&local(data_dir)?)?;
-            let mut body = version_body(&c, &args)?;
+            let mut body = version_body(&c, &args, true)?;
             body["name"] = version.clone().into();
             let path = format!("/admin/v1/endpoints/{endpoint}/versions");
             send_version_change(&c, "POST", &path, &endpoint, &version, body, &args)
@@ -743,7 +764,7 @@ pub fn version(cmd: VersionCommand) -> Result<()> {
             ..
         } => {
             let c = Client::from_data_dir(&local(data_dir)?)?;
-            let body = version_body(&c, &args)?;
+            let body = version_body(&c, &args, false)?;
             let path = format!("/admin/v1/endpoints/{endpoint}/versions/{version}");
             send_version_change(&c, "PATCH", &path, &endpoint, &version, body, &args)
         }

@@ -18,7 +18,7 @@ use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionCo
 use wasmscore_replica::{Pool, PoolConfig};
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::batch::{BatchSettings, BatchStats, Batched};
-use wasmscore_tensor::{Devices, Model};
+use wasmscore_tensor::{Devices, Model, TensorInfo};
 
 use crate::config::{DeploymentConfig, Resolved};
 use crate::monitor::{Capacity, VersionMonitor};
@@ -80,6 +80,9 @@ pub(crate) struct Built {
     /// Per model file, when the version asked for batching: its counters,
     /// or why the probe refused it.
     pub batching: Vec<(String, Result<Arc<BatchStats>, String>)>,
+    /// The inputs and outputs Open Inference Protocol metadata reports:
+    /// those of its model.onnx, or of its only model.
+    pub signature: Option<(Vec<TensorInfo>, Vec<TensorInfo>)>,
 }
 
 /// A build that failed, with the module's context if it got that far (its
@@ -346,6 +349,10 @@ impl Control {
             };
             models.insert(m.file.clone(), session.map_err(|e| fail(e.to_string()))?);
         }
+        let signature = models
+            .get("model.onnx")
+            .or_else(|| (models.len() == 1).then(|| models.values().next()).flatten())
+            .map(|m| (m.inputs().to_vec(), m.outputs().to_vec()));
         let batching = match resolved.batching {
             Some(b) => {
                 phase(format!("probing {} model(s) for batching", models.len()));
@@ -425,6 +432,7 @@ impl Control {
             },
             series: Default::default(),
             batching,
+            signature,
         })
     }
 

@@ -352,6 +352,44 @@ impl Control {
         }
     }
 
+    /// Open Inference Protocol model metadata: the endpoint is the model,
+    /// its versions are the model's versions; the inputs and outputs are
+    /// those of the pinned version's model, or of the default version's.
+    pub fn metadata(&self, endpoint: &str, version: Option<&str>) -> Result<Value, ControlError> {
+        let inner = lock(&self.inner);
+        let ep = inner
+            .endpoints
+            .get(endpoint)
+            .ok_or_else(|| ControlError::NotFound(format!("no model (service) named {endpoint:?}")))?;
+        let chosen = match version {
+            Some(name) => Some(
+                ep.versions
+                    .iter()
+                    .find(|v| v.row.rollout.name == name)
+                    .ok_or_else(|| ControlError::NotFound(format!("service {endpoint:?} has no version {name:?}")))?,
+            ),
+            None => ep.versions.iter().find(|v| v.row.rollout.is_default),
+        };
+        let info =
+            |t: &wasmscore_tensor::TensorInfo| json!({"name": t.name, "datatype": wasmscore_oip::datatype(t.dtype), "shape": t.shape});
+        let signature = chosen.and_then(|v| v.live.as_ref()).and_then(|b| b.signature.as_ref());
+        let (inputs, outputs): (Vec<Value>, Vec<Value>) = match signature {
+            Some((i, o)) => (i.iter().map(info).collect(), o.iter().map(info).collect()),
+            None => (Vec::new(), Vec::new()),
+        };
+        let mut versions: Vec<&str> = ep.versions.iter().map(|v| v.row.rollout.name.as_str()).collect();
+        if let Some(v) = version {
+            versions.retain(|n| *n == v);
+        }
+        Ok(json!({
+            "name": endpoint,
+            "versions": versions,
+            "platform": "wasmscore",
+            "inputs": inputs,
+            "outputs": outputs,
+        }))
+    }
+
     /// Per-version figures in Prometheus' text format.
     pub fn metrics(&self) -> String {
         use std::fmt::Write;

@@ -598,6 +598,25 @@ impl Plane for Fleet {
         }
     }
 
+    /// The router does not load the models (its nodes do): it reports the
+    /// versions, and inputs and outputs only as far as its config names
+    /// none, so they are empty.
+    fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<Value, (u16, &'static str, String)> {
+        let state = lock(&self.state);
+        let ep = state
+            .iter()
+            .find(|e| e.spec.name == endpoint)
+            .ok_or_else(|| (404, "not_found", format!("no service named {endpoint:?}")))?;
+        let mut versions: Vec<&str> = ep.versions.iter().map(|v| v.spec.name.as_str()).collect();
+        if let Some(name) = version {
+            if !versions.contains(&name) {
+                return Err((404, "not_found", format!("service {endpoint:?} has no version {name:?}")));
+            }
+            versions.retain(|n| *n == name);
+        }
+        Ok(json!({"name": endpoint, "versions": versions, "platform": "wasmscore", "inputs": [], "outputs": []}))
+    }
+
     async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, _body: Vec<u8>) -> Answer {
         let error = |status: u16, code: &str, message: String| Answer {
             status,

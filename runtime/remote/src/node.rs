@@ -257,14 +257,22 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             },
         );
     }
+    let framing = header(wire::TENSORS);
     let body = match Limited::new(req.into_body(), node.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(node, &ScoreError::Unavailable(format!("reading the request body: {e}"))),
     };
+    let (body, tensors) = match framing {
+        None => (body.to_vec(), Vec::new()),
+        Some(framing) => match wasmscore_oip::unpack(&body, &framing) {
+            Ok(x) => x,
+            Err(e) => return error(node, &ScoreError::Call(wasmscore_engine::CallError::BadInput(e.0))),
+        },
+    };
     let request = ScoreRequest {
-        body: body.to_vec(),
+        body,
         content_type,
-        tensors: Vec::new(),
+        tensors,
         trace_id,
     };
     let result = pool.score(request).await;
@@ -290,7 +298,15 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             } else {
                 out.content_type
             };
-            respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, out.body)
+            if out.tensors.is_empty() {
+                return respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, out.body);
+            }
+            let (buf, framing) = wasmscore_oip::pack(&out.body, &out.tensors);
+            let mut r = respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, buf);
+            if let Ok(v) = HeaderValue::from_str(&framing) {
+                r.headers_mut().insert(wire::TENSORS, v);
+            }
+            r
         }
         Err(e) => error(node, &e),
     }

@@ -429,7 +429,14 @@ impl Nodes {
     }
 
     async fn score_on_ready(&self, req: ScoreRequest, call: &Call<'_>, started: Instant) -> Result<ScoreResponse, ScoreError> {
-        let body = Bytes::from(req.body);
+        // Tensors the edge decoded travel after the body, framed as the
+        // binary tensor extension frames them.
+        let (body, tensors) = if req.tensors.is_empty() {
+            (Bytes::from(req.body), None)
+        } else {
+            let (buf, framing) = wasmscore_oip::pack(&req.body, &req.tensors);
+            (Bytes::from(buf), Some(framing))
+        };
         let mut tried = 0u64;
         loop {
             let Some(i) = self.pick(tried) else {
@@ -457,6 +464,9 @@ impl Nodes {
                 .header(wire::DEADLINE_MS, remaining.as_millis().to_string());
             if let Ok(ct) = HeaderValue::from_str(&req.content_type) {
                 r = r.header(CONTENT_TYPE, ct);
+            }
+            if let Some(f) = &tensors {
+                r = r.header(wire::TENSORS, f.as_str());
             }
             for (name, value) in [("traceparent", call.traceparent), ("tracestate", call.tracestate)] {
                 if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
@@ -527,10 +537,17 @@ impl Nodes {
                         .and_then(|v| v.to_str().ok())
                         .unwrap_or("application/json")
                         .to_string();
+                    let (body, tensors) = match parts.headers.get(wire::TENSORS).and_then(|v| v.to_str().ok()) {
+                        None => (bytes.to_vec(), Vec::new()),
+                        Some(framing) => wasmscore_oip::unpack(&bytes, framing).map_err(|e| ScoreError::Node {
+                            node: node.addr.clone(),
+                            message: format!("its tensors could not be read: {e}"),
+                        })?,
+                    };
                     return Ok(ScoreResponse {
-                        body: bytes.to_vec(),
+                        body,
                         content_type,
-                        tensors: Vec::new(),
+                        tensors,
                     });
                 }
                 Some(Outcome::Error) => {

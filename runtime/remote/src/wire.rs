@@ -29,6 +29,9 @@ pub const VERSION: &str = "x-wasmscore-version";
 pub const DEADLINE_MS: &str = "x-wasmscore-deadline-ms";
 pub const LOAD: &str = "x-wasmscore-load";
 pub const OUTCOME: &str = "x-wasmscore-outcome";
+/// Set when the body carries tensors after it (an Open Inference Protocol
+/// call): `body length,JSON length`, as `wasmscore_oip::pack` frames them.
+pub const TENSORS: &str = "x-wasmscore-tensors";
 /// The trace context headers passed through as they are.
 pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use wasmscore_engine::ScoreRequest;
+use wasmscore_oip as oip;
 use wasmscore_remote::trace::Span;
 use wasmscore_remote::Call;
 
@@ -335,6 +336,41 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     r
 }
 
+/// The two ways a request is scored.
+#[derive(Clone, Copy)]
+enum Protocol<'a> {
+    /// Azure ML's `/score`: the body goes to the module as sent.
+    Azure,
+    /// Open Inference Protocol infer, pinned to a version by its path or not.
+    Oip { pinned: Option<&'a str> },
+}
+
+impl Protocol<'_> {
+    fn route(self) -> &'static str {
+        match self {
+            Protocol::Azure => "POST /api/v1/service/{name}/score",
+            Protocol::Oip { pinned: None } => "POST /v2/models/{name}/infer",
+            Protocol::Oip { pinned: Some(_) } => "POST /v2/models/{name}/versions/{version}/infer",
+        }
+    }
+}
+
+/// An error on an Open Inference Protocol route: `{"error": "..."}`.
+fn oip_error(e: ApiError) -> Response<Body> {
+    let mut r = json(
+        e.status,
+        serde_json::to_vec(&serde_json::json!({ "error": e.message })).expect("json"),
+    );
+    if let Some(s) = e.retry_after {
+        r.headers_mut().insert("retry-after", HeaderValue::from(s));
+    }
+    if e.status == 401 {
+        r.headers_mut()
+            .insert(hyper::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    r
+}
+
 fn error_response(e: ApiError) -> Response<Body> {
     let mut r = json(e.status, e.body());
     if let Some(s) = e.retry_after {
@@ -376,16 +412,39 @@ impl<P: Plane> App<P> {
         match (method.as_str(), segs.as_slice()) {
             ("POST", ["api", "v1", "service", name, "score"]) => {
                 let name = name.to_string();
-                self.score(req, &name).await.unwrap_or_else(error_response)
+                self.score(req, &name, Protocol::Azure).await.unwrap_or_else(error_response)
             }
+            ("POST", ["v2", "models", name, "infer"]) => {
+                let name = name.to_string();
+                self.score(req, &name, Protocol::Oip { pinned: None })
+                    .await
+                    .unwrap_or_else(oip_error)
+            }
+            ("POST", ["v2", "models", name, "versions", v, "infer"]) => {
+                let (name, v) = (name.to_string(), v.to_string());
+                self.score(req, &name, Protocol::Oip { pinned: Some(&v) })
+                    .await
+                    .unwrap_or_else(oip_error)
+            }
+            ("GET", ["v2"] | ["v2", ""]) => json(
+                200,
+                serde_json::to_vec(&serde_json::json!({
+                    "name": "wasmscore",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": ["binary_tensor_data", "model_repository"],
+                }))
+                .expect("json"),
+            ),
             ("GET", ["v2", "health", "live"]) => json(200, br#"{"live":true}"#.to_vec()),
             ("GET", ["v2", "health", "ready"]) => {
                 if self.plane.is_ready() {
                     json(200, br#"{"ready":true}"#.to_vec())
                 } else {
-                    error_response(ApiError::new(503, "not_ready", "restoring deployed versions"))
+                    oip_error(ApiError::new(503, "not_ready", "restoring deployed versions"))
                 }
             }
+            ("GET", ["v2", "models", name]) => self.model_metadata(name, None),
+            ("GET", ["v2", "models", name, "versions", v]) => self.model_metadata(name, Some(v)),
             ("GET", ["v2", "models", name, "ready"]) => self.model_ready(name, None),
             ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(name, Some(v)),
             ("GET", ["metrics"]) => {
@@ -411,24 +470,46 @@ impl<P: Plane> App<P> {
     fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
         match self.plane.model_ready(endpoint, version) {
             Ok((true, body)) => json(200, serde_json::to_vec(&body).expect("json")),
-            Ok((false, body)) => {
+            Ok((false, mut body)) => {
+                // OIP's error field, beside the state and the reason.
+                let why = body["reason"]
+                    .as_str()
+                    .or(body["state"].as_str())
+                    .unwrap_or("not ready")
+                    .to_string();
+                body["error"] = serde_json::Value::String(format!("{endpoint} is not ready: {why}"));
                 let mut r = json(503, serde_json::to_vec(&body).expect("json"));
                 r.headers_mut().insert("retry-after", HeaderValue::from(1));
                 r
             }
-            Err((status, code, message)) => error_response(ApiError::new(status, code, message)),
+            Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
         }
     }
 
-    async fn score(&self, req: Request<Incoming>, endpoint: &str) -> Result<Response<Body>, ApiError> {
+    /// Open Inference Protocol model metadata.
+    fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
+        match self.plane.model_metadata(endpoint, version) {
+            Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+            Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
+        }
+    }
+
+    /// Scores one request: Azure ML's `/score` (the body goes to the module
+    /// as sent) or an Open Inference Protocol infer (the host decodes the
+    /// tensors for the module and encodes the tensors it answers with).
+    async fn score(&self, req: Request<Incoming>, endpoint: &str, protocol: Protocol<'_>) -> Result<Response<Body>, ApiError> {
         let started = std::time::SystemTime::now();
         // The headers are read in place: routing needs no copy of them.
         let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).map(|v| v.as_bytes());
-        let routed =
-            self.plane
-                .router()
-                .route_authorized(endpoint, authorization, header("x-wasmscore-version"), header("x-wasmscore-cohort"));
+        let pinned = match protocol {
+            Protocol::Oip { pinned: Some(v) } => Some(v),
+            _ => header("x-wasmscore-version"),
+        };
+        let routed = self
+            .plane
+            .router()
+            .route_authorized(endpoint, authorization, pinned, header("x-wasmscore-cohort"));
         let route = match routed {
             Ok(r) => r,
             Err(e) => {
@@ -449,11 +530,27 @@ impl<P: Plane> App<P> {
         // one): answered in `traceparent`, the parent of the node's work,
         // and on the module's log lines.
         let span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
-        let request = ScoreRequest {
-            body: body.to_vec(),
-            content_type,
-            tensors: Vec::new(),
-            trace_id: Some(span.trace_id.clone()),
+        let (request, infer) = match protocol {
+            Protocol::Azure => (
+                ScoreRequest {
+                    body: body.to_vec(),
+                    content_type,
+                    tensors: Vec::new(),
+                    trace_id: Some(span.trace_id.clone()),
+                },
+                None,
+            ),
+            Protocol::Oip { .. } => {
+                let length = parts.headers.get(oip::HEADER_LENGTH).and_then(|v| v.to_str().ok());
+                let mut infer = oip::decode(&body, length).map_err(|e| ApiError::new(400, "bad_request", e.0))?;
+                let request = ScoreRequest {
+                    body: std::mem::take(&mut infer.header),
+                    content_type: "application/json".into(),
+                    tensors: std::mem::take(&mut infer.inputs),
+                    trace_id: Some(span.trace_id.clone()),
+                };
+                (request, Some(infer))
+            }
         };
         if let Some(mirror) = route.mirror {
             // A copy for the mirror, answered by no one: its result, slow or
@@ -484,12 +581,12 @@ impl<P: Plane> App<P> {
             let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
             spans.record(wasmscore_remote::otlp::Finished {
                 span: &span,
-                name: "POST /api/v1/service/{name}/score",
+                name: protocol.route(),
                 start: started,
                 end: std::time::SystemTime::now(),
                 attributes: vec![
                     opentelemetry::KeyValue::new("http.request.method", "POST"),
-                    opentelemetry::KeyValue::new("http.route", "/api/v1/service/{name}/score"),
+                    opentelemetry::KeyValue::new("http.route", protocol.route().trim_start_matches("POST ")),
                     opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
                     opentelemetry::KeyValue::new("wasmscore.endpoint", endpoint.to_string()),
                     opentelemetry::KeyValue::new("wasmscore.version", version.name.clone()),
@@ -497,8 +594,20 @@ impl<P: Plane> App<P> {
                 error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
             });
         }
-        let mut resp = match result {
-            Ok(out) => {
+        let mut resp = match (result, infer) {
+            (Ok(out), Some(infer)) if !out.tensors.is_empty() => {
+                let encoded = oip::encode_response(endpoint, &version.name, &infer, &out.tensors)
+                    .map_err(|e| ApiError::new(400, "bad_request", e.0))?;
+                let binary = encoded.header_len.is_some();
+                let mut r = Response::new(Full::new(Bytes::from(encoded.body)));
+                let ct = if binary { "application/octet-stream" } else { "application/json" };
+                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+                if let Some(n) = encoded.header_len {
+                    r.headers_mut().insert(oip::HEADER_LENGTH, HeaderValue::from(n));
+                }
+                r
+            }
+            (Ok(out), _) => {
                 let ct = if out.content_type.is_empty() {
                     "application/json".to_string()
                 } else {
@@ -511,7 +620,8 @@ impl<P: Plane> App<P> {
                 );
                 r
             }
-            Err(e) => error_response(e.into()),
+            (Err(e), None) => error_response(e.into()),
+            (Err(e), Some(_)) => oip_error(e.into()),
         };
         if let Ok(v) = HeaderValue::from_str(&version.name) {
             resp.headers_mut().insert("x-wasmscore-version", v);

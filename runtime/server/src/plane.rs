@@ -25,6 +25,9 @@ pub trait Plane: Send + Sync + 'static {
     /// `/v2/models/{endpoint}[/versions/{v}]/ready`: ready or not, with the
     /// state and the reason; an error for an unknown endpoint or version.
     fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Result<(bool, serde_json::Value), (u16, &'static str, String)>;
+    /// `/v2/models/{endpoint}[/versions/{v}]`: Open Inference Protocol
+    /// model metadata (name, versions, platform, inputs, outputs).
+    fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<serde_json::Value, (u16, &'static str, String)>;
     /// `/admin/v1/...`, after the admin token was checked.
     fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, body: Vec<u8>) -> impl Future<Output = Answer> + Send;
 }
@@ -41,6 +44,9 @@ impl Plane for Control {
     }
     fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Result<(bool, serde_json::Value), (u16, &'static str, String)> {
         self.ready(endpoint, version).map_err(|e| (e.status(), e.code(), e.to_string()))
+    }
+    fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<serde_json::Value, (u16, &'static str, String)> {
+        self.metadata(endpoint, version).map_err(|e| (e.status(), e.code(), e.to_string()))
     }
     async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, body: Vec<u8>) -> Answer {
         let r = Control::admin(self, method, path, query, body).await;

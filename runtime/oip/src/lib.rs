@@ -1,0 +1,513 @@
+//! The Open Inference Protocol (KServe v2, Triton's HTTP API) on the wire:
+//! infer requests and responses as JSON, with the binary tensor extension
+//! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`,
+//! `binary_data_output`).
+//!
+//! Pure and synchronous: bytes in, host tensors out, and back. The server
+//! decodes at the edge, hands the tensors to the version (`run()` gets them
+//! in `request.tensors`), and encodes the tensors the module answers with.
+//! [`pack`] and [`unpack`] carry a call's body and tensors between the
+//! router and a node in the same framing.
+//!
+//! Every error is the client's fault (HTTP 400, gRPC INVALID_ARGUMENT) and
+//! says which input and why. Nothing is allocated from a claimed size: a
+//! tensor holds only what the body really carried.
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use wasmscore_tensor::{DType, Tensor, TensorData};
+
+/// The header carrying the JSON part's length when binary data follows it.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// A request the client got wrong: the message says what and where.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OipError(pub String);
+
+impl std::fmt::Display for OipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for OipError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, OipError> {
+    Err(OipError(msg.into()))
+}
+
+/// An output the client asked for, and whether it wants it binary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wanted {
+    pub name: String,
+    /// `parameters.binary_data` of the output; none: the request's default.
+    pub binary: Option<bool>,
+}
+
+/// A decoded infer request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    /// The inputs, in the request's order, as host tensors.
+    pub inputs: Vec<(String, Tensor)>,
+    /// The outputs asked for; empty: all of them.
+    pub outputs: Vec<Wanted>,
+    /// `parameters.binary_data_output`: every output binary unless it says otherwise.
+    pub binary_output: bool,
+    /// The JSON part as the client sent it (what the module sees as its body).
+    pub header: Vec<u8>,
+}
+
+/// The OIP datatype name of a host dtype.
+pub fn datatype(d: DType) -> &'static str {
+    match d {
+        DType::Bool => "BOOL",
+        DType::Uint8 => "UINT8",
+        DType::Uint16 => "UINT16",
+        DType::Uint32 => "UINT32",
+        DType::Uint64 => "UINT64",
+        DType::Int8 => "INT8",
+        DType::Int16 => "INT16",
+        DType::Int32 => "INT32",
+        DType::Int64 => "INT64",
+        DType::Float32 => "FP32",
+        DType::Float64 => "FP64",
+        DType::String => "BYTES",
+    }
+}
+
+/// The host dtype of an OIP datatype name.
+pub fn dtype(datatype: &str) -> Result<DType, OipError> {
+    Ok(match datatype {
+        "BOOL" => DType::Bool,
+        "UINT8" => DType::Uint8,
+        "UINT16" => DType::Uint16,
+        "UINT32" => DType::Uint32,
+        "UINT64" => DType::Uint64,
+        "INT8" => DType::Int8,
+        "INT16" => DType::Int16,
+        "INT32" => DType::Int32,
+        "INT64" => DType::Int64,
+        "FP32" => DType::Float32,
+        "FP64" => DType::Float64,
+        "BYTES" => DType::String,
+        "FP16" | "BF16" => {
+            return err(format!(
+                "datatype {datatype} is not supported by this host; send FP32 (the host's tensors are BOOL, UINT8-64, INT8-64, FP32, FP64 and BYTES)"
+            ))
+        }
+        other => return err(format!("unknown datatype {other:?}")),
+    })
+}
+
+#[derive(Deserialize)]
+struct WireTensor {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct WireOutput {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+struct WireRequest {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<WireTensor>,
+    #[serde(default)]
+    outputs: Vec<WireOutput>,
+}
+
+#[derive(Deserialize)]
+struct WireResponse {
+    #[serde(default)]
+    outputs: Vec<WireTensor>,
+}
+
+/// Splits a body into its JSON part and its binary part by the header's value.
+fn split<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(&'a [u8], &'a [u8]), OipError> {
+    let Some(h) = header_len else { return Ok((body, &[])) };
+    let n: usize = match h.trim().parse() {
+        Ok(n) => n,
+        Err(_) => return err(format!("Inference-Header-Content-Length must be a byte count, got {h:?}")),
+    };
+    if n > body.len() {
+        return err(format!(
+            "Inference-Header-Content-Length is {n} but the body holds {} bytes",
+            body.len()
+        ));
+    }
+    Ok(body.split_at(n))
+}
+
+/// Decodes an infer request: `body` as received, `header_len` the value of
+/// `Inference-Header-Content-Length` if the client sent one.
+pub fn decode(body: &[u8], header_len: Option<&str>) -> Result<InferRequest, OipError> {
+    let (head, mut binary) = split(body, header_len)?;
+    let req: WireRequest = match serde_json::from_slice(head) {
+        Ok(r) => r,
+        Err(e) => return err(format!("malformed inference request: {e}")),
+    };
+    if req.inputs.is_empty() {
+        return err("the request has no inputs");
+    }
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for w in req.inputs {
+        if inputs.iter().any(|(n, _): &(String, Tensor)| *n == w.name) {
+            return err(format!("input {:?} is given twice", w.name));
+        }
+        let t = tensor(&w, &mut binary, "input")?;
+        inputs.push((w.name, t));
+    }
+    if !binary.is_empty() {
+        return err(format!(
+            "{} bytes of binary data follow the inputs that no input's binary_data_size claims",
+            binary.len()
+        ));
+    }
+    let mut outputs = Vec::with_capacity(req.outputs.len());
+    for o in req.outputs {
+        let binary = match o.parameters.get("binary_data") {
+            None => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(v) => return err(format!("output {:?}: binary_data must be true or false, got {v}", o.name)),
+        };
+        outputs.push(Wanted { name: o.name, binary });
+    }
+    let binary_output = match req.parameters.get("binary_data_output") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(v) => return err(format!("binary_data_output must be true or false, got {v}")),
+    };
+    Ok(InferRequest {
+        id: req.id,
+        inputs,
+        outputs,
+        binary_output,
+        header: head.to_vec(),
+    })
+}
+
+/// One tensor of a request or response: from its `data` or from the next
+/// `binary_data_size` bytes of `binary`.
+fn tensor(w: &WireTensor, binary: &mut &[u8], what: &str) -> Result<Tensor, OipError> {
+    let name = &w.name;
+    let d = dtype(&w.datatype).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
+    let mut shape = Vec::with_capacity(w.shape.len());
+    for &s in &w.shape {
+        if s < 0 {
+            return err(format!("{what} {name:?}: shape {:?} has a negative dimension", w.shape));
+        }
+        shape.push(s as u64);
+    }
+    let count = match wasmscore_tensor::element_count(&shape) {
+        Ok(c) => c,
+        Err(e) => return err(format!("{what} {name:?}: {e}")),
+    };
+    let size = match w.parameters.get("binary_data_size") {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(n) => Some(n),
+            None => return err(format!("{what} {name:?}: binary_data_size must be a byte count, got {v}")),
+        },
+    };
+    let data = match (&w.data, size) {
+        (Some(_), Some(_)) => return err(format!("{what} {name:?} has both data and binary_data_size")),
+        (None, None) => return err(format!("{what} {name:?} has no data and no binary_data_size")),
+        (Some(v), None) => from_json(d, v).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?,
+        (None, Some(n)) => {
+            if n > binary.len() as u64 {
+                return err(format!(
+                    "{what} {name:?}: binary_data_size is {n} but only {} bytes of binary data are left",
+                    binary.len()
+                ));
+            }
+            let (mine, rest) = binary.split_at(n as usize);
+            *binary = rest;
+            from_bytes(d, mine, count).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?
+        }
+    };
+    if data.len() as u64 != count {
+        return err(format!(
+            "{what} {name:?}: shape {shape:?} needs {count} elements, got {}",
+            data.len()
+        ));
+    }
+    Tensor::new(shape, data).map_err(|e| OipError(format!("{what} {name:?}: {e}")))
+}
+
+/// Flattens nested JSON arrays (OIP allows both flat and nested `data`).
+fn flatten<'a>(v: &'a Value, out: &mut Vec<&'a Value>) {
+    match v {
+        Value::Array(items) => items.iter().for_each(|i| flatten(i, out)),
+        other => out.push(other),
+    }
+}
+
+fn from_json(d: DType, v: &Value) -> Result<TensorData, String> {
+    let mut flat = Vec::new();
+    flatten(v, &mut flat);
+    fn each<T>(flat: &[&Value], what: &str, f: impl Fn(&Value) -> Option<T>) -> Result<Vec<T>, String> {
+        flat.iter()
+            .enumerate()
+            .map(|(i, v)| f(v).ok_or_else(|| format!("element {i} ({v}) is not {what}")))
+            .collect()
+    }
+    fn int<T: TryFrom<i64>>(v: &Value) -> Option<T> {
+        v.as_i64().and_then(|i| T::try_from(i).ok())
+    }
+    fn uint<T: TryFrom<u64>>(v: &Value) -> Option<T> {
+        v.as_u64().and_then(|i| T::try_from(i).ok())
+    }
+    Ok(match d {
+        DType::Bool => TensorData::Bool(each(&flat, "a boolean", Value::as_bool)?),
+        DType::Uint8 => TensorData::Uint8(each(&flat, "a UINT8", uint)?),
+        DType::Uint16 => TensorData::Uint16(each(&flat, "a UINT16", uint)?),
+        DType::Uint32 => TensorData::Uint32(each(&flat, "a UINT32", uint)?),
+        DType::Uint64 => TensorData::Uint64(each(&flat, "a UINT64", Value::as_u64)?),
+        DType::Int8 => TensorData::Int8(each(&flat, "an INT8", int)?),
+        DType::Int16 => TensorData::Int16(each(&flat, "an INT16", int)?),
+        DType::Int32 => TensorData::Int32(each(&flat, "an INT32", int)?),
+        DType::Int64 => TensorData::Int64(each(&flat, "an INT64", Value::as_i64)?),
+        DType::Float32 => TensorData::Float32(each(&flat, "a number", |v| v.as_f64().map(|f| f as f32))?),
+        DType::Float64 => TensorData::Float64(each(&flat, "a number", Value::as_f64)?),
+        DType::String => TensorData::String(each(&flat, "a string", |v| v.as_str().map(str::to_string))?),
+    })
+}
+
+fn from_bytes(d: DType, b: &[u8], count: u64) -> Result<TensorData, String> {
+    if d == DType::String {
+        // Each element: a 4-byte little-endian length, then that many bytes.
+        let mut out = Vec::new();
+        let mut rest = b;
+        while !rest.is_empty() {
+            if rest.len() < 4 {
+                return Err(format!("BYTES element {} is cut inside its 4-byte length", out.len()));
+            }
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            rest = &rest[4..];
+            if n > rest.len() {
+                return Err(format!("BYTES element {} claims {n} bytes but {} are left", out.len(), rest.len()));
+            }
+            let s = std::str::from_utf8(&rest[..n])
+                .map_err(|_| format!("BYTES element {} is not UTF-8 (this host holds BYTES as text)", out.len()))?;
+            out.push(s.to_string());
+            rest = &rest[n..];
+        }
+        return Ok(TensorData::String(out));
+    }
+    let width = d.width();
+    if b.len() as u64 != count.saturating_mul(width as u64) {
+        return Err(format!(
+            "binary_data_size is {} bytes but {count} {} elements take {}",
+            b.len(),
+            datatype(d),
+            count.saturating_mul(width as u64)
+        ));
+    }
+    macro_rules! le {
+        ($t:ty, $v:ident) => {
+            TensorData::$v(
+                b.chunks_exact(width)
+                    .map(|c| <$t>::from_le_bytes(c.try_into().expect("width")))
+                    .collect(),
+            )
+        };
+    }
+    Ok(match d {
+        DType::Bool => TensorData::Bool(b.iter().map(|x| *x != 0).collect()),
+        DType::Uint8 => TensorData::Uint8(b.to_vec()),
+        DType::Int8 => TensorData::Int8(b.iter().map(|x| *x as i8).collect()),
+        DType::Uint16 => le!(u16, Uint16),
+        DType::Uint32 => le!(u32, Uint32),
+        DType::Uint64 => le!(u64, Uint64),
+        DType::Int16 => le!(i16, Int16),
+        DType::Int32 => le!(i32, Int32),
+        DType::Int64 => le!(i64, Int64),
+        DType::Float32 => le!(f32, Float32),
+        DType::Float64 => le!(f64, Float64),
+        DType::String => unreachable!("handled above"),
+    })
+}
+
+/// A tensor's elements as the binary extension lays them out.
+pub fn to_bytes(data: &TensorData) -> Vec<u8> {
+    macro_rules! le {
+        ($v:expr) => {
+            $v.iter().flat_map(|x| x.to_le_bytes()).collect()
+        };
+    }
+    match data {
+        TensorData::Bool(v) => v.iter().map(|b| u8::from(*b)).collect(),
+        TensorData::Uint8(v) => v.clone(),
+        TensorData::Int8(v) => v.iter().map(|x| *x as u8).collect(),
+        TensorData::Uint16(v) => le!(v),
+        TensorData::Uint32(v) => le!(v),
+        TensorData::Uint64(v) => le!(v),
+        TensorData::Int16(v) => le!(v),
+        TensorData::Int32(v) => le!(v),
+        TensorData::Int64(v) => le!(v),
+        TensorData::Float32(v) => le!(v),
+        TensorData::Float64(v) => le!(v),
+        TensorData::String(v) => {
+            let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
+            for s in v {
+                out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            out
+        }
+    }
+}
+
+/// A tensor's elements as a flat JSON array. Floats that JSON cannot hold
+/// (NaN, infinities) become null, as serde_json writes them.
+fn to_json(data: &TensorData) -> Value {
+    match data {
+        TensorData::Bool(v) => json!(v),
+        TensorData::Uint8(v) => json!(v),
+        TensorData::Int8(v) => json!(v),
+        TensorData::Uint16(v) => json!(v),
+        TensorData::Uint32(v) => json!(v),
+        TensorData::Uint64(v) => json!(v),
+        TensorData::Int16(v) => json!(v),
+        TensorData::Int32(v) => json!(v),
+        TensorData::Int64(v) => json!(v),
+        TensorData::Float32(v) => json!(v),
+        TensorData::Float64(v) => json!(v),
+        TensorData::String(v) => json!(v),
+    }
+}
+
+/// An encoded body: JSON, or JSON followed by binary tensor data (then
+/// `header_len` is the JSON part's length, for `Inference-Header-Content-Length`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub body: Vec<u8>,
+    pub header_len: Option<usize>,
+}
+
+/// Encodes an infer response: the outputs the request asked for (all of
+/// them when it named none), each binary or JSON as it asked.
+pub fn encode_response(
+    model_name: &str,
+    model_version: &str,
+    request: &InferRequest,
+    outputs: &[(String, Tensor)],
+) -> Result<Encoded, OipError> {
+    let chosen: Vec<(&String, &Tensor, bool)> = if request.outputs.is_empty() {
+        outputs.iter().map(|(n, t)| (n, t, request.binary_output)).collect()
+    } else {
+        let mut chosen = Vec::with_capacity(request.outputs.len());
+        for w in &request.outputs {
+            let Some((n, t)) = outputs.iter().find(|(n, _)| *n == w.name) else {
+                let have: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+                return err(format!("there is no output {:?} (the outputs are {have:?})", w.name));
+            };
+            chosen.push((n, t, w.binary.unwrap_or(request.binary_output)));
+        }
+        chosen
+    };
+    let mut head = Map::new();
+    head.insert("model_name".into(), json!(model_name));
+    head.insert("model_version".into(), json!(model_version));
+    if let Some(id) = &request.id {
+        head.insert("id".into(), json!(id));
+    }
+    Ok(frame(head, "outputs", chosen))
+}
+
+/// The JSON part with its tensors under `key`, binary ones appended after it.
+fn frame(mut head: Map<String, Value>, key: &str, tensors: Vec<(&String, &Tensor, bool)>) -> Encoded {
+    let mut binary = Vec::new();
+    let mut list = Vec::with_capacity(tensors.len());
+    for (name, t, bin) in tensors {
+        let mut o = json!({"name": name, "datatype": datatype(t.dtype()), "shape": t.shape()});
+        if bin {
+            let bytes = to_bytes(t.data());
+            o["parameters"] = json!({"binary_data_size": bytes.len()});
+            binary.extend_from_slice(&bytes);
+        } else {
+            o["data"] = to_json(t.data());
+        }
+        list.push(o);
+    }
+    head.insert(key.into(), Value::Array(list));
+    let mut body = serde_json::to_vec(&head).expect("a JSON map serializes");
+    let header_len = (!binary.is_empty()).then_some(body.len());
+    body.extend_from_slice(&binary);
+    Encoded { body, header_len }
+}
+
+/// Reads the outputs of an infer response (what a client does; the router
+/// reads a node's answer with it through [`unpack`]).
+pub fn decode_response(body: &[u8], header_len: Option<&str>) -> Result<Vec<(String, Tensor)>, OipError> {
+    let (head, mut binary) = split(body, header_len)?;
+    let resp: WireResponse = match serde_json::from_slice(head) {
+        Ok(r) => r,
+        Err(e) => return err(format!("malformed inference response: {e}")),
+    };
+    let mut out = Vec::with_capacity(resp.outputs.len());
+    for w in resp.outputs {
+        let t = tensor(&w, &mut binary, "output")?;
+        out.push((w.name, t));
+    }
+    Ok(out)
+}
+
+/// A call's body and tensors in one buffer, for the hop between the router
+/// and a node: the body, then the tensors as an all-binary OIP response.
+/// The returned header value (`body length,JSON length`) goes with it.
+pub fn pack(body: &[u8], tensors: &[(String, Tensor)]) -> (Vec<u8>, String) {
+    let framed = frame(Map::new(), "outputs", tensors.iter().map(|(n, t)| (n, t, true)).collect());
+    let mut out = Vec::with_capacity(body.len() + framed.body.len());
+    out.extend_from_slice(body);
+    out.extend_from_slice(&framed.body);
+    let json_len = framed.header_len.unwrap_or(framed.body.len());
+    (out, format!("{},{json_len}", body.len()))
+}
+
+/// Undoes [`pack`]: the body and the tensors.
+pub fn unpack(buf: &[u8], header: &str) -> Result<(Vec<u8>, Vec<(String, Tensor)>), OipError> {
+    let parsed = header.split_once(',').and_then(|(b, j)| Some((b.parse::<usize>().ok()?, j)));
+    let Some((body_len, json_len)) = parsed else {
+        return err(format!("malformed tensor framing header {header:?}"));
+    };
+    if body_len > buf.len() {
+        return err("the tensor framing claims a longer body than was sent");
+    }
+    let (body, rest) = buf.split_at(body_len);
+    let tensors = decode_response(rest, Some(json_len))?;
+    Ok((body.to_vec(), tensors))
+}
+
+/// Fuzz entry points (fuzz/ and the corpus replay in tests/).
+pub mod fuzzing {
+    /// Bytes -> the infer request decoder, with and without a header
+    /// length taken from the first bytes. Must never panic or allocate
+    /// beyond what the bytes hold.
+    pub fn infer_request(data: &[u8]) {
+        let _ = crate::decode(data, None);
+        if let Some((&n, rest)) = data.split_first() {
+            let _ = crate::decode(rest, Some(&n.to_string()));
+            let _ = crate::decode_response(rest, Some(&n.to_string()));
+            if let Ok(r) = crate::decode(rest, Some(&n.to_string())) {
+                let _ = crate::encode_response("m", "v", &r, &r.inputs);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

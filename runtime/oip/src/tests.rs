@@ -1,0 +1,186 @@
+use super::*;
+
+fn t(shape: &[u64], data: TensorData) -> Tensor {
+    Tensor::new(shape.to_vec(), data).unwrap()
+}
+
+fn every_dtype() -> Vec<(String, Tensor)> {
+    vec![
+        ("b".into(), t(&[2], TensorData::Bool(vec![true, false]))),
+        ("u8".into(), t(&[2], TensorData::Uint8(vec![0, 255]))),
+        ("u16".into(), t(&[2], TensorData::Uint16(vec![1, 65535]))),
+        ("u32".into(), t(&[1, 2], TensorData::Uint32(vec![7, u32::MAX]))),
+        ("u64".into(), t(&[2], TensorData::Uint64(vec![0, u64::MAX]))),
+        ("i8".into(), t(&[2], TensorData::Int8(vec![-128, 127]))),
+        ("i16".into(), t(&[2], TensorData::Int16(vec![-3, 4]))),
+        ("i32".into(), t(&[2, 1], TensorData::Int32(vec![-5, 6]))),
+        ("i64".into(), t(&[2], TensorData::Int64(vec![i64::MIN, i64::MAX]))),
+        ("f32".into(), t(&[2, 2], TensorData::Float32(vec![0.5, -1.25, 3.0, 1e-7]))),
+        ("f64".into(), t(&[1], TensorData::Float64(vec![std::f64::consts::PI]))),
+        ("s".into(), t(&[3], TensorData::String(vec!["a".into(), "".into(), "héllo".into()]))),
+    ]
+}
+
+/// An infer request carrying `tensors`, binary or JSON, as a client builds it.
+fn request(tensors: &[(String, Tensor)], binary: bool) -> (Vec<u8>, Option<String>) {
+    let framed = frame(Map::new(), "inputs", tensors.iter().map(|(n, t)| (n, t, binary)).collect());
+    (framed.body, framed.header_len.map(|n| n.to_string()))
+}
+
+#[test]
+fn every_datatype_round_trips_as_json_and_binary() {
+    for binary in [false, true] {
+        let (body, h) = request(&every_dtype(), binary);
+        assert_eq!(h.is_some(), binary);
+        let r = decode(&body, h.as_deref()).unwrap();
+        assert_eq!(r.inputs, every_dtype(), "binary={binary}");
+        let req = InferRequest {
+            binary_output: binary,
+            ..r
+        };
+        let e = encode_response("m", "v1", &req, &every_dtype()).unwrap();
+        let back = decode_response(&e.body, e.header_len.map(|n| n.to_string()).as_deref()).unwrap();
+        assert_eq!(back, every_dtype(), "binary={binary}");
+    }
+}
+
+#[test]
+fn nested_json_data_is_flattened_and_checked_against_the_shape() {
+    let body = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
+    let r = decode(body, None).unwrap();
+    assert_eq!(r.inputs[0].1, t(&[2, 2], TensorData::Float32(vec![1.0, 2.0, 3.0, 4.5])));
+    assert_eq!(r.header, body.to_vec());
+    let wrong = br#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
+    assert_eq!(
+        decode(wrong, None).unwrap_err().0,
+        "input \"x\": shape [2, 3] needs 6 elements, got 4"
+    );
+}
+
+#[test]
+fn bad_requests_say_what_is_wrong() {
+    let cases: &[(&[u8], Option<&str>, &str)] = &[
+        (b"{", None, "malformed inference request"),
+        (br#"{"inputs":[]}"#, None, "no inputs"),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[1]}]}"#,
+            None,
+            "FP16 is not supported",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            None,
+            "unknown datatype",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            None,
+            "negative dimension",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT8","data":[300]}]}"#,
+            None,
+            "is not an INT8",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BOOL","data":[1]}]}"#,
+            None,
+            "is not a boolean",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            None,
+            "no data and no binary_data_size",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            None,
+            "given twice",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            Some("999"),
+            "the body holds",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+            Some("ten"),
+            "byte count",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}"#,
+            Some("91"),
+            "only 0 bytes of binary data are left",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":8}}]}12345678"#,
+            Some("91"),
+            "1 FP32 elements take 4",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","parameters":{"binary_data_size":4}}]}12345678"#,
+            Some("91"),
+            "4 bytes of binary data follow",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BYTES","parameters":{"binary_data_size":5}}]}AAAAB"#,
+            Some("92"),
+            "claims 1094795585 bytes",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#,
+            None,
+            "too many elements",
+        ),
+    ];
+    for (body, h, want) in cases {
+        let e = decode(body, *h).unwrap_err();
+        assert!(e.0.contains(want), "{}: {e}", String::from_utf8_lossy(body));
+    }
+}
+
+#[test]
+fn outputs_are_chosen_and_made_binary_as_asked() {
+    let body = br#"{"id":"7","inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
+        "outputs":[{"name":"f32","parameters":{"binary_data":true}},{"name":"s"}]}"#;
+    let r = decode(body, None).unwrap();
+    let e = encode_response("iris", "blue", &r, &every_dtype()).unwrap();
+    let n = e.header_len.unwrap();
+    let head: Value = serde_json::from_slice(&e.body[..n]).unwrap();
+    assert_eq!(head["model_name"], "iris");
+    assert_eq!(head["model_version"], "blue");
+    assert_eq!(head["id"], "7");
+    assert_eq!(head["outputs"][0]["parameters"]["binary_data_size"], 16);
+    assert_eq!(head["outputs"][1]["data"], json!(["a", "", "héllo"]));
+    assert_eq!(head["outputs"].as_array().unwrap().len(), 2);
+    assert_eq!(e.body.len(), n + 16);
+
+    let missing = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"outputs":[{"name":"nope"}]}"#;
+    let r = decode(missing, None).unwrap();
+    let e = encode_response("iris", "blue", &r, &every_dtype()).unwrap_err();
+    assert!(e.0.starts_with("there is no output \"nope\""), "{e}");
+}
+
+#[test]
+fn pack_carries_a_body_and_tensors_and_refuses_a_bad_frame() {
+    let (buf, h) = pack(b"{\"a\":1}", &every_dtype());
+    let (body, tensors) = unpack(&buf, &h).unwrap();
+    assert_eq!(body, b"{\"a\":1}");
+    assert_eq!(tensors, every_dtype());
+    let (buf, h) = pack(b"plain", &[]);
+    assert_eq!(unpack(&buf, &h).unwrap(), (b"plain".to_vec(), vec![]));
+    assert!(unpack(&buf, "99,1").is_err());
+    assert!(unpack(&buf, "x").is_err());
+}
+
+#[test]
+fn fuzz_entry_survives_hostile_bytes() {
+    for s in [
+        &b""[..],
+        b"\x05{\"inp",
+        b"\xff\xff",
+        b"\x10{\"inputs\":[{\"name\":\"x\",\"shape\":[9999999999],\"datatype\":\"BYTES\",\"parameters\":{\"binary_data_size\":1}}]}",
+    ] {
+        fuzzing::infer_request(s);
+    }
+}
