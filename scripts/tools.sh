@@ -26,10 +26,10 @@ if ! cmp -s requirements-clients.txt .venv-clients/.wasmscore-lock 2>/dev/null; 
   cp requirements-clients.txt .venv-clients/.wasmscore-lock
 fi
 
-say "Debian: docker-registry (artifacts across the network), clang-19 + wasi-libc (C modules), Node.js"
+say "Debian: docker-registry (artifacts across the network), clang-19 + wasi-libc (C modules), protoc (the gRPC service's code), Node.js"
 # clang-19's wasm32 linker (lld-19) and builtins (libclang-rt-19-dev-wasm32)
 # with Debian's wasi-libc; `wasmscore build DIR` runs clang-19 for a score.c.
-debian docker-registry clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc
+debian docker-registry clang-19 lld-19 libclang-rt-19-dev-wasm32 wasi-libc protobuf-compiler
 command -v node >/dev/null || debian nodejs npm
 
 say "ComponentizeJS (JavaScript modules), pinned by runtime/cli/js/package-lock.json"

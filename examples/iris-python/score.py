@@ -21,3 +21,10 @@ def run(raw_data):
     # response; this adds the predicted classes (a no-op otherwise).
     wasmscore.collect([max(range(len(p)), key=p.__getitem__) for p in probabilities], "predictions", "class")
     return {"probabilities": probabilities}
+
+
+def run_tensors(inputs):
+    # Open Inference Protocol (POST /v2/models/iris/infer, REST or gRPC): the
+    # host decoded the tensors; they go straight to the model, and its
+    # outputs go back as tensors the host encodes for the client.
+    return model.run(inputs)

@@ -44,6 +44,9 @@ mod ui;
 #[path = "e2e/batching.rs"]
 mod batching;
 
+#[path = "e2e/oip.rs"]
+mod oip;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -43,6 +43,11 @@ fn admin_bodies_corpus() {
 }
 
 #[test]
+fn oip_decoders_corpus() {
+    replay("oip_decoders", wasmscore_server::fuzzing::oip_decoders);
+}
+
+#[test]
 fn tensor_ops_corpus() {
     replay("tensor_ops", wasmscore_tensor::fuzzing::tensors_and_ops);
 }

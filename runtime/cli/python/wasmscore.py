@@ -13,7 +13,10 @@
         return {"probabilities": out["probabilities"].tolist()}
 
 Tensors live on the host; `tensor()` copies a nested list there, `.tolist()`
-copies one back. Raise `wasmscore.BadInput` for a client error (HTTP 400);
+copies one back. Open Inference Protocol requests (`/v2/models/NAME/infer`,
+REST or gRPC) come with their tensors already decoded by the host: define
+`run_tensors(inputs)` ({name: Tensor} in, {name: Tensor} out) and they go
+to it without JSON; without it, `run()` gets the request's JSON part. Raise `wasmscore.BadInput` for a client error (HTTP 400);
 any other exception is a module failure (HTTP 500).
 """
 from wit_world.imports import data_collection as _dc, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types

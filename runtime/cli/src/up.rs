@@ -122,6 +122,10 @@ pub struct EdgeArgs {
     /// Serve HTTPS only (needs --tls-port); the CLI then talks TLS too.
     #[arg(long, requires = "tls_port")]
     pub no_plain_http: bool,
+    /// Serve the Open Inference Protocol over gRPC on this port (0: any
+    /// free port); over TLS when HTTPS is configured.
+    #[arg(long)]
+    pub grpc_port: Option<u16>,
     /// Open connections at most; more get 503 at once.
     #[arg(long, default_value_t = 4096)]
     pub max_connections: usize,
@@ -162,7 +166,8 @@ impl EdgeArgs {
     }
 
     /// Binds the plain and TLS ports on `ip`; returns them with what
-    /// server.json says about them (pid, url, tls_url, tls_addr, tls_ca).
+    /// server.json says about them (pid, url, tls_url, tls_addr, tls_ca,
+    /// grpc_addr, grpc_tls).
     pub async fn listen(&self, ip: std::net::IpAddr, port: u16, tls: Tls) -> Result<(wasmscore_server::Listeners, serde_json::Value)> {
         let mut listeners = wasmscore_server::Listeners::default();
         let mut info = serde_json::json!({"pid": std::process::id()});
@@ -172,6 +177,14 @@ impl EdgeArgs {
                 .with_context(|| format!("binding {ip}:{port}"))?;
             info["url"] = format!("http://{}", l.local_addr()?).into();
             listeners.plain = Some(l);
+        }
+        if let Some(port) = self.grpc_port {
+            let l = tokio::net::TcpListener::bind((ip, port))
+                .await
+                .with_context(|| format!("binding {ip}:{port} for gRPC"))?;
+            info["grpc_addr"] = l.local_addr()?.to_string().into();
+            info["grpc_tls"] = tls.is_some().into();
+            listeners.grpc = Some((l, tls.as_ref().map(|(cfg, _)| cfg.clone())));
         }
         if let (Some((cfg, ca)), Some(port)) = (tls, self.tls_port) {
             let l = tokio::net::TcpListener::bind((ip, port))

@@ -199,22 +199,48 @@ pub fn decode(body: &[u8], header_len: Option<&str>) -> Result<InferRequest, Oip
     })
 }
 
+/// A tensor's declared datatype and shape, checked: its dtype, its shape
+/// and its element count.
+pub fn declared(name: &str, what: &str, datatype: &str, shape: &[i64]) -> Result<(DType, Vec<u64>, u64), OipError> {
+    let d = dtype(datatype).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
+    let mut dims = Vec::with_capacity(shape.len());
+    for &s in shape {
+        if s < 0 {
+            return err(format!("{what} {name:?}: shape {shape:?} has a negative dimension"));
+        }
+        dims.push(s as u64);
+    }
+    let count = match wasmscore_tensor::element_count(&dims) {
+        Ok(c) => c,
+        Err(e) => return err(format!("{what} {name:?}: {e}")),
+    };
+    Ok((d, dims, count))
+}
+
+/// A tensor from its raw bytes (the binary extension's layout, and gRPC's
+/// `raw_input_contents`), checked against its datatype and shape.
+pub fn from_raw(name: &str, what: &str, datatype: &str, shape: &[i64], bytes: &[u8]) -> Result<Tensor, OipError> {
+    let (d, dims, count) = declared(name, what, datatype, shape)?;
+    let data = from_bytes(d, bytes, count).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
+    shaped(name, what, dims, count, data)
+}
+
+/// A tensor from data that must hold exactly `count` elements.
+pub fn shaped(name: &str, what: &str, dims: Vec<u64>, count: u64, data: TensorData) -> Result<Tensor, OipError> {
+    if data.len() as u64 != count {
+        return err(format!(
+            "{what} {name:?}: shape {dims:?} needs {count} elements, got {}",
+            data.len()
+        ));
+    }
+    Tensor::new(dims, data).map_err(|e| OipError(format!("{what} {name:?}: {e}")))
+}
+
 /// One tensor of a request or response: from its `data` or from the next
 /// `binary_data_size` bytes of `binary`.
 fn tensor(w: &WireTensor, binary: &mut &[u8], what: &str) -> Result<Tensor, OipError> {
     let name = &w.name;
-    let d = dtype(&w.datatype).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
-    let mut shape = Vec::with_capacity(w.shape.len());
-    for &s in &w.shape {
-        if s < 0 {
-            return err(format!("{what} {name:?}: shape {:?} has a negative dimension", w.shape));
-        }
-        shape.push(s as u64);
-    }
-    let count = match wasmscore_tensor::element_count(&shape) {
-        Ok(c) => c,
-        Err(e) => return err(format!("{what} {name:?}: {e}")),
-    };
+    let (d, dims, count) = declared(name, what, &w.datatype, &w.shape)?;
     let size = match w.parameters.get("binary_data_size") {
         None => None,
         Some(v) => match v.as_u64() {
@@ -238,13 +264,7 @@ fn tensor(w: &WireTensor, binary: &mut &[u8], what: &str) -> Result<Tensor, OipE
             from_bytes(d, mine, count).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?
         }
     };
-    if data.len() as u64 != count {
-        return err(format!(
-            "{what} {name:?}: shape {shape:?} needs {count} elements, got {}",
-            data.len()
-        ));
-    }
-    Tensor::new(shape, data).map_err(|e| OipError(format!("{what} {name:?}: {e}")))
+    shaped(name, what, dims, count, data)
 }
 
 /// Flattens nested JSON arrays (OIP allows both flat and nested `data`).

@@ -15,9 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use wasmscore_engine::ScoreRequest;
+use wasmscore_engine::ScoreResponse;
 use wasmscore_oip as oip;
 use wasmscore_remote::trace::Span;
 use wasmscore_remote::Call;
+use wasmscore_replica::ScoreError;
+use wasmscore_router::{Route, Version};
 
 use crate::errors::ApiError;
 use crate::plane::Plane;
@@ -60,16 +63,25 @@ impl Default for ServerConfig {
     }
 }
 
-/// Where to listen: plain HTTP, TLS, or both.
+/// Where to listen: plain HTTP, TLS, or both; and gRPC (over TLS when it
+/// has a config).
 #[derive(Default)]
 pub struct Listeners {
     pub plain: Option<TcpListener>,
     pub tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+    pub grpc: Option<(TcpListener, Option<Arc<rustls::ServerConfig>>)>,
 }
 
-struct App<P> {
-    plane: Arc<P>,
-    cfg: ServerConfig,
+/// What an accept loop's connections speak.
+#[derive(Clone, Copy, PartialEq)]
+enum Speaks {
+    Http,
+    Grpc,
+}
+
+pub(crate) struct App<P> {
+    pub(crate) plane: Arc<P>,
+    pub(crate) cfg: ServerConfig,
     /// Requests being handled, for the drain at shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
     /// Set at shutdown: requests that arrive on open connections get 503.
@@ -84,10 +96,10 @@ const DRAIN: Duration = Duration::from_secs(65);
 
 /// Counts a request as in flight for as long as it lives (a dropped
 /// connection drops it too).
-struct InFlight<P>(Arc<App<P>>);
+pub(crate) struct InFlight<P>(Arc<App<P>>);
 
 impl<P> InFlight<P> {
-    fn enter(app: Arc<App<P>>) -> Self {
+    pub(crate) fn enter(app: Arc<App<P>>) -> Self {
         app.in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         InFlight(app)
     }
@@ -125,16 +137,15 @@ pub async fn serve<P: Plane>(
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
     if let Some(l) = listeners.plain {
-        loops.spawn(accept_loop(l, None, app.clone(), conns.clone(), stopped.clone()));
+        loops.spawn(accept_loop(l, None, Speaks::Http, app.clone(), conns.clone(), stopped.clone()));
     }
     if let Some((l, tls)) = listeners.tls {
-        loops.spawn(accept_loop(
-            l,
-            Some(TlsAcceptor::from(tls)),
-            app.clone(),
-            conns.clone(),
-            stopped.clone(),
-        ));
+        let tls = Some(TlsAcceptor::from(tls));
+        loops.spawn(accept_loop(l, tls, Speaks::Http, app.clone(), conns.clone(), stopped.clone()));
+    }
+    if let Some((l, tls)) = listeners.grpc {
+        let tls = tls.map(TlsAcceptor::from);
+        loops.spawn(accept_loop(l, tls, Speaks::Grpc, app.clone(), conns.clone(), stopped.clone()));
     }
     shutdown.await;
     let _ = stop.send(true);
@@ -162,6 +173,7 @@ pub async fn serve<P: Plane>(
 async fn accept_loop<P: Plane>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
+    speaks: Speaks,
     app: Arc<App<P>>,
     conns: Arc<Semaphore>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -181,7 +193,7 @@ async fn accept_loop<P: Plane>(
         };
         let _ = stream.set_nodelay(true);
         let Ok(permit) = conns.clone().try_acquire_owned() else {
-            refuse(stream, tls.is_some());
+            refuse(stream, tls.is_some() || speaks == Speaks::Grpc);
             continue;
         };
         let (app, tls) = (app.clone(), tls.clone());
@@ -189,14 +201,25 @@ async fn accept_loop<P: Plane>(
             let _permit = permit;
             let first_byte = app.cfg.header_read_timeout;
             match tls {
-                None => serve_connection(app, TokioIo::new(FirstByteDeadline::new(stream, first_byte))).await,
+                None => serve_in(speaks, app, TokioIo::new(FirstByteDeadline::new(stream, first_byte))).await,
                 Some(acceptor) => match tokio::time::timeout(app.cfg.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_connection(app, TokioIo::new(FirstByteDeadline::new(s, first_byte))).await,
+                    Ok(Ok(s)) => serve_in(speaks, app, TokioIo::new(FirstByteDeadline::new(s, first_byte))).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
             }
         });
+    }
+}
+
+/// Serves one accepted connection in the protocol its port speaks.
+async fn serve_in<P: Plane, I>(speaks: Speaks, app: Arc<App<P>>, io: TokioIo<I>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match speaks {
+        Speaks::Http => serve_connection(app, io).await,
+        Speaks::Grpc => crate::grpc::serve_connection(app, io).await,
     }
 }
 
@@ -336,13 +359,15 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     r
 }
 
-/// The two ways a request is scored.
+/// The ways a request is scored.
 #[derive(Clone, Copy)]
-enum Protocol<'a> {
+pub(crate) enum Protocol<'a> {
     /// Azure ML's `/score`: the body goes to the module as sent.
     Azure,
-    /// Open Inference Protocol infer, pinned to a version by its path or not.
+    /// Open Inference Protocol infer over REST, pinned to a version by its path or not.
     Oip { pinned: Option<&'a str> },
+    /// Open Inference Protocol ModelInfer over gRPC.
+    Grpc,
 }
 
 impl Protocol<'_> {
@@ -351,6 +376,7 @@ impl Protocol<'_> {
             Protocol::Azure => "POST /api/v1/service/{name}/score",
             Protocol::Oip { pinned: None } => "POST /v2/models/{name}/infer",
             Protocol::Oip { pinned: Some(_) } => "POST /v2/models/{name}/versions/{version}/infer",
+            Protocol::Grpc => "POST /inference.GRPCInferenceService/ModelInfer",
         }
     }
 }
@@ -405,6 +431,11 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::reques
 }
 
 impl<P: Plane> App<P> {
+    /// Shutting down: new requests on open connections are refused.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
@@ -414,6 +445,10 @@ impl<P: Plane> App<P> {
                 let name = name.to_string();
                 self.score(req, &name, Protocol::Azure).await.unwrap_or_else(error_response)
             }
+            ("GET", ["api", "v1", "service", name, "swagger.json"]) => match self.plane.model_metadata(name, None) {
+                Ok(meta) => json(200, serde_json::to_vec(&crate::openapi::document(name, &meta)).expect("json")),
+                Err((status, code, message)) => error_response(ApiError::new(status, code, message)),
+            },
             ("POST", ["v2", "models", name, "infer"]) => {
                 let name = name.to_string();
                 self.score(req, &name, Protocol::Oip { pinned: None })
@@ -531,7 +566,7 @@ impl<P: Plane> App<P> {
         // and on the module's log lines.
         let span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
         let (request, infer) = match protocol {
-            Protocol::Azure => (
+            Protocol::Azure | Protocol::Grpc => (
                 ScoreRequest {
                     body: body.to_vec(),
                     content_type,
@@ -552,48 +587,8 @@ impl<P: Plane> App<P> {
                 (request, Some(infer))
             }
         };
-        if let Some(mirror) = route.mirror {
-            // A copy for the mirror, answered by no one: its result, slow or
-            // failed, never reaches this client (the pool counts it).
-            let copy = request.clone();
-            let endpoint = endpoint.to_string();
-            tokio::spawn(async move {
-                let call = Call {
-                    endpoint: &endpoint,
-                    version: &mirror.name,
-                    ..Call::default()
-                };
-                if let Err(e) = mirror.score(copy, &call).await {
-                    tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
-                }
-            });
-        }
-        let version = route.version;
-        let traceparent = span.traceparent();
-        let call = Call {
-            endpoint,
-            version: &version.name,
-            traceparent: Some(&traceparent),
-            tracestate: parts.headers.get("tracestate").and_then(|v| v.to_str().ok()),
-        };
-        let result = version.score(request, &call).await;
-        if let Some(spans) = &self.cfg.spans {
-            let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
-            spans.record(wasmscore_remote::otlp::Finished {
-                span: &span,
-                name: protocol.route(),
-                start: started,
-                end: std::time::SystemTime::now(),
-                attributes: vec![
-                    opentelemetry::KeyValue::new("http.request.method", "POST"),
-                    opentelemetry::KeyValue::new("http.route", protocol.route().trim_start_matches("POST ")),
-                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
-                    opentelemetry::KeyValue::new("wasmscore.endpoint", endpoint.to_string()),
-                    opentelemetry::KeyValue::new("wasmscore.version", version.name.clone()),
-                ],
-                error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
-            });
-        }
+        let tracestate = parts.headers.get("tracestate").and_then(|v| v.to_str().ok());
+        let (version, traceparent, result) = self.dispatch(endpoint, route, request, &span, tracestate, protocol, started).await;
         let mut resp = match (result, infer) {
             (Ok(out), Some(infer)) if !out.tensors.is_empty() => {
                 let encoded = oip::encode_response(endpoint, &version.name, &infer, &out.tensors)
@@ -630,6 +625,64 @@ impl<P: Plane> App<P> {
             resp.headers_mut().insert("traceparent", v);
         }
         Ok(resp)
+    }
+
+    /// Hop 3, whatever the protocol: the mirror gets its copy, the routed
+    /// version answers, and this hop's span is recorded. Returns the
+    /// version that answered and the `traceparent` to answer with.
+    pub(crate) async fn dispatch(
+        &self,
+        endpoint: &str,
+        route: Route,
+        request: ScoreRequest,
+        span: &Span,
+        tracestate: Option<&str>,
+        protocol: Protocol<'_>,
+        started: std::time::SystemTime,
+    ) -> (Arc<Version>, String, Result<ScoreResponse, ScoreError>) {
+        if let Some(mirror) = route.mirror {
+            // A copy for the mirror, answered by no one: its result, slow or
+            // failed, never reaches this client (the pool counts it).
+            let copy = request.clone();
+            let endpoint = endpoint.to_string();
+            tokio::spawn(async move {
+                let call = Call {
+                    endpoint: &endpoint,
+                    version: &mirror.name,
+                    ..Call::default()
+                };
+                if let Err(e) = mirror.score(copy, &call).await {
+                    tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
+                }
+            });
+        }
+        let version = route.version;
+        let traceparent = span.traceparent();
+        let call = Call {
+            endpoint,
+            version: &version.name,
+            traceparent: Some(&traceparent),
+            tracestate,
+        };
+        let result = version.score(request, &call).await;
+        if let Some(spans) = &self.cfg.spans {
+            let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
+            spans.record(wasmscore_remote::otlp::Finished {
+                span,
+                name: protocol.route(),
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    opentelemetry::KeyValue::new("http.request.method", "POST"),
+                    opentelemetry::KeyValue::new("http.route", protocol.route().trim_start_matches("POST ")),
+                    opentelemetry::KeyValue::new("http.response.status_code", i64::from(status)),
+                    opentelemetry::KeyValue::new("wasmscore.endpoint", endpoint.to_string()),
+                    opentelemetry::KeyValue::new("wasmscore.version", version.name.clone()),
+                ],
+                error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
+            });
+        }
+        (version, traceparent, result)
     }
 
     /// The admin token, and only it (no scoring key or token), opens the

@@ -10,10 +10,27 @@
 //! routed to the control plane after the admin token is checked.
 
 mod errors;
+pub mod grpc;
 mod http;
+mod openapi;
 pub mod plane;
 pub mod tls;
 mod ui;
 
 pub use http::{serve, Listeners, ServerConfig};
 pub use plane::{Answer, Plane};
+
+/// Fuzz entry points (fuzz/ and the corpus replay in tests/).
+pub mod fuzzing {
+    /// The Open Inference Protocol decoders: byte 0 even, the REST decoder
+    /// (JSON and the binary extension's framing); odd, gRPC's
+    /// ModelInferRequest with raw and typed contents against shapes and
+    /// datatypes. Must never panic or allocate beyond what the bytes hold.
+    pub fn oip_decoders(data: &[u8]) {
+        match data.split_first() {
+            Some((b, rest)) if b % 2 == 0 => wasmscore_oip::fuzzing::infer_request(rest),
+            Some((_, rest)) => crate::grpc::fuzz_infer_request(rest),
+            None => {}
+        }
+    }
+}

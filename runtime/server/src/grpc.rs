@@ -1,0 +1,451 @@
+//! The Open Inference Protocol over gRPC (`up --grpc-port`, and the
+//! router's): `inference.GRPCInferenceService` from proto/inference.proto,
+//! served by the same hyper stack, connection cap and TLS as HTTP.
+//!
+//! ModelInfer takes the REST path's hops: the `authorization` metadata is
+//! checked like the header, the model's version is pinned by
+//! `model_version` (or the split picks one), the tensors (raw or typed
+//! contents) reach `run()` decoded, and the module's output tensors come
+//! back in `raw_output_contents`. Errors are gRPC status codes with the
+//! REST path's messages.
+
+use std::sync::Arc;
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::{Request, Response, Status};
+use wasmscore_engine::ScoreRequest;
+use wasmscore_oip as oip;
+use wasmscore_remote::trace::Span;
+use wasmscore_tensor::{DType, Tensor, TensorData};
+
+use crate::errors::ApiError;
+use crate::http::{App, InFlight, Protocol};
+use crate::plane::Plane;
+
+/// The generated messages and service.
+#[allow(clippy::all)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use proto::model_infer_request::InferInputTensor;
+use proto::model_infer_response::InferOutputTensor;
+use proto::model_metadata_response::TensorMetadata;
+use proto::*;
+
+/// Serves one connection (HTTP/2 only) until the client closes it.
+pub(crate) async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = app.cfg.clone();
+    let svc = GrpcInferenceServiceServer::new(Oip { app })
+        .max_decoding_message_size(cfg.max_body_bytes)
+        .max_encoding_message_size(usize::MAX);
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .max_concurrent_streams(cfg.max_h2_streams);
+    let svc = hyper_util::service::TowerToHyperService::new(svc);
+    if let Err(e) = builder.serve_connection(io, svc).await {
+        tracing::debug!(error = %e, "gRPC connection ended with an error");
+    }
+}
+
+struct Oip<P> {
+    app: Arc<App<P>>,
+}
+
+/// The gRPC code for an HTTP status.
+fn status(e: ApiError) -> Status {
+    let code = match e.status {
+        400 | 413 | 422 => tonic::Code::InvalidArgument,
+        401 => tonic::Code::Unauthenticated,
+        403 => tonic::Code::PermissionDenied,
+        404 => tonic::Code::NotFound,
+        429 | 503 => tonic::Code::Unavailable,
+        504 => tonic::Code::DeadlineExceeded,
+        _ => tonic::Code::Internal,
+    };
+    Status::new(code, e.message)
+}
+
+fn bad(e: oip::OipError) -> Status {
+    Status::invalid_argument(e.0)
+}
+
+fn version_of(v: &str) -> Option<&str> {
+    (!v.is_empty()).then_some(v)
+}
+
+#[tonic::async_trait]
+impl<P: Plane> GrpcInferenceService for Oip<P> {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.app.plane.is_ready(),
+        }))
+    }
+
+    async fn model_ready(&self, req: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
+        let r = req.into_inner();
+        match self.app.plane.model_ready(&r.name, version_of(&r.version)) {
+            Ok((ready, _)) => Ok(Response::new(ModelReadyResponse { ready })),
+            Err((s, code, message)) => Err(status(ApiError::new(s, code, message))),
+        }
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "wasmscore".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec!["binary_tensor_data".into(), "model_repository".into()],
+        }))
+    }
+
+    async fn model_metadata(&self, req: Request<ModelMetadataRequest>) -> Result<Response<ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .app
+            .plane
+            .model_metadata(&r.name, version_of(&r.version))
+            .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
+        let tensors = |key: &str| -> Vec<TensorMetadata> {
+            m[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| TensorMetadata {
+                    name: t["name"].as_str().unwrap_or_default().into(),
+                    datatype: t["datatype"].as_str().unwrap_or_default().into(),
+                    shape: t["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_i64()).collect(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: r.name.clone(),
+            versions: m["versions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            platform: m["platform"].as_str().unwrap_or("wasmscore").into(),
+            inputs: tensors("inputs"),
+            outputs: tensors("outputs"),
+        }))
+    }
+
+    async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
+        let app = &self.app;
+        let _counted = InFlight::enter(app.clone());
+        if app.is_stopping() {
+            return Err(Status::unavailable("the server is shutting down; retry"));
+        }
+        let started = std::time::SystemTime::now();
+        let meta = req.metadata();
+        let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
+        let span = Span::child_of(text("traceparent"));
+        let tracestate = text("tracestate").map(String::from);
+        let cohort = text("x-wasmscore-cohort").map(String::from);
+        let authorization = meta.get("authorization").map(|v| v.as_bytes().to_vec());
+        let r = req.into_inner();
+        let endpoint = r.model_name.clone();
+        let route = app
+            .plane
+            .router()
+            .route_authorized(&endpoint, authorization.as_deref(), version_of(&r.model_version), cohort.as_deref())
+            .map_err(|e| status(e.into()))?;
+        let inputs = inputs(&r).map_err(bad)?;
+        let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+        // The module's body: the request as OIP's JSON would state it, without the data.
+        let header = serde_json::json!({
+            "id": r.id,
+            "inputs": inputs.iter().map(|(n, t)| serde_json::json!({"name": n, "datatype": oip::datatype(t.dtype()), "shape": t.shape()})).collect::<Vec<_>>(),
+            "outputs": wanted.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
+        });
+        let request = ScoreRequest {
+            body: serde_json::to_vec(&header).expect("json"),
+            content_type: "application/json".into(),
+            tensors: inputs,
+            trace_id: Some(span.trace_id.clone()),
+        };
+        let (version, traceparent, result) = app
+            .dispatch(&endpoint, route, request, &span, tracestate.as_deref(), Protocol::Grpc, started)
+            .await;
+        let out = result.map_err(|e| status(e.into()))?;
+        let tensors = if out.tensors.is_empty() {
+            // A module that answers OIP JSON itself (it predates tensors).
+            oip::decode_response(&out.body, None).map_err(|e| {
+                Status::internal(format!(
+                    "the module answered no tensors and its body is not an inference response: {e}"
+                ))
+            })?
+        } else {
+            out.tensors
+        };
+        let chosen: Vec<&(String, Tensor)> = if wanted.is_empty() {
+            tensors.iter().collect()
+        } else {
+            let mut chosen = Vec::with_capacity(wanted.len());
+            for w in &wanted {
+                match tensors.iter().find(|(n, _)| n == w) {
+                    Some(t) => chosen.push(t),
+                    None => {
+                        let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+                        return Err(Status::invalid_argument(format!(
+                            "there is no output {w:?} (the outputs are {have:?})"
+                        )));
+                    }
+                }
+            }
+            chosen
+        };
+        let mut resp = Response::new(ModelInferResponse {
+            model_name: endpoint,
+            model_version: version.name.clone(),
+            id: r.id,
+            parameters: Default::default(),
+            outputs: chosen
+                .iter()
+                .map(|(n, t)| InferOutputTensor {
+                    name: n.clone(),
+                    datatype: oip::datatype(t.dtype()).into(),
+                    shape: t.shape().iter().map(|d| *d as i64).collect(),
+                    parameters: Default::default(),
+                    contents: None,
+                })
+                .collect(),
+            raw_output_contents: chosen.iter().map(|(_, t)| oip::to_bytes(t.data())).collect(),
+        });
+        for (k, v) in [
+            ("x-wasmscore-version", version.name.as_str()),
+            ("traceparent", traceparent.as_str()),
+        ] {
+            if let Ok(v) = v.parse() {
+                resp.metadata_mut().insert(k, v);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// The request's input tensors, from `raw_input_contents` (one per input,
+/// in order) or from each input's typed `contents`.
+fn inputs(r: &ModelInferRequest) -> Result<Vec<(String, Tensor)>, oip::OipError> {
+    if r.inputs.is_empty() {
+        return Err(oip::OipError("the request has no inputs".into()));
+    }
+    let raw = !r.raw_input_contents.is_empty();
+    if raw && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(oip::OipError(format!(
+            "raw_input_contents has {} entries for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut out: Vec<(String, Tensor)> = Vec::with_capacity(r.inputs.len());
+    for (i, input) in r.inputs.iter().enumerate() {
+        if out.iter().any(|(n, _)| *n == input.name) {
+            return Err(oip::OipError(format!("input {:?} is given twice", input.name)));
+        }
+        let t = if raw {
+            if input.contents.is_some() {
+                return Err(oip::OipError(format!(
+                    "input {:?} has contents although raw_input_contents is used",
+                    input.name
+                )));
+            }
+            oip::from_raw(&input.name, "input", &input.datatype, &input.shape, &r.raw_input_contents[i])?
+        } else {
+            typed(input)?
+        };
+        out.push((input.name.clone(), t));
+    }
+    Ok(out)
+}
+
+/// An input from its typed contents (the field its datatype uses).
+fn typed(input: &InferInputTensor) -> Result<Tensor, oip::OipError> {
+    let name = &input.name;
+    let (d, dims, count) = oip::declared(name, "input", &input.datatype, &input.shape)?;
+    let Some(c) = &input.contents else {
+        return Err(oip::OipError(format!("input {name:?} has no contents and no raw_input_contents")));
+    };
+    let narrow = |what: &str| oip::OipError(format!("input {name:?}: a value does not fit {what}"));
+    let data = match d {
+        DType::Bool => TensorData::Bool(c.bool_contents.clone()),
+        DType::Int8 => TensorData::Int8(
+            c.int_contents
+                .iter()
+                .map(|v| i8::try_from(*v).map_err(|_| narrow("INT8")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Int16 => TensorData::Int16(
+            c.int_contents
+                .iter()
+                .map(|v| i16::try_from(*v).map_err(|_| narrow("INT16")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Int32 => TensorData::Int32(c.int_contents.clone()),
+        DType::Int64 => TensorData::Int64(c.int64_contents.clone()),
+        DType::Uint8 => TensorData::Uint8(
+            c.uint_contents
+                .iter()
+                .map(|v| u8::try_from(*v).map_err(|_| narrow("UINT8")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Uint16 => TensorData::Uint16(
+            c.uint_contents
+                .iter()
+                .map(|v| u16::try_from(*v).map_err(|_| narrow("UINT16")))
+                .collect::<Result<_, _>>()?,
+        ),
+        DType::Uint32 => TensorData::Uint32(c.uint_contents.clone()),
+        DType::Uint64 => TensorData::Uint64(c.uint64_contents.clone()),
+        DType::Float32 => TensorData::Float32(c.fp32_contents.clone()),
+        DType::Float64 => TensorData::Float64(c.fp64_contents.clone()),
+        DType::String => TensorData::String(
+            c.bytes_contents
+                .iter()
+                .map(|b| {
+                    String::from_utf8(b.clone()).map_err(|_| {
+                        oip::OipError(format!(
+                            "input {name:?}: a BYTES element is not UTF-8 (this host holds BYTES as text)"
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    oip::shaped(name, "input", dims, count, data)
+}
+
+/// Fuzz entry point: bytes -> a ModelInferRequest (protobuf) -> its tensors.
+/// Must never panic or allocate beyond what the bytes hold.
+pub fn fuzz_infer_request(data: &[u8]) {
+    use prost::Message;
+    if let Ok(r) = ModelInferRequest::decode(data) {
+        let _ = inputs(&r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, datatype: &str, shape: &[i64], contents: Option<InferTensorContents>) -> InferInputTensor {
+        InferInputTensor {
+            name: name.into(),
+            datatype: datatype.into(),
+            shape: shape.to_vec(),
+            parameters: Default::default(),
+            contents,
+        }
+    }
+
+    #[test]
+    fn raw_and_typed_contents_become_tensors_and_mismatches_are_refused() {
+        let raw = ModelInferRequest {
+            inputs: vec![input("x", "FP32", &[1, 2], None), input("s", "BYTES", &[1], None)],
+            raw_input_contents: vec![[1.5f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat(), b"\x02\0\0\0hi".to_vec()],
+            ..Default::default()
+        };
+        let got = inputs(&raw).unwrap();
+        assert_eq!(got[0].1, Tensor::new(vec![1, 2], TensorData::Float32(vec![1.5, 2.0])).unwrap());
+        assert_eq!(got[1].1, Tensor::new(vec![1], TensorData::String(vec!["hi".into()])).unwrap());
+
+        let typed_req = ModelInferRequest {
+            inputs: vec![input(
+                "u",
+                "UINT8",
+                &[2],
+                Some(InferTensorContents {
+                    uint_contents: vec![1, 255],
+                    ..Default::default()
+                }),
+            )],
+            ..Default::default()
+        };
+        assert_eq!(inputs(&typed_req).unwrap()[0].1.data(), &TensorData::Uint8(vec![1, 255]));
+
+        let cases: Vec<(ModelInferRequest, &str)> = vec![
+            (ModelInferRequest::default(), "no inputs"),
+            (
+                ModelInferRequest {
+                    inputs: vec![input("x", "FP32", &[3], None)],
+                    raw_input_contents: vec![vec![0; 8]],
+                    ..Default::default()
+                },
+                "3 FP32 elements take 12",
+            ),
+            (
+                ModelInferRequest {
+                    inputs: vec![input("x", "FP32", &[1], None), input("y", "FP32", &[1], None)],
+                    raw_input_contents: vec![vec![0; 4]],
+                    ..Default::default()
+                },
+                "1 entries for 2 inputs",
+            ),
+            (
+                ModelInferRequest {
+                    inputs: vec![input(
+                        "u",
+                        "UINT8",
+                        &[1],
+                        Some(InferTensorContents {
+                            uint_contents: vec![256],
+                            ..Default::default()
+                        }),
+                    )],
+                    ..Default::default()
+                },
+                "does not fit UINT8",
+            ),
+            (
+                ModelInferRequest {
+                    inputs: vec![input("x", "FP32", &[2], Some(InferTensorContents::default()))],
+                    ..Default::default()
+                },
+                "needs 2 elements, got 0",
+            ),
+            (
+                ModelInferRequest {
+                    inputs: vec![input("x", "BF16", &[1], None)],
+                    raw_input_contents: vec![vec![0; 2]],
+                    ..Default::default()
+                },
+                "BF16 is not supported",
+            ),
+            (
+                ModelInferRequest {
+                    inputs: vec![input("x", "FP32", &[1], None)],
+                    ..Default::default()
+                },
+                "no contents and no raw_input_contents",
+            ),
+        ];
+        for (req, want) in cases {
+            let e = inputs(&req).unwrap_err();
+            assert!(e.0.contains(want), "{e} does not say {want:?}");
+        }
+    }
+
+    #[test]
+    fn fuzz_entry_survives_garbage() {
+        for b in [
+            &b""[..],
+            b"\x2a\x05\x0a\x01x",
+            b"\xff\xff\xff\xff\x0f",
+            b"\x3a\x00\x2a\x0b\x0a\x01x\x12\x04FP32\x1a\x01\x05",
+        ] {
+            fuzz_infer_request(b);
+        }
+    }
+}

@@ -1,0 +1,275 @@
+"""Drives a running wasmscore with the Open Inference Protocol clients people
+already have, unmodified: tritonclient.http, tritonclient.grpc, and kserve's
+InferenceRESTClient and InferenceGRPCClient (protocol v2). Every answer is
+compared with ONNX Runtime's own output for the same inputs.
+
+Run by tests/tests/e2e/oip.rs with .venv-clients/bin/python:
+  clients.py HTTP_ADDR GRPC_ADDR MODELS_DIR KEYS_JSON triton|kserve
+KEYS_JSON maps each endpoint to its primary key. The endpoints (deployed
+with `--model` only, so the built-in module serves them): identity,
+simple (versions v1 and v2), simple_fp32, simple_fp64, simple_int64; and
+iris and iris-py (examples/iris-rust and iris-python, modules that take the
+tensors themselves).
+Prints one line per check and exits non-zero on the first failure.
+"""
+import asyncio
+import json
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import requests
+
+HTTP, GRPC, MODELS, KEYS, PART = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4]), sys.argv[5]
+# tritonclient and kserve both register the `inference` protobuf package:
+# one process runs one of them.
+if PART == "triton":
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+    from tritonclient.utils import InferenceServerException
+CHECKS = 0
+
+# OIP datatype -> numpy dtype (BYTES: object arrays of bytes, as tritonclient uses).
+NP = {
+    "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
+    "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
+    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+}
+
+
+def check(what, ok, detail=""):
+    global CHECKS
+    CHECKS += 1
+    if not ok:
+        print(f"FAILED: {what} {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok: {what}", flush=True)
+
+
+def auth(endpoint):
+    return {"Authorization": f"Bearer {KEYS[endpoint]}"}
+
+
+def gauth(endpoint):
+    return {"authorization": f"Bearer {KEYS[endpoint]}"}
+
+
+def text(a):
+    """A BYTES array as numpy strings (what ONNX Runtime takes and gives)."""
+    return np.array([x.decode() if isinstance(x, bytes) else x for x in a.ravel()]).reshape(a.shape)
+
+
+def reference(endpoint, inputs):
+    """ONNX Runtime's outputs for these inputs (name -> numpy array)."""
+    s = ort.InferenceSession(f"{MODELS}/{endpoint}/model.onnx", providers=["CPUExecutionProvider"])
+    feed = {k: (text(v) if v.dtype == np.object_ else v) for k, v in inputs.items()}
+    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feed)))
+
+
+def same(got, want):
+    if got.dtype == np.object_:
+        got, want = text(got), text(want)
+        return got.shape == want.shape and (got == want).all()
+    return got.shape == want.shape and got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def sample(dt, shape, rng):
+    n = int(np.prod(shape))
+    if dt == "BOOL":
+        return rng.integers(0, 2, shape).astype(np.bool_)
+    if dt == "BYTES":
+        return np.array([f"s{i}-é".encode() for i in range(n)], dtype=np.object_).reshape(shape)
+    if dt.startswith("FP"):
+        return rng.standard_normal(shape).astype(NP[dt])
+    info = np.iinfo(NP[dt])
+    return rng.integers(info.min, info.max, shape, dtype=NP[dt], endpoint=True)
+
+
+def triton_inputs(mod, arrays, binary):
+    out = []
+    for name, a in arrays.items():
+        dt = next(k for k, v in NP.items() if v == a.dtype.type) if a.dtype != np.object_ else "BYTES"
+        i = mod.InferInput(name, list(a.shape), dt)
+        if mod is th:
+            i.set_data_from_numpy(a, binary_data=binary)
+        else:
+            i.set_data_from_numpy(a)
+        out.append(i)
+    return out
+
+
+def triton_http():
+    c = th.InferenceServerClient(HTTP)
+    check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
+    md = c.get_server_metadata()
+    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and "binary_tensor_data" in md["extensions"], md)
+    m = c.get_model_metadata("identity")
+    check("tritonclient.http: model metadata lists every datatype",
+          sorted(i["datatype"] for i in m["inputs"]) == sorted(NP) and m["inputs"][0]["shape"] == [-1, -1], m)
+    check("tritonclient.http: model ready", c.is_model_ready("identity") and c.is_model_ready("simple", "v2"))
+    rng = np.random.default_rng(7)
+    arrays = {f"IN_{dt}": sample(dt, [2, 3], rng) for dt in NP}
+    want = reference("identity", arrays)
+    for binary in (True, False):
+        outs = [th.InferRequestedOutput(f"OUT_{dt}", binary_data=binary) for dt in NP]
+        r = c.infer("identity", triton_inputs(th, arrays, binary), outputs=outs, headers=auth("identity"))
+        for dt in NP:
+            got = r.as_numpy(f"OUT_{dt}")
+            check(f"tritonclient.http identity {dt} binary={binary}", same(got, want[f"OUT_{dt}"]), (got, want[f"OUT_{dt}"]))
+        check("tritonclient.http: model_version answered", r.get_response()["model_version"] == "v1")
+    for ep in ("simple", "simple_fp32", "simple_fp64", "simple_int64"):
+        dt = {"simple": "INT32", "simple_fp32": "FP32", "simple_fp64": "FP64", "simple_int64": "INT64"}[ep]
+        a = {"INPUT0": sample(dt, [3, 16], rng), "INPUT1": sample(dt, [3, 16], rng)}
+        if dt.startswith("INT"):
+            a = {k: (v // 4) for k, v in a.items()}  # no overflow in the sum
+        want = reference(ep, a)
+        for binary in (True, False):
+            r = c.infer(ep, triton_inputs(th, a, binary), headers=auth(ep))
+            for o in ("OUTPUT0", "OUTPUT1"):
+                check(f"tritonclient.http {ep} {o} binary={binary}", same(r.as_numpy(o), want[o]))
+    # Version pinning: the path names the version.
+    for v in ("v1", "v2"):
+        a = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
+        r = c.infer("simple", triton_inputs(th, a, True), model_version=v, headers=auth("simple"))
+        check(f"tritonclient.http pinned to {v}", r.get_response()["model_version"] == v, r.get_response())
+    # Errors: a clear message, and the next request is served.
+    bad = [
+        ("wrong shape", {"INPUT0": np.ones((1, 8), np.int32), "INPUT1": np.ones((1, 8), np.int32)}, "shape"),
+        ("wrong dtype", {"INPUT0": np.ones((1, 16), np.float32), "INPUT1": np.ones((1, 16), np.float32)}, "must be INT32"),
+        ("unknown input", {"INPUT0": np.ones((1, 16), np.int32), "NOPE": np.ones((1, 16), np.int32)}, "has no input"),
+    ]
+    for what, a, words in bad:
+        try:
+            c.infer("simple", triton_inputs(th, a, True), headers=auth("simple"))
+            check(f"tritonclient.http {what} refused", False)
+        except InferenceServerException as e:
+            check(f"tritonclient.http {what} -> 400 saying {words!r}", e.status() == "400" and words in e.message(), (e.status(), e.message()))
+    try:
+        c.infer("simple", triton_inputs(th, bad[0][1], True))
+        check("tritonclient.http without a key refused", False)
+    except InferenceServerException as e:
+        check("tritonclient.http without a key -> 401", e.status() == "401", e)
+    r = c.infer("simple", triton_inputs(th, {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}, True), headers=auth("simple"))
+    check("tritonclient.http still served after the errors", (r.as_numpy("OUTPUT0") == 2).all())
+    # A module that takes the tensors itself (examples/iris-rust).
+    x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
+    want = ort.InferenceSession(f"{MODELS}/iris.onnx", providers=["CPUExecutionProvider"]).run(None, {"X": x})
+    r = c.infer("iris", triton_inputs(th, {"X": x}, True), outputs=[th.InferRequestedOutput("probabilities")], headers=auth("iris"))
+    check("tritonclient.http iris (Rust module, tensors in and out)", np.allclose(r.as_numpy("probabilities"), want[1], atol=1e-6) and r.as_numpy("label") is None)
+    r = c.infer("iris-py", triton_inputs(th, {"X": x}, False), headers=auth("iris-py"))
+    check("tritonclient.http iris (Python module's run_tensors)", np.allclose(r.as_numpy("probabilities"), want[1], atol=1e-6) and (r.as_numpy("label") == want[0]).all())
+
+
+def triton_grpc():
+    c = tg.InferenceServerClient(GRPC)
+    check("tritonclient.grpc: server live and ready", c.is_server_live() and c.is_server_ready())
+    md = c.get_server_metadata(as_json=True)
+    check("tritonclient.grpc: server metadata", md["name"] == "wasmscore", md)
+    m = c.get_model_metadata("identity", as_json=True)
+    check("tritonclient.grpc: model metadata", sorted(i["datatype"] for i in m["inputs"]) == sorted(NP), m)
+    check("tritonclient.grpc: model ready", c.is_model_ready("identity") and c.is_model_ready("simple", "v2"))
+    try:
+        c.is_model_ready("nope")
+        check("tritonclient.grpc: unknown model", False)
+    except InferenceServerException as e:
+        check("tritonclient.grpc: unknown model -> NOT_FOUND", "NOT_FOUND" in str(e.status()), e)
+    rng = np.random.default_rng(11)
+    arrays = {f"IN_{dt}": sample(dt, [3, 2], rng) for dt in NP}
+    want = reference("identity", arrays)
+    r = c.infer("identity", triton_inputs(tg, arrays, True), headers=gauth("identity"))
+    for dt in NP:
+        check(f"tritonclient.grpc identity {dt} (raw contents)", same(r.as_numpy(f"OUT_{dt}"), want[f"OUT_{dt}"]))
+    for ep, dt in (("simple", "INT32"), ("simple_fp32", "FP32"), ("simple_fp64", "FP64"), ("simple_int64", "INT64")):
+        a = {"INPUT0": sample(dt, [2, 16], rng), "INPUT1": sample(dt, [2, 16], rng)}
+        if dt.startswith("INT"):
+            a = {k: (v // 4) for k, v in a.items()}
+        want = reference(ep, a)
+        r = c.infer(ep, triton_inputs(tg, a, True), outputs=[tg.InferRequestedOutput("OUTPUT1")], headers=gauth(ep))
+        check(f"tritonclient.grpc {ep} OUTPUT1 only", same(r.as_numpy("OUTPUT1"), want["OUTPUT1"]) and r.as_numpy("OUTPUT0") is None)
+    for v in ("v1", "v2"):
+        a = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
+        r = c.infer("simple", triton_inputs(tg, a, True), model_version=v, headers=gauth("simple"))
+        check(f"tritonclient.grpc pinned to {v}", r.get_response().model_version == v)
+    a = {"INPUT0": np.ones((1, 8), np.int32), "INPUT1": np.ones((1, 8), np.int32)}
+    for what, headers, code, words in (
+        ("wrong shape", gauth("simple"), "INVALID_ARGUMENT", "shape"),
+        ("no key", {}, "UNAUTHENTICATED", "Bearer"),
+        ("a wrong key", {"authorization": "Bearer nope"}, "UNAUTHENTICATED", ""),
+    ):
+        try:
+            c.infer("simple", triton_inputs(tg, a, True), headers=headers)
+            check(f"tritonclient.grpc {what} refused", False)
+        except InferenceServerException as e:
+            check(f"tritonclient.grpc {what} -> {code}", code in str(e.status()) and words in e.message(), (e.status(), e.message()))
+    # Typed contents (not raw): what grpcio users build by hand.
+    from tritonclient.grpc import service_pb2
+    req = service_pb2.ModelInferRequest(model_name="simple_fp32")
+    for n in ("INPUT0", "INPUT1"):
+        t = req.inputs.add(name=n, datatype="FP32", shape=[1, 16])
+        t.contents.fp32_contents.extend([1.5] * 16)
+    resp = c._client_stub.ModelInfer(req, metadata=list(gauth("simple_fp32").items()))
+    got = np.frombuffer(resp.raw_output_contents[0], np.float32)
+    check("grpc typed contents in, raw_output_contents out", (got == 3.0).all() and len(resp.raw_output_contents) == 2, resp)
+
+
+def raw_http_errors():
+    """What the clients never send: a lying header length, a missing binary
+    section, an oversize body. Each gets 400/413 with {"error": ...}."""
+    url = f"http://{HTTP}/v2/models/simple/infer"
+    head = json.dumps({"inputs": [
+        {"name": "INPUT0", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}},
+        {"name": "INPUT1", "shape": [1, 16], "datatype": "INT32", "parameters": {"binary_data_size": 64}}]}).encode()
+    data = np.ones(16, np.int32).tobytes()
+    cases = [
+        ("a header length that lies", head + data + data, str(len(head) + 500), 400, "the body holds"),
+        ("a missing binary section", head + data, str(len(head)), 400, "binary data are left"),
+        ("a header length that is not a number", head + data + data, "x", 400, "byte count"),
+    ]
+    for what, body, hl, status, words in cases:
+        r = requests.post(url, data=body, headers={**auth("simple"), "Inference-Header-Content-Length": hl})
+        check(f"raw http: {what} -> {status}", r.status_code == status and words in r.json()["error"], (r.status_code, r.text))
+    r = requests.post(url, data=head + data + data, headers={**auth("simple"), "Inference-Header-Content-Length": str(len(head))})
+    check("raw http: the same request framed right -> 200", r.status_code == 200 and r.headers["x-wasmscore-version"] in ("v1", "v2"), r.text)
+    r = requests.post(url, data=b"x" * (2 * 1024 * 1024), headers=auth("simple"))
+    check("raw http: an oversize body -> 413", r.status_code == 413 and "error" in r.json(), (r.status_code, r.text))
+    r = requests.get(f"http://{HTTP}/v2/models/nope")
+    check("raw http: unknown model metadata -> 404 {error}", r.status_code == 404 and isinstance(r.json()["error"], str), r.text)
+
+
+async def kserve_clients():
+    from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+    x = np.array([[1.0] * 16, [2.0] * 16], np.float32)
+    want = reference("simple_fp32", {"INPUT0": x, "INPUT1": x})
+    rest = InferenceRESTClient(RESTConfig(protocol="v2"))
+    base = f"http://{HTTP}"
+    check("kserve REST: server and model ready", await rest.is_server_ready(base) and await rest.is_model_ready(base, "simple_fp32"))
+    for binary in (False, True):
+        ins = []
+        for n in ("INPUT0", "INPUT1"):
+            i = InferInput(n, list(x.shape), "FP32")
+            i.set_data_from_numpy(x, binary_data=binary)
+            ins.append(i)
+        r = await rest.infer(base, InferRequest(model_name="simple_fp32", infer_inputs=ins), model_name="simple_fp32", headers=auth("simple_fp32"))
+        got = {o.name: o.as_numpy() for o in r.outputs}
+        check(f"kserve REST infer binary={binary}", np.array_equal(got["OUTPUT0"], want["OUTPUT0"]) and np.array_equal(got["OUTPUT1"], want["OUTPUT1"]), got)
+    await rest.close()
+    g = InferenceGRPCClient(GRPC)
+    check("kserve gRPC: server ready", await g.is_server_ready())
+    ins = []
+    for n in ("INPUT0", "INPUT1"):
+        i = InferInput(n, list(x.shape), "FP32")
+        i.set_data_from_numpy(x)
+        ins.append(i)
+    r = await g.infer(InferRequest(model_name="simple_fp32", infer_inputs=ins), headers=list(gauth("simple_fp32").items()))
+    got = {o.name: o.as_numpy() for o in r.outputs}
+    check("kserve gRPC infer", np.array_equal(got["OUTPUT0"], want["OUTPUT0"]), got)
+    await g.close()
+
+
+if PART == "triton":
+    triton_http()
+    triton_grpc()
+    raw_http_errors()
+else:
+    asyncio.run(kserve_clients())
+print(f"all {CHECKS} checks passed")

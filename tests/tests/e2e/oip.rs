@@ -1,0 +1,98 @@
+//! The Open Inference Protocol with the clients people already have:
+//! tritonclient (http and grpc, binary and JSON), kserve's v2 REST and gRPC
+//! clients, every datatype, errors, auth and version pinning
+//! (tests/oip/clients.py, run in .venv-clients); models deployed with no
+//! module (the built-in one) and a Rust module that takes the tensors.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::{iris_python, iris_rust, model, root, Server};
+
+/// tests/oip/make_models.py's models under `dir`.
+fn make_models(dir: &Path) {
+    let out = Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("tests/oip/make_models.py"))
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::copy(model(), dir.join("iris.onnx")).unwrap();
+}
+
+fn server_json(s: &Server) -> Value {
+    serde_json::from_slice(&std::fs::read(s.data.path().join("server.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    make_models(dir.path());
+    let s = Server::start(&["--grpc-port", "0", "--max-body-bytes", "1048576"]);
+    let grpc = server_json(&s)["grpc_addr"].as_str().unwrap().to_string();
+    let m = |name: &str| dir.path().join(name).join("model.onnx").display().to_string();
+    for ep in ["identity", "simple", "simple_fp32", "simple_fp64", "simple_int64"] {
+        s.cli_ok(&["deploy", "--name", ep, "--model", &m(ep)]);
+    }
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "simple",
+        "--version",
+        "v2",
+        "--model",
+        &m("simple"),
+    ]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    s.deploy_ok("iris-py", iris_python(), &[&model()], None);
+
+    // `show` names the built-in module.
+    let (_, shown) = s.get_admin("/admin/v1/endpoints/simple");
+    assert_eq!(shown["versions"][0]["module"], "built-in (model only)", "{shown}");
+
+    let keys: serde_json::Map<String, Value> = [
+        "identity",
+        "simple",
+        "simple_fp32",
+        "simple_fp64",
+        "simple_int64",
+        "iris",
+        "iris-py",
+    ]
+    .iter()
+    .map(|ep| (ep.to_string(), json!(s.key(ep).unwrap())))
+    .collect();
+    let keys = Value::Object(keys).to_string();
+    for part in ["triton", "kserve"] {
+        let out = Command::new(root().join(".venv-clients/bin/python"))
+            .arg(root().join("tests/oip/clients.py"))
+            .args([&s.addr, &grpc])
+            .arg(dir.path())
+            .args([&keys, part])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{part}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("checks passed"), "{stdout}");
+    }
+
+    // The same model's /score route takes {"inputs": {name: nested list}}.
+    let row = |v: f32| vec![vec![v; 16]];
+    let (status, _, body) = s.score(
+        "simple_fp32",
+        &json!({"inputs": {"INPUT0": row(1.0), "INPUT1": row(0.5)}}).to_string(),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"]["OUTPUT0"], json!(row(1.5)));
+    assert_eq!(body["outputs"]["OUTPUT1"], json!(row(0.5)));
+    let (status, _, body) = s.score("simple_fp32", r#"{"inputs": {"INPUT0": [[1.0, 2.0]]}}"#);
+    assert_eq!(status, 400, "{body}");
+
+    // A model-only deploy needs exactly one model.
+    let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one --model"));
+}
