@@ -359,6 +359,22 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     r
 }
 
+/// The method a known route takes, for the 405 of another method.
+fn allowed(segs: &[&str]) -> Option<&'static str> {
+    match segs {
+        ["api", "v1", "service", _, "score"] | ["v2", "models", _, "infer"] | ["v2", "models", _, "versions", _, "infer"] => Some("POST"),
+        ["api", "v1", "service", _, "swagger.json"]
+        | ["v2"]
+        | ["v2", "health", "live" | "ready"]
+        | ["v2", "models", _]
+        | ["v2", "models", _, "ready"]
+        | ["v2", "models", _, "versions", _]
+        | ["v2", "models", _, "versions", _, "ready"]
+        | ["metrics"] => Some("GET"),
+        _ => None,
+    }
+}
+
 /// The ways a request is scored.
 #[derive(Clone, Copy)]
 pub(crate) enum Protocol<'a> {
@@ -496,7 +512,18 @@ impl<P: Plane> App<P> {
                 crate::ui::file(rest).unwrap_or_else(|| error_response(ApiError::new(404, "not_found", format!("no page {path}"))))
             }
             (_, ["admin", "v1", ..]) => self.admin(req, &path).await.unwrap_or_else(error_response),
-            _ => error_response(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
+            _ => match allowed(&segs) {
+                Some(allow) => {
+                    let mut r = error_response(ApiError::new(
+                        405,
+                        "method_not_allowed",
+                        format!("{path} takes {allow}, not {method}"),
+                    ));
+                    r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                    r
+                }
+                None => error_response(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
+            },
         }
     }
 

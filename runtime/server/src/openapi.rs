@@ -29,20 +29,23 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
     };
     let inputs = metadata["inputs"].as_array().cloned().unwrap_or_default();
     let input_names: Vec<Value> = inputs.iter().map(|i| i["name"].clone()).collect();
+    let infer_names = input_names.clone();
     let score_body = if inputs.is_empty() {
         json!({"description": "whatever the version's module reads (JSON, usually)", "type": "object"})
     } else {
         // A model served with no module: {"inputs": {NAME: nested list}}.
         let props: serde_json::Map<String, Value> = inputs
             .iter()
-            .filter_map(|i| Some((i["name"].as_str()?.to_string(), json!({"type": "array", "items": {}}))))
+            .filter_map(|i| Some((i["name"].as_str()?.to_string(), nested(i))))
             .collect();
-        json!({"type": "object", "required": ["inputs"], "properties": {"inputs": {"type": "object", "properties": props}}})
+        json!({"type": "object", "required": ["inputs"], "properties": {"inputs": {
+            "type": "object", "properties": props, "required": input_names, "additionalProperties": false,
+        }}})
     };
     let infer_input = {
         let mut name = json!({"type": "string"});
-        if !input_names.is_empty() {
-            name["enum"] = Value::Array(input_names);
+        if !infer_names.is_empty() {
+            name["enum"] = Value::Array(infer_names);
         }
         json!({
             "type": "object",
@@ -52,7 +55,7 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
                 "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
                 "datatype": {"type": "string", "enum": ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "BF16", "FP32", "FP64", "BYTES"]},
                 "parameters": {"type": "object"},
-                "data": {},
+                "data": {"type": "array", "description": "the elements, flat or nested (row-major)"},
             },
         })
     };
@@ -131,7 +134,7 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
                     "properties": {
                         "id": {"type": "string"},
                         "parameters": {"type": "object"},
-                        "inputs": {"type": "array", "items": infer_input},
+                        "inputs": {"type": "array", "minItems": 1, "items": infer_input},
                         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}}}},
                     },
                 },
@@ -158,5 +161,37 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
                 },
             },
         },
+    })
+}
+
+/// An input's value on the built-in module's `/score` route: lists nested
+/// as its shape (a fixed dimension fixes the length; -1 is at least one),
+/// of elements of its datatype.
+fn nested(input: &Value) -> Value {
+    let leaf = match input["datatype"].as_str().unwrap_or_default() {
+        "BOOL" => json!({"type": "boolean"}),
+        "BYTES" => json!({"type": "string"}),
+        "FP32" | "FP64" => json!({"type": "number"}),
+        int => {
+            let (min, max): (i128, i128) = match int {
+                "INT8" => (i8::MIN.into(), i8::MAX.into()),
+                "INT16" => (i16::MIN.into(), i16::MAX.into()),
+                "INT32" => (i32::MIN.into(), i32::MAX.into()),
+                "UINT8" => (0, u8::MAX.into()),
+                "UINT16" => (0, u16::MAX.into()),
+                "UINT32" => (0, u32::MAX.into()),
+                "UINT64" => (0, u64::MAX.into()),
+                _ => (i64::MIN.into(), i64::MAX.into()),
+            };
+            json!({"type": "integer", "minimum": min as f64, "maximum": max as f64})
+        }
+    };
+    let dims: Vec<i64> = input["shape"].as_array().into_iter().flatten().filter_map(Value::as_i64).collect();
+    dims.iter().rev().fold(leaf, |items, &d| {
+        if d > 0 {
+            json!({"type": "array", "items": items, "minItems": d, "maxItems": d})
+        } else {
+            json!({"type": "array", "items": items, "minItems": 1})
+        }
     })
 }

@@ -2,7 +2,8 @@
 //! tritonclient (http and grpc, binary and JSON), kserve's v2 REST and gRPC
 //! clients, every datatype, errors, auth and version pinning
 //! (tests/oip/clients.py, run in .venv-clients); models deployed with no
-//! module (the built-in one) and a Rust module that takes the tensors.
+//! module (the built-in one) and Rust and Python modules that take the
+//! tensors; the OpenAPI document checked by schemathesis.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,6 +78,27 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{part}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("checks passed"), "{stdout}");
+    }
+
+    // The OpenAPI document (Azure ML's swagger.json route), checked by
+    // schemathesis against the running server: every status, content type
+    // and body as documented, no 5xx, schema-invalid requests refused, 405
+    // for other methods. Not `positive_data_acceptance`: a tensor request's
+    // validity depends on relations JSON Schema cannot state (the data's
+    // length is the product of the shape; inputs share a batch size).
+    for ep in ["simple", "iris"] {
+        let url = format!("http://{}/api/v1/service/{ep}/swagger.json", s.addr);
+        let key = format!("Authorization: Bearer {}", s.key(ep).unwrap());
+        let out = Command::new(root().join(".venv-clients/bin/schemathesis"))
+            .args(["run", &url, "--url", &format!("http://{}", s.addr), "-H", &key])
+            .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
+            .args(["--max-examples", "50", "--workers", "1", "--seed", "20261203"])
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "schemathesis on {ep}:\n{stdout}");
+        assert!(stdout.contains(" passed"), "{stdout}");
     }
 
     // The same model's /score route takes {"inputs": {name: nested list}}.
