@@ -755,6 +755,60 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
     drop(n1);
 }
 
+/// The Open Inference Protocol through the router: REST (JSON and binary)
+/// and gRPC requests reach a node's module with their tensors decoded, and
+/// the tensors it answers come back across the hop, as tritonclient reads
+/// them.
+#[test]
+fn open_inference_protocol_crosses_the_router_to_a_node() {
+    let node = Node::spawn(
+        &["--module", iris_rust().to_str().unwrap(), "--model", model().to_str().unwrap()],
+        free_port(),
+    );
+    node.wait_ready();
+    let grpc = free_port();
+    let cfg = json!({"endpoints": [endpoint("iris", json!([{"name": "v1", "traffic": 100, "default": true, "nodes": [node.addr]}]))]});
+    let r = Router::start(&cfg, &["--grpc-port", &grpc.to_string()]);
+    let script = "import sys, numpy as np, onnxruntime as ort, tritonclient.http as th, tritonclient.grpc as tg\n\
+        http, grpc, key, model = sys.argv[1:5]\n\
+        x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)\n\
+        want = ort.InferenceSession(model, providers=['CPUExecutionProvider']).run(None, {'X': x})\n\
+        def same(r):\n\
+        \x20   return np.allclose(r.as_numpy('probabilities'), want[1], atol=1e-6) and (r.as_numpy('label') == want[0]).all()\n\
+        for binary in (True, False):\n\
+        \x20   i = th.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x, binary_data=binary)\n\
+        \x20   r = th.InferenceServerClient(http).infer('iris', [i], headers={'Authorization': 'Bearer ' + key})\n\
+        \x20   assert same(r) and r.get_response()['model_version'] == 'v1', r.get_response()\n\
+        i = tg.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x)\n\
+        r = tg.InferenceServerClient(grpc).infer('iris', [i], headers={'authorization': 'Bearer ' + key})\n\
+        assert same(r) and r.get_response().model_version == 'v1', r.get_response()\n\
+        print('served through the router')\n";
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &r.addr, &format!("127.0.0.1:{grpc}"), KEY])
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\nrouter: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        r.proc.log()
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("served through the router"));
+    // A wrong shape is the module's bad input, answered across the hop as OIP's error.
+    let body = r#"{"inputs":[{"name":"X","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
+    let (st, _, b) = http(
+        &r.addr,
+        "POST",
+        "/v2/models/iris/infer",
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        body,
+    );
+    assert_eq!(st, 400, "{b}");
+    assert!(serde_json::from_str::<Value>(&b).unwrap()["error"].is_string(), "{b}");
+}
+
 /// A TCP proxy in front of a node that can turn into a node that answers
 /// garbage, or add a delay to everything it relays.
 struct Proxy {
