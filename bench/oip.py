@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""The Open Inference Protocol side by side, in one run: iris over OIP REST
+(JSON and the binary tensor extension) and gRPC, at 1 and 16 connections,
+on wasmscore (examples/iris-rust: the tensors go to the model without JSON),
+KServe's Python server and MLServer (in-process inference, its faster
+setting) on the same model, beside wasmscore's own /score.
+
+Load generators: wrk for REST; h2load (nghttp2) for gRPC, one stream per
+connection, posting a framed ModelInferRequest (raw_input_contents) to
+/inference.GRPCInferenceService/ModelInfer. h2load counts HTTP statuses and
+gRPC puts its status in a trailer, so each server's gRPC answer is checked
+with a real client first, and wasmscore's /metrics must show no 4xx/5xx
+after the runs. h2load reports mean latency, not percentiles.
+
+Run through bench/oip.sh; it writes a section of BENCHMARKS.md.
+"""
+
+import argparse
+import json
+import re
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare import BIN, MODEL, PEERS, Proc, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "oip-bench-key-0123456789abcdef"
+ROW = [5.1, 3.5, 1.4, 0.2]
+CLIENTS = ROOT / ".venv-clients/bin/python"
+
+
+def lua(path, body, headers):
+    """A wrk script posting `body` (bytes) with `headers`."""
+    escaped = "".join(f"\\{b:03d}" for b in body)
+    lines = ['wrk.method = "POST"', f'wrk.body = "{escaped}"']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def grpc_body(path, model):
+    """A gRPC-framed ModelInferRequest for one iris row (raw contents)."""
+    code = (
+        "import sys, numpy as np\n"
+        "from tritonclient.grpc import service_pb2\n"
+        "r = service_pb2.ModelInferRequest(model_name=sys.argv[1])\n"
+        "r.inputs.add(name='X', datatype='FP32', shape=[1, 4])\n"
+        f"r.raw_input_contents.append(np.array([{ROW}], np.float32).tobytes())\n"
+        "sys.stdout.buffer.write(r.SerializeToString())\n"
+    )
+    msg = subprocess.run([str(CLIENTS), "-c", code, model], capture_output=True, check=True).stdout
+    path.write_bytes(b"\x00" + struct.pack(">I", len(msg)) + msg)
+    return path
+
+
+def grpc_check(addr, model, key=None):
+    """One real gRPC call (tritonclient): the answer must hold 3 probabilities."""
+    code = (
+        "import sys, numpy as np, tritonclient.grpc as tg\n"
+        "i = tg.InferInput('X', [1, 4], 'FP32'); i.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n"
+        "h = {'authorization': 'Bearer ' + sys.argv[3]} if len(sys.argv) > 3 else {}\n"
+        "r = tg.InferenceServerClient(sys.argv[1]).infer(sys.argv[2], [i], headers=h)\n"
+        "p = r.as_numpy('probabilities'); assert p.shape == (1, 3) and abs(p.sum() - 1) < 1e-4, p\n"
+    )
+    args = [str(CLIENTS), "-c", code, addr, model] + ([key] if key else [])
+    deadline = time.time() + 30
+    while True:
+        r = subprocess.run(args, capture_output=True, text=True)
+        if r.returncode == 0:
+            return
+        if time.time() > deadline:
+            raise RuntimeError(f"gRPC check of {addr} failed: {r.stderr[-2000:]}")
+        time.sleep(0.5)
+
+
+def h2load(url, conns, seconds, body, headers):
+    args = ["h2load", "-c", str(conns), "-m", "1", "-t", str(min(conns, 2)), "-D", str(seconds), "-d", str(body)]
+    for k, v in headers.items():
+        args += ["-H", f"{k}: {v}"]
+    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
+    req = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+([\d.]+)(us|ms|s)", out)
+    unit = {"us": 1e-3, "ms": 1.0, "s": 1e3}[mean.group(2)]
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    errors = int(req.group(3)) + int(req.group(4)) + sum(int(x) for x in status.groups()[1:])
+    return {"rps": rps, "mean": float(mean.group(1)) * unit, "p50": None, "p99": None, "errors": errors}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--module", required=True, help="examples/iris-rust built")
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--write", action="store_true")
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="wasmscore-oip-"))
+    peers = ROOT / ".peers"
+    auth = {"Authorization": f"Bearer {KEY}"}
+    json_body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).encode()
+    head = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
+                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    binary_body = head + struct.pack("<4f", *ROW)
+    luas = {
+        "score": lua(work / "score.lua", json.dumps({"data": [ROW]}).encode(), {"Content-Type": "application/json", **auth}),
+        "json": lua(work / "json.lua", json_body, {"Content-Type": "application/json", **auth}),
+        "binary": lua(work / "binary.lua", binary_body, {"Inference-Header-Content-Length": str(len(head)), **auth}),
+        "peer": lua(work / "peer.lua", json_body, {"Content-Type": "application/json"}),
+    }
+    results = {}  # (server, protocol) -> {conns: result}
+    not_measured = {}  # (server, protocol) -> why
+
+    def measure(key, run):
+        results[key] = {}
+        for conns in (1, 16):
+            run(conns, 1)  # warm-up
+            r = run(conns, a.seconds)
+            assert r["errors"] == 0, (key, conns, r)
+            results[key][conns] = r
+            print(key, conns, round(r["rps"]), r.get("p50") or r.get("mean"), flush=True)
+
+    # wasmscore: one `up`, iris-rust, REST and gRPC.
+    port, gport = free_port(), free_port()
+    data = work / "data"
+    up = Proc([str(BIN), "up", "--port", str(port), "--grpc-port", str(gport), "--data-dir", str(data)], log=work / "up.log")
+    try:
+        wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
+        (work / "dc.json").write_text(json.dumps({"primary_key": KEY}))
+        subprocess.run([str(BIN), "deploy", "--data-dir", str(data), "--name", "iris", "--module", a.module, "--model", str(MODEL), "--dc", str(work / "dc.json")],
+                       check=True, capture_output=True)
+        base = f"http://127.0.0.1:{port}"
+        grpc_check(f"127.0.0.1:{gport}", "iris", KEY)
+        measure(("wasmscore", "/score (JSON)"), lambda c, s: wrk(f"{base}/api/v1/service/iris/score", c, s, luas["score"]))
+        measure(("wasmscore", "OIP REST, JSON"), lambda c, s: wrk(f"{base}/v2/models/iris/infer", c, s, luas["json"]))
+        measure(("wasmscore", "OIP REST, binary"), lambda c, s: wrk(f"{base}/v2/models/iris/infer", c, s, luas["binary"]))
+        body = grpc_body(work / "ours.grpc", "iris")
+        grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
+        measure(("wasmscore", "OIP gRPC"), lambda c, s: h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer", c, s, body, grpc_headers))
+        metrics = subprocess.run(["curl", "-s", "-H", f"Authorization: Bearer {(data / 'admin.token').read_text().strip()}", f"{base}/metrics"],
+                                 capture_output=True, text=True, check=True).stdout
+        bad = [l for l in metrics.splitlines() if l.startswith("wasmscore_responses_total") and not l.rstrip().endswith(" 0") and 'code="2xx"' not in l]
+        assert not bad, bad
+    finally:
+        up.stop()
+
+    # The peers: KServe's Python server and MLServer, REST JSON and gRPC.
+    for kind, label in (("kserve", "KServe Python server"), ("mlserver0", "MLServer (in-process)")):
+        port = free_port()
+        p = Proc(["bash", str(PEERS / "run.sh"), kind, str(port), str(MODEL), str(peers)], log=work / f"{kind}.log")
+        try:
+            wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True, limit=180)
+            measure((label, "OIP REST, JSON"), lambda c, s: wrk(f"http://127.0.0.1:{port}/v2/models/iris/infer", c, s, luas["peer"]))
+            try:
+                grpc_check(f"127.0.0.1:{port + 1}", "iris")
+            except RuntimeError as e:
+                not_measured[(label, "OIP gRPC")] = str(e).splitlines()[-1][:200]
+                continue
+            body = grpc_body(work / f"{kind}.grpc", "iris")
+            gh = {"content-type": "application/grpc", "te": "trailers"}
+            measure((label, "OIP gRPC"), lambda c, s: h2load(f"http://127.0.0.1:{port + 1}/inference.GRPCInferenceService/ModelInfer", c, s, body, gh))
+        finally:
+            p.stop()
+
+    score = results[("wasmscore", "/score (JSON)")]
+    kserve_rest16 = results[("KServe Python server", "OIP REST, JSON")][16]["rps"]
+    lines = [
+        f"Machine: {machine()}. `bash bench/oip.sh`: iris (examples/iris/model.onnx); wasmscore serves it through "
+        "examples/iris-rust, whose `run()` hands the host-decoded tensors straight to the model; one run, "
+        f"{a.seconds} s per case after a 1 s warm-up, every case in the same run. REST with wrk, gRPC with h2load "
+        "(one stream per connection; mean latency, as h2load reports no percentiles).",
+        "",
+        "| server | protocol | req/s, 1 conn | latency, 1 conn | req/s, 16 conns | latency, 16 conns | / our /score (16) | / KServe REST (16) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for (server, proto), r in results.items():
+        def lat(x):
+            return f"p50 {x['p50']:.3f} ms" if x.get("p50") is not None else f"mean {x['mean']:.3f} ms"
+        lines.append(
+            f"| {server} | {proto} | {r[1]['rps']:,.0f} | {lat(r[1])} | {r[16]['rps']:,.0f} | {lat(r[16])} | "
+            f"{r[16]['rps'] / score[16]['rps']:.2f} | {r[16]['rps'] / kserve_rest16:.1f}x |"
+        )
+    for (server, proto), why in not_measured.items():
+        lines.append(f"| {server} | {proto} | not measured: {why} | | | | | |")
+    report = "\n".join(lines)
+    print(report)
+    if a.write:
+        write_section("oip", "{stamp}, the Open Inference Protocol side by side (issue 15)", report)
+
+
+if __name__ == "__main__":
+    main()
