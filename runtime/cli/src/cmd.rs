@@ -78,9 +78,10 @@ pub enum Command {
         /// HOST:PORT/REPO:TAG
         #[arg(long)]
         registry: String,
-        /// The component (.wasm).
+        /// The component (.wasm); none: the built-in module serves the
+        /// one --model.
         #[arg(long)]
-        module: PathBuf,
+        module: Option<PathBuf>,
         /// A model file, or a registered model (name:version) of the `up`
         /// at --data-dir. Repeat for more.
         #[arg(long = "model")]
@@ -237,7 +238,7 @@ pub fn run(cli: Cli) -> Result<()> {
             registry_ca,
             json,
         } => {
-            let push = manage::push_contents(&module, &models, dc.as_deref(), data_dir.as_deref())?;
+            let push = manage::push_contents(module.as_deref(), &models, dc.as_deref(), data_dir.as_deref())?;
             let opts = artifact::RegistryOptions {
                 insecure,
                 ca_file: registry_ca,

@@ -958,20 +958,37 @@ pub fn devices(data_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// What `push` sends: the module, each model (a file, or a registered
-/// `name:version` read from the data dir's blobs and checked against its
-/// sha256) and the deployment config.
-pub fn push_contents(module: &Path, models: &[String], dc: Option<&Path>, data_dir: Option<&Path>) -> Result<crate::artifact::Push> {
+/// What `push` sends: the module (none: the built-in one, for one model),
+/// each model (a file, or a registered `name:version` read from the data
+/// dir's blobs and checked against its sha256) and the deployment config.
+pub fn push_contents(
+    module: Option<&Path>,
+    models: &[String],
+    dc: Option<&Path>,
+    data_dir: Option<&Path>,
+) -> Result<crate::artifact::Push> {
     use sha2::Digest;
     let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
-    let bytes = read(module)?;
+    let (module_name, bytes) = match module {
+        Some(module) => (
+            module.file_name().and_then(|n| n.to_str()).unwrap_or("module.wasm").to_string(),
+            read(module)?,
+        ),
+        None => {
+            anyhow::ensure!(
+                models.len() == 1,
+                "push needs --module, or exactly one --model to serve it with the built-in module (got {} models)",
+                models.len()
+            );
+            ("builtin.wasm".to_string(), BUILTIN_MODULE.to_vec())
+        }
+    };
     anyhow::ensure!(
         bytes.starts_with(b"\0asm"),
-        "{} is not a WebAssembly component (build one with `wasmscore build`)",
-        module.display()
+        "{module_name} is not a WebAssembly component (build one with `wasmscore build`)"
     );
     let mut out = crate::artifact::Push {
-        module_name: module.file_name().and_then(|n| n.to_str()).unwrap_or("module.wasm").to_string(),
+        module_name,
         module: bytes,
         models: Vec::new(),
         config: None,
@@ -992,6 +1009,10 @@ pub fn push_contents(module: &Path, models: &[String], dc: Option<&Path>, data_d
             "model {m}: its blob does not match sha256 {sha}"
         );
         out.models.push((file.to_string(), bytes));
+    }
+    if module.is_none() {
+        // The built-in module loads it by this name.
+        out.models[0].0 = "model.onnx".into();
     }
     if let Some(p) = dc {
         let bytes = read(p)?;

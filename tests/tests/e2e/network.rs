@@ -758,7 +758,8 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
 /// The Open Inference Protocol through the router: REST (JSON and binary)
 /// and gRPC requests reach a node's module with their tensors decoded, and
 /// the tensors it answers come back across the hop, as tritonclient reads
-/// them.
+/// them; a version pushed as a model alone (the built-in module) serves
+/// the same pinned.
 #[test]
 fn open_inference_protocol_crosses_the_router_to_a_node() {
     let node = Node::spawn(
@@ -766,8 +767,30 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         free_port(),
     );
     node.wait_ready();
+    // v2: the model alone, pushed with no module (the built-in one serves it).
+    let registry = Registry::start();
+    let out = Command::new(bin())
+        .args([
+            "push",
+            "--insecure",
+            "--json",
+            "--registry",
+            &format!("{}/iris:model-only", registry.addr),
+            "--model",
+        ])
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let digest = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let model_only = Node::artifact(&registry.reference("iris", &digest));
     let grpc = free_port();
-    let cfg = json!({"endpoints": [endpoint("iris", json!([{"name": "v1", "traffic": 100, "default": true, "nodes": [node.addr]}]))]});
+    let cfg = json!({"endpoints": [endpoint("iris", json!([
+        {"name": "v1", "traffic": 100, "default": true, "nodes": [node.addr]},
+        {"name": "v2", "traffic": 0, "nodes": [model_only.addr]}]))]});
     let r = Router::start(&cfg, &["--grpc-port", &grpc.to_string()]);
     let script = "import sys, numpy as np, onnxruntime as ort, tritonclient.http as th, tritonclient.grpc as tg\n\
         http, grpc, key, model = sys.argv[1:5]\n\
@@ -782,6 +805,11 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         i = tg.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x)\n\
         r = tg.InferenceServerClient(grpc).infer('iris', [i], headers={'authorization': 'Bearer ' + key})\n\
         assert same(r) and r.get_response().model_version == 'v1', r.get_response()\n\
+        r = tg.InferenceServerClient(grpc).infer('iris', [i], model_version='v2', headers={'authorization': 'Bearer ' + key})\n\
+        assert same(r) and r.get_response().model_version == 'v2', r.get_response()\n\
+        i = th.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x)\n\
+        r = th.InferenceServerClient(http).infer('iris', [i], model_version='v2', headers={'Authorization': 'Bearer ' + key})\n\
+        assert same(r) and r.get_response()['model_version'] == 'v2', r.get_response()\n\
         print('served through the router')\n";
     let out = Command::new(root().join(".venv-clients/bin/python"))
         .args(["-c", script, &r.addr, &format!("127.0.0.1:{grpc}"), KEY])
