@@ -118,3 +118,59 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one --model"));
 }
+
+/// gRPC over TLS (the development CA, as HTTPS uses it) with the message
+/// limit: tritonclient.grpc with `ssl=True` is served; a message over
+/// `--max-body-bytes` is refused with a status and the server keeps serving.
+#[test]
+fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
+    let dir = tempfile::tempdir().unwrap();
+    make_models(dir.path());
+    let s = Server::start(&[
+        "--tls-port",
+        "0",
+        "--tls-self-signed",
+        "--grpc-port",
+        "0",
+        "--max-body-bytes",
+        "1048576",
+    ]);
+    let info = server_json(&s);
+    assert_eq!(info["grpc_tls"], true, "{info}");
+    let port = info["grpc_addr"].as_str().unwrap().rsplit(':').next().unwrap().to_string();
+    let model = dir.path().join("simple_fp32/model.onnx");
+    s.cli_ok(&["deploy", "--name", "simple_fp32", "--model", model.to_str().unwrap()]);
+    let script = "import sys, numpy as np, tritonclient.grpc as tg\n\
+        from tritonclient.utils import InferenceServerException\n\
+        addr, ca, key = sys.argv[1:4]\n\
+        c = tg.InferenceServerClient(addr, ssl=True, root_certificates=ca)\n\
+        h = {'authorization': 'Bearer ' + key}\n\
+        def call(rows):\n\
+        \x20   ins = [tg.InferInput(n, [rows, 16], 'FP32') for n in ('INPUT0', 'INPUT1')]\n\
+        \x20   for i in ins: i.set_data_from_numpy(np.full((rows, 16), 2.0, np.float32))\n\
+        \x20   return c.infer('simple_fp32', ins, headers=h)\n\
+        assert (call(1).as_numpy('OUTPUT0') == 4.0).all()\n\
+        try:\n\
+        \x20   call(20000)\n\
+        \x20   raise SystemExit('a 2.5 MB message was served')\n\
+        except InferenceServerException as e:\n\
+        \x20   print('refused:', e.status(), e.message())\n\
+        assert (call(2).as_numpy('OUTPUT1') == 0.0).all()\n\
+        try:\n\
+        \x20   tg.InferenceServerClient(addr).is_server_live()\n\
+        \x20   raise SystemExit('plaintext gRPC was served on the TLS port')\n\
+        except InferenceServerException:\n\
+        \x20   print('plaintext refused')\n";
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &format!("localhost:{port}")])
+        .arg(info["tls_ca"].as_str().unwrap())
+        .arg(s.key("simple_fp32").unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("refused: StatusCode.") && stdout.contains("plaintext refused"),
+        "{stdout}"
+    );
+}
