@@ -189,6 +189,9 @@ async fn setup(
                 Err(e) => Err(e.to_string()),
             })
         };
+        if let Ok(m) = control.metadata(&endpoint, Some(&version)) {
+            node.set_signature(m["inputs"].clone(), m["outputs"].clone());
+        }
         node.serve_pool(pool, readiness);
         tracing::info!(
             endpoint,

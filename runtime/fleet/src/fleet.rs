@@ -598,9 +598,9 @@ impl Plane for Fleet {
         }
     }
 
-    /// The router does not load the models (its nodes do): it reports the
-    /// versions, and inputs and outputs only as far as its config names
-    /// none, so they are empty.
+    /// The router does not load the models, its nodes do: the inputs and
+    /// outputs are those the pinned (or default) version's nodes reported
+    /// in their ready answer; empty until one did.
     fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<Value, (u16, &'static str, String)> {
         let state = lock(&self.state);
         let ep = state
@@ -614,7 +614,14 @@ impl Plane for Fleet {
             }
             versions.retain(|n| *n == name);
         }
-        Ok(json!({"name": endpoint, "versions": versions, "platform": "wasmscore", "inputs": [], "outputs": []}))
+        let chosen = match version {
+            Some(name) => ep.versions.iter().find(|v| v.spec.name == name),
+            None => ep.versions.iter().find(|v| v.spec.default),
+        };
+        let sig = chosen
+            .and_then(|v| v.nodes.signature())
+            .unwrap_or_else(|| json!({"inputs": [], "outputs": []}));
+        Ok(json!({"name": endpoint, "versions": versions, "platform": "wasmscore", "inputs": sig["inputs"], "outputs": sig["outputs"]}))
     }
 
     async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, _body: Vec<u8>) -> Answer {

@@ -47,6 +47,9 @@ pub struct Node {
     pub max_body_bytes: usize,
     /// Where this node's spans go (`--otlp-endpoint`), if anywhere.
     pub spans: Option<Arc<crate::otlp::SpanExport>>,
+    /// The version's model inputs and outputs (OIP metadata), told to the
+    /// router in the ready answer.
+    signature: OnceLock<(serde_json::Value, serde_json::Value)>,
 }
 
 impl Node {
@@ -60,6 +63,7 @@ impl Node {
             in_flight: AtomicUsize::new(0),
             max_body_bytes: 100 * 1000 * 1000,
             spans: None,
+            signature: OnceLock::new(),
         }
     }
 
@@ -72,6 +76,11 @@ impl Node {
     /// The version is built: requests go to this pool from now on.
     pub fn serve_pool(&self, pool: Arc<Pool>, readiness: Readiness) {
         let _ = self.pool.set((pool, readiness));
+    }
+
+    /// The model's inputs and outputs, as OIP metadata lists them.
+    pub fn set_signature(&self, inputs: serde_json::Value, outputs: serde_json::Value) {
+        let _ = self.signature.set((inputs, outputs));
     }
 
     pub fn start_draining(&self) {
@@ -196,10 +205,14 @@ async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
     match (req.method().as_str(), req.uri().path()) {
         ("POST", wire::SCORE_PATH) => score(node, req).await,
         ("GET", wire::READY_PATH) => match node.ready() {
-            Ok(()) => json(
-                StatusCode::OK,
-                serde_json::json!({"ready": true, "endpoint": node.endpoint, "version": node.version}),
-            ),
+            Ok(()) => {
+                let mut body = serde_json::json!({"ready": true, "endpoint": node.endpoint, "version": node.version});
+                if let Some((inputs, outputs)) = node.signature.get() {
+                    body["inputs"] = inputs.clone();
+                    body["outputs"] = outputs.clone();
+                }
+                json(StatusCode::OK, body)
+            }
             Err(why) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": why})),
         },
         ("GET", "/v2/health/live") => json(StatusCode::OK, serde_json::json!({"live": true})),

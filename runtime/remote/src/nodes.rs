@@ -218,6 +218,11 @@ pub struct Nodes {
     /// The node set that replaced this one (the next spec's), which a
     /// request waiting for a node follows.
     next: std::sync::OnceLock<Arc<Nodes>>,
+    /// The model's inputs and outputs, as the last ready node reported
+    /// them (`{"inputs": [...], "outputs": [...]}`), for OIP metadata. A
+    /// Mutex: written by health checks, read by metadata requests, both
+    /// rare and off the scoring path.
+    signature: std::sync::Mutex<Option<serde_json::Value>>,
 }
 
 impl Nodes {
@@ -231,7 +236,13 @@ impl Nodes {
             retried: AtomicU64::new(0),
             wake: None,
             next: std::sync::OnceLock::new(),
+            signature: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The model's inputs and outputs, once a node reported them ready.
+    pub fn signature(&self) -> Option<serde_json::Value> {
+        self.signature.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A version scaled to zero on purpose: a request that finds no node
@@ -605,6 +616,11 @@ impl Nodes {
                 Ok(Ok((parts, bytes))) => {
                     node.record_load(&parts.headers, self.now_ms());
                     if parts.status == 200 {
+                        let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
+                        if body["inputs"].is_array() {
+                            let sig = serde_json::json!({"inputs": body["inputs"], "outputs": body["outputs"]});
+                            *self.signature.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
+                        }
                         Ok(())
                     } else {
                         let why = serde_json::from_slice::<serde_json::Value>(&bytes)

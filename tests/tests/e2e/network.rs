@@ -792,6 +792,18 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         {"name": "v1", "traffic": 100, "default": true, "nodes": [node.addr]},
         {"name": "v2", "traffic": 0, "nodes": [model_only.addr]}]))]});
     let r = Router::start(&cfg, &["--grpc-port", &grpc.to_string()]);
+    // Metadata: the router asks no node; the nodes told it their model's
+    // inputs and outputs in their ready answers.
+    for path in ["/v2/models/iris", "/v2/models/iris/versions/v2"] {
+        let (st, _, b) = http(&r.addr, "GET", path, &[], "");
+        let m: Value = serde_json::from_str(&b).unwrap();
+        assert_eq!(
+            (st, &m["inputs"][0]["name"], &m["inputs"][0]["shape"]),
+            (200, &json!("X"), &json!([-1, 4])),
+            "{b}"
+        );
+        assert_eq!(m["outputs"][1]["name"], "probabilities", "{b}");
+    }
     let script = "import sys, numpy as np, onnxruntime as ort, tritonclient.http as th, tritonclient.grpc as tg\n\
         http, grpc, key, model = sys.argv[1:5]\n\
         x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)\n\
