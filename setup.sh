@@ -48,11 +48,15 @@ say "Scoring one request (key auth is on: the endpoint's primary key from \`serv
 key=$("$bin" service get-keys --data-dir "$data" iris | .venv/bin/python -c "import json,sys;print(json.load(sys.stdin)['primaryKey'])")
 curl -sS --fail-with-body -X POST "$url/api/v1/service/iris/score" -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 echo
+say "The same over the Open Inference Protocol (the host decodes the tensors; score.py's run_tensors gets them)"
+curl -sS --fail-with-body -X POST "$url/v2/models/iris/infer" -H "Authorization: Bearer $key" -d '{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}'
+echo
 cat <<MSG
 
 wasmscore is serving at $url (log: $data/wasmscore.log). Try:
 
   curl -X POST $url/api/v1/service/iris/score -H "Authorization: Bearer $key" -H 'Content-Type: application/json' -d '{"data": [[5.1, 3.5, 1.4, 0.2], [6.2, 3.4, 5.4, 2.3]]}'
+  curl $url/v2/models/iris        # Open Inference Protocol metadata; tritonclient and kserve's clients work too
 
 Stop it with: kill \$(.venv/bin/python -c "import json;print(json.load(open('$data/server.json'))['pid'])")
 MSG
