@@ -245,21 +245,25 @@ fn a_full_collection_queue_drops_and_counts_and_scoring_goes_on() {
     }
     let (_, status) = s.get_admin("/admin/v1/endpoints/iris");
     let dc = &status["versions"][0]["data_collection"];
-    assert_eq!(
-        (dc["dropped"].as_u64(), dc["records"]["inputs"].as_u64()),
-        (Some(20), Some(0)),
-        "{dc}"
-    );
-    assert_eq!(dc["records"]["predictions"], 40, "{dc}");
+    // Every 2 KiB body is dropped. The 40 small records (20 responses, 20
+    // from collect()) are kept unless the writer fell behind by a whole
+    // KiB on a busy machine: then those are dropped and counted too.
+    // Nothing goes missing without a count.
+    let dropped = dc["dropped"].as_u64().unwrap();
+    let kept = dc["records"]["predictions"].as_u64().unwrap();
+    assert_eq!(dc["records"]["inputs"], 0, "{dc}");
+    assert!(dropped >= 20, "{dc}");
+    assert_eq!(kept + (dropped - 20), 40, "{dc}");
     let metrics = s.get_admin_text("/metrics");
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("wasmscore_collected_dropped_total{") && l.contains(r#"endpoint="iris""#) && l.ends_with(" 20")),
+        metrics.lines().any(|l| l.starts_with("wasmscore_collected_dropped_total{")
+            && l.contains(r#"endpoint="iris""#)
+            && l.ends_with(&format!(" {dropped}"))),
         "{metrics}"
     );
     assert!(s.terminate());
     let (rows, _) = read_back(s.data.path());
     assert_eq!(rows.iter().filter(|r| r["name"] == "request").count(), 0);
-    assert_eq!(rows.iter().filter(|r| r["name"] == "response").count(), 20);
+    let responses = rows.iter().filter(|r| r["name"] == "response").count() as u64;
+    assert!(responses + (dropped - 20) >= 20 && responses <= 20, "{responses} responses, {dc}");
 }
