@@ -278,35 +278,20 @@ fn typed(input: &InferInputTensor) -> Result<Tensor, oip::OipError> {
     let Some(c) = &input.contents else {
         return Err(oip::OipError(format!("input {name:?} has no contents and no raw_input_contents")));
     };
-    let narrow = |what: &str| oip::OipError(format!("input {name:?}: a value does not fit {what}"));
+    // INT8/16 ride in int_contents and UINT8/16 in uint_contents: each value must fit.
+    fn narrow<S: Copy, T: TryFrom<S>>(v: &[S], name: &str, what: &str) -> Result<Vec<T>, oip::OipError> {
+        v.iter()
+            .map(|x| T::try_from(*x).map_err(|_| oip::OipError(format!("input {name:?}: a value does not fit {what}"))))
+            .collect()
+    }
     let data = match d {
         DType::Bool => TensorData::Bool(c.bool_contents.clone()),
-        DType::Int8 => TensorData::Int8(
-            c.int_contents
-                .iter()
-                .map(|v| i8::try_from(*v).map_err(|_| narrow("INT8")))
-                .collect::<Result<_, _>>()?,
-        ),
-        DType::Int16 => TensorData::Int16(
-            c.int_contents
-                .iter()
-                .map(|v| i16::try_from(*v).map_err(|_| narrow("INT16")))
-                .collect::<Result<_, _>>()?,
-        ),
+        DType::Int8 => TensorData::Int8(narrow(&c.int_contents, name, "INT8")?),
+        DType::Int16 => TensorData::Int16(narrow(&c.int_contents, name, "INT16")?),
         DType::Int32 => TensorData::Int32(c.int_contents.clone()),
         DType::Int64 => TensorData::Int64(c.int64_contents.clone()),
-        DType::Uint8 => TensorData::Uint8(
-            c.uint_contents
-                .iter()
-                .map(|v| u8::try_from(*v).map_err(|_| narrow("UINT8")))
-                .collect::<Result<_, _>>()?,
-        ),
-        DType::Uint16 => TensorData::Uint16(
-            c.uint_contents
-                .iter()
-                .map(|v| u16::try_from(*v).map_err(|_| narrow("UINT16")))
-                .collect::<Result<_, _>>()?,
-        ),
+        DType::Uint8 => TensorData::Uint8(narrow(&c.uint_contents, name, "UINT8")?),
+        DType::Uint16 => TensorData::Uint16(narrow(&c.uint_contents, name, "UINT16")?),
         DType::Uint32 => TensorData::Uint32(c.uint_contents.clone()),
         DType::Uint64 => TensorData::Uint64(c.uint64_contents.clone()),
         DType::Float32 => TensorData::Float32(c.fp32_contents.clone()),
