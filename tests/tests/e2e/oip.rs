@@ -94,6 +94,8 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
             .args(["--checks", "all", "--exclude-checks", "positive_data_acceptance"])
             .args(["--max-examples", "50", "--workers", "1", "--seed", "20261203"])
             .env("NO_COLOR", "1")
+            // Its cache (.schemathesis/) goes to the test's temporary directory.
+            .current_dir(dir.path())
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
