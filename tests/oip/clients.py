@@ -16,6 +16,7 @@ import asyncio
 import json
 import sys
 
+import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import requests
@@ -33,7 +34,7 @@ CHECKS = 0
 NP = {
     "BOOL": np.bool_, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64,
     "INT8": np.int8, "INT16": np.int16, "INT32": np.int32, "INT64": np.int64,
-    "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
+    "FP16": np.float16, "BF16": ml_dtypes.bfloat16, "FP32": np.float32, "FP64": np.float64, "BYTES": np.object_,
 }
 
 
@@ -63,7 +64,22 @@ def reference(endpoint, inputs):
     """ONNX Runtime's outputs for these inputs (name -> numpy array)."""
     s = ort.InferenceSession(f"{MODELS}/{endpoint}/model.onnx", providers=["CPUExecutionProvider"])
     feed = {k: (text(v) if v.dtype == np.object_ else v) for k, v in inputs.items()}
-    return dict(zip([o.name for o in s.get_outputs()], s.run(None, feed)))
+    # ONNX Runtime's Python API takes no bfloat16 array: BF16 goes in as an
+    # OrtValue of its bits, and comes out as bits read back as bfloat16.
+    bf16 = {k for k, v in feed.items() if v.dtype == ml_dtypes.bfloat16}
+    feed = {k: (ort.OrtValue.ortvalue_from_numpy_with_onnx_type(v.view(np.uint16), 16) if k in bf16 else ort.OrtValue.ortvalue_from_numpy(v))
+            for k, v in feed.items()}
+    names = [o.name for o in s.get_outputs()]
+    outs = s.run_with_ort_values(names, feed)
+    return {n: (bf16_out(o) if o.data_type() == "tensor(bfloat16)" else o.numpy()) for n, o in zip(names, outs)}
+
+
+def bf16_out(v):
+    """A bfloat16 OrtValue as a numpy bfloat16 array (its bits, through the raw buffer)."""
+    import ctypes
+    n = int(np.prod(v.shape()))
+    bits = np.ctypeslib.as_array((ctypes.c_uint16 * n).from_address(v.data_ptr())).copy()
+    return bits.view(ml_dtypes.bfloat16).reshape(v.shape())
 
 
 def same(got, want):
@@ -91,7 +107,8 @@ def triton_inputs(mod, arrays, binary):
         dt = next(k for k, v in NP.items() if v == a.dtype.type) if a.dtype != np.object_ else "BYTES"
         i = mod.InferInput(name, list(a.shape), dt)
         if mod is th:
-            i.set_data_from_numpy(a, binary_data=binary)
+            # tritonclient sends BF16 only in binary over HTTP.
+            i.set_data_from_numpy(a, binary_data=binary or dt == "BF16")
         else:
             i.set_data_from_numpy(a)
         out.append(i)

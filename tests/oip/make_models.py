@@ -1,7 +1,9 @@
 """Makes the small ONNX models the Open Inference Protocol tests serve.
 
-- identity/model.onnx: one Identity per datatype the host holds; input
-  IN_<DT> -> output OUT_<DT>, each of shape [-1, -1] (BYTES as ONNX strings).
+- identity/model.onnx: one Identity per OIP datatype; input IN_<DT> ->
+  output OUT_<DT>, each of shape [-1, -1] (BYTES as ONNX strings).
+- halves/model.onnx: FP16 H and BF16 B ([-1, -1]) -> H2 and B2 (Identity)
+  and HF (H cast to FP32): the 16-bit floats through `/score` JSON.
 - simple/model.onnx: Triton's "simple" example: INT32 INPUT0, INPUT1 [-1, 16]
   -> OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1.
 - simple_fp32, simple_fp64, simple_int64: the same for those datatypes
@@ -26,6 +28,8 @@ DATATYPES = {
     "INT16": TensorProto.INT16,
     "INT32": TensorProto.INT32,
     "INT64": TensorProto.INT64,
+    "FP16": TensorProto.FLOAT16,
+    "BF16": TensorProto.BFLOAT16,
     "FP32": TensorProto.FLOAT,
     "FP64": TensorProto.DOUBLE,
     "BYTES": TensorProto.STRING,
@@ -49,6 +53,18 @@ def identity(out):
     save(helper.make_graph(nodes, "identity", inputs, outputs), out / "identity" / "model.onnx")
 
 
+def halves(out):
+    vi = lambda n, et: helper.make_tensor_value_info(n, et, ["n", "m"])
+    nodes = [
+        helper.make_node("Identity", ["H"], ["H2"]),
+        helper.make_node("Identity", ["B"], ["B2"]),
+        helper.make_node("Cast", ["H"], ["HF"], to=TensorProto.FLOAT),
+    ]
+    inputs = [vi("H", TensorProto.FLOAT16), vi("B", TensorProto.BFLOAT16)]
+    outputs = [vi("H2", TensorProto.FLOAT16), vi("B2", TensorProto.BFLOAT16), vi("HF", TensorProto.FLOAT)]
+    save(helper.make_graph(nodes, "halves", inputs, outputs), out / "halves" / "model.onnx")
+
+
 def simple(out, name, et):
     vi = lambda n: helper.make_tensor_value_info(n, et, ["batch", 16])
     nodes = [
@@ -62,6 +78,7 @@ def simple(out, name, et):
 if __name__ == "__main__":
     out = pathlib.Path(sys.argv[1])
     identity(out)
+    halves(out)
     simple(out, "simple", TensorProto.INT32)
     simple(out, "simple_fp32", TensorProto.FLOAT)
     simple(out, "simple_fp64", TensorProto.DOUBLE)

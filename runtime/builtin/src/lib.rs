@@ -7,7 +7,9 @@
 //!   model and answers its outputs as tensors, which the host encodes.
 //! - `/score`: `{"inputs": {"NAME": nested list, ...}}` with the shape read
 //!   from the nesting and the datatype from the model; the answer is
-//!   `{"outputs": {"NAME": nested list, ...}}`.
+//!   `{"outputs": {"NAME": nested list, ...}}`. FP16 and BF16 inputs and
+//!   outputs are plain JSON numbers (rounded to the nearest 16-bit float
+//!   on the way in).
 //!
 //! It runs in the sandbox like any module, with the version's limits,
 //! rollout, auth and autoscaling.
@@ -17,6 +19,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "scorer" });
 use std::cell::RefCell;
 
 use serde_json::Value;
+use wasmscore::scoring::half_floats::{self, HalfType};
 use wasmscore::scoring::inference::{Model, TensorInfo};
 use wasmscore::scoring::tensors::Tensor;
 use wasmscore::scoring::types::{Dtype, TensorData};
@@ -26,6 +29,27 @@ struct Builtin;
 struct Loaded {
     model: Model,
     inputs: Vec<TensorInfo>,
+    /// The inputs and outputs that are FP16 or BF16 (their `dtype` says uint16).
+    halves: Vec<(String, HalfType)>,
+}
+
+impl Loaded {
+    fn half(&self, name: &str) -> Option<HalfType> {
+        self.halves.iter().find(|(n, _)| n == name).map(|(_, h)| *h)
+    }
+
+    /// An input's datatype as OIP names it.
+    fn datatype(&self, info: &TensorInfo) -> &'static str {
+        datatype(info.dtype, self.half(&info.name))
+    }
+}
+
+fn datatype(d: Dtype, half: Option<HalfType>) -> &'static str {
+    match half {
+        Some(HalfType::Float16) => "FP16",
+        Some(HalfType::Bfloat16) => "BF16",
+        None => dtype_name(d),
+    }
 }
 
 thread_local! {
@@ -58,14 +82,10 @@ fn fits(want: &[i64], got: &[u64]) -> bool {
     want.len() == got.len() && want.iter().zip(got).all(|(w, g)| *w <= 0 || *w as u64 == *g)
 }
 
-fn check(info: &TensorInfo, t: &Tensor) -> Result<(), Error> {
-    if t.dtype() != info.dtype {
-        return Err(bad(format!(
-            "input {:?} must be {}, got {}",
-            info.name,
-            dtype_name(info.dtype),
-            dtype_name(t.dtype())
-        )));
+fn check(l: &Loaded, info: &TensorInfo, t: &Tensor) -> Result<(), Error> {
+    let (want, got) = (l.datatype(info), datatype(t.dtype(), half_floats::type_of(t)));
+    if want != got {
+        return Err(bad(format!("input {:?} must be {want}, got {got}", info.name)));
     }
     let shape = t.shape();
     if !fits(&info.shape, &shape) {
@@ -81,7 +101,8 @@ impl Guest for Builtin {
     fn init() -> Result<(), Error> {
         let model = Model::load("model.onnx")?;
         let inputs = model.inputs();
-        MODEL.with(|m| *m.borrow_mut() = Some(Loaded { model, inputs }));
+        let halves = half_floats::model_types(&model);
+        MODEL.with(|m| *m.borrow_mut() = Some(Loaded { model, inputs, halves }));
         Ok(())
     }
 
@@ -109,13 +130,13 @@ fn run_model(l: &Loaded, given: Vec<(String, Tensor)>) -> Result<Vec<(String, Te
             let names: Vec<&str> = l.inputs.iter().map(|i| i.name.as_str()).collect();
             return Err(bad(format!("the model has no input {name:?} (its inputs are {names:?})")));
         };
-        check(info, t)?;
+        check(l, info, t)?;
     }
     if let Some(missing) = l.inputs.iter().find(|i| !given.iter().any(|(n, _)| *n == i.name)) {
         return Err(bad(format!(
             "input {:?} ({} {:?}) is missing",
             missing.name,
-            dtype_name(missing.dtype),
+            l.datatype(missing),
             missing.shape
         )));
     }
@@ -146,15 +167,30 @@ fn score_json(l: &Loaded, body: &[u8]) -> Result<Response, Error> {
         }
         let mut flat = Vec::new();
         flatten(value, &mut flat);
-        let data = from_json(info.dtype, &flat).map_err(|e| bad(format!("input {name:?}: {e}")))?;
-        let t = Tensor::create(&shape, &data).map_err(|e| match e {
+        let irregular = |e| match e {
             Error::BadInput(m) | Error::Failed(m) => bad(format!("input {name:?} is not a regular nested list: {m}")),
-        })?;
+        };
+        let t = match l.half(name) {
+            Some(h) => {
+                let TensorData::Float32(values) = from_json(Dtype::Float32, &flat).map_err(|e| bad(format!("input {name:?}: {e}")))? else {
+                    unreachable!("from_json(Float32) gives float32")
+                };
+                half_floats::from_f32(h, &shape, &values).map_err(irregular)?
+            }
+            None => {
+                let data = from_json(info.dtype, &flat).map_err(|e| bad(format!("input {name:?}: {e}")))?;
+                Tensor::create(&shape, &data).map_err(irregular)?
+            }
+        };
         tensors.push((name.clone(), t));
     }
     let mut outputs = serde_json::Map::new();
     for (name, t) in run_model(l, tensors)? {
-        outputs.insert(name, nest(&to_json(&t.data()), &t.shape()));
+        let flat = match half_floats::type_of(&t) {
+            Some(_) => half_floats::to_f32(&t)?.into_iter().map(Value::from).collect(),
+            None => to_json(&t.data()),
+        };
+        outputs.insert(name, nest(&flat, &t.shape()));
     }
     let body = serde_json::to_vec(&serde_json::json!({ "outputs": outputs })).map_err(|e| Error::Failed(e.to_string()))?;
     Ok(Response {

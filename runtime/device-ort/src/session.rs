@@ -38,6 +38,8 @@ fn dtype_of(ty: TensorElementType) -> Option<DType> {
     Some(match ty {
         TensorElementType::Float32 => DType::Float32,
         TensorElementType::Float64 => DType::Float64,
+        TensorElementType::Float16 => DType::Float16,
+        TensorElementType::Bfloat16 => DType::Bfloat16,
         TensorElementType::Int8 => DType::Int8,
         TensorElementType::Int16 => DType::Int16,
         TensorElementType::Int32 => DType::Int32,
@@ -171,6 +173,8 @@ pub(crate) fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
     Ok(match t.data() {
         TensorData::Float32(v) => view!(v),
         TensorData::Float64(v) => view!(v),
+        TensorData::Float16(v) => view!(v),
+        TensorData::Bfloat16(v) => view!(v),
         TensorData::Int8(v) => view!(v),
         TensorData::Int16(v) => view!(v),
         TensorData::Int32(v) => view!(v),
@@ -201,6 +205,8 @@ pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, T
     let (shape, data) = match ty {
         TensorElementType::Float32 => grab!(f32, Float32),
         TensorElementType::Float64 => grab!(f64, Float64),
+        TensorElementType::Float16 => grab!(wasmscore_tensor::half::f16, Float16),
+        TensorElementType::Bfloat16 => grab!(wasmscore_tensor::half::bf16, Bfloat16),
         TensorElementType::Int8 => grab!(i8, Int8),
         TensorElementType::Int16 => grab!(i16, Int16),
         TensorElementType::Int32 => grab!(i32, Int32),

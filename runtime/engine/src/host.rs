@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use wasmscore_collect::{Designation, VersionCollector};
 
-use crate::bindings::{data_collection, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
+use crate::bindings::{data_collection, half_floats, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
 use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it: host
@@ -492,7 +492,8 @@ fn to_wit_dtype(d: DType) -> types::Dtype {
         DType::Int32 => W::Int32,
         DType::Int64 => W::Int64,
         DType::Uint8 => W::Uint8,
-        DType::Uint16 => W::Uint16,
+        // `dtype` has no 16-bit float case (half-floats tells them apart).
+        DType::Uint16 | DType::Float16 | DType::Bfloat16 => W::Uint16,
         DType::Uint32 => W::Uint32,
         DType::Uint64 => W::Uint64,
         DType::Bool => W::Boolean,
@@ -529,6 +530,8 @@ fn to_wit_data(d: &TensorData) -> types::TensorData {
         TensorData::Int64(v) => W::Int64(v.clone()),
         TensorData::Uint8(v) => W::Uint8(v.clone()),
         TensorData::Uint16(v) => W::Uint16(v.clone()),
+        TensorData::Float16(v) => W::Uint16(v.iter().map(|x| x.to_bits()).collect()),
+        TensorData::Bfloat16(v) => W::Uint16(v.iter().map(|x| x.to_bits()).collect()),
         TensorData::Uint32(v) => W::Uint32(v.clone()),
         TensorData::Uint64(v) => W::Uint64(v.clone()),
         TensorData::Bool(v) => W::Boolean(v.clone()),
@@ -588,6 +591,64 @@ impl tensors::HostTensor for HostState {
 }
 
 impl inference::Host for HostState {}
+
+fn half_type(d: DType) -> Option<half_floats::HalfType> {
+    match d {
+        DType::Float16 => Some(half_floats::HalfType::Float16),
+        DType::Bfloat16 => Some(half_floats::HalfType::Bfloat16),
+        _ => None,
+    }
+}
+
+impl half_floats::Host for HostState {
+    fn type_of(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<Option<half_floats::HalfType>> {
+        Ok(half_type(self.table.get(&t)?.value.dtype()))
+    }
+
+    fn model_types(&mut self, m: Resource<ModelRes>) -> wasmtime::Result<Vec<(String, half_floats::HalfType)>> {
+        let model = &self.table.get(&m)?.model;
+        let all = model.inputs().iter().chain(model.outputs());
+        Ok(all.filter_map(|i| Some((i.name.clone(), half_type(i.dtype)?))).collect())
+    }
+
+    fn from_f32(
+        &mut self,
+        ty: half_floats::HalfType,
+        shape: Vec<u64>,
+        values: Vec<f32>,
+    ) -> Result<Resource<TensorRes>, HostError> {
+        use wasmscore_tensor::half::{bf16, f16};
+        let data = match ty {
+            half_floats::HalfType::Float16 => TensorData::Float16(values.into_iter().map(f16::from_f32).collect()),
+            half_floats::HalfType::Bfloat16 => TensorData::Bfloat16(values.into_iter().map(bf16::from_f32).collect()),
+        };
+        let dev = self.device_name();
+        self.push_tensor(Tensor::new(shape, data)?, dev)
+    }
+
+    fn from_bits(
+        &mut self,
+        ty: half_floats::HalfType,
+        shape: Vec<u64>,
+        bits: Vec<u16>,
+    ) -> Result<Resource<TensorRes>, HostError> {
+        use wasmscore_tensor::half::{bf16, f16};
+        let data = match ty {
+            half_floats::HalfType::Float16 => TensorData::Float16(bits.into_iter().map(f16::from_bits).collect()),
+            half_floats::HalfType::Bfloat16 => TensorData::Bfloat16(bits.into_iter().map(bf16::from_bits).collect()),
+        };
+        let dev = self.device_name();
+        self.push_tensor(Tensor::new(shape, data)?, dev)
+    }
+
+    fn to_f32(&mut self, t: Resource<TensorRes>) -> Result<Vec<f32>, HostError> {
+        match get(&self.table, &t)?.data() {
+            TensorData::Float16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+            TensorData::Bfloat16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
+            other => Err(TensorError::bad(format!("to-f32 takes an FP16 or BF16 tensor, this one is {}", other.dtype().name())).into()),
+        }
+    }
+}
 
 fn info(i: &wasmscore_tensor::TensorInfo) -> inference::TensorInfo {
     inference::TensorInfo {

@@ -7,12 +7,12 @@
 //! - `load(bytes, ...)` is refused: a module may not bring models the
 //!   version did not ship, nor make the host build sessions per request.
 //! - Tensors count against the instance's memory limit as `tensors` do.
-//! - FP32, FP64, U8, I32 and I64 map to ONNX's types; FP16 and BF16 are
-//!   refused with `invalid-argument` (the host has no half-precision data).
+//! - FP16, BF16, FP32, FP64, U8, I32 and I64 map to ONNX's types.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use wasmscore_tensor::half::{bf16, f16};
 use wasmscore_tensor::{Model, Tensor, TensorData, TensorError, Value};
 use wasmtime::component::Resource;
 
@@ -81,14 +81,14 @@ fn type_name(ty: tensor::TensorType) -> &'static str {
     }
 }
 
-/// The elements' width in bytes, for the types this host runs.
-fn width(ty: tensor::TensorType) -> Result<usize, String> {
+/// The elements' width in bytes.
+fn width(ty: tensor::TensorType) -> usize {
     use tensor::TensorType as T;
     match ty {
-        T::U8 => Ok(1),
-        T::Fp32 | T::I32 => Ok(4),
-        T::Fp64 | T::I64 => Ok(8),
-        T::Fp16 | T::Bf16 => Err(format!("{} tensors are not supported by this host; use FP32", type_name(ty))),
+        T::U8 => 1,
+        T::Fp16 | T::Bf16 => 2,
+        T::Fp32 | T::I32 => 4,
+        T::Fp64 | T::I64 => 8,
     }
 }
 
@@ -105,7 +105,8 @@ fn to_host(t: NnTensor) -> Result<Tensor, TensorError> {
         T::U8 => TensorData::Uint8(t.data),
         T::I32 => TensorData::Int32(from_bytes(&t.data, i32::from_le_bytes)),
         T::I64 => TensorData::Int64(from_bytes(&t.data, i64::from_le_bytes)),
-        T::Fp16 | T::Bf16 => unreachable!("check refused it"),
+        T::Fp16 => TensorData::Float16(from_bytes(&t.data, f16::from_le_bytes)),
+        T::Bf16 => TensorData::Bfloat16(from_bytes(&t.data, bf16::from_le_bytes)),
     };
     Tensor::new(t.dims.iter().map(|&d| u64::from(d)).collect(), data)
 }
@@ -120,6 +121,8 @@ fn from_host(name: &str, t: Tensor) -> Result<NnTensor, TensorError> {
     let (ty, data) = match t.data() {
         TensorData::Float32(v) => (T::Fp32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         TensorData::Float64(v) => (T::Fp64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::Float16(v) => (T::Fp16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        TensorData::Bfloat16(v) => (T::Bf16, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         TensorData::Uint8(v) => (T::U8, v.clone()),
         TensorData::Int32(v) => (T::I32, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
         TensorData::Int64(v) => (T::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect()),
@@ -292,10 +295,9 @@ impl errors::HostError for HostState {
     }
 }
 
-/// A tensor's bytes must match its dimensions and type, and the type must
-/// be one this host runs.
+/// A tensor's bytes must match its dimensions and type.
 fn check(t: &NnTensor) -> Result<(), TensorError> {
-    let w = width(t.ty).map_err(TensorError::bad)?;
+    let w = width(t.ty);
     let elems: u64 = t.dims.iter().map(|&d| u64::from(d)).product();
     if elems.checked_mul(w as u64) != Some(t.data.len() as u64) {
         return Err(TensorError::bad(format!(
@@ -340,11 +342,13 @@ mod tests {
         };
         assert!(check(&short).unwrap_err().to_string().contains("needs 12 bytes, it has 8"));
         let half = NnTensor {
-            dims: vec![1],
+            dims: vec![2],
             ty: tensor::TensorType::Fp16,
-            data: vec![0; 2],
+            data: vec![0x00, 0x3c, 0x00, 0xc0],
         };
-        assert!(matches!(to_host(half), Err(TensorError::BadInput(_))));
+        let host = to_host(half).unwrap();
+        assert_eq!(host.data(), &TensorData::Float16(vec![f16::ONE, f16::from_f32(-2.0)]));
+        assert_eq!(from_host("y", host).unwrap().data, vec![0x00, 0x3c, 0x00, 0xc0]);
         let strings = Tensor::new(vec![1], TensorData::String(vec!["a".into()])).unwrap();
         assert!(from_host("label", strings).unwrap_err().to_string().contains("no type for"));
     }

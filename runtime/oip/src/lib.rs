@@ -15,6 +15,7 @@
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use wasmscore_tensor::half::{bf16, f16};
 use wasmscore_tensor::{DType, Tensor, TensorData};
 
 /// The header carrying the JSON part's length when binary data follows it.
@@ -72,6 +73,8 @@ pub fn datatype(d: DType) -> &'static str {
         DType::Int64 => "INT64",
         DType::Float32 => "FP32",
         DType::Float64 => "FP64",
+        DType::Float16 => "FP16",
+        DType::Bfloat16 => "BF16",
         DType::String => "BYTES",
     }
 }
@@ -90,12 +93,9 @@ pub fn dtype(datatype: &str) -> Result<DType, OipError> {
         "INT64" => DType::Int64,
         "FP32" => DType::Float32,
         "FP64" => DType::Float64,
+        "FP16" => DType::Float16,
+        "BF16" => DType::Bfloat16,
         "BYTES" => DType::String,
-        "FP16" | "BF16" => {
-            return err(format!(
-                "datatype {datatype} is not supported by this host; send FP32 (the host's tensors are BOOL, UINT8-64, INT8-64, FP32, FP64 and BYTES)"
-            ))
-        }
         other => return err(format!("unknown datatype {other:?}")),
     })
 }
@@ -302,6 +302,9 @@ fn from_json(d: DType, v: &Value) -> Result<TensorData, String> {
         DType::Int64 => TensorData::Int64(each(&flat, "an INT64", Value::as_i64)?),
         DType::Float32 => TensorData::Float32(each(&flat, "a number", |v| v.as_f64().map(|f| f as f32))?),
         DType::Float64 => TensorData::Float64(each(&flat, "a number", Value::as_f64)?),
+        // Rounded to the nearest 16-bit float, as tritonclient's numpy does.
+        DType::Float16 => TensorData::Float16(each(&flat, "a number", |v| v.as_f64().map(f16::from_f64))?),
+        DType::Bfloat16 => TensorData::Bfloat16(each(&flat, "a number", |v| v.as_f64().map(bf16::from_f64))?),
         DType::String => TensorData::String(each(&flat, "a string", |v| v.as_str().map(str::to_string))?),
     })
 }
@@ -357,6 +360,8 @@ fn from_bytes(d: DType, b: &[u8], count: u64) -> Result<TensorData, String> {
         DType::Int64 => le!(i64, Int64),
         DType::Float32 => le!(f32, Float32),
         DType::Float64 => le!(f64, Float64),
+        DType::Float16 => le!(f16, Float16),
+        DType::Bfloat16 => le!(bf16, Bfloat16),
         DType::String => unreachable!("handled above"),
     })
 }
@@ -380,6 +385,8 @@ pub fn to_bytes(data: &TensorData) -> Vec<u8> {
         TensorData::Int64(v) => le!(v),
         TensorData::Float32(v) => le!(v),
         TensorData::Float64(v) => le!(v),
+        TensorData::Float16(v) => le!(v),
+        TensorData::Bfloat16(v) => le!(v),
         TensorData::String(v) => {
             let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
             for s in v {
@@ -406,6 +413,9 @@ fn to_json(data: &TensorData) -> Value {
         TensorData::Int64(v) => json!(v),
         TensorData::Float32(v) => json!(v),
         TensorData::Float64(v) => json!(v),
+        // Every 16-bit float is exactly a float32.
+        TensorData::Float16(v) => json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
+        TensorData::Bfloat16(v) => json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
         TensorData::String(v) => json!(v),
     }
 }

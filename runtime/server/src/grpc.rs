@@ -296,6 +296,12 @@ fn typed(input: &InferInputTensor) -> Result<Tensor, oip::OipError> {
         DType::Uint64 => TensorData::Uint64(c.uint64_contents.clone()),
         DType::Float32 => TensorData::Float32(c.fp32_contents.clone()),
         DType::Float64 => TensorData::Float64(c.fp64_contents.clone()),
+        DType::Float16 | DType::Bfloat16 => {
+            return Err(oip::OipError(format!(
+                "input {name:?}: {} has no typed contents in the protocol; send it in raw_input_contents",
+                input.datatype
+            )))
+        }
         DType::String => TensorData::String(
             c.bytes_contents
                 .iter()
@@ -402,11 +408,10 @@ mod tests {
             ),
             (
                 ModelInferRequest {
-                    inputs: vec![input("x", "BF16", &[1], None)],
-                    raw_input_contents: vec![vec![0; 2]],
+                    inputs: vec![input("x", "BF16", &[1], Some(InferTensorContents::default()))],
                     ..Default::default()
                 },
-                "BF16 is not supported",
+                "BF16 has no typed contents in the protocol",
             ),
             (
                 ModelInferRequest {

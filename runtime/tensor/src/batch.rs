@@ -363,7 +363,7 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
             }
         };
     }
-    let data = cat!(Float32, Float64, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String);
+    let data = cat!(Float32, Float64, Float16, Bfloat16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String);
     Tensor::new(shape, data)
 }
 
@@ -388,7 +388,7 @@ pub fn split_rows(t: &Tensor, rows: &[usize]) -> Option<Vec<Tensor>> {
                 }
             };
         }
-        let data = cut!(Float32, Float64, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String);
+        let data = cut!(Float32, Float64, Float16, Bfloat16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String);
         out.push(Tensor::new(shape, data).ok()?);
         at += r;
     }
@@ -462,6 +462,8 @@ fn random_row(info: &TensorInfo, seed: &mut u64) -> Result<Tensor, String> {
     let data = match info.dtype {
         DType::Float32 => TensorData::Float32((0..n).map(|_| (next() % 10_000) as f32 / 10_000.0).collect()),
         DType::Float64 => TensorData::Float64((0..n).map(|_| (next() % 10_000) as f64 / 10_000.0).collect()),
+        DType::Float16 => TensorData::Float16((0..n).map(|_| half::f16::from_f32((next() % 100) as f32 / 100.0)).collect()),
+        DType::Bfloat16 => TensorData::Bfloat16((0..n).map(|_| half::bf16::from_f32((next() % 100) as f32 / 100.0)).collect()),
         DType::Int8 => TensorData::Int8((0..n).map(|_| (next() % 3) as i8).collect()),
         DType::Int16 => TensorData::Int16((0..n).map(|_| (next() % 3) as i16).collect()),
         DType::Int32 => TensorData::Int32((0..n).map(|_| (next() % 3) as i32).collect()),
@@ -477,15 +479,17 @@ fn random_row(info: &TensorInfo, seed: &mut u64) -> Result<Tensor, String> {
 }
 
 /// Equal, with floats within a relative 1e-4 (a merged run may sum in
-/// another order).
+/// another order; 1e-2 for the 16-bit floats, which keep 3 and 2 digits).
 fn close(a: &Tensor, b: &Tensor) -> bool {
     if a.shape() != b.shape() {
         return false;
     }
-    let near = |x: f64, y: f64| (x - y).abs() <= 1e-4 * x.abs().max(y.abs()).max(1.0) || (x.is_nan() && y.is_nan());
+    let near = |x: f64, y: f64, tol: f64| (x - y).abs() <= tol * x.abs().max(y.abs()).max(1.0) || (x.is_nan() && y.is_nan());
     match (a.data(), b.data()) {
-        (TensorData::Float32(x), TensorData::Float32(y)) => x.iter().zip(y).all(|(p, q)| near(*p as f64, *q as f64)),
-        (TensorData::Float64(x), TensorData::Float64(y)) => x.iter().zip(y).all(|(p, q)| near(*p, *q)),
+        (TensorData::Float32(x), TensorData::Float32(y)) => x.iter().zip(y).all(|(p, q)| near(*p as f64, *q as f64, 1e-4)),
+        (TensorData::Float64(x), TensorData::Float64(y)) => x.iter().zip(y).all(|(p, q)| near(*p, *q, 1e-4)),
+        (TensorData::Float16(x), TensorData::Float16(y)) => x.iter().zip(y).all(|(p, q)| near(p.to_f64(), q.to_f64(), 1e-2)),
+        (TensorData::Bfloat16(x), TensorData::Bfloat16(y)) => x.iter().zip(y).all(|(p, q)| near(p.to_f64(), q.to_f64(), 1e-2)),
         (x, y) => x == y,
     }
 }

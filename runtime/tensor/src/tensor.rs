@@ -8,6 +8,10 @@ use crate::TensorError;
 pub enum DType {
     Float32,
     Float64,
+    /// IEEE 754 half precision (OIP's FP16).
+    Float16,
+    /// bfloat16, the upper half of a float32 (OIP's BF16).
+    Bfloat16,
     Int8,
     Int16,
     Int32,
@@ -25,7 +29,7 @@ impl DType {
     pub fn width(self) -> usize {
         match self {
             DType::Int8 | DType::Uint8 | DType::Bool => 1,
-            DType::Int16 | DType::Uint16 => 2,
+            DType::Int16 | DType::Uint16 | DType::Float16 | DType::Bfloat16 => 2,
             DType::Float32 | DType::Int32 | DType::Uint32 => 4,
             DType::Float64 | DType::Int64 | DType::Uint64 => 8,
             DType::String => std::mem::size_of::<String>(),
@@ -36,6 +40,8 @@ impl DType {
         match self {
             DType::Float32 => "float32",
             DType::Float64 => "float64",
+            DType::Float16 => "float16",
+            DType::Bfloat16 => "bfloat16",
             DType::Int8 => "int8",
             DType::Int16 => "int16",
             DType::Int32 => "int32",
@@ -55,6 +61,8 @@ impl DType {
 pub enum TensorData {
     Float32(Vec<f32>),
     Float64(Vec<f64>),
+    Float16(Vec<half::f16>),
+    Bfloat16(Vec<half::bf16>),
     Int8(Vec<i8>),
     Int16(Vec<i16>),
     Int32(Vec<i32>),
@@ -74,6 +82,8 @@ macro_rules! with_data {
         match $data {
             $crate::TensorData::Float32($v) => $body,
             $crate::TensorData::Float64($v) => $body,
+            $crate::TensorData::Float16($v) => $body,
+            $crate::TensorData::Bfloat16($v) => $body,
             $crate::TensorData::Int8($v) => $body,
             $crate::TensorData::Int16($v) => $body,
             $crate::TensorData::Int32($v) => $body,
@@ -93,6 +103,8 @@ impl TensorData {
         match self {
             TensorData::Float32(_) => DType::Float32,
             TensorData::Float64(_) => DType::Float64,
+            TensorData::Float16(_) => DType::Float16,
+            TensorData::Bfloat16(_) => DType::Bfloat16,
             TensorData::Int8(_) => DType::Int8,
             TensorData::Int16(_) => DType::Int16,
             TensorData::Int32(_) => DType::Int32,

@@ -141,7 +141,8 @@ fn wasi_nn_guests_load_only_the_versions_own_models() {
     let (st, _, j) = s.score("nn", "nn-load-bytes");
     assert_eq!((st, j["code"].as_str()), (200, Some("security")), "{j}");
     assert!(j["data"].as_str().unwrap().contains("load-by-name"), "{j}");
-    // A tensor whose bytes do not fit its dimensions, and a half-precision one.
+    // A tensor whose bytes do not fit its dimensions, and a half-precision one
+    // to a model that takes FP32.
     let (_, _, j) = s.score("nn", "nn-bad-tensor");
     assert_eq!(j["code"].as_str(), Some("invalid-argument"), "{j}");
     let (_, _, j) = s.score("nn", "nn-fp16");

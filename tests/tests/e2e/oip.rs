@@ -34,7 +34,7 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     let s = Server::start(&["--grpc-port", "0", "--max-body-bytes", "1048576"]);
     let grpc = server_json(&s)["grpc_addr"].as_str().unwrap().to_string();
     let m = |name: &str| dir.path().join(name).join("model.onnx").display().to_string();
-    for ep in ["identity", "simple", "simple_fp32", "simple_fp64", "simple_int64"] {
+    for ep in ["identity", "halves", "simple", "simple_fp32", "simple_fp64", "simple_int64"] {
         s.cli_ok(&["deploy", "--name", ep, "--model", &m(ep)]);
     }
     s.cli_ok(&[
@@ -56,6 +56,7 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
 
     let keys: serde_json::Map<String, Value> = [
         "identity",
+        "halves",
         "simple",
         "simple_fp32",
         "simple_fp64",
@@ -114,6 +115,21 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     assert_eq!(body["outputs"]["OUTPUT1"], json!(row(0.5)));
     let (status, _, body) = s.score("simple_fp32", r#"{"inputs": {"INPUT0": [[1.0, 2.0]]}}"#);
     assert_eq!(status, 400, "{body}");
+
+    // FP16 and BF16 through /score JSON: the built-in module finds the
+    // model's 16-bit inputs and outputs through the half-floats import;
+    // numbers are rounded to the nearest 16-bit float on the way in.
+    let (status, _, body) = s.score("halves", r#"{"inputs": {"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}}"#);
+    assert_eq!(status, 200, "{body}");
+    let h = 0.0999755859375; // 0.1 as FP16
+    assert_eq!(body["outputs"]["H2"], json!([[1.5, h]]), "{body}");
+    assert_eq!(body["outputs"]["HF"], json!([[1.5, h]]), "{body}");
+    let b = body["outputs"]["B2"][0].as_array().unwrap();
+    assert_eq!(b[0], json!(2.0), "{body}");
+    assert!((b[1].as_f64().unwrap() / -3.0e20 - 1.0).abs() < 1e-2, "{body}");
+    let (status, _, body) = s.score("halves", r#"{"inputs": {"H": [[1.5]], "B": [["x"]]}}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("not a number"), "{body}");
 
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);

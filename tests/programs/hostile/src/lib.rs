@@ -14,7 +14,7 @@
 //! through wasi-nn, "nn-load-name:FILE" loads FILE by name,
 //! "nn-load-bytes" tries to load a graph from bytes, "nn-bad-tensor"
 //! computes with a tensor whose bytes do not fit its dimensions and
-//! "nn-fp16" with a half-precision one (each answers 200 with what it got);
+//! "nn-fp16" with a half-precision one to a model that takes FP32 (each answers 200 with what it got);
 //! anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer-nn", generate_all });
