@@ -173,7 +173,7 @@ mod imp {
             let mut feeds = Vec::with_capacity(inputs.len());
             for (name, t) in inputs {
                 check_input(&self.file, &self.inputs, name, t.dtype(), t.shape())?;
-                feeds.push((*name, to_ort(t).map_err(|e| self.bad_input(name, e))?));
+                feeds.push((*name, to_ort(t, true).map_err(|e| self.bad_input(name, e))?));
             }
             // Outputs to pinned host memory: one copy off the GPU.
             self.bind_and_run(&feeds, wanted, &self.pinned)?
@@ -191,7 +191,7 @@ mod imp {
             let copies = host_copies(inputs, "cuda")?;
             let mut feeds = Vec::with_capacity(inputs.len());
             for ((name, v), copy) in inputs.iter().zip(&copies) {
-                feeds.push((*name, feed(v, copy, "cuda").map_err(|e| self.bad_input(name, e))?));
+                feeds.push((*name, feed(v, copy, "cuda", true).map_err(|e| self.bad_input(name, e))?));
             }
             self.bind_and_run(&feeds, wanted, &self.device_memory)?
                 .into_iter()
@@ -366,6 +366,12 @@ mod tests {
 
     use crate::{find_onnxruntime, OrtCpu};
 
+    /// ONNX Runtime allows one environment per process: the tests share one.
+    fn cpu() -> &'static OrtCpu {
+        static CPU: std::sync::OnceLock<OrtCpu> = std::sync::OnceLock::new();
+        CPU.get_or_init(|| OrtCpu::new(&find_onnxruntime().unwrap()).expect("ONNX Runtime loads"))
+    }
+
     fn gpu() -> Option<std::sync::Arc<dyn wasmscore_tensor::Device>> {
         let skip = |why: String| {
             assert!(
@@ -379,8 +385,7 @@ mod tests {
             Ok(l) => l,
             Err(e) => return skip(format!("no ONNX Runtime library: {e}")),
         };
-        let cpu = OrtCpu::new(&lib).expect("ONNX Runtime loads");
-        match super::discover(&cpu, &lib) {
+        match super::discover(cpu(), &lib) {
             Ok(d) => Some(d),
             Err(why) => skip(format!("no GPU here: {why}")),
         }
@@ -421,8 +426,7 @@ mod tests {
     fn a_model_on_cuda_matches_the_cpu() {
         let Some(gpu) = gpu() else { return };
         let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/iris/model.onnx")).unwrap();
-        let lib = find_onnxruntime().unwrap();
-        let cpu = OrtCpu::new(&lib).unwrap();
+        let cpu = cpu();
         use wasmscore_tensor::Device;
         let x = Tensor::new(vec![2, 4], TensorData::Float32(vec![5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3])).unwrap();
         let on_gpu = gpu

@@ -163,11 +163,20 @@ impl Input<'_> {
     }
 }
 
-pub(crate) fn to_ort(t: &Tensor) -> Result<Input<'_>, ort::Error> {
+/// `owned`: a copy of the data instead of a view, for an IoBinding. ort
+/// 2.0.0-rc.15's `IoBinding::bind_input` copies a borrowed view through its
+/// identity session while it holds that session cache's lock, and the copy
+/// binds the view again: the thread waits on itself (found on the CUDA
+/// device, the one device that binds). An owned value is bound as it is.
+pub(crate) fn to_ort(t: &Tensor, owned: bool) -> Result<Input<'_>, ort::Error> {
     let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
     macro_rules! view {
         ($v:expr) => {
-            Input::Ref(TensorRef::from_array_view((shape, $v.as_slice()))?.into_dyn())
+            if owned {
+                Input::Owned(ort::value::Tensor::from_array((shape, $v.clone()))?.into_dyn())
+            } else {
+                Input::Ref(TensorRef::from_array_view((shape, $v.as_slice()))?.into_dyn())
+            }
         };
     }
     Ok(match t.data() {
@@ -306,11 +315,12 @@ pub(crate) fn host_copies(inputs: &[(&str, &Value)], device: &str) -> Result<Vec
 }
 
 /// What a model on `device` is given for `v`: the value it keeps as it is,
-/// else a view of the host data (or of its host copy).
-pub(crate) fn feed<'a>(v: &'a Value, copy: &'a Option<Tensor>, device: &str) -> Result<Input<'a>, ort::Error> {
+/// else a view of the host data (or of its host copy); `owned`: a copy of
+/// it instead of a view (see [`to_ort`]).
+pub(crate) fn feed<'a>(v: &'a Value, copy: &'a Option<Tensor>, device: &str, owned: bool) -> Result<Input<'a>, ort::Error> {
     match (OrtResident::on(v, device), copy, v) {
         (Some(kept), _, _) => Ok(Input::Kept(kept)),
-        (None, Some(t), _) | (None, None, Value::Host(t)) => to_ort(t),
+        (None, Some(t), _) | (None, None, Value::Host(t)) => to_ort(t, owned),
         (None, None, Value::Resident(_)) => unreachable!("host_copies made a copy"),
     }
 }
@@ -390,7 +400,7 @@ impl Model for OrtModel {
             let idx = self.check_input(name, t.dtype(), t.shape())?;
             values.push((
                 idx,
-                to_ort(t).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
+                to_ort(t, false).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
             ));
         }
         self.run_ort(&values, wanted)?
@@ -415,7 +425,7 @@ impl Model for OrtModel {
         for (((name, v), copy), idx) in inputs.iter().zip(&copies).zip(idx) {
             values.push((
                 idx,
-                feed(v, copy, "cpu").map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
+                feed(v, copy, "cpu", false).map_err(|e| TensorError::bad(format!("{}: input {name}: {e}", self.file)))?,
             ));
         }
         self.run_ort(&values, wanted)?
