@@ -1,7 +1,9 @@
 """Makes the small ONNX models the Open Inference Protocol tests serve.
 
-- identity/model.onnx: one Identity per OIP datatype; input IN_<DT> ->
-  output OUT_<DT>, each of shape [-1, -1] (BYTES as ONNX strings).
+- identity/model.onnx: one Identity per OIP datatype but BF16; input
+  IN_<DT> -> output OUT_<DT>, each of shape [-1, -1] (BYTES as ONNX
+  strings). ONNX Runtime's Python API cannot feed BF16 and BYTES in one
+  run, so the reference outputs of a model with both cannot be had.
 - halves/model.onnx: FP16 H and BF16 B ([-1, -1]) -> H2 and B2 (Identity)
   and HF (H cast to FP32): the 16-bit floats through `/score` JSON.
 - simple/model.onnx: Triton's "simple" example: INT32 INPUT0, INPUT1 [-1, 16]
@@ -47,6 +49,8 @@ def save(graph, path):
 def identity(out):
     nodes, inputs, outputs = [], [], []
     for dt, et in DATATYPES.items():
+        if dt == "BF16":
+            continue
         inputs.append(helper.make_tensor_value_info(f"IN_{dt}", et, ["n", "m"]))
         outputs.append(helper.make_tensor_value_info(f"OUT_{dt}", et, ["n", "m"]))
         nodes.append(helper.make_node("Identity", [f"IN_{dt}"], [f"OUT_{dt}"]))

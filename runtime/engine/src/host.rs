@@ -611,12 +611,7 @@ impl half_floats::Host for HostState {
         Ok(all.filter_map(|i| Some((i.name.clone(), half_type(i.dtype)?))).collect())
     }
 
-    fn from_f32(
-        &mut self,
-        ty: half_floats::HalfType,
-        shape: Vec<u64>,
-        values: Vec<f32>,
-    ) -> Result<Resource<TensorRes>, HostError> {
+    fn from_f32(&mut self, ty: half_floats::HalfType, shape: Vec<u64>, values: Vec<f32>) -> Result<Resource<TensorRes>, HostError> {
         use wasmscore_tensor::half::{bf16, f16};
         let data = match ty {
             half_floats::HalfType::Float16 => TensorData::Float16(values.into_iter().map(f16::from_f32).collect()),
@@ -626,12 +621,7 @@ impl half_floats::Host for HostState {
         self.push_tensor(Tensor::new(shape, data)?, dev)
     }
 
-    fn from_bits(
-        &mut self,
-        ty: half_floats::HalfType,
-        shape: Vec<u64>,
-        bits: Vec<u16>,
-    ) -> Result<Resource<TensorRes>, HostError> {
+    fn from_bits(&mut self, ty: half_floats::HalfType, shape: Vec<u64>, bits: Vec<u16>) -> Result<Resource<TensorRes>, HostError> {
         use wasmscore_tensor::half::{bf16, f16};
         let data = match ty {
             half_floats::HalfType::Float16 => TensorData::Float16(bits.into_iter().map(f16::from_bits).collect()),

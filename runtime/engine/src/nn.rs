@@ -334,7 +334,7 @@ mod tests {
     }
 
     #[test]
-    fn wrong_sizes_and_half_precision_are_refused() {
+    fn wrong_sizes_are_refused_and_half_precision_converts() {
         let short = NnTensor {
             dims: vec![3],
             ty: tensor::TensorType::Fp32,

@@ -18,7 +18,10 @@ fn every_dtype() -> Vec<(String, Tensor)> {
         ("i64".into(), t(&[2], TensorData::Int64(vec![i64::MIN, i64::MAX]))),
         ("f32".into(), t(&[2, 2], TensorData::Float32(vec![0.5, -1.25, 3.0, 1e-7]))),
         ("f64".into(), t(&[1], TensorData::Float64(vec![std::f64::consts::PI]))),
-        ("f16".into(), t(&[2], TensorData::Float16(vec![f16::from_f32(0.5), f16::MIN_POSITIVE_SUBNORMAL]))),
+        (
+            "f16".into(),
+            t(&[2], TensorData::Float16(vec![f16::from_f32(0.5), f16::MIN_POSITIVE_SUBNORMAL])),
+        ),
         ("bf16".into(), t(&[2], TensorData::Bfloat16(vec![bf16::from_f32(-3.0), bf16::MAX]))),
         ("s".into(), t(&[3], TensorData::String(vec!["a".into(), "".into(), "héllo".into()]))),
     ]
@@ -195,19 +198,25 @@ fn half_floats_travel_as_json_numbers_and_as_two_bytes() {
     let r = decode(body, None).unwrap();
     let want_h: Vec<f16> = [1.0, -2.5, 0.1].iter().map(|x| f16::from_f64(*x)).collect();
     assert_eq!(r.inputs[0].1.data(), &TensorData::Float16(want_h.clone()));
-    assert_eq!(r.inputs[1].1.data(), &TensorData::Bfloat16(vec![bf16::from_f32(3.0), bf16::from_f64(1e20)]));
-    assert_eq!(to_json(r.inputs[0].1.data()), serde_json::json!([1.0, -2.5, f16::from_f64(0.1).to_f32()]));
+    assert_eq!(
+        r.inputs[1].1.data(),
+        &TensorData::Bfloat16(vec![bf16::from_f32(3.0), bf16::from_f64(1e20)])
+    );
+    assert_eq!(
+        to_json(r.inputs[0].1.data()),
+        serde_json::json!([1.0, -2.5, f16::from_f64(0.1).to_f32()])
+    );
     // Binary: two little-endian bytes per element, as tritonclient sends them.
     let bytes = to_bytes(&TensorData::Float16(want_h));
     assert_eq!(&bytes[..4], &[0x00, 0x3c, 0x00, 0xc1]);
     let header = br#"{"inputs":[{"name":"h","shape":[3],"datatype":"FP16","parameters":{"binary_data_size":6}}]}"#;
     let mut body = header.to_vec();
     body.extend_from_slice(&bytes);
-    let r = decode(&body, Some(header.len())).unwrap();
+    let r = decode(&body, Some(&header.len().to_string())).unwrap();
     assert_eq!(to_bytes(r.inputs[0].1.data()), bytes);
     // A binary section that is not two bytes per element is refused.
     let mut odd = br#"{"inputs":[{"name":"h","shape":[3],"datatype":"BF16","parameters":{"binary_data_size":5}}]}"#.to_vec();
     let n = odd.len();
     odd.extend_from_slice(&[0; 5]);
-    assert!(decode(&odd, Some(n)).unwrap_err().0.contains("3 BF16 elements take 6"));
+    assert!(decode(&odd, Some(&n.to_string())).unwrap_err().0.contains("3 BF16 elements take 6"));
 }
