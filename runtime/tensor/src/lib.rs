@@ -13,9 +13,9 @@ mod tensor;
 
 pub use cpu_ops::{bias_dims, conv2d_dims, gemm_dims, Conv2dDims, CpuOps, MAX_GEMM_WORK, MAX_OUTPUT_ELEMENTS};
 pub use device::{Device, DeviceKind, Devices, Model, OpCost, Ops, Resident, TensorInfo, Value};
-pub use tensor::{element_count, DType, Tensor, TensorData};
 /// The 16-bit float types of [`TensorData::Float16`] and [`TensorData::Bfloat16`].
 pub use half;
+pub use tensor::{element_count, DType, Tensor, TensorData};
 
 /// Errors from tensor work. The split is the one the guest sees:
 /// the caller's fault (`BadInput`, HTTP 400) or not (`Failed`, HTTP 500).
