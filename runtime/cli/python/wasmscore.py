@@ -19,7 +19,7 @@ REST or gRPC) come with their tensors already decoded by the host: define
 to it without JSON; without it, `run()` gets the request's JSON part. Raise `wasmscore.BadInput` for a client error (HTTP 400);
 any other exception is a module failure (HTTP 500).
 """
-from wit_world.imports import data_collection as _dc, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
+from wit_world.imports import data_collection as _dc, half_floats as _half, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
 from componentize_py_types import Err
 
 __all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "collect", "ops"]
@@ -43,6 +43,10 @@ _DATA = {
     "bool": types.TensorData_Boolean,
     "string": types.TensorData_String,
 }
+# 16-bit floats: made and read as Python floats through the half-floats
+# import (the contract's `dtype` calls them uint16).
+_HALF = {"float16": _half.HalfType.FLOAT16, "bfloat16": _half.HalfType.BFLOAT16}
+_HALF_NAME = {v: k for k, v in _HALF.items()}
 
 
 def _unwrap(call, *args):
@@ -92,10 +96,13 @@ class Tensor:
 
     @property
     def dtype(self):
-        return self.handle.dtype().name.lower()
+        half = _half.type_of(self.handle)
+        return _HALF_NAME[half] if half is not None else self.handle.dtype().name.lower()
 
     def flat(self):
-        """The elements as a flat list."""
+        """The elements as a flat list (float16 and bfloat16 as floats)."""
+        if _half.type_of(self.handle) is not None:
+            return list(_unwrap(_half.to_f32, self.handle))
         return list(self.handle.data().value)
 
     def tolist(self):
@@ -119,14 +126,14 @@ class Tensor:
 
 def tensor(data, dtype="float32", shape=None):
     """Makes a host tensor from a (nested) list; the shape is inferred unless given."""
-    if dtype not in _DATA:
-        raise BadInput(f"unknown dtype {dtype!r}; use one of {sorted(_DATA)}")
+    if dtype not in _DATA and dtype not in _HALF:
+        raise BadInput(f"unknown dtype {dtype!r}; use one of {sorted([*_DATA, *_HALF])}")
     if shape is None:
         shape, flat = _flatten(data)
     else:
         flat = list(data)
     try:
-        if dtype.startswith("float"):
+        if dtype.startswith("float") or dtype in _HALF:
             flat = [float(v) for v in flat]
         elif dtype == "bool":
             flat = [bool(v) for v in flat]
@@ -136,6 +143,8 @@ def tensor(data, dtype="float32", shape=None):
             flat = [int(v) for v in flat]
     except (TypeError, ValueError) as e:
         raise BadInput(f"cannot make a {dtype} tensor: {e}") from None
+    if dtype in _HALF:
+        return Tensor(_unwrap(_half.from_f32, _HALF[dtype], [int(d) for d in shape], flat))
     return Tensor(_unwrap(tensors.Tensor.create, [int(d) for d in shape], _DATA[dtype](flat)))
 
 
@@ -145,13 +154,17 @@ class Model:
     def __init__(self, handle):
         self.handle = handle
 
+    def _described(self, infos):
+        half = {name: _HALF_NAME[t] for name, t in _half.model_types(self.handle)}
+        return [(i.name, half.get(i.name, i.dtype.name.lower()), list(i.shape)) for i in infos]
+
     @property
     def inputs(self):
-        return [(i.name, i.dtype.name.lower(), list(i.shape)) for i in self.handle.inputs()]
+        return self._described(self.handle.inputs())
 
     @property
     def outputs(self):
-        return [(o.name, o.dtype.name.lower(), list(o.shape)) for o in self.handle.outputs()]
+        return self._described(self.handle.outputs())
 
     def run(self, inputs, outputs=None):
         """inputs: {name: Tensor}; returns {name: Tensor}."""

@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::{iris_python, iris_rust, model, root, Server};
+use crate::{built, iris_python, iris_rust, model, root, Server};
 
 /// tests/oip/make_models.py's models under `dir`.
 fn make_models(dir: &Path) {
@@ -130,6 +130,20 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     let (status, _, body) = s.score("halves", r#"{"inputs": {"H": [[1.5]], "B": [["x"]]}}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("not a number"), "{body}");
+    // The same from Python: wasmscore.tensor(x, dtype="float16") and .tolist().
+    let py = built("halves-python", &root().join("tests/oip/halves.py"));
+    s.deploy_ok("halves-py", &py, &[Path::new(&m("halves"))], None);
+    let (status, _, body) = s.score("halves-py", r#"{"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"]["H2"], json!({"dtype": "float16", "data": [[1.5, h]]}), "{body}");
+    assert_eq!(body["outputs"]["HF"], json!({"dtype": "float32", "data": [[1.5, h]]}), "{body}");
+    assert_eq!(body["outputs"]["B2"]["dtype"], "bfloat16", "{body}");
+    assert_eq!(body["outputs"]["B2"]["data"][0][0], json!(2.0), "{body}");
+    assert_eq!(
+        (&body["inputs"][0][1], &body["inputs"][1][1]),
+        (&json!("float16"), &json!("bfloat16")),
+        "{body}"
+    );
 
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);
