@@ -14,10 +14,13 @@
 // lists) or a Uint8Array (sent as application/octet-stream).
 
 declare module "wasmscore" {
-  /** Element types; "bool" is ONNX's boolean. */
+  /** Element types; "bool" is ONNX's boolean; float16 and bfloat16 are
+   * made from and read as float32 values. */
   export type Dtype =
     | "float32"
     | "float64"
+    | "float16"
+    | "bfloat16"
     | "int8"
     | "int16"
     | "int32"
@@ -55,8 +58,8 @@ declare module "wasmscore" {
     readonly device: string;
     /**
      * The elements in row-major order: the dtype's typed array
-     * (BigInt64Array / BigUint64Array for int64 / uint64), or an array for
-     * bool and string.
+     * (BigInt64Array / BigUint64Array for int64 / uint64, Float32Array for
+     * float16 and bfloat16), or an array for bool and string.
      */
     flat():
       | Float32Array

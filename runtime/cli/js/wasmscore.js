@@ -39,6 +39,12 @@ import {
 import { log as hostLog } from "wasmscore:scoring/log@0.1.0";
 import { record as hostRecord } from "wasmscore:scoring/metrics@0.1.0";
 import { collect as hostCollect } from "wasmscore:scoring/data-collection@0.1.0";
+import {
+  typeOf as halfTypeOf,
+  modelTypes as halfModelTypes,
+  fromF32 as halfFromF32,
+  toF32 as halfToF32,
+} from "wasmscore:scoring/half-floats@0.1.0";
 
 /** Throw from run() when the request is wrong: the client gets 400. */
 export class BadInput extends Error {
@@ -64,6 +70,10 @@ const DTYPES = {
   uint64: { tag: "uint64", array: BigUint64Array, kind: "bigint", min: 0n, max: 2n ** 64n - 1n },
   bool: { tag: "boolean", array: null, kind: "bool" },
   string: { tag: "string", array: null, kind: "string" },
+  // 16-bit floats travel as float32 through the half-floats import (the
+  // contract's dtype calls them uint16).
+  float16: { half: "float16", array: Float32Array, kind: "float" },
+  bfloat16: { half: "bfloat16", array: Float32Array, kind: "float" },
 };
 
 // The host's dtype enum -> our names (the same, but "boolean" is "bool").
@@ -282,7 +292,7 @@ export class Tensor {
 
   /** "float32", "int64", "bool", "string", ... */
   get dtype() {
-    if (this.#dtype === undefined) this.#dtype = dtypeName(this.handle.dtype());
+    if (this.#dtype === undefined) this.#dtype = halfTypeOf(this.handle) ?? dtypeName(this.handle.dtype());
     return this.#dtype;
   }
 
@@ -291,9 +301,10 @@ export class Tensor {
     return this.handle.device();
   }
 
-  /** The elements in row-major order: a typed array (BigInt64Array for int64),
-   * or an array for bool and string. */
+  /** The elements in row-major order: a typed array (BigInt64Array for int64,
+   * Float32Array for float16 and bfloat16), or an array for bool and string. */
   flat() {
+    if (DTYPES[this.dtype].half) return host("flat()", () => halfToF32(this.handle));
     return this.handle.data().val;
   }
 
@@ -375,6 +386,8 @@ export function tensor(data, dtype = "float32", shape = undefined) {
   }
   const dims = shapeOf(shape);
   const val = elements(flat, dtype);
+  const half = DTYPES[dtype].half;
+  if (half) return new Tensor(host("tensor()", () => halfFromF32(half, dims, val)));
   return new Tensor(host("tensor()", () => HostTensor.create(dims, { tag: DTYPES[dtype].tag, val })));
 }
 
@@ -394,8 +407,13 @@ function freeing(temps, call) {
   }
 }
 
-function infos(list) {
-  return Array.from(list, (i) => ({ name: i.name, dtype: dtypeName(i.dtype), shape: Array.from(i.shape, Number) }));
+function infos(list, halves) {
+  const half = new Map(halves);
+  return Array.from(list, (i) => ({
+    name: i.name,
+    dtype: half.get(i.name) ?? dtypeName(i.dtype),
+    shape: Array.from(i.shape, Number),
+  }));
 }
 
 /** A model that ships with the version, run by the host. */
@@ -409,12 +427,22 @@ export class Model {
 
   /** [{name, dtype, shape}]; -1 in a shape is a dynamic dimension. */
   get inputs() {
-    if (this.#inputs === undefined) this.#inputs = infos(host("Model.inputs", () => this.handle.inputs()));
+    if (this.#inputs === undefined) {
+      this.#inputs = infos(
+        host("Model.inputs", () => this.handle.inputs()),
+        halfModelTypes(this.handle),
+      );
+    }
     return this.#inputs.map((i) => ({ ...i, shape: i.shape.slice() }));
   }
 
   get outputs() {
-    if (this.#outputs === undefined) this.#outputs = infos(host("Model.outputs", () => this.handle.outputs()));
+    if (this.#outputs === undefined) {
+      this.#outputs = infos(
+        host("Model.outputs", () => this.handle.outputs()),
+        halfModelTypes(this.handle),
+      );
+    }
     return this.#outputs.map((o) => ({ ...o, shape: o.shape.slice() }));
   }
 

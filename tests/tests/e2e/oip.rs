@@ -130,25 +130,42 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     let (status, _, body) = s.score("halves", r#"{"inputs": {"H": [[1.5]], "B": [["x"]]}}"#);
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("not a number"), "{body}");
-    // The same from Python: wasmscore.tensor(x, dtype="float16") and .tolist().
-    let py = built("halves-python", &root().join("tests/oip/halves.py"));
-    s.deploy_ok("halves-py", &py, &[Path::new(&m("halves"))], None);
-    let (status, _, body) = s.score("halves-py", r#"{"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}"#);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["outputs"]["H2"], json!({"dtype": "float16", "data": [[1.5, h]]}), "{body}");
-    assert_eq!(body["outputs"]["HF"], json!({"dtype": "float32", "data": [[1.5, h]]}), "{body}");
-    assert_eq!(body["outputs"]["B2"]["dtype"], "bfloat16", "{body}");
-    assert_eq!(body["outputs"]["B2"]["data"][0][0], json!(2.0), "{body}");
-    assert_eq!(
-        (&body["inputs"][0][1], &body["inputs"][1][1]),
-        (&json!("float16"), &json!("bfloat16")),
-        "{body}"
-    );
+    // The same from Python (wasmscore.tensor(x, dtype="float16"), .tolist())
+    // and JavaScript (tensor(x, "float16"), toList()).
+    for (ep, src) in [("halves-py", "tests/oip/halves.py"), ("halves-js", "tests/oip/halves.js")] {
+        let module = built(ep, &root().join(src));
+        s.deploy_ok(ep, &module, &[Path::new(&m("halves"))], None);
+        check_halves(ep, &s.score(ep, r#"{"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}"#));
+    }
 
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("exactly one --model"));
+}
+
+/// A module's answer on the halves model: each output's dtype and data,
+/// and the model's inputs as the helper describes them.
+fn check_halves(ep: &str, (status, _, body): &(u16, String, Value)) {
+    let h = 0.0999755859375; // 0.1 as FP16
+    assert_eq!(*status, 200, "{ep}: {body}");
+    assert_eq!(
+        body["outputs"]["H2"],
+        json!({"dtype": "float16", "data": [[1.5, h]]}),
+        "{ep}: {body}"
+    );
+    assert_eq!(
+        body["outputs"]["HF"],
+        json!({"dtype": "float32", "data": [[1.5, h]]}),
+        "{ep}: {body}"
+    );
+    assert_eq!(body["outputs"]["B2"]["dtype"], "bfloat16", "{ep}: {body}");
+    assert_eq!(body["outputs"]["B2"]["data"][0][0].as_f64(), Some(2.0), "{ep}: {body}");
+    assert_eq!(
+        (&body["inputs"][0][1], &body["inputs"][1][1]),
+        (&json!("float16"), &json!("bfloat16")),
+        "{ep}: {body}"
+    );
 }
 
 /// gRPC over TLS (the development CA, as HTTPS uses it) with the message
