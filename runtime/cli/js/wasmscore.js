@@ -292,7 +292,11 @@ export class Tensor {
 
   /** "float32", "int64", "bool", "string", ... */
   get dtype() {
-    if (this.#dtype === undefined) this.#dtype = halfTypeOf(this.handle) ?? dtypeName(this.handle.dtype());
+    if (this.#dtype === undefined) {
+      const name = dtypeName(this.handle.dtype());
+      // Only a tensor that says uint16 can be a 16-bit float.
+      this.#dtype = name === "uint16" ? (halfTypeOf(this.handle) ?? name) : name;
+    }
     return this.#dtype;
   }
 

@@ -96,12 +96,16 @@ class Tensor:
 
     @property
     def dtype(self):
+        name = self.handle.dtype().name.lower()
+        if name != "uint16":
+            return name
+        # Only a tensor that says uint16 can be a 16-bit float.
         half = _half.type_of(self.handle)
-        return _HALF_NAME[half] if half is not None else self.handle.dtype().name.lower()
+        return _HALF_NAME[half] if half is not None else name
 
     def flat(self):
         """The elements as a flat list (float16 and bfloat16 as floats)."""
-        if _half.type_of(self.handle) is not None:
+        if self.dtype in _HALF:
             return list(_unwrap(_half.to_f32, self.handle))
         return list(self.handle.data().value)
 

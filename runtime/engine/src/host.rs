@@ -389,6 +389,14 @@ impl HostState {
         self.push_value(Value::Host(tensor), device)
     }
 
+    /// A tensor the guest made (`tensors.create`, `half-floats.from-*`):
+    /// the shape checked against the data, held for the version's device.
+    fn made_by_guest(&mut self, shape: Vec<u64>, data: TensorData) -> Result<Resource<TensorRes>, HostError> {
+        let t = Tensor::new(shape, data)?;
+        let dev = self.device_name();
+        self.push_tensor(t, dev)
+    }
+
     /// Hands a value to the guest. A resident one counts at its full size
     /// now: that is what its host copy takes if it is ever read.
     fn push_value(&mut self, value: Value, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
@@ -554,9 +562,7 @@ impl scoring_types::Host for HostState {}
 
 impl tensors::HostTensor for HostState {
     fn create(&mut self, shape: Vec<u64>, data: types::TensorData) -> Result<Resource<TensorRes>, HostError> {
-        let t = Tensor::new(shape, from_wit_data(data))?;
-        let dev = self.device_name();
-        self.push_tensor(t, dev)
+        self.made_by_guest(shape, from_wit_data(data))
     }
 
     fn dtype(&mut self, t: Resource<TensorRes>) -> wasmtime::Result<types::Dtype> {
@@ -617,8 +623,7 @@ impl half_floats::Host for HostState {
             half_floats::HalfType::Float16 => TensorData::Float16(values.into_iter().map(f16::from_f32).collect()),
             half_floats::HalfType::Bfloat16 => TensorData::Bfloat16(values.into_iter().map(bf16::from_f32).collect()),
         };
-        let dev = self.device_name();
-        self.push_tensor(Tensor::new(shape, data)?, dev)
+        self.made_by_guest(shape, data)
     }
 
     fn from_bits(&mut self, ty: half_floats::HalfType, shape: Vec<u64>, bits: Vec<u16>) -> Result<Resource<TensorRes>, HostError> {
@@ -627,8 +632,7 @@ impl half_floats::Host for HostState {
             half_floats::HalfType::Float16 => TensorData::Float16(bits.into_iter().map(f16::from_bits).collect()),
             half_floats::HalfType::Bfloat16 => TensorData::Bfloat16(bits.into_iter().map(bf16::from_bits).collect()),
         };
-        let dev = self.device_name();
-        self.push_tensor(Tensor::new(shape, data)?, dev)
+        self.made_by_guest(shape, data)
     }
 
     fn to_f32(&mut self, t: Resource<TensorRes>) -> Result<Vec<f32>, HostError> {
