@@ -9,7 +9,8 @@ KEYS_JSON maps each endpoint to its primary key. The endpoints (deployed
 with `--model` only, so the built-in module serves them): identity,
 simple (versions v1 and v2), simple_fp32, simple_fp64, simple_int64; and
 iris and iris-py (examples/iris-rust and iris-python, modules that take the
-tensors themselves).
+tensors themselves); helper-py (tests/oip/helper.py, whose run_tensors
+answers a BYTES input with each element's bytes reversed and lengths).
 Prints one line per check and exits non-zero on the first failure.
 """
 import asyncio
@@ -106,6 +107,32 @@ def sample(dt, shape, rng):
     return rng.integers(info.min, info.max, shape, dtype=NP[dt], endpoint=True)
 
 
+# BYTES elements that are not text: a PNG signature (NUL and invalid UTF-8),
+# an empty one, a lone NUL, a cut multi-byte character, and text.
+ODD = np.array([b"\x89PNG\r\n\x1a\n\x00\xff", b"", b"\x00", "é".encode()[:1], "é".encode()], dtype=np.object_).reshape(5, 1)
+
+
+def odd_bytes(mod, c, headers, binary_output=True):
+    """The identity model with ODD in IN_BYTES: ONNX Runtime holds and gives
+    back every byte. Returns OUT_BYTES."""
+    arrays = {f"IN_{dt}": sample(dt, [5, 1], np.random.default_rng(5)) for dt in IDENTITY}
+    arrays["IN_BYTES"] = ODD
+    out = [mod.InferRequestedOutput("OUT_BYTES", binary_data=binary_output) if mod is th else mod.InferRequestedOutput("OUT_BYTES")]
+    return c.infer("identity", triton_inputs(mod, arrays, True), outputs=out, headers=headers).as_numpy("OUT_BYTES")
+
+
+def exact_bytes(got, want):
+    return got is not None and got.shape == want.shape and [bytes(x) for x in got.ravel()] == [bytes(x) for x in want.ravel()]
+
+
+def helper_bytes(mod, c, headers):
+    """helper-py's run_tensors on ODD: each element reversed, and its length."""
+    r = c.infer("helper-py", triton_inputs(mod, {"B": ODD}, True), headers=headers)
+    want_r = np.array([bytes(x)[::-1] for x in ODD.ravel()], dtype=np.object_).reshape(ODD.shape)
+    want_n = np.array([len(x) for x in ODD.ravel()], np.int64).reshape(ODD.shape)
+    return exact_bytes(r.as_numpy("R"), want_r) and np.array_equal(r.as_numpy("N"), want_n), (r.as_numpy("R"), r.as_numpy("N"))
+
+
 def triton_inputs(mod, arrays, binary):
     out = []
     for name, a in arrays.items():
@@ -139,6 +166,16 @@ def triton_http():
             got = r.as_numpy(f"OUT_{dt}")
             check(f"tritonclient.http identity {dt} binary={binary}", same(got, want[f"OUT_{dt}"]), (got, want[f"OUT_{dt}"]))
         check("tritonclient.http: model_version answered", r.get_response()["model_version"] == "v1")
+    # BYTES that are not UTF-8, in binary (JSON cannot carry them).
+    got = odd_bytes(th, c, auth("identity"))
+    check("tritonclient.http identity BYTES that are not UTF-8, every byte back", exact_bytes(got, ODD), got)
+    try:
+        odd_bytes(th, c, auth("identity"), binary_output=False)
+        check("tritonclient.http BYTES that are not UTF-8 asked for in JSON refused", False)
+    except InferenceServerException as e:
+        check("tritonclient.http BYTES that are not UTF-8 asked for in JSON -> 400 saying binary",
+              e.status() == "400" and "not UTF-8" in e.message() and "binary" in e.message(), (e.status(), e.message()))
+    check("tritonclient.http BYTES to a Python module's run_tensors and back", *helper_bytes(th, c, auth("helper-py")))
     # FP16 and BF16 (BF16 in binary only: tritonclient sends it no other way).
     halves = {"H": sample("FP16", [2, 3], rng), "B": sample("BF16", [2, 3], rng)}
     want = reference("halves", halves)
@@ -209,6 +246,9 @@ def triton_grpc():
     r = c.infer("identity", triton_inputs(tg, arrays, True), headers=gauth("identity"))
     for dt in IDENTITY:
         check(f"tritonclient.grpc identity {dt} (raw contents)", same(r.as_numpy(f"OUT_{dt}"), want[f"OUT_{dt}"]))
+    got = odd_bytes(tg, c, gauth("identity"))
+    check("tritonclient.grpc identity BYTES that are not UTF-8, every byte back", exact_bytes(got, ODD), got)
+    check("tritonclient.grpc BYTES to a Python module's run_tensors and back", *helper_bytes(tg, c, gauth("helper-py")))
     halves = {"H": sample("FP16", [3, 2], rng), "B": sample("BF16", [3, 2], rng)}
     want = reference("halves", halves)
     r = c.infer("halves", triton_inputs(tg, halves, True), headers=gauth("halves"))

@@ -19,6 +19,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "scorer" });
 use std::cell::RefCell;
 
 use serde_json::Value;
+use wasmscore::scoring::byte_strings;
 use wasmscore::scoring::half_floats::{self, HalfType};
 use wasmscore::scoring::inference::{Model, TensorInfo};
 use wasmscore::scoring::tensors::Tensor;
@@ -191,6 +192,8 @@ fn score_json(l: &Loaded, body: &[u8]) -> Result<Response, Error> {
     for (name, t) in run_model(l, tensors)? {
         let flat = match l.half(&name) {
             Some(_) => half_floats::to_f32(&t)?.into_iter().map(Value::from).collect(),
+            // `data` would put U+FFFD in place of bytes that are not UTF-8.
+            None if t.dtype() == Dtype::String => text(&name, byte_strings::to_bytes(&t)?)?,
             None => to_json(&t.data()),
         };
         outputs.insert(name, nest(&flat, &t.shape()));
@@ -237,6 +240,21 @@ fn from_json(d: Dtype, flat: &[&Value]) -> Result<TensorData, String> {
         Dtype::Float64 => TensorData::Float64(each(flat, "a number", Value::as_f64)?),
         Dtype::String => TensorData::String(each(flat, "a string", |v| v.as_str().map(str::to_string))?),
     })
+}
+
+/// A string output's elements as JSON strings, when they are text.
+fn text(name: &str, elements: Vec<Vec<u8>>) -> Result<Vec<Value>, Error> {
+    elements
+        .into_iter()
+        .map(|e| {
+            String::from_utf8(e).map(Value::from).map_err(|_| {
+                bad(format!(
+                    "output {name:?} holds bytes that are not UTF-8, which JSON cannot carry; \
+                     ask for it over the Open Inference Protocol in binary or over gRPC"
+                ))
+            })
+        })
+        .collect()
 }
 
 fn to_json(d: &TensorData) -> Vec<Value> {

@@ -45,6 +45,7 @@ import {
   fromF32 as halfFromF32,
   toF32 as halfToF32,
 } from "wasmscore:scoring/half-floats@0.1.0";
+import { fromBytes as bytesFrom, toBytes as bytesOf } from "wasmscore:scoring/byte-strings@0.1.0";
 
 /** Throw from run() when the request is wrong: the client gets 400. */
 export class BadInput extends Error {
@@ -306,9 +307,11 @@ export class Tensor {
   }
 
   /** The elements in row-major order: a typed array (BigInt64Array for int64,
-   * Float32Array for float16 and bfloat16), or an array for bool and string. */
+   * Float32Array for float16 and bfloat16), or an array for bool and string
+   * (a string element that is not UTF-8, an image say, is a Uint8Array). */
   flat() {
     if (DTYPES[this.dtype].half) return host("flat()", () => halfToF32(this.handle));
+    if (this.dtype === "string") return host("flat()", () => bytesOf(this.handle)).map(textOrBytes);
     return this.handle.data().val;
   }
 
@@ -393,6 +396,31 @@ export function tensor(data, dtype = "float32", shape = undefined) {
   const half = DTYPES[dtype].half;
   if (half) return new Tensor(host("tensor()", () => halfFromF32(half, dims, val)));
   return new Tensor(host("tensor()", () => HostTensor.create(dims, { tag: DTYPES[dtype].tag, val })));
+}
+
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
+function textOrBytes(b) {
+  try {
+    return UTF8.decode(b);
+  } catch {
+    return b;
+  }
+}
+
+/**
+ * Makes a string tensor from its elements' bytes (Uint8Array, or strings,
+ * which go as UTF-8): for data that is not text, such as an image in an
+ * Open Inference Protocol BYTES tensor. The shape defaults to one dimension.
+ */
+export function bytesTensor(elements, shape = [elements.length]) {
+  const encoder = new TextEncoder();
+  const raw = Array.from(elements, (e, i) => {
+    if (typeof e === "string") return encoder.encode(e);
+    if (ArrayBuffer.isView(e)) return new Uint8Array(e.buffer, e.byteOffset, e.byteLength);
+    throw new BadInput(`bytesTensor: element ${i} is ${what(e)}, not a Uint8Array or a string`);
+  });
+  return new Tensor(host("bytesTensor()", () => bytesFrom(shapeOf(shape), raw)));
 }
 
 // A Tensor stays; anything else becomes a float32 tensor that the caller frees.

@@ -16,10 +16,13 @@ Tensors live on the host; `tensor()` copies a nested list there, `.tolist()`
 copies one back. Open Inference Protocol requests (`/v2/models/NAME/infer`,
 REST or gRPC) come with their tensors already decoded by the host: define
 `run_tensors(inputs)` ({name: Tensor} in, {name: Tensor} out) and they go
-to it without JSON; without it, `run()` gets the request's JSON part. Raise `wasmscore.BadInput` for a client error (HTTP 400);
+to it without JSON; without it, `run()` gets the request's JSON part.
+String tensors (OIP BYTES) read as `str`, or as `bytes` for an element
+that is not UTF-8 (an image, say); `tensor([b"...", ...], dtype="string")`
+makes one from bytes. Raise `wasmscore.BadInput` for a client error (HTTP 400);
 any other exception is a module failure (HTTP 500).
 """
-from wit_world.imports import data_collection as _dc, half_floats as _half, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
+from wit_world.imports import byte_strings as _bytes, data_collection as _dc, half_floats as _half, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
 from componentize_py_types import Err
 
 __all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "collect", "ops"]
@@ -104,9 +107,13 @@ class Tensor:
         return _HALF_NAME[half] if half is not None else name
 
     def flat(self):
-        """The elements as a flat list (float16 and bfloat16 as floats)."""
-        if self.dtype in _HALF:
+        """The elements as a flat list (float16 and bfloat16 as floats;
+        strings as str, or bytes where an element is not UTF-8)."""
+        dtype = self.dtype
+        if dtype in _HALF:
             return list(_unwrap(_half.to_f32, self.handle))
+        if dtype == "string":
+            return [_text_or_bytes(b) for b in _unwrap(_bytes.to_bytes, self.handle)]
         return list(self.handle.data().value)
 
     def tolist(self):
@@ -128,6 +135,13 @@ class Tensor:
         return build(0, shape)[0]
 
 
+def _text_or_bytes(b):
+    try:
+        return bytes(b).decode("utf-8")
+    except UnicodeDecodeError:
+        return bytes(b)
+
+
 def tensor(data, dtype="float32", shape=None):
     """Makes a host tensor from a (nested) list; the shape is inferred unless given."""
     if dtype not in _DATA and dtype not in _HALF:
@@ -142,6 +156,9 @@ def tensor(data, dtype="float32", shape=None):
         elif dtype == "bool":
             flat = [bool(v) for v in flat]
         elif dtype == "string":
+            if any(isinstance(v, (bytes, bytearray)) for v in flat):
+                raw = [bytes(v) if isinstance(v, (bytes, bytearray)) else str(v).encode("utf-8") for v in flat]
+                return Tensor(_unwrap(_bytes.from_bytes, [int(d) for d in shape], raw))
             flat = [str(v) for v in flat]
         else:
             flat = [int(v) for v in flat]

@@ -193,8 +193,68 @@ pub(crate) fn to_ort(t: &Tensor, owned: bool) -> Result<Input<'_>, ort::Error> {
         TensorData::Uint32(v) => view!(v),
         TensorData::Uint64(v) => view!(v),
         TensorData::Bool(v) => view!(v),
-        TensorData::String(v) => Input::Owned(ort::value::Tensor::from_string_array((shape, v.as_slice()))?.into_dyn()),
+        TensorData::String(_) | TensorData::Bytes(_) => {
+            Input::Owned(string_tensor(&shape, &t.data().byte_strings().expect("a string tensor"))?)
+        }
     })
+}
+
+/// An ONNX Runtime string tensor from its elements' bytes, which may hold
+/// any byte: ort's `from_string_array` copies each element into a C
+/// string, which ends at a NUL and so cannot carry binary data (an image in
+/// an OIP BYTES tensor). ONNX Runtime holds each element as a C++ string of
+/// the length given here.
+fn string_tensor(shape: &[i64], elements: &[&[u8]]) -> Result<DynValue, ort::Error> {
+    let mut allocator = ort::memory::Allocator::default();
+    let mut value: *mut ort::sys::OrtValue = ptr::null_mut();
+    let ty = ort::sys::ONNXTensorElementDataType::ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING;
+    // SAFETY: ONNX Runtime's C API as documented: the value is created with the
+    // default allocator, owned by the DynValue from here on (released on drop),
+    // and each element's buffer is `e.len()` bytes long.
+    unsafe {
+        ort::Error::result_from_status(ort::ortsys![CreateTensorAsOrtValue](
+            allocator.ptr_mut(),
+            shape.as_ptr(),
+            shape.len(),
+            ty,
+            &mut value,
+        ))?;
+        let owned = NonNull::new(value).ok_or_else(|| ort::Error::new("ONNX Runtime made no string tensor"))?;
+        let out = DynValue::from_ptr(owned, Some(&allocator));
+        for (i, e) in elements.iter().enumerate() {
+            let mut buf: *mut c_char = ptr::null_mut();
+            ort::Error::result_from_status(ort::ortsys![GetResizedStringTensorElementBuffer](value, i, e.len(), &mut buf))?;
+            if !e.is_empty() {
+                ptr::copy_nonoverlapping(e.as_ptr(), buf.cast::<u8>(), e.len());
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A string output's elements as bytes (ort's `try_extract_strings`
+/// refuses any that is not UTF-8).
+fn string_elements(v: &DynValue, count: usize) -> Result<Vec<Vec<u8>>, ort::Error> {
+    if count == 0 {
+        return Ok(Vec::new());
+    }
+    let mut total = 0usize;
+    // SAFETY: `v` is a CPU string tensor of `count` elements (checked by the
+    // caller); the buffers are the sizes ONNX Runtime asked for.
+    unsafe {
+        ort::Error::result_from_status(ort::ortsys![GetStringTensorDataLength](v.ptr(), &mut total))?;
+        let mut content = vec![0u8; total];
+        let mut offsets = vec![0usize; count + 1];
+        ort::Error::result_from_status(ort::ortsys![GetStringTensorContent](
+            v.ptr(),
+            content.as_mut_ptr().cast(),
+            total,
+            offsets.as_mut_ptr(),
+            count,
+        ))?;
+        offsets[count] = total;
+        Ok(offsets.windows(2).map(|w| content[w[0]..w[1]].to_vec()).collect())
+    }
 }
 
 pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, TensorError> {
@@ -226,8 +286,12 @@ pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, T
         TensorElementType::Uint64 => grab!(u64, Uint64),
         TensorElementType::Bool => grab!(bool, Bool),
         TensorElementType::String => {
-            let (shape, data) = v.try_extract_strings().map_err(err)?;
-            (shape.iter().map(|&d| d as u64).collect(), TensorData::String(data))
+            let ValueType::Tensor { shape, .. } = v.dtype() else {
+                unreachable!("matched a tensor above")
+            };
+            let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            let count = shape.iter().product::<u64>() as usize;
+            (shape, TensorData::from_byte_strings(string_elements(v, count).map_err(err)?))
         }
         other => {
             return Err(TensorError::failed(format!(

@@ -15,7 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use wasmscore_collect::{Designation, VersionCollector};
 
-use crate::bindings::{data_collection, half_floats, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
+use crate::bindings::{byte_strings, data_collection, half_floats, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
 use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it: host
@@ -389,7 +389,8 @@ impl HostState {
         self.push_value(Value::Host(tensor), device)
     }
 
-    /// A tensor the guest made (`tensors.create`, `half-floats.from-*`):
+    /// A tensor the guest made (`tensors.create`, `half-floats.from-*`,
+    /// `byte-strings.from-bytes`):
     /// the shape checked against the data, held for the version's device.
     fn made_by_guest(&mut self, shape: Vec<u64>, data: TensorData) -> Result<Resource<TensorRes>, HostError> {
         let t = Tensor::new(shape, data)?;
@@ -544,6 +545,8 @@ fn to_wit_data(d: &TensorData) -> types::TensorData {
         TensorData::Uint64(v) => W::Uint64(v.clone()),
         TensorData::Bool(v) => W::Boolean(v.clone()),
         TensorData::String(v) => W::String(v.clone()),
+        // `byte-strings.to-bytes` gives these exactly.
+        TensorData::Bytes(v) => W::String(v.iter().map(|e| String::from_utf8_lossy(e).into_owned()).collect()),
     }
 }
 
@@ -640,6 +643,20 @@ impl half_floats::Host for HostState {
             TensorData::Float16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
             TensorData::Bfloat16(v) => Ok(v.iter().map(|x| x.to_f32()).collect()),
             other => Err(TensorError::bad(format!("to-f32 takes an FP16 or BF16 tensor, this one is {}", other.dtype().name())).into()),
+        }
+    }
+}
+
+impl byte_strings::Host for HostState {
+    fn from_bytes(&mut self, shape: Vec<u64>, elements: Vec<Vec<u8>>) -> Result<Resource<TensorRes>, HostError> {
+        self.made_by_guest(shape, TensorData::from_byte_strings(elements))
+    }
+
+    fn to_bytes(&mut self, t: Resource<TensorRes>) -> Result<Vec<Vec<u8>>, HostError> {
+        let data = get(&self.table, &t)?.data();
+        match data.byte_strings() {
+            Some(elements) => Ok(elements.into_iter().map(<[u8]>::to_vec).collect()),
+            None => Err(TensorError::bad(format!("to-bytes takes a string tensor, this one is {}", data.dtype().name())).into()),
         }
     }
 }

@@ -323,12 +323,10 @@ fn from_bytes(d: DType, b: &[u8], count: u64) -> Result<TensorData, String> {
             if n > rest.len() {
                 return Err(format!("BYTES element {} claims {n} bytes but {} are left", out.len(), rest.len()));
             }
-            let s = std::str::from_utf8(&rest[..n])
-                .map_err(|_| format!("BYTES element {} is not UTF-8 (this host holds BYTES as text)", out.len()))?;
-            out.push(s.to_string());
+            out.push(rest[..n].to_vec());
             rest = &rest[n..];
         }
-        return Ok(TensorData::String(out));
+        return Ok(TensorData::from_byte_strings(out));
     }
     let width = d.width();
     if b.len() as u64 != count.saturating_mul(width as u64) {
@@ -387,11 +385,12 @@ pub fn to_bytes(data: &TensorData) -> Vec<u8> {
         TensorData::Float64(v) => le!(v),
         TensorData::Float16(v) => le!(v),
         TensorData::Bfloat16(v) => le!(v),
-        TensorData::String(v) => {
-            let mut out = Vec::with_capacity(v.iter().map(|s| s.len() + 4).sum());
-            for s in v {
+        TensorData::String(_) | TensorData::Bytes(_) => {
+            let elements = data.byte_strings().expect("a string tensor");
+            let mut out = Vec::with_capacity(elements.iter().map(|s| s.len() + 4).sum());
+            for s in elements {
                 out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(s);
             }
             out
         }
@@ -417,6 +416,7 @@ fn to_json(data: &TensorData) -> Value {
         TensorData::Float16(v) => json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
         TensorData::Bfloat16(v) => json!(v.iter().map(|x| x.to_f32()).collect::<Vec<_>>()),
         TensorData::String(v) => json!(v),
+        TensorData::Bytes(_) => unreachable!("encode_response sends bytes that are not UTF-8 in binary only"),
     }
 }
 
@@ -449,6 +449,12 @@ pub fn encode_response(
         }
         chosen
     };
+    if let Some((n, _, _)) = chosen.iter().find(|(_, t, bin)| !bin && matches!(t.data(), TensorData::Bytes(_))) {
+        return err(format!(
+            "output {n:?} holds BYTES that are not UTF-8, which JSON cannot carry; \
+             ask for it in binary (\"binary_data\": true in its parameters) or over gRPC"
+        ));
+    }
     let mut head = Map::new();
     head.insert("model_name".into(), json!(model_name));
     head.insert("model_version".into(), json!(model_version));
@@ -508,8 +514,11 @@ pub fn pack(body: &[u8], tensors: &[(String, Tensor)]) -> (Vec<u8>, String) {
     (out, format!("{},{json_len}", body.len()))
 }
 
+/// A call's body and its named tensors, as [`pack`] frames them.
+pub type Packed = (Vec<u8>, Vec<(String, Tensor)>);
+
 /// Undoes [`pack`]: the body and the tensors.
-pub fn unpack(buf: &[u8], header: &str) -> Result<(Vec<u8>, Vec<(String, Tensor)>), OipError> {
+pub fn unpack(buf: &[u8], header: &str) -> Result<Packed, OipError> {
     let parsed = header.split_once(',').and_then(|(b, j)| Some((b.parse::<usize>().ok()?, j)));
     let Some((body_len, json_len)) = parsed else {
         return err(format!("malformed tensor framing header {header:?}"));

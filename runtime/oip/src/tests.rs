@@ -220,3 +220,38 @@ fn half_floats_travel_as_json_numbers_and_as_two_bytes() {
     odd.extend_from_slice(&[0; 5]);
     assert!(decode(&odd, Some(&n.to_string())).unwrap_err().0.contains("3 BF16 elements take 6"));
 }
+
+#[test]
+fn bytes_that_are_not_utf8_travel_in_binary_and_are_refused_in_json() {
+    // Binary: each element's bytes exactly (a PNG signature, a NUL, a cut
+    // multi-byte character); text elements alone stay text.
+    let elements = vec![b"\x89PNG\x00\xff".to_vec(), b"".to_vec(), vec![0xc3]];
+    let odd = t(&[3], TensorData::from_byte_strings(elements.clone()));
+    assert!(matches!(odd.data(), TensorData::Bytes(_)));
+    assert_eq!(
+        TensorData::from_byte_strings(vec![b"ok".to_vec()]),
+        TensorData::String(vec!["ok".into()])
+    );
+    let (body, h) = request(&[("s".into(), odd.clone())], true);
+    let r = decode(&body, h.as_deref()).unwrap();
+    assert_eq!(r.inputs[0].1, odd);
+    assert_eq!(
+        odd.data().byte_strings().unwrap(),
+        elements.iter().map(Vec::as_slice).collect::<Vec<_>>()
+    );
+    let outputs = [("s".to_string(), odd.clone())];
+    let binary = InferRequest {
+        binary_output: true,
+        ..r.clone()
+    };
+    let e = encode_response("m", "v1", &binary, &outputs).unwrap();
+    let back = decode_response(&e.body, e.header_len.map(|n| n.to_string()).as_deref()).unwrap();
+    assert_eq!(back, outputs);
+    // JSON cannot carry them: a clear error that says how to ask instead.
+    let json_out = InferRequest { binary_output: false, ..r };
+    let e = encode_response("m", "v1", &json_out, &outputs).unwrap_err();
+    assert!(e.0.contains("not UTF-8") && e.0.contains("binary"), "{e}");
+    // The hop between router and node carries them.
+    let (buf, h) = pack(b"{}", &outputs);
+    assert_eq!(unpack(&buf, &h).unwrap().1, outputs);
+}

@@ -302,18 +302,7 @@ fn typed(input: &InferInputTensor) -> Result<Tensor, oip::OipError> {
                 input.datatype
             )))
         }
-        DType::String => TensorData::String(
-            c.bytes_contents
-                .iter()
-                .map(|b| {
-                    String::from_utf8(b.clone()).map_err(|_| {
-                        oip::OipError(format!(
-                            "input {name:?}: a BYTES element is not UTF-8 (this host holds BYTES as text)"
-                        ))
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        ),
+        DType::String => TensorData::from_byte_strings(c.bytes_contents.clone()),
     };
     oip::shaped(name, "input", dims, count, data)
 }

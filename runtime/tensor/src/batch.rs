@@ -363,7 +363,7 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
             }
         };
     }
-    let data = cat!(Float32, Float64, Float16, Bfloat16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String);
+    let data = cat!(Float32, Float64, Float16, Bfloat16, Int8, Int16, Int32, Int64, Uint8, Uint16, Uint32, Uint64, Bool, String, Bytes);
     Tensor::new(shape, data)
 }
 
@@ -385,6 +385,8 @@ pub fn split_rows(t: &Tensor, rows: &[usize]) -> Option<Vec<Tensor>> {
             ($($v:ident),*) => {
                 match t.data() {
                     $(TensorData::$v(x) => TensorData::$v(x[range].to_vec()),)*
+                    // A part may be all text: it holds its elements as `String` then.
+                    TensorData::Bytes(x) => TensorData::from_byte_strings(x[range].to_vec()),
                 }
             };
         }

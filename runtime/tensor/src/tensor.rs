@@ -73,6 +73,10 @@ pub enum TensorData {
     Uint64(Vec<u64>),
     Bool(Vec<bool>),
     String(Vec<String>),
+    /// A string tensor with at least one element that is not UTF-8 (an
+    /// image in an OIP BYTES tensor). Its dtype is `String`; make it with
+    /// [`TensorData::from_byte_strings`], which keeps text as `String`.
+    Bytes(Vec<Vec<u8>>),
 }
 
 /// Calls `$body` with `$v` bound to the inner Vec, whatever the variant.
@@ -94,6 +98,7 @@ macro_rules! with_data {
             $crate::TensorData::Uint64($v) => $body,
             $crate::TensorData::Bool($v) => $body,
             $crate::TensorData::String($v) => $body,
+            $crate::TensorData::Bytes($v) => $body,
         }
     };
 }
@@ -114,7 +119,26 @@ impl TensorData {
             TensorData::Uint32(_) => DType::Uint32,
             TensorData::Uint64(_) => DType::Uint64,
             TensorData::Bool(_) => DType::Bool,
-            TensorData::String(_) => DType::String,
+            TensorData::String(_) | TensorData::Bytes(_) => DType::String,
+        }
+    }
+
+    /// A string tensor's data from its elements' bytes: `String` when every
+    /// element is UTF-8, `Bytes` otherwise.
+    pub fn from_byte_strings(elements: Vec<Vec<u8>>) -> TensorData {
+        if elements.iter().all(|e| std::str::from_utf8(e).is_ok()) {
+            TensorData::String(elements.into_iter().map(|e| String::from_utf8(e).expect("checked")).collect())
+        } else {
+            TensorData::Bytes(elements)
+        }
+    }
+
+    /// A string tensor's elements as bytes; None for another dtype.
+    pub fn byte_strings(&self) -> Option<Vec<&[u8]>> {
+        match self {
+            TensorData::String(v) => Some(v.iter().map(|s| s.as_bytes()).collect()),
+            TensorData::Bytes(v) => Some(v.iter().map(Vec::as_slice).collect()),
+            _ => None,
         }
     }
 
@@ -130,6 +154,7 @@ impl TensorData {
     pub fn byte_size(&self) -> usize {
         match self {
             TensorData::String(v) => v.iter().map(|s| s.len() + std::mem::size_of::<String>()).sum(),
+            TensorData::Bytes(v) => v.iter().map(|s| s.len() + std::mem::size_of::<Vec<u8>>()).sum(),
             TensorData::Bool(v) => v.len(),
             other => with_data!(other, v => std::mem::size_of_val(v.as_slice())),
         }

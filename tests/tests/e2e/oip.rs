@@ -49,6 +49,11 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     ]);
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     s.deploy_ok("iris-py", iris_python(), &[&model()], None);
+    // Modules that use the helpers' 16-bit floats and byte strings.
+    for (ep, src) in [("helper-py", "tests/oip/helper.py"), ("helper-js", "tests/oip/helper.js")] {
+        let module = built(ep, &root().join(src));
+        s.deploy_ok(ep, &module, &[Path::new(&m("halves"))], None);
+    }
 
     // `show` names the built-in module.
     let (_, shown) = s.get_admin("/admin/v1/endpoints/simple");
@@ -63,6 +68,7 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         "simple_int64",
         "iris",
         "iris-py",
+        "helper-py",
     ]
     .iter()
     .map(|ep| (ep.to_string(), json!(s.key(ep).unwrap())))
@@ -131,11 +137,13 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     assert_eq!(status, 400, "{body}");
     assert!(body.to_string().contains("not a number"), "{body}");
     // The same from Python (wasmscore.tensor(x, dtype="float16"), .tolist())
-    // and JavaScript (tensor(x, "float16"), toList()).
-    for (ep, src) in [("halves-py", "tests/oip/halves.py"), ("halves-js", "tests/oip/halves.js")] {
-        let module = built(ep, &root().join(src));
-        s.deploy_ok(ep, &module, &[Path::new(&m("halves"))], None);
-        check_halves(ep, &s.score(ep, r#"{"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}"#));
+    // and JavaScript (tensor(x, "float16"), toList()), with a string tensor
+    // of bytes that are not UTF-8 made and read back.
+    for ep in ["helper-py", "helper-js"] {
+        let answer = s.score(ep, r#"{"H": [[1.5, 0.1]], "B": [[2.0, -3.0e20]]}"#);
+        check_halves(ep, &answer);
+        let raw = json!({"dtype": "string", "data": [[0x89, 0x50, 0x4e, 0x47, 0, 0xff], "t\u{e9}xt"]});
+        assert_eq!(answer.2["bytes"], raw, "{ep}: {}", answer.2);
     }
 
     // A model-only deploy needs exactly one model.

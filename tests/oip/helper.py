@@ -1,0 +1,40 @@
+# A Python module that exercises the helper's 16-bit floats and byte
+# strings. Built by tests/tests/e2e/oip.rs and deployed with
+# tests/oip/make_models.py's halves model.
+# - run() (/score JSON): FP16 and BF16 tensors made from JSON numbers with
+#   wasmscore.tensor(..., dtype="float16" / "bfloat16") and read back with
+#   .tolist() (through the contract's half-floats import); a string tensor
+#   made from bytes that are not UTF-8 and read back (byte-strings import).
+# - run_tensors() (OIP, tests/oip/clients.py): a BYTES input B, answered
+#   with each element's bytes reversed (R, not UTF-8 for most text) and
+#   their lengths (N).
+import json
+
+import wasmscore
+
+model = None
+
+
+def init():
+    global model
+    model = wasmscore.load_model("model.onnx")
+
+
+def run(raw_data):
+    body = json.loads(raw_data)
+    out = model.run({"H": wasmscore.tensor(body["H"], dtype="float16"), "B": wasmscore.tensor(body["B"], dtype="bfloat16")})
+    raw = wasmscore.tensor([b"\x89PNG\x00\xff", "t\u00e9xt"], dtype="string")
+    return {
+        "inputs": model.inputs,
+        "outputs": {name: {"dtype": t.dtype, "data": t.tolist()} for name, t in out.items()},
+        "bytes": {"dtype": raw.dtype, "data": [list(e) if isinstance(e, bytes) else e for e in raw.tolist()]},
+    }
+
+
+def run_tensors(inputs):
+    b = inputs["B"]
+    raw = [e if isinstance(e, bytes) else e.encode("utf-8") for e in b.flat()]
+    return {
+        "R": wasmscore.tensor([e[::-1] for e in raw], dtype="string", shape=b.shape),
+        "N": wasmscore.tensor([len(e) for e in raw], dtype="int64", shape=b.shape),
+    }
