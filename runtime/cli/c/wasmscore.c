@@ -124,9 +124,17 @@ static ws_status create(const uint64_t *shape, size_t rank, wasmscore_scoring_te
     return WS_OK;
 }
 
-ws_status ws_tensor_f32(const uint64_t *shape, size_t rank, const float *data, ws_tensor *out) {
+static size_t elements_of(const uint64_t *shape, size_t rank) {
     size_t n = 1;
     for (size_t i = 0; i < rank; i++) n *= (size_t)shape[i];
+    return n;
+}
+
+_Static_assert(sizeof(ws_bytes) == sizeof(scorer_list_u8_t) && offsetof(ws_bytes, len) == offsetof(scorer_list_u8_t, len),
+               "ws_bytes is laid out as list<u8>");
+
+ws_status ws_tensor_f32(const uint64_t *shape, size_t rank, const float *data, ws_tensor *out) {
+    size_t n = elements_of(shape, rank);
     wasmscore_scoring_tensors_tensor_data_t d;
     d.tag = WASMSCORE_SCORING_TYPES_TENSOR_DATA_FLOAT32;
     d.val.float32.ptr = (float *)data;
@@ -135,8 +143,7 @@ ws_status ws_tensor_f32(const uint64_t *shape, size_t rank, const float *data, w
 }
 
 ws_status ws_tensor_i64(const uint64_t *shape, size_t rank, const int64_t *data, ws_tensor *out) {
-    size_t n = 1;
-    for (size_t i = 0; i < rank; i++) n *= (size_t)shape[i];
+    size_t n = elements_of(shape, rank);
     wasmscore_scoring_tensors_tensor_data_t d;
     d.tag = WASMSCORE_SCORING_TYPES_TENSOR_DATA_INT64;
     d.val.int64.ptr = (int64_t *)data;
@@ -171,6 +178,52 @@ ws_status ws_tensor_f32_data(ws_tensor t, float **data, size_t *len) {
 }
 
 void ws_tensor_free(ws_tensor t) { wasmscore_scoring_tensors_tensor_drop_own(t.handle); }
+
+ws_status ws_tensor_half(ws_half type, const uint64_t *shape, size_t rank, const float *data, ws_tensor *out) {
+    scorer_list_u64_t s = {(uint64_t *)shape, rank};
+    scorer_list_f32_t v = {(float *)data, elements_of(shape, rank)};
+    wasmscore_scoring_half_floats_half_type_t ty =
+        type == WS_BFLOAT16 ? WASMSCORE_SCORING_HALF_FLOATS_HALF_TYPE_BFLOAT16 : WASMSCORE_SCORING_HALF_FLOATS_HALF_TYPE_FLOAT16;
+    scorer_error_t err;
+    if (!wasmscore_scoring_half_floats_from_f32(ty, &s, &v, &out->handle, &err)) return host_error(&err);
+    return WS_OK;
+}
+
+ws_status ws_tensor_half_data(ws_tensor t, ws_half *type, float **data, size_t *len) {
+    wasmscore_scoring_half_floats_half_type_t ty;
+    bool half = wasmscore_scoring_half_floats_type_of(borrow(t), &ty);
+    scorer_list_f32_t v;
+    scorer_error_t err;
+    if (!wasmscore_scoring_half_floats_to_f32(borrow(t), &v, &err)) return host_error(&err);
+    if (type && half) *type = ty == WASMSCORE_SCORING_HALF_FLOATS_HALF_TYPE_BFLOAT16 ? WS_BFLOAT16 : WS_FLOAT16;
+    /* The list was allocated in our memory by the call: hand it over. */
+    *data = v.ptr;
+    *len = v.len;
+    return WS_OK;
+}
+
+ws_status ws_tensor_bytes(const uint64_t *shape, size_t rank, const ws_bytes *elements, ws_tensor *out) {
+    scorer_list_u64_t s = {(uint64_t *)shape, rank};
+    /* ws_bytes has the layout of the bindings' list<u8>. */
+    scorer_list_list_u8_t e = {(scorer_list_u8_t *)elements, elements_of(shape, rank)};
+    scorer_error_t err;
+    if (!wasmscore_scoring_byte_strings_from_bytes(&s, &e, &out->handle, &err)) return host_error(&err);
+    return WS_OK;
+}
+
+ws_status ws_tensor_bytes_data(ws_tensor t, ws_bytes **elements, size_t *n) {
+    scorer_list_list_u8_t e;
+    scorer_error_t err;
+    if (!wasmscore_scoring_byte_strings_to_bytes(borrow(t), &e, &err)) return host_error(&err);
+    *elements = (ws_bytes *)e.ptr;
+    *n = e.len;
+    return WS_OK;
+}
+
+void ws_bytes_free(ws_bytes *elements, size_t n) {
+    for (size_t i = 0; i < n; i++) free(elements[i].ptr);
+    free(elements);
+}
 
 /* ---- models ----------------------------------------------------------- */
 

@@ -90,6 +90,31 @@ ws_status ws_tensor_shape(ws_tensor t, uint64_t *shape, size_t max, size_t *rank
 ws_status ws_tensor_f32_data(ws_tensor t, float **data, size_t *len);
 void ws_tensor_free(ws_tensor t);
 
+/* ---- 16-bit floats and byte strings ---------------------------------- */
+
+/* FP16 (IEEE half precision) and BF16 (bfloat16). */
+typedef enum { WS_FLOAT16 = 0, WS_BFLOAT16 = 1 } ws_half;
+/* An FP16 or BF16 tensor from float32 DATA, each rounded to the nearest
+ * 16-bit float. */
+ws_status ws_tensor_half(ws_half type, const uint64_t *shape, size_t rank, const float *data, ws_tensor *out);
+/* The elements of an FP16 or BF16 tensor as float32 (exactly), copied out
+ * (free() them); *TYPE, when TYPE is not NULL, says which. WS_BAD_INPUT for
+ * a tensor of another dtype. */
+ws_status ws_tensor_half_data(ws_tensor t, ws_half *type, float **data, size_t *len);
+
+/* One element of a string tensor: bytes that need not be UTF-8 (an image
+ * in an Open Inference Protocol BYTES tensor) and need not end in a NUL. */
+typedef struct {
+    uint8_t *ptr;
+    size_t len;
+} ws_bytes;
+/* A string tensor of SHAPE from its elements' bytes (as many as SHAPE holds). */
+ws_status ws_tensor_bytes(const uint64_t *shape, size_t rank, const ws_bytes *elements, ws_tensor *out);
+/* A string tensor's elements, exactly: *N of them into *ELEMENTS; release
+ * them with ws_bytes_free. WS_BAD_INPUT for a tensor of another dtype. */
+ws_status ws_tensor_bytes_data(ws_tensor t, ws_bytes **elements, size_t *n);
+void ws_bytes_free(ws_bytes *elements, size_t n);
+
 /* ---- models ---------------------------------------------------------- */
 
 typedef struct {

@@ -50,7 +50,11 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     s.deploy_ok("iris-py", iris_python(), &[&model()], None);
     // Modules that use the helpers' 16-bit floats and byte strings.
-    for (ep, src) in [("helper-py", "tests/oip/helper.py"), ("helper-js", "tests/oip/helper.js")] {
+    for (ep, src) in [
+        ("helper-py", "tests/oip/helper.py"),
+        ("helper-js", "tests/oip/helper.js"),
+        ("helper-c", "tests/oip/helper-c"),
+    ] {
         let module = built(ep, &root().join(src));
         s.deploy_ok(ep, &module, &[Path::new(&m("halves"))], None);
     }
@@ -145,6 +149,21 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         let raw = json!({"dtype": "string", "data": [[0x89, 0x50, 0x4e, 0x47, 0, 0xff], "t\u{e9}xt"]});
         assert_eq!(answer.2["bytes"], raw, "{ep}: {}", answer.2);
     }
+    // And from C (ws_tensor_half, ws_tensor_half_data, ws_tensor_bytes,
+    // ws_tensor_bytes_data); it prints floats with 9 digits.
+    let (status, _, body) = s.score("helper-c", "{}");
+    assert_eq!(status, 200, "{body}");
+    let h = 0.0999755859375; // 0.1 as FP16
+    for out in ["H2", "HF"] {
+        let v: Vec<f64> = body[out].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        assert!(v.len() == 2 && v[0] == 1.5 && (v[1] - h).abs() < 1e-9, "{out}: {body}");
+    }
+    assert_eq!((&body["type"], &body["refused"]), (&json!(0), &json!(1)), "{body}");
+    assert_eq!(
+        body["bytes"],
+        json!([[0x89, 0x50, 0x4e, 0x47, 0, 0xff], [116, 0xc3, 0xa9, 120, 116]]),
+        "{body}"
+    );
 
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);

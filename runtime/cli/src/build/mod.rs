@@ -28,6 +28,9 @@ const WIT_FILES: &[(&str, &str)] = &[
 /// Builds SRC into OUT; returns the component's size.
 pub fn build(src: &Path, out: &Path) -> Result<u64> {
     let out = absolute(out)?;
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     if src.is_dir() {
         if src.join("Cargo.toml").is_file() {
             rust::build(src, &out)?;
