@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tonic::{Request, Response, Status};
 use wasmscore_engine::ScoreRequest;
 use wasmscore_oip as oip;
@@ -43,14 +43,15 @@ where
     let svc = GrpcInferenceServiceServer::new(Oip { app })
         .max_decoding_message_size(cfg.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http2_only();
+    let (streams, mut spawned) = crate::streams::here();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(streams).http2_only();
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
     let svc = hyper_util::service::TowerToHyperService::new(svc);
-    if let Err(e) = builder.serve_connection(io, svc).await {
+    if let Err(e) = spawned.drive(builder.serve_connection(io, svc)).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
     }
 }

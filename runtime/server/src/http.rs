@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -336,7 +336,8 @@ where
             Ok(app.handle(req).await)
         }
     });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let (streams, mut spawned) = crate::streams::here();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(streams);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -347,7 +348,7 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
-    if let Err(e) = builder.serve_connection(io, svc).await {
+    if let Err(e) = spawned.drive(builder.serve_connection(io, svc)).await {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }

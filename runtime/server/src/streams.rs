@@ -1,0 +1,63 @@
+//! HTTP/2 streams run on their connection's task.
+//!
+//! hyper serves each HTTP/2 stream as a future it hands to an executor;
+//! with tokio's, every request is a task of its own, woken across tasks
+//! (connection -> stream -> connection) at each step. [`here`] gives an
+//! executor that keeps them on the connection's task instead: the
+//! connection future and its streams are polled together, each stream
+//! only when it is woken, so a long call on one stream does not hold up
+//! the others, and nothing is spawned per request.
+//!
+//! `WASMSCORE_H2_SPAWN=1` spawns each stream as a task, as before, for
+//! side-by-side benchmarks (bench/h2.sh).
+
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::mpsc;
+
+type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor to give hyper's builder, and what drives its streams.
+pub(crate) fn here() -> (Here, Streams) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Here(tx), Streams(rx))
+}
+
+#[derive(Clone)]
+pub(crate) struct Here(mpsc::UnboundedSender<Stream>);
+
+impl<F> hyper::rt::Executor<F> for Here
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, stream: F) {
+        static SPAWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *SPAWN.get_or_init(|| std::env::var_os("WASMSCORE_H2_SPAWN").is_some_and(|v| v == "1")) {
+            tokio::spawn(stream);
+            return;
+        }
+        // The receiver lives as long as the connection that calls this.
+        let _ = self.0.send(Box::pin(stream));
+    }
+}
+
+pub(crate) struct Streams(mpsc::UnboundedReceiver<Stream>);
+
+impl Streams {
+    /// Polls `connection` and the streams it hands over until the
+    /// connection ends; streams still running then end with it.
+    pub(crate) async fn drive<T>(&mut self, connection: impl Future<Output = T>) -> T {
+        let mut running = FuturesUnordered::new();
+        tokio::pin!(connection);
+        loop {
+            tokio::select! {
+                biased;
+                Some(stream) = self.0.recv() => running.push(stream),
+                Some(()) = running.next(), if !running.is_empty() => {}
+                done = &mut connection => return done,
+            }
+        }
+    }
+}
