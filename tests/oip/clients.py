@@ -15,6 +15,7 @@ Prints one line per check and exits non-zero on the first failure.
 """
 import asyncio
 import json
+import struct
 import sys
 
 import ml_dtypes
@@ -285,6 +286,15 @@ def triton_grpc():
     resp = c._client_stub.ModelInfer(req, metadata=list(gauth("simple_fp32").items()))
     got = np.frombuffer(resp.raw_output_contents[0], np.float32)
     check("grpc typed contents in, raw_output_contents out", (got == 3.0).all() and len(resp.raw_output_contents) == 2, resp)
+    # Typed bytes_contents that are not UTF-8, to a Python module's run_tensors.
+    req = service_pb2.ModelInferRequest(model_name="helper-py")
+    t = req.inputs.add(name="B", datatype="BYTES", shape=[2, 1])
+    t.contents.bytes_contents.extend([b"\x89PNG\x00\xff", b"ok"])
+    resp = c._client_stub.ModelInfer(req, metadata=list(gauth("helper-py").items()))
+    names = [o.name for o in resp.outputs]
+    raw = resp.raw_output_contents[names.index("R")]
+    check("grpc typed bytes_contents that are not UTF-8 in, every byte back",
+          raw == struct.pack("<I", 6) + b"\xff\x00GNP\x89" + struct.pack("<I", 2) + b"ko", raw)
 
 
 def raw_http_errors():

@@ -347,6 +347,18 @@ pub fn concat_rows(parts: &[&Tensor]) -> Result<Tensor, TensorError> {
         return Err(TensorError::failed("tensors to concatenate differ in shape"));
     }
     shape[0] = parts.iter().map(|t| t.shape()[0]).sum();
+    if parts.iter().any(|t| matches!(t.data(), TensorData::Bytes(_))) {
+        // Text and bytes that are not text are one dtype: stack them as bytes.
+        let mut out = Vec::with_capacity(parts.iter().map(|t| t.len()).sum());
+        for t in parts {
+            let elements = t
+                .data()
+                .byte_strings()
+                .ok_or_else(|| TensorError::failed("tensors to concatenate differ in dtype"))?;
+            out.extend(elements.into_iter().map(<[u8]>::to_vec));
+        }
+        return Tensor::new(shape, TensorData::Bytes(out));
+    }
     macro_rules! cat {
         ($($v:ident),*) => {
             match first.data() {
@@ -556,6 +568,12 @@ mod tests {
         assert!(split_rows(&ab, &[1, 1]).is_none(), "rows must add up");
         let s = Tensor::new(vec![1], TensorData::String(vec!["x".into()])).unwrap();
         assert_eq!(concat_rows(&[&s, &s]).unwrap().shape(), &[2]);
+        // Text and bytes that are not text stack as bytes, and split back
+        // into text and bytes.
+        let raw = Tensor::new(vec![1], TensorData::from_byte_strings(vec![vec![0xff, 0]])).unwrap();
+        let both = concat_rows(&[&s, &raw]).unwrap();
+        assert_eq!(both.data(), &TensorData::Bytes(vec![b"x".to_vec(), vec![0xff, 0]]));
+        assert_eq!(split_rows(&both, &[1, 1]).unwrap(), vec![s.clone(), raw]);
         let f = Tensor::new(vec![1, 2], TensorData::Float32(vec![1.0, 2.0])).unwrap();
         assert!(concat_rows(&[&a, &f]).is_err(), "dtypes must match");
     }
