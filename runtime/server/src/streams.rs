@@ -61,3 +61,34 @@ impl Streams {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+
+    /// A stream that waits does not hold up one that can finish, and the
+    /// connection ends when its own future does.
+    #[tokio::test]
+    async fn a_waiting_stream_does_not_hold_up_the_others() {
+        let (here, mut streams) = here();
+        let (stuck_tx, stuck_rx) = oneshot::channel::<()>();
+        let (done_tx, done_rx) = oneshot::channel();
+        let connection = async move {
+            here.execute(async move {
+                let _ = stuck_rx.await;
+            });
+            here.execute(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = done_tx.send("answered");
+            });
+            // The connection runs until the quick stream has answered.
+            done_rx.await.unwrap()
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(5), streams.drive(connection)).await;
+        assert_eq!(answered, Ok("answered"));
+        drop(stuck_tx);
+    }
+}
