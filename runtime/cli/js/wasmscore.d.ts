@@ -59,7 +59,8 @@ declare module "wasmscore" {
     /**
      * The elements in row-major order: the dtype's typed array
      * (BigInt64Array / BigUint64Array for int64 / uint64, Float32Array for
-     * float16 and bfloat16), or an array for bool and string.
+     * float16 and bfloat16), or an array for bool and string (a string
+     * element that is not UTF-8, an image say, is a Uint8Array).
      */
     flat():
       | Float32Array
@@ -73,7 +74,7 @@ declare module "wasmscore" {
       | Uint32Array
       | BigUint64Array
       | boolean[]
-      | string[];
+      | (string | Uint8Array)[];
     /**
      * The elements as nested arrays of the tensor's shape (the element itself
      * for shape []); 64-bit integers become Numbers.
@@ -118,6 +119,13 @@ declare module "wasmscore" {
    * the dtype and an unknown dtype throw BadInput.
    */
   export function tensor(data: TensorData, dtype?: Dtype, shape?: ArrayLike<number | bigint>): Tensor;
+
+  /**
+   * Makes a string tensor from its elements' bytes (Uint8Array, or strings,
+   * which go as UTF-8): for data that is not text, such as an image in an
+   * Open Inference Protocol BYTES tensor. The shape defaults to one dimension.
+   */
+  export function bytesTensor(elements: ArrayLike<Uint8Array | string>, shape?: ArrayLike<number | bigint>): Tensor;
 
   /** Loads a model file shipped with the version ("model.onnx"). Call it in init(). */
   export function loadModel(name: string): Model;
