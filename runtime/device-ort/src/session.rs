@@ -201,7 +201,7 @@ pub(crate) fn to_ort(t: &Tensor, owned: bool) -> Result<Input<'_>, ort::Error> {
 
 /// An ONNX Runtime string tensor from its elements' bytes, which may hold
 /// any byte: ort's `from_string_array` copies each element into a C
-/// string, which ends at a NUL and so cannot carry binary data (an image in
+/// string, which cannot hold a NUL, so it refuses binary data (an image in
 /// an OIP BYTES tensor). ONNX Runtime holds each element as a C++ string of
 /// the length given here.
 fn string_tensor(shape: &[i64], elements: &[&[u8]]) -> Result<DynValue, ort::Error> {
