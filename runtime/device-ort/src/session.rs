@@ -259,7 +259,7 @@ fn string_elements(v: &DynValue, count: usize) -> Result<Vec<Vec<u8>>, ort::Erro
 
 pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, TensorError> {
     let err = |e: ort::Error| TensorError::failed(format!("{file}: reading output {name}: {e}"));
-    let ValueType::Tensor { ty, .. } = v.dtype() else {
+    let ValueType::Tensor { ty, shape: dims, .. } = v.dtype() else {
         return Err(TensorError::failed(format!("{file}: output {name} is not a tensor")));
     };
     macro_rules! grab {
@@ -286,10 +286,7 @@ pub(crate) fn from_ort(file: &str, name: &str, v: &DynValue) -> Result<Tensor, T
         TensorElementType::Uint64 => grab!(u64, Uint64),
         TensorElementType::Bool => grab!(bool, Bool),
         TensorElementType::String => {
-            let ValueType::Tensor { shape, .. } = v.dtype() else {
-                unreachable!("matched a tensor above")
-            };
-            let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            let shape: Vec<u64> = dims.iter().map(|&d| d as u64).collect();
             let count = shape.iter().product::<u64>() as usize;
             (shape, TensorData::from_byte_strings(string_elements(v, count).map_err(err)?))
         }
