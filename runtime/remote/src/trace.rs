@@ -23,13 +23,22 @@ fn hex_id(s: &str, len: usize) -> bool {
     s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) && s.bytes().any(|b| b != b'0')
 }
 
+/// `bytes` random bytes as lowercase hex, not all zero: one allocation
+/// (it runs for every request).
 fn random_hex(bytes: usize) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut rng = rand::rng();
+    let mut s = String::with_capacity(bytes * 2);
     loop {
-        let s: String = (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect();
+        for _ in 0..bytes {
+            let b: u8 = rng.random();
+            s.push(DIGITS[usize::from(b >> 4)] as char);
+            s.push(DIGITS[usize::from(b & 15)] as char);
+        }
         if s.bytes().any(|b| b != b'0') {
             return s;
         }
+        s.clear();
     }
 }
 
