@@ -150,35 +150,31 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
             return Err(Status::unavailable("the server is shutting down; retry"));
         }
         let started = std::time::SystemTime::now();
-        let meta = req.metadata();
+        // The metadata stays with this call: its values are read in place.
+        let (meta, _, mut r) = req.into_parts();
         let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
         let span = Span::child_of(text("traceparent"));
-        let tracestate = text("tracestate").map(String::from);
-        let cohort = text("x-wasmscore-cohort").map(String::from);
-        let authorization = meta.get("authorization").map(|v| v.as_bytes().to_vec());
-        let r = req.into_inner();
-        let endpoint = r.model_name.clone();
+        let endpoint = std::mem::take(&mut r.model_name);
         let route = app
             .plane
             .router()
-            .route_authorized(&endpoint, authorization.as_deref(), version_of(&r.model_version), cohort.as_deref())
+            .route_authorized(
+                &endpoint,
+                meta.get("authorization").map(|v| v.as_bytes()),
+                version_of(&r.model_version),
+                text("x-wasmscore-cohort"),
+            )
             .map_err(|e| status(e.into()))?;
         let inputs = inputs(&r).map_err(bad)?;
         let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
-        // The module's body: the request as OIP's JSON would state it, without the data.
-        let header = serde_json::json!({
-            "id": r.id,
-            "inputs": inputs.iter().map(|(n, t)| serde_json::json!({"name": n, "datatype": oip::datatype(t.dtype()), "shape": t.shape()})).collect::<Vec<_>>(),
-            "outputs": wanted.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>(),
-        });
         let request = ScoreRequest {
-            body: serde_json::to_vec(&header).expect("json"),
+            body: module_body(&r.id, &inputs, &wanted),
             content_type: "application/json".into(),
             tensors: inputs,
             trace_id: Some(span.trace_id.clone()),
         };
         let (version, traceparent, result) = app
-            .dispatch(&endpoint, route, request, &span, tracestate.as_deref(), Protocol::Grpc, started)
+            .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
             .await;
         let out = result.map_err(|e| status(e.into()))?;
         let tensors = if out.tensors.is_empty() {
@@ -235,6 +231,43 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         }
         Ok(resp)
     }
+}
+
+/// The module's body for a call: the request as OIP's JSON would state
+/// it, without the data (the tensors go beside it). Written directly, not
+/// through a `serde_json::Value`, as it is made for every call.
+fn module_body(id: &str, inputs: &[(String, Tensor)], wanted: &[&str]) -> Vec<u8> {
+    #[derive(serde::Serialize)]
+    struct Input<'a> {
+        datatype: &'static str,
+        name: &'a str,
+        shape: &'a [u64],
+    }
+    #[derive(serde::Serialize)]
+    struct Output<'a> {
+        name: &'a str,
+    }
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        id: &'a str,
+        inputs: Vec<Input<'a>>,
+        outputs: Vec<Output<'a>>,
+    }
+    let body = Body {
+        id,
+        inputs: inputs
+            .iter()
+            .map(|(n, t)| Input {
+                datatype: oip::datatype(t.dtype()),
+                name: n,
+                shape: t.shape(),
+            })
+            .collect(),
+        outputs: wanted.iter().map(|n| Output { name: n }).collect(),
+    };
+    let mut out = Vec::with_capacity(128);
+    serde_json::to_writer(&mut out, &body).expect("json");
+    out
 }
 
 /// The request's input tensors, from `raw_input_contents` (one per input,
@@ -329,6 +362,24 @@ mod tests {
             parameters: Default::default(),
             contents,
         }
+    }
+
+    #[test]
+    fn the_module_body_states_the_request_without_its_data() {
+        let x = Tensor::new(vec![1, 2], TensorData::Float32(vec![1.5, 2.0])).unwrap();
+        let s = Tensor::new(vec![1], TensorData::String(vec!["hi".into()])).unwrap();
+        let body = module_body("r1", &[("x".into(), x), ("s".into(), s)], &["y"]);
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            got,
+            serde_json::json!({
+                "id": "r1",
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2]}, {"name": "s", "datatype": "BYTES", "shape": [1]}],
+                "outputs": [{"name": "y"}],
+            })
+        );
+        let none: serde_json::Value = serde_json::from_slice(&module_body("", &[], &[])).unwrap();
+        assert_eq!(none, serde_json::json!({"id": "", "inputs": [], "outputs": []}));
     }
 
     #[test]
