@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, KEY, MODEL, Proc, free_port, machine, wait_for, write_section  # noqa: E402
+from compare import BIN, KEY, MODEL, Proc, cpu_ticks, free_port, machine, wait_for, write_section  # noqa: E402
 from oip import ROW, grpc_body, grpc_check  # noqa: E402
 
 CASES = [  # (label, protocol, connections, streams per connection)
@@ -34,11 +34,6 @@ CASES = [  # (label, protocol, connections, streams per connection)
     ("/score, h2c", "h2c", 4, 8),
     ("OIP gRPC", "grpc", 4, 8),
 ]
-
-
-def cpu_ticks(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) + int(fields[12])
 
 
 def h2load(proto, port, gport, conns, streams, n, work):

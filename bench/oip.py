@@ -17,7 +17,9 @@ Run through bench/oip.sh; it writes a section of BENCHMARKS.md.
 
 import argparse
 import json
+import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
@@ -26,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, MODEL, PEERS, Proc, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, MODEL, PEERS, Proc, cpu_ticks, free_port, machine, wait_for, write_section, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "oip-bench-key-0123456789abcdef"
@@ -154,8 +156,12 @@ def main():
         for _ in range(a.rounds):
             for conns in (1, 16):
                 for key, run in ours:
+                    before = cpu_ticks(up.p.pid)
                     r = run(conns, a.seconds)
                     assert r["errors"] == 0, (key, conns, r)
+                    # The server's CPU per request: what the route costs it,
+                    # whichever load generator (wrk, h2load) shares the cores.
+                    r["cpu_us"] = (cpu_ticks(up.p.pid) - before) / os.sysconf("SC_CLK_TCK") * 1e6 / (r["rps"] * a.seconds)
                     rounds[key][conns].append(r)
                     print(key, conns, round(r["rps"]), r.get("p50") or r.get("mean"), flush=True)
         for key, _ in ours:
@@ -194,19 +200,21 @@ def main():
         "between them (the round with the median req/s), the peers once. REST with wrk, gRPC with h2load "
         "(one stream per connection; mean latency, as h2load reports no percentiles).",
         "",
-        "| server | protocol | req/s, 1 conn | latency, 1 conn | req/s, 16 conns | latency, 16 conns | / our /score (16) | / KServe REST (16) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| server | protocol | req/s, 1 conn | latency, 1 conn | req/s, 16 conns | latency, 16 conns | / our /score (16) | / KServe REST (16) | server CPU µs/req (16) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for (server, proto), r in results.items():
         def lat(x):
             return f"p50 {x['p50']:.3f} ms" if x.get("p50") is not None else f"mean {x['mean']:.3f} ms"
         lines.append(
             f"| {server} | {proto} | {r[1]['rps']:,.0f} | {lat(r[1])} | {r[16]['rps']:,.0f} | {lat(r[16])} | "
-            f"{r[16]['rps'] / score[16]['rps']:.2f} | {r[16]['rps'] / kserve_rest16:.1f}x |"
+            f"{r[16]['rps'] / score[16]['rps']:.2f} | {r[16]['rps'] / kserve_rest16:.1f}x | "
+            + (f"{statistics.median(x['cpu_us'] for x in rounds[(server, proto)][16]):.1f} |" if (server, proto) in rounds else "- |")
         )
     for (server, proto), why in not_measured.items():
-        lines.append(f"| {server} | {proto} | not measured: {why} | | | | | |")
+        lines.append(f"| {server} | {proto} | not measured: {why} | | | | | | |")
     ratio = {p: results[("wasmscore", p)][16]["rps"] / score[16]["rps"] for _, p in rounds}
+    cpu = {p: statistics.median(x["cpu_us"] for x in rounds[("wasmscore", p)][16]) for _, p in rounds}
     verdict = lambda x: "met" if x >= 0.8 else "not met"  # noqa: E731
     lines += [
         "",
@@ -216,8 +224,10 @@ def main():
         f"{results[('wasmscore', 'OIP REST, JSON')][16]['rps'] / kserve_rest16:.1f}x REST and "
         f"{results[('wasmscore', 'OIP gRPC')][16]['rps'] / kserve_rest16:.1f}x gRPC (aim: at least 10x).",
         "",
-        "Where the gRPC gap is: HTTP/2 (h2's framing, HPACK and the trailers frame gRPC adds; tonic and prost took under 2% "
-        "of the server's CPU in a perf profile); the section \"HTTP/2 streams on their "
+        f"Server CPU per request at 16 connections (median of the rounds): gRPC {cpu['OIP gRPC']:.1f} µs against `/score`'s "
+        f"{cpu['/score (JSON)']:.1f} µs ({cpu['/score (JSON)'] / cpu['OIP gRPC']:.2f}x as many requests per CPU second). "
+        "Where the gRPC gap is: HTTP/2 (h2's framing and HPACK, the trailers frame gRPC adds, and more wake-ups per request "
+        "between the connection's task and the instance threads), then tonic and prost; the section \"HTTP/2 streams on their "
         "connection's task\" (bench/h2.sh) has `/score` over h2c beside HTTP/1.1, and gRPC multiplexed as its clients do it.",
         "",
         "Rounds (req/s at 16 connections): " + "; ".join(
