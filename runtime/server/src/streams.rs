@@ -6,15 +6,19 @@
 //! executor that keeps them on the connection's task instead: the
 //! connection future and its streams are polled together, each stream
 //! only when it is woken, so a long call on one stream does not hold up
-//! the others, and nothing is spawned per request.
+//! the others, and nothing is spawned per request. A stream that panics
+//! ends alone, as a spawned task would: the connection's other streams go
+//! on.
 //!
 //! `WASMSCORE_H2_SPAWN=1` spawns each stream as a task, as before, for
 //! side-by-side benchmarks (bench/h2.sh).
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -39,7 +43,11 @@ where
             return;
         }
         // The receiver lives as long as the connection that calls this.
-        let _ = self.0.send(Box::pin(stream));
+        let _ = self.0.send(Box::pin(async move {
+            if AssertUnwindSafe(stream).catch_unwind().await.is_err() {
+                tracing::error!("an HTTP/2 stream panicked; it ends alone, its connection goes on");
+            }
+        }));
     }
 }
 
@@ -90,5 +98,25 @@ mod tests {
         let answered = tokio::time::timeout(Duration::from_secs(5), streams.drive(connection)).await;
         assert_eq!(answered, Ok("answered"));
         drop(stuck_tx);
+    }
+
+    /// A stream that panics ends alone: the others and the connection go on.
+    #[tokio::test]
+    async fn a_panicking_stream_ends_alone() {
+        let (here, mut streams) = here();
+        let (done_tx, done_rx) = oneshot::channel();
+        let connection = async move {
+            here.execute(async {
+                tokio::task::yield_now().await;
+                panic!("a handler's bug");
+            });
+            here.execute(async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                let _ = done_tx.send("answered");
+            });
+            done_rx.await.unwrap()
+        };
+        let answered = tokio::time::timeout(Duration::from_secs(5), streams.drive(connection)).await;
+        assert_eq!(answered, Ok("answered"));
     }
 }
