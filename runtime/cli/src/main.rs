@@ -14,6 +14,16 @@ mod up;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc for the Rust side (ONNX Runtime keeps
+/// glibc's): a request's buffers are made on a tokio worker and freed on an
+/// instance thread and back, and glibc takes the other arena's lock for
+/// each such free once the thread's cache is full; mimalloc frees across
+/// threads without a lock. Side by side (BENCHMARKS.md, "the allocator"):
+/// gRPC 1.19x req/s, `/score` 1.06x, 2-3 MiB more resident. `no_thp`: its
+/// arenas are not marked for transparent huge pages, which cost 20 MiB.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = cmd::Cli::parse();
     match cmd::run(cli) {
