@@ -18,9 +18,10 @@ use clap::Parser;
 /// glibc's): a request's buffers are made on a tokio worker and freed on an
 /// instance thread and back, and glibc takes the other arena's lock for
 /// each such free once the thread's cache is full; mimalloc frees across
-/// threads without a lock. Side by side (BENCHMARKS.md, "the allocator"):
-/// gRPC 1.19x req/s, `/score` 1.06x, 2-3 MiB more resident. `no_thp`: its
-/// arenas are not marked for transparent huge pages, which cost 20 MiB.
+/// threads without a lock. Measured side by side in BENCHMARKS.md ("the
+/// allocator"): more req/s on `/score` and gRPC, 2-3 MiB more resident.
+/// `no_thp`: its arenas are not marked for transparent huge pages, which
+/// cost 20 MiB more.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
