@@ -3,9 +3,9 @@
 //! hands to the `data-collection` import, as Parquet files an analyst opens
 //! with pandas, pyarrow or DuckDB.
 //!
-//! Scoring never waits for a disk: a record goes into a bounded queue
-//! (records and bytes) with `try_send`, and is dropped and counted when the
-//! queue is full. One writer thread per process owns every open file:
+//! Scoring never waits for a disk: a record goes into a queue bounded by
+//! counts (records and bytes), and is dropped and counted when the queue
+//! is full. One writer thread per process owns every open file:
 //!
 //! ```text
 //! DATA_DIR/collected/{endpoint}/{version}/{designation}/date=YYYY-MM-DD/hour=HH/part-….parquet
@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use crate::parquet_file::PartFile;
 
@@ -125,10 +125,20 @@ pub struct WriterStats {
     pub write_errors: AtomicU64,
 }
 
+/// What waits for the writer. The channel itself is unbounded, so its
+/// memory follows what waits rather than the limit (a bounded one is a
+/// ring of `max_queued_records` slots, 0.5 MiB made at start whether or
+/// not anything is collected); these counts bound it instead.
+#[derive(Default)]
+struct Queued {
+    records: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
 /// The process's collector: the queue and its writer thread.
 pub struct Collector {
     tx: Sender<Msg>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     settings: Settings,
     pub stats: Arc<WriterStats>,
     /// Taken by `shutdown`. A mutex: touched at start and stop only.
@@ -145,14 +155,14 @@ impl Collector {
         if removed > 0 {
             tracing::warn!(files = removed, root = %root.display(), "removed unfinished collected-data files left by a crash");
         }
-        let (tx, rx) = crossbeam_channel::bounded(settings.max_queued_records);
-        let queued_bytes = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let queued = Arc::new(Queued::default());
         let stats = Arc::new(WriterStats::default());
         let writer = Writer {
             root,
             settings: settings.clone(),
             open: HashMap::new(),
-            queued_bytes: queued_bytes.clone(),
+            queued: queued.clone(),
             stats: stats.clone(),
             seq: 0,
         };
@@ -161,7 +171,7 @@ impl Collector {
             .spawn(move || writer.run(rx))?;
         Ok(Arc::new(Collector {
             tx,
-            queued_bytes,
+            queued,
             settings,
             stats,
             thread: std::sync::Mutex::new(Some(thread)),
@@ -201,17 +211,17 @@ impl Collector {
 
     fn offer(&self, record: Record) -> bool {
         let bytes = record.size();
-        if self.queued_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes > self.settings.max_queued_bytes {
-            self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        let q = &self.queued;
+        let records = q.records.fetch_add(1, Ordering::Relaxed) + 1;
+        let queued_bytes = q.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let fits = records <= self.settings.max_queued_records && queued_bytes <= self.settings.max_queued_bytes;
+        // Sending fails only once the writer is gone.
+        if !fits || self.tx.send(Msg::Record(Box::new(record))).is_err() {
+            q.records.fetch_sub(1, Ordering::Relaxed);
+            q.bytes.fetch_sub(bytes, Ordering::Relaxed);
             return false;
         }
-        match self.tx.try_send(Msg::Record(Box::new(record))) {
-            Ok(()) => true,
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
-                false
-            }
-        }
+        true
     }
 }
 
@@ -295,7 +305,7 @@ struct Writer {
     root: PathBuf,
     settings: Settings,
     open: HashMap<FileKey, PartFile>,
-    queued_bytes: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
     stats: Arc<WriterStats>,
     seq: u64,
 }
@@ -336,7 +346,8 @@ impl Writer {
     }
 
     fn write(&mut self, r: Record) {
-        self.queued_bytes.fetch_sub(r.size(), Ordering::Relaxed);
+        self.queued.records.fetch_sub(1, Ordering::Relaxed);
+        self.queued.bytes.fetch_sub(r.size(), Ordering::Relaxed);
         let key = FileKey {
             endpoint: r.endpoint.clone(),
             version: r.version.clone(),
@@ -498,5 +509,23 @@ mod tests {
         assert!(v.collect(Designation::Inputs, "id", "x", "", vec![b'1'; 5]));
         c.shutdown();
         assert_eq!(c.stats.files.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn the_record_count_bounds_the_queue_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            max_queued_records: 0,
+            ..Settings::default()
+        };
+        let c = Collector::start(dir.path().into(), settings).unwrap();
+        let v = c.for_version("e", "v", 1.0);
+        assert!(!v.collect(Designation::Inputs, "id", "x", "", vec![b'1'; 5]));
+        assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
+        // What was refused is not counted as waiting.
+        assert_eq!(c.queued.records.load(Ordering::Relaxed), 0);
+        assert_eq!(c.queued.bytes.load(Ordering::Relaxed), 0);
+        c.shutdown();
+        assert_eq!(c.stats.files.load(Ordering::Relaxed), 0);
     }
 }

@@ -118,8 +118,12 @@ struct Job {
     reply: oneshot::Sender<Result<ScoreResponse, ScoreError>>,
 }
 
+/// What the version's queue carries. A job is boxed: the queue is a ring
+/// of `queue_capacity` slots (1024) made and touched when the pool starts,
+/// so a slot the size of a `Job` (about 130 bytes) would cost every
+/// version 140 KiB of resident memory before its first request.
 enum Msg {
-    Score(Job),
+    Score(Box<Job>),
     /// The instance that takes this stops (scale down).
     Retire,
 }
@@ -348,7 +352,7 @@ impl Pool {
         };
         st.queued.fetch_add(1, Ordering::Relaxed);
         self.shared.share.arrived();
-        match self.tx.try_send(Msg::Score(job)) {
+        match self.tx.try_send(Msg::Score(Box::new(job))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 st.queued.fetch_sub(1, Ordering::Relaxed);
@@ -499,7 +503,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     stats.starting.fetch_sub(1, Ordering::AcqRel);
     while let Ok(msg) = spin::next(&shared.rx, &shared.share) {
         let job = match msg {
-            Msg::Score(job) => job,
+            Msg::Score(job) => *job,
             Msg::Retire => {
                 stats.retiring.fetch_sub(1, Ordering::AcqRel);
                 // The last instance stays while requests wait behind the
@@ -576,5 +580,18 @@ fn start_with_backoff(shared: &Shared) -> Option<Replica> {
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queue slot stays a pointer and a tag: the ring of 1024 is made
+    /// and touched per version at start (see `Msg`).
+    #[test]
+    fn a_queue_slot_is_a_pointer_wide() {
+        assert!(std::mem::size_of::<Msg>() <= 16, "Msg is {} bytes", std::mem::size_of::<Msg>());
+        assert!(std::mem::size_of::<Job>() > 64, "the box is worth it only for a large job");
     }
 }
