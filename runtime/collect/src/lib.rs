@@ -492,15 +492,21 @@ mod tests {
         c.shutdown();
     }
 
-    #[test]
-    fn a_full_queue_drops_and_counts() {
+    /// A collector with `settings` under a fresh directory, and a version
+    /// that collects every request.
+    fn collecting(settings: Settings) -> (tempfile::TempDir, Arc<Collector>, Arc<VersionCollector>) {
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            max_queued_bytes: 10,
-            ..Settings::default()
-        };
         let c = Collector::start(dir.path().into(), settings).unwrap();
         let v = c.for_version("e", "v", 1.0);
+        (dir, c, v)
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts() {
+        let (_dir, c, v) = collecting(Settings {
+            max_queued_bytes: 10,
+            ..Settings::default()
+        });
         assert!(!v.collect(Designation::Inputs, "id", "request", "application/json", vec![0; 11]));
         assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
         // A long name counts as much as long data.
@@ -513,13 +519,10 @@ mod tests {
 
     #[test]
     fn the_record_count_bounds_the_queue_too() {
-        let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
+        let (_dir, c, v) = collecting(Settings {
             max_queued_records: 0,
             ..Settings::default()
-        };
-        let c = Collector::start(dir.path().into(), settings).unwrap();
-        let v = c.for_version("e", "v", 1.0);
+        });
         assert!(!v.collect(Designation::Inputs, "id", "x", "", vec![b'1'; 5]));
         assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
         // What was refused is not counted as waiting.
