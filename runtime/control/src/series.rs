@@ -41,48 +41,87 @@ impl Sample {
     }
 }
 
-/// Samples of one version, oldest first.
+/// One interval between two samples, as the plots show it: the time at
+/// its end, requests and 5xx answers per second, p50 and p99 in ms (None
+/// without requests), replicas and queue at its end.
+#[derive(Debug, Clone, Copy)]
+struct Interval {
+    t: f64,
+    answered: u64,
+    rps: f64,
+    errors_per_second: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    replicas: u32,
+    queued: u32,
+}
+
+impl Interval {
+    /// From `a` to `b`; None if no time passed between them.
+    fn between(a: &Sample, b: &Sample) -> Option<Interval> {
+        let dt = b.unix - a.unix;
+        if dt <= 0.0 {
+            return None;
+        }
+        let diff: Vec<u64> = b.durations.iter().zip(&a.durations).map(|(x, y)| x.saturating_sub(*y)).collect();
+        let n: u64 = diff.iter().sum();
+        let answered: u64 = b.responses.iter().sum::<u64>().saturating_sub(a.responses.iter().sum());
+        let ms = |q: f64| (n > 0).then(|| (quantile(&diff, &BUCKETS, q) * 1e6).round() / 1e3);
+        Some(Interval {
+            t: (b.unix * 1000.0).round() / 1000.0,
+            answered,
+            rps: ((answered as f64 / dt) * 100.0).round() / 100.0,
+            errors_per_second: ((b.responses[4].saturating_sub(a.responses[4]) as f64 / dt) * 100.0).round() / 100.0,
+            p50_ms: ms(0.5),
+            p99_ms: ms(0.99),
+            replicas: u32::try_from(b.replicas).unwrap_or(u32::MAX),
+            queued: u32::try_from(b.queued).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+/// The last hour of one version: the intervals between its samples, oldest
+/// first, and its last sample, which the next interval starts from. Kept
+/// as intervals rather than samples: a sample holds the cumulative latency
+/// histogram (21 counts on the heap, about 260 bytes in all), an interval
+/// 72 bytes, and every serving version keeps an hour of them.
 #[derive(Default)]
 pub(crate) struct Series {
-    samples: VecDeque<Sample>,
+    last: Option<Sample>,
+    intervals: VecDeque<Interval>,
 }
 
 impl Series {
     pub(crate) fn push(&mut self, s: Sample) {
-        if self.samples.len() == KEPT {
-            self.samples.pop_front();
+        if let Some(i) = self.last.as_ref().and_then(|a| Interval::between(a, &s)) {
+            if self.intervals.len() == KEPT - 1 {
+                self.intervals.pop_front();
+            } else if self.intervals.len() == self.intervals.capacity() {
+                // Doubling, but never past the hour.
+                let len = self.intervals.len();
+                self.intervals.reserve_exact(len.clamp(8, KEPT - 1 - len));
+            }
+            self.intervals.push_back(i);
         }
-        self.samples.push_back(s);
+        self.last = Some(s);
     }
 
-    /// The requests answered over the samples, and per interval between
-    /// samples (the last one ending now): the time at its end, requests and 5xx answers per second, p50 and p99 in ms (null
-    /// without requests), replicas and queue at its end.
+    /// The requests answered over the hour, and its intervals, the last
+    /// one ending now.
     fn json(&self, now: Sample) -> Value {
-        let all: Vec<&Sample> = self.samples.iter().chain(std::iter::once(&now)).collect();
-        let (mut t, mut rps, mut errors, mut p50, mut p99, mut replicas, mut queued) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut requests = 0;
-        for w in all.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            let dt = b.unix - a.unix;
-            if dt <= 0.0 {
-                continue;
-            }
-            let diff: Vec<u64> = b.durations.iter().zip(&a.durations).map(|(x, y)| x.saturating_sub(*y)).collect();
-            let n: u64 = diff.iter().sum();
-            let answered: u64 = b.responses.iter().sum::<u64>().saturating_sub(a.responses.iter().sum());
-            requests += answered;
-            let ms = |q: f64| (n > 0).then(|| (quantile(&diff, &BUCKETS, q) * 1e6).round() / 1e3);
-            t.push((b.unix * 1000.0).round() / 1000.0);
-            rps.push(((answered as f64 / dt) * 100.0).round() / 100.0);
-            errors.push(((b.responses[4].saturating_sub(a.responses[4]) as f64 / dt) * 100.0).round() / 100.0);
-            p50.push(ms(0.5));
-            p99.push(ms(0.99));
-            replicas.push(b.replicas);
-            queued.push(b.queued);
-        }
-        json!({"requests": requests, "t": t, "rps": rps, "errors_per_second": errors, "p50_ms": p50, "p99_ms": p99, "replicas": replicas, "queued": queued})
+        let current = self.last.as_ref().and_then(|a| Interval::between(a, &now));
+        let all: Vec<&Interval> = self.intervals.iter().chain(current.as_ref()).collect();
+        let each = |f: fn(&Interval) -> Value| -> Vec<Value> { all.iter().map(|i| f(i)).collect() };
+        json!({
+            "requests": all.iter().map(|i| i.answered).sum::<u64>(),
+            "t": each(|i| json!(i.t)),
+            "rps": each(|i| json!(i.rps)),
+            "errors_per_second": each(|i| json!(i.errors_per_second)),
+            "p50_ms": each(|i| json!(i.p50_ms)),
+            "p99_ms": each(|i| json!(i.p99_ms)),
+            "replicas": each(|i| json!(i.replicas)),
+            "queued": each(|i| json!(i.queued)),
+        })
     }
 }
 
@@ -157,12 +196,28 @@ mod tests {
     }
 
     #[test]
-    fn an_hour_is_kept() {
+    fn an_hour_is_kept_in_an_hours_room() {
         let mut s = Series::default();
         for i in 0..KEPT + 10 {
             s.push(sample(i as f64, 0, 0, 0));
         }
-        assert_eq!(s.samples.len(), KEPT);
-        assert_eq!(s.samples[0].unix, 10.0);
+        // The samples 10..KEPT+9 are an hour: the intervals between them.
+        assert_eq!(s.intervals.len(), KEPT - 1);
+        assert_eq!(s.intervals[0].t, 11.0);
+        assert_eq!(s.intervals.capacity(), KEPT - 1);
+        assert!(std::mem::size_of::<Interval>() <= 72, "{}", std::mem::size_of::<Interval>());
+        let j = s.json(sample(KEPT as f64 + 10.0, 0, 0, 0));
+        assert_eq!(j["t"].as_array().unwrap().len(), KEPT);
+    }
+
+    #[test]
+    fn samples_without_time_between_them_make_no_interval() {
+        let mut s = Series::default();
+        s.push(sample(100.0, 0, 0, 0));
+        s.push(sample(100.0, 5, 0, 0));
+        assert!(s.intervals.is_empty());
+        let j = s.json(sample(100.0, 5, 0, 0));
+        assert_eq!(j["t"], json!([]));
+        assert_eq!(j["requests"], 0);
     }
 }
