@@ -19,7 +19,8 @@ use clap::Parser;
 /// instance thread and back, and glibc takes the other arena's lock for
 /// each such free once the thread's cache is full; mimalloc frees across
 /// threads without a lock. Measured side by side in BENCHMARKS.md ("the
-/// allocator"): more req/s on `/score` and gRPC, 2-3 MiB more resident.
+/// allocator"): more req/s on `/score` and gRPC, and about 105 KiB more
+/// resident per instance thread (each thread's heap has its own pages).
 /// `no_thp`: its arenas are not marked for transparent huge pages, which
 /// cost 20 MiB more.
 #[global_allocator]

@@ -99,7 +99,7 @@ impl Series {
             } else if self.intervals.len() == self.intervals.capacity() {
                 // Doubling, but never past the hour.
                 let len = self.intervals.len();
-                self.intervals.reserve_exact(len.clamp(8, KEPT - 1 - len));
+                self.intervals.reserve_exact(len.max(8).min(KEPT - 1 - len));
             }
             self.intervals.push_back(i);
         }
