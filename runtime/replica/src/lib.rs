@@ -163,6 +163,8 @@ pub struct PoolStats {
     /// Time a request waited for a free instance, and its call's time.
     pub queue_wait: histogram::Histogram,
     pub run_time: histogram::Histogram,
+    /// The last call's time in µs (whether a caller may spin for a reply).
+    last_run_us: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
 
@@ -338,6 +340,7 @@ impl Pool {
     /// (bounded by the engine's deadline).
     pub async fn score(&self, req: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
         let st = &self.shared.stats;
+        let _in_flight = spin::InFlight::enter();
         if st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) == 0 {
             self.wake();
         }
@@ -370,6 +373,9 @@ impl Pool {
             self.wake();
         }
         let mut rx = rx;
+        if let Some(r) = spin::reply(&mut rx, st.last_run_us.load(Ordering::Relaxed)) {
+            return r.unwrap_or_else(|| Err(ScoreError::Unavailable("the replica stopped".into())));
+        }
         let mut wait = self.cfg.max_wait;
         loop {
             match tokio::time::timeout(wait, &mut rx).await {
@@ -529,7 +535,9 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         let taken = Instant::now();
         stats.queue_wait.observe(taken - job.enqueued);
         let result = replica.run(job.req).map_err(ScoreError::Call);
-        stats.run_time.observe(taken.elapsed());
+        let ran = taken.elapsed();
+        stats.run_time.observe(ran);
+        stats.last_run_us.store(ran.as_micros() as u64, Ordering::Relaxed);
         stats.busy.fetch_sub(1, Ordering::Relaxed);
         stats.served.fetch_add(1, Ordering::Relaxed);
         let poisoned = replica.is_poisoned();

@@ -13,6 +13,13 @@
 //! serving one client, however many versions and instances wait. And only
 //! the threads of a version that got at least 80% of the process's last
 //! requests spin: in a split, the next request most likely goes elsewhere.
+//!
+//! The caller spins too, for its reply, but only while requests come one
+//! at a time: its request is the only one the process is scoring, and so
+//! was every request of the last 100 ms sample. Then its async worker has
+//! nothing else to do and would park, and the reply would cost a second
+//! wake. Once two requests overlap (any load that keeps the cores busy)
+//! callers await their replies as usual until a sample sees none overlap.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +27,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvError, TryRecvError};
+use tokio::sync::oneshot;
 
 /// How long an idle thread spins before it parks: 250 µs, or
 /// `WASMSCORE_SPIN_US` (0: never spin).
@@ -144,6 +152,8 @@ fn sample(g: &'static Gate) {
         }
         last = now;
         last_spun = spun;
+        let most = MOST_IN_FLIGHT.swap(IN_FLIGHT.load(Ordering::Acquire), Ordering::AcqRel);
+        ONE_AT_A_TIME.store(most == 1, Ordering::Relaxed);
         // Which pools got at least 80% of the requests since the last sample.
         let pools: Vec<Arc<Share>> = g
             .pools
@@ -195,6 +205,69 @@ pub(crate) fn next<T>(rx: &Receiver<T>, share: &Share) -> Result<T, RecvError> {
     rx.recv()
 }
 
+/// Requests this process is scoring now, in every pool.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// The most requests in flight at once since the last sample.
+static MOST_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// Whether the last sample never saw two requests in flight at once: a
+/// client that sends one request after another, the only case the caller
+/// spins for.
+static ONE_AT_A_TIME: AtomicBool = AtomicBool::new(false);
+
+/// Counts a request as in flight until it is dropped.
+pub(crate) struct InFlight(());
+
+impl InFlight {
+    pub(crate) fn enter() -> InFlight {
+        let n = IN_FLIGHT.fetch_add(1, Ordering::AcqRel) + 1;
+        if n > MOST_IN_FLIGHT.load(Ordering::Relaxed) {
+            MOST_IN_FLIGHT.fetch_max(n, Ordering::Relaxed);
+        }
+        InFlight(())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The reply (None inside if its sender went away), if it comes within
+/// the spin while requests come one at a time and the version's calls are
+/// short (`last_run_us`, its last call's time). None: await it as usual.
+/// The time spun counts as idle for the instances' gate, as theirs does.
+pub(crate) fn reply<T>(rx: &mut oneshot::Receiver<T>, last_run_us: u64) -> Option<Option<T>> {
+    let spin = spin_for();
+    let alone = ONE_AT_A_TIME.load(Ordering::Relaxed) && IN_FLIGHT.load(Ordering::Acquire) == 1;
+    if !caller_may_spin(spin, alone, last_run_us) {
+        return None;
+    }
+    let start = Instant::now();
+    let got = spin_recv(rx, spin);
+    gate().spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    got
+}
+
+/// A caller spins only for a request that is alone in the process, and
+/// only for a version whose last call took under half the spin.
+fn caller_may_spin(spin: Duration, alone: bool, last_run_us: u64) -> bool {
+    !spin.is_zero() && alone && last_run_us.saturating_mul(2) <= spin.as_micros() as u64
+}
+
+/// Polls `rx` for at most `spin`.
+fn spin_recv<T>(rx: &mut oneshot::Receiver<T>, spin: Duration) -> Option<Option<T>> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(Some(v)),
+            Err(oneshot::error::TryRecvError::Closed) => return Some(None),
+            Err(oneshot::error::TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +286,33 @@ mod tests {
         assert_eq!(next(&rx, &share), Ok(7));
         drop(tx);
         assert_eq!(next(&rx, &share), Err(RecvError));
+    }
+
+    #[test]
+    fn a_caller_spins_only_for_a_lone_request_to_a_version_of_short_calls() {
+        let spin = Duration::from_micros(250);
+        assert!(caller_may_spin(spin, true, 0));
+        assert!(caller_may_spin(spin, true, 125));
+        assert!(!caller_may_spin(spin, true, 126), "calls longer than half the spin");
+        assert!(!caller_may_spin(spin, false, 0), "requests overlap");
+        assert!(!caller_may_spin(Duration::ZERO, true, 0), "WASMSCORE_SPIN_US=0");
+    }
+
+    #[test]
+    fn the_caller_spin_takes_a_reply_sees_a_dropped_sender_and_gives_up_in_time() {
+        let (tx, mut rx) = oneshot::channel::<u32>();
+        tx.send(5).unwrap();
+        assert_eq!(spin_recv(&mut rx, Duration::from_micros(250)), Some(Some(5)));
+        let (tx, mut rx) = oneshot::channel::<u32>();
+        drop(tx);
+        assert_eq!(spin_recv(&mut rx, Duration::from_micros(250)), Some(None));
+        let (_tx, mut rx) = oneshot::channel::<u32>();
+        let t = Instant::now();
+        assert_eq!(spin_recv(&mut rx, Duration::from_micros(250)), None);
+        assert!(t.elapsed() >= Duration::from_micros(250));
+        // Counting: two requests at once are seen by the next sample.
+        let (a, b) = (InFlight::enter(), InFlight::enter());
+        assert!(MOST_IN_FLIGHT.load(Ordering::Relaxed) >= 2);
+        drop((a, b));
     }
 }
