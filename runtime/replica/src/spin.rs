@@ -188,14 +188,11 @@ pub(crate) fn next<T>(rx: &Receiver<T>, share: &Share) -> Result<T, RecvError> {
     let g = gate();
     if !spin.is_zero() && share.mostly_here.load(Ordering::Relaxed) && g.enter() {
         let start = Instant::now();
-        let got = loop {
-            match rx.try_recv() {
-                Ok(m) => break Some(Ok(m)),
-                Err(TryRecvError::Disconnected) => break Some(Err(RecvError)),
-                Err(TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
-                Err(TryRecvError::Empty) => break None,
-            }
-        };
+        let got = spin_poll(spin, || match rx.try_recv() {
+            Ok(m) => Some(Ok(m)),
+            Err(TryRecvError::Disconnected) => Some(Err(RecvError)),
+            Err(TryRecvError::Empty) => None,
+        });
         g.spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         g.spinning.fetch_sub(1, Ordering::AcqRel);
         if let Some(r) = got {
@@ -257,14 +254,24 @@ fn caller_may_spin(spin: Duration, alone: bool, last_run_us: u64) -> bool {
 
 /// Polls `rx` for at most `spin`.
 fn spin_recv<T>(rx: &mut oneshot::Receiver<T>, spin: Duration) -> Option<Option<T>> {
+    spin_poll(spin, || match rx.try_recv() {
+        Ok(v) => Some(Some(v)),
+        Err(oneshot::error::TryRecvError::Closed) => Some(None),
+        Err(oneshot::error::TryRecvError::Empty) => None,
+    })
+}
+
+/// Calls `poll` until it gives something or `spin` has passed.
+fn spin_poll<R>(spin: Duration, mut poll: impl FnMut() -> Option<R>) -> Option<R> {
     let start = Instant::now();
     loop {
-        match rx.try_recv() {
-            Ok(v) => return Some(Some(v)),
-            Err(oneshot::error::TryRecvError::Closed) => return Some(None),
-            Err(oneshot::error::TryRecvError::Empty) if start.elapsed() < spin => std::hint::spin_loop(),
-            Err(oneshot::error::TryRecvError::Empty) => return None,
+        if let Some(r) = poll() {
+            return Some(r);
         }
+        if start.elapsed() >= spin {
+            return None;
+        }
+        std::hint::spin_loop();
     }
 }
 
