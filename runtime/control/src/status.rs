@@ -568,7 +568,7 @@ impl Control {
         }
         let _ = writeln!(
             out,
-            "# HELP wasmscore_spin_seconds_total Time idle instances spent spinning for the next request (only while a core was idle).\n# TYPE wasmscore_spin_seconds_total counter\nwasmscore_spin_seconds_total {}",
+            "# HELP wasmscore_spin_seconds_total Time spent spinning: idle instances for the next request (only while a core was idle), callers for the reply (only while requests came one at a time).\n# TYPE wasmscore_spin_seconds_total counter\nwasmscore_spin_seconds_total {}",
             wasmscore_replica::spun_seconds()
         );
         let w = &self.collector.stats;

@@ -73,7 +73,7 @@ struct Gate {
     allowed: AtomicUsize,
     /// Threads spinning now.
     spinning: AtomicUsize,
-    /// Nanoseconds spent spinning, by every pool's threads.
+    /// Nanoseconds spent spinning, by every pool's threads and callers.
     spun_ns: AtomicU64,
 }
 
@@ -111,7 +111,7 @@ impl Gate {
     }
 }
 
-/// Seconds the process's idle instances spent spinning.
+/// Seconds spent spinning: idle instances for a request, callers for a reply.
 pub fn spun_seconds() -> f64 {
     gate().spun_ns.load(Ordering::Relaxed) as f64 / 1e9
 }
