@@ -15,11 +15,12 @@
 //! requests spin: in a split, the next request most likely goes elsewhere.
 //!
 //! The caller spins too, for its reply, but only while requests come one
-//! at a time: its request is the only one the process is scoring, and so
-//! was every request of the last 100 ms sample. Then its async worker has
-//! nothing else to do and would park, and the reply would cost a second
-//! wake. Once two requests overlap (any load that keeps the cores busy)
-//! callers await their replies as usual until a sample sees none overlap.
+//! at a time and a core is idle: its request is the only one the process
+//! is scoring, and so was every request of the last 100 ms sample. Then
+//! its async worker has nothing else to do and would park, and the reply
+//! would cost a second wake. Once two requests overlap (any load that
+//! keeps the cores busy) callers await their replies as usual until a
+//! sample sees none overlap.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -231,25 +232,30 @@ impl Drop for InFlight {
 }
 
 /// The reply (None inside if its sender went away), if it comes within
-/// the spin while requests come one at a time and the version's calls are
-/// short (`last_run_us`, its last call's time). None: await it as usual.
-/// The time spun counts as idle for the instances' gate, as theirs does.
+/// the spin while requests come one at a time, the last sample found an
+/// idle core (other processes may keep the machine busy), and the
+/// version's calls are short (`last_run_us`, its last call's time). None:
+/// await it as usual. The time spun counts as idle for the instances'
+/// gate, as theirs does.
 pub(crate) fn reply<T>(rx: &mut oneshot::Receiver<T>, last_run_us: u64) -> Option<Option<T>> {
     let spin = spin_for();
+    let g = gate();
     let alone = ONE_AT_A_TIME.load(Ordering::Relaxed) && IN_FLIGHT.load(Ordering::Acquire) == 1;
-    if !caller_may_spin(spin, alone, last_run_us) {
+    let idle_core = g.allowed.load(Ordering::Relaxed) > 0;
+    if !caller_may_spin(spin, alone, idle_core, last_run_us) {
         return None;
     }
     let start = Instant::now();
     let got = spin_recv(rx, spin);
-    gate().spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    g.spun_ns.fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
     got
 }
 
-/// A caller spins only for a request that is alone in the process, and
-/// only for a version whose last call took under half the spin.
-fn caller_may_spin(spin: Duration, alone: bool, last_run_us: u64) -> bool {
-    !spin.is_zero() && alone && last_run_us.saturating_mul(2) <= spin.as_micros() as u64
+/// A caller spins only for a request that is alone in the process, while
+/// a core is idle, and only for a version whose last call took under half
+/// the spin.
+fn caller_may_spin(spin: Duration, alone: bool, idle_core: bool, last_run_us: u64) -> bool {
+    !spin.is_zero() && alone && idle_core && last_run_us.saturating_mul(2) <= spin.as_micros() as u64
 }
 
 /// Polls `rx` for at most `spin`.
@@ -298,11 +304,12 @@ mod tests {
     #[test]
     fn a_caller_spins_only_for_a_lone_request_to_a_version_of_short_calls() {
         let spin = Duration::from_micros(250);
-        assert!(caller_may_spin(spin, true, 0));
-        assert!(caller_may_spin(spin, true, 125));
-        assert!(!caller_may_spin(spin, true, 126), "calls longer than half the spin");
-        assert!(!caller_may_spin(spin, false, 0), "requests overlap");
-        assert!(!caller_may_spin(Duration::ZERO, true, 0), "WASMSCORE_SPIN_US=0");
+        assert!(caller_may_spin(spin, true, true, 0));
+        assert!(caller_may_spin(spin, true, true, 125));
+        assert!(!caller_may_spin(spin, true, true, 126), "calls longer than half the spin");
+        assert!(!caller_may_spin(spin, false, true, 0), "requests overlap");
+        assert!(!caller_may_spin(spin, true, false, 0), "no idle core");
+        assert!(!caller_may_spin(Duration::ZERO, true, true, 0), "WASMSCORE_SPIN_US=0");
     }
 
     #[test]
