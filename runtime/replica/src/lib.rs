@@ -337,7 +337,8 @@ impl Pool {
 
     /// Scores one request: waits for a free instance (at most `max_wait`, or
     /// for a replica to start when there is none), then for the call
-    /// (bounded by the engine's deadline).
+    /// (bounded by the engine's deadline). While requests come one at a
+    /// time it polls for the reply before it awaits it (spin.rs).
     pub async fn score(&self, req: ScoreRequest) -> Result<ScoreResponse, ScoreError> {
         let st = &self.shared.stats;
         let _in_flight = spin::InFlight::enter();
