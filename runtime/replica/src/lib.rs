@@ -375,12 +375,12 @@ impl Pool {
         }
         let mut rx = rx;
         if let Some(r) = spin::reply(&mut rx, st.last_run_us.load(Ordering::Relaxed)) {
-            return r.unwrap_or_else(|| Err(ScoreError::Unavailable("the replica stopped".into())));
+            return r.unwrap_or_else(stopped);
         }
         let mut wait = self.cfg.max_wait;
         loop {
             match tokio::time::timeout(wait, &mut rx).await {
-                Ok(r) => return r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
+                Ok(r) => return r.unwrap_or_else(|_| stopped()),
                 Err(_) => {
                     if state.load(Ordering::Acquire) == QUEUED
                         && st.instances.load(Ordering::Acquire) == 0
@@ -414,7 +414,7 @@ impl Pool {
                     // call; past it (plus grace) the pool gives up on it.
                     let limit = self.shared.prepared.timeout() + STUCK_GRACE;
                     return match tokio::time::timeout(limit, &mut rx).await {
-                        Ok(r) => r.unwrap_or_else(|_| Err(ScoreError::Unavailable("the replica stopped".into()))),
+                        Ok(r) => r.unwrap_or_else(|_| stopped()),
                         Err(_) => self.give_up(&state),
                     };
                 }
@@ -457,6 +457,11 @@ impl Pool {
         }
         rx
     }
+}
+
+/// The answer when the instance holding a call went away without replying.
+fn stopped() -> Result<ScoreResponse, ScoreError> {
+    Err(ScoreError::Unavailable("the replica stopped".into()))
 }
 
 impl Drop for Pool {
