@@ -17,6 +17,7 @@ mod counters;
 pub mod data_dir;
 mod deploy;
 mod monitor;
+mod pages;
 mod registry;
 mod rollout;
 mod series;

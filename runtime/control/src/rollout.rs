@@ -548,6 +548,15 @@ impl Control {
         self.collect_locked(&inner);
         drop(inner);
         drop(old); // the replaced pool drains outside the lock
+        if let Some((before, after)) = crate::pages::hand_back() {
+            tracing::debug!(
+                endpoint,
+                version,
+                before_kib = before,
+                after_kib = after,
+                "build's pages handed back"
+            );
+        }
     }
 
     /// Brings back every stored endpoint and version (after a restart). A
@@ -583,6 +592,10 @@ impl Control {
         }
         // Defaults first, so each endpoint serves as soon as it can.
         pending.sort_by_key(|p| p.0);
+        if pending.is_empty() {
+            // Each build hands back its pages; with none, starting up does.
+            crate::pages::hand_back();
+        }
         for (_, e, v, g, spec) in pending {
             self.clone().run_build(&e, &v, g, spec);
         }
