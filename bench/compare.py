@@ -148,9 +148,10 @@ def lua_file(dir_, name, headers):
     return p
 
 
-def wasmscore_up(work, port, extra=()):
+def wasmscore_up(work, port, extra=(), env=None, bin=BIN):
     data = Path(work) / f"data-{port}"
-    proc = Proc([str(BIN), "up", "--port", str(port), "--data-dir", str(data), *extra], log=Path(work) / f"up-{port}.log")
+    env = {**os.environ, **env} if env else None
+    proc = Proc([str(bin), "up", "--port", str(port), "--data-dir", str(data), *extra], env=env, log=Path(work) / f"up-{port}.log")
     wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
     return proc, data
 

@@ -9,10 +9,22 @@ the kernel maps them in runs around each page touched (fault-around),
 and can drop them under memory pressure; anonymous pages
 are the process's alone.
 
+Two `up` side by side: one as it ships, whose builds hand back the pages
+they ran only to build (runtime/control/src/pages.rs), and one with
+`WASMSCORE_PAGE_OUT=0`. What handing back costs is measured beside it: the
+load run's req/s, the next deploy's time (the C iris module: a compile
+that reads the compiler's pages back), and the first requests to the
+serving version right after that deploy handed the pages back again.
+
 Run through bench/memory.sh; it writes a section of BENCHMARKS.md.
 """
 
 import argparse
+import http.client
+import json
+import os
+import shutil
+import statistics
 import collections
 import sys
 import tempfile
@@ -20,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import KEY, deploy, free_port, lua_file, machine, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
+from compare import BIN, BODY, KEY, ROOT, cli, deploy, free_port, lua_file, machine, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def breakdown(pid):
@@ -49,56 +61,140 @@ def breakdown(pid):
     return out
 
 
+def ort_library():
+    return next(ROOT.glob(".venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*"))
+
+
+def cold(path):
+    """Out of the page cache, so the server reads its files from the disk as a
+    fresh machine or pod does (a file just written is cached in large folios,
+    which the kernel maps whole: more resident pages for the same code)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def major_faults(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
+
+
+def first_requests(port, n=200):
+    """ms of the first request to iris on a new connection, and the median of the next n."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    times = []
+    for _ in range(n + 1):
+        t = time.perf_counter()
+        c.request("POST", "/api/v1/service/iris/score", body=BODY, headers=headers)
+        r = c.getresponse()
+        r.read()
+        assert r.status == 200, r.status
+        times.append((time.perf_counter() - t) * 1e3)
+    c.close()
+    return times[0], statistics.median(times[1:])
+
+
+SERVERS = {"pages handed back": {}, "WASMSCORE_PAGE_OUT=0": {"WASMSCORE_PAGE_OUT": "0"}}
+STAGES = ["empty `up`", "iris deployed", "after the load run"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True, help="examples/iris-rust built")
+    ap.add_argument("--second", required=True, help="examples/iris-c built: the next deploy")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="wasmscore-memory-")
     key = lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
-    port = free_port()
-    up, data = wasmscore_up(work, port)
-    stages = {}
+    ups = {}
+    stages = {s: {} for s in SERVERS}
+    cost = {s: {} for s in SERVERS}
     try:
+        for i, (name, env) in enumerate(SERVERS.items()):
+            # Each `up` runs its own copy of the binary and of ONNX Runtime:
+            # a page mapped by two processes is not handed back, and the
+            # two would share their file pages.
+            own = Path(work) / f"bin-{i}"
+            own.mkdir()
+            shutil.copy2(BIN, own / "wasmscore")
+            shutil.copy2(ort_library(), own / "libonnxruntime.so")
+            for f in ("wasmscore", "libonnxruntime.so"):
+                cold(own / f)
+            env = {**env, "ORT_DYLIB_PATH": str(own / "libonnxruntime.so")}
+            port = free_port()
+            ups[name] = (port, *wasmscore_up(work, port, env=env, bin=own / "wasmscore"))
         time.sleep(1)
-        stages["empty `up`"] = breakdown(up.p.pid)
-        deploy(data, "iris", a.module, dc={"primary_key": KEY})
-        url = f"http://127.0.0.1:{port}/api/v1/service/iris/score"
-        wait_200(url, {"Authorization": f"Bearer {KEY}"})
-        stages["iris deployed"] = breakdown(up.p.pid)
-        r = wrk(url, 16, 5, key)
-        assert r["errors"] == 0, r
+        for name, (port, up, data) in ups.items():
+            stages[name][STAGES[0]] = breakdown(up.p.pid)
+        for name, (port, up, data) in ups.items():
+            deploy(data, "iris", a.module, dc={"primary_key": KEY})
+            wait_200(f"http://127.0.0.1:{port}/api/v1/service/iris/score", {"Authorization": f"Bearer {KEY}"})
+            stages[name][STAGES[1]] = breakdown(up.p.pid)
+        # The load runs alternate, so the machine's mood falls on both.
+        rps = {s: [] for s in SERVERS}
+        for _ in range(2):
+            for name, (port, up, data) in ups.items():
+                r = wrk(f"http://127.0.0.1:{port}/api/v1/service/iris/score", 16, 5, key)
+                assert r["errors"] == 0, r
+                rps[name].append(r["rps"])
         time.sleep(1)
-        stages["after 5 s of wrk, 16 connections"] = breakdown(up.p.pid)
+        for name, (port, up, data) in ups.items():
+            stages[name][STAGES[2]] = breakdown(up.p.pid)
+            cost[name]["rps"] = statistics.mean(rps[name])
+        for name, (port, up, data) in ups.items():
+            deploy(data, "iris-c", a.second, dc={"primary_key": KEY})
+            shown = json.loads(cli("endpoint", "show", "iris-c", "--json", "--data-dir", str(data)))
+            cost[name]["deploy_ms"] = shown["versions"][0]["deploy_ms"]
+            faults = major_faults(up.p.pid)
+            cost[name]["first_ms"], cost[name]["next_ms"] = first_requests(port)
+            cost[name]["faults"] = major_faults(up.p.pid) - faults
     finally:
-        up.stop()
-    kinds = [k for k in stages["after 5 s of wrk, 16 connections"] if k != "VmRSS"]
-    kinds.sort(key=lambda k: -stages["after 5 s of wrk, 16 connections"][k])
-    names = list(stages)
+        for _, up, _ in ups.values():
+            up.stop()
+    last = STAGES[-1]
+    kinds = sorted((k for k in stages[next(iter(SERVERS))][last] if k != "VmRSS"), key=lambda k: -max(stages[s][last][k] for s in SERVERS))
+    cols = [(s, st) for s in SERVERS for st in STAGES]
     lines = [
-        f"Machine: {machine()}. `bash bench/memory.sh`: one `up`, the Rust iris module with key auth; resident memory "
-        "(Rss in /proc/PID/smaps, MiB) by mapping.",
+        f"Machine: {machine()}. `bash bench/memory.sh`: two `up` side by side, the Rust iris module with key auth: one as "
+        "it ships, whose builds hand back the pages they ran only to build (`madvise(MADV_PAGEOUT)` on its read-only file "
+        "mappings, then `malloc_trim`), one with `WASMSCORE_PAGE_OUT=0`. Resident memory (Rss in /proc/PID/smaps, MiB) "
+        "by mapping; the load run is 5 s of wrk at 16 connections, twice on each, alternating.",
         "",
-        "| mapping | " + " | ".join(names) + " |",
-        "| --- | " + " | ".join("---:" for _ in names) + " |",
+        "| mapping | " + " | ".join(f"{s}: {st}" for s, st in cols) + " |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " |",
     ]
     for k in kinds + ["VmRSS"]:
         label = "**total (VmRSS)**" if k == "VmRSS" else k
-        lines.append(f"| {label} | " + " | ".join(f"{stages[n][k]:.1f}" for n in names) + " |")
-    last = stages["after 5 s of wrk, 16 connections"]
-    anon = sum(v for k, v in last.items() if k.startswith(("heap", "other anonymous")))
+        lines.append(f"| {label} | " + " | ".join(f"{stages[s][st][k]:.1f}" for s, st in cols) + " |")
+
+    def anon(s):
+        return sum(v for k, v in stages[s][last].items() if k.startswith(("heap", "other anonymous")))
+
     lines += [
         "",
-        f"After the load run {last['VmRSS'] - anon:.1f} MiB of {last['VmRSS']:.1f} are file-backed: the code and data "
-        f"pages of the binary and of ONNX Runtime, which the kernel maps in runs around each page touched (fault-around) and shares with "
-        f"the page cache; {anon:.1f} MiB are anonymous, the process's own. Making the first session for a model "
-        f"touches {last['ONNX Runtime library, code'] - stages['empty `up`']['ONNX Runtime library, code']:.1f} MiB more "
-        "of ONNX Runtime's code (its CPU kernel registry and graph optimizers), once per process.",
+        "After the load run, file-backed / anonymous MiB: "
+        + "; ".join(f"{s}: {stages[s][last]['VmRSS'] - anon(s):.1f} / {anon(s):.1f}" for s in SERVERS)
+        + ". File-backed pages are the binaries' own, shared with the page cache; the kernel maps them in runs "
+        "around each page touched (fault-around). Anonymous pages are the process's alone, and handing back "
+        "does not touch them.",
+        "",
+        "What handing back costs, same run:",
+        "",
+        "| server | load run req/s (mean of 2) | next deploy (C iris), deploy_ms | first request to iris after it | median of the next 200 | major faults in those 201 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    for s in SERVERS:
+        c = cost[s]
+        lines.append(
+            f"| {s} | {c['rps']:,.0f} | {c['deploy_ms']} ms | {c['first_ms']:.2f} ms | {c['next_ms']:.3f} ms | {c['faults']} |"
+        )
     body = "\n".join(lines)
     print(body)
     if a.write:
-        write_section("memory", "{stamp}, where the resident memory goes (issue 18)", body)
+        write_section("memory", "{stamp}, where the resident memory goes, and handing back the build's pages (issue 18)", body)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Where the resident memory of one `up` goes (bench/memory.py). Writes a
+# Where the resident memory of one `up` goes, with and without handing back
+# the build's pages (bench/memory.py). Writes a
 # section of BENCHMARKS.md. Usage: bench/memory.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,4 +9,5 @@ command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteract
 cargo build --release -p wasmscore-cli
 mkdir -p target/compare
 target/release/wasmscore build examples/iris-rust -o target/compare/iris-rust.wasm >/dev/null
-.venv/bin/python bench/memory.py --write --module target/compare/iris-rust.wasm
+target/release/wasmscore build examples/iris-c -o target/compare/iris-c.wasm >/dev/null
+.venv/bin/python bench/memory.py --write --module target/compare/iris-rust.wasm --second target/compare/iris-c.wasm
