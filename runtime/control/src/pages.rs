@@ -1,36 +1,67 @@
 //! After a build, the process hands back the pages it ran only to build.
 //!
-//! Compiling a module (Cranelift) and making a model's session (ONNX
-//! Runtime's kernel registry and graph optimizers) run code that serving
-//! never runs again, and the kernel mapped it in runs around every page
-//! touched: of 54 MiB resident after a load run with one iris version,
-//! 40 MiB were pages of the binary and of ONNX Runtime's library. Those are
+//! Making a model's session runs code that serving never runs again (ONNX
+//! Runtime's kernel registry and graph optimizers), and the kernel mapped
+//! it in runs around every page touched: of 55 MiB resident after a load
+//! run with one iris version, 17 MiB were ONNX Runtime's library. Those are
 //! clean file pages, so `madvise(MADV_PAGEOUT)` drops them at no risk; the
 //! ones serving touches come back on their next use (a fault each, read
-//! from the page cache or the disk, once: the first request after a deploy
-//! took 10 ms instead of 0.7 in bench/memory.sh), and the next build reads
-//! ONNX Runtime's back the same way. A page another process maps too is
-//! left where it is. glibc's malloc (ONNX Runtime's) returns its free
-//! pages too. `WASMSCORE_PAGE_OUT=0` turns it off.
+//! from the page cache or the disk, once), and the next build reads the
+//! rest back the same way. A page another process maps too is left where
+//! it is. glibc's malloc (ONNX Runtime's) returns its free pages too.
+//!
+//! `WASMSCORE_PAGE_OUT` picks which files: the shared libraries (the
+//! default: 43 MiB after bench/memory.sh's load run against 55 for none),
+//! `all` (the executable's own code and constants too: 38 MiB, but once
+//! the request path's code is read back, each request took 7-11% more CPU
+//! over gRPC and up to 15% more over HTTP/1.1 in side-by-side runs), or
+//! `0` (none).
 
 use std::sync::OnceLock;
 
-/// Whether builds hand their pages back (`WASMSCORE_PAGE_OUT`, default on).
-fn enabled() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("WASMSCORE_PAGE_OUT").map_or(true, |v| v != "0"))
+/// Which read-only file mappings a build pages out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    None,
+    /// Every file but the executable.
+    Libraries,
+    All,
 }
 
-/// Pages out every read-only file mapping of the process (code and
-/// constants of the binary and its libraries, compiled module images) and
-/// trims glibc's heap. Returns the resident KiB before and after.
+/// `WASMSCORE_PAGE_OUT`: `0`, `all`, or unset (`libraries`).
+fn scope() -> Scope {
+    static SCOPE: OnceLock<Scope> = OnceLock::new();
+    *SCOPE.get_or_init(|| parse_scope(std::env::var("WASMSCORE_PAGE_OUT").ok().as_deref()))
+}
+
+fn parse_scope(v: Option<&str>) -> Scope {
+    match v {
+        None | Some("libraries") => Scope::Libraries,
+        Some("0") => Scope::None,
+        Some("all") => Scope::All,
+        Some(other) => {
+            tracing::warn!(value = other, "WASMSCORE_PAGE_OUT is 0, libraries or all; paging out the libraries");
+            Scope::Libraries
+        }
+    }
+}
+
+/// Pages out the read-only file mappings of the process that `scope`
+/// names (code and constants of its libraries, compiled module images,
+/// with `all` the executable's) and trims glibc's heap. Returns the
+/// resident KiB before and after.
 pub(crate) fn hand_back() -> Option<(u64, u64)> {
-    if !enabled() {
+    let scope = scope();
+    if scope == Scope::None {
         return None;
     }
     let before = resident_kib()?;
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    for (start, len) in read_only_files(&maps) {
+    let exe = match scope {
+        Scope::All => None,
+        _ => std::fs::read_link("/proc/self/exe").ok(),
+    };
+    for (start, len) in read_only_files(&maps, exe.as_deref().and_then(|p| p.to_str())) {
         // SAFETY: MADV_PAGEOUT only drops pages the kernel can read back
         // from their file (these mappings are not writable); the mapping
         // itself and its contents are unchanged. An error (a locked
@@ -46,15 +77,15 @@ pub(crate) fn hand_back() -> Option<(u64, u64)> {
 }
 
 /// (start, length) of each mapping in a /proc/PID/maps text that is backed
-/// by a file and not writable.
-fn read_only_files(maps: &str) -> Vec<(usize, usize)> {
+/// by a file other than `skip` and not writable.
+fn read_only_files(maps: &str, skip: Option<&str>) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let range = f.next()?;
             let perms = f.next()?;
             let path = f.nth(3)?;
-            if !path.starts_with('/') || perms.as_bytes().get(1) != Some(&b'-') {
+            if !path.starts_with('/') || perms.as_bytes().get(1) != Some(&b'-') || Some(path) == skip {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
@@ -86,9 +117,18 @@ mod tests {
 7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
 ";
         assert_eq!(
-            read_only_files(maps),
+            read_only_files(maps, None),
             vec![(0x5600a0000000, 0x100000), (0x5600a0100000, 0x300000), (0x7f0000010000, 0x10000)]
         );
+        assert_eq!(read_only_files(maps, Some("/usr/bin/wasmscore")), vec![(0x7f0000010000, 0x10000)]);
+    }
+
+    #[test]
+    fn the_scope_is_the_libraries_unless_asked() {
+        assert_eq!(parse_scope(None), Scope::Libraries);
+        assert_eq!(parse_scope(Some("0")), Scope::None);
+        assert_eq!(parse_scope(Some("all")), Scope::All);
+        assert_eq!(parse_scope(Some("everything")), Scope::Libraries);
     }
 
     /// Rss of the mapping that starts at `start`, in KiB.
