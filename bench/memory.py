@@ -9,10 +9,11 @@ the kernel maps them in runs around each page touched (fault-around),
 and can drop them under memory pressure; anonymous pages
 are the process's alone.
 
-Two `up` side by side: one as it ships, whose builds hand back the pages
-they ran only to build (runtime/control/src/pages.rs), and one with
-`WASMSCORE_PAGE_OUT=0`. What handing back costs is measured beside it: the
-load run's req/s, the next deploy's time (the C iris module: a compile
+Three `up` side by side, whose builds hand back the pages they ran only
+to build (runtime/control/src/pages.rs): those of the shared libraries (as
+it ships), of every file (`WASMSCORE_PAGE_OUT=all`), or none
+(`WASMSCORE_PAGE_OUT=0`). What handing back costs is measured beside it:
+the load run's req/s and CPU per request, the next deploy's time (the C iris module: a compile
 that reads the compiler's pages back), and the first requests to the
 serving version right after that deploy handed the pages back again.
 
@@ -97,8 +98,18 @@ def first_requests(port, n=200):
     return times[0], statistics.median(times[1:])
 
 
-SERVERS = {"pages handed back": {}, "WASMSCORE_PAGE_OUT=0": {"WASMSCORE_PAGE_OUT": "0"}}
+SERVERS = {
+    "libraries (default)": {},
+    "WASMSCORE_PAGE_OUT=all": {"WASMSCORE_PAGE_OUT": "all"},
+    "WASMSCORE_PAGE_OUT=0": {"WASMSCORE_PAGE_OUT": "0"},
+}
+
+
+def cpu_seconds(pid):
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 STAGES = ["empty `up`", "iris deployed", "after the load run"]
+ROUNDS = 4
 
 
 def main():
@@ -135,15 +146,19 @@ def main():
             stages[name][STAGES[1]] = breakdown(up.p.pid)
         # The load runs alternate, so the machine's mood falls on both.
         rps = {s: [] for s in SERVERS}
-        for _ in range(2):
+        cpu = {s: [] for s in SERVERS}
+        for _ in range(ROUNDS):
             for name, (port, up, data) in ups.items():
+                before = cpu_seconds(up.p.pid)
                 r = wrk(f"http://127.0.0.1:{port}/api/v1/service/iris/score", 16, 5, key)
                 assert r["errors"] == 0, r
                 rps[name].append(r["rps"])
+                cpu[name].append((cpu_seconds(up.p.pid) - before) * 1e6 / (r["rps"] * 5))
         time.sleep(1)
         for name, (port, up, data) in ups.items():
             stages[name][STAGES[2]] = breakdown(up.p.pid)
-            cost[name]["rps"] = statistics.mean(rps[name])
+            cost[name]["rps"] = statistics.median(rps[name])
+            cost[name]["cpu"] = statistics.median(cpu[name])
         for name, (port, up, data) in ups.items():
             deploy(data, "iris-c", a.second, dc={"primary_key": KEY})
             shown = json.loads(cli("endpoint", "show", "iris-c", "--json", "--data-dir", str(data)))
@@ -158,10 +173,11 @@ def main():
     kinds = sorted((k for k in stages[next(iter(SERVERS))][last] if k != "VmRSS"), key=lambda k: -max(stages[s][last][k] for s in SERVERS))
     cols = [(s, st) for s in SERVERS for st in STAGES]
     lines = [
-        f"Machine: {machine()}. `bash bench/memory.sh`: two `up` side by side, the Rust iris module with key auth: one as "
-        "it ships, whose builds hand back the pages they ran only to build (`madvise(MADV_PAGEOUT)` on its read-only file "
-        "mappings, then `malloc_trim`), one with `WASMSCORE_PAGE_OUT=0`. Resident memory (Rss in /proc/PID/smaps, MiB) "
-        "by mapping; the load run is 5 s of wrk at 16 connections, twice on each, alternating.",
+        f"Machine: {machine()}. `bash bench/memory.sh`: three `up` side by side, the Rust iris module with key auth, "
+        "whose builds hand back pages (`madvise(MADV_PAGEOUT)` on read-only file mappings, then `malloc_trim`): of the "
+        "shared libraries (as it ships), of every file the executable included (`WASMSCORE_PAGE_OUT=all`), or of none "
+        "(`WASMSCORE_PAGE_OUT=0`). Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
+        f"at 16 connections, {ROUNDS} times on each, alternating.",
         "",
         "| mapping | " + " | ".join(f"{s}: {st}" for s, st in cols) + " |",
         "| --- | " + " | ".join("---:" for _ in cols) + " |",
@@ -183,13 +199,13 @@ def main():
         "",
         "What handing back costs, same run:",
         "",
-        "| server | load run req/s (mean of 2) | next deploy (C iris), deploy_ms | first request to iris after it | median of the next 200 | major faults in those 201 |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        f"| server | load run req/s (median of {ROUNDS}) | CPU µs per request (median) | next deploy (C iris), deploy_ms | first request to iris after it | median of the next 200 | major faults in those 201 |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in SERVERS:
         c = cost[s]
         lines.append(
-            f"| {s} | {c['rps']:,.0f} | {c['deploy_ms']} ms | {c['first_ms']:.2f} ms | {c['next_ms']:.3f} ms | {c['faults']} |"
+            f"| {s} | {c['rps']:,.0f} | {c['cpu']:.1f} | {c['deploy_ms']} ms | {c['first_ms']:.2f} ms | {c['next_ms']:.3f} ms | {c['faults']} |"
         )
     body = "\n".join(lines)
     print(body)
