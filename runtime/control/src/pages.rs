@@ -8,16 +8,45 @@
 //! ones serving touches come back on their next use (a fault each, read
 //! from the page cache or the disk, once), and the next build reads the
 //! rest back the same way. A page another process maps too is left where
-//! it is. glibc's malloc (ONNX Runtime's) returns its free pages too.
+//! it is. glibc's malloc (ONNX Runtime's) returns its free pages too. It
+//! happens 2 s after the build, off the path of the first requests.
 //!
 //! `WASMSCORE_PAGE_OUT` picks which files: the shared libraries (the
-//! default: 43 MiB after bench/memory.sh's load run against 55 for none),
-//! `all` (the executable's own code and constants too: 38 MiB, but once
-//! the request path's code is read back, each request took 7-11% more CPU
-//! over gRPC and up to 15% more over HTTP/1.1 in side-by-side runs), or
-//! `0` (none).
+//! default: 44 MiB after bench/memory.sh's load run against 55 for none),
+//! `all` (the executable's own code and constants too: 37 MiB, but once
+//! the request path's code is read back, each gRPC request took 7-11%
+//! more CPU in two side-by-side runs; HTTP/1.1 showed no consistent
+//! difference), or `0` (none).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+/// How long after a build its pages are handed back: past the first
+/// requests of a process that just started (a restart, a new replica), so
+/// they do not wait for code read back from the disk. Builds within it
+/// share one hand-back.
+const AFTER: Duration = Duration::from_secs(2);
+
+/// Hands the pages back `AFTER` from now on a thread of its own, unless
+/// a hand-back is already waiting.
+pub(crate) fn hand_back_soon() {
+    static WAITING: AtomicBool = AtomicBool::new(false);
+    if scope() == Scope::None || WAITING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let started = std::thread::Builder::new().name("page-out".into()).spawn(|| {
+        std::thread::sleep(AFTER);
+        WAITING.store(false, Ordering::Release);
+        if let Some((before, after)) = hand_back() {
+            tracing::debug!(before_kib = before, after_kib = after, "build pages handed back");
+        }
+    });
+    if let Err(e) = started {
+        WAITING.store(false, Ordering::Release);
+        tracing::warn!(error = %e, "no thread to hand back the build's pages; they stay");
+    }
+}
 
 /// Which read-only file mappings a build pages out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,7 +79,7 @@ fn parse_scope(v: Option<&str>) -> Scope {
 /// names (code and constants of its libraries, compiled module images,
 /// with `all` the executable's) and trims glibc's heap. Returns the
 /// resident KiB before and after.
-pub(crate) fn hand_back() -> Option<(u64, u64)> {
+fn hand_back() -> Option<(u64, u64)> {
     let scope = scope();
     if scope == Scope::None {
         return None;

@@ -548,15 +548,7 @@ impl Control {
         self.collect_locked(&inner);
         drop(inner);
         drop(old); // the replaced pool drains outside the lock
-        if let Some((before, after)) = crate::pages::hand_back() {
-            tracing::debug!(
-                endpoint,
-                version,
-                before_kib = before,
-                after_kib = after,
-                "build's pages handed back"
-            );
-        }
+        crate::pages::hand_back_soon();
     }
 
     /// Brings back every stored endpoint and version (after a restart). A
@@ -594,7 +586,7 @@ impl Control {
         pending.sort_by_key(|p| p.0);
         if pending.is_empty() {
             // Each build hands back its pages; with none, starting up does.
-            crate::pages::hand_back();
+            crate::pages::hand_back_soon();
         }
         for (_, e, v, g, spec) in pending {
             self.clone().run_build(&e, &v, g, spec);
