@@ -32,7 +32,7 @@ const AFTER: Duration = Duration::from_secs(2);
 /// a hand-back is already waiting.
 pub(crate) fn hand_back_soon() {
     static WAITING: AtomicBool = AtomicBool::new(false);
-    if scope() == Scope::None || WAITING.swap(true, Ordering::AcqRel) {
+    if scope() == Scope::Off || WAITING.swap(true, Ordering::AcqRel) {
         return;
     }
     let started = std::thread::Builder::new().name("page-out".into()).spawn(|| {
@@ -51,7 +51,7 @@ pub(crate) fn hand_back_soon() {
 /// Which read-only file mappings a build pages out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
-    None,
+    Off,
     /// Every file but the executable.
     Libraries,
     All,
@@ -66,7 +66,7 @@ fn scope() -> Scope {
 fn parse_scope(v: Option<&str>) -> Scope {
     match v {
         None | Some("libraries") => Scope::Libraries,
-        Some("0") => Scope::None,
+        Some("0") => Scope::Off,
         Some("all") => Scope::All,
         Some(other) => {
             tracing::warn!(value = other, "WASMSCORE_PAGE_OUT is 0, libraries or all; paging out the libraries");
@@ -81,7 +81,7 @@ fn parse_scope(v: Option<&str>) -> Scope {
 /// resident KiB before and after.
 fn hand_back() -> Option<(u64, u64)> {
     let scope = scope();
-    if scope == Scope::None {
+    if scope == Scope::Off {
         return None;
     }
     let before = resident_kib()?;
@@ -155,7 +155,7 @@ mod tests {
     #[test]
     fn the_scope_is_the_libraries_unless_asked() {
         assert_eq!(parse_scope(None), Scope::Libraries);
-        assert_eq!(parse_scope(Some("0")), Scope::None);
+        assert_eq!(parse_scope(Some("0")), Scope::Off);
         assert_eq!(parse_scope(Some("all")), Scope::All);
         assert_eq!(parse_scope(Some("everything")), Scope::Libraries);
     }

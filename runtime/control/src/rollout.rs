@@ -584,13 +584,12 @@ impl Control {
         }
         // Defaults first, so each endpoint serves as soon as it can.
         pending.sort_by_key(|p| p.0);
-        if pending.is_empty() {
-            // Each build hands back its pages; with none, starting up does.
-            crate::pages::hand_back_soon();
-        }
         for (_, e, v, g, spec) in pending {
             self.clone().run_build(&e, &v, g, spec);
         }
+        // Start-up's pages too, with no version to build (the builds' and
+        // this one are one hand-back).
+        crate::pages::hand_back_soon();
         self.set_ready();
         self.start_monitor();
         Ok(())
