@@ -134,6 +134,18 @@ pub(crate) struct Launch {
     pub log: Option<PathBuf>,
     /// The compile cache in DATA_DIR/cache, not the one the tests share.
     pub own_cache: bool,
+    /// On one CPU, with no spinning: every thread of the server then shares
+    /// one run queue, so two versions' latencies differ by the versions,
+    /// not by which CPU the scheduler put each one's thread on while other
+    /// tests keep the machine busy.
+    pub one_cpu: bool,
+}
+
+/// The first CPU this process may run on (`Cpus_allowed_list`: "0-1", "2,5").
+fn first_cpu() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+    list.trim().split([',', '-']).next().unwrap().to_string()
 }
 
 pub(crate) struct Server {
@@ -154,14 +166,19 @@ impl Server {
 
     pub(crate) fn launch(data: tempfile::TempDir, extra: &[&str], how: &Launch) -> Server {
         let _ = std::fs::remove_file(data.path().join("server.json"));
-        let mut cmd = match how.umask {
-            Some(mask) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("umask {mask} && exec \"$@\"")).arg("sh").arg(bin());
-                c
-            }
-            None => Command::new(bin()),
-        };
+        let mut argv: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(mask) = how.umask {
+            argv.extend(["sh".into(), "-c".into(), format!("umask {mask} && exec \"$@\"").into(), "sh".into()]);
+        }
+        if how.one_cpu {
+            argv.extend(["taskset".into(), "-c".into(), first_cpu().into()]);
+        }
+        argv.push(bin().into());
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
+        if how.one_cpu {
+            cmd.env("WASMSCORE_SPIN_US", "0");
+        }
         cmd.args(["up", "--port", "0", "--data-dir"]).arg(data.path());
         if !how.own_cache {
             cmd.arg("--cache-dir").arg(cache_dir());

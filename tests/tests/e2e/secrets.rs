@@ -46,6 +46,7 @@ fn the_data_directory_is_private_and_secrets_stay_in_the_store() {
         umask: Some("022"),
         log: Some(log.clone()),
         own_cache: true,
+        ..Launch::default()
     };
     let tls = ["--tls-port", "0", "--tls-self-signed"];
     // A data directory that others can read, as `mkdir` makes one under umask 022.
