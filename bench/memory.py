@@ -10,7 +10,7 @@ and can drop them under memory pressure; anonymous pages
 are the process's alone.
 
 Three `up` side by side, whose builds hand back the pages they ran only
-to build (runtime/control/src/pages.rs): those of the shared libraries (as
+to build (runtime/control/src/pages.rs): all but the executable's code (as
 it ships), of every file (`WASMSCORE_PAGE_OUT=all`), or none
 (`WASMSCORE_PAGE_OUT=0`). What handing back costs is measured beside it:
 the load run's req/s and CPU per request, the next deploy's time (the C iris module: a compile
@@ -180,7 +180,7 @@ def main():
     lines = [
         f"Machine: {machine()}. `bash bench/memory.sh`: three `up` side by side, the Rust iris module with key auth, "
         "whose builds hand back pages (`madvise(MADV_PAGEOUT)` on read-only file mappings, then `malloc_trim`): of the "
-        "shared libraries (as it ships), of every file the executable included (`WASMSCORE_PAGE_OUT=all`), or of none "
+        "shared libraries and the executable's constants (as it ships), of every file, the executable's code included (`WASMSCORE_PAGE_OUT=all`), or of none "
         "(`WASMSCORE_PAGE_OUT=0`). Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
         f"at 16 connections, {ROUNDS} times on each, alternating.",
         "",

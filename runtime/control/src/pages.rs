@@ -11,11 +11,13 @@
 //! it is. glibc's malloc (ONNX Runtime's) returns its free pages too. It
 //! happens 2 s after the build, off the path of the first requests.
 //!
-//! `WASMSCORE_PAGE_OUT` picks which files: the shared libraries (the
-//! default: 44 MiB after bench/memory.sh's load run against 55 for none),
-//! `all` (the executable's own code and constants too: 37 MiB, but once
-//! the request path's code is read back, each gRPC request took 7-11%
-//! more CPU in two side-by-side runs; HTTP/1.1 showed no consistent
+//! `WASMSCORE_PAGE_OUT` picks which pages: everything read-only but the
+//! executable's code (the default: the shared libraries and the
+//! executable's constants, 41.5 MiB after bench/memory.sh's load run
+//! against 55.4 for none; the constants cost no CPU per request
+//! measurably), `all` (the executable's code too: 37.5 MiB, but once the
+//! request path's code is read back, each gRPC request took 7-11% more
+//! CPU in two side-by-side runs; HTTP/1.1 showed no consistent
 //! difference), or `0` (none).
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,7 +54,7 @@ pub(crate) fn hand_back_soon() {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scope {
     Off,
-    /// Every file but the executable.
+    /// Every read-only file mapping but the executable's code.
     Libraries,
     All,
 }
@@ -77,7 +79,7 @@ fn parse_scope(v: Option<&str>) -> Scope {
 
 /// Pages out the read-only file mappings of the process that `scope`
 /// names (code and constants of its libraries, compiled module images,
-/// with `all` the executable's) and trims glibc's heap. Returns the
+/// the executable's constants, with `all` its code) and trims glibc's heap. Returns the
 /// resident KiB before and after.
 fn hand_back() -> Option<(u64, u64)> {
     let scope = scope();
@@ -92,8 +94,10 @@ fn hand_back() -> Option<(u64, u64)> {
     };
     for (start, len) in read_only_files(&maps, exe.as_deref().and_then(|p| p.to_str())) {
         // SAFETY: MADV_PAGEOUT only drops pages the kernel can read back
-        // from their file (these mappings are not writable); the mapping
-        // itself and its contents are unchanged. An error (a locked
+        // from their file (these mappings are not writable), or from swap
+        // for the private copies a relocated read-only segment holds
+        // (without swap those stay); the mapping itself and its contents
+        // are unchanged. An error (a locked
         // mapping, an old kernel) leaves the pages where they are.
         unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_PAGEOUT) };
     }
@@ -106,15 +110,17 @@ fn hand_back() -> Option<(u64, u64)> {
 }
 
 /// (start, length) of each mapping in a /proc/PID/maps text that is backed
-/// by a file other than `skip` and not writable.
-fn read_only_files(maps: &str, skip: Option<&str>) -> Vec<(usize, usize)> {
+/// by a file and not writable, but for the code of `keep_code` (its
+/// executable mappings; its constants go).
+fn read_only_files(maps: &str, keep_code: Option<&str>) -> Vec<(usize, usize)> {
     maps.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let range = f.next()?;
-            let perms = f.next()?;
+            let perms = f.next()?.as_bytes();
             let path = f.nth(3)?;
-            if !path.starts_with('/') || perms.as_bytes().get(1) != Some(&b'-') || Some(path) == skip {
+            let code = perms.get(2) == Some(&b'x');
+            if !path.starts_with('/') || perms.get(1) != Some(&b'-') || (code && Some(path) == keep_code) {
                 return None;
             }
             let (a, b) = range.split_once('-')?;
@@ -149,7 +155,11 @@ mod tests {
             read_only_files(maps, None),
             vec![(0x5600a0000000, 0x100000), (0x5600a0100000, 0x300000), (0x7f0000010000, 0x10000)]
         );
-        assert_eq!(read_only_files(maps, Some("/usr/bin/wasmscore")), vec![(0x7f0000010000, 0x10000)]);
+        // The executable's code stays; its constants go.
+        assert_eq!(
+            read_only_files(maps, Some("/usr/bin/wasmscore")),
+            vec![(0x5600a0000000, 0x100000), (0x7f0000010000, 0x10000)]
+        );
     }
 
     #[test]
