@@ -109,6 +109,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
     }
     // The exporter's blocking HTTP client is made outside the runtime.
     let spans = args.trace.export("wasmscore-node")?;
+    crate::alloc::give_back_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind((args.listen, args.port))

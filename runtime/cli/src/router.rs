@@ -71,6 +71,7 @@ pub fn run(args: RouterArgs) -> Result<()> {
     let tls = args.edge.tls(args.data_dir.as_deref())?;
     // The exporter's blocking HTTP client is made outside the runtime.
     let spans = args.trace.export("wasmscore-router")?;
+    crate::alloc::give_back_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let http = if args.node_http1 { NodeHttp::H1 } else { NodeHttp::H2 };

@@ -325,6 +325,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let tls = args.edge.tls(Some(&args.data_dir))?;
     // The exporter's blocking HTTP client is made outside the runtime.
     let spans = args.trace.export("wasmscore")?;
+    crate::alloc::give_back_freed_memory();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let (listeners, info) = args.edge.listen(std::net::Ipv4Addr::LOCALHOST.into(), args.port, tls).await?;

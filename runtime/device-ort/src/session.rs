@@ -86,14 +86,26 @@ impl OrtModel {
             };
             TensorError::failed(format!("model {file}: {e}{hint}"))
         };
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(|e| fail(e.to_string()))?
             .with_intra_threads(intra_threads)
             .map_err(|e| fail(e.to_string()))?
             .with_inter_threads(1)
-            .map_err(|e| fail(e.to_string()))?
-            .commit_from_memory(bytes)
             .map_err(|e| fail(e.to_string()))?;
+        // No CPU memory arena: ONNX Runtime's arena keeps the most a run ever
+        // needed for the session's life (one request of 500,000 iris rows
+        // left 20 MiB resident for good). Without it a run's tensors are
+        // malloc'd and freed with the run, and glibc's malloc hands the big
+        // ones back (runtime/cli/src/alloc.rs). Shrinking the arena after
+        // each run instead cost iris 5.6% more CPU per request; this cost
+        // none, and the MLP of bench/batching.sh 6% less (BENCHMARKS.md,
+        // "one big request").
+        // SAFETY: the builder's options pointer is valid and ours until
+        // commit; the call only sets a flag in them.
+        if let Some(e) = status_message(unsafe { (ort::api().DisableCpuMemArena)(builder.ptr_mut()) }) {
+            return Err(fail(e));
+        }
+        let session = builder.commit_from_memory(bytes).map_err(|e| fail(e.to_string()))?;
         let (inputs, outputs) = describe(file, &session)?;
         let cstr = |s: &str| CString::new(s).map_err(|_| TensorError::failed(format!("{file}: a tensor name has a NUL byte")));
         let input_names = inputs.iter().map(|i| cstr(&i.name)).collect::<Result<_, _>>()?;
