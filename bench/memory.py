@@ -16,6 +16,11 @@ it ships), of every file (`WASMSCORE_PAGE_OUT=all`), or none
 the load run's req/s and CPU per request, the next deploy's time (the C iris module: a compile
 that reads the compiler's pages back), and the first requests to the
 serving version right after that deploy handed the pages back again.
+Last, what stays resident after one big request (three OIP requests of
+500,000 iris rows) and once the process has been idle for a while.
+
+`--before OLD_BINARY` adds a fourth `up`, a build before this one with
+its default settings, to see what a change did side by side.
 
 Run through bench/memory.sh; it writes a section of BENCHMARKS.md.
 """
@@ -26,6 +31,7 @@ import json
 import os
 import shutil
 import statistics
+import struct
 import collections
 import sys
 import tempfile
@@ -98,6 +104,32 @@ def first_requests(port, n=200):
     return times[0], statistics.median(times[1:])
 
 
+BIG_ROWS = 500_000
+BIG_SETTLE = 5
+
+
+def big_request(port, rows=BIG_ROWS):
+    """One OIP request of `rows` iris rows as binary FP32 (8 MB), scored."""
+    raw = struct.pack("<4f", 5.1, 3.5, 1.4, 0.2) * rows
+    header = json.dumps(
+        {
+            "inputs": [{"name": "X", "shape": [rows, 4], "datatype": "FP32", "parameters": {"binary_data_size": len(raw)}}],
+            "outputs": [{"name": "label", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    c.request(
+        "POST",
+        "/v2/models/iris/infer",
+        body=header + raw,
+        headers={"Inference-Header-Content-Length": str(len(header)), "Authorization": f"Bearer {KEY}"},
+    )
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+    c.close()
+
+
 SERVERS = {
     "libraries (default)": {},
     "WASMSCORE_PAGE_OUT=all": {"WASMSCORE_PAGE_OUT": "all"},
@@ -108,31 +140,39 @@ SERVERS = {
 def cpu_seconds(pid):
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+BEFORE = "the build before"
 STAGES = ["empty `up`", "iris deployed", "after the load run"]
 ROUNDS = 4
 # A build hands its pages back 2 s after it ends (runtime/control/src/pages.rs).
 HAND_BACK_AFTER = 3
+# mimalloc returns freed pages 1 s after the free, checked every second
+# (runtime/cli/src/alloc.rs): the figures after the load run are taken past that.
+AFTER_LOAD = 3
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True, help="examples/iris-rust built")
     ap.add_argument("--second", required=True, help="examples/iris-c built: the next deploy")
+    ap.add_argument("--before", type=Path, help="a build before this one: a fourth `up`, default settings, side by side")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
+    servers = {name: (env, BIN) for name, env in SERVERS.items()}
+    if a.before:
+        servers[BEFORE] = ({}, a.before)
     work = tempfile.mkdtemp(prefix="wasmscore-memory-")
     key = lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
     ups = {}
-    stages = {s: {} for s in SERVERS}
-    cost = {s: {} for s in SERVERS}
+    stages = {s: {} for s in servers}
+    cost = {s: {} for s in servers}
     try:
-        for i, (name, env) in enumerate(SERVERS.items()):
+        for i, (name, (env, binary)) in enumerate(servers.items()):
             # Each `up` runs its own copy of the binary and of ONNX Runtime:
             # a page mapped by two processes is not handed back, and the
             # two would share their file pages.
             own = Path(work) / f"bin-{i}"
             own.mkdir()
-            shutil.copy2(BIN, own / "wasmscore")
+            shutil.copy2(binary, own / "wasmscore")
             shutil.copy2(ort_library(), own / "libonnxruntime.so")
             for f in ("wasmscore", "libonnxruntime.so"):
                 cold(own / f)
@@ -149,8 +189,8 @@ def main():
         for name, (port, up, data) in ups.items():
             stages[name][STAGES[1]] = breakdown(up.p.pid)
         # The load runs alternate, so the machine's mood falls on both.
-        rps = {s: [] for s in SERVERS}
-        cpu = {s: [] for s in SERVERS}
+        rps = {s: [] for s in servers}
+        cpu = {s: [] for s in servers}
         for _ in range(ROUNDS):
             for name, (port, up, data) in ups.items():
                 before = cpu_seconds(up.p.pid)
@@ -158,7 +198,7 @@ def main():
                 assert r["errors"] == 0, r
                 rps[name].append(r["rps"])
                 cpu[name].append((cpu_seconds(up.p.pid) - before) * 1e6 / (r["rps"] * 5))
-        time.sleep(1)
+        time.sleep(AFTER_LOAD)
         for name, (port, up, data) in ups.items():
             stages[name][STAGES[2]] = breakdown(up.p.pid)
             cost[name]["rps"] = statistics.median(rps[name])
@@ -171,17 +211,26 @@ def main():
             faults = major_faults(up.p.pid)
             cost[name]["first_ms"], cost[name]["next_ms"] = first_requests(port)
             cost[name]["faults"] = major_faults(up.p.pid) - faults
+        # One big request: what stays resident after it.
+        for name, (port, up, data) in ups.items():
+            for _ in range(3):
+                big_request(port)
+            cost[name]["big_after"] = breakdown(up.p.pid)["VmRSS"]
+            time.sleep(BIG_SETTLE)
+            cost[name]["big_later"] = breakdown(up.p.pid)["VmRSS"]
     finally:
         for _, up, _ in ups.values():
             up.stop()
     last = STAGES[-1]
-    kinds = sorted((k for k in stages[next(iter(SERVERS))][last] if k != "VmRSS"), key=lambda k: -max(stages[s][last][k] for s in SERVERS))
-    cols = [(s, st) for s in SERVERS for st in STAGES]
+    kinds = sorted((k for k in stages[next(iter(SERVERS))][last] if k != "VmRSS"), key=lambda k: -max(stages[s][last][k] for s in servers))
+    cols = [(s, st) for s in servers for st in STAGES]
     lines = [
-        f"Machine: {machine()}. `bash bench/memory.sh`: three `up` side by side, the Rust iris module with key auth, "
+        f"Machine: {machine()}. `bash bench/memory.sh{' --before OLD' if a.before else ''}`: {len(servers)} `up` side by side, the Rust iris module with key auth, "
         "whose builds hand back pages (`madvise(MADV_PAGEOUT)` on read-only file mappings, then `malloc_trim`): of the "
         "shared libraries and the executable's constants (as it ships), of every file, the executable's code included (`WASMSCORE_PAGE_OUT=all`), or of none "
-        "(`WASMSCORE_PAGE_OUT=0`). Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
+        "(`WASMSCORE_PAGE_OUT=0`)"
+        + (f"; and the build before, `{a.before.name}`, as it ships" if a.before else "")
+        + ". Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
         f"at 16 connections, {ROUNDS} times on each, alternating.",
         "",
         "| mapping | " + " | ".join(f"{s}: {st}" for s, st in cols) + " |",
@@ -197,7 +246,7 @@ def main():
     lines += [
         "",
         "After the load run, file-backed / anonymous MiB: "
-        + "; ".join(f"{s}: {stages[s][last]['VmRSS'] - anon(s):.1f} / {anon(s):.1f}" for s in SERVERS)
+        + "; ".join(f"{s}: {stages[s][last]['VmRSS'] - anon(s):.1f} / {anon(s):.1f}" for s in servers)
         + ". File-backed pages are the binaries' own, shared with the page cache; the kernel maps them in runs "
         "around each page touched (fault-around). Anonymous pages are the process's alone, and handing back "
         "does not touch them.",
@@ -207,11 +256,20 @@ def main():
         f"| server | load run req/s (median of {ROUNDS}) | CPU µs per request (median) | next deploy (C iris), deploy_ms | first request to iris after it | median of the next 200 | major faults in those 201 |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for s in SERVERS:
+    for s in servers:
         c = cost[s]
         lines.append(
             f"| {s} | {c['rps']:,.0f} | {c['cpu']:.1f} | {c['deploy_ms']} ms | {c['first_ms']:.2f} ms | {c['next_ms']:.3f} ms | {c['faults']} |"
         )
+    lines += [
+        "",
+        f"One big request, last: three OIP requests of {BIG_ROWS:,} iris rows each (binary FP32, 8 MB) to iris, "
+        "then resident memory (MiB) at once and after the process has been idle for a while:",
+        "",
+        f"| server | right after | {BIG_SETTLE} s later |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {s} | {cost[s]['big_after']:.1f} | {cost[s]['big_later']:.1f} |" for s in servers]
     body = "\n".join(lines)
     print(body)
     if a.write:
