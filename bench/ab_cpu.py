@@ -16,7 +16,6 @@ body. The MLP of bench/batching.sh, for example:
       target/compare/batch-models/mlp/model.onnx "$BODY"
 """
 
-import os
 import statistics
 import sys
 import tempfile
@@ -26,11 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
 from compare import KEY, deploy, free_port, wasmscore_up, wrk  # noqa: E402
-
-
-def cpu_seconds(pid):
-    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+from memory import cpu_seconds  # noqa: E402
 
 
 def main():

@@ -140,6 +140,8 @@ SERVERS = {
 def cpu_seconds(pid):
     f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 BEFORE = "the build before"
 STAGES = ["empty `up`", "iris deployed", "after the load run"]
 ROUNDS = 4
