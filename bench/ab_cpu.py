@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""Two builds side by side: req/s and the server's CPU per request.
+"""Two builds, or two settings of one build, side by side: req/s and the
+server's CPU per request.
 
 Two `wasmscore up` at once, each serving the same module and model (key
-auth, default autoscaling), wrk at CONNS connections for 5 s per round,
-rounds alternating which build goes first; the server's utime + stime per
-request from /proc. Prints each round and the medians.
+auth, default autoscaling) from its own copy of the binary and of ONNX
+Runtime's library dropped from the page cache (a page two processes map is
+not handed back, bench/memory.py), wrk at CONNS connections for 5 s per
+round on `/score`, and with --grpc h2load on ModelInfer too (CONNS
+connections of one call each), rounds alternating which goes first; the
+server's utime + stime per request from /proc. Prints each round and the
+medians.
 
 Usage (from the repository root, after bench/lib.sh's `built`):
   .venv/bin/python bench/ab_cpu.py OLD_BINARY NEW_BINARY CONNS ROUNDS \\
-      [MODULE.wasm MODEL.onnx BODY]
+      [MODULE.wasm MODEL.onnx BODY] [--grpc] [--env-after NAME=VALUE ...]
+--grpc needs h2load (Debian nghttp2-client; bench/oip.sh installs it).
 MODULE defaults to target/compare/iris-rust.wasm with the iris model and
 body. The MLP of bench/batching.sh, for example:
   BODY=$(python3 -c 'import json;print(json.dumps({"data":[[0.01*i for i in range(256)]]}))')
   .venv/bin/python bench/ab_cpu.py OLD NEW 16 10 target/compare/rows-rust.wasm \\
       target/compare/batch-models/mlp/model.onnx "$BODY"
+One build, two settings (the executable's code paged out or not):
+  .venv/bin/python bench/ab_cpu.py B B 16 10 --grpc --env-after WASMSCORE_PAGE_OUT=all
 """
 
+import argparse
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -24,43 +35,77 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
-from compare import KEY, deploy, free_port, wasmscore_up, wrk  # noqa: E402
-from memory import cpu_seconds  # noqa: E402
+from compare import KEY, Proc, deploy, free_port, wait_for, wrk  # noqa: E402
+from memory import cold, cpu_seconds, ort_library  # noqa: E402
+from oip import grpc_body, grpc_check, h2load  # noqa: E402
 
 
 def main():
-    builds = {"before": Path(sys.argv[1]).resolve(), "after": Path(sys.argv[2]).resolve()}
-    conns, rounds = int(sys.argv[3]), int(sys.argv[4])
-    module = sys.argv[5] if len(sys.argv) > 5 else "target/compare/iris-rust.wasm"
-    if len(sys.argv) > 7:
-        compare.MODEL, compare.BODY = Path(sys.argv[6]), sys.argv[7]
-    work = tempfile.mkdtemp(prefix="wasmscore-ab-")
+    ap = argparse.ArgumentParser()
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("conns", type=int)
+    ap.add_argument("rounds", type=int)
+    ap.add_argument("module", nargs="?", default="target/compare/iris-rust.wasm")
+    ap.add_argument("model", nargs="?", type=Path)
+    ap.add_argument("body", nargs="?")
+    ap.add_argument("--grpc", action="store_true", help="h2load on ModelInfer too (iris only)")
+    ap.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE", help="for the second `up`")
+    a = ap.parse_args()
+    if a.body:
+        compare.MODEL, compare.BODY = a.model, a.body
+    builds = {
+        "before": (a.old.resolve(), {}),
+        "after": (a.new.resolve(), dict(kv.split("=", 1) for kv in a.env_after)),
+    }
+    routes = ["score"] + (["grpc"] if a.grpc else [])
+    work = Path(tempfile.mkdtemp(prefix="wasmscore-ab-"))
     key = compare.lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
+    grpc = grpc_body(work / "infer.grpc", "iris") if a.grpc else None
+    grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
     ups = {}
     try:
-        for name, binary in builds.items():
-            port = free_port()
-            up, data = wasmscore_up(work, port, bin=binary)
-            deploy(data, "iris", module, dc={"primary_key": KEY})
-            ups[name] = (port, up)
+        for i, (name, (binary, env)) in enumerate(builds.items()):
+            own = work / f"bin-{i}"
+            own.mkdir()
+            shutil.copy2(binary, own / "wasmscore")
+            shutil.copy2(ort_library(), own / "libonnxruntime.so")
+            for f in ("wasmscore", "libonnxruntime.so"):
+                cold(own / f)
+            port, gport, data = free_port(), free_port(), work / f"data-{i}"
+            env = {**os.environ, **env, "ORT_DYLIB_PATH": str(own / "libonnxruntime.so")}
+            args = [str(own / "wasmscore"), "up", "--port", str(port), "--data-dir", str(data)]
+            args += ["--grpc-port", str(gport)] if a.grpc else []
+            up = Proc(args, env=env, log=work / f"up-{i}.log")
+            ups[name] = (port, gport, up)
+            wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
+            deploy(data, "iris", a.module, dc={"primary_key": KEY})
+            if a.grpc:
+                grpc_check(f"127.0.0.1:{gport}", "iris", KEY)
         time.sleep(3)
-        runs = {name: [] for name in builds}
-        for r in range(rounds):
+        runs = {(name, route): [] for name in builds for route in routes}
+        for r in range(a.rounds):
             order = list(builds) if r % 2 == 0 else list(builds)[::-1]
-            for name in order:
-                port, up = ups[name]
-                before = cpu_seconds(up.p.pid)
-                out = wrk(f"http://127.0.0.1:{port}/api/v1/service/iris/score", conns, 5, key)
-                assert out["errors"] == 0, out
-                runs[name].append((out["rps"], (cpu_seconds(up.p.pid) - before) * 1e6 / (out["rps"] * 5)))
-            print(r, {n: (round(v[-1][0]), round(v[-1][1], 1)) for n, v in runs.items()}, flush=True)
-        for name, v in runs.items():
+            for route in routes:
+                for name in order:
+                    port, gport, up = ups[name]
+                    before = cpu_seconds(up.p.pid)
+                    if route == "score":
+                        out = wrk(f"http://127.0.0.1:{port}/api/v1/service/iris/score", a.conns, 5, key)
+                    else:
+                        url = f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer"
+                        out = h2load(url, a.conns, 5, grpc, grpc_headers)
+                    assert out["errors"] == 0, out
+                    cpu_us = (cpu_seconds(up.p.pid) - before) * 1e6 / (out["rps"] * 5)
+                    runs[(name, route)].append((out["rps"], cpu_us))
+            print(r, {f"{n} {rt}": (round(v[-1][0]), round(v[-1][1], 1)) for (n, rt), v in runs.items()}, flush=True)
+        for (name, route), v in runs.items():
             print(
-                f"{name}: median {statistics.median(x[0] for x in v):,.0f} req/s, "
+                f"{name} {route}: median {statistics.median(x[0] for x in v):,.0f} req/s, "
                 f"{statistics.median(x[1] for x in v):.1f} µs of CPU per request"
             )
     finally:
-        for _, up in ups.values():
+        for _, _, up in ups.values():
             up.stop()
 
 
