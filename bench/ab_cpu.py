@@ -26,7 +26,6 @@ One build, two settings (the executable's code paged out or not):
 
 import argparse
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
 from compare import KEY, Proc, deploy, free_port, wait_for, wrk  # noqa: E402
-from memory import cold, cpu_seconds, ort_library  # noqa: E402
+from memory import cpu_seconds, own_copies  # noqa: E402
 from oip import grpc_body, grpc_check, h2load  # noqa: E402
 
 
@@ -52,6 +51,8 @@ def main():
     ap.add_argument("--grpc", action="store_true", help="h2load on ModelInfer too (iris only)")
     ap.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE", help="for the second `up`")
     a = ap.parse_args()
+    if (a.model is None) != (a.body is None):
+        ap.error("MODEL and BODY go together")
     if a.body:
         compare.MODEL, compare.BODY = a.model, a.body
     builds = {
@@ -66,15 +67,10 @@ def main():
     ups = {}
     try:
         for i, (name, (binary, env)) in enumerate(builds.items()):
-            own = work / f"bin-{i}"
-            own.mkdir()
-            shutil.copy2(binary, own / "wasmscore")
-            shutil.copy2(ort_library(), own / "libonnxruntime.so")
-            for f in ("wasmscore", "libonnxruntime.so"):
-                cold(own / f)
+            exe, ort = own_copies(work / f"bin-{i}", binary)
             port, gport, data = free_port(), free_port(), work / f"data-{i}"
-            env = {**os.environ, **env, "ORT_DYLIB_PATH": str(own / "libonnxruntime.so")}
-            args = [str(own / "wasmscore"), "up", "--port", str(port), "--data-dir", str(data)]
+            env = {**os.environ, **env, "ORT_DYLIB_PATH": str(ort)}
+            args = [str(exe), "up", "--port", str(port), "--data-dir", str(data)]
             args += ["--grpc-port", str(gport)] if a.grpc else []
             up = Proc(args, env=env, log=work / f"up-{i}.log")
             ups[name] = (port, gport, up)

@@ -84,6 +84,20 @@ def cold(path):
         os.close(fd)
 
 
+def own_copies(dir_, binary):
+    """Copies of `binary` and of ONNX Runtime's library in `dir_`, out of the
+    page cache: (the executable, the library for ORT_DYLIB_PATH). Each `up`
+    side by side runs its own: a page mapped by two processes is not handed
+    back, and the two would share their file pages."""
+    dir_.mkdir()
+    exe, ort = dir_ / "wasmscore", dir_ / "libonnxruntime.so"
+    shutil.copy2(binary, exe)
+    shutil.copy2(ort_library(), ort)
+    for f in (exe, ort):
+        cold(f)
+    return exe, ort
+
+
 def major_faults(pid):
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[9])
 
@@ -169,18 +183,10 @@ def main():
     cost = {s: {} for s in servers}
     try:
         for i, (name, (env, binary)) in enumerate(servers.items()):
-            # Each `up` runs its own copy of the binary and of ONNX Runtime:
-            # a page mapped by two processes is not handed back, and the
-            # two would share their file pages.
-            own = Path(work) / f"bin-{i}"
-            own.mkdir()
-            shutil.copy2(binary, own / "wasmscore")
-            shutil.copy2(ort_library(), own / "libonnxruntime.so")
-            for f in ("wasmscore", "libonnxruntime.so"):
-                cold(own / f)
-            env = {**env, "ORT_DYLIB_PATH": str(own / "libonnxruntime.so")}
+            exe, ort = own_copies(Path(work) / f"bin-{i}", binary)
+            env = {**env, "ORT_DYLIB_PATH": str(ort)}
             port = free_port()
-            ups[name] = (port, *wasmscore_up(work, port, env=env, bin=own / "wasmscore"))
+            ups[name] = (port, *wasmscore_up(work, port, env=env, bin=exe))
         time.sleep(HAND_BACK_AFTER)
         for name, (port, up, data) in ups.items():
             stages[name][STAGES[0]] = breakdown(up.p.pid)
