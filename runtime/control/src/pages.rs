@@ -11,14 +11,19 @@
 //! it is. glibc's malloc (ONNX Runtime's) returns its free pages too. It
 //! happens 2 s after the build, off the path of the first requests.
 //!
+//! The executable's own code stays by default. The link puts the request
+//! path's functions together (runtime/cli/hot-text.txt, between
+//! [`wasmscore_hot_text_begin`] and [`wasmscore_hot_text_end`]), so
+//! `WASMSCORE_PAGE_OUT=cold` can hand back the rest of it and keep that
+//! range: 32.2 MiB after bench/memory.sh's load run against 41.1, but its
+//! CPU per request side by side ranged from 16% less to 11% more, so it
+//! is not the default yet.
+//!
 //! `WASMSCORE_PAGE_OUT` picks which pages: everything read-only but the
-//! executable's code (the default: the shared libraries and the
-//! executable's constants, 41.5 MiB after bench/memory.sh's load run
-//! against 55.4 for none; the constants cost no CPU per request
-//! measurably), `all` (the executable's code too: 37.5 MiB, but once the
-//! request path's code is read back, each gRPC request took 7-11% more
-//! CPU in two side-by-side runs; HTTP/1.1 showed no consistent
-//! difference), or `0` (none).
+//! executable's code (unset or `libraries`: the shared libraries and the
+//! executable's constants), `cold` (and the executable's code outside the
+//! hot range), `all` (all of its code), or `0` (none). Figures in
+//! BENCHMARKS.md.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -56,10 +61,12 @@ enum Scope {
     Off,
     /// Every read-only file mapping but the executable's code.
     Libraries,
+    /// Every read-only file mapping but the request path's code.
+    Cold,
     All,
 }
 
-/// `WASMSCORE_PAGE_OUT`: `0`, `all`, or unset (`libraries`).
+/// `WASMSCORE_PAGE_OUT`: `0`, `cold`, `all`, or unset (`libraries`).
 fn scope() -> Scope {
     static SCOPE: OnceLock<Scope> = OnceLock::new();
     *SCOPE.get_or_init(|| parse_scope(std::env::var("WASMSCORE_PAGE_OUT").ok().as_deref()))
@@ -68,38 +75,84 @@ fn scope() -> Scope {
 fn parse_scope(v: Option<&str>) -> Scope {
     match v {
         None | Some("libraries") => Scope::Libraries,
+        Some("cold") => Scope::Cold,
         Some("0") => Scope::Off,
         Some("all") => Scope::All,
         Some(other) => {
-            tracing::warn!(value = other, "WASMSCORE_PAGE_OUT is 0, libraries or all; paging out the libraries");
+            tracing::warn!(
+                value = other,
+                "WASMSCORE_PAGE_OUT is 0, libraries, cold or all; paging out the libraries"
+            );
             Scope::Libraries
         }
     }
 }
 
+/// Where the hot range of the executable's code begins. The link puts it
+/// first in `.text` and the request path's functions after it, in the
+/// order of runtime/cli/hot-text.txt.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn wasmscore_hot_text_begin() {
+    // Bodies that differ, so the compiler cannot merge the two markers.
+    std::hint::black_box(1u8);
+}
+
+/// Where the hot range ends: the last name of runtime/cli/hot-text.txt.
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn wasmscore_hot_text_end() {
+    std::hint::black_box(2u8);
+}
+
+/// The pages of the executable's code that the link filled with the
+/// request path's functions, or None where it did not (a linker without
+/// `--symbol-ordering-file`, a build that skipped it): then the markers
+/// lie side by side wherever the linker put them.
+fn hot_text() -> Option<(usize, usize)> {
+    let (begin, end) = (
+        wasmscore_hot_text_begin as *const () as usize,
+        wasmscore_hot_text_end as *const () as usize,
+    );
+    let page = page_size();
+    (end.checked_sub(begin)? > page).then(|| (begin & !(page - 1), (end + page - 1) & !(page - 1)))
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf only reads a value.
+    usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// Pages out the read-only file mappings of the process that `scope`
 /// names (code and constants of its libraries, compiled module images,
-/// the executable's constants, with `all` its code) and trims glibc's heap. Returns the
-/// resident KiB before and after.
+/// the executable's constants, with `cold` its code outside the hot range,
+/// with `all` all of its code) and trims glibc's heap. Returns the resident KiB before and after.
 fn hand_back() -> Option<(u64, u64)> {
     let scope = scope();
-    if scope == Scope::Off {
-        return None;
-    }
+    let everything = (0, usize::MAX);
+    let keep = match scope {
+        Scope::Off => return None,
+        Scope::All => None,
+        Scope::Libraries => Some(everything),
+        Scope::Cold => Some(hot_text().unwrap_or_else(|| {
+            tracing::warn!("this build has no hot range of code (runtime/cli/build.rs); its code stays resident");
+            everything
+        })),
+    };
     let before = resident_kib()?;
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    let exe = match scope {
-        Scope::All => None,
-        _ => std::fs::read_link("/proc/self/exe").ok(),
-    };
-    for (start, len) in read_only_files(&maps, exe.as_deref().and_then(|p| p.to_str())) {
-        // SAFETY: MADV_PAGEOUT only drops pages the kernel can read back
-        // from their file (these mappings are not writable), or from swap
-        // for the private copies a relocated read-only segment holds
-        // (without swap those stay); the mapping itself and its contents
-        // are unchanged. An error (a locked
-        // mapping, an old kernel) leaves the pages where they are.
-        unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_PAGEOUT) };
+    let exe = std::fs::read_link("/proc/self/exe").ok();
+    for (start, len, exe_code) in read_only_files(&maps, exe.as_deref().and_then(|p| p.to_str())) {
+        let keep = if exe_code { keep } else { None };
+        for (start, len) in outside((start, start + len), keep) {
+            // SAFETY: MADV_PAGEOUT only drops pages the kernel can read
+            // back from their file (these mappings are not writable), or
+            // from swap for the private copies a relocated read-only
+            // segment holds (without swap those stay); the mapping itself
+            // and its contents are unchanged. An error (a locked mapping,
+            // an old kernel) leaves the pages where they are.
+            unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_PAGEOUT) };
+        }
     }
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.
@@ -109,23 +162,35 @@ fn hand_back() -> Option<(u64, u64)> {
     Some((before, resident_kib()?))
 }
 
-/// (start, length) of each mapping in a /proc/PID/maps text that is backed
-/// by a file and not writable, but for the code of `keep_code` (its
-/// executable mappings; its constants go).
-fn read_only_files(maps: &str, keep_code: Option<&str>) -> Vec<(usize, usize)> {
+/// (start, length) of the parts of `[start, end)` outside `keep`.
+fn outside((start, end): (usize, usize), keep: Option<(usize, usize)>) -> Vec<(usize, usize)> {
+    let Some((ks, ke)) = keep else { return vec![(start, end - start)] };
+    let mut parts = Vec::new();
+    if start < ks.min(end) {
+        parts.push((start, ks.min(end) - start));
+    }
+    if ke.max(start) < end {
+        parts.push((ke.max(start), end - ke.max(start)));
+    }
+    parts
+}
+
+/// (start, length, whether it is `exe`'s code) of each mapping in a
+/// /proc/PID/maps text that is backed by a file and not writable.
+fn read_only_files(maps: &str, exe: Option<&str>) -> Vec<(usize, usize, bool)> {
     maps.lines()
         .filter_map(|line| {
             let mut f = line.split_whitespace();
             let range = f.next()?;
             let perms = f.next()?.as_bytes();
             let path = f.nth(3)?;
-            let code = perms.get(2) == Some(&b'x');
-            if !path.starts_with('/') || perms.get(1) != Some(&b'-') || (code && Some(path) == keep_code) {
+            if !path.starts_with('/') || perms.get(1) != Some(&b'-') {
                 return None;
             }
+            let exe_code = perms.get(2) == Some(&b'x') && Some(path) == exe;
             let (a, b) = range.split_once('-')?;
             let (a, b) = (usize::from_str_radix(a, 16).ok()?, usize::from_str_radix(b, 16).ok()?);
-            Some((a, b.checked_sub(a)?))
+            Some((a, b.checked_sub(a)?, exe_code))
         })
         .collect()
 }
@@ -152,19 +217,34 @@ mod tests {
 7ffd00000000-7ffd00002000 r-xp 00000000 00:00 0 [vdso]
 ";
         assert_eq!(
-            read_only_files(maps, None),
-            vec![(0x5600a0000000, 0x100000), (0x5600a0100000, 0x300000), (0x7f0000010000, 0x10000)]
-        );
-        // The executable's code stays; its constants go.
-        assert_eq!(
             read_only_files(maps, Some("/usr/bin/wasmscore")),
-            vec![(0x5600a0000000, 0x100000), (0x7f0000010000, 0x10000)]
+            vec![
+                (0x5600a0000000, 0x100000, false),
+                (0x5600a0100000, 0x300000, true),
+                (0x7f0000010000, 0x10000, false)
+            ]
         );
+        assert!(read_only_files(maps, None).iter().all(|m| !m.2));
+    }
+
+    #[test]
+    fn the_code_outside_the_kept_range_goes() {
+        assert_eq!(outside((0x1000, 0x9000), None), vec![(0x1000, 0x8000)]);
+        assert_eq!(outside((0x1000, 0x9000), Some((0, usize::MAX))), vec![]);
+        assert_eq!(
+            outside((0x1000, 0x9000), Some((0x3000, 0x5000))),
+            vec![(0x1000, 0x2000), (0x5000, 0x4000)]
+        );
+        assert_eq!(outside((0x1000, 0x9000), Some((0x1000, 0x5000))), vec![(0x5000, 0x4000)]);
+        // A range that lies in another mapping keeps nothing here.
+        assert_eq!(outside((0x1000, 0x9000), Some((0xa000, 0xb000))), vec![(0x1000, 0x8000)]);
+        assert_eq!(outside((0x5000, 0x9000), Some((0x1000, 0x3000))), vec![(0x5000, 0x4000)]);
     }
 
     #[test]
     fn the_scope_is_the_libraries_unless_asked() {
         assert_eq!(parse_scope(None), Scope::Libraries);
+        assert_eq!(parse_scope(Some("cold")), Scope::Cold);
         assert_eq!(parse_scope(Some("0")), Scope::Off);
         assert_eq!(parse_scope(Some("all")), Scope::All);
         assert_eq!(parse_scope(Some("everything")), Scope::Libraries);
