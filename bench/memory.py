@@ -9,17 +9,18 @@ the kernel maps them in runs around each page touched (fault-around),
 and can drop them under memory pressure; anonymous pages
 are the process's alone.
 
-Three `up` side by side, whose builds hand back the pages they ran only
-to build (runtime/control/src/pages.rs): all but the executable's code (as
-it ships), of every file (`WASMSCORE_PAGE_OUT=all`), or none
-(`WASMSCORE_PAGE_OUT=0`). What handing back costs is measured beside it:
+Four `up` side by side, whose builds hand back the pages they ran only
+to build (runtime/control/src/pages.rs): all but the executable's code
+(as it ships), all but the request path's code (the executable's hot
+range, `WASMSCORE_PAGE_OUT=cold`), of every file (`WASMSCORE_PAGE_OUT=all`),
+or none (`WASMSCORE_PAGE_OUT=0`). What handing back costs is measured beside it:
 the load run's req/s and CPU per request, the next deploy's time (the C iris module: a compile
 that reads the compiler's pages back), and the first requests to the
 serving version right after that deploy handed the pages back again.
 Last, what stays resident after one big request (three OIP requests of
 500,000 iris rows) and once the process has been idle for a while.
 
-`--before OLD_BINARY` adds a fourth `up`, a build before this one with
+`--before OLD_BINARY` adds a fifth `up`, a build before this one with
 its default settings, to see what a change did side by side.
 
 Run through bench/memory.sh; it writes a section of BENCHMARKS.md.
@@ -146,6 +147,7 @@ def big_request(port, rows=BIG_ROWS):
 
 SERVERS = {
     "libraries (default)": {},
+    "WASMSCORE_PAGE_OUT=cold": {"WASMSCORE_PAGE_OUT": "cold"},
     "WASMSCORE_PAGE_OUT=all": {"WASMSCORE_PAGE_OUT": "all"},
     "WASMSCORE_PAGE_OUT=0": {"WASMSCORE_PAGE_OUT": "0"},
 }
@@ -170,7 +172,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--module", required=True, help="examples/iris-rust built")
     ap.add_argument("--second", required=True, help="examples/iris-c built: the next deploy")
-    ap.add_argument("--before", type=Path, help="a build before this one: a fourth `up`, default settings, side by side")
+    ap.add_argument("--before", type=Path, help="a build before this one: a fifth `up`, default settings, side by side")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
     servers = {name: (env, BIN) for name, env in SERVERS.items()}
@@ -235,7 +237,9 @@ def main():
     lines = [
         f"Machine: {machine()}. `bash bench/memory.sh{' --before OLD' if a.before else ''}`: {len(servers)} `up` side by side, the Rust iris module with key auth, "
         "whose builds hand back pages (`madvise(MADV_PAGEOUT)` on read-only file mappings, then `malloc_trim`): of the "
-        "shared libraries and the executable's constants (as it ships), of every file, the executable's code included (`WASMSCORE_PAGE_OUT=all`), or of none "
+        "shared libraries and the executable's constants (as it ships), of those and the executable's code outside the hot range "
+        "the link puts the request path's functions in (`WASMSCORE_PAGE_OUT=cold`), of every file, the executable's code "
+        "included (`WASMSCORE_PAGE_OUT=all`), or of none "
         "(`WASMSCORE_PAGE_OUT=0`)"
         + (f"; and the build before, `{a.before.name}`, as it ships" if a.before else "")
         + ". Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
