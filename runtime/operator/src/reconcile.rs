@@ -458,11 +458,39 @@ mod tests {
                "status": {"readyReplicas": ready}})
     }
 
+    /// A request to the fake API server, with where its answer goes.
+    type Pending = (Request<Body>, tokio::sync::oneshot::Sender<Response<Body>>);
+
+    /// kube's client's side of a fake API server: each request goes to
+    /// `serve`, which holds the other end of the channel until every clone
+    /// of the client is dropped.
+    #[derive(Clone)]
+    struct Fake(tokio::sync::mpsc::UnboundedSender<Pending>);
+
+    impl tower_service::Service<Request<Body>> for Fake {
+        type Response = Response<Body>;
+        type Error = Box<dyn std::error::Error + Send + Sync>;
+        type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: Request<Body>) -> Self::Future {
+            let (send, answer) = tokio::sync::oneshot::channel();
+            let sent = self.0.send((req, send));
+            Box::pin(async move {
+                sent.map_err(|_| "the fake API server is gone")?;
+                Ok(answer.await.map_err(|_| "the fake API server dropped the request")?)
+            })
+        }
+    }
+
     /// Answers like an API server: applies and creates echo the object,
     /// gets and lists read the cluster, deletes succeed.
-    async fn serve(mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, cluster: Cluster) -> Vec<Call> {
+    async fn serve(mut requests: tokio::sync::mpsc::UnboundedReceiver<Pending>, cluster: Cluster) -> Vec<Call> {
         let mut calls = Vec::new();
-        while let Some((req, send)) = handle.next_request().await {
+        while let Some((req, send)) = requests.recv().await {
             let method = req.method().to_string();
             let path = req.uri().path().to_string();
             let query = req.uri().query().unwrap_or("").to_string();
@@ -504,16 +532,16 @@ mod tests {
                 .status(code)
                 .body(Body::from(serde_json::to_vec(&answer).unwrap()))
                 .unwrap();
-            send.send_response(resp);
+            let _ = send.send(resp);
         }
         calls
     }
 
     async fn run(ep: Endpoint, cluster: Cluster) -> (Result<Action, Error>, Vec<Call>) {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let server = tokio::spawn(serve(handle, cluster));
+        let (service, requests) = tokio::sync::mpsc::unbounded_channel();
+        let server = tokio::spawn(serve(requests, cluster));
         let ctx = Arc::new(Context {
-            client: Client::new(service, "models"),
+            client: Client::new(Fake(service), "models"),
             settings: Settings::default(),
             reporter: Reporter {
                 controller: FIELD_MANAGER.into(),
