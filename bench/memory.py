@@ -10,9 +10,9 @@ and can drop them under memory pressure; anonymous pages
 are the process's alone.
 
 Four `up` side by side, whose builds hand back the pages they ran only
-to build (runtime/control/src/pages.rs): all but the executable's code
-(as it ships), all but the request path's code (the executable's hot
-range, `WASMSCORE_PAGE_OUT=cold`), of every file (`WASMSCORE_PAGE_OUT=all`),
+to build (runtime/control/src/pages.rs): all but the request path's code
+(the executable's hot range, as it ships), all but the executable's code
+(`WASMSCORE_PAGE_OUT=libraries`), of every file (`WASMSCORE_PAGE_OUT=all`),
 or none (`WASMSCORE_PAGE_OUT=0`). What handing back costs is measured beside it:
 the load run's req/s and CPU per request, the next deploy's time (the C iris module: a compile
 that reads the compiler's pages back), and the first requests to the
@@ -146,8 +146,8 @@ def big_request(port, rows=BIG_ROWS):
 
 
 SERVERS = {
-    "libraries (default)": {},
-    "WASMSCORE_PAGE_OUT=cold": {"WASMSCORE_PAGE_OUT": "cold"},
+    "cold code (default)": {},
+    "WASMSCORE_PAGE_OUT=libraries": {"WASMSCORE_PAGE_OUT": "libraries"},
     "WASMSCORE_PAGE_OUT=all": {"WASMSCORE_PAGE_OUT": "all"},
     "WASMSCORE_PAGE_OUT=0": {"WASMSCORE_PAGE_OUT": "0"},
 }
@@ -237,9 +237,9 @@ def main():
     lines = [
         f"Machine: {machine()}. `bash bench/memory.sh{' --before OLD' if a.before else ''}`: {len(servers)} `up` side by side, the Rust iris module with key auth, "
         "whose builds hand back pages (`madvise(MADV_PAGEOUT)` on read-only file mappings, then `malloc_trim`): of the "
-        "shared libraries and the executable's constants (as it ships), of those and the executable's code outside the hot range "
-        "the link puts the request path's functions in (`WASMSCORE_PAGE_OUT=cold`), of every file, the executable's code "
-        "included (`WASMSCORE_PAGE_OUT=all`), or of none "
+        "shared libraries, the executable's constants and its code outside the hot range the link puts the request path's "
+        "functions in (as it ships), of the libraries and constants only (`WASMSCORE_PAGE_OUT=libraries`), of every file, "
+        "the executable's code included (`WASMSCORE_PAGE_OUT=all`), or of none "
         "(`WASMSCORE_PAGE_OUT=0`)"
         + (f"; and the build before, `{a.before.name}`, as it ships" if a.before else "")
         + ". Resident memory (Rss in /proc/PID/smaps, MiB) by mapping; the load run is 5 s of wrk "
