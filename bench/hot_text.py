@@ -33,7 +33,6 @@ import collections
 import json
 import os
 import re
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare import BIN, KEY, MODEL, Proc, deploy, free_port, wait_for, wrk  # noqa: E402
-from oip import ROW, grpc_body, grpc_check, h2load, lua  # noqa: E402
+from oip import ROW, grpc_body, grpc_check, h2load, lua, rest_bodies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "runtime/cli/hot-text.txt"
@@ -69,15 +68,13 @@ def gets(port, data, stop):
 
 def load(port, gport, work, seconds):
     auth = {"Authorization": f"Bearer {KEY}"}
-    json_body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).encode()
-    head = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
-                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    json_body, head, binary_body = rest_bodies()
     rest = {
         "/api/v1/service/iris/score": lua(work / "score.lua", json.dumps({"data": [ROW]}).encode(), {"Content-Type": "application/json", **auth}),
         "/api/v1/service/iris-model/score": lua(work / "model.lua", json.dumps({"inputs": {"X": [ROW]}}).encode(),
                                                 {"Content-Type": "application/json", **auth}),
         "/v2/models/iris/infer": lua(work / "json.lua", json_body, {"Content-Type": "application/json", **auth}),
-        "/v2/models/iris-model/infer": lua(work / "binary.lua", head + struct.pack("<4f", *ROW),
+        "/v2/models/iris-model/infer": lua(work / "binary.lua", binary_body,
                                            {"Inference-Header-Content-Length": str(len(head)), **auth}),
     }
     grpc = grpc_body(work / "infer.grpc", "iris")

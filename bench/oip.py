@@ -45,6 +45,15 @@ def lua(path, body, headers):
     return path
 
 
+def rest_bodies():
+    """One iris row as OIP REST bodies: JSON, and the binary extension's
+    JSON header and the whole binary body."""
+    json_body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).encode()
+    head = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
+                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
+    return json_body, head, head + struct.pack("<4f", *ROW)
+
+
 def grpc_body(path, model):
     """A gRPC-framed ModelInferRequest for one iris row (raw contents)."""
     code = (
@@ -110,10 +119,7 @@ def main():
     work = Path(tempfile.mkdtemp(prefix="wasmscore-oip-"))
     peers = ROOT / ".peers"
     auth = {"Authorization": f"Bearer {KEY}"}
-    json_body = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": ROW}]}).encode()
-    head = json.dumps({"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": 16}}],
-                       "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}]}).encode()
-    binary_body = head + struct.pack("<4f", *ROW)
+    json_body, head, binary_body = rest_bodies()
     luas = {
         "score": lua(work / "score.lua", json.dumps({"data": [ROW]}).encode(), {"Content-Type": "application/json", **auth}),
         "json": lua(work / "json.lua", json_body, {"Content-Type": "application/json", **auth}),

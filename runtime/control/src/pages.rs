@@ -132,7 +132,8 @@ fn hand_back() -> Option<(u64, u64)> {
     }
     let hot = match scope {
         Scope::Cold => hot_text().or_else(|| {
-            tracing::warn!("this build has no hot range of code (runtime/cli/build.rs); its code stays resident");
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| tracing::warn!("this build has no hot range of code (runtime/cli/build.rs); its code stays resident"));
             None
         }),
         _ => None,
@@ -145,7 +146,7 @@ fn hand_back() -> Option<(u64, u64)> {
         let keep = match scope {
             _ if !m.exe_code => None,
             Scope::All => None,
-            Scope::Cold => Some(hot.map_or(everything, |h| in_whole_folios(h, m.start - m.offset))),
+            Scope::Cold => Some(hot.map_or(everything, |h| in_whole_folios(h, &m))),
             _ => Some(everything),
         };
         for (start, len) in outside((m.start, m.start + m.len), keep) {
@@ -169,14 +170,18 @@ fn hand_back() -> Option<(u64, u64)> {
 /// The largest folio the page cache makes on x86-64 (a PMD's 2 MiB).
 const FOLIO: usize = 2 << 20;
 
-/// `range` widened to whole `FOLIO`s of the file that a mapping maps at
-/// `delta` (its address less its file offset). Handing back part of a
-/// large folio splits it, and the exact hot range split every folio it
-/// lies in: with it, gRPC took a few percent more CPU per request (median
-/// ratio 1.04 and 1.07 over 12 rounds); kept whole, none (0.93; `/score`
-/// 1.005), for about 1-2 MiB more resident code.
-fn in_whole_folios((a, b): (usize, usize), delta: usize) -> (usize, usize) {
-    let down = |x: usize| ((x - delta) & !(FOLIO - 1)) + delta;
+/// `range` widened to whole `FOLIO`s of the file that `m` maps, when it
+/// lies in `m` (else as it is). Handing back part of a large folio splits
+/// it, and the exact hot range split every folio it lies in: with it, gRPC
+/// took a few percent more CPU per request (median ratio 1.04 and 1.07
+/// over 12 rounds); kept whole, none (0.93; `/score` 1.005), for about
+/// 1-2 MiB more resident code.
+fn in_whole_folios((a, b): (usize, usize), m: &Mapping) -> (usize, usize) {
+    if a < m.start || b > m.start + m.len {
+        return (a, b);
+    }
+    // An address less its offset into the folio of the file it maps.
+    let down = |x: usize| x - (x - m.start + m.offset) % FOLIO;
     (down(a), down(b + FOLIO - 1))
 }
 
@@ -271,16 +276,23 @@ mod tests {
     #[test]
     fn the_hot_range_is_kept_in_whole_folios_of_the_file() {
         // The code at 0x5600a0b2d000 is 0x1000 past its file offset.
-        let delta = 0x5600a0001000;
+        let text = Mapping {
+            start: 0x5600a0001000,
+            len: 0x2000000,
+            offset: 0,
+            exe_code: true,
+        };
         assert_eq!(
-            in_whole_folios((0x5600a0b2d000, 0x5600a0cdd000), delta),
+            in_whole_folios((0x5600a0b2d000, 0x5600a0cdd000), &text),
             (0x5600a0a01000, 0x5600a0e01000)
         );
         // Already whole: unchanged.
         assert_eq!(
-            in_whole_folios((0x5600a0201000, 0x5600a0401000), delta),
+            in_whole_folios((0x5600a0201000, 0x5600a0401000), &text),
             (0x5600a0201000, 0x5600a0401000)
         );
+        // A range that lies in another mapping: unchanged.
+        assert_eq!(in_whole_folios((0x1000, 0x5000), &text), (0x1000, 0x5000));
     }
 
     #[test]
