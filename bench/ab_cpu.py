@@ -20,11 +20,14 @@ body. The MLP of bench/batching.sh, for example:
   BODY=$(python3 -c 'import json;print(json.dumps({"data":[[0.01*i for i in range(256)]]}))')
   .venv/bin/python bench/ab_cpu.py OLD NEW 16 10 target/compare/rows-rust.wasm \\
       target/compare/batch-models/mlp/model.onnx "$BODY"
-One build, two settings (the executable's code paged out or not):
+One build, two settings (the executable's code paged out or not; two
+fixed instances against the autoscaler's count):
   .venv/bin/python bench/ab_cpu.py B B 16 10 --grpc --env-after WASMSCORE_PAGE_OUT=all
+  .venv/bin/python bench/ab_cpu.py B B 16 10 --dc-after '{"num_replicas": 2}'
 """
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -50,14 +53,15 @@ def main():
     ap.add_argument("body", nargs="?")
     ap.add_argument("--grpc", action="store_true", help="h2load on ModelInfer too (iris only)")
     ap.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE", help="for the second `up`")
+    ap.add_argument("--dc-after", default="{}", metavar="JSON", help="deployment settings for the second `up`")
     a = ap.parse_args()
     if (a.model is None) != (a.body is None):
         ap.error("MODEL and BODY go together")
     if a.body:
         compare.MODEL, compare.BODY = a.model, a.body
     builds = {
-        "before": (a.old.resolve(), {}),
-        "after": (a.new.resolve(), dict(kv.split("=", 1) for kv in a.env_after)),
+        "before": (a.old.resolve(), {}, {}),
+        "after": (a.new.resolve(), dict(kv.split("=", 1) for kv in a.env_after), json.loads(a.dc_after)),
     }
     routes = ["score"] + (["grpc"] if a.grpc else [])
     work = Path(tempfile.mkdtemp(prefix="wasmscore-ab-"))
@@ -66,7 +70,7 @@ def main():
     grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
     ups = {}
     try:
-        for i, (name, (binary, env)) in enumerate(builds.items()):
+        for i, (name, (binary, env, dc)) in enumerate(builds.items()):
             exe, ort = own_copies(work / f"bin-{i}", binary)
             port, gport, data = free_port(), free_port(), work / f"data-{i}"
             env = {**os.environ, **env, "ORT_DYLIB_PATH": str(ort)}
@@ -75,7 +79,7 @@ def main():
             up = Proc(args, env=env, log=work / f"up-{i}.log")
             ups[name] = (port, gport, up)
             wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
-            deploy(data, "iris", a.module, dc={"primary_key": KEY})
+            deploy(data, "iris", a.module, dc={"primary_key": KEY, **dc})
             if a.grpc:
                 grpc_check(f"127.0.0.1:{gport}", "iris", KEY)
         time.sleep(3)
