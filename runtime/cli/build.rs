@@ -43,15 +43,38 @@ fn main() {
 /// 34 MiB, and runtime/control/src/pages.rs can hand back the rest of the
 /// code (`WASMSCORE_PAGE_OUT=cold`). Names this build does not have (a
 /// hash that changed with the code or the build's directory) are skipped. Only where rustc links with lld
-/// (x86_64 Linux since Rust 1.90), the linker with `--symbol-ordering-file`.
+/// (x86_64 Linux since Rust 1.90), the linker with `--symbol-ordering-file`,
+/// and the build's flags do not pick another linker; `WASMSCORE_NO_HOT_TEXT=1`
+/// leaves the order to the linker in any case.
 fn hot_text() {
     let list = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("hot-text.txt");
     println!("cargo:rerun-if-changed={}", list.display());
+    println!("cargo:rerun-if-env-changed=WASMSCORE_NO_HOT_TEXT");
+    // Set where the order is asked for: tests/hot_text.rs checks it there.
+    println!("cargo::rustc-check-cfg=cfg(hot_text)");
+    if std::env::var("WASMSCORE_NO_HOT_TEXT").is_ok_and(|v| !v.is_empty() && v != "0") {
+        return;
+    }
     if std::env::var("TARGET").as_deref() != Ok("x86_64-unknown-linux-gnu") || !rustc_links_with_lld() {
+        return;
+    }
+    let flags = std::env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    if let Some(flag) = flags.split('\x1f').find(|f| picks_another_linker(f)) {
+        println!("cargo:warning=the build's flag {flag} picks another linker than rustc's lld: the request path's functions are not put together (hot-text.txt)");
         return;
     }
     println!("cargo:rustc-link-arg-bin=wasmscore=-Wl,--symbol-ordering-file={}", list.display());
     println!("cargo:rustc-link-arg-bin=wasmscore=-Wl,--no-warn-symbol-ordering");
+    println!("cargo:rustc-cfg=hot_text");
+}
+
+/// A rustc flag that takes the link away from rustc's own lld (GNU ld
+/// and gold have no `--symbol-ordering-file`; mold has it).
+fn picks_another_linker(flag: &str) -> bool {
+    let fuse = flag.split_once("-fuse-ld=").map(|(_, ld)| ld);
+    fuse.is_some_and(|ld| ld != "lld" && ld != "mold")
+        || flag.contains("linker-features=-lld")
+        || flag.contains("link-self-contained=-linker")
 }
 
 /// rustc 1.90 and later link x86_64 Linux programs with its own lld.
