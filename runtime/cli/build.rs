@@ -42,10 +42,11 @@ fn main() {
 /// then runs in 1.7 MiB of contiguous code instead of pages spread over
 /// 34 MiB, and runtime/control/src/pages.rs can hand back the rest of the
 /// code (`WASMSCORE_PAGE_OUT=cold`). Names this build does not have (a
-/// hash that changed with the code or the build's directory) are skipped. Only where rustc links with lld
-/// (x86_64 Linux since Rust 1.90), the linker with `--symbol-ordering-file`,
-/// and the build's flags do not pick another linker; `WASMSCORE_NO_HOT_TEXT=1`
-/// leaves the order to the linker in any case.
+/// hash that changed with the code or the build's directory) are skipped.
+/// Only where rustc links with its own lld (x86_64 Linux since Rust 1.90)
+/// and the build's flags pick no other linker: GNU ld and gold have no
+/// `--symbol-ordering-file`. `WASMSCORE_NO_HOT_TEXT=1` leaves the order
+/// to the linker in any case.
 fn hot_text() {
     let list = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("hot-text.txt");
     println!("cargo:rerun-if-changed={}", list.display());

@@ -124,7 +124,8 @@ fn page_size() -> usize {
 /// Pages out the read-only file mappings of the process that `scope`
 /// names (code and constants of its libraries, compiled module images,
 /// the executable's constants, by default its code outside the hot range,
-/// with `all` all of its code) and trims glibc's heap. Returns the resident KiB before and after.
+/// with `all` all of its code) and trims glibc's heap. Returns the
+/// resident KiB before and after.
 fn hand_back() -> Option<(u64, u64)> {
     let scope = scope();
     if scope == Scope::Off {
