@@ -221,13 +221,13 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                 .collect(),
             raw_output_contents: chosen.iter().map(|(_, t)| oip::to_bytes(t.data())).collect(),
         });
-        for (k, v) in [
-            ("x-wasmscore-version", version.name.as_str()),
-            ("traceparent", traceparent.as_str()),
-        ] {
-            if let Ok(v) = v.parse() {
-                resp.metadata_mut().insert(k, v);
-            }
+        if let Ok(v) = version.name.parse() {
+            resp.metadata_mut().insert("x-wasmscore-version", v);
+        }
+        if let Ok(mut v) = traceparent.parse::<tonic::metadata::MetadataValue<_>>() {
+            // New on every response: never indexed in HPACK (as on REST).
+            v.set_sensitive(true);
+            resp.metadata_mut().insert("traceparent", v);
         }
         Ok(resp)
     }

@@ -649,7 +649,10 @@ impl<P: Plane> App<P> {
         if let Ok(v) = HeaderValue::from_str(&version.name) {
             resp.headers_mut().insert("x-wasmscore-version", v);
         }
-        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+        if let Ok(mut v) = HeaderValue::from_str(&traceparent) {
+            // New on every response: HTTP/2 sends it as never indexed
+            // rather than churning both ends' HPACK tables with it.
+            v.set_sensitive(true);
             resp.headers_mut().insert("traceparent", v);
         }
         Ok(resp)

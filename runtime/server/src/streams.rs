@@ -6,31 +6,39 @@
 //! executor that keeps them on the connection's task instead: the
 //! connection future and its streams are polled together, each stream
 //! only when it is woken, so a long call on one stream does not hold up
-//! the others, and nothing is spawned per request. A stream that panics
-//! ends alone, as a spawned task would: the connection's other streams go
-//! on.
+//! the others, and nothing is spawned per request. A new stream is polled
+//! right after the poll of the connection that accepted it, with no wake
+//! of the task in between. A stream that panics ends alone, as a spawned
+//! task would: the connection's other streams go on.
 //!
 //! `WASMSCORE_H2_SPAWN=1` spawns each stream as a task, as before, for
 //! side-by-side benchmarks (bench/h2.sh).
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
 
 type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Streams hyper handed over during the connection's last poll. No waker:
+/// `drive` looks here right after each poll of the connection, the only
+/// place hyper hands streams over, so a new request costs no second wake
+/// of its own task.
+type Handed = Arc<Mutex<VecDeque<Stream>>>;
 
 /// The executor to give hyper's builder, and what drives its streams.
 pub(crate) fn here() -> (Here, Streams) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    (Here(tx), Streams(rx))
+    let handed = Handed::default();
+    (Here(handed.clone()), Streams(handed))
 }
 
 #[derive(Clone)]
-pub(crate) struct Here(mpsc::UnboundedSender<Stream>);
+pub(crate) struct Here(Handed);
 
 impl<F> hyper::rt::Executor<F> for Here
 where
@@ -42,16 +50,16 @@ where
             tokio::spawn(stream);
             return;
         }
-        // The receiver lives as long as the connection that calls this.
-        let _ = self.0.send(Box::pin(async move {
+        let stream = Box::pin(async move {
             if AssertUnwindSafe(stream).catch_unwind().await.is_err() {
                 tracing::error!("an HTTP/2 stream panicked; it ends alone, its connection goes on");
             }
-        }));
+        });
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push_back(stream);
     }
 }
 
-pub(crate) struct Streams(mpsc::UnboundedReceiver<Stream>);
+pub(crate) struct Streams(Handed);
 
 impl Streams {
     /// Polls `connection` and the streams it hands over until the
@@ -59,14 +67,21 @@ impl Streams {
     pub(crate) async fn drive<T>(&mut self, connection: impl Future<Output = T>) -> T {
         let mut running = FuturesUnordered::new();
         tokio::pin!(connection);
-        loop {
-            tokio::select! {
-                biased;
-                Some(stream) = self.0.recv() => running.push(stream),
-                Some(()) = running.next(), if !running.is_empty() => {}
-                done = &mut connection => return done,
+        std::future::poll_fn(|cx| loop {
+            // The streams that were woken first: what they answer is
+            // written by the connection's poll below.
+            while let Poll::Ready(Some(())) = running.poll_next_unpin(cx) {}
+            if let Poll::Ready(done) = connection.as_mut().poll(cx) {
+                return Poll::Ready(done);
             }
-        }
+            let mut handed = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if handed.is_empty() {
+                return Poll::Pending;
+            }
+            // New streams: polled at once, then the connection again.
+            running.extend(handed.drain(..));
+        })
+        .await
     }
 }
 
@@ -114,5 +129,27 @@ mod tests {
             panic!("a handler's bug");
         };
         assert_eq!(answer_beside(panicking).await, Some("answered"));
+    }
+
+    /// A stream the connection hands over runs in the same poll of the
+    /// connection's task: a new request needs no second wake to start.
+    #[test]
+    fn a_handed_stream_starts_in_the_same_poll() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (here, mut streams) = here();
+        let started = Arc::new(AtomicBool::new(false));
+        let mut handed = false;
+        let s = started.clone();
+        // Hands one stream over on its first poll, then never wakes.
+        let connection = std::future::poll_fn(move |_| {
+            if !handed {
+                handed = true;
+                let s = s.clone();
+                here.execute(async move { s.store(true, Ordering::SeqCst) });
+            }
+            Poll::<()>::Pending
+        });
+        assert!(streams.drive(connection).now_or_never().is_none());
+        assert!(started.load(Ordering::SeqCst), "the stream waited for another poll");
     }
 }
