@@ -93,10 +93,19 @@ def grpc_check(addr, model, key=None):
 # channel (one HTTP/2 connection) and put every call in flight on it. In
 # this row "conns" in the table is the number of calls in flight.
 ONE_CHANNEL = "OIP gRPC, one connection, N calls in flight"
+# /score with h2load, as gRPC is loaded: the same route over HTTP/1.1 and
+# over HTTP/2, so the gRPC row can be read against one load generator and
+# one protocol at a time (wrk and h2load cost the shared cores differently).
+SCORE_H1 = "/score (JSON), HTTP/1.1, h2load"
+SCORE_H2 = "/score (JSON), h2c, h2load"
 
 
-def h2load(url, conns, seconds, body, headers, streams=1):
+def h2load(url, conns, seconds, body, headers, streams=1, h1=False):
+    """h2load's figures; `h1`: over HTTP/1.1 (one request at a time per
+    connection), so that a route can be compared across protocols with one
+    load generator."""
     args = ["h2load", "-c", str(conns), "-m", str(streams), "-t", str(min(conns, 2)), "-D", str(seconds), "-d", str(body)]
+    args += ["--h1"] if h1 else []
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
     out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
@@ -152,12 +161,17 @@ def main():
         grpc_check(f"127.0.0.1:{gport}", "iris", KEY)
         body = grpc_body(work / "ours.grpc", "iris")
         grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
+        score_body = work / "score.json"
+        score_body.write_text(json.dumps({"data": [ROW]}))
+        score_headers = {"content-type": "application/json", "authorization": f"Bearer {KEY}"}
         ours = [
             (("wasmscore", "/score (JSON)"), lambda c, s: wrk(f"{base}/api/v1/service/iris/score", c, s, luas["score"])),
             (("wasmscore", "OIP REST, JSON"), lambda c, s: wrk(f"{base}/v2/models/iris/infer", c, s, luas["json"])),
             (("wasmscore", "OIP REST, binary"), lambda c, s: wrk(f"{base}/v2/models/iris/infer", c, s, luas["binary"])),
             (("wasmscore", "OIP gRPC"), lambda c, s: h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer", c, s, body, grpc_headers)),
             (("wasmscore", ONE_CHANNEL), lambda c, s: h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer", 1, s, body, grpc_headers, streams=c)),
+            (("wasmscore", SCORE_H1), lambda c, s: h2load(f"{base}/api/v1/service/iris/score", c, s, score_body, score_headers, h1=True)),
+            (("wasmscore", SCORE_H2), lambda c, s: h2load(f"{base}/api/v1/service/iris/score", c, s, score_body, score_headers)),
         ]
         # This machine's noise is as large as the differences: our routes
         # run in rounds that alternate between them, and each figure is the
@@ -248,10 +262,14 @@ def main():
         "",
         f"Server CPU per request at 16 connections (median of the rounds): gRPC {cpu['OIP gRPC']:.1f} µs against `/score`'s "
         f"{cpu['/score (JSON)']:.1f} µs ({cpu['/score (JSON)'] / cpu['OIP gRPC']:.2f}x as many requests per CPU second), "
-        f"{cpu[ONE_CHANNEL]:.1f} µs with 16 calls on one connection. "
-        "Where the gRPC gap is: HTTP/2 (h2's framing and HPACK, the trailers frame gRPC adds, and more wake-ups per request "
-        "between the connection's task and the instance threads), then tonic and prost; the section \"HTTP/2 streams on their "
-        "connection's task\" (bench/h2.sh) has `/score` over h2c beside HTTP/1.1, and gRPC multiplexed as its clients do it.",
+        f"{cpu[ONE_CHANNEL]:.1f} µs with 16 calls on one connection.",
+        "",
+        f"The same route and load generator over each protocol (h2load, 16 connections of one request each): `/score` over "
+        f"HTTP/1.1 {results[('wasmscore', SCORE_H1)][16]['rps']:,.0f} req/s ({cpu[SCORE_H1]:.1f} µs of server CPU per request), "
+        f"over h2c {results[('wasmscore', SCORE_H2)][16]['rps']:,.0f} ({cpu[SCORE_H2]:.1f} µs), and gRPC "
+        f"{results[('wasmscore', 'OIP gRPC')][16]['rps']:,.0f} ({cpu['OIP gRPC']:.1f} µs): gRPC against `/score` over h2c "
+        f"{ratio['OIP gRPC'] / ratio[SCORE_H2]:.2f}x, h2c against HTTP/1.1 {ratio[SCORE_H2] / ratio[SCORE_H1]:.2f}x. "
+        "bench/where.sh splits the server's CPU per request by thread and crate for these three.",
         "",
         "Rounds (req/s at 16 connections): " + "; ".join(
             f"{p}: " + ", ".join(f"{r['rps']:,.0f}" for r in rounds[("wasmscore", p)][16]) for _, p in rounds) + ".",
