@@ -10,7 +10,9 @@ connection, posting a framed ModelInferRequest (raw_input_contents) to
 /inference.GRPCInferenceService/ModelInfer. h2load counts HTTP statuses and
 gRPC puts its status in a trailer, so each server's gRPC answer is checked
 with a real client first, and wasmscore's /metrics must show no 4xx/5xx
-after the runs. h2load reports mean latency, not percentiles.
+after the runs. h2load reports mean latency, not percentiles. wasmscore's
+/score is loaded by h2load too, over HTTP/1.1 and over h2c, so the gRPC
+row can be read against one load generator and one protocol at a time.
 
 Run through bench/oip.sh; it writes a section of BENCHMARKS.md.
 """

@@ -19,6 +19,7 @@ Run through bench/where.sh; it writes a section of BENCHMARKS.md.
 import argparse
 import collections
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
-from compare import BIN, Proc, deploy, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, Proc, cpu_ticks, deploy, free_port, machine, wait_for, write_section, wrk  # noqa: E402
 from oip import ROW, grpc_body, grpc_check, h2load  # noqa: E402
 
 KEY = compare.KEY
@@ -113,12 +114,17 @@ def main():
             run(1)  # warm-up
         counts = {c: collections.Counter() for c in cases}
         requests = dict.fromkeys(cases, 0.0)
+        # The server's CPU by /proc over the same runs: the samples' sum
+        # should come close to it, or perf missed part of a run.
+        ticks = dict.fromkeys(cases, 0)
         for r in range(a.rounds):
             for i, (case, run) in enumerate(cases.items()):
                 perf = work / f"{r}-{i}.data"
                 rec = subprocess.Popen(["perf", "record", "-q", "-F", str(a.freq), "-p", str(up.p.pid), "-o", str(perf), "--", "sleep", str(a.seconds)],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                before = cpu_ticks(up.p.pid)
                 out = run(a.seconds)
+                ticks[case] += cpu_ticks(up.p.pid) - before
                 rec.wait()
                 assert out["errors"] == 0, (case, out)
                 counts[case] += samples(perf, a.binary.name)
@@ -148,6 +154,8 @@ def main():
     for t in ("HTTP workers", "instances"):
         lines.append(f"| {t}, all | | " + " | ".join(f"{sum(v for k, v in us[c].items() if k[0] == t):.2f}" for c in cases) + " |")
     lines.append("| **all** | | " + " | ".join(f"**{sum(us[c].values()):.2f}**" for c in cases) + " |")
+    lines.append("| the server's CPU by /proc (utime + stime), for comparison | | " + " | ".join(
+        f"{ticks[c] / os.sysconf('SC_CLK_TCK') * 1e6 / requests[c]:.2f}" for c in cases) + " |")
     lines.append("| req/s (mean of the rounds) | | " + " | ".join(f"{requests[c] / a.seconds / a.rounds:,.0f}" for c in cases) + " |")
     report = "\n".join(lines)
     print(report)
