@@ -2,7 +2,7 @@
 """HTTP/2 streams on their connection's task vs a task per stream, side by
 side in one run: two `wasmscore up` of this build that differ only in
 WASMSCORE_H2_SPAWN (unset: a connection's streams are polled on its own
-task, runtime/server/src/streams.rs; 1: hyper spawns each stream as a
+task, runtime/remote/src/streams.rs; 1: hyper spawns each stream as a
 tokio task, as before). Rust iris with key auth. h2load, a fixed number of
 requests per case, rounds alternating between the two servers: `/score`
 over HTTP/1.1 (no streams: the control) and over h2c, and OIP gRPC

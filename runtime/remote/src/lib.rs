@@ -7,7 +7,9 @@
 //! replica pool over it, and [`nodes`] is the router's side: a version's
 //! nodes, picked by the power of two choices on outstanding requests over
 //! pooled HTTP/2 connections, with outlier ejection and retries only for
-//! requests that provably never reached a module.
+//! requests that provably never reached a module. [`streams`] drives a
+//! served connection and its HTTP/2 streams on one task, for the node here
+//! and for the front server (wasmscore-server).
 //!
 //! It leaves out where node addresses come from (the router's discovery)
 //! and what runs in a replica (the replica pool and the engine).
@@ -15,6 +17,7 @@
 pub mod node;
 pub mod nodes;
 pub mod otlp;
+pub mod streams;
 pub mod trace;
 pub mod wire;
 

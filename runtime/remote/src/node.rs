@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use wasmscore_engine::ScoreRequest;
 use wasmscore_replica::{Pool, ScoreError};
@@ -146,12 +146,14 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
                         let node = node.clone();
                         async move { Ok::<_, Infallible>(handle(&node, req).await) }
                     });
-                    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    // The connection's streams run on its task (streams.rs).
+                    let (streams, mut spawned) = crate::streams::here();
+                    let mut b = hyper_util::server::conn::auto::Builder::new(streams);
                     // Streams at once per router connection: enough for any
                     // concurrency a version's pool can queue.
                     b.http2().timer(TokioTimer::new()).max_concurrent_streams(1024);
                     b.http1().timer(TokioTimer::new());
-                    if let Err(e) = b.serve_connection(TokioIo::new(stream), svc).await {
+                    if let Err(e) = spawned.drive(b.serve_connection(TokioIo::new(stream), svc)).await {
                         tracing::debug!(error = %e, "connection ended with an error");
                     }
                 });

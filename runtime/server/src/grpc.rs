@@ -43,7 +43,7 @@ where
     let svc = GrpcInferenceServiceServer::new(Oip { app })
         .max_decoding_message_size(cfg.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
-    let (streams, mut spawned) = crate::streams::here();
+    let (streams, mut spawned) = wasmscore_remote::streams::here();
     let mut builder = hyper_util::server::conn::auto::Builder::new(streams).http2_only();
     builder
         .http2()

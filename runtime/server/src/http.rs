@@ -336,7 +336,7 @@ where
             Ok(app.handle(req).await)
         }
     });
-    let (streams, mut spawned) = crate::streams::here();
+    let (streams, mut spawned) = wasmscore_remote::streams::here();
     let mut builder = hyper_util::server::conn::auto::Builder::new(streams);
     builder
         .http1()

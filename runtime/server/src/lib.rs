@@ -14,7 +14,6 @@ pub mod grpc;
 mod http;
 mod openapi;
 pub mod plane;
-mod streams;
 pub mod tls;
 mod ui;
 

@@ -1,4 +1,5 @@
-//! HTTP/2 streams run on their connection's task.
+//! A served connection and its HTTP/2 streams run on one task: the front
+//! server's (REST and gRPC) and a node's.
 //!
 //! hyper serves each HTTP/2 stream as a future it hands to an executor;
 //! with tokio's, every request is a task of its own, woken across tasks
@@ -41,13 +42,13 @@ type Stream = Pin<Box<dyn Future<Output = ()> + Send>>;
 type Handed = Arc<Mutex<VecDeque<Stream>>>;
 
 /// The executor to give hyper's builder, and what drives its streams.
-pub(crate) fn here() -> (Here, Streams) {
+pub fn here() -> (Here, Streams) {
     let handed = Handed::default();
     (Here(handed.clone()), Streams(handed))
 }
 
 #[derive(Clone)]
-pub(crate) struct Here(Handed);
+pub struct Here(Handed);
 
 impl<F> hyper::rt::Executor<F> for Here
 where
@@ -68,7 +69,7 @@ where
     }
 }
 
-pub(crate) struct Streams(Handed);
+pub struct Streams(Handed);
 
 impl Streams {
     /// Polls `connection` and the streams it hands over until the
@@ -81,7 +82,7 @@ impl Streams {
     /// that wakes itself is pushed to the back of its worker's queue and
     /// another worker is woken to steal it, a futex wake or an eventfd
     /// write per request, and the task is polled once more for nothing.
-    pub(crate) async fn drive<T>(&mut self, connection: impl Future<Output = T>) -> T {
+    pub async fn drive<T>(&mut self, connection: impl Future<Output = T>) -> T {
         // The connection is polled first.
         let wakes = Arc::new(Wakes {
             state: AtomicU8::new(CONNECTION),
