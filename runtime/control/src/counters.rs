@@ -20,6 +20,10 @@ pub(crate) struct Counters {
     pub duration_sum_ns: u64,
     /// Answers by status class, 1xx to 5xx.
     pub responses: [u64; 5],
+    /// Answers to the requests the weighted split routed (none in what an
+    /// older release saved).
+    #[serde(default)]
+    pub split: u64,
     /// The module's reported numbers.
     pub reported: Vec<(String, Moments)>,
 }
@@ -30,6 +34,7 @@ impl Counters {
             duration: stats.duration.counts(),
             duration_sum_ns: stats.duration.sum_nanos(),
             responses: std::array::from_fn(|i| stats.responses[i].load(Ordering::Relaxed)),
+            split: stats.split.load(Ordering::Relaxed),
             reported: reported.snapshot(),
         }
     }
@@ -40,6 +45,7 @@ impl Counters {
         for (c, n) in stats.responses.iter().zip(self.responses) {
             c.fetch_add(n, Ordering::Relaxed);
         }
+        stats.split.fetch_add(self.split, Ordering::Relaxed);
         for (name, m) in &self.reported {
             reported.add(name, *m);
         }
@@ -92,6 +98,7 @@ mod tests {
         let (stats, reported) = (VersionStats::default(), Reported::default());
         stats.duration.observe(std::time::Duration::from_millis(2));
         stats.responses[1].store(7, Ordering::Relaxed);
+        stats.split.store(5, Ordering::Relaxed);
         reported.record("clicks", 2.0);
         let c = Counters::of(&stats, &reported);
         let back: Counters = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
@@ -101,8 +108,17 @@ mod tests {
         back.add_to(&fresh, &fresh_reported);
         let twice = Counters::of(&fresh, &fresh_reported);
         assert_eq!(twice.responses[1], 14);
+        assert_eq!(twice.split, 10);
         assert_eq!(twice.duration.iter().sum::<u64>(), 2);
         assert_eq!(twice.duration_sum_ns, 2 * c.duration_sum_ns);
         assert_eq!(twice.reported[0].1.count, 2);
+    }
+
+    /// What an older release saved has no split count: it reads as none.
+    #[test]
+    fn counts_saved_before_the_split_count_read_as_none_routed_by_it() {
+        let old = r#"{"duration":[1,0],"duration_sum_ns":5,"responses":[0,3,0,0,0],"reported":[]}"#;
+        let c: Counters = serde_json::from_str(old).unwrap();
+        assert_eq!((c.responses[1], c.split), (3, 0));
     }
 }

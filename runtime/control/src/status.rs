@@ -281,6 +281,7 @@ impl Control {
                 name: v.row.rollout.name.clone(),
                 share: shares.iter().find(|(n, _)| *n == v.row.rollout.name).map_or(0, |(_, s)| *s),
                 requests: (0..5).map(answers).sum(),
+                split: st.split.load(Ordering::Relaxed),
                 errors: answers(4),
                 latency: st.duration.counts(),
                 reported: v

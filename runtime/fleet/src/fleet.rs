@@ -343,6 +343,7 @@ impl Fleet {
                 name: v.spec.name.clone(),
                 share: shares.iter().find(|(n, _)| *n == v.spec.name).map_or(0, |(_, s)| *s),
                 requests: (0..5).map(answers).sum(),
+                split: st.split.load(Ordering::Relaxed),
                 errors: answers(4),
                 latency: st.duration.counts(),
                 reported: Vec::new(),

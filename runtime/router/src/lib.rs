@@ -48,6 +48,10 @@ pub struct VersionStats {
     pub duration: Histogram,
     /// Answers by status class: 1xx (unused) to 5xx.
     pub responses: [AtomicU64; 5],
+    /// Answers, of any status, to the requests the weighted split sent
+    /// here (neither pinned to a version nor carrying a cohort key): what
+    /// the verdict's split check holds against the configured shares.
+    pub split: AtomicU64,
 }
 
 /// The request-path families for each version (LABELS: its endpoint,
@@ -149,6 +153,8 @@ pub struct Route {
     pub version: Arc<Version>,
     /// Also send a copy here and discard its answer.
     pub mirror: Option<Arc<Version>>,
+    /// The weighted split chose the version (no pin, no cohort key).
+    pub by_split: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -224,6 +230,7 @@ impl Endpoint {
                 return Ok(Route {
                     version: v.clone(),
                     mirror: None,
+                    by_split: false,
                 });
             }
             if let Some((_, why)) = self.not_ready.iter().find(|(n, _)| n == want) {
@@ -267,6 +274,7 @@ impl Endpoint {
         Ok(Route {
             version: self.split[index].0.clone(),
             mirror,
+            by_split: cohort.is_none(),
         })
     }
 

@@ -40,6 +40,9 @@ pub struct Arm {
     /// Its configured share of the split, in percent.
     pub share: u32,
     pub requests: u64,
+    /// Of `requests`, those the weighted split routed (not pinned, no
+    /// cohort key): the split check's counts.
+    pub split: u64,
     /// Answers the version failed (5xx).
     pub errors: u64,
     /// Requests per latency bucket (not cumulative), the last one past the
@@ -177,7 +180,7 @@ pub fn compare(control: &Arm, treatments: &[Arm], bounds: &[f64], alpha: f64) ->
     let mut lines: Vec<String> = comparisons.iter().map(|c| c.line.clone()).collect();
     if let Some(s) = srm.as_ref().filter(|s| s.mismatch) {
         lines.push(format!(
-            "sample ratio mismatch: the observed split {} is unlikely under the configured one (chi-square {:.1}, p = {}); check pinning, cohorts and failing versions before trusting the rest",
+            "sample ratio mismatch: the observed split {} is unlikely under the configured one (chi-square {:.1}, p = {}); check failing versions, and changes of the split since the counts began, before trusting the rest",
             s.observed.iter().map(|(n, c)| format!("{n} {c}")).collect::<Vec<_>>().join(", "),
             s.chi2,
             fmt_p(s.p_value)
@@ -407,16 +410,16 @@ pub fn holm(p: &[f64]) -> Vec<f64> {
 
 fn srm<'a>(arms: impl Iterator<Item = &'a Arm>) -> Option<Srm> {
     let arms: Vec<&Arm> = arms.filter(|a| a.share > 0).collect();
-    let total: u64 = arms.iter().map(|a| a.requests).sum();
+    let total: u64 = arms.iter().map(|a| a.split).sum();
     let shares: u32 = arms.iter().map(|a| a.share).sum();
     if arms.len() < 2 || total == 0 || shares == 0 {
         return None;
     }
     let expected: Vec<f64> = arms.iter().map(|a| total as f64 * f64::from(a.share) / f64::from(shares)).collect();
-    let chi2: f64 = arms.iter().zip(&expected).map(|(a, e)| (a.requests as f64 - e).powi(2) / e).sum();
+    let chi2: f64 = arms.iter().zip(&expected).map(|(a, e)| (a.split as f64 - e).powi(2) / e).sum();
     let p_value = chi2_sf(chi2, (arms.len() - 1) as f64);
     Some(Srm {
-        observed: arms.iter().map(|a| (a.name.clone(), a.requests)).collect(),
+        observed: arms.iter().map(|a| (a.name.clone(), a.split)).collect(),
         expected: arms.iter().zip(&expected).map(|(a, e)| (a.name.clone(), *e)).collect(),
         chi2,
         p_value,
@@ -621,6 +624,7 @@ mod tests {
             name: name.into(),
             share,
             requests,
+            split: requests,
             errors,
             latency,
             reported: Vec::new(),
@@ -664,6 +668,23 @@ mod tests {
         let v = compare(&c, &[t], &BOUNDS, 0.05);
         assert!(v.srm.as_ref().unwrap().mismatch, "{:?}", v.srm);
         assert!(v.lines.last().unwrap().starts_with("sample ratio mismatch"), "{:?}", v.lines);
+    }
+
+    /// Pinned and cohort requests are outside the split: a version that
+    /// got many of them is not a mismatch when the split's own requests
+    /// follow the shares.
+    #[test]
+    fn requests_outside_the_split_are_not_a_mismatch() {
+        let mut c = arm("v1", 70, 7000, 0, vec![7000, 0, 0, 0, 0]);
+        let mut t = arm("v2", 30, 9000, 0, vec![9000, 0, 0, 0, 0]);
+        c.split = 7000;
+        t.split = 3000;
+        let v = compare(&c, &[t.clone()], &BOUNDS, 0.05);
+        let s = v.srm.as_ref().unwrap();
+        assert!(!s.mismatch && s.chi2 < 1e-9, "{s:?}");
+        assert_eq!(s.observed, vec![("v1".to_string(), 7000), ("v2".to_string(), 3000)]);
+        t.split = 6000;
+        assert!(compare(&c, &[t], &BOUNDS, 0.05).srm.unwrap().mismatch);
     }
 
     #[test]

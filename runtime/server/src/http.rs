@@ -687,7 +687,7 @@ impl<P: Plane> App<P> {
                 }
             });
         }
-        let version = route.version;
+        let (version, by_split) = (route.version, route.by_split);
         let traceparent = span.traceparent();
         let call = Call {
             endpoint,
@@ -696,6 +696,9 @@ impl<P: Plane> App<P> {
             tracestate,
         };
         let result = version.score(request, &call).await;
+        if by_split {
+            version.stats.split.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(spans) = &self.cfg.spans {
             let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
             spans.record(wasmscore_remote::otlp::Finished {

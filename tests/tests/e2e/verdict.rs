@@ -2,7 +2,7 @@
 //! data, and a live control and treatments through `up`: a treatment that
 //! fails 5% of its requests is found, two identical versions are "no
 //! difference yet", and the router's own split raises no sample ratio
-//! mismatch.
+//! mismatch (pinned and cohort requests are outside it).
 
 use std::process::Command;
 
@@ -225,6 +225,20 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
             .starts_with("no difference yet between twin and control"),
         "{twin}"
     );
+    // Pinned requests and those with a cohort key are not the split's:
+    // the verdict counts them, the split check does not.
+    for i in 0..1000 {
+        let cohort = format!("user-{i}");
+        assert_eq!(s.score_with("twins", &[("x-wasmscore-version", "twin")], "maybe-fail").0, 200);
+        assert_eq!(s.score_with("twins", &[("x-wasmscore-cohort", &cohort)], "maybe-fail").0, 200);
+    }
+    let v: Value = serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
+    let requests = &v["verdict"]["comparisons"][0]["requests"];
+    assert_eq!(requests[0].as_u64().unwrap() + requests[1].as_u64().unwrap(), 4000, "{v}");
+    assert!(requests[1].as_u64().unwrap() >= 2000, "{v}");
+    let srm = &v["verdict"]["srm"];
+    assert_eq!(srm["observed"], json!([["v1", 1000], ["twin", 1000]]), "{v}");
+    assert_eq!(srm["mismatch"], false, "{v}");
     // No control: refused with what to do.
     s.deploy_ok("solo", &h, &[], None);
     let out = Command::new(bin())
