@@ -44,6 +44,17 @@ pub(crate) struct EndpointState {
     pub versions: Vec<VersionState>,
 }
 
+impl EndpointState {
+    /// A new split: the split check's counts start again, as the ones
+    /// before were made under other shares (the rest of the verdict's
+    /// counts stay).
+    fn restart_split_check(&self) {
+        for b in self.versions.iter().filter_map(|v| v.live.as_ref()) {
+            b.version.stats.split.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where a version's latest build stands.
 #[derive(Clone, Debug)]
 pub(crate) enum Phase {
@@ -230,6 +241,7 @@ impl Control {
             Mode::Create => rules::create(&current, version, &req.rollout())?,
             _ => rules::update(&current, version, &req.rollout())?,
         };
+        let new_split = rules::shares(&current) != rules::shares(&next);
 
         // The version's new row.
         let old = inner
@@ -358,6 +370,9 @@ impl Control {
         } else {
             None
         };
+        if new_split {
+            ep.restart_split_check();
+        }
         tracing::info!(endpoint, version, generation, rebuild = spec_changed, "version change committed");
         self.publish(&inner, endpoint);
         let service = self.show_locked(&inner, endpoint).expect("endpoint exists");
@@ -402,6 +417,9 @@ impl Control {
             if let Some(n) = next.iter().find(|r| r.name == v.row.rollout.name) {
                 v.row.rollout = n.clone();
             }
+        }
+        if rules::shares(&current) != rules::shares(&next) {
+            ep.restart_split_check();
         }
         self.publish(&inner, endpoint);
         self.collect_locked(&inner);

@@ -166,6 +166,8 @@ impl Fleet {
         let mut state = lock(&self.state);
         let mut old: HashMap<(String, String), VersionState> = HashMap::new();
         let old_names: Vec<String> = state.iter().map(|e| e.spec.name.clone()).collect();
+        // Each endpoint's split before: a new one restarts the split check.
+        let old_shares: HashMap<String, Vec<(String, u32)>> = state.iter().map(|e| (e.spec.name.clone(), shares(&e.spec))).collect();
         for ep in state.drain(..) {
             for v in ep.versions {
                 old.insert((ep.spec.name.clone(), v.spec.name.clone()), v);
@@ -243,6 +245,11 @@ impl Fleet {
                     desired,
                     last_reason,
                 });
+            }
+            if old_shares.get(&ep.name).is_some_and(|s| *s != shares(ep)) {
+                for v in &versions {
+                    v.version.stats.split.store(0, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             state.push(EndpointState {
                 spec: ep.clone(),
@@ -334,8 +341,7 @@ impl Fleet {
             .iter()
             .find(|e| e.spec.name == endpoint)
             .ok_or_else(|| (404, "not_found", format!("no endpoint named {endpoint:?}")))?;
-        let rollouts: Vec<_> = ep.versions.iter().map(|v| v.spec.rollout()).collect();
-        let shares = wasmscore_rules::rollout::shares(&rollouts);
+        let shares = shares(&ep.spec);
         let arm = |v: &VersionState| {
             let st = &v.version.stats;
             let answers = |i: usize| st.responses[i].load(Ordering::Relaxed);
@@ -411,6 +417,12 @@ impl Fleet {
 
 /// An endpoint's routing table: the split by the rules, with the shares of
 /// versions without a ready node given to the default.
+/// An endpoint's configured split.
+fn shares(ep: &EndpointSpec) -> Vec<(String, u32)> {
+    let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.rollout()).collect();
+    rollout::shares(&rollouts)
+}
+
 fn table(ep: &EndpointState, serving: &[bool]) -> Endpoint {
     let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.spec.rollout()).collect();
     let is_serving = |name: &str| ep.versions.iter().zip(serving).any(|(v, s)| *s && v.spec.name == name);

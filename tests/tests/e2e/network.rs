@@ -1354,6 +1354,24 @@ fn the_router_gives_the_verdict_from_the_requests_it_routed() {
         "{c}"
     );
     assert_eq!(v["verdict"]["srm"]["mismatch"], false, "{v}");
+    let compare = || -> Value {
+        let (status, _, body) = http(&r.addr, "GET", "/admin/v1/endpoints/h/compare", &[("Authorization", &auth)], "");
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    // Pinned requests are outside the split check; a new split starts it again.
+    let pinned = r.shares("h", 100, &[("x-wasmscore-version", "v2")]);
+    assert_eq!(count(&pinned, "v2"), 100);
+    assert_eq!(compare()["verdict"]["srm"]["observed"], json!([["v1", 100], ["v2", 100]]));
+    let cfg = json!({"endpoints": [endpoint("h", json!([
+        {"name": "v1", "default": true, "control": true, "nodes": [n1.addr]},
+        {"name": "v2", "traffic": 30, "nodes": [n2.addr]}]))]});
+    r.reconfigure(&cfg, "h", &[("v1", 70), ("v2", 30)]);
+    assert_eq!(compare()["verdict"]["srm"], Value::Null);
+    r.shares("h", 100, &[]);
+    let v = compare();
+    assert_eq!(v["verdict"]["srm"]["observed"], json!([["v1", 70], ["v2", 30]]), "{v}");
+    assert_eq!(v["verdict"]["comparisons"][0]["requests"], json!([170, 230]), "{v}");
     let (status, _, _) = http(
         &r.addr,
         "GET",

@@ -239,6 +239,18 @@ fn a_failing_treatment_is_found_identical_versions_are_not_and_the_split_matches
     let srm = &v["verdict"]["srm"];
     assert_eq!(srm["observed"], json!([["v1", 1000], ["twin", 1000]]), "{v}");
     assert_eq!(srm["mismatch"], false, "{v}");
+    // A new split starts the split check again: counts made under 50/50
+    // are not held against 70/30.
+    s.cli_ok(&["version", "update", "--endpoint", "twins", "--version", "twin", "--traffic", "30"]);
+    let v: Value = serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
+    assert_eq!(v["verdict"]["srm"], Value::Null, "{v}");
+    for _ in 0..1000 {
+        assert_eq!(s.score("twins", "maybe-fail").0, 200);
+    }
+    let v: Value = serde_json::from_str(&s.cli_ok(&["endpoint", "compare", "twins", "--json", "--alpha", "0.01"])).unwrap();
+    let srm = &v["verdict"]["srm"];
+    assert_eq!(srm["observed"], json!([["v1", 700], ["twin", 300]]), "{v}");
+    assert_eq!(srm["mismatch"], false, "{v}");
     // No control: refused with what to do.
     s.deploy_ok("solo", &h, &[], None);
     let out = Command::new(bin())
