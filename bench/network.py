@@ -136,8 +136,8 @@ def render(results, starts, a):
           "| hop | p50 @1 | p99 @1 | p50 @16 | req/s @16 vs node direct |", "| --- | --- | --- | --- | --- |"]
     for name in ("router -> node", "router -> node (--node-http1)", "nginx -> node"):
         r = results[name]
-        L.append(f"| {name} | +{(r[1]['p50']-floor[1]['p50'])*1000:.0f} µs | +{(r[1]['p99']-floor[1]['p99'])*1000:.0f} µs | "
-                 f"+{(r[16]['p50']-floor[16]['p50'])*1000:.0f} µs | {r[16]['rps']/floor[16]['rps']:.2f}x |")
+        L.append(f"| {name} | {(r[1]['p50']-floor[1]['p50'])*1000:+.0f} µs | {(r[1]['p99']-floor[1]['p99'])*1000:+.0f} µs | "
+                 f"{(r[16]['p50']-floor[16]['p50'])*1000:+.0f} µs | {r[16]['rps']/floor[16]['rps']:.2f}x |")
     ng = results["nginx -> node"]
     L.append("")
     for name in ("router -> node", "router -> node (--node-http1)"):

@@ -52,6 +52,11 @@ pub struct RouterArgs {
     /// HTTP/2 connection per node (faster on loopback; BENCHMARKS.md).
     #[arg(long)]
     pub node_http1: bool,
+    /// Threads that serve connections, each on a runtime of its own with
+    /// its own connection to each node (default: one per core); 0 serves
+    /// them on one multi-thread runtime instead.
+    #[arg(long)]
+    pub threads: Option<usize>,
     #[command(flatten)]
     pub edge: EdgeArgs,
     #[command(flatten)]
@@ -72,6 +77,16 @@ pub fn run(args: RouterArgs) -> Result<()> {
     // The exporter's blocking HTTP client is made outside the runtime.
     let spans = args.trace.export("wasmscore-router")?;
     crate::alloc::give_back_freed_memory();
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Started before the fleet: its node connections are one per shard.
+    let shards = match threads {
+        0 => None,
+        n => Some(Arc::new(
+            wasmscore_remote::shards::Shards::start(n).context("starting the connection threads")?,
+        )),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let http = if args.node_http1 { NodeHttp::H1 } else { NodeHttp::H2 };
@@ -96,6 +111,7 @@ pub fn run(args: RouterArgs) -> Result<()> {
         tracing::info!(url = %info["url"], tls_url = %info["tls_url"], source, "wasmscore router is up");
         let mut cfg = args.edge.server_config(args.max_body_bytes, token);
         cfg.spans = spans.clone();
+        cfg.shards = shards;
         wasmscore_server::serve(listeners, fleet, cfg, crate::up::shutdown_signal()).await?;
         crate::up::flush_spans(spans).await;
         tracing::info!("shutting down");

@@ -9,7 +9,9 @@
 //! pooled HTTP/2 connections, with outlier ejection and retries only for
 //! requests that provably never reached a module. [`streams`] drives a
 //! served connection and its HTTP/2 streams on one task, for the node here
-//! and for the front server (wasmscore-server).
+//! and for the front server (wasmscore-server). [`shards`] runs a
+//! router's connections on threads of their own, each with its own
+//! connections to the nodes.
 //!
 //! It leaves out where node addresses come from (the router's discovery)
 //! and what runs in a replica (the replica pool and the engine).
@@ -17,6 +19,7 @@
 pub mod node;
 pub mod nodes;
 pub mod otlp;
+pub mod shards;
 pub mod streams;
 pub mod trace;
 pub mod wire;

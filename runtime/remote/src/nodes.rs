@@ -4,9 +4,10 @@
 //!   available nodes at random, the one with fewer requests in flight from
 //!   this router), as linkerd2-proxy and Finagle balance: a slow node keeps
 //!   its requests longer, so it is picked less.
-//! - Connections: one pooled HTTP/2 connection per node, multiplexed,
-//!   shared by every version that names the node (hyper's client pool); or,
-//!   by choice, pooled HTTP/1.1 keep-alive connections.
+//! - Connections: one HTTP/2 connection per node and shard
+//!   ([`crate::shards`]: a router's threads), multiplexed, shared by every
+//!   request of the shard's connections to the version; or, by choice,
+//!   pooled HTTP/1.1 keep-alive connections, a pool per shard.
 //! - Outlier ejection: a connect error, a reset, garbage or no answer in time
 //!   ejects the node for a backoff (1 s doubling to 30 s while it keeps
 //!   failing); it is re-admitted when the backoff is over and its
@@ -33,8 +34,18 @@ use wasmscore_replica::ScoreError;
 
 use crate::wire::{self, Load, Outcome};
 
-/// The HTTP/2 client every version's nodes share (one connection per node).
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The client every version's nodes share, for health checks and
+/// `--node-http1`'s requests: a pool per shard (crate::shards), so a
+/// connection's task runs on the thread of the requests it carries.
+#[derive(Clone)]
+pub struct HttpClient(Arc<[Client<HttpConnector, Full<Bytes>>]>);
+
+impl HttpClient {
+    /// This thread's pool.
+    fn here(&self) -> &Client<HttpConnector, Full<Bytes>> {
+        &self.0[crate::shards::slot().min(self.0.len() - 1)]
+    }
+}
 
 /// How the router talks to nodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +59,10 @@ pub enum NodeHttp {
 
 /// A client for the internal protocol.
 pub fn http_client(http: NodeHttp) -> HttpClient {
+    HttpClient((0..crate::shards::slots()).map(|_| pool(http)).collect())
+}
+
+fn pool(http: NodeHttp) -> Client<HttpConnector, Full<Bytes>> {
     let mut c = HttpConnector::new();
     c.set_nodelay(true);
     // A node that does not accept within this is as good as down here.
@@ -117,8 +132,10 @@ struct Node {
     served: AtomicU64,
     failed: AtomicU64,
     ejections: AtomicU64,
-    /// Its HTTP/2 connection, when the router speaks HTTP/2 to nodes.
-    h2: Option<H2Conn>,
+    /// Its HTTP/2 connections, when the router speaks HTTP/2 to nodes: one
+    /// per shard, so a request and its connection's task share a thread
+    /// (crate::shards), and one for tasks on no shard.
+    h2: Option<Box<[H2Conn]>>,
     /// Why it is not ready (a rare write: checks and failures).
     why: std::sync::RwLock<String>,
 }
@@ -146,7 +163,7 @@ impl Node {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
-            h2: (http == NodeHttp::H2).then(H2Conn::new),
+            h2: (http == NodeHttp::H2).then(|| (0..crate::shards::slots()).map(|_| H2Conn::new()).collect()),
             why: std::sync::RwLock::new("not checked yet".into()),
         })
     }
@@ -487,14 +504,15 @@ impl Nodes {
             node.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&node.outstanding);
             let sent = match &node.h2 {
-                Some(h2) => {
+                Some(conns) => {
+                    let h2 = &conns[crate::shards::slot().min(conns.len() - 1)];
                     let request = r.body(()).expect("a valid request");
                     tokio::time::timeout(remaining, h2.send(&node.addr, request, body.clone())).await
                 }
                 None => {
                     let request = r.body(Full::new(body.clone())).expect("a valid request");
                     tokio::time::timeout(remaining, async {
-                        let resp = self.client.request(request).await.map_err(|e| {
+                        let resp = self.client.here().request(request).await.map_err(|e| {
                             if e.is_connect() {
                                 Sent::NotSent(format!("cannot connect: {}", cause(&e)))
                             } else {
@@ -604,7 +622,7 @@ impl Nodes {
                 .body(Full::new(Bytes::new()))
                 .expect("a valid request");
             let answer = tokio::time::timeout(self.cfg.check_timeout, async {
-                let resp = self.client.request(req).await.map_err(|e| cause(&e))?;
+                let resp = self.client.here().request(req).await.map_err(|e| cause(&e))?;
                 let (parts, body) = resp.into_parts();
                 let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
                 Ok::<_, String>((parts, bytes))
@@ -670,8 +688,8 @@ enum Sent {
 
 /// A node's HTTP/2 connection, driven by the `h2` crate from the request's
 /// own task (hyper's client adds a hop through its dispatch task per
-/// request; BENCHMARKS.md). One connection per node, made on first use and
-/// again after it breaks.
+/// request; BENCHMARKS.md). One connection per node and shard, made on
+/// first use and again after it breaks.
 struct H2Conn {
     send: arc_swap::ArcSwapOption<h2::client::SendRequest<Bytes>>,
     /// One connect at a time per node.

@@ -46,6 +46,9 @@ pub struct ServerConfig {
     pub max_h2_streams: u32,
     /// Where the `/score` spans go (`--otlp-endpoint`), if anywhere.
     pub spans: Option<Arc<wasmscore_remote::otlp::SpanExport>>,
+    /// Threads that each run their connections on a runtime of their own
+    /// (a router's; wasmscore_remote::shards). None: the caller's runtime.
+    pub shards: Option<Arc<wasmscore_remote::shards::Shards>>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +62,7 @@ impl Default for ServerConfig {
             max_header_bytes: 32 * 1024,
             max_h2_streams: 256,
             spans: None,
+            shards: None,
         }
     }
 }
@@ -196,8 +200,9 @@ async fn accept_loop<P: Plane>(
             refuse(stream, tls.is_some() || speaks == Speaks::Grpc);
             continue;
         };
+        let shards = app.cfg.shards.clone();
         let (app, tls) = (app.clone(), tls.clone());
-        tokio::spawn(async move {
+        let serve = async move |stream: tokio::net::TcpStream| {
             let _permit = permit;
             let first_byte = app.cfg.header_read_timeout;
             match tls {
@@ -208,7 +213,21 @@ async fn accept_loop<P: Plane>(
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
             }
-        });
+        };
+        match shards {
+            None => drop(tokio::spawn(serve(stream))),
+            // Taken off this runtime's reactor and registered with the
+            // shard's, which then wakes the connection on its own thread.
+            Some(shards) => match stream.into_std() {
+                Ok(stream) => shards.spawn(async move {
+                    match tokio::net::TcpStream::from_std(stream) {
+                        Ok(stream) => serve(stream).await,
+                        Err(e) => tracing::warn!(error = %e, "cannot serve an accepted connection"),
+                    }
+                }),
+                Err(e) => tracing::warn!(error = %e, "cannot hand an accepted connection to a thread"),
+            },
+        }
     }
 }
 

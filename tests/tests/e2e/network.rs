@@ -1124,7 +1124,9 @@ fn token_auth_at_the_router() {
          "versions": [{"name": "v1", "default": true, "nodes": [n.addr]}]},
         {"name": "other", "auth": {"mode": "token", "signing_keys": [key("x", "ef")]},
          "versions": [{"name": "v1", "default": true, "nodes": [n.addr]}]}]});
-    let r = Router::start(&cfg, &[]);
+    // Connections on one multi-thread runtime here (on a thread each,
+    // with their own node connections, in the other tests).
+    let r = Router::start(&cfg, &["--threads", "0"]);
     let token = |endpoint: &str| {
         let out = Command::new(bin())
             .args(["router-token", "--endpoint", endpoint, "--config"])
