@@ -4,7 +4,9 @@
 The same iris request (Rust module, key auth on where wasmscore serves it):
 - `up`: in-process (router -> replica pool in one process);
 - `router -> node`: `wasmscore router` in front of one `wasmscore node` on
-  loopback (the internal protocol over HTTP/2);
+  loopback (the internal protocol over HTTP/2), its connections on a
+  thread per core; with `--node-http1` (HTTP/1.1 to the node), and with
+  `--threads 0` (every connection on one multi-thread runtime);
 - `nginx -> node`: nginx as a reverse proxy (HTTP/1.1 keepalive upstream,
   one worker) in front of the same node, rewriting to its internal route
   (no auth: nginx does less work than the router here);
@@ -88,6 +90,10 @@ def main():
         r1 = Proc([str(BIN), "router", "--port", str(r1port), "--config", str(cfg), "--node-http1"], log=Path(work) / "router-h1.log")
         procs.append(r1)
         wait_for(f"http://127.0.0.1:{r1port}/v2/health/ready", get=True)
+        r0port = free_port()
+        r0 = Proc([str(BIN), "router", "--port", str(r0port), "--config", str(cfg), "--threads", "0"], log=Path(work) / "router-mt.log")
+        procs.append(r0)
+        wait_for(f"http://127.0.0.1:{r0port}/v2/health/ready", get=True)
         gport = free_port()
         g = nginx(work, gport, f"""
   upstream node {{ server 127.0.0.1:{nport}; keepalive 32; }}
@@ -109,6 +115,7 @@ def main():
             ("node direct (the floor)", f"http://127.0.0.1:{nport}/internal/v1/score", plain),
             ("router -> node", f"http://127.0.0.1:{rport}/api/v1/service/iris/score", keyed),
             ("router -> node (--node-http1)", f"http://127.0.0.1:{r1port}/api/v1/service/iris/score", keyed),
+            ("router -> node (--threads 0)", f"http://127.0.0.1:{r0port}/api/v1/service/iris/score", keyed),
             ("nginx -> node", f"http://127.0.0.1:{gport}/", plain),
         ]
         results = {}
@@ -134,13 +141,13 @@ def render(results, starts, a):
     floor = results["node direct (the floor)"]
     L += ["", "Added by each hop in front of the node (the path minus `node direct`):", "",
           "| hop | p50 @1 | p99 @1 | p50 @16 | req/s @16 vs node direct |", "| --- | --- | --- | --- | --- |"]
-    for name in ("router -> node", "router -> node (--node-http1)", "nginx -> node"):
+    for name in ("router -> node", "router -> node (--node-http1)", "router -> node (--threads 0)", "nginx -> node"):
         r = results[name]
         L.append(f"| {name} | {(r[1]['p50']-floor[1]['p50'])*1000:+.0f} µs | {(r[1]['p99']-floor[1]['p99'])*1000:+.0f} µs | "
                  f"{(r[16]['p50']-floor[16]['p50'])*1000:+.0f} µs | {r[16]['rps']/floor[16]['rps']:.2f}x |")
     ng = results["nginx -> node"]
     L.append("")
-    for name in ("router -> node", "router -> node (--node-http1)"):
+    for name in ("router -> node", "router -> node (--node-http1)", "router -> node (--threads 0)"):
         rt = results[name]
         L.append(f"{name} vs nginx as the proxy hop: req/s at 16 connections {rt[16]['rps']/ng[16]['rps']:.2f}x nginx's; "
                  f"p50 at 1 connection {rt[1]['p50']*1000:.0f} µs vs {ng[1]['p50']*1000:.0f} µs; "
