@@ -127,6 +127,7 @@ const DRAIN_LINGER: Duration = Duration::from_millis(1200);
 /// Serves until `shutdown` resolves, then drains: refuses new requests,
 /// waits for the ones in flight (at most `drain_limit`), and returns.
 pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future<Output = ()>, drain_limit: Duration) {
+    let timer = tokio::spawn(crate::shards::keep_a_timer());
     let accept = {
         let node = node.clone();
         tokio::spawn(async move {
@@ -172,6 +173,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     accept.abort();
+    timer.abort();
     tracing::info!(left = node.in_flight(), "drained");
 }
 

@@ -11,6 +11,9 @@
 //! go out on that shard's own connection to each node (see [`slot`]), whose
 //! task runs on the same thread, so a request's wakes stay on one thread and
 //! cost a push onto its queue.
+//!
+//! [`keep_a_timer`] is for any runtime that serves requests (these, and
+//! the multi-thread runtime of `up` and a node).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -36,6 +39,19 @@ pub fn slots() -> usize {
 /// This thread's slot, below [`slots`] at the time it is asked.
 pub fn slot() -> usize {
     INDEX.with(|i| i.get()).unwrap_or_else(|| COUNT.load(Ordering::Relaxed))
+}
+
+/// A task that keeps a timer due within a second, for the life of its
+/// runtime. tokio's timer wakes the thread parked in the runtime's driver
+/// (an eventfd write, and a turn of epoll for nothing when that thread is
+/// the caller) for every new timer due before the earliest it knew of when
+/// it last parked, and so for every timer while it knows of none: each
+/// request's deadline, hyper's header timer. With this one pending, those
+/// later timers do not.
+pub async fn keep_a_timer() {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// The shards' threads, stopped (and their tasks dropped) when this is.
@@ -64,17 +80,7 @@ impl Shards {
             shards.stops.push(stop);
             let thread = std::thread::Builder::new().name(format!("shard-{i}")).spawn(move || {
                 INDEX.with(|s| s.set(Some(i)));
-                // tokio's timer wakes its own thread's driver (an eventfd
-                // write, and a wasted turn of epoll) for every new timer
-                // due before the earliest it knew of when it last parked,
-                // and so for every timer while it knows of none: a request's
-                // deadline, hyper's header timer. A timer always due within
-                // a second keeps those later ones from doing that.
-                rt.spawn(async {
-                    loop {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                });
+                rt.spawn(keep_a_timer());
                 let _ = rt.block_on(stopped);
                 // A connection still open is cut here; its requests were
                 // drained by the server's shutdown before.

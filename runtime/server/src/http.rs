@@ -140,6 +140,8 @@ pub async fn serve<P: Plane>(
     });
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
+    // Request deadlines and hyper's timers then wake no parked worker.
+    let timer = tokio::spawn(wasmscore_remote::shards::keep_a_timer());
     if let Some(l) = listeners.plain {
         loops.spawn(accept_loop(l, None, Speaks::Http, app.clone(), conns.clone(), stopped.clone()));
     }
@@ -154,6 +156,7 @@ pub async fn serve<P: Plane>(
     shutdown.await;
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
+    timer.abort();
     app.stopping.store(true, std::sync::atomic::Ordering::Release);
     let deadline = tokio::time::sleep(DRAIN);
     tokio::pin!(deadline);
