@@ -50,7 +50,7 @@ impl EndpointState {
     /// counts stay).
     fn restart_split_check(&self) {
         for b in self.versions.iter().filter_map(|v| v.live.as_ref()) {
-            b.version.stats.split.store(0, Ordering::Relaxed);
+            b.version.stats.restart_split_check();
         }
     }
 }

@@ -248,7 +248,7 @@ impl Fleet {
             }
             if old_shares.get(&ep.name).is_some_and(|s| *s != shares(ep)) {
                 for v in &versions {
-                    v.version.stats.split.store(0, std::sync::atomic::Ordering::Relaxed);
+                    v.version.stats.restart_split_check();
                 }
             }
             state.push(EndpointState {
@@ -415,14 +415,14 @@ impl Fleet {
     }
 }
 
-/// An endpoint's routing table: the split by the rules, with the shares of
-/// versions without a ready node given to the default.
 /// An endpoint's configured split.
 fn shares(ep: &EndpointSpec) -> Vec<(String, u32)> {
     let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.rollout()).collect();
     rollout::shares(&rollouts)
 }
 
+/// An endpoint's routing table: the split by the rules, with the shares of
+/// versions without a ready node given to the default.
 fn table(ep: &EndpointState, serving: &[bool]) -> Endpoint {
     let rollouts: Vec<Rollout> = ep.versions.iter().map(|v| v.spec.rollout()).collect();
     let is_serving = |name: &str| ep.versions.iter().zip(serving).any(|(v, s)| *s && v.spec.name == name);

@@ -86,6 +86,12 @@ pub fn render_version_stats(out: &mut String, versions: &[(String, &VersionStats
 }
 
 impl VersionStats {
+    /// A new split (other shares): the split check counts from here, as
+    /// the answers before were routed under the old shares.
+    pub fn restart_split_check(&self) {
+        self.split.store(0, Ordering::Relaxed);
+    }
+
     fn record(&self, took: std::time::Duration, status: u16) {
         self.duration.observe(took);
         let class = usize::from(status / 100).clamp(1, 5) - 1;

@@ -156,7 +156,6 @@ pub async fn serve<P: Plane>(
     shutdown.await;
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
-    timer.abort();
     app.stopping.store(true, std::sync::atomic::Ordering::Release);
     let deadline = tokio::time::sleep(DRAIN);
     tokio::pin!(deadline);
@@ -174,6 +173,7 @@ pub async fn serve<P: Plane>(
             }
         }
     }
+    timer.abort();
     Ok(())
 }
 
