@@ -31,13 +31,12 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
-from compare import KEY, Proc, deploy, free_port, wait_for, wrk  # noqa: E402
+from compare import KEY, Proc, deploy, free_port, scratch, wait_for, wrk  # noqa: E402
 from memory import cpu_seconds, own_copies  # noqa: E402
 from oip import grpc_body, grpc_check, h2load  # noqa: E402
 
@@ -64,7 +63,7 @@ def main():
         "after": (a.new.resolve(), dict(kv.split("=", 1) for kv in a.env_after), json.loads(a.dc_after)),
     }
     routes = ["score"] + (["grpc"] if a.grpc else [])
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-ab-"))
+    work = Path(scratch("wasmscore-ab-"))
     key = compare.lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
     grpc = grpc_body(work / "infer.grpc", "iris") if a.grpc else None
     grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}

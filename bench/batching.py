@@ -18,12 +18,11 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, MODEL, Proc, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, MODEL, Proc, free_port, machine, scratch, wait_for, write_section, wrk  # noqa: E402
 
 KEY = "batching-bench-key-0123456789abcdef"
 CASES = [
@@ -64,7 +63,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-batching-"))
+    work = Path(scratch("wasmscore-batching-"))
     row = [round((i * 7 % 97) / 97, 4) for i in range(256)]
     luas = {}
     for kind, body in (("mlp", {"data": [row]}), ("iris", {"data": [[5.1, 3.5, 1.4, 0.2]]})):

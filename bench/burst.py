@@ -19,12 +19,11 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import KEY, cpu_ticks, deploy, free_port, lua_file, machine, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
+from compare import KEY, cpu_ticks, deploy, free_port, lua_file, machine, scratch, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def switches(pid):
@@ -54,7 +53,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-burst-")
+    work = scratch("wasmscore-burst-")
     lua = lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
     servers = {}
     try:

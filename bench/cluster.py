@@ -25,7 +25,6 @@ import base64
 import json
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, BODY, ROOT, Proc, free_port, machine, write_section  # noqa: E402
+from compare import BIN, BODY, ROOT, Proc, free_port, machine, scratch, write_section  # noqa: E402
 from network import push, registry  # noqa: E402
 
 NS = "default"
@@ -50,7 +49,7 @@ class Cluster:
         deadline = time.time() + 30
         while not info.is_file():
             if time.time() > deadline:
-                raise SystemExit("the API server simulation did not start: see " + str(self.work / "apiserver.log"))
+                raise RuntimeError("the API server simulation did not start: see " + str(self.work / "apiserver.log"))
             time.sleep(0.05)
         self.api = json.loads(info.read_text())["url"]
         self.env = {"KUBECONFIG": str(state / "kubeconfig"), "RUST_LOG": "info", "WASMSCORE_ADMIN_TOKEN": ADMIN, "PATH": "/usr/bin:/bin"}
@@ -118,7 +117,7 @@ def until(f, limit, what, every=0.005):
         if v:
             return v
         if time.perf_counter() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
+            raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(every)
 
 
@@ -231,7 +230,7 @@ def main():
     ap.add_argument("--python", required=True)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-cluster-")
+    work = scratch("wasmscore-cluster-")
     reg_proc, reg = registry(work)
     c = Cluster(work)
     try:

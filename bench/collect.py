@@ -15,11 +15,10 @@ import json
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, MODEL, Proc, free_port, lua_file, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, MODEL, Proc, free_port, lua_file, machine, scratch, wait_for, write_section, wrk  # noqa: E402
 
 CASES = [
     ("off", None, []),
@@ -50,7 +49,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-collect-")
+    work = scratch("wasmscore-collect-")
     servers, written = {}, {}
     try:
         for name, dc, flags in CASES:

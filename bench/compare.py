@@ -16,6 +16,7 @@ Run through bench/compare.sh (it installs what is missing first).
 """
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -36,6 +37,49 @@ MODEL = ROOT / "examples/iris/model.onnx"
 PEERS = (ROOT / "../shared/peers").resolve()
 BODY = '{"data": [[5.1, 3.5, 1.4, 0.2]]}'
 KEY = "compare-bench-key-0123456789abcdef"
+
+
+LIVE = []
+SCRATCH = []
+
+
+FAILED = []
+
+
+def scratch(prefix):
+    """A scratch folder for one run, removed when the run ends.
+
+    Servers write their stores and logs here (hundreds of MiB a run); left
+    behind, a few dozen runs fill the disk that CI needs. A run that fails
+    keeps its folder, for the servers' logs, and says where it is.
+    """
+    work = tempfile.mkdtemp(prefix=prefix)
+    SCRATCH.append(work)
+    return work
+
+
+def _clean_up():
+    for proc in reversed(LIVE):
+        proc.stop()
+    for work in SCRATCH:
+        if FAILED:
+            print(f"kept {work} for its logs", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _failed(kind, value, tb):
+    FAILED.append(kind)
+    sys.__excepthook__(kind, value, tb)
+
+
+def _terminated(signum, _frame):
+    sys.exit(128 + signum)
+
+
+atexit.register(_clean_up)
+sys.excepthook = _failed
+signal.signal(signal.SIGTERM, _terminated)
 
 
 def free_port():
@@ -127,6 +171,7 @@ class Proc:
         self.log = open(log, "wb") if log else subprocess.DEVNULL
         self.t0 = time.perf_counter()
         self.p = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log, stderr=self.log, start_new_session=True)
+        LIVE.append(self)
 
     def stop(self):
         try:
@@ -218,7 +263,7 @@ def main():
         plot(res, raw["order"], ROOT / "bench/latency.png")
         return
     peers = Path(a.peers_dir).resolve()
-    work = tempfile.mkdtemp(prefix="wasmscore-compare-")
+    work = scratch("wasmscore-compare-")
     results = {}  # server -> {conns: wrk dict, "rss": MiB, "cold": s}
     order = []
 
@@ -345,7 +390,6 @@ def main():
         raw = {"results": {n: {str(k): v for k, v in r.items()} for n, r in results.items()}, "order": order, "hop": hop}
         (ROOT / "bench/results.json").write_text(json.dumps(raw, indent=1, default=str))
         plot(results, order, ROOT / "bench/latency.png")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 def cpu_ticks(pid):

@@ -20,11 +20,10 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, KEY, MODEL, Proc, cpu_ticks, free_port, machine, wait_for, write_section  # noqa: E402
+from compare import BIN, KEY, MODEL, Proc, cpu_ticks, free_port, machine, scratch, wait_for, write_section  # noqa: E402
 from oip import ROW, grpc_body, grpc_check  # noqa: E402
 
 CASES = [  # (label, protocol, connections, streams per connection)
@@ -58,7 +57,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-h2-"))
+    work = Path(scratch("wasmscore-h2-"))
     (work / "score.json").write_text('{"data": [[%s]]}' % ", ".join(map(str, ROW)))
     (work / "dc.json").write_text('{"primary_key": "%s"}' % KEY)
     grpc_body(work / "body.grpc", "iris")

@@ -15,11 +15,10 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import KEY, deploy, free_port, lua_file, machine, nginx, wait_200, wait_for, wasmscore_up, write_section, wrk  # noqa: E402
+from compare import KEY, deploy, free_port, lua_file, machine, nginx, scratch, wait_200, wait_for, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def rss(pid):
@@ -34,7 +33,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-handoff-")
+    work = scratch("wasmscore-handoff-")
     plain = lua_file(work, "plain.lua", {})
     key = lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
     servers = {}

@@ -35,14 +35,13 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, KEY, MODEL, Proc, deploy, free_port, wait_for, wrk  # noqa: E402
+from compare import BIN, KEY, MODEL, Proc, deploy, free_port, scratch, wait_for, wrk  # noqa: E402
 from oip import ROW, grpc_body, grpc_check, h2load, lua, rest_bodies  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,7 +118,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=4, help="per route and connection count")
     ap.add_argument("--merge", action="store_true", help="keep the names the list has too")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-hot-"))
+    work = Path(scratch("wasmscore-hot-"))
     port, gport, data = free_port(), free_port(), work / "data"
     env = {**os.environ, "WASMSCORE_PAGE_OUT": "all"}
     up = Proc([str(BIN), "up", "--port", str(port), "--grpc-port", str(gport), "--data-dir", str(data)], env=env, log=work / "up.log")

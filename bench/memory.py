@@ -35,12 +35,11 @@ import statistics
 import struct
 import collections
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, BODY, KEY, ROOT, cli, deploy, free_port, lua_file, machine, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
+from compare import BIN, BODY, KEY, ROOT, cli, deploy, free_port, lua_file, machine, scratch, wait_200, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def breakdown(pid):
@@ -178,7 +177,7 @@ def main():
     servers = {name: (env, BIN) for name, env in SERVERS.items()}
     if a.before:
         servers[BEFORE] = ({}, a.before)
-    work = tempfile.mkdtemp(prefix="wasmscore-memory-")
+    work = scratch("wasmscore-memory-")
     key = lua_file(work, "key.lua", {"Authorization": f"Bearer {KEY}"})
     ups = {}
     stages = {s: {} for s in servers}

@@ -22,12 +22,11 @@ Run through bench/network.sh; it writes a section of BENCHMARKS.md.
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, BODY, KEY, MODEL, Proc, cli, deploy, free_port, lua_file, machine, nginx, wait_for, wasmscore_up, write_section, wrk  # noqa: E402
+from compare import BIN, BODY, KEY, MODEL, Proc, cli, deploy, free_port, lua_file, machine, nginx, scratch, wait_for, wasmscore_up, write_section, wrk  # noqa: E402
 
 
 def node(work, port, args, name):
@@ -58,7 +57,7 @@ def main():
     ap.add_argument("--python", required=True)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-net-")
+    work = scratch("wasmscore-net-")
     procs = []
     try:
         reg_proc, reg = registry(work)

@@ -16,12 +16,11 @@ import argparse
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, MODEL, Proc, free_port, lua_file, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, MODEL, Proc, free_port, lua_file, machine, scratch, wait_for, write_section, wrk  # noqa: E402
 
 
 def serve(binary, work, module):
@@ -45,7 +44,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = tempfile.mkdtemp(prefix="wasmscore-observe-")
+    work = scratch("wasmscore-observe-")
     servers = {}
     try:
         for name, binary in (("before", a.before), ("now", BIN)):

@@ -25,12 +25,11 @@ import statistics
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare import BIN, MODEL, PEERS, Proc, cpu_ticks, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, MODEL, PEERS, Proc, cpu_ticks, free_port, machine, scratch, wait_for, write_section, wrk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "oip-bench-key-0123456789abcdef"
@@ -127,7 +126,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="rounds alternating between our routes (medians)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-oip-"))
+    work = Path(scratch("wasmscore-oip-"))
     peers = ROOT / ".peers"
     auth = {"Authorization": f"Bearer {KEY}"}
     json_body, head, binary_body = rest_bodies()

@@ -23,12 +23,11 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import compare  # noqa: E402
-from compare import BIN, Proc, cpu_ticks, deploy, free_port, machine, wait_for, write_section, wrk  # noqa: E402
+from compare import BIN, Proc, cpu_ticks, deploy, free_port, machine, scratch, wait_for, write_section, wrk  # noqa: E402
 from oip import ROW, grpc_body, grpc_check, h2load  # noqa: E402
 
 KEY = compare.KEY
@@ -89,7 +88,7 @@ def main():
     ap.add_argument("--binary", type=Path, default=BIN, help="the wasmscore to measure (default: the release build)")
     ap.add_argument("--write", action="store_true")
     a = ap.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="wasmscore-where-"))
+    work = Path(scratch("wasmscore-where-"))
     port, gport, data = free_port(), free_port(), work / "data"
     up = Proc([str(a.binary), "up", "--port", str(port), "--grpc-port", str(gport), "--data-dir", str(data)], log=work / "up.log")
     try:
