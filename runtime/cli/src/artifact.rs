@@ -18,9 +18,10 @@ use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientP
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 use sha2::{Digest, Sha256};
 
+use crate::credentials::{self, Login};
 use crate::node::Fetched;
 
 pub const WASM_LAYER: &str = "application/wasm";
@@ -83,31 +84,108 @@ fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client> {
     Client::try_from(cfg).context("making the registry client")
 }
 
-/// Credentials for `registry` from the docker config (`$DOCKER_CONFIG/config.json`
-/// or `~/.docker/config.json`), `auths.<registry>.auth` = base64 "user:password".
-fn auth_for(registry: &str) -> Result<RegistryAuth> {
-    use base64::Engine;
-    let dir = std::env::var_os("DOCKER_CONFIG")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker")));
-    let Some(path) = dir.map(|d| d.join("config.json")) else {
-        return Ok(RegistryAuth::Anonymous);
+/// The registry's answer to this login, for `op` on `r`'s repository.
+///
+/// Registries behind a token service (Docker Hub, GHCR, ACR, Harbor) hand
+/// the login a token per scope. oci-client asks for it lazily and, when
+/// the service refuses the login, goes on anonymously, so a wrong
+/// password came back as the registry's bare 401; asking first says what
+/// the token service said. An identity token is traded here, as oci-client
+/// sends only passwords.
+async fn authorize(c: &Client, r: &Reference, opts: &RegistryOptions, op: RegistryOperation) -> Result<RegistryAuth, PullError> {
+    let registry = r.resolve_registry();
+    let login = credentials::for_registry(registry).map_err(|e| PullError::Refused(format!("{e:#}")))?;
+    let auth = match &login {
+        Login::Anonymous => RegistryAuth::Anonymous,
+        Login::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
+        Login::Identity(token) => return Ok(RegistryAuth::Bearer(trade(r, opts, token, op).await?)),
     };
-    let Ok(bytes) = std::fs::read(&path) else {
-        return Ok(RegistryAuth::Anonymous);
+    c.auth(r, &auth, op).await.map_err(|e| match e {
+        OciDistributionError::AuthenticationFailure(why) => PullError::Refused(format!(
+            "the token service of {registry} refused the login ({login:?}, from docker's config): {}",
+            why.trim()
+        )),
+        e if unreachable(&e) => PullError::Unreachable(describe(&e)),
+        e => PullError::Refused(format!("logging in to {registry}: {}", describe(&e))),
+    })?;
+    Ok(auth)
+}
+
+/// Trades an identity (refresh) token for an access token to `op` on
+/// `r`'s repository, by OAuth2 at the token service the registry names
+/// (distribution's token spec, oauth.md).
+async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: RegistryOperation) -> Result<String, PullError> {
+    let registry = r.resolve_registry();
+    let refused = |m: String| PullError::Refused(m);
+    let failed = |what: &str, e: reqwest::Error| {
+        if e.is_connect() || e.is_timeout() {
+            PullError::Unreachable(format!("{what}: {e}"))
+        } else {
+            PullError::Refused(format!("{what}: {e}"))
+        }
     };
-    let cfg: serde_json::Value = serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", path.display()))?;
-    let Some(auth) = cfg["auths"][registry]["auth"].as_str() else {
-        return Ok(RegistryAuth::Anonymous);
+    let mut b = reqwest::Client::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(60));
+    if let Some(ca) = &opts.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| refused(format!("reading {}: {e}", ca.display())))?;
+        let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| refused(format!("{}: {e}", ca.display())))?;
+        b = b.tls_certs_merge([cert]);
+    }
+    let http = b.build().map_err(|e| refused(format!("making the registry client: {e}")))?;
+    let scheme = if opts.insecure { "http" } else { "https" };
+    let probe = http
+        .get(format!("{scheme}://{registry}/v2/"))
+        .send()
+        .await
+        .map_err(|e| failed(&format!("asking {registry} for its token service"), e))?;
+    let challenge = probe
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(credentials::bearer_challenge)
+        .ok_or_else(|| {
+            refused(format!(
+                "docker's config has an identity token for {registry}, which names no token service (no Bearer challenge at /v2/)"
+            ))
+        })?;
+    let param = |k: &str| challenge.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let realm = param("realm").ok_or_else(|| refused(format!("{registry}'s Bearer challenge has no realm")))?;
+    let actions = match op {
+        RegistryOperation::Pull => "pull",
+        RegistryOperation::Push => "pull,push",
     };
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(auth)
-        .with_context(|| format!("{}: auths.{registry}.auth is not base64", path.display()))?;
-    let text = String::from_utf8(decoded).with_context(|| format!("{}: auths.{registry}.auth", path.display()))?;
-    let (user, pass) = text
-        .split_once(':')
-        .with_context(|| format!("{}: auths.{registry}.auth is not user:password", path.display()))?;
-    Ok(RegistryAuth::Basic(user.to_string(), pass.to_string()))
+    let scope = format!("repository:{}:{actions}", r.repository());
+    let mut form = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh),
+        ("client_id", "wasmscore"),
+        ("scope", scope.as_str()),
+    ];
+    if let Some(service) = param("service") {
+        form.push(("service", service));
+    }
+    let answer = http
+        .post(realm)
+        .form(&form)
+        .send()
+        .await
+        .map_err(|e| failed(&format!("the token service of {registry} ({realm})"), e))?;
+    let status = answer.status();
+    let body = answer.text().await.unwrap_or_default();
+    if !status.is_success() {
+        return Err(refused(format!(
+            "the token service of {registry} ({realm}) refused the identity token from docker's config: {status} {}",
+            body.trim()
+        )));
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&body).map_err(|e| refused(format!("the token service of {registry} answered no JSON: {e}")))?;
+    v["access_token"]
+        .as_str()
+        .or_else(|| v["token"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| refused(format!("the token service of {registry} answered no access_token")))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -132,7 +210,9 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
         .parse()
         .with_context(|| format!("{reference:?} is not a registry reference (HOST:PORT/REPO:TAG)"))?;
     let c = client(&r, opts)?;
-    let auth = auth_for(r.resolve_registry())?;
+    let auth = authorize(&c, &r, opts, RegistryOperation::Push).await.map_err(|e| match e {
+        PullError::Unreachable(m) | PullError::Refused(m) => anyhow::anyhow!("pushing to {reference}: {m}"),
+    })?;
     let module_digest = sha256(&p.module);
     let mut layers = vec![ImageLayer::new(p.module, WASM_LAYER.to_string(), titled(&p.module_name))];
     for (name, bytes) in p.models {
@@ -154,10 +234,18 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
     let mut manifest = OciImageManifest::build(&layers, &config, None);
     manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
     manifest.artifact_type = Some(ARTIFACT_TYPE.to_string());
-    let resp = c
-        .push(&r, &layers, config, &auth, Some(manifest))
-        .await
-        .map_err(|e| anyhow::anyhow!("pushing to {reference}: {}", describe(&e)))?;
+    let resp = c.push(&r, &layers, config, &auth, Some(manifest)).await.map_err(|e| {
+        let hint = match &auth {
+            _ if !denied(&e) => String::new(),
+            RegistryAuth::Anonymous => format!(
+                " (docker's config, $DOCKER_CONFIG or ~/.docker, has no login for {})",
+                r.resolve_registry()
+            ),
+            RegistryAuth::Basic(user, _) => format!(" (user {user:?} may not push to {})", r.repository()),
+            RegistryAuth::Bearer(_) => format!(" (the identity token may not push to {})", r.repository()),
+        };
+        anyhow::anyhow!("pushing to {reference}: {}{hint}", describe(&e))
+    })?;
     let digest = match resp.manifest_url.rsplit('/').next() {
         Some(d) if d.starts_with("sha256:") => d.to_string(),
         _ => c
@@ -176,6 +264,20 @@ fn describe(e: &OciDistributionError) -> String {
         cur = c.source();
     }
     s
+}
+
+/// A 401 or 403: the registry refuses this login (or none) the operation.
+fn denied(e: &OciDistributionError) -> bool {
+    use oci_client::errors::OciErrorCode;
+    match e {
+        OciDistributionError::UnauthorizedError { .. } => true,
+        OciDistributionError::ServerError { code, .. } => *code == 401 || *code == 403,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| matches!(e.code, OciErrorCode::Unauthorized | OciErrorCode::Denied)),
+        _ => false,
+    }
 }
 
 fn unreachable(e: &OciDistributionError) -> bool {
@@ -201,7 +303,7 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
         .parse()
         .map_err(|e| refused(format!("not a registry reference (HOST:PORT/REPO@sha256:...): {e}")))?;
     let c = client(&r, opts).map_err(|e| refused(format!("{e:#}")))?;
-    let auth = auth_for(r.resolve_registry()).map_err(|e| refused(format!("{e:#}")))?;
+    let auth = authorize(&c, &r, opts, RegistryOperation::Pull).await?;
     let oci = |what: String, e: OciDistributionError| {
         if unreachable(&e) {
             PullError::Unreachable(describe(&e))

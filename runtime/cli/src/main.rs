@@ -8,6 +8,7 @@ mod build;
 mod client;
 mod cluster;
 mod cmd;
+mod credentials;
 mod manage;
 mod node;
 mod router;

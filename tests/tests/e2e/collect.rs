@@ -59,7 +59,7 @@ fn read_back(data: &std::path::Path) -> (Vec<Value>, HashMap<String, u64>) {
 }
 
 fn trace(i: u64) -> (String, String) {
-    let id = format!("{:032x}", 0xc011_ec7_0000_0000u64 + i);
+    let id = format!("{:032x}", 0x0c01_1ec7_0000_0000_u64 + i);
     (format!("00-{id}-00000000000000a1-01"), id)
 }
 

@@ -141,21 +141,8 @@ impl Registry {
     }
 
     fn serve(port: u16, root: tempfile::TempDir, storage: &Path) -> Registry {
-        let cfg = root.path().join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let exe = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
-            .into_iter()
-            .find(|p| Path::new(p).is_file())
-            .expect("docker-registry is missing: ./test.sh installs it (Debian package docker-registry)");
-        let proc = Proc::spawn(Command::new(exe).arg("serve").arg(&cfg), root.path().join("registry.log"));
         let addr = format!("127.0.0.1:{port}");
+        let proc = docker_registry(root.path(), storage, &addr, "");
         wait_for("the registry", Duration::from_secs(20), || {
             http(&addr, "GET", "/v2/", &[], "").0 == 200
         });
@@ -197,6 +184,25 @@ impl Registry {
     pub(crate) fn reference(&self, repo: &str, digest: &str) -> String {
         format!("{}/{repo}@{digest}", self.addr)
     }
+}
+
+/// Debian's docker-registry on `addr`, its config and log in `dir`;
+/// `more` is YAML that follows `http: addr:` (its `tls:`, an `auth:`).
+fn docker_registry(dir: &Path, storage: &Path, addr: &str, more: &str) -> Proc {
+    let cfg = dir.join("registry.yml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{more}",
+            storage.display()
+        ),
+    )
+    .unwrap();
+    let exe = ["/usr/bin/docker-registry", "/usr/sbin/docker-registry"]
+        .into_iter()
+        .find(|p| Path::new(p).is_file())
+        .expect("docker-registry is missing: ./test.sh installs it (Debian package docker-registry)");
+    Proc::spawn(Command::new(exe).arg("serve").arg(&cfg), dir.join("registry.log"))
 }
 
 /// The shared compile cache of the nodes the tests start.
@@ -1217,20 +1223,16 @@ fn a_private_registry_with_tls_and_a_password() {
     let registry = format!("127.0.0.1:{port}");
     std::fs::create_dir_all(d.join("docker")).unwrap();
     run(Command::new(&py).args(["-c", script, &p("htpasswd"), &p("docker/config.json"), &registry]));
-    std::fs::write(
-        d.join("registry.yml"),
-        format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {registry}\n  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: wasmscore-test\n    path: {}\n",
-            p("storage"),
+    let _reg = docker_registry(
+        d,
+        &d.join("storage"),
+        &registry,
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\nauth:\n  htpasswd:\n    realm: wasmscore-test\n    path: {}\n",
             p("srv.pem"),
             p("srv.key"),
             p("htpasswd")
         ),
-    )
-    .unwrap();
-    let _reg = Proc::spawn(
-        Command::new("docker-registry").arg("serve").arg(d.join("registry.yml")),
-        d.join("registry.log"),
     );
     wait_for("the TLS registry", Duration::from_secs(20), || {
         let out = Command::new("curl")
@@ -1272,26 +1274,188 @@ fn a_private_registry_with_tls_and_a_password() {
         .unwrap()
         .to_string();
     // A node pulls with the same login and CA.
-    let nport = free_port();
-    let mut cmd = Command::new(bin());
-    cmd.env("DOCKER_CONFIG", p("docker"))
-        .args([
-            "node",
-            "--artifact",
-            &format!("{registry}/iris@{digest}"),
-            "--registry-ca",
-            &p("ca.pem"),
-            "--port",
-            &nport.to_string(),
-            "--data-dir",
-        ])
-        .arg(d.join("node"));
-    let node = Node {
-        proc: Proc::spawn(&mut cmd, d.join("node.log")),
-        addr: format!("127.0.0.1:{nport}"),
-        _dir: tempfile::tempdir().unwrap(),
-    };
+    let reference = format!("{registry}/iris@{digest}");
+    let node = Node::spawn_with(
+        &["--artifact", &reference, "--registry-ca", &p("ca.pem")],
+        free_port(),
+        &[("DOCKER_CONFIG", &p("docker"))],
+    );
     node.wait_ready();
+}
+
+/// A registry behind a token service, as Docker Hub, GHCR, ACR and Harbor
+/// run theirs: Debian's docker-registry with `auth: token`, and
+/// tests/registry/token_server.py handing out JWTs it signs (RS256, the
+/// key's certificate in `x5c`, which the registry checks against its
+/// `rootcertbundle`).
+#[test]
+fn a_registry_behind_a_token_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let p = |name: &str| d.join(name).display().to_string();
+    run(Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2"])
+        .args([
+            "-keyout",
+            &p("token.key"),
+            "-out",
+            &p("token.pem"),
+            "-subj",
+            "/CN=wasmscore test token issuer",
+        ]));
+    std::fs::write(
+        d.join("users.json"),
+        json!({
+            "ci": {"password": "s3cret-pw", "actions": ["pull", "push"]},
+            "reader": {"password": "read-only", "actions": ["pull"]},
+            "node": {"actions": ["pull"], "refresh_token": "refresh-for-the-node"},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let tport = free_port();
+    let _tokens = Proc::spawn(
+        Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("tests/registry/token_server.py"))
+            .arg(tport.to_string())
+            .args([p("users.json"), p("token.key"), p("token.pem")])
+            .args(["wasmscore-test-issuer", "wasmscore-test-registry"]),
+        d.join("tokens.log"),
+    );
+    let registry = format!("127.0.0.1:{}", free_port());
+    let _reg = docker_registry(
+        d,
+        &d.join("storage"),
+        &registry,
+        &format!(
+            "auth:\n  token:\n    realm: http://127.0.0.1:{tport}/token\n    service: wasmscore-test-registry\n    issuer: wasmscore-test-issuer\n    rootcertbundle: {}\n",
+            p("token.pem")
+        ),
+    );
+    wait_for("the registry and its token service", Duration::from_secs(20), || {
+        let code = |url: String| {
+            let out = Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        code(format!("http://{registry}/v2/")) == "401"
+            && code(format!("http://127.0.0.1:{tport}/token?service=wasmscore-test-registry")) == "200"
+    });
+    // docker's config as `docker login` writes it: one user per folder.
+    let login = |name: &str, user: &str, password: &str| {
+        let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, format!("{user}:{password}"));
+        std::fs::create_dir_all(d.join(name)).unwrap();
+        std::fs::write(
+            d.join(name).join("config.json"),
+            json!({"auths": {registry.clone(): {"auth": auth}}}).to_string(),
+        )
+        .unwrap();
+        p(name)
+    };
+    let push = |docker_config: &str, tag: &str| {
+        Command::new(bin())
+            .env("DOCKER_CONFIG", docker_config)
+            .args([
+                "push",
+                "--json",
+                "--insecure",
+                "--registry",
+                &format!("{registry}/iris:{tag}"),
+                "--module",
+            ])
+            .arg(iris_rust())
+            .arg("--model")
+            .arg(model())
+            .output()
+            .unwrap()
+    };
+    let refused = |out: std::process::Output, says: &str| {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+        err.into_owned()
+    };
+    // A wrong password: the token service's own answer, not the registry's bare 401.
+    let err = refused(push(&login("wrong", "ci", "not-it"), "v1"), "the token service of 127.0.0.1");
+    assert!(err.contains("wrong username or password"), "{err}");
+    // A login that may pull only, and none at all.
+    refused(
+        push(&login("reader", "reader", "read-only"), "v1"),
+        "user \"reader\" may not push to iris",
+    );
+    refused(push(&p("nowhere"), "v1"), "has no login for 127.0.0.1");
+    // The login that may push.
+    let out = push(&login("ci", "ci", "s3cret-pw"), "v1");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let digest = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A node pulls through a credential helper (docker's credsStore) that
+    // answers an identity token, traded at the token service by OAuth2.
+    std::fs::create_dir_all(d.join("helper-bin")).unwrap();
+    let helper = d.join("helper-bin/docker-credential-wasmscore-test");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\n[ \"$server\" = {registry} ] || {{ echo 'credentials not found in native keychain'; exit 1; }}\necho '{{\"ServerURL\": \"{registry}\", \"Username\": \"<token>\", \"Secret\": \"refresh-for-the-node\"}}'\n"
+        ),
+    )
+    .unwrap();
+    run(Command::new("chmod").arg("+x").arg(&helper));
+    std::fs::create_dir_all(d.join("store")).unwrap();
+    std::fs::write(d.join("store/config.json"), json!({"credsStore": "wasmscore-test"}).to_string()).unwrap();
+    let path = format!("{}:{}", p("helper-bin"), std::env::var("PATH").unwrap_or_default());
+    let reference = format!("{registry}/iris@{digest}");
+    let node = Node::spawn_with(
+        &["--insecure", "--artifact", &reference],
+        free_port(),
+        &[("DOCKER_CONFIG", &p("store")), ("PATH", &path)],
+    );
+    node.wait_ready();
+    let grants = std::fs::read_to_string(d.join("grants.log")).unwrap();
+    assert!(
+        grants.contains(r#"{"user": "node", "access": [{"type": "repository", "name": "iris", "actions": ["pull"]}]}"#),
+        "{grants}"
+    );
+    // The same helper's identity token may not push: the token service
+    // grants the node's login pull only.
+    let out = Command::new(bin())
+        .env("DOCKER_CONFIG", p("store"))
+        .env("PATH", &path)
+        .args([
+            "push",
+            "--json",
+            "--insecure",
+            "--registry",
+            &format!("{registry}/iris:v2"),
+            "--module",
+        ])
+        .arg(iris_rust())
+        .arg("--model")
+        .arg(model())
+        .output()
+        .unwrap();
+    refused(out, "the identity token may not push to iris");
+    // A node whose identity token the service does not know stops with its
+    // answer, rather than retrying as it would an unreachable registry.
+    std::fs::create_dir_all(d.join("stale")).unwrap();
+    std::fs::write(
+        d.join("stale/config.json"),
+        json!({"auths": {registry.clone(): {"auth": "", "identitytoken": "revoked"}}}).to_string(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.env("DOCKER_CONFIG", p("stale"))
+        .args(["node", "--insecure", "--artifact", &format!("{registry}/iris@{digest}")])
+        .args(["--port", &free_port().to_string(), "--data-dir"])
+        .arg(d.join("stale-node"));
+    let mut stale = Proc::spawn(&mut cmd, d.join("stale-node.log"));
+    assert!(!stale.wait(Duration::from_secs(30)).success());
+    let log = stale.log();
+    assert!(log.contains("refused the identity token") && log.contains("invalid_grant"), "{log}");
 }
 
 #[test]
