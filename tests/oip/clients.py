@@ -17,6 +17,8 @@ import asyncio
 import json
 import struct
 import sys
+import threading
+import time
 
 import ml_dtypes
 import numpy as np
@@ -297,6 +299,54 @@ def triton_grpc():
           raw == struct.pack("<I", 6) + b"\xff\x00GNP\x89" + struct.pack("<I", 2) + b"ko", raw)
 
 
+def triton_stream():
+    """Triton's stream (ModelStreamInfer), as tritonclient.grpc's
+    start_stream and async_stream_infer drive it: answers in the order
+    of the requests, a bad request answered by its error while the stream
+    goes on, and the stream's key checked for every request."""
+    rng = np.random.default_rng(13)
+    sent = [{"INPUT0": sample("FP32", [1, 16], rng), "INPUT1": sample("FP32", [1, 16], rng)} for _ in range(20)]
+    answers = []
+    done = threading.Event()
+
+    def callback(result, error):
+        answers.append((result, error))
+        if len(answers) == len(sent) + 1:
+            done.set()
+
+    c = tg.InferenceServerClient(GRPC)
+    c.start_stream(callback, headers=gauth("simple_fp32"))
+    for i, a in enumerate(sent):
+        c.async_stream_infer("simple_fp32", triton_inputs(tg, a, True), request_id=str(i))
+        if i == 9:
+            bad = {"INPUT0": np.ones((1, 8), np.float32), "INPUT1": np.ones((1, 8), np.float32)}
+            c.async_stream_infer("simple_fp32", triton_inputs(tg, bad, True), request_id="bad")
+    check("tritonclient.grpc stream: every request answered", done.wait(30), len(answers))
+    c.stop_stream()
+    ids = [r.get_response().id if r is not None else "error" for r, _ in answers]
+    check("tritonclient.grpc stream: answers in the order of the requests",
+          ids == [str(i) for i in range(10)] + ["error"] + [str(i) for i in range(10, 20)], ids)
+    _, err = answers[10]
+    check("tritonclient.grpc stream: a wrong shape is answered by its error, the stream goes on",
+          err is not None and "[request id: bad] InvalidArgument" in err.message() and "shape" in err.message(), err)
+    oks = [r for r, _ in answers if r is not None]
+    check("tritonclient.grpc stream: every answer is ONNX Runtime's",
+          all(same(r.as_numpy("OUTPUT0"), reference("simple_fp32", a)["OUTPUT0"]) for r, a in zip(oks, sent)))
+    check("tritonclient.grpc stream: each answer names its version",
+          all(r.get_response().model_version == "v1" for r in oks), [r.get_response().model_version for r in oks])
+    # A wrong key: each request of the stream is refused.
+    refused = []
+    c = tg.InferenceServerClient(GRPC)
+    c.start_stream(lambda result, error: refused.append(error), headers={"authorization": "Bearer nope"})
+    c.async_stream_infer("simple_fp32", triton_inputs(tg, sent[0], True), request_id="k")
+    deadline = time.time() + 30
+    while not refused and time.time() < deadline:
+        time.sleep(0.01)
+    c.stop_stream()
+    check("tritonclient.grpc stream: a wrong key -> Unauthenticated",
+          refused and refused[0] is not None and "Unauthenticated" in refused[0].message(), refused)
+
+
 def raw_http_errors():
     """What the clients never send: a lying header length, a missing binary
     section, an oversize body. Each gets 400/413 with {"error": ...}."""
@@ -354,6 +404,7 @@ async def kserve_clients():
 if PART == "triton":
     triton_http()
     triton_grpc()
+    triton_stream()
     raw_http_errors()
 else:
     asyncio.run(kserve_clients())

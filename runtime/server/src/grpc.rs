@@ -9,13 +9,18 @@
 //! back in `raw_output_contents`. Errors are gRPC status codes with the
 //! REST path's messages.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::{Stream, StreamExt};
+
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 use wasmscore_engine::ScoreRequest;
 use wasmscore_oip as oip;
 use wasmscore_remote::trace::Span;
+use wasmscore_router::Version;
 use wasmscore_tensor::{DType, Tensor, TensorData};
 
 use crate::errors::ApiError;
@@ -144,83 +149,10 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     }
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
-        let app = &self.app;
-        let _counted = InFlight::enter(app.clone());
-        if app.is_stopping() {
-            return Err(Status::unavailable("the server is shutting down; retry"));
-        }
-        let started = std::time::SystemTime::now();
         // The metadata stays with this call: its values are read in place.
-        let (meta, _, mut r) = req.into_parts();
-        let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
-        let span = Span::child_of(text("traceparent"));
-        let endpoint = std::mem::take(&mut r.model_name);
-        let route = app
-            .plane
-            .router()
-            .route_authorized(
-                &endpoint,
-                meta.get("authorization").map(|v| v.as_bytes()),
-                version_of(&r.model_version),
-                text("x-wasmscore-cohort"),
-            )
-            .map_err(|e| status(e.into()))?;
-        let inputs = inputs(&r).map_err(bad)?;
-        let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
-        let request = ScoreRequest {
-            body: module_body(&r.id, &inputs, &wanted),
-            content_type: "application/json".into(),
-            tensors: inputs,
-            trace_id: Some(span.trace_id.clone()),
-        };
-        let (version, traceparent, result) = app
-            .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
-            .await;
-        let out = result.map_err(|e| status(e.into()))?;
-        let tensors = if out.tensors.is_empty() {
-            // A module that answers OIP JSON itself (it predates tensors).
-            oip::decode_response(&out.body, None).map_err(|e| {
-                Status::internal(format!(
-                    "the module answered no tensors and its body is not an inference response: {e}"
-                ))
-            })?
-        } else {
-            out.tensors
-        };
-        let chosen: Vec<&(String, Tensor)> = if wanted.is_empty() {
-            tensors.iter().collect()
-        } else {
-            let mut chosen = Vec::with_capacity(wanted.len());
-            for w in &wanted {
-                match tensors.iter().find(|(n, _)| n == w) {
-                    Some(t) => chosen.push(t),
-                    None => {
-                        let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
-                        return Err(Status::invalid_argument(format!(
-                            "there is no output {w:?} (the outputs are {have:?})"
-                        )));
-                    }
-                }
-            }
-            chosen
-        };
-        let mut resp = Response::new(ModelInferResponse {
-            model_name: endpoint,
-            model_version: version.name.clone(),
-            id: r.id,
-            parameters: Default::default(),
-            outputs: chosen
-                .iter()
-                .map(|(n, t)| InferOutputTensor {
-                    name: n.clone(),
-                    datatype: oip::datatype(t.dtype()).into(),
-                    shape: t.shape().iter().map(|d| *d as i64).collect(),
-                    parameters: Default::default(),
-                    contents: None,
-                })
-                .collect(),
-            raw_output_contents: chosen.iter().map(|(_, t)| oip::to_bytes(t.data())).collect(),
-        });
+        let (meta, _, r) = req.into_parts();
+        let (out, version, traceparent) = infer(&self.app, &meta, r).await?;
+        let mut resp = Response::new(out);
         if let Ok(v) = version.name.parse() {
             resp.metadata_mut().insert("x-wasmscore-version", v);
         }
@@ -231,6 +163,142 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         }
         Ok(resp)
     }
+
+    type ModelStreamInferStream = Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send + 'static>>;
+
+    /// Triton's stream of inferences (tritonclient.grpc's `start_stream`
+    /// and `async_stream_infer`): each message is a ModelInfer request
+    /// with the stream's metadata (key or token, cohort, traceparent).
+    /// Up to `max_h2_streams` run at once, as on a connection; the answers
+    /// come back in the order of the requests, as Triton answers a model
+    /// that is not decoupled. A message that fails gets its status in
+    /// `error_message`, as Triton reports it, and the stream goes on; a
+    /// broken stream ends the call with its status.
+    async fn model_stream_infer(
+        &self,
+        req: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let (meta, _, inbound) = req.into_parts();
+        let meta = Arc::new(meta);
+        let app = self.app.clone();
+        let at_once = app.cfg.max_h2_streams.max(1) as usize;
+        let answers = inbound
+            .map(move |message| {
+                let (app, meta) = (app.clone(), meta.clone());
+                async move {
+                    let r = message?;
+                    let id = r.id.clone();
+                    Ok(match infer(&app, &meta, r).await {
+                        Ok((out, _, _)) => ModelStreamInferResponse {
+                            error_message: String::new(),
+                            infer_response: Some(out),
+                        },
+                        Err(s) => ModelStreamInferResponse {
+                            error_message: stream_error(&id, &s),
+                            infer_response: None,
+                        },
+                    })
+                }
+            })
+            .buffered(at_once);
+        Ok(Response::new(Box::pin(answers)))
+    }
+}
+
+/// A failed message of a stream as `error_message` says it: the request's
+/// id, as Triton prefixes it, and the status that ModelInfer would give.
+fn stream_error(id: &str, s: &Status) -> String {
+    let code = format!("{:?}", s.code());
+    if id.is_empty() {
+        format!("{code}: {}", s.message())
+    } else {
+        format!("[request id: {id}] {code}: {}", s.message())
+    }
+}
+
+/// One inference, for ModelInfer and for each message of ModelStreamInfer:
+/// the response, the version that served it and the traceparent to answer
+/// with.
+async fn infer<P: Plane>(
+    app: &Arc<App<P>>,
+    meta: &MetadataMap,
+    mut r: ModelInferRequest,
+) -> Result<(ModelInferResponse, Arc<Version>, String), Status> {
+    let _counted = InFlight::enter(app.clone());
+    if app.is_stopping() {
+        return Err(Status::unavailable("the server is shutting down; retry"));
+    }
+    let started = std::time::SystemTime::now();
+    let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
+    let span = Span::child_of(text("traceparent"));
+    let endpoint = std::mem::take(&mut r.model_name);
+    let route = app
+        .plane
+        .router()
+        .route_authorized(
+            &endpoint,
+            meta.get("authorization").map(|v| v.as_bytes()),
+            version_of(&r.model_version),
+            text("x-wasmscore-cohort"),
+        )
+        .map_err(|e| status(e.into()))?;
+    let inputs = inputs(&r).map_err(bad)?;
+    let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+    let request = ScoreRequest {
+        body: module_body(&r.id, &inputs, &wanted),
+        content_type: "application/json".into(),
+        tensors: inputs,
+        trace_id: Some(span.trace_id.clone()),
+    };
+    let (version, traceparent, result) = app
+        .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
+        .await;
+    let out = result.map_err(|e| status(e.into()))?;
+    let tensors = if out.tensors.is_empty() {
+        // A module that answers OIP JSON itself (it predates tensors).
+        oip::decode_response(&out.body, None).map_err(|e| {
+            Status::internal(format!(
+                "the module answered no tensors and its body is not an inference response: {e}"
+            ))
+        })?
+    } else {
+        out.tensors
+    };
+    let chosen: Vec<&(String, Tensor)> = if wanted.is_empty() {
+        tensors.iter().collect()
+    } else {
+        let mut chosen = Vec::with_capacity(wanted.len());
+        for w in &wanted {
+            match tensors.iter().find(|(n, _)| n == w) {
+                Some(t) => chosen.push(t),
+                None => {
+                    let have: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+                    return Err(Status::invalid_argument(format!(
+                        "there is no output {w:?} (the outputs are {have:?})"
+                    )));
+                }
+            }
+        }
+        chosen
+    };
+    let out = ModelInferResponse {
+        model_name: endpoint,
+        model_version: version.name.clone(),
+        id: r.id,
+        parameters: Default::default(),
+        outputs: chosen
+            .iter()
+            .map(|(n, t)| InferOutputTensor {
+                name: n.clone(),
+                datatype: oip::datatype(t.dtype()).into(),
+                shape: t.shape().iter().map(|d| *d as i64).collect(),
+                parameters: Default::default(),
+                contents: None,
+            })
+            .collect(),
+        raw_output_contents: chosen.iter().map(|(_, t)| oip::to_bytes(t.data())).collect(),
+    };
+    Ok((out, version, traceparent))
 }
 
 /// The module's body for a call: the request as OIP's JSON would state

@@ -837,6 +837,15 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         i = th.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x)\n\
         r = th.InferenceServerClient(http).infer('iris', [i], model_version='v2', headers={'Authorization': 'Bearer ' + key})\n\
         assert same(r) and r.get_response()['model_version'] == 'v2', r.get_response()\n\
+        got = []\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        c.start_stream(lambda result, error: got.append((result, error)), headers={'authorization': 'Bearer ' + key})\n\
+        i = tg.InferInput('X', [2, 4], 'FP32'); i.set_data_from_numpy(x)\n\
+        for n, v in enumerate(['v2', 'v1', 'v2']): c.async_stream_infer('iris', [i], model_version=v, request_id=str(n))\n\
+        c.stop_stream()\n\
+        assert [e for _, e in got] == [None] * 3, got\n\
+        assert [(r.get_response().id, r.get_response().model_version) for r, _ in got] == [('0', 'v2'), ('1', 'v1'), ('2', 'v2')], got\n\
+        assert all(same(r) for r, _ in got)\n\
         print('served through the router')\n";
     let out = Command::new(root().join(".venv-clients/bin/python"))
         .args(["-c", script, &r.addr, &format!("127.0.0.1:{grpc}"), KEY])
