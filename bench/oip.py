@@ -99,6 +99,16 @@ ONE_CHANNEL = "OIP gRPC, one connection, N calls in flight"
 # one protocol at a time (wrk and h2load cost the shared cores differently).
 SCORE_H1 = "/score (JSON), HTTP/1.1, h2load"
 SCORE_H2 = "/score (JSON), h2c, h2load"
+# Triton's stream: one HTTP/2 stream per connection carrying PER_STREAM
+# requests (h2load sends them as one client-streamed body); its req/s
+# count inferences, its latency is a whole stream's.
+PER_STREAM = 16
+STREAM = f"OIP gRPC stream (ModelStreamInfer), {PER_STREAM} requests per stream"
+
+
+def inferences(r, n):
+    """h2load's figures for streams of `n` requests, as requests."""
+    return {**r, "rps": r["rps"] * n}
 
 
 def h2load(url, conns, seconds, body, headers, streams=1, h1=False):
@@ -161,6 +171,8 @@ def main():
         base = f"http://127.0.0.1:{port}"
         grpc_check(f"127.0.0.1:{gport}", "iris", KEY)
         body = grpc_body(work / "ours.grpc", "iris")
+        stream_body = work / "stream.grpc"
+        stream_body.write_bytes(body.read_bytes() * PER_STREAM)
         grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
         score_body = work / "score.json"
         score_body.write_text(json.dumps({"data": [ROW]}))
@@ -171,6 +183,7 @@ def main():
             (("wasmscore", "OIP REST, binary"), lambda c, s: wrk(f"{base}/v2/models/iris/infer", c, s, luas["binary"])),
             (("wasmscore", "OIP gRPC"), lambda c, s: h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer", c, s, body, grpc_headers)),
             (("wasmscore", ONE_CHANNEL), lambda c, s: h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer", 1, s, body, grpc_headers, streams=c)),
+            (("wasmscore", STREAM), lambda c, s: inferences(h2load(f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelStreamInfer", c, s, stream_body, grpc_headers), PER_STREAM)),
             (("wasmscore", SCORE_H1), lambda c, s: h2load(f"{base}/api/v1/service/iris/score", c, s, score_body, score_headers, h1=True)),
             (("wasmscore", SCORE_H2), lambda c, s: h2load(f"{base}/api/v1/service/iris/score", c, s, score_body, score_headers)),
         ]
@@ -234,7 +247,9 @@ def main():
         f"{a.seconds} s per case after a 1 s warm-up, every case in the same run; our routes in {a.rounds} rounds alternating "
         "between them (the round with the median req/s), the peers once. REST with wrk, gRPC with h2load "
         "(one stream per connection, or for the one-connection row as many calls in flight on one connection as the "
-        "column's count, as tritonclient.grpc's channel carries them; mean latency, as h2load reports no percentiles).",
+        "column's count, as tritonclient.grpc's channel carries them; mean latency, as h2load reports no percentiles). "
+        f"The stream row sends {PER_STREAM} requests on each stream, as tritonclient.grpc's `async_stream_infer` does on "
+        "the stream `start_stream` opens: its req/s are requests (inferences), its latency a whole stream's.",
         "",
         "| server | protocol | req/s, 1 conn | latency, 1 conn | req/s, 16 conns | latency, 16 conns | / our /score (16) | / KServe REST (16) | server CPU µs/req (16) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -257,7 +272,8 @@ def main():
         f"Against the aims (16 connections): OIP REST JSON {ratio['OIP REST, JSON']:.2f}x our `/score` (aim: within 20%, "
         f"{verdict(ratio['OIP REST, JSON'])}), binary {ratio['OIP REST, binary']:.2f}x ({verdict(ratio['OIP REST, binary'])}), "
         f"gRPC {ratio['OIP gRPC']:.2f}x ({verdict(ratio['OIP gRPC'])}) with a connection per call and "
-        f"{ratio[ONE_CHANNEL]:.2f}x ({verdict(ratio[ONE_CHANNEL])}) with 16 calls on one connection; against the KServe Python server's REST: "
+        f"{ratio[ONE_CHANNEL]:.2f}x ({verdict(ratio[ONE_CHANNEL])}) with 16 calls on one connection, "
+        f"{ratio[STREAM]:.2f}x ({verdict(ratio[STREAM])}) as Triton's stream with {PER_STREAM} requests per stream; against the KServe Python server's REST: "
         f"{results[('wasmscore', 'OIP REST, JSON')][16]['rps'] / kserve_rest16:.1f}x REST and "
         f"{results[('wasmscore', 'OIP gRPC')][16]['rps'] / kserve_rest16:.1f}x gRPC (aim: at least 10x).",
         "",
