@@ -150,6 +150,18 @@ def triton_inputs(mod, arrays, binary):
     return out
 
 
+def config_matches(cfg, metadata):
+    """Triton's model config against the model metadata: each tensor's
+    TYPE_ name (BYTES is Triton's TYPE_STRING) and dims with the batch
+    dimension, so max_batch_size 0. (protobuf's JSON writes int64 as
+    strings and leaves a zero out.)"""
+    def same(tensors, meta):
+        return [(t["name"], t["data_type"], [int(d) for d in t["dims"]]) for t in tensors] == [
+            (t["name"], "TYPE_" + ("STRING" if t["datatype"] == "BYTES" else t["datatype"]), [int(d) for d in t["shape"]]) for t in meta]
+    return (cfg["name"] == "identity" and int(cfg.get("max_batch_size", 0)) == 0
+            and same(cfg["input"], metadata["inputs"]) and same(cfg["output"], metadata["outputs"]))
+
+
 def triton_http():
     c = th.InferenceServerClient(HTTP)
     check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
@@ -159,6 +171,14 @@ def triton_http():
     check("tritonclient.http: model metadata lists every datatype",
           sorted(i["datatype"] for i in m["inputs"]) == sorted(IDENTITY) and m["inputs"][0]["shape"] == [-1, -1], m)
     check("tritonclient.http: model ready", c.is_model_ready("identity") and c.is_model_ready("simple", "v2"))
+    cfg = c.get_model_config("identity")
+    check("tritonclient.http: model config states the metadata's tensors as Triton does", config_matches(cfg, m), (cfg, m))
+    check("tritonclient.http: a pinned version's config", c.get_model_config("simple", "v2")["input"][0]["name"] == "INPUT0")
+    try:
+        c.get_model_config("nope")
+        check("tritonclient.http: unknown model's config", False)
+    except InferenceServerException as e:
+        check("tritonclient.http: unknown model's config -> 404", e.status() == "404", (e.status(), e.message()))
     rng = np.random.default_rng(7)
     arrays = {f"IN_{dt}": sample(dt, [2, 3], rng) for dt in IDENTITY}
     want = reference("identity", arrays)
@@ -238,6 +258,8 @@ def triton_grpc():
     m = c.get_model_metadata("identity", as_json=True)
     check("tritonclient.grpc: model metadata", sorted(i["datatype"] for i in m["inputs"]) == sorted(IDENTITY), m)
     check("tritonclient.grpc: model ready", c.is_model_ready("identity") and c.is_model_ready("simple", "v2"))
+    cfg = c.get_model_config("identity", as_json=True)["config"]
+    check("tritonclient.grpc: model config states the metadata's tensors as Triton does", config_matches(cfg, m), (cfg, m))
     try:
         c.is_model_ready("nope")
         check("tritonclient.grpc: unknown model", False)

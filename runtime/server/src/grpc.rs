@@ -148,6 +148,48 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         }))
     }
 
+    /// Triton's model configuration, as REST's `/v2/models/{m}/config`
+    /// states it.
+    async fn model_config(&self, req: Request<ModelConfigRequest>) -> Result<Response<ModelConfigResponse>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .app
+            .plane
+            .model_metadata(&r.name, version_of(&r.version))
+            .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
+        let c = crate::http::triton_config(&r.name, &m);
+        let dims = |t: &serde_json::Value| -> Vec<i64> { t["dims"].as_array().into_iter().flatten().filter_map(|d| d.as_i64()).collect() };
+        let data_type = |t: &serde_json::Value| {
+            DataType::from_str_name(t["data_type"].as_str().unwrap_or_default()).unwrap_or(DataType::TypeInvalid) as i32
+        };
+        let text = |t: &serde_json::Value| t.as_str().unwrap_or_default().to_string();
+        let list = |key: &str| c[key].as_array().cloned().unwrap_or_default();
+        Ok(Response::new(ModelConfigResponse {
+            config: Some(ModelConfig {
+                name: text(&c["name"]),
+                platform: text(&c["platform"]),
+                backend: text(&c["backend"]),
+                max_batch_size: 0,
+                input: list("input")
+                    .iter()
+                    .map(|t| ModelInput {
+                        name: text(&t["name"]),
+                        data_type: data_type(t),
+                        dims: dims(t),
+                    })
+                    .collect(),
+                output: list("output")
+                    .iter()
+                    .map(|t| ModelOutput {
+                        name: text(&t["name"]),
+                        data_type: data_type(t),
+                        dims: dims(t),
+                    })
+                    .collect(),
+            }),
+        }))
+    }
+
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         // The metadata stays with this call: its values are read in place.
         let (meta, _, r) = req.into_parts();

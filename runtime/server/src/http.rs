@@ -382,6 +382,40 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     r
 }
 
+/// A model's configuration as Triton states it (model_config.proto in its
+/// JSON form), the part that describes the tensors: each input's and
+/// output's `data_type` (`TYPE_` and the datatype, BYTES as Triton's
+/// `TYPE_STRING`) and `dims` with the batch dimension in them, so
+/// `max_batch_size` is 0 (Triton's "dims are the whole shape").
+pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json::Value {
+    let tensors = |key: &str| -> Vec<serde_json::Value> {
+        m[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|t| {
+                let dt = match t["datatype"].as_str().unwrap_or_default() {
+                    "BYTES" => "STRING",
+                    other => other,
+                };
+                serde_json::json!({
+                    "name": t["name"],
+                    "data_type": format!("TYPE_{dt}"),
+                    "dims": t["shape"],
+                })
+            })
+            .collect()
+    };
+    serde_json::json!({
+        "name": endpoint,
+        "platform": m["platform"],
+        "backend": "wasmscore",
+        "max_batch_size": 0,
+        "input": tensors("inputs"),
+        "output": tensors("outputs"),
+    })
+}
+
 /// The method a known route takes, for the 405 of another method.
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
@@ -390,9 +424,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2"]
         | ["v2", "health", "live" | "ready"]
         | ["v2", "models", _]
-        | ["v2", "models", _, "ready"]
+        | ["v2", "models", _, "ready" | "config"]
         | ["v2", "models", _, "versions", _]
-        | ["v2", "models", _, "versions", _, "ready"]
+        | ["v2", "models", _, "versions", _, "ready" | "config"]
         | ["metrics"] => Some("GET"),
         _ => None,
     }
@@ -519,6 +553,8 @@ impl<P: Plane> App<P> {
             }
             ("GET", ["v2", "models", name]) => self.model_metadata(name, None),
             ("GET", ["v2", "models", name, "versions", v]) => self.model_metadata(name, Some(v)),
+            ("GET", ["v2", "models", name, "config"]) => self.model_config(name, None),
+            ("GET", ["v2", "models", name, "versions", v, "config"]) => self.model_config(name, Some(v)),
             ("GET", ["v2", "models", name, "ready"]) => self.model_ready(name, None),
             ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(name, Some(v)),
             ("GET", ["metrics"]) => {
@@ -575,6 +611,15 @@ impl<P: Plane> App<P> {
     fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
         match self.plane.model_metadata(endpoint, version) {
             Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+            Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
+        }
+    }
+
+    /// Triton's model configuration (its extension, tritonclient's
+    /// `get_model_config`), from the model metadata.
+    fn model_config(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
+        match self.plane.model_metadata(endpoint, version) {
+            Ok(m) => json(200, serde_json::to_vec(&triton_config(endpoint, &m)).expect("json")),
             Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
         }
     }

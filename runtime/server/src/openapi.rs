@@ -101,6 +101,10 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
         json!({"get": {"summary": "model metadata", "responses": with(json_ok(json!({"$ref": "#/components/schemas/ModelMetadata"})), &[404])}}),
     );
     paths.insert(
+        format!("/v2/models/{endpoint}/config"),
+        json!({"get": {"summary": "Triton's model configuration (its extension): the tensors' data_type and dims", "responses": with(json_ok(json!({"type": "object", "required": ["name", "max_batch_size", "input", "output"]})), &[404])}}),
+    );
+    paths.insert(
         format!("/v2/models/{endpoint}/ready"),
         json!({"get": {"summary": "model readiness", "responses": with(json_ok(json!({"type": "object"})), &[404, 503])}}),
     );
