@@ -158,33 +158,33 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
             .model_metadata(&r.name, version_of(&r.version))
             .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
         let c = crate::http::triton_config(&r.name, &m);
-        let dims = |t: &serde_json::Value| -> Vec<i64> { t["dims"].as_array().into_iter().flatten().filter_map(|d| d.as_i64()).collect() };
-        let data_type = |t: &serde_json::Value| {
-            DataType::from_str_name(t["data_type"].as_str().unwrap_or_default()).unwrap_or(DataType::TypeInvalid) as i32
-        };
         let text = |t: &serde_json::Value| t.as_str().unwrap_or_default().to_string();
-        let list = |key: &str| c[key].as_array().cloned().unwrap_or_default();
+        // Each tensor's name, data_type and dims.
+        let tensors = |key: &str| -> Vec<(String, i32, Vec<i64>)> {
+            c[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| {
+                    let dt = DataType::from_str_name(t["data_type"].as_str().unwrap_or_default());
+                    let dims = t["dims"].as_array().into_iter().flatten().filter_map(|d| d.as_i64()).collect();
+                    (text(&t["name"]), dt.unwrap_or(DataType::TypeInvalid) as i32, dims)
+                })
+                .collect()
+        };
         Ok(Response::new(ModelConfigResponse {
             config: Some(ModelConfig {
                 name: text(&c["name"]),
                 platform: text(&c["platform"]),
                 backend: text(&c["backend"]),
                 max_batch_size: 0,
-                input: list("input")
-                    .iter()
-                    .map(|t| ModelInput {
-                        name: text(&t["name"]),
-                        data_type: data_type(t),
-                        dims: dims(t),
-                    })
+                input: tensors("input")
+                    .into_iter()
+                    .map(|(name, data_type, dims)| ModelInput { name, data_type, dims })
                     .collect(),
-                output: list("output")
-                    .iter()
-                    .map(|t| ModelOutput {
-                        name: text(&t["name"]),
-                        data_type: data_type(t),
-                        dims: dims(t),
-                    })
+                output: tensors("output")
+                    .into_iter()
+                    .map(|(name, data_type, dims)| ModelOutput { name, data_type, dims })
                     .collect(),
             }),
         }))
