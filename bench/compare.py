@@ -171,9 +171,15 @@ class Proc:
         self.log = open(log, "wb") if log else subprocess.DEVNULL
         self.t0 = time.perf_counter()
         self.p = subprocess.Popen(args, env=env, cwd=cwd, stdout=self.log, stderr=self.log, start_new_session=True)
+        self.stopped = False
         LIVE.append(self)
 
     def stop(self):
+        # Once only: the group of a server stopped and reaped before may be
+        # another process's by now.
+        if self.stopped:
+            return
+        self.stopped = True
         try:
             os.killpg(self.p.pid, signal.SIGTERM)
             self.p.wait(timeout=10)

@@ -26,9 +26,11 @@ Usage: python3 bench/cuda.py --bin BIN --modules DIR --out OUT_DIR
 """
 
 import argparse
+import atexit
 import http.client
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -134,6 +136,7 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="wasmscore-cuda-"))
+    atexit.register(shutil.rmtree, work, True)
     subprocess.run([sys.executable, str(ROOT / "bench/batch_models.py"), str(work / "models")], check=True, capture_output=True)
     mods = Path(a.modules)
     iris_row = [5.1, 3.5, 1.4, 0.2]

@@ -70,6 +70,24 @@ def grpc_body(path, model):
     return path
 
 
+def stream_check(addr, body, key, n):
+    """The stream body sent once (grpcio): n answers, none an error. h2load
+    counts any HTTP 200, whatever each answer's error_message says."""
+    code = (
+        "import sys, grpc\n"
+        "from tritonclient.grpc import service_pb2, service_pb2_grpc\n"
+        "raw = open(sys.argv[2], 'rb').read(); msgs = []\n"
+        "while raw:\n"
+        "    n = int.from_bytes(raw[1:5], 'big'); m = service_pb2.ModelInferRequest(); m.ParseFromString(raw[5:5 + n])\n"
+        "    msgs.append(m); raw = raw[5 + n:]\n"
+        "stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(sys.argv[1]))\n"
+        "rs = list(stub.ModelStreamInfer(iter(msgs), metadata=[('authorization', 'Bearer ' + sys.argv[3])]))\n"
+        "bad = [r.error_message for r in rs if r.error_message or len(r.infer_response.raw_output_contents) != 2]\n"
+        "assert len(rs) == int(sys.argv[4]) and not bad, (len(rs), bad[:3])\n"
+    )
+    subprocess.run([str(CLIENTS), "-c", code, addr, str(body), key, str(n)], check=True, capture_output=True)
+
+
 def grpc_check(addr, model, key=None):
     """One real gRPC call (tritonclient): the answer must hold 3 probabilities."""
     code = (
@@ -173,6 +191,7 @@ def main():
         body = grpc_body(work / "ours.grpc", "iris")
         stream_body = work / "stream.grpc"
         stream_body.write_bytes(body.read_bytes() * PER_STREAM)
+        stream_check(f"127.0.0.1:{gport}", stream_body, KEY, PER_STREAM)
         grpc_headers = {"content-type": "application/grpc", "te": "trailers", "authorization": f"Bearer {KEY}"}
         score_body = work / "score.json"
         score_body.write_text(json.dumps({"data": [ROW]}))

@@ -94,17 +94,28 @@ fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client> {
 /// sends only passwords.
 async fn authorize(c: &Client, r: &Reference, opts: &RegistryOptions, op: RegistryOperation) -> Result<RegistryAuth, PullError> {
     let registry = r.resolve_registry();
-    let login = credentials::for_registry(registry).map_err(|e| PullError::Refused(format!("{e:#}")))?;
+    // A credential helper is a program that may take its time.
+    let owned = registry.to_string();
+    let login = tokio::task::spawn_blocking(move || credentials::for_registry(&owned))
+        .await
+        .map_err(|e| PullError::Refused(format!("asking for the login: {e}")))?
+        .map_err(|e| PullError::Refused(format!("{e:#}")))?;
     let auth = match &login {
         Login::Anonymous => RegistryAuth::Anonymous,
         Login::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
         Login::Identity(token) => return Ok(RegistryAuth::Bearer(trade(r, opts, token, op).await?)),
     };
     c.auth(r, &auth, op).await.map_err(|e| match e {
-        OciDistributionError::AuthenticationFailure(why) => PullError::Refused(format!(
-            "the token service of {registry} refused the login ({login:?}, from docker's config): {}",
-            why.trim()
-        )),
+        OciDistributionError::AuthenticationFailure(why) => PullError::Refused(match &login {
+            Login::Anonymous => format!(
+                "the token service of {registry} refused an anonymous login (docker's config has none for it): {}",
+                why.trim()
+            ),
+            _ => format!(
+                "the token service of {registry} refused the login ({login:?}, from docker's config): {}",
+                why.trim()
+            ),
+        }),
         e if unreachable(&e) => PullError::Unreachable(describe(&e)),
         e => PullError::Refused(format!("logging in to {registry}: {}", describe(&e))),
     })?;
@@ -151,6 +162,16 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
         })?;
     let param = |k: &str| challenge.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let realm = param("realm").ok_or_else(|| refused(format!("{registry}'s Bearer challenge has no realm")))?;
+    // The refresh token is a long-lived secret: over TLS only, but to a
+    // token service on loopback (tests, a registry's own sidecar).
+    let to_loopback = realm
+        .strip_prefix("http://")
+        .is_some_and(|rest| is_loopback(rest.split('/').next().unwrap_or(rest)));
+    if !realm.starts_with("https://") && !to_loopback {
+        return Err(refused(format!(
+            "{registry} names the token service {realm}; an identity token goes over https only"
+        )));
+    }
     let actions = match op {
         RegistryOperation::Pull => "pull",
         RegistryOperation::Push => "pull,push",
@@ -173,6 +194,12 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
         .map_err(|e| failed(&format!("the token service of {registry} ({realm})"), e))?;
     let status = answer.status();
     let body = answer.text().await.unwrap_or_default();
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Err(PullError::Unreachable(format!(
+            "the token service of {registry} ({realm}) answered {status}: {}",
+            body.trim()
+        )));
+    }
     if !status.is_success() {
         return Err(refused(format!(
             "the token service of {registry} ({realm}) refused the identity token from docker's config: {status} {}",

@@ -16,6 +16,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -56,27 +57,46 @@ fn config() -> Result<Option<(PathBuf, serde_json::Value)>> {
     Ok(Some((path, cfg)))
 }
 
+/// Docker Hub's key in docker's config, as `docker login` writes it and
+/// as its credential helpers are asked for it.
+const DOCKER_HUB: &str = "https://index.docker.io/v1/";
+
+/// The key docker files `registry`'s login under.
+fn key_of(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB,
+        other => other,
+    }
+}
+
+/// The host (and port) of a key in `auths`: docker writes some with a
+/// scheme and a path (Docker Hub's, older logins' `https://host/v1/`).
+fn host_of(key: &str) -> &str {
+    let key = key.strip_prefix("https://").or_else(|| key.strip_prefix("http://")).unwrap_or(key);
+    key.split('/').next().unwrap_or(key)
+}
+
 /// The login for `registry` (HOST[:PORT]).
 pub fn for_registry(registry: &str) -> Result<Login> {
     let Some((path, cfg)) = config()? else {
         return Ok(Login::Anonymous);
     };
-    let helper = cfg["credHelpers"][registry]
+    let key = key_of(registry);
+    let helper = cfg["credHelpers"][key]
         .as_str()
+        .or_else(|| cfg["credHelpers"][registry].as_str())
         .or_else(|| cfg["credsStore"].as_str())
         .filter(|h| !h.is_empty());
     if let Some(helper) = helper {
-        return from_helper(helper, registry);
+        return from_helper(helper, key);
     }
-    // docker writes Docker Hub's key as a URL, and some tools any key so.
-    let keys = [
-        registry.to_string(),
-        format!("https://{registry}"),
-        format!("http://{registry}"),
-        format!("https://{registry}/v1/"),
-        format!("https://{registry}/v2/"),
-    ];
-    let Some(entry) = keys.iter().map(|k| &cfg["auths"][k]).find(|e| e.is_object()) else {
+    let host = host_of(key);
+    let entry = cfg["auths"].as_object().and_then(|auths| {
+        auths
+            .get(key)
+            .or_else(|| auths.iter().find(|(k, _)| host_of(k) == host).map(|(_, e)| e))
+    });
+    let Some(entry) = entry.filter(|e| e.is_object()) else {
         return Ok(Login::Anonymous);
     };
     from_entry(entry).with_context(|| format!("{}: auths.{registry}", path.display()))
@@ -107,8 +127,12 @@ fn from_entry(entry: &serde_json::Value) -> Result<Login> {
     }
 }
 
-/// Asks `docker-credential-{helper}` for the registry's login.
-fn from_helper(helper: &str, registry: &str) -> Result<Login> {
+/// How long a credential helper may take (one that waits for a login or
+/// a locked keychain would hold a node's pull forever).
+const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks `docker-credential-{helper}` for the login filed under `key`.
+fn from_helper(helper: &str, key: &str) -> Result<Login> {
     let program = format!("docker-credential-{helper}");
     let mut child = Command::new(&program)
         .arg("get")
@@ -120,19 +144,34 @@ fn from_helper(helper: &str, registry: &str) -> Result<Login> {
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits without reading gives a broken pipe: its
         // exit status says what went wrong.
-        let _ = stdin.write_all(registry.as_bytes());
+        let _ = stdin.write_all(key.as_bytes());
     }
-    let out = child.wait_with_output().with_context(|| format!("running {program}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(HELPER_TIMEOUT) {
+        Ok(out) => out.with_context(|| format!("running {program}"))?,
+        Err(_) => {
+            // SAFETY: kill(2) of the helper, which had not answered; its
+            // thread reaps it once it dies.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            bail!("{program} get {key} gave no answer in {} s", HELPER_TIMEOUT.as_secs());
+        }
+    };
     if !out.status.success() {
         // The helpers' protocol: no login stored for this registry.
-        if stdout.contains("credentials not found") {
+        if String::from_utf8_lossy(&out.stdout).contains("credentials not found") {
             return Ok(Login::Anonymous);
         }
+        // Its first line of stderr only: what a helper prints may hold
+        // the secret it was asked for.
         let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!("{program} get {registry}: {}: {}{}", out.status, stdout.trim(), stderr.trim());
+        let said: String = stderr.lines().next().unwrap_or_default().chars().take(200).collect();
+        bail!("{program} get {key}: {}: {said}", out.status);
     }
-    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{program} get {registry}: not JSON"))?;
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| format!("{program} get {key}: not JSON"))?;
     let user = answer["Username"].as_str().unwrap_or_default();
     let secret = answer["Secret"].as_str().unwrap_or_default();
     Ok(match (user, secret) {
@@ -213,5 +252,16 @@ mod tests {
         assert_eq!(c[0], ("realm".into(), "http://127.0.0.1:1/token".into()));
         assert_eq!(c[1], ("service".into(), "x".into()));
         assert_eq!(bearer_challenge(r#"Basic realm="registry""#), None);
+    }
+
+    #[test]
+    fn docker_hub_and_auths_keys_are_matched_as_docker_files_them() {
+        assert_eq!(key_of("docker.io"), DOCKER_HUB);
+        assert_eq!(key_of("index.docker.io"), DOCKER_HUB);
+        assert_eq!(key_of("ghcr.io"), "ghcr.io");
+        assert_eq!(host_of(DOCKER_HUB), "index.docker.io");
+        assert_eq!(host_of("https://myregistry.azurecr.io"), "myregistry.azurecr.io");
+        assert_eq!(host_of("http://127.0.0.1:5000/v2/"), "127.0.0.1:5000");
+        assert_eq!(host_of("127.0.0.1:5000"), "127.0.0.1:5000");
     }
 }

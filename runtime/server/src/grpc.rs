@@ -45,7 +45,8 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = app.cfg.clone();
-    let svc = GrpcInferenceServiceServer::new(Oip { app })
+    let streamed = Arc::new(tokio::sync::Semaphore::new(cfg.max_h2_streams.max(1) as usize));
+    let svc = GrpcInferenceServiceServer::new(Oip { app, streamed })
         .max_decoding_message_size(cfg.max_body_bytes)
         .max_encoding_message_size(usize::MAX);
     let (streams, mut spawned) = wasmscore_remote::streams::here();
@@ -63,6 +64,10 @@ where
 
 struct Oip<P> {
     app: Arc<App<P>>,
+    /// The connection's stream messages read and not yet answered: at most
+    /// `max_h2_streams`, as many as its ModelInfer calls, however many
+    /// streams it opens.
+    streamed: Arc<tokio::sync::Semaphore>,
 }
 
 /// The gRPC code for an HTTP status.
@@ -211,11 +216,13 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     /// Triton's stream of inferences (tritonclient.grpc's `start_stream`
     /// and `async_stream_infer`): each message is a ModelInfer request
     /// with the stream's metadata (key or token, cohort, traceparent).
-    /// Up to `max_h2_streams` run at once, as on a connection; the answers
-    /// come back in the order of the requests, as Triton answers a model
-    /// that is not decoupled. A message that fails gets its status in
-    /// `error_message`, as Triton reports it, and the stream goes on; a
-    /// broken stream ends the call with its status.
+    /// A message is read only with one of the connection's
+    /// `max_h2_streams` places free, so its streams together run no more
+    /// than its ModelInfer calls could; the answers come back in the order
+    /// of the requests, as Triton answers a model that is not decoupled. A
+    /// message that fails gets its status in `error_message` and its id in
+    /// the response, as Triton reports it, and the stream goes on; a broken
+    /// stream ends the call with its status.
     async fn model_stream_infer(
         &self,
         req: Request<tonic::Streaming<ModelInferRequest>>,
@@ -224,12 +231,18 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let meta = Arc::new(meta);
         let app = self.app.clone();
         let at_once = app.cfg.max_h2_streams.max(1) as usize;
-        let answers = inbound
-            .map(move |message| {
+        let read = futures_util::stream::unfold((inbound, self.streamed.clone()), |(mut inbound, places)| async move {
+            let place = places.clone().acquire_owned().await.ok()?;
+            let message = inbound.next().await?;
+            Some(((message, place), (inbound, places)))
+        });
+        let answers = read
+            .map(move |(message, place)| {
                 let (app, meta) = (app.clone(), meta.clone());
                 async move {
+                    let _place = place;
                     let r = message?;
-                    let id = r.id.clone();
+                    let (id, model_name) = (r.id.clone(), r.model_name.clone());
                     Ok(match infer(&app, &meta, r).await {
                         Ok((out, _, _)) => ModelStreamInferResponse {
                             error_message: String::new(),
@@ -237,7 +250,11 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                         },
                         Err(s) => ModelStreamInferResponse {
                             error_message: stream_error(&id, &s),
-                            infer_response: None,
+                            infer_response: Some(ModelInferResponse {
+                                id,
+                                model_name,
+                                ..Default::default()
+                            }),
                         },
                     })
                 }

@@ -396,6 +396,7 @@ pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json
             .map(|t| {
                 let dt = match t["datatype"].as_str().unwrap_or_default() {
                     "BYTES" => "STRING",
+                    "" => "INVALID",
                     other => other,
                 };
                 serde_json::json!({
