@@ -735,13 +735,23 @@ impl H2Conn {
     }
 
     async fn send(&self, addr: &str, req: Request<()>, body: Bytes) -> Result<(http::response::Parts, Bytes), Sent> {
-        let send = self.connection(addr).await?;
-        // Not ready: the connection is gone; nothing was sent on it.
-        let mut send = match send.ready().await {
-            Ok(s) => s,
-            Err(e) => {
-                self.send.store(None);
-                return Err(Sent::NotSent(format!("connection lost: {e}")));
+        // Not ready: the connection is gone; nothing was sent on it. One
+        // kept from before may have gone with the process it reached (a
+        // node restarted on the same address, while this thread's
+        // connection sat unused): then one new connection is tried before
+        // the node is called lost.
+        let mut kept = self.send.load().is_some();
+        let mut send = loop {
+            let send = self.connection(addr).await?;
+            match send.ready().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    self.send.store(None);
+                    if !kept {
+                        return Err(Sent::NotSent(format!("connection lost: {e}")));
+                    }
+                    kept = false;
+                }
             }
         };
         let (resp, mut stream) = match send.send_request(req, body.is_empty()) {
