@@ -704,13 +704,15 @@ impl H2Conn {
         }
     }
 
-    async fn connection(&self, addr: &str) -> Result<h2::client::SendRequest<Bytes>, Sent> {
+    /// The node's connection, and whether it is one kept from before
+    /// (rather than made now).
+    async fn connection(&self, addr: &str) -> Result<(h2::client::SendRequest<Bytes>, bool), Sent> {
         if let Some(s) = self.send.load_full() {
-            return Ok((*s).clone());
+            return Ok(((*s).clone(), true));
         }
         let _g = self.connecting.lock().await;
         if let Some(s) = self.send.load_full() {
-            return Ok((*s).clone());
+            return Ok(((*s).clone(), true));
         }
         let not_sent = |e: String| Sent::NotSent(format!("cannot connect: {e}"));
         let tcp = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
@@ -731,7 +733,7 @@ impl H2Conn {
             }
         });
         self.send.store(Some(Arc::new(send.clone())));
-        Ok(send)
+        Ok((send, false))
     }
 
     async fn send(&self, addr: &str, req: Request<()>, body: Bytes) -> Result<(http::response::Parts, Bytes), Sent> {
@@ -740,17 +742,17 @@ impl H2Conn {
         // node restarted on the same address, while this thread's
         // connection sat unused): then one new connection is tried before
         // the node is called lost.
-        let mut kept = self.send.load().is_some();
+        let mut retried = false;
         let mut send = loop {
-            let send = self.connection(addr).await?;
+            let (send, kept) = self.connection(addr).await?;
             match send.ready().await {
                 Ok(s) => break s,
                 Err(e) => {
                     self.send.store(None);
-                    if !kept {
+                    if !kept || retried {
                         return Err(Sent::NotSent(format!("connection lost: {e}")));
                     }
-                    kept = false;
+                    retried = true;
                 }
             }
         };
