@@ -16,6 +16,10 @@ Served here, on 127.0.0.1:
   password) or grant_type=refresh_token (refresh_token: an identity token
   as `docker login` stores it for ACR), answering `access_token`.
 
+A file `unavailable` beside the users file holding a number N makes the
+next N requests answer 503, as a token service that is down does (the
+file counts down).
+
 Users: a file of JSON `{"user": {"password": "...", "actions": ["pull",
 "push"], "refresh_token": "..."}}`. A user is granted the actions asked
 for that its entry lists. Every grant is appended to `grants.log` beside
@@ -90,6 +94,21 @@ def users() -> dict:
     return json.loads(Path(USERS).read_text())
 
 
+DOWN = Path(USERS).parent / "unavailable"
+
+
+def down() -> bool:
+    """Whether this request is one of those the `unavailable` file asks to fail."""
+    try:
+        left = int(DOWN.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    if left <= 0:
+        return False
+    DOWN.write_text(str(left - 1))
+    return True
+
+
 class Handler(BaseHTTPRequestHandler):
     def answer(self, status: int, body: dict):
         data = json.dumps(body).encode()
@@ -100,6 +119,8 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self):
+        if down():
+            return self.answer(503, {"errors": [{"code": "UNAVAILABLE", "message": "the token service is down"}]})
         url = urlparse(self.path)
         if url.path != "/token":
             return self.answer(404, {"error": "not found"})
@@ -117,6 +138,8 @@ class Handler(BaseHTTPRequestHandler):
         self.answer(200, {"token": token, "access_token": token, "expires_in": 300})
 
     def do_POST(self):
+        if down():
+            return self.answer(503, {"error": "temporarily_unavailable"})
         if urlparse(self.path).path != "/token":
             return self.answer(404, {"error": "not found"})
         form = parse_qs(self.rfile.read(int(self.headers.get("Content-Length", "0"))).decode())

@@ -105,36 +105,50 @@ async fn authorize(c: &Client, r: &Reference, opts: &RegistryOptions, op: Regist
         Login::Basic { user, password } => RegistryAuth::Basic(user.clone(), password.clone()),
         Login::Identity(token) => return Ok(RegistryAuth::Bearer(trade(r, opts, token, op).await?)),
     };
-    c.auth(r, &auth, op).await.map_err(|e| match e {
-        OciDistributionError::AuthenticationFailure(why) => PullError::Refused(match &login {
-            Login::Anonymous => format!(
-                "the token service of {registry} refused an anonymous login (docker's config has none for it): {}",
-                why.trim()
-            ),
-            _ => format!(
-                "the token service of {registry} refused the login ({login:?}, from docker's config): {}",
-                why.trim()
-            ),
-        }),
+    let e = match c.auth(r, &auth, op).await {
+        Ok(_) => return Ok(auth),
+        Err(e) => e,
+    };
+    Err(match e {
+        OciDistributionError::AuthenticationFailure(why) => {
+            // oci-client keeps the token service's answer but not its
+            // status: a service that is down (a 5xx) or busy (429) is
+            // asked once more, so that a node retries rather than stops.
+            let basic = match &login {
+                Login::Basic { user, password } => Some((user.as_str(), password.as_str())),
+                _ => None,
+            };
+            if let Some(busy) = unavailable(r, opts, basic, op).await {
+                return Err(PullError::Unreachable(busy));
+            }
+            PullError::Refused(match &login {
+                Login::Anonymous => format!(
+                    "the token service of {registry} refused an anonymous login (docker's config has none for it): {}",
+                    why.trim()
+                ),
+                _ => format!(
+                    "the token service of {registry} refused the login ({login:?}, from docker's config): {}",
+                    why.trim()
+                ),
+            })
+        }
         e if unreachable(&e) => PullError::Unreachable(describe(&e)),
         e => PullError::Refused(format!("logging in to {registry}: {}", describe(&e))),
-    })?;
-    Ok(auth)
+    })
 }
 
-/// Trades an identity (refresh) token for an access token to `op` on
-/// `r`'s repository, by OAuth2 at the token service the registry names
-/// (distribution's token spec, oauth.md).
-async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: RegistryOperation) -> Result<String, PullError> {
+/// The token service a registry names in the Bearer challenge of its
+/// `/v2/` (distribution's token spec), with a client to reach it; `None`
+/// for a registry that names none.
+struct TokenService {
+    http: reqwest::Client,
+    realm: String,
+    service: Option<String>,
+}
+
+async fn token_service(r: &Reference, opts: &RegistryOptions) -> Result<Option<TokenService>, PullError> {
     let registry = r.resolve_registry();
     let refused = |m: String| PullError::Refused(m);
-    let failed = |what: &str, e: reqwest::Error| {
-        if e.is_connect() || e.is_timeout() {
-            PullError::Unreachable(format!("{what}: {e}"))
-        } else {
-            PullError::Refused(format!("{what}: {e}"))
-        }
-    };
     let mut b = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
         .timeout(std::time::Duration::from_secs(60));
@@ -150,18 +164,87 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
         .send()
         .await
         .map_err(|e| failed(&format!("asking {registry} for its token service"), e))?;
-    let challenge = probe
+    let Some(challenge) = probe
         .headers()
         .get(reqwest::header::WWW_AUTHENTICATE)
         .and_then(|v| v.to_str().ok())
         .and_then(credentials::bearer_challenge)
-        .ok_or_else(|| {
-            refused(format!(
-                "docker's config has an identity token for {registry}, which names no token service (no Bearer challenge at /v2/)"
-            ))
-        })?;
-    let param = |k: &str| challenge.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    else {
+        return Ok(None);
+    };
+    let param = |k: &str| challenge.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let realm = param("realm").ok_or_else(|| refused(format!("{registry}'s Bearer challenge has no realm")))?;
+    Ok(Some(TokenService {
+        http,
+        realm,
+        service: param("service"),
+    }))
+}
+
+/// A request to a registry or its token service that got no answer is
+/// worth retrying; one that got an answer it could not read is not.
+fn failed(what: &str, e: reqwest::Error) -> PullError {
+    if e.is_connect() || e.is_timeout() {
+        PullError::Unreachable(format!("{what}: {e}"))
+    } else {
+        PullError::Refused(format!("{what}: {e}"))
+    }
+}
+
+/// The scope a token for `op` on `r`'s repository asks for.
+fn scope(r: &Reference, op: RegistryOperation) -> String {
+    let actions = match op {
+        RegistryOperation::Pull => "pull",
+        RegistryOperation::Push => "pull,push",
+    };
+    format!("repository:{}:{actions}", r.repository())
+}
+
+/// Asks `r`'s token service for a token as oci-client does (GET, with the
+/// password if any): what it answers when it is down or busy (a 5xx or a
+/// 429), or when this second ask gets no answer or a token after all (a
+/// flake), so the caller retries; `None` when it refuses the login again.
+async fn unavailable(r: &Reference, opts: &RegistryOptions, basic: Option<(&str, &str)>, op: RegistryOperation) -> Option<String> {
+    let registry = r.resolve_registry();
+    let ts = match token_service(r, opts).await {
+        Ok(Some(ts)) => ts,
+        Ok(None) | Err(PullError::Refused(_)) => return None,
+        Err(PullError::Unreachable(why)) => return Some(why),
+    };
+    let mut query = vec![("scope", scope(r, op))];
+    query.extend(ts.service.clone().map(|s| ("service", s)));
+    let mut ask = ts.http.get(&ts.realm).query(&query);
+    if let Some((user, password)) = basic {
+        ask = ask.basic_auth(user, Some(password));
+    }
+    let answer = match ask.send().await {
+        Ok(a) => a,
+        Err(e) => return Some(format!("the token service of {registry} ({}): {e}", ts.realm)),
+    };
+    let status = answer.status();
+    if status.as_u16() == 429 || status.is_server_error() || status.is_success() {
+        let body = answer.text().await.unwrap_or_default();
+        return Some(format!(
+            "the token service of {registry} ({}) answered {status}: {}",
+            ts.realm,
+            body.trim()
+        ));
+    }
+    None
+}
+
+/// Trades an identity (refresh) token for an access token to `op` on
+/// `r`'s repository, by OAuth2 at the token service the registry names
+/// (distribution's token spec, oauth.md).
+async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: RegistryOperation) -> Result<String, PullError> {
+    let registry = r.resolve_registry();
+    let refused = |m: String| PullError::Refused(m);
+    let TokenService { http, realm, service } = token_service(r, opts).await?.ok_or_else(|| {
+        refused(format!(
+            "docker's config has an identity token for {registry}, which names no token service (no Bearer challenge at /v2/)"
+        ))
+    })?;
+    let realm = realm.as_str();
     // The refresh token is a long-lived secret: over TLS only, but to a
     // token service on loopback (tests, a registry's own sidecar).
     let to_loopback = realm
@@ -172,19 +255,15 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
             "{registry} names the token service {realm}; an identity token goes over https only"
         )));
     }
-    let actions = match op {
-        RegistryOperation::Pull => "pull",
-        RegistryOperation::Push => "pull,push",
-    };
-    let scope = format!("repository:{}:{actions}", r.repository());
+    let scope = scope(r, op);
     let mut form = vec![
         ("grant_type", "refresh_token"),
         ("refresh_token", refresh),
         ("client_id", "wasmscore"),
         ("scope", scope.as_str()),
     ];
-    if let Some(service) = param("service") {
-        form.push(("service", service));
+    if let Some(service) = &service {
+        form.push(("service", service.as_str()));
     }
     let answer = http
         .post(realm)

@@ -1418,6 +1418,22 @@ fn a_registry_behind_a_token_service() {
     std::fs::write(d.join("store/config.json"), json!({"credsStore": "wasmscore-test"}).to_string()).unwrap();
     let path = format!("{}:{}", p("helper-bin"), std::env::var("PATH").unwrap_or_default());
     let reference = format!("{registry}/iris@{digest}");
+    // A node with a password while the token service is down (503 to its
+    // next three requests) retries, as for an unreachable registry, and
+    // serves once the service is back.
+    std::fs::write(d.join("unavailable"), "3").unwrap();
+    let patient = Node::spawn_with(
+        &["--insecure", "--artifact", &reference],
+        free_port(),
+        &[("DOCKER_CONFIG", &login("patient", "reader", "read-only"))],
+    );
+    patient.wait_ready();
+    assert_eq!(std::fs::read_to_string(d.join("unavailable")).unwrap(), "0");
+    let log = patient.proc.log();
+    assert!(
+        log.contains("registry unreachable") && log.contains("answered 503") && log.contains("the token service is down"),
+        "{log}"
+    );
     let node = Node::spawn_with(
         &["--insecure", "--artifact", &reference],
         free_port(),
