@@ -31,6 +31,7 @@ HTTP, GRPC, MODELS, KEYS, PART = sys.argv[1], sys.argv[2], sys.argv[3], json.loa
 if PART == "triton":
     import tritonclient.grpc as tg
     import tritonclient.http as th
+    from google.protobuf.json_format import MessageToJson
     from tritonclient.utils import InferenceServerException
 CHECKS = 0
 
@@ -162,11 +163,58 @@ def config_matches(cfg, metadata):
             and same(cfg["input"], metadata["inputs"]) and same(cfg["output"], metadata["outputs"]))
 
 
+def statistics(mod, c, headers, json_of=lambda r: r):
+    """Triton's statistics extension as each tritonclient reads it: one
+    version's figures move by what it was sent (3 answered, 1 refused),
+    its queue and run figures with them; a model's figures need its key,
+    every model's the admin token; an unknown model is not found.
+    protobuf's JSON writes uint64 as strings and leaves zeros out."""
+    n = lambda d, k: int(d.get(k, 0))  # noqa: E731
+
+    def figures():
+        s = json_of(c.get_inference_statistics("simple", "v1", headers=headers))["model_stats"]
+        assert len(s) == 1 and s[0]["name"] == "simple" and s[0]["version"] == "v1", s
+        i = s[0]["inference_stats"]
+        return {
+            "inferences": n(s[0], "inference_count"), "last": n(s[0], "last_inference"),
+            "ok": n(i.get("success", {}), "count"), "ok_ns": n(i.get("success", {}), "ns"),
+            "failed": n(i.get("fail", {}), "count"), "queued": n(i.get("queue", {}), "count"),
+            "ran": n(i.get("compute_infer", {}), "count"), "ran_ns": n(i.get("compute_infer", {}), "ns"),
+        }
+
+    before = figures()
+    a = {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}
+    for _ in range(3):
+        c.infer("simple", triton_inputs(mod, a, True), model_version="v1", headers=headers)
+    try:
+        c.infer("simple", triton_inputs(mod, {k: v[:, :8] for k, v in a.items()}, True), model_version="v1", headers=headers)
+    except InferenceServerException:
+        pass
+    after = figures()
+    name = mod.__name__
+    check(f"{name}: statistics count the version's answers (3 more, 1 more refused)",
+          after["ok"] - before["ok"] == 3 and after["failed"] - before["failed"] == 1
+          and after["inferences"] == after["ok"] and after["ok_ns"] > before["ok_ns"], (before, after))
+    check(f"{name}: statistics' queue and run figures move with the version's runs",
+          after["queued"] - before["queued"] >= 3 and after["ran"] - before["ran"] >= 3 and after["ran_ns"] > before["ran_ns"], (before, after))
+    check(f"{name}: last_inference is now, in ms", abs(after["last"] / 1000 - time.time()) < 60, after)
+    for what, model, hdrs, code in (
+        ("a model's statistics without its key", "simple", {}, ("401", "UNAUTHENTICATED")),
+        ("every model's statistics with a model's key", "", headers, ("401", "UNAUTHENTICATED")),
+        ("an unknown model's statistics", "nope", headers, ("404", "NOT_FOUND")),
+    ):
+        try:
+            c.get_inference_statistics(model, headers=hdrs)
+            check(f"{name}: {what} refused", False)
+        except InferenceServerException as e:
+            check(f"{name}: {what} -> {code}", any(x in str(e.status()) for x in code), (e.status(), e.message()))
+
+
 def triton_http():
     c = th.InferenceServerClient(HTTP)
     check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
     md = c.get_server_metadata()
-    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and "binary_tensor_data" in md["extensions"], md)
+    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and "binary_tensor_data" in md["extensions"] and "statistics" in md["extensions"], md)
     m = c.get_model_metadata("identity")
     check("tritonclient.http: model metadata lists every datatype",
           sorted(i["datatype"] for i in m["inputs"]) == sorted(IDENTITY) and m["inputs"][0]["shape"] == [-1, -1], m)
@@ -241,6 +289,7 @@ def triton_http():
         check("tritonclient.http without a key -> 401", e.status() == "401", e)
     r = c.infer("simple", triton_inputs(th, {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}, True), headers=auth("simple"))
     check("tritonclient.http still served after the errors", (r.as_numpy("OUTPUT0") == 2).all())
+    statistics(th, c, auth("simple"))
     # A module that takes the tensors itself (examples/iris-rust).
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
     want = ort.InferenceSession(f"{MODELS}/iris.onnx", providers=["CPUExecutionProvider"]).run(None, {"X": x})
@@ -301,6 +350,7 @@ def triton_grpc():
             check(f"tritonclient.grpc {what} refused", False)
         except InferenceServerException as e:
             check(f"tritonclient.grpc {what} -> {code}", code in str(e.status()) and words in e.message(), (e.status(), e.message()))
+    statistics(tg, c, gauth("simple"), json_of=lambda r: json.loads(MessageToJson(r, preserving_proto_field_name=True)))
     # Typed contents (not raw): what grpcio users build by hand.
     from tritonclient.grpc import service_pb2
     req = service_pb2.ModelInferRequest(model_name="simple_fp32")

@@ -24,6 +24,15 @@ pub(crate) struct Counters {
     /// older release saved).
     #[serde(default)]
     pub split: u64,
+    /// Time taken by the 2xx answers and by the others, and when the last
+    /// answer went out (Triton's statistics; none in what an older release
+    /// saved).
+    #[serde(default)]
+    pub ok_ns: u64,
+    #[serde(default)]
+    pub failed_ns: u64,
+    #[serde(default)]
+    pub last_ms: u64,
     /// The module's reported numbers.
     pub reported: Vec<(String, Moments)>,
 }
@@ -35,6 +44,9 @@ impl Counters {
             duration_sum_ns: stats.duration.sum_nanos(),
             responses: std::array::from_fn(|i| stats.responses[i].load(Ordering::Relaxed)),
             split: stats.split.load(Ordering::Relaxed),
+            ok_ns: stats.ok_ns.load(Ordering::Relaxed),
+            failed_ns: stats.failed_ns.load(Ordering::Relaxed),
+            last_ms: stats.last_ms.load(Ordering::Relaxed),
             reported: reported.snapshot(),
         }
     }
@@ -46,6 +58,9 @@ impl Counters {
             c.fetch_add(n, Ordering::Relaxed);
         }
         stats.split.fetch_add(self.split, Ordering::Relaxed);
+        stats.ok_ns.fetch_add(self.ok_ns, Ordering::Relaxed);
+        stats.failed_ns.fetch_add(self.failed_ns, Ordering::Relaxed);
+        stats.last_ms.fetch_max(self.last_ms, Ordering::Relaxed);
         for (name, m) in &self.reported {
             reported.add(name, *m);
         }
@@ -99,6 +114,8 @@ mod tests {
         stats.duration.observe(std::time::Duration::from_millis(2));
         stats.responses[1].store(7, Ordering::Relaxed);
         stats.split.store(5, Ordering::Relaxed);
+        stats.ok_ns.store(900, Ordering::Relaxed);
+        stats.last_ms.store(1_800_000_000_000, Ordering::Relaxed);
         reported.record("clicks", 2.0);
         let c = Counters::of(&stats, &reported);
         let back: Counters = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
@@ -109,6 +126,7 @@ mod tests {
         let twice = Counters::of(&fresh, &fresh_reported);
         assert_eq!(twice.responses[1], 14);
         assert_eq!(twice.split, 10);
+        assert_eq!((twice.ok_ns, twice.last_ms), (1800, 1_800_000_000_000));
         assert_eq!(twice.duration.iter().sum::<u64>(), 2);
         assert_eq!(twice.duration_sum_ns, 2 * c.duration_sum_ns);
         assert_eq!(twice.reported[0].1.count, 2);
@@ -119,6 +137,6 @@ mod tests {
     fn counts_saved_before_the_split_count_read_as_none_routed_by_it() {
         let old = r#"{"duration":[1,0],"duration_sum_ns":5,"responses":[0,3,0,0,0],"reported":[]}"#;
         let c: Counters = serde_json::from_str(old).unwrap();
-        assert_eq!((c.responses[1], c.split), (3, 0));
+        assert_eq!((c.responses[1], c.split, c.ok_ns, c.last_ms), (3, 0, 0, 0));
     }
 }

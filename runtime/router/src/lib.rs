@@ -48,6 +48,12 @@ pub struct VersionStats {
     pub duration: Histogram,
     /// Answers by status class: 1xx (unused) to 5xx.
     pub responses: [AtomicU64; 5],
+    /// Time taken by the answers of status 2xx, and by the others, summed
+    /// (Triton's statistics: success and fail).
+    pub ok_ns: AtomicU64,
+    pub failed_ns: AtomicU64,
+    /// When the last answer went out, in ms since the Unix epoch (0: none yet).
+    pub last_ms: AtomicU64,
     /// Answers, of any status, to the requests the weighted split sent
     /// here (neither pinned to a version nor carrying a cohort key): what
     /// the verdict's split check holds against the configured shares.
@@ -96,6 +102,16 @@ impl VersionStats {
         self.duration.observe(took);
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.responses[class].fetch_add(1, Ordering::Relaxed);
+        let ns = took.as_nanos().min(u128::from(u64::MAX)) as u64;
+        if class == 1 { &self.ok_ns } else { &self.failed_ns }.fetch_add(ns, Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// Answers of status 2xx, and the others.
+    pub fn ok_and_failed(&self) -> (u64, u64) {
+        let n: Vec<u64> = self.responses.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        (n[1], n.iter().sum::<u64>() - n[1])
     }
 }
 
@@ -366,9 +382,14 @@ impl Router {
         pin: Option<&str>,
         cohort: Option<&str>,
     ) -> Result<Route, RouteError> {
-        let table = self.table.load();
-        let ep = table
-            .get(endpoint)
+        self.authorize(endpoint, authorization)?.route(pin, cohort)
+    }
+
+    /// The endpoint, once the request's `Authorization` header passed its
+    /// policy.
+    pub fn authorize(&self, endpoint: &str, authorization: Option<&[u8]>) -> Result<Arc<Endpoint>, RouteError> {
+        let ep = self
+            .endpoint(endpoint)
             .ok_or_else(|| RouteError::UnknownEndpoint(endpoint.to_string()))?;
         // Only tokens need the time.
         let now = match ep.auth {
@@ -376,7 +397,14 @@ impl Router {
             _ => 0,
         };
         auth::check(&ep.auth, authorization, now)?;
-        ep.route(pin, cohort)
+        Ok(ep)
+    }
+
+    /// Every endpoint, by name.
+    pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
+        let mut all: Vec<Arc<Endpoint>> = self.table.load().values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     pub fn endpoint(&self, name: &str) -> Option<Arc<Endpoint>> {

@@ -116,7 +116,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         Ok(Response::new(ServerMetadataResponse {
             name: "wasmscore".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["binary_tensor_data".into(), "model_repository".into()],
+            extensions: vec!["binary_tensor_data".into(), "model_repository".into(), "statistics".into()],
         }))
     }
 
@@ -193,6 +193,48 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                     .collect(),
             }),
         }))
+    }
+
+    /// Triton's statistics, as REST's `/v2/models/{m}/stats` states them.
+    async fn model_statistics(&self, req: Request<ModelStatisticsRequest>) -> Result<Response<ModelStatisticsResponse>, Status> {
+        let (meta, _, r) = req.into_parts();
+        let authorization = meta.get("authorization").map(|v| v.as_bytes());
+        let admin = crate::http::is_admin(&self.app.cfg, authorization.and_then(|v| std::str::from_utf8(v).ok()));
+        let s =
+            crate::stats::triton_stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
+        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+        let duration = |d: &serde_json::Value| {
+            Some(StatisticDuration {
+                count: n(&d["count"]),
+                ns: n(&d["ns"]),
+            })
+        };
+        let model_stats = s["model_stats"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                let i = &m["inference_stats"];
+                ModelStatistics {
+                    name: m["name"].as_str().unwrap_or_default().into(),
+                    version: m["version"].as_str().unwrap_or_default().into(),
+                    last_inference: n(&m["last_inference"]),
+                    inference_count: n(&m["inference_count"]),
+                    execution_count: n(&m["execution_count"]),
+                    inference_stats: Some(InferStatistics {
+                        success: duration(&i["success"]),
+                        fail: duration(&i["fail"]),
+                        queue: duration(&i["queue"]),
+                        compute_input: duration(&i["compute_input"]),
+                        compute_infer: duration(&i["compute_infer"]),
+                        compute_output: duration(&i["compute_output"]),
+                        cache_hit: duration(&i["cache_hit"]),
+                        cache_miss: duration(&i["cache_miss"]),
+                    }),
+                }
+            })
+            .collect();
+        Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {

@@ -417,6 +417,14 @@ pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json
     })
 }
 
+/// Whether an `Authorization` header's value carries the admin token.
+pub(crate) fn is_admin(cfg: &ServerConfig, authorization: Option<&str>) -> bool {
+    match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
+        Some(t) => !cfg.admin_token.is_empty() && constant_time_eq(t.as_bytes(), cfg.admin_token.as_bytes()),
+        None => false,
+    }
+}
+
 /// The method a known route takes, for the 405 of another method.
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
@@ -425,9 +433,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2"]
         | ["v2", "health", "live" | "ready"]
         | ["v2", "models", _]
-        | ["v2", "models", _, "ready" | "config"]
+        | ["v2", "models", _, "ready" | "config" | "stats"]
         | ["v2", "models", _, "versions", _]
-        | ["v2", "models", _, "versions", _, "ready" | "config"]
+        | ["v2", "models", _, "versions", _, "ready" | "config" | "stats"]
         | ["metrics"] => Some("GET"),
         _ => None,
     }
@@ -540,7 +548,7 @@ impl<P: Plane> App<P> {
                 serde_json::to_vec(&serde_json::json!({
                     "name": "wasmscore",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data", "model_repository"],
+                    "extensions": ["binary_tensor_data", "model_repository", "statistics"],
                 }))
                 .expect("json"),
             ),
@@ -552,6 +560,9 @@ impl<P: Plane> App<P> {
                     oip_error(ApiError::new(503, "not_ready", "restoring deployed versions"))
                 }
             }
+            ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
+            ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
+            ("GET", ["v2", "models", name, "versions", v, "stats"]) => self.model_stats(&req, name, Some(v)),
             ("GET", ["v2", "models", name]) => self.model_metadata(name, None),
             ("GET", ["v2", "models", name, "versions", v]) => self.model_metadata(name, Some(v)),
             ("GET", ["v2", "models", name, "config"]) => self.model_config(name, None),
@@ -622,6 +633,19 @@ impl<P: Plane> App<P> {
         match self.plane.model_metadata(endpoint, version) {
             Ok(m) => json(200, serde_json::to_vec(&triton_config(endpoint, &m)).expect("json")),
             Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
+        }
+    }
+
+    /// Triton's statistics (its extension, tritonclient's
+    /// `get_inference_statistics`): a model's under its key or token,
+    /// every model's under the admin token.
+    fn model_stats(&self, req: &Request<Incoming>, endpoint: &str, version: Option<&str>) -> Response<Body> {
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION);
+        let admin = is_admin(&self.cfg, authorization.and_then(|v| v.to_str().ok()));
+        let router = self.plane.router();
+        match crate::stats::triton_stats(router, endpoint, version, authorization.map(|v| v.as_bytes()), admin) {
+            Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+            Err(e) => oip_error(e),
         }
     }
 
@@ -790,16 +814,8 @@ impl<P: Plane> App<P> {
     /// The admin token, and only it (no scoring key or token), opens the
     /// admin API and /metrics.
     fn admin_authorized(&self, req: &Request<Incoming>) -> Result<(), ApiError> {
-        let given = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let authorized = match given {
-            Some(t) => constant_time_eq(t.as_bytes(), self.cfg.admin_token.as_bytes()),
-            None => false,
-        };
-        if self.cfg.admin_token.is_empty() || !authorized {
+        let given = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if !is_admin(&self.cfg, given) {
             return Err(ApiError::new(
                 401,
                 "unauthorized",

@@ -105,6 +105,14 @@ pub(crate) fn document(endpoint: &str, metadata: &Value) -> Value {
         json!({"get": {"summary": "Triton's model configuration (its extension): the tensors' data_type and dims", "responses": with(json_ok(json!({"type": "object", "required": ["name", "max_batch_size", "input", "output"]})), &[404])}}),
     );
     paths.insert(
+        format!("/v2/models/{endpoint}/stats"),
+        json!({"get": {
+            "summary": "Triton's statistics (its extension): per version, the answers and what they took, its queue and run times",
+            "security": [{"bearer": []}],
+            "responses": with(json_ok(json!({"type": "object", "required": ["model_stats"]})), &[401, 404]),
+        }}),
+    );
+    paths.insert(
         format!("/v2/models/{endpoint}/ready"),
         json!({"get": {"summary": "model readiness", "responses": with(json_ok(json!({"type": "object"})), &[404, 503])}}),
     );

@@ -871,6 +871,35 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
     );
     assert_eq!(st, 400, "{b}");
     assert!(serde_json::from_str::<Value>(&b).unwrap()["error"].is_string(), "{b}");
+    // Triton's statistics, as the router saw each version's answers: four
+    // each, and v1's refusal; the queue and run times are the nodes'.
+    let (st, _, b) = http(
+        &r.addr,
+        "GET",
+        "/v2/models/iris/stats",
+        &[("Authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    assert_eq!(st, 200, "{b}");
+    let stats: Value = serde_json::from_str(&b).unwrap();
+    let figures: Vec<(String, u64, u64, u64)> = stats["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let i = &m["inference_stats"];
+            let n = |v: &Value| v.as_u64().unwrap();
+            (
+                m["version"].as_str().unwrap().to_string(),
+                n(&i["success"]["count"]),
+                n(&i["fail"]["count"]),
+                n(&i["queue"]["count"]),
+            )
+        })
+        .collect();
+    assert_eq!(figures, [("v1".into(), 4, 1, 0), ("v2".into(), 4, 0, 0)], "{b}");
+    let (st, _, b) = http(&r.addr, "GET", "/v2/models/iris/stats", &[], "");
+    assert_eq!(st, 401, "{b}");
 }
 
 /// A TCP proxy in front of a node that can turn into a node that answers
