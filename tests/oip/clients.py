@@ -5,7 +5,8 @@ compared with ONNX Runtime's own output for the same inputs.
 
 Run by tests/tests/e2e/oip.rs with .venv-clients/bin/python:
   clients.py HTTP_ADDR GRPC_ADDR MODELS_DIR KEYS_JSON triton|kserve
-KEYS_JSON maps each endpoint to its primary key. The endpoints (deployed
+KEYS_JSON maps each endpoint to its primary key, and "admin" to the
+admin token. The endpoints (deployed
 with `--model` only, so the built-in module serves them): identity,
 simple (versions v1 and v2), simple_fp32, simple_fp64, simple_int64; and
 iris and iris-py (examples/iris-rust and iris-python, modules that take the
@@ -210,6 +211,27 @@ def statistics(mod, c, headers, json_of=lambda r: r):
             check(f"{name}: {what} -> {code}", any(x in str(e.status()) for x in code), (e.status(), e.message()))
 
 
+def repository(mod, c, hdr, json_of=lambda r: r):
+    """Triton's repository index as each tritonclient reads it: every
+    endpoint's serving versions under the admin token, refused under a
+    model's key; load and unload refused (models are deployed)."""
+    name = mod.__name__
+    index = json_of(c.get_model_repository_index(headers=hdr("admin")))
+    models = index if isinstance(index, list) else index.get("models", [])
+    got = {(m["name"], m.get("version", ""), m.get("state", "")) for m in models}
+    check(f"{name}: the repository index lists every endpoint's serving versions, READY",
+          {("simple", "v1", "READY"), ("simple", "v2", "READY"), ("iris", "v1", "READY")} <= got and len(got) == len(models), models)
+    for what, call, codes in (
+        ("the repository index under a model's key", lambda: c.get_model_repository_index(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
+        ("loading a model", lambda: c.load_model("simple", headers=hdr("admin")), ("501", "UNIMPLEMENTED")),
+    ):
+        try:
+            call()
+            check(f"{name}: {what} refused", False)
+        except InferenceServerException as e:
+            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+
+
 def triton_http():
     c = th.InferenceServerClient(HTTP)
     check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
@@ -290,6 +312,7 @@ def triton_http():
     r = c.infer("simple", triton_inputs(th, {"INPUT0": np.ones((1, 16), np.int32), "INPUT1": np.ones((1, 16), np.int32)}, True), headers=auth("simple"))
     check("tritonclient.http still served after the errors", (r.as_numpy("OUTPUT0") == 2).all())
     statistics(th, c, auth("simple"))
+    repository(th, c, auth)
     # A module that takes the tensors itself (examples/iris-rust).
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
     want = ort.InferenceSession(f"{MODELS}/iris.onnx", providers=["CPUExecutionProvider"]).run(None, {"X": x})
@@ -350,7 +373,9 @@ def triton_grpc():
             check(f"tritonclient.grpc {what} refused", False)
         except InferenceServerException as e:
             check(f"tritonclient.grpc {what} -> {code}", code in str(e.status()) and words in e.message(), (e.status(), e.message()))
-    statistics(tg, c, gauth("simple"), json_of=lambda r: json.loads(MessageToJson(r, preserving_proto_field_name=True)))
+    as_json = lambda r: json.loads(MessageToJson(r, preserving_proto_field_name=True))  # noqa: E731
+    statistics(tg, c, gauth("simple"), json_of=as_json)
+    repository(tg, c, gauth, json_of=as_json)
     # Typed contents (not raw): what grpcio users build by hand.
     from tritonclient.grpc import service_pb2
     req = service_pb2.ModelInferRequest(model_name="simple_fp32")

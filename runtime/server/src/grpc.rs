@@ -200,8 +200,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let (meta, _, r) = req.into_parts();
         let authorization = meta.get("authorization").map(|v| v.as_bytes());
         let admin = crate::http::is_admin(&self.app.cfg, authorization.and_then(|v| std::str::from_utf8(v).ok()));
-        let s =
-            crate::stats::triton_stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
+        let s = crate::triton::stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
         let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
         let duration = |d: &serde_json::Value| {
             Some(StatisticDuration {
@@ -235,6 +234,26 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
             })
             .collect();
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
+    }
+
+    /// Triton's repository index, as REST's `/v2/repository/index` states it.
+    async fn repository_index(&self, req: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
+        let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let admin = crate::http::is_admin(&self.app.cfg, given);
+        let index = crate::triton::index(self.app.plane.router(), admin).map_err(status)?;
+        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+        let models = index
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| repository_index_response::ModelIndex {
+                name: text(&m["name"]),
+                version: text(&m["version"]),
+                state: text(&m["state"]),
+                reason: text(&m["reason"]),
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {

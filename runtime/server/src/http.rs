@@ -428,7 +428,11 @@ pub(crate) fn is_admin(cfg: &ServerConfig, authorization: Option<&str>) -> bool 
 /// The method a known route takes, for the 405 of another method.
 fn allowed(segs: &[&str]) -> Option<&'static str> {
     match segs {
-        ["api", "v1", "service", _, "score"] | ["v2", "models", _, "infer"] | ["v2", "models", _, "versions", _, "infer"] => Some("POST"),
+        ["api", "v1", "service", _, "score"]
+        | ["v2", "models", _, "infer"]
+        | ["v2", "models", _, "versions", _, "infer"]
+        | ["v2", "repository", "index"]
+        | ["v2", "repository", "models", _, "load" | "unload"] => Some("POST"),
         ["api", "v1", "service", _, "swagger.json"]
         | ["v2"]
         | ["v2", "health", "live" | "ready"]
@@ -560,6 +564,17 @@ impl<P: Plane> App<P> {
                     oip_error(ApiError::new(503, "not_ready", "restoring deployed versions"))
                 }
             }
+            ("POST", ["v2", "repository", "index"]) => {
+                let admin = is_admin(
+                    &self.cfg,
+                    req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
+                );
+                match crate::triton::index(self.plane.router(), admin) {
+                    Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+                    Err(e) => oip_error(e),
+                }
+            }
+            ("POST", ["v2", "repository", "models", name, "load" | "unload"]) => oip_error(crate::triton::not_loadable(name)),
             ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
             ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
             ("GET", ["v2", "models", name, "versions", v, "stats"]) => self.model_stats(&req, name, Some(v)),
@@ -643,7 +658,7 @@ impl<P: Plane> App<P> {
         let authorization = req.headers().get(hyper::header::AUTHORIZATION);
         let admin = is_admin(&self.cfg, authorization.and_then(|v| v.to_str().ok()));
         let router = self.plane.router();
-        match crate::stats::triton_stats(router, endpoint, version, authorization.map(|v| v.as_bytes()), admin) {
+        match crate::triton::stats(router, endpoint, version, authorization.map(|v| v.as_bytes()), admin) {
             Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
             Err(e) => oip_error(e),
         }

@@ -14,8 +14,8 @@ pub mod grpc;
 mod http;
 mod openapi;
 pub mod plane;
-mod stats;
 pub mod tls;
+mod triton;
 mod ui;
 
 pub use http::{serve, Listeners, ServerConfig};

@@ -76,6 +76,7 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     ]
     .iter()
     .map(|ep| (ep.to_string(), json!(s.key(ep).unwrap())))
+    .chain([("admin".to_string(), json!(s.admin_token().trim()))])
     .collect();
     let keys = Value::Object(keys).to_string();
     for part in ["triton", "kserve"] {

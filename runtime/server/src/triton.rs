@@ -1,8 +1,14 @@
-//! Triton's statistics extension (tritonclient's `get_inference_statistics`,
-//! what perf_analyzer reads from the server): per version, the requests
-//! it answered and what they took, as REST's `/v2/models/{m}/stats` and
-//! gRPC's ModelStatistics state them.
+//! Two of Triton's extensions to the protocol, as REST and gRPC both
+//! state them (tritonclient's calls in brackets).
 //!
+//! The model repository's index (`get_model_repository_index`): every
+//! endpoint's serving versions, READY. Models are deployed with `wasmscore
+//! deploy` (or an Endpoint resource), so the repository's load and unload
+//! are refused, as Triton refuses them when it does not control its models.
+//!
+//! Statistics (`get_inference_statistics`, what perf_analyzer reads from
+//! the server): per version, the requests it answered and what they took,
+//! as REST's `/v2/models/{m}/stats` and gRPC's ModelStatistics state them.
 //! From wasmscore's own figures: `success` and `fail` are the version's
 //! answers (2xx, and any other status) with their time from routing to
 //! answer; `queue` (waiting for a free instance) and `compute_infer` (the
@@ -24,7 +30,7 @@ use crate::errors::ApiError;
 /// the request's `Authorization` passed its policy; with no endpoint
 /// (`""`), of every endpoint's, for the admin token only (`admin`: it was
 /// given). Triton's JSON form: `{"model_stats": [...]}`.
-pub(crate) fn triton_stats(
+pub(crate) fn stats(
     router: &Router,
     endpoint: &str,
     version: Option<&str>,
@@ -56,6 +62,35 @@ pub(crate) fn triton_stats(
         }
     }
     Ok(json!({ "model_stats": stats }))
+}
+
+/// The repository index, for the admin token only (`admin`: it was
+/// given): each endpoint's serving versions; with `ready`, the same (a
+/// version that is not ready is not in the routing table).
+pub(crate) fn index(router: &Router, admin: bool) -> Result<Value, ApiError> {
+    if !admin {
+        return Err(ApiError::new(
+            401,
+            "unauthorized",
+            "the repository index needs `Authorization: Bearer <admin token>`",
+        ));
+    }
+    let mut models = Vec::new();
+    for ep in router.endpoints() {
+        for v in ep.versions() {
+            models.push(json!({"name": ep.name, "version": v.name, "state": "READY", "reason": ""}));
+        }
+    }
+    Ok(Value::Array(models))
+}
+
+/// The answer to the repository's load and unload.
+pub(crate) fn not_loadable(model: &str) -> ApiError {
+    ApiError::new(
+        501,
+        "not_implemented",
+        format!("{model}: models are deployed with `wasmscore deploy` (or an Endpoint resource on a cluster); the repository's load and unload are not served"),
+    )
 }
 
 fn of(ep: &Endpoint, v: &Version) -> Value {
