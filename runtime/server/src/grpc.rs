@@ -200,39 +200,8 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let (meta, _, r) = req.into_parts();
         let authorization = meta.get("authorization").map(|v| v.as_bytes());
         let admin = crate::http::is_admin(&self.app.cfg, authorization.and_then(|v| std::str::from_utf8(v).ok()));
-        let s = crate::triton::stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
-        let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
-        let duration = |d: &serde_json::Value| {
-            Some(StatisticDuration {
-                count: n(&d["count"]),
-                ns: n(&d["ns"]),
-            })
-        };
-        let model_stats = s["model_stats"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                let i = &m["inference_stats"];
-                ModelStatistics {
-                    name: m["name"].as_str().unwrap_or_default().into(),
-                    version: m["version"].as_str().unwrap_or_default().into(),
-                    last_inference: n(&m["last_inference"]),
-                    inference_count: n(&m["inference_count"]),
-                    execution_count: n(&m["execution_count"]),
-                    inference_stats: Some(InferStatistics {
-                        success: duration(&i["success"]),
-                        fail: duration(&i["fail"]),
-                        queue: duration(&i["queue"]),
-                        compute_input: duration(&i["compute_input"]),
-                        compute_infer: duration(&i["compute_infer"]),
-                        compute_output: duration(&i["compute_output"]),
-                        cache_hit: duration(&i["cache_hit"]),
-                        cache_miss: duration(&i["cache_miss"]),
-                    }),
-                }
-            })
-            .collect();
+        let model_stats =
+            crate::triton::stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
@@ -240,19 +209,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     async fn repository_index(&self, req: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
         let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let admin = crate::http::is_admin(&self.app.cfg, given);
-        let index = crate::triton::index(self.app.plane.router(), admin).map_err(status)?;
-        let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
-        let models = index
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| repository_index_response::ModelIndex {
-                name: text(&m["name"]),
-                version: text(&m["version"]),
-                state: text(&m["state"]),
-                reason: text(&m["reason"]),
-            })
-            .collect();
+        let models = crate::triton::index(self.app.plane.router(), admin).map_err(status)?;
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 

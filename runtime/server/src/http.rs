@@ -570,7 +570,7 @@ impl<P: Plane> App<P> {
                     req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
                 );
                 match crate::triton::index(self.plane.router(), admin) {
-                    Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+                    Ok(models) => json(200, serde_json::to_vec(&models).expect("json")),
                     Err(e) => oip_error(e),
                 }
             }
@@ -659,7 +659,10 @@ impl<P: Plane> App<P> {
         let admin = is_admin(&self.cfg, authorization.and_then(|v| v.to_str().ok()));
         let router = self.plane.router();
         match crate::triton::stats(router, endpoint, version, authorization.map(|v| v.as_bytes()), admin) {
-            Ok(body) => json(200, serde_json::to_vec(&body).expect("json")),
+            Ok(model_stats) => json(
+                200,
+                serde_json::to_vec(&serde_json::json!({ "model_stats": model_stats })).expect("json"),
+            ),
             Err(e) => oip_error(e),
         }
     }

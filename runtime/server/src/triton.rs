@@ -21,22 +21,23 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{json, Value};
 use wasmscore_router::{Endpoint, Replicas, Router, Version};
 
 use crate::errors::ApiError;
+use crate::grpc::proto::repository_index_response::ModelIndex;
+use crate::grpc::proto::{InferStatistics, ModelStatistics, StatisticDuration};
 
 /// The statistics of `endpoint`'s versions (or of `version` alone) after
 /// the request's `Authorization` passed its policy; with no endpoint
 /// (`""`), of every endpoint's, for the admin token only (`admin`: it was
-/// given). Triton's JSON form: `{"model_stats": [...]}`.
+/// given).
 pub(crate) fn stats(
     router: &Router,
     endpoint: &str,
     version: Option<&str>,
     authorization: Option<&[u8]>,
     admin: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<ModelStatistics>, ApiError> {
     let endpoints = if endpoint.is_empty() {
         if !admin {
             return Err(ApiError::new(
@@ -61,13 +62,13 @@ pub(crate) fn stats(
             None => stats.extend(ep.versions().map(|v| of(ep, v))),
         }
     }
-    Ok(json!({ "model_stats": stats }))
+    Ok(stats)
 }
 
 /// The repository index, for the admin token only (`admin`: it was
-/// given): each endpoint's serving versions; with `ready`, the same (a
-/// version that is not ready is not in the routing table).
-pub(crate) fn index(router: &Router, admin: bool) -> Result<Value, ApiError> {
+/// given): each endpoint's serving versions (a version that is not ready
+/// is not in the routing table).
+pub(crate) fn index(router: &Router, admin: bool) -> Result<Vec<ModelIndex>, ApiError> {
     if !admin {
         return Err(ApiError::new(
             401,
@@ -77,11 +78,14 @@ pub(crate) fn index(router: &Router, admin: bool) -> Result<Value, ApiError> {
     }
     let mut models = Vec::new();
     for ep in router.endpoints() {
-        for v in ep.versions() {
-            models.push(json!({"name": ep.name, "version": v.name, "state": "READY", "reason": ""}));
-        }
+        models.extend(ep.versions().map(|v| ModelIndex {
+            name: ep.name.clone(),
+            version: v.name.clone(),
+            state: "READY".into(),
+            reason: String::new(),
+        }));
     }
-    Ok(Value::Array(models))
+    Ok(models)
 }
 
 /// The answer to the repository's load and unload.
@@ -93,10 +97,10 @@ pub(crate) fn not_loadable(model: &str) -> ApiError {
     )
 }
 
-fn of(ep: &Endpoint, v: &Version) -> Value {
+fn of(ep: &Endpoint, v: &Version) -> ModelStatistics {
     let s = &v.stats;
     let (ok, failed) = s.ok_and_failed();
-    let duration = |count: u64, ns: u64| json!({"count": count, "ns": ns});
+    let duration = |count: u64, ns: u64| Some(StatisticDuration { count, ns });
     // A version on nodes: what the router saw, one execution per answer.
     let (queue, compute, executions) = match &v.replicas {
         Replicas::Local(pool) => {
@@ -109,23 +113,23 @@ fn of(ep: &Endpoint, v: &Version) -> Value {
         }
         Replicas::Remote(_) => (duration(0, 0), duration(0, 0), ok),
     };
-    json!({
-        "name": ep.name,
-        "version": v.name,
-        "last_inference": s.last_ms.load(Ordering::Relaxed),
-        "inference_count": ok,
-        "execution_count": executions,
-        "inference_stats": {
-            "success": duration(ok, s.ok_ns.load(Ordering::Relaxed)),
-            "fail": duration(failed, s.failed_ns.load(Ordering::Relaxed)),
-            "queue": queue,
-            "compute_input": duration(0, 0),
-            "compute_infer": compute,
-            "compute_output": duration(0, 0),
-            "cache_hit": duration(0, 0),
-            "cache_miss": duration(0, 0),
-        },
-        "batch_stats": [],
-        "memory_usage": [],
-    })
+    ModelStatistics {
+        name: ep.name.clone(),
+        version: v.name.clone(),
+        last_inference: s.last_ms.load(Ordering::Relaxed),
+        inference_count: ok,
+        execution_count: executions,
+        inference_stats: Some(InferStatistics {
+            success: duration(ok, s.ok_ns.load(Ordering::Relaxed)),
+            fail: duration(failed, s.failed_ns.load(Ordering::Relaxed)),
+            queue,
+            compute_input: duration(0, 0),
+            compute_infer: compute,
+            compute_output: duration(0, 0),
+            cache_hit: duration(0, 0),
+            cache_miss: duration(0, 0),
+        }),
+        batch_stats: Vec::new(),
+        memory_usage: Vec::new(),
+    }
 }
