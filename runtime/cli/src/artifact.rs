@@ -219,10 +219,20 @@ async fn unavailable(r: &Reference, opts: &RegistryOptions, basic: Option<(&str,
     }
     let answer = match ask.send().await {
         Ok(a) => a,
-        Err(e) => return Some(format!("the token service of {registry} ({}): {e}", ts.realm)),
+        Err(e) => match failed(&format!("the token service of {registry} ({})", ts.realm), e) {
+            PullError::Unreachable(why) => return Some(why),
+            PullError::Refused(_) => return None,
+        },
     };
     let status = answer.status();
-    if status.as_u16() == 429 || status.is_server_error() || status.is_success() {
+    if status.is_success() {
+        // Its body is a token: not for the log.
+        return Some(format!(
+            "the token service of {registry} ({}) refused the login, then granted it when asked again",
+            ts.realm
+        ));
+    }
+    if status.as_u16() == 429 || status.is_server_error() {
         let body = answer.text().await.unwrap_or_default();
         return Some(format!(
             "the token service of {registry} ({}) answered {status}: {}",
