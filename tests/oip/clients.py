@@ -232,11 +232,103 @@ def repository(mod, c, hdr, json_of=lambda r: r):
             check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
 
 
+def shared_memory(mod, c, hdr, json_of=lambda r: r):
+    """Triton's system shared memory extension as tritonclient.utils.shared_memory
+    and each client use it (Triton's simple_*_shm_client): simple's inputs
+    read from one region, OUTPUT0 written into another beside OUTPUT1 in the
+    response, a raw input beside one in shared memory; registering, status and
+    unregistering under the admin token; the mistakes refused, and an object
+    shrunk while registered fails the call, not the server."""
+    import os
+    import tritonclient.utils.shared_memory as shm
+    name = mod.__name__
+    tag = name.replace(".", "_")
+    a0 = np.arange(16, dtype=np.int32).reshape(1, 16)
+    a1 = np.full((1, 16), 3, np.int32)
+    n = a0.nbytes
+    admin = hdr("admin")
+    ins, outs = f"{tag}_in", f"{tag}_out"
+    c.unregister_system_shared_memory(headers=admin)
+    ip = shm.create_shared_memory_region(ins, f"/{ins}", 2 * n)
+    op = shm.create_shared_memory_region(outs, f"/{outs}", 2 * n)
+    try:
+        shm.set_shared_memory_region(ip, [a0])
+        shm.set_shared_memory_region(ip, [a1], offset=n)
+        c.register_system_shared_memory(ins, f"/{ins}", 2 * n, headers=admin)
+        c.register_system_shared_memory(outs, f"/{outs}", 2 * n, headers=admin)
+        status = json_of(c.get_system_shared_memory_status(headers=admin))
+        regions = status if isinstance(status, list) else list(status.get("regions", {}).values())
+        got = {(r["name"], r["key"], int(r["byte_size"])) for r in regions}
+        check(f"{name}: both regions registered, as status lists them", got == {(ins, f"/{ins}", 2 * n), (outs, f"/{outs}", 2 * n)}, status)
+
+        def infer(inputs, outputs):
+            return c.infer("simple", inputs, outputs=outputs, headers=hdr("simple"))
+
+        def tensor(r, o):
+            out = r.get_output(o)
+            return (out["shape"], out.get("parameters", {})) if isinstance(out, dict) else (list(out.shape), json_of(out).get("parameters", {}))
+
+        i0 = mod.InferInput("INPUT0", [1, 16], "INT32")
+        i0.set_shared_memory(ins, n)
+        i1 = mod.InferInput("INPUT1", [1, 16], "INT32")
+        i1.set_shared_memory(ins, n, offset=n)
+        o0 = mod.InferRequestedOutput("OUTPUT0")
+        o0.set_shared_memory(outs, n)
+        r = infer([i0, i1], [o0, mod.InferRequestedOutput("OUTPUT1")])
+        shape, params = tensor(r, "OUTPUT0")
+        got = shm.get_contents_as_numpy(op, np.int32, shape)
+        check(f"{name}: inputs read from shared memory, OUTPUT0 written into it", np.array_equal(got, a0 + a1), (got, params))
+        check(f"{name}: OUTPUT1 in the response beside it", np.array_equal(r.as_numpy("OUTPUT1"), a0 - a1), r.as_numpy("OUTPUT1"))
+        check(f"{name}: OUTPUT0's parameters name its region", "shared_memory_region" in json.dumps(params) and ins not in json.dumps(params), params)
+        i1 = mod.InferInput("INPUT1", [1, 16], "INT32")
+        i1.set_data_from_numpy(a0)
+        o0 = mod.InferRequestedOutput("OUTPUT0")
+        o0.set_shared_memory(outs, n, offset=n)
+        infer([i0, i1], [o0])
+        got = shm.get_contents_as_numpy(op, np.int32, [1, 16], offset=n)
+        check(f"{name}: one input in shared memory, one sent; OUTPUT0 at an offset", np.array_equal(got, a0 + a0), got)
+
+        def refused(what, call, codes, words):
+            try:
+                call()
+                check(f"{name}: {what} refused", False)
+            except InferenceServerException as e:
+                check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes) and words in e.message(), (e.status(), e.message()))
+
+        small = mod.InferRequestedOutput("OUTPUT0")
+        small.set_shared_memory(outs, 8)
+        refused("an output region too small", lambda: infer([i0, i1], [small]), ("400", "INVALID_ARGUMENT"), "takes 64 bytes")
+        nowhere = mod.InferInput("INPUT1", [1, 16], "INT32")
+        nowhere.set_shared_memory("nowhere", n)
+        refused("an input in a region not registered", lambda: infer([i0, nowhere], None), ("400", "INVALID_ARGUMENT"), "no shared memory region")
+        refused("registering under a model's key", lambda: c.register_system_shared_memory("x", f"/{ins}", n, headers=hdr("simple")), ("401", "UNAUTHENTICATED"), "admin token")
+        refused("registering a name twice", lambda: c.register_system_shared_memory(ins, f"/{ins}", n, headers=admin), ("409", "ALREADY_EXISTS"), "already registered")
+        refused("registering a key that is no object", lambda: c.register_system_shared_memory("x", "/wasmscore-none", n, headers=admin), ("400", "INVALID_ARGUMENT"), "cannot open")
+        refused("registering past the object's end", lambda: c.register_system_shared_memory("x", f"/{ins}", n, offset=2 * n, headers=admin), ("400", "INVALID_ARGUMENT"), "fewer than")
+        refused("a region's status that is not registered", lambda: c.get_system_shared_memory_status("x", headers=admin), ("404", "NOT_FOUND"), "no shared memory region")
+        # Shrunk while registered: a server that mapped it would die of SIGBUS.
+        os.truncate(f"/dev/shm/{outs}", 8)
+        o0 = mod.InferRequestedOutput("OUTPUT0")
+        o0.set_shared_memory(outs, n, offset=n)
+        refused("an output into an object shrunk while registered", lambda: infer([i0, i1], [o0]), ("400", "INVALID_ARGUMENT"), "holds 8 bytes now")
+        r = infer([i0, i1], None)
+        check(f"{name}: still served after the shrunk object", np.array_equal(r.as_numpy("OUTPUT0"), a0 + a0))
+        c.unregister_system_shared_memory(ins, headers=admin)
+        status = json_of(c.get_system_shared_memory_status(headers=admin))
+        regions = status if isinstance(status, list) else list(status.get("regions", {}).values())
+        check(f"{name}: one region unregistered", [r["name"] for r in regions] == [outs], status)
+        c.unregister_system_shared_memory(headers=admin)
+        refused("an input in a region unregistered", lambda: infer([i0, i1], None), ("400", "INVALID_ARGUMENT"), "no shared memory region")
+    finally:
+        shm.destroy_shared_memory_region(ip)
+        shm.destroy_shared_memory_region(op)
+
+
 def triton_http():
     c = th.InferenceServerClient(HTTP)
     check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
     md = c.get_server_metadata()
-    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and "binary_tensor_data" in md["extensions"] and "statistics" in md["extensions"], md)
+    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and {"binary_tensor_data", "statistics", "system_shared_memory"} <= set(md["extensions"]), md)
     m = c.get_model_metadata("identity")
     check("tritonclient.http: model metadata lists every datatype",
           sorted(i["datatype"] for i in m["inputs"]) == sorted(IDENTITY) and m["inputs"][0]["shape"] == [-1, -1], m)
@@ -313,6 +405,7 @@ def triton_http():
     check("tritonclient.http still served after the errors", (r.as_numpy("OUTPUT0") == 2).all())
     statistics(th, c, auth("simple"))
     repository(th, c, auth)
+    shared_memory(th, c, auth)
     # A module that takes the tensors itself (examples/iris-rust).
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
     want = ort.InferenceSession(f"{MODELS}/iris.onnx", providers=["CPUExecutionProvider"]).run(None, {"X": x})
@@ -376,6 +469,7 @@ def triton_grpc():
     as_json = lambda r: json.loads(MessageToJson(r, preserving_proto_field_name=True))  # noqa: E731
     statistics(tg, c, gauth("simple"), json_of=as_json)
     repository(tg, c, gauth, json_of=as_json)
+    shared_memory(tg, c, gauth, json_of=as_json)
     # Typed contents (not raw): what grpcio users build by hand.
     from tritonclient.grpc import service_pb2
     req = service_pb2.ModelInferRequest(model_name="simple_fp32")

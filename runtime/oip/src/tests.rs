@@ -29,7 +29,11 @@ fn every_dtype() -> Vec<(String, Tensor)> {
 
 /// An infer request carrying `tensors`, binary or JSON, as a client builds it.
 fn request(tensors: &[(String, Tensor)], binary: bool) -> (Vec<u8>, Option<String>) {
-    let framed = frame(Map::new(), "inputs", tensors.iter().map(|(n, t)| (n, t, binary)).collect());
+    let framed = frame(
+        Map::new(),
+        "inputs",
+        tensors.iter().map(|(n, t)| (n, t, Out::binary(binary))).collect(),
+    );
     (framed.body, framed.header_len.map(|n| n.to_string()))
 }
 
@@ -38,13 +42,13 @@ fn every_datatype_round_trips_as_json_and_binary() {
     for binary in [false, true] {
         let (body, h) = request(&every_dtype(), binary);
         assert_eq!(h.is_some(), binary);
-        let r = decode(&body, h.as_deref()).unwrap();
+        let r = decode(&body, h.as_deref(), &NoRegions).unwrap();
         assert_eq!(r.inputs, every_dtype(), "binary={binary}");
         let req = InferRequest {
             binary_output: binary,
             ..r
         };
-        let e = encode_response("m", "v1", &req, &every_dtype()).unwrap();
+        let e = encode_response("m", "v1", &req, &every_dtype(), &NoRegions).unwrap();
         let back = decode_response(&e.body, e.header_len.map(|n| n.to_string()).as_deref()).unwrap();
         assert_eq!(back, every_dtype(), "binary={binary}");
     }
@@ -53,12 +57,12 @@ fn every_datatype_round_trips_as_json_and_binary() {
 #[test]
 fn nested_json_data_is_flattened_and_checked_against_the_shape() {
     let body = br#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2],[3,4.5]]}]}"#;
-    let r = decode(body, None).unwrap();
+    let r = decode(body, None, &NoRegions).unwrap();
     assert_eq!(r.inputs[0].1, t(&[2, 2], TensorData::Float32(vec![1.0, 2.0, 3.0, 4.5])));
     assert_eq!(r.header, body.to_vec());
     let wrong = br#"{"inputs":[{"name":"x","shape":[2,3],"datatype":"FP32","data":[[1,2],[3,4]]}]}"#;
     assert_eq!(
-        decode(wrong, None).unwrap_err().0,
+        decode(wrong, None, &NoRegions).unwrap_err().0,
         "input \"x\": shape [2, 3] needs 6 elements, got 4"
     );
 }
@@ -96,7 +100,7 @@ fn bad_requests_say_what_is_wrong() {
         (
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
             None,
-            "no data and no binary_data_size",
+            "no data, no binary_data_size and no shared_memory_region",
         ),
         (
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]},{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
@@ -140,7 +144,7 @@ fn bad_requests_say_what_is_wrong() {
         ),
     ];
     for (body, h, want) in cases {
-        let e = decode(body, *h).unwrap_err();
+        let e = decode(body, *h, &NoRegions).unwrap_err();
         assert!(e.0.contains(want), "{}: {e}", String::from_utf8_lossy(body));
     }
 }
@@ -149,8 +153,8 @@ fn bad_requests_say_what_is_wrong() {
 fn outputs_are_chosen_and_made_binary_as_asked() {
     let body = br#"{"id":"7","inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],
         "outputs":[{"name":"f32","parameters":{"binary_data":true}},{"name":"s"}]}"#;
-    let r = decode(body, None).unwrap();
-    let e = encode_response("iris", "blue", &r, &every_dtype()).unwrap();
+    let r = decode(body, None, &NoRegions).unwrap();
+    let e = encode_response("iris", "blue", &r, &every_dtype(), &NoRegions).unwrap();
     let n = e.header_len.unwrap();
     let head: Value = serde_json::from_slice(&e.body[..n]).unwrap();
     assert_eq!(head["model_name"], "iris");
@@ -162,8 +166,8 @@ fn outputs_are_chosen_and_made_binary_as_asked() {
     assert_eq!(e.body.len(), n + 16);
 
     let missing = br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"outputs":[{"name":"nope"}]}"#;
-    let r = decode(missing, None).unwrap();
-    let e = encode_response("iris", "blue", &r, &every_dtype()).unwrap_err();
+    let r = decode(missing, None, &NoRegions).unwrap();
+    let e = encode_response("iris", "blue", &r, &every_dtype(), &NoRegions).unwrap_err();
     assert!(e.0.starts_with("there is no output \"nope\""), "{e}");
 }
 
@@ -195,7 +199,7 @@ fn fuzz_entry_survives_hostile_bytes() {
 fn half_floats_travel_as_json_numbers_and_as_two_bytes() {
     // JSON: rounded to the nearest 16-bit float; answered as float32 numbers.
     let body = br#"{"inputs":[{"name":"h","shape":[3],"datatype":"FP16","data":[1.0,-2.5,0.1]},{"name":"b","shape":[1,2],"datatype":"BF16","data":[[3.0,1e20]]}]}"#;
-    let r = decode(body, None).unwrap();
+    let r = decode(body, None, &NoRegions).unwrap();
     let want_h: Vec<f16> = [1.0, -2.5, 0.1].iter().map(|x| f16::from_f64(*x)).collect();
     assert_eq!(r.inputs[0].1.data(), &TensorData::Float16(want_h.clone()));
     assert_eq!(
@@ -212,13 +216,16 @@ fn half_floats_travel_as_json_numbers_and_as_two_bytes() {
     let header = br#"{"inputs":[{"name":"h","shape":[3],"datatype":"FP16","parameters":{"binary_data_size":6}}]}"#;
     let mut body = header.to_vec();
     body.extend_from_slice(&bytes);
-    let r = decode(&body, Some(&header.len().to_string())).unwrap();
+    let r = decode(&body, Some(&header.len().to_string()), &NoRegions).unwrap();
     assert_eq!(to_bytes(r.inputs[0].1.data()), bytes);
     // A binary section that is not two bytes per element is refused.
     let mut odd = br#"{"inputs":[{"name":"h","shape":[3],"datatype":"BF16","parameters":{"binary_data_size":5}}]}"#.to_vec();
     let n = odd.len();
     odd.extend_from_slice(&[0; 5]);
-    assert!(decode(&odd, Some(&n.to_string())).unwrap_err().0.contains("3 BF16 elements take 6"));
+    assert!(decode(&odd, Some(&n.to_string()), &NoRegions)
+        .unwrap_err()
+        .0
+        .contains("3 BF16 elements take 6"));
 }
 
 #[test]
@@ -233,7 +240,7 @@ fn bytes_that_are_not_utf8_travel_in_binary_and_are_refused_in_json() {
         TensorData::String(vec!["ok".into()])
     );
     let (body, h) = request(&[("s".into(), odd.clone())], true);
-    let r = decode(&body, h.as_deref()).unwrap();
+    let r = decode(&body, h.as_deref(), &NoRegions).unwrap();
     assert_eq!(r.inputs[0].1, odd);
     assert_eq!(
         odd.data().byte_strings().unwrap(),
@@ -244,14 +251,114 @@ fn bytes_that_are_not_utf8_travel_in_binary_and_are_refused_in_json() {
         binary_output: true,
         ..r.clone()
     };
-    let e = encode_response("m", "v1", &binary, &outputs).unwrap();
+    let e = encode_response("m", "v1", &binary, &outputs, &NoRegions).unwrap();
     let back = decode_response(&e.body, e.header_len.map(|n| n.to_string()).as_deref()).unwrap();
     assert_eq!(back, outputs);
     // JSON cannot carry them: a clear error that says how to ask instead.
     let json_out = InferRequest { binary_output: false, ..r };
-    let e = encode_response("m", "v1", &json_out, &outputs).unwrap_err();
+    let e = encode_response("m", "v1", &json_out, &outputs, &NoRegions).unwrap_err();
     assert!(e.0.contains("not UTF-8") && e.0.contains("binary"), "{e}");
     // The hop between router and node carries them.
     let (buf, h) = pack(b"{}", &outputs);
     assert_eq!(unpack(&buf, &h).unwrap().1, outputs);
+}
+
+/// Shared memory for the tests: one region, "r", of 16 bytes.
+struct Memory(std::cell::RefCell<Vec<u8>>);
+
+impl Memory {
+    fn place(&self, at: &InRegion, len: u64) -> Result<std::ops::Range<usize>, String> {
+        if at.region != "r" {
+            return Err(format!("no shared memory region {:?} is registered", at.region));
+        }
+        let end = at.offset + len;
+        if end > 16 {
+            return Err(format!("{end} is past the region's 16 bytes"));
+        }
+        Ok(at.offset as usize..end as usize)
+    }
+}
+
+impl Regions for Memory {
+    fn read(&self, at: &InRegion) -> Result<Vec<u8>, String> {
+        Ok(self.0.borrow()[self.place(at, at.byte_size)?].to_vec())
+    }
+    fn write(&self, at: &InRegion, bytes: &[u8]) -> Result<(), String> {
+        let range = self.place(at, bytes.len() as u64)?;
+        self.0.borrow_mut()[range].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+fn floats(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn tensors_come_from_and_go_to_shared_memory() {
+    let m = Memory(std::cell::RefCell::new(vec![0; 16]));
+    m.0.borrow_mut()[4..12].copy_from_slice(&floats(&[1.5, -2.0]));
+    let body = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","parameters":{"shared_memory_region":"r","shared_memory_byte_size":8,"shared_memory_offset":4}}],
+        "outputs":[{"name":"x","parameters":{"shared_memory_region":"r","shared_memory_byte_size":12,"shared_memory_offset":8}}]}"#;
+    let r = decode(body, None, &m).unwrap();
+    assert_eq!(r.inputs, vec![("x".to_string(), t(&[2], TensorData::Float32(vec![1.5, -2.0])))]);
+    let e = encode_response("m", "v1", &r, &r.inputs, &m).unwrap();
+    assert_eq!(m.0.borrow()[8..16], floats(&[1.5, -2.0]));
+    assert_eq!(e.header_len, None, "nothing binary follows the JSON");
+    let v: Value = serde_json::from_slice(&e.body).unwrap();
+    let out = &v["outputs"][0];
+    assert_eq!(out["shape"], json!([2]));
+    assert_eq!(out["datatype"], "FP32");
+    assert!(out.get("data").is_none(), "{out}");
+    assert_eq!(
+        out["parameters"],
+        json!({"shared_memory_region": "r", "shared_memory_byte_size": 8, "shared_memory_offset": 8})
+    );
+}
+
+#[test]
+fn shared_memory_mistakes_are_named() {
+    let m = Memory(std::cell::RefCell::new(vec![0; 16]));
+    let input = |params: &str| format!(r#"{{"inputs":[{{"name":"x","shape":[2],"datatype":"FP32","parameters":{params}}}]}}"#);
+    let cases = [
+        (
+            input(r#"{"shared_memory_region":"q","shared_memory_byte_size":8}"#),
+            "no shared memory region \"q\"",
+        ),
+        (
+            input(r#"{"shared_memory_region":"r","shared_memory_byte_size":4}"#),
+            "its data is 4 bytes but 2 FP32 elements take 8",
+        ),
+        (
+            input(r#"{"shared_memory_region":"r","shared_memory_byte_size":8,"shared_memory_offset":12}"#),
+            "past the region",
+        ),
+        (input(r#"{"shared_memory_region":"r"}"#), "needs shared_memory_byte_size"),
+        (input(r#"{"shared_memory_byte_size":8}"#), "no shared_memory_region"),
+        (
+            input(r#"{"shared_memory_region":7,"shared_memory_byte_size":8}"#),
+            "must be a region's name",
+        ),
+        (
+            input(r#"{"shared_memory_region":"r","shared_memory_byte_size":-8}"#),
+            "must be a byte count",
+        ),
+        (
+            input(r#"{"shared_memory_region":"r","shared_memory_byte_size":8,"binary_data_size":8}"#),
+            "also has data or binary_data_size",
+        ),
+    ];
+    for (body, want) in cases {
+        let e = decode(body.as_bytes(), None, &m).unwrap_err();
+        assert!(e.0.contains(want), "{body}: {e}");
+    }
+    let small = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,2]}],
+        "outputs":[{"name":"x","parameters":{"shared_memory_region":"r","shared_memory_byte_size":4}}]}"#;
+    let r = decode(small, None, &m).unwrap();
+    let e = encode_response("m", "v1", &r, &r.inputs, &m).unwrap_err();
+    assert!(e.0.contains("takes 8 bytes but its shared_memory_byte_size is 4"), "{e}");
+    let fits = String::from_utf8_lossy(small).replace(":4}", ":8}");
+    let r = decode(fits.as_bytes(), None, &m).unwrap();
+    let e = encode_response("m", "v1", &r, &r.inputs, &NoRegions).unwrap_err();
+    assert!(e.0.contains("no shared memory region \"r\""), "{e}");
 }

@@ -4,6 +4,7 @@ use wasmscore_replica::ScoreError;
 use wasmscore_router::RouteError;
 
 /// An error as the client sees it.
+#[derive(Debug)]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,

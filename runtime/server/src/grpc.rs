@@ -70,6 +70,14 @@ struct Oip<P> {
     streamed: Arc<tokio::sync::Semaphore>,
 }
 
+impl<P: Plane> Oip<P> {
+    /// The admin token's calls: refused without it.
+    fn admin(&self, meta: &MetadataMap) -> Result<(), Status> {
+        let given = meta.get("authorization").and_then(|v| v.to_str().ok());
+        crate::shm::authorized(crate::http::is_admin(&self.app.cfg, given)).map_err(status)
+    }
+}
+
 /// The gRPC code for an HTTP status.
 fn status(e: ApiError) -> Status {
     let code = match e.status {
@@ -77,6 +85,7 @@ fn status(e: ApiError) -> Status {
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
         404 => tonic::Code::NotFound,
+        409 => tonic::Code::AlreadyExists,
         429 | 503 => tonic::Code::Unavailable,
         504 => tonic::Code::DeadlineExceeded,
         _ => tonic::Code::Internal,
@@ -88,7 +97,8 @@ fn bad(e: oip::OipError) -> Status {
     Status::invalid_argument(e.0)
 }
 
-fn version_of(v: &str) -> Option<&str> {
+/// A string field: proto3 sends an empty one for one not given.
+fn given(v: &str) -> Option<&str> {
     (!v.is_empty()).then_some(v)
 }
 
@@ -106,7 +116,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
 
     async fn model_ready(&self, req: Request<ModelReadyRequest>) -> Result<Response<ModelReadyResponse>, Status> {
         let r = req.into_inner();
-        match self.app.plane.model_ready(&r.name, version_of(&r.version)) {
+        match self.app.plane.model_ready(&r.name, given(&r.version)) {
             Ok((ready, _)) => Ok(Response::new(ModelReadyResponse { ready })),
             Err((s, code, message)) => Err(status(ApiError::new(s, code, message))),
         }
@@ -116,7 +126,12 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         Ok(Response::new(ServerMetadataResponse {
             name: "wasmscore".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec!["binary_tensor_data".into(), "model_repository".into(), "statistics".into()],
+            extensions: vec![
+                "binary_tensor_data".into(),
+                "model_repository".into(),
+                "statistics".into(),
+                "system_shared_memory".into(),
+            ],
         }))
     }
 
@@ -125,7 +140,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let m = self
             .app
             .plane
-            .model_metadata(&r.name, version_of(&r.version))
+            .model_metadata(&r.name, given(&r.version))
             .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
         let tensors = |key: &str| -> Vec<TensorMetadata> {
             m[key]
@@ -160,7 +175,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let m = self
             .app
             .plane
-            .model_metadata(&r.name, version_of(&r.version))
+            .model_metadata(&r.name, given(&r.version))
             .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
         let c = crate::http::triton_config(&r.name, &m);
         let text = |t: &serde_json::Value| t.as_str().unwrap_or_default().to_string();
@@ -201,7 +216,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let authorization = meta.get("authorization").map(|v| v.as_bytes());
         let admin = crate::http::is_admin(&self.app.cfg, authorization.and_then(|v| std::str::from_utf8(v).ok()));
         let model_stats =
-            crate::triton::stats(self.app.plane.router(), &r.name, version_of(&r.version), authorization, admin).map_err(status)?;
+            crate::triton::stats(self.app.plane.router(), &r.name, given(&r.version), authorization, admin).map_err(status)?;
         Ok(Response::new(ModelStatisticsResponse { model_stats }))
     }
 
@@ -211,6 +226,49 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let admin = crate::http::is_admin(&self.app.cfg, given);
         let models = crate::triton::index(self.app.plane.router(), admin).map_err(status)?;
         Ok(Response::new(RepositoryIndexResponse { models }))
+    }
+
+    /// Triton's system shared memory extension, as REST's
+    /// `/v2/systemsharedmemory/...` routes state it (shm.rs).
+    async fn system_shared_memory_status(
+        &self,
+        req: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
+        self.admin(req.metadata())?;
+        let name = req.into_inner().name;
+        let regions = self.app.regions.status(given(&name)).map_err(status)?;
+        let regions = regions
+            .into_iter()
+            .map(|r| {
+                let s = system_shared_memory_status_response::RegionStatus {
+                    name: r.name,
+                    key: r.key,
+                    offset: r.offset,
+                    byte_size: r.byte_size,
+                };
+                (s.name.clone(), s)
+            })
+            .collect();
+        Ok(Response::new(SystemSharedMemoryStatusResponse { regions }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        req: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
+        self.admin(req.metadata())?;
+        let r = req.into_inner();
+        self.app.regions.register(&r.name, &r.key, r.offset, r.byte_size).map_err(status)?;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        req: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
+        self.admin(req.metadata())?;
+        self.app.regions.unregister(given(&req.into_inner().name));
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
@@ -315,12 +373,18 @@ async fn infer<P: Plane>(
         .route_authorized(
             &endpoint,
             meta.get("authorization").map(|v| v.as_bytes()),
-            version_of(&r.model_version),
+            given(&r.model_version),
             text("x-wasmscore-cohort"),
         )
         .map_err(|e| status(e.into()))?;
-    let inputs = inputs(&r).map_err(bad)?;
+    let inputs = inputs(&r, &app.regions).map_err(bad)?;
     let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+    let places = r
+        .outputs
+        .iter()
+        .map(|o| in_region("output", &o.name, &o.parameters))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(bad)?;
     let request = ScoreRequest {
         body: module_body(&r.id, &inputs, &wanted),
         content_type: "application/json".into(),
@@ -358,22 +422,42 @@ async fn infer<P: Plane>(
         }
         chosen
     };
+    // Every output has its entry in raw_output_contents (tritonclient
+    // reads them by the outputs' order); one written into shared memory has
+    // an empty one and names its place in its parameters, as in Triton.
+    let mut outputs = Vec::with_capacity(chosen.len());
+    let mut raw = Vec::with_capacity(chosen.len());
+    for (i, (n, t)) in chosen.iter().enumerate() {
+        let mut parameters = std::collections::HashMap::new();
+        match places.get(i).and_then(Option::as_ref) {
+            Some(at) => {
+                let written = oip::to_region(n, t, at, &app.regions).map_err(bad)?;
+                let param = |c| InferParameter { parameter_choice: Some(c) };
+                use infer_parameter::ParameterChoice as C;
+                parameters.insert("shared_memory_region".to_string(), param(C::StringParam(at.region.clone())));
+                parameters.insert("shared_memory_byte_size".to_string(), param(C::Int64Param(written as i64)));
+                if at.offset != 0 {
+                    parameters.insert("shared_memory_offset".to_string(), param(C::Int64Param(at.offset as i64)));
+                }
+                raw.push(Vec::new());
+            }
+            None => raw.push(oip::to_bytes(t.data())),
+        }
+        outputs.push(InferOutputTensor {
+            name: n.clone(),
+            datatype: oip::datatype(t.dtype()).into(),
+            shape: t.shape().iter().map(|d| *d as i64).collect(),
+            parameters,
+            contents: None,
+        });
+    }
     let out = ModelInferResponse {
         model_name: endpoint,
         model_version: version.name.clone(),
         id: r.id,
         parameters: Default::default(),
-        outputs: chosen
-            .iter()
-            .map(|(n, t)| InferOutputTensor {
-                name: n.clone(),
-                datatype: oip::datatype(t.dtype()).into(),
-                shape: t.shape().iter().map(|d| *d as i64).collect(),
-                parameters: Default::default(),
-                contents: None,
-            })
-            .collect(),
-        raw_output_contents: chosen.iter().map(|(_, t)| oip::to_bytes(t.data())).collect(),
+        outputs,
+        raw_output_contents: raw,
     };
     Ok((out, version, traceparent))
 }
@@ -415,39 +499,86 @@ fn module_body(id: &str, inputs: &[(String, Tensor)], wanted: &[&str]) -> Vec<u8
     out
 }
 
-/// The request's input tensors, from `raw_input_contents` (one per input,
-/// in order) or from each input's typed `contents`.
-fn inputs(r: &ModelInferRequest) -> Result<Vec<(String, Tensor)>, oip::OipError> {
+/// The request's input tensors: from shared memory for those that name a
+/// region, else from `raw_input_contents` (one per input not in shared
+/// memory, in order, as Triton reads them) or from each input's typed
+/// `contents`.
+fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(String, Tensor)>, oip::OipError> {
     if r.inputs.is_empty() {
         return Err(oip::OipError("the request has no inputs".into()));
     }
+    let places = r
+        .inputs
+        .iter()
+        .map(|i| in_region("input", &i.name, &i.parameters))
+        .collect::<Result<Vec<_>, _>>()?;
+    let sent = places.iter().filter(|p| p.is_none()).count();
     let raw = !r.raw_input_contents.is_empty();
-    if raw && r.raw_input_contents.len() != r.inputs.len() {
+    if raw && r.raw_input_contents.len() != sent {
         return Err(oip::OipError(format!(
-            "raw_input_contents has {} entries for {} inputs",
+            "raw_input_contents has {} entries for {sent} inputs not in shared memory",
             r.raw_input_contents.len(),
-            r.inputs.len()
         )));
     }
+    let mut raw_contents = r.raw_input_contents.iter();
     let mut out: Vec<(String, Tensor)> = Vec::with_capacity(r.inputs.len());
-    for (i, input) in r.inputs.iter().enumerate() {
+    for (input, place) in r.inputs.iter().zip(places) {
         if out.iter().any(|(n, _)| *n == input.name) {
             return Err(oip::OipError(format!("input {:?} is given twice", input.name)));
         }
-        let t = if raw {
-            if input.contents.is_some() {
-                return Err(oip::OipError(format!(
-                    "input {:?} has contents although raw_input_contents is used",
-                    input.name
-                )));
+        let from_raw = |bytes: &[u8]| oip::from_raw(&input.name, "input", &input.datatype, &input.shape, bytes);
+        let t = match (place, raw) {
+            (Some(at), _) => {
+                if input.contents.is_some() {
+                    return Err(oip::OipError(format!(
+                        "input {:?} is in shared memory and also has contents",
+                        input.name
+                    )));
+                }
+                let bytes = regions
+                    .read(&at)
+                    .map_err(|e| oip::OipError(format!("input {:?}: {e}", input.name)))?;
+                from_raw(&bytes)?
             }
-            oip::from_raw(&input.name, "input", &input.datatype, &input.shape, &r.raw_input_contents[i])?
-        } else {
-            typed(input)?
+            (None, true) => {
+                if input.contents.is_some() {
+                    return Err(oip::OipError(format!(
+                        "input {:?} has contents although raw_input_contents is used",
+                        input.name
+                    )));
+                }
+                from_raw(raw_contents.next().expect("counted above"))?
+            }
+            (None, false) => typed(input)?,
         };
         out.push((input.name.clone(), t));
     }
     Ok(out)
+}
+
+/// The shared memory place a tensor's parameters name, if any (Triton's
+/// names: the region in `string_param`, sizes in `int64_param`, as
+/// tritonclient sends them, or `uint64_param`).
+fn in_region(
+    what: &str,
+    name: &str,
+    p: &std::collections::HashMap<String, InferParameter>,
+) -> Result<Option<oip::InRegion>, oip::OipError> {
+    use infer_parameter::ParameterChoice as C;
+    let count = |k: &str| {
+        p.get(k).map(|v| match &v.parameter_choice {
+            Some(C::Int64Param(n)) if *n >= 0 => Ok(*n as u64),
+            Some(C::Uint64Param(n)) => Ok(*n),
+            other => Err(format!("{k} must be a byte count in int64_param, got {other:?}")),
+        })
+    };
+    let region = p.get("shared_memory_region").map(|v| match &v.parameter_choice {
+        Some(C::StringParam(s)) => Ok(s.as_str()),
+        other => Err(format!(
+            "shared_memory_region must be a region's name in string_param, got {other:?}"
+        )),
+    });
+    oip::InRegion::of(what, name, region, count("shared_memory_byte_size"), count("shared_memory_offset"))
 }
 
 /// An input from its typed contents (the field its datatype uses).
@@ -491,7 +622,7 @@ fn typed(input: &InferInputTensor) -> Result<Tensor, oip::OipError> {
 pub fn fuzz_infer_request(data: &[u8]) {
     use prost::Message;
     if let Ok(r) = ModelInferRequest::decode(data) {
-        let _ = inputs(&r);
+        let _ = inputs(&r, &oip::NoRegions);
     }
 }
 
@@ -534,7 +665,7 @@ mod tests {
             raw_input_contents: vec![[1.5f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat(), b"\x02\0\0\0hi".to_vec()],
             ..Default::default()
         };
-        let got = inputs(&raw).unwrap();
+        let got = inputs(&raw, &oip::NoRegions).unwrap();
         assert_eq!(got[0].1, Tensor::new(vec![1, 2], TensorData::Float32(vec![1.5, 2.0])).unwrap());
         assert_eq!(got[1].1, Tensor::new(vec![1], TensorData::String(vec!["hi".into()])).unwrap());
 
@@ -550,7 +681,10 @@ mod tests {
             )],
             ..Default::default()
         };
-        assert_eq!(inputs(&typed_req).unwrap()[0].1.data(), &TensorData::Uint8(vec![1, 255]));
+        assert_eq!(
+            inputs(&typed_req, &oip::NoRegions).unwrap()[0].1.data(),
+            &TensorData::Uint8(vec![1, 255])
+        );
 
         let cases: Vec<(ModelInferRequest, &str)> = vec![
             (ModelInferRequest::default(), "no inputs"),
@@ -608,7 +742,7 @@ mod tests {
             ),
         ];
         for (req, want) in cases {
-            let e = inputs(&req).unwrap_err();
+            let e = inputs(&req, &oip::NoRegions).unwrap_err();
             assert!(e.0.contains(want), "{e} does not say {want:?}");
         }
     }

@@ -92,6 +92,8 @@ pub(crate) struct App<P> {
     stopping: std::sync::atomic::AtomicBool,
     /// Woken when the last request in flight ends.
     idle: tokio::sync::Notify,
+    /// Shared memory regions clients registered (Triton's extension).
+    pub(crate) regions: crate::shm::Regions,
 }
 
 /// Longest shutdown waits for requests in flight (the default scoring
@@ -133,6 +135,7 @@ pub async fn serve<P: Plane>(
     let conns = Arc::new(Semaphore::new(cfg.max_connections));
     let app = Arc::new(App {
         plane,
+        regions: crate::shm::Regions::new(cfg.max_body_bytes as u64),
         cfg,
         in_flight: Default::default(),
         stopping: Default::default(),
@@ -432,7 +435,9 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2", "models", _, "infer"]
         | ["v2", "models", _, "versions", _, "infer"]
         | ["v2", "repository", "index"]
-        | ["v2", "repository", "models", _, "load" | "unload"] => Some("POST"),
+        | ["v2", "repository", "models", _, "load" | "unload"]
+        | ["v2", "systemsharedmemory", "unregister"]
+        | ["v2", "systemsharedmemory", "region", _, "register" | "unregister"] => Some("POST"),
         ["api", "v1", "service", _, "swagger.json"]
         | ["v2"]
         | ["v2", "health", "live" | "ready"]
@@ -440,6 +445,8 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2", "models", _, "ready" | "config" | "stats"]
         | ["v2", "models", _, "versions", _]
         | ["v2", "models", _, "versions", _, "ready" | "config" | "stats"]
+        | ["v2", "systemsharedmemory", "status"]
+        | ["v2", "systemsharedmemory", "region", _, "status"]
         | ["metrics"] => Some("GET"),
         _ => None,
     }
@@ -552,7 +559,7 @@ impl<P: Plane> App<P> {
                 serde_json::to_vec(&serde_json::json!({
                     "name": "wasmscore",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data", "model_repository", "statistics"],
+                    "extensions": ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory"],
                 }))
                 .expect("json"),
             ),
@@ -575,6 +582,14 @@ impl<P: Plane> App<P> {
                 }
             }
             ("POST", ["v2", "repository", "models", name, "load" | "unload"]) => oip_error(crate::triton::not_loadable(name)),
+            ("GET", ["v2", "systemsharedmemory", "status"]) => self.shared_memory(req, None, "status").await,
+            ("POST", ["v2", "systemsharedmemory", "unregister"]) => self.shared_memory(req, None, "unregister").await,
+            ("GET" | "POST", ["v2", "systemsharedmemory", "region", name, action @ ("status" | "register" | "unregister")])
+                if (method == "GET") == (*action == "status") =>
+            {
+                let (name, action) = (crate::shm::unescape(name), action.to_string());
+                self.shared_memory(req, Some(&name), &action).await
+            }
             ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
             ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
             ("GET", ["v2", "models", name, "versions", v, "stats"]) => self.model_stats(&req, name, Some(v)),
@@ -667,6 +682,51 @@ impl<P: Plane> App<P> {
         }
     }
 
+    /// Triton's system shared memory extension (shm.rs), under the admin
+    /// token: a region's or every region's status, registering one (its
+    /// body: `{"key", "offset", "byte_size"}`), unregistering one or all.
+    async fn shared_memory(&self, req: Request<Incoming>, name: Option<&str>, action: &str) -> Response<Body> {
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if let Err(e) = crate::shm::authorized(is_admin(&self.cfg, authorization)) {
+            return oip_error(e);
+        }
+        #[derive(serde::Deserialize)]
+        struct Register {
+            key: String,
+            #[serde(default)]
+            offset: u64,
+            byte_size: u64,
+        }
+        let done = match (action, name) {
+            ("status", _) => {
+                return match self.regions.status(name) {
+                    Ok(all) => json(200, serde_json::to_vec(&all).expect("json")),
+                    Err(e) => oip_error(e),
+                }
+            }
+            ("unregister", _) => {
+                self.regions.unregister(name);
+                Ok(())
+            }
+            (_, Some(name)) => match read_body(req, 64 * 1024).await {
+                Err(e) => Err(e),
+                Ok((_, body)) => match serde_json::from_slice::<Register>(&body) {
+                    Ok(r) => self.regions.register(name, &r.key, r.offset, r.byte_size),
+                    Err(e) => Err(ApiError::new(
+                        400,
+                        "bad_request",
+                        format!("a register request is {{\"key\": \"/name\", \"offset\": 0, \"byte_size\": N}}: {e}"),
+                    )),
+                },
+            },
+            _ => unreachable!("registering is routed with a region's name"),
+        };
+        match done {
+            Ok(()) => json(200, b"{}".to_vec()),
+            Err(e) => oip_error(e),
+        }
+    }
+
     /// Scores one request: Azure ML's `/score` (the body goes to the module
     /// as sent) or an Open Inference Protocol infer (the host decodes the
     /// tensors for the module and encodes the tensors it answers with).
@@ -715,7 +775,7 @@ impl<P: Plane> App<P> {
             ),
             Protocol::Oip { .. } => {
                 let length = parts.headers.get(oip::HEADER_LENGTH).and_then(|v| v.to_str().ok());
-                let mut infer = oip::decode(&body, length).map_err(|e| ApiError::new(400, "bad_request", e.0))?;
+                let mut infer = oip::decode(&body, length, &self.regions).map_err(|e| ApiError::new(400, "bad_request", e.0))?;
                 let request = ScoreRequest {
                     body: std::mem::take(&mut infer.header),
                     content_type: "application/json".into(),
@@ -728,8 +788,21 @@ impl<P: Plane> App<P> {
         let tracestate = parts.headers.get("tracestate").and_then(|v| v.to_str().ok());
         let (version, traceparent, result) = self.dispatch(endpoint, route, request, &span, tracestate, protocol, started).await;
         let mut resp = match (result, infer) {
-            (Ok(out), Some(infer)) if !out.tensors.is_empty() => {
-                let encoded = oip::encode_response(endpoint, &version.name, &infer, &out.tensors)
+            (Ok(out), Some(infer)) if !out.tensors.is_empty() || infer.outputs.iter().any(|w| w.region.is_some()) => {
+                let tensors = if out.tensors.is_empty() {
+                    // A module that answers OIP JSON itself: its outputs
+                    // still go to the regions the request named.
+                    oip::decode_response(&out.body, None).map_err(|e| {
+                        ApiError::new(
+                            500,
+                            "module_failed",
+                            format!("the module answered no tensors and its body is not an inference response: {e}"),
+                        )
+                    })?
+                } else {
+                    out.tensors
+                };
+                let encoded = oip::encode_response(endpoint, &version.name, &infer, &tensors, &self.regions)
                     .map_err(|e| ApiError::new(400, "bad_request", e.0))?;
                 let binary = encoded.header_len.is_some();
                 let mut r = Response::new(Full::new(Bytes::from(encoded.body)));

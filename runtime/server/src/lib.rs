@@ -14,6 +14,7 @@ pub mod grpc;
 mod http;
 mod openapi;
 pub mod plane;
+mod shm;
 pub mod tls;
 mod triton;
 mod ui;

@@ -900,6 +900,41 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
     assert_eq!(figures, [("v1".into(), 4, 1, 0), ("v2".into(), 4, 0, 0)], "{b}");
     let (st, _, b) = http(&r.addr, "GET", "/v2/models/iris/stats", &[], "");
     assert_eq!(st, 401, "{b}");
+    // Shared memory on the router's machine: the router reads the input
+    // and writes the output; the node gets and gives the tensors as always.
+    let script = "import sys, numpy as np, onnxruntime as ort, tritonclient.grpc as tg, tritonclient.utils.shared_memory as shm\n\
+        grpc, key, admin, model = sys.argv[1:5]\n\
+        x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)\n\
+        want = ort.InferenceSession(model, providers=['CPUExecutionProvider']).run(None, {'X': x})[1]\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        ip = shm.create_shared_memory_region('in', '/wasmscore-router-in', x.nbytes)\n\
+        op = shm.create_shared_memory_region('out', '/wasmscore-router-out', want.nbytes)\n\
+        try:\n\
+        \x20   shm.set_shared_memory_region(ip, [x])\n\
+        \x20   c.register_system_shared_memory('in', '/wasmscore-router-in', x.nbytes, headers={'authorization': 'Bearer ' + admin})\n\
+        \x20   c.register_system_shared_memory('out', '/wasmscore-router-out', want.nbytes, headers={'authorization': 'Bearer ' + admin})\n\
+        \x20   i = tg.InferInput('X', [2, 4], 'FP32'); i.set_shared_memory('in', x.nbytes)\n\
+        \x20   o = tg.InferRequestedOutput('probabilities'); o.set_shared_memory('out', want.nbytes)\n\
+        \x20   for v in ('v1', 'v2'):\n\
+        \x20       shm.set_shared_memory_region(op, [np.zeros_like(want)])\n\
+        \x20       r = c.infer('iris', [i], outputs=[o], model_version=v, headers={'authorization': 'Bearer ' + key})\n\
+        \x20       got = shm.get_contents_as_numpy(op, np.float32, want.shape)\n\
+        \x20       assert np.allclose(got, want, atol=1e-6) and r.get_response().model_version == v, (v, got)\n\
+        finally:\n\
+        \x20   shm.destroy_shared_memory_region(ip); shm.destroy_shared_memory_region(op)\n\
+        print('shared memory through the router')\n";
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &format!("127.0.0.1:{grpc}"), KEY, r.admin_token().trim()])
+        .arg(model())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("shared memory through the router"),
+        "{}{}\nrouter: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        r.proc.log()
+    );
 }
 
 /// A TCP proxy in front of a node that can turn into a node that answers

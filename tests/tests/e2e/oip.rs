@@ -90,6 +90,8 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{part}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
         assert!(stdout.contains("checks passed"), "{stdout}");
+        // Each check's line, seen with --nocapture.
+        println!("{stdout}");
     }
 
     // The OpenAPI document (Azure ML's swagger.json route), checked by
