@@ -213,13 +213,13 @@ def statistics(mod, c, headers, json_of=lambda r: r):
 
 def repository(mod, c, hdr, json_of=lambda r: r):
     """Triton's repository index as each tritonclient reads it: every
-    endpoint's serving versions under the admin token, refused under a
+    endpoint's versions (all serving here) under the admin token, refused under a
     model's key; load and unload refused (models are deployed)."""
     name = mod.__name__
     index = json_of(c.get_model_repository_index(headers=hdr("admin")))
     models = index if isinstance(index, list) else index.get("models", [])
     got = {(m["name"], m.get("version", ""), m.get("state", "")) for m in models}
-    check(f"{name}: the repository index lists every endpoint's serving versions, READY",
+    check(f"{name}: the repository index lists every endpoint's versions, READY",
           {("simple", "v1", "READY"), ("simple", "v2", "READY"), ("iris", "v1", "READY")} <= got and len(got) == len(models), models)
     for what, call, codes in (
         ("the repository index under a model's key", lambda: c.get_model_repository_index(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),

@@ -324,6 +324,26 @@ fn label(s: &str) -> String {
 }
 
 impl Control {
+    /// Every stored version, serving or not, by endpoint (Triton's
+    /// repository index): (endpoint, version, why it does not serve).
+    pub fn versions(&self) -> Vec<(String, String, Option<String>)> {
+        let inner = lock(&self.inner);
+        let mut out = Vec::new();
+        for (name, ep) in &inner.endpoints {
+            for v in &ep.versions {
+                let why = (!v.takes_traffic()).then(|| {
+                    let reason = v.live.as_ref().and_then(|b| b.monitor.reason.clone());
+                    match reason {
+                        Some(r) => format!("{}: {r}", v.state()),
+                        None => v.state().to_string(),
+                    }
+                });
+                out.push((name.clone(), v.row.rollout.name.clone(), why));
+            }
+        }
+        out
+    }
+
     /// Readiness of an endpoint (any version takes traffic) or of one version
     /// (Open Inference Protocol's model ready), with the state behind it.
     pub fn ready(&self, endpoint: &str, version: Option<&str>) -> Result<(bool, Value), ControlError> {

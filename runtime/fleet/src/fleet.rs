@@ -611,6 +611,18 @@ impl Plane for Fleet {
         }
     }
 
+    fn versions(&self) -> Vec<(String, String, Option<String>)> {
+        let state = lock(&self.state);
+        let mut out = Vec::new();
+        for ep in state.iter() {
+            for v in &ep.versions {
+                let why = (v.nodes.ready_count() == 0).then(|| format!("Unhealthy: {}", v.nodes.why_unavailable()));
+                out.push((ep.spec.name.clone(), v.spec.name.clone(), why));
+            }
+        }
+        out
+    }
+
     /// The router does not load the models, its nodes do: the inputs and
     /// outputs are those the pinned (or default) version's nodes reported
     /// in their ready answer; empty until one did.

@@ -74,7 +74,7 @@ impl<P: Plane> Oip<P> {
     /// The admin token's calls: refused without it.
     fn admin(&self, meta: &MetadataMap) -> Result<(), Status> {
         let given = meta.get("authorization").and_then(|v| v.to_str().ok());
-        crate::shm::authorized(crate::http::is_admin(&self.app.cfg, given)).map_err(status)
+        crate::http::admin_only(crate::http::is_admin(&self.app.cfg, given), "shared memory regions").map_err(status)
     }
 }
 
@@ -224,7 +224,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     async fn repository_index(&self, req: Request<RepositoryIndexRequest>) -> Result<Response<RepositoryIndexResponse>, Status> {
         let given = req.metadata().get("authorization").and_then(|v| v.to_str().ok());
         let admin = crate::http::is_admin(&self.app.cfg, given);
-        let models = crate::triton::index(self.app.plane.router(), admin).map_err(status)?;
+        let models = crate::triton::index(self.app.plane.versions(), admin, req.get_ref().ready).map_err(status)?;
         Ok(Response::new(RepositoryIndexResponse { models }))
     }
 

@@ -421,6 +421,19 @@ pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json
 }
 
 /// Whether an `Authorization` header's value carries the admin token.
+/// A call that is the admin token's: refused (401) without it, saying what
+/// needs it.
+pub(crate) fn admin_only(admin: bool, what: &str) -> Result<(), ApiError> {
+    if admin {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        401,
+        "unauthorized",
+        format!("{what}: `Authorization: Bearer <admin token>` is needed"),
+    ))
+}
+
 pub(crate) fn is_admin(cfg: &ServerConfig, authorization: Option<&str>) -> bool {
     match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
         Some(t) => !cfg.admin_token.is_empty() && constant_time_eq(t.as_bytes(), cfg.admin_token.as_bytes()),
@@ -571,16 +584,7 @@ impl<P: Plane> App<P> {
                     oip_error(ApiError::new(503, "not_ready", "restoring deployed versions"))
                 }
             }
-            ("POST", ["v2", "repository", "index"]) => {
-                let admin = is_admin(
-                    &self.cfg,
-                    req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()),
-                );
-                match crate::triton::index(self.plane.router(), admin) {
-                    Ok(models) => json(200, serde_json::to_vec(&models).expect("json")),
-                    Err(e) => oip_error(e),
-                }
-            }
+            ("POST", ["v2", "repository", "index"]) => self.repository_index(req).await.unwrap_or_else(oip_error),
             ("POST", ["v2", "repository", "models", name, "load" | "unload"]) => oip_error(crate::triton::not_loadable(name)),
             ("GET", ["v2", "systemsharedmemory", "status"]) => self.shared_memory(req, None, "status").await,
             ("POST", ["v2", "systemsharedmemory", "unregister"]) => self.shared_memory(req, None, "unregister").await,
@@ -682,12 +686,41 @@ impl<P: Plane> App<P> {
         }
     }
 
+    /// Triton's repository index, under the admin token; its body may ask
+    /// for the ready versions only (`{"ready": true}`), tritonclient sends
+    /// none.
+    async fn repository_index(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let admin = is_admin(&self.cfg, authorization);
+        // Refused before the body is read.
+        admin_only(admin, "the repository index")?;
+        #[derive(serde::Deserialize, Default)]
+        struct Index {
+            #[serde(default)]
+            ready: bool,
+        }
+        let (_, body) = read_body(req, 64 * 1024).await?;
+        let asked: Index = if body.iter().all(u8::is_ascii_whitespace) {
+            Index::default()
+        } else {
+            serde_json::from_slice(&body).map_err(|e| {
+                ApiError::new(
+                    400,
+                    "bad_request",
+                    format!("a repository index request is {{\"ready\": true|false}}: {e}"),
+                )
+            })?
+        };
+        let models = crate::triton::index(self.plane.versions(), admin, asked.ready)?;
+        Ok(json(200, serde_json::to_vec(&models).expect("json")))
+    }
+
     /// Triton's system shared memory extension (shm.rs), under the admin
     /// token: a region's or every region's status, registering one (its
     /// body: `{"key", "offset", "byte_size"}`), unregistering one or all.
     async fn shared_memory(&self, req: Request<Incoming>, name: Option<&str>, action: &str) -> Response<Body> {
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if let Err(e) = crate::shm::authorized(is_admin(&self.cfg, authorization)) {
+        if let Err(e) = admin_only(is_admin(&self.cfg, authorization), "shared memory regions") {
             return oip_error(e);
         }
         #[derive(serde::Deserialize)]

@@ -28,6 +28,9 @@ pub trait Plane: Send + Sync + 'static {
     /// `/v2/models/{endpoint}[/versions/{v}]`: Open Inference Protocol
     /// model metadata (name, versions, platform, inputs, outputs).
     fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<serde_json::Value, (u16, &'static str, String)>;
+    /// Every version, serving or not (Triton's repository index):
+    /// (endpoint, version, why it does not serve).
+    fn versions(&self) -> Vec<(String, String, Option<String>)>;
     /// `/admin/v1/...`, after the admin token was checked.
     fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, body: Vec<u8>) -> impl Future<Output = Answer> + Send;
 }
@@ -47,6 +50,9 @@ impl Plane for Control {
     }
     fn model_metadata(&self, endpoint: &str, version: Option<&str>) -> Result<serde_json::Value, (u16, &'static str, String)> {
         self.metadata(endpoint, version).map_err(|e| (e.status(), e.code(), e.to_string()))
+    }
+    fn versions(&self) -> Vec<(String, String, Option<String>)> {
+        Control::versions(self)
     }
     async fn admin(self: &Arc<Self>, method: &str, path: &str, query: &str, body: Vec<u8>) -> Answer {
         let r = Control::admin(self, method, path, query, body).await;

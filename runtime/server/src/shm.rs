@@ -45,18 +45,6 @@ pub(crate) struct Regions {
     max_read: u64,
 }
 
-/// Registering, listing and unregistering regions: the admin token's.
-pub(crate) fn authorized(admin: bool) -> Result<(), ApiError> {
-    if admin {
-        return Ok(());
-    }
-    Err(ApiError::new(
-        401,
-        "unauthorized",
-        "shared memory regions need `Authorization: Bearer <admin token>`",
-    ))
-}
-
 /// A region's name from a path segment (tritonclient percent-encodes it).
 pub(crate) fn unescape(segment: &str) -> String {
     let b = segment.as_bytes();

@@ -2,7 +2,8 @@
 //! state them (tritonclient's calls in brackets).
 //!
 //! The model repository's index (`get_model_repository_index`): every
-//! endpoint's serving versions, READY. Models are deployed with `wasmscore
+//! endpoint's versions, READY or UNAVAILABLE with the reason (the plane's
+//! `versions`). Models are deployed with `wasmscore
 //! deploy` (or an Endpoint resource), so the repository's load and unload
 //! are refused, as Triton refuses them when it does not control its models.
 //!
@@ -66,26 +67,20 @@ pub(crate) fn stats(
 }
 
 /// The repository index, for the admin token only (`admin`: it was
-/// given): each endpoint's serving versions (a version that is not ready
-/// is not in the routing table).
-pub(crate) fn index(router: &Router, admin: bool) -> Result<Vec<ModelIndex>, ApiError> {
-    if !admin {
-        return Err(ApiError::new(
-            401,
-            "unauthorized",
-            "the repository index needs `Authorization: Bearer <admin token>`",
-        ));
-    }
-    let mut models = Vec::new();
-    for ep in router.endpoints() {
-        models.extend(ep.versions().map(|v| ModelIndex {
-            name: ep.name.clone(),
-            version: v.name.clone(),
-            state: "READY".into(),
-            reason: String::new(),
-        }));
-    }
-    Ok(models)
+/// given): every version of every endpoint, READY or UNAVAILABLE with the
+/// reason, as Triton lists its models; only the READY ones when `ready`.
+pub(crate) fn index(versions: Vec<(String, String, Option<String>)>, admin: bool, ready: bool) -> Result<Vec<ModelIndex>, ApiError> {
+    crate::http::admin_only(admin, "the repository index")?;
+    Ok(versions
+        .into_iter()
+        .filter(|(_, _, why)| !ready || why.is_none())
+        .map(|(name, version, why)| ModelIndex {
+            name,
+            version,
+            state: if why.is_none() { "READY" } else { "UNAVAILABLE" }.into(),
+            reason: why.unwrap_or_default(),
+        })
+        .collect())
 }
 
 /// The answer to the repository's load and unload.

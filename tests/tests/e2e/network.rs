@@ -762,6 +762,34 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
     let (st, _, body) = http(&r.addr, "GET", "/v2/models/h/versions/v2/ready", &[("Authorization", &auth)], "");
     assert_eq!(st, 503, "{body}");
     assert_eq!(http(&r.addr, "GET", "/v2/models/h/ready", &[], "").0, 200);
+    // Triton's repository index lists v2 UNAVAILABLE with the reason; the
+    // ready ones alone, v1.
+    let listed = |body: &str| -> Vec<(String, String, String)> {
+        let index: Value = serde_json::from_str(body).unwrap();
+        let text = |m: &Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (text(m, "version"), text(m, "state"), text(m, "reason")))
+            .collect()
+    };
+    let (st, _, body) = http(&r.addr, "POST", "/v2/repository/index", &[("Authorization", &auth)], "");
+    assert_eq!(st, 200, "{body}");
+    let index = listed(&body);
+    assert_eq!(
+        index.iter().map(|(v, s, _)| (v.as_str(), s.as_str())).collect::<Vec<_>>(),
+        [("v1", "READY"), ("v2", "UNAVAILABLE")]
+    );
+    assert!(index[1].2.contains(&n2.addr) && index[0].2.is_empty(), "{body}");
+    let (st, _, body) = http(
+        &r.addr,
+        "POST",
+        "/v2/repository/index",
+        &[("Authorization", &auth)],
+        r#"{"ready": true}"#,
+    );
+    assert_eq!((st, listed(&body).len(), listed(&body)[0].0.as_str()), (200, 1, "v1"), "{body}");
     // A node is back: so is v2's share.
     let _n2 = Node::hostile_on(p2);
     r.wait_shares("h", &[("v1", 50), ("v2", 50)]);
