@@ -8,8 +8,8 @@ Runtime's library dropped from the page cache (a page two processes map is
 not handed back, bench/memory.py), wrk at CONNS connections for 5 s per
 round on `/score`, and with --grpc h2load on ModelInfer too (CONNS
 connections of one call each), rounds alternating which goes first; the
-server's utime + stime per request from /proc. Prints each round and the
-medians.
+server's utime + stime per request from /proc, and wrk's p99. Prints each
+round and the medians.
 
 Usage (from the repository root, after bench/lib.sh's `built`):
   .venv/bin/python bench/ab_cpu.py OLD_BINARY NEW_BINARY CONNS ROUNDS \\
@@ -96,12 +96,15 @@ def main():
                         out = h2load(url, a.conns, 5, grpc, grpc_headers)
                     assert out["errors"] == 0, out
                     cpu_us = (cpu_seconds(up.p.pid) - before) * 1e6 / (out["rps"] * 5)
-                    runs[(name, route)].append((out["rps"], cpu_us))
-            print(r, {f"{n} {rt}": (round(v[-1][0]), round(v[-1][1], 1)) for (n, rt), v in runs.items()}, flush=True)
+                    # wrk's p99 (h2load reports none).
+                    runs[(name, route)].append((out["rps"], cpu_us, out.get("p99")))
+            print(r, {f"{n} {rt}": (round(v[-1][0]), round(v[-1][1], 1), v[-1][2]) for (n, rt), v in runs.items()}, flush=True)
         for (name, route), v in runs.items():
+            p99 = [x[2] for x in v if x[2] is not None]
+            tail = f", p99 median {statistics.median(p99):.2f} ms, worst {max(p99):.2f} ms" if p99 else ""
             print(
                 f"{name} {route}: median {statistics.median(x[0] for x in v):,.0f} req/s, "
-                f"{statistics.median(x[1] for x in v):.1f} µs of CPU per request"
+                f"{statistics.median(x[1] for x in v):.1f} µs of CPU per request{tail}"
             )
     finally:
         for _, _, up in ups.values():

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::autoscale::Scaler;
+use crate::autoscale::{cpu_bound_limit, Scaler};
 use crate::config::Resolved;
 use crate::deploy::{lock, Control};
 
@@ -77,6 +77,39 @@ pub(crate) struct VersionMonitor {
     pub unhealthy_events: u64,
     /// Failed init() runs of new or replacement replicas already reported.
     init_failures_seen: u64,
+    /// How much of its calls' time kept a core busy, per refresh period.
+    pub cpu: CpuShare,
+}
+
+/// A version's calls' CPU share over the last refresh period: of its
+/// instances seen in a call at each tick, the share on a core or waiting
+/// for one (rather than asleep or blocked), what `cpu_bound_limit` holds
+/// scale-ups to.
+#[derive(Default)]
+pub(crate) struct CpuShare {
+    /// Since the period began: instances seen in a call, and running.
+    since: Option<Instant>,
+    busy: u32,
+    running: u32,
+    pub share: Option<f64>,
+    /// The count scale-ups are held at now, once said.
+    held: Option<usize>,
+}
+
+impl CpuShare {
+    /// One look at the pool; the share is made once per `every`, from at
+    /// least 5 instances seen in a call (fewer: too few calls to say).
+    fn update(&mut self, now: Instant, every: Duration, st: &wasmscore_replica::PoolStats) {
+        let (busy, running) = st.sample_running();
+        self.busy += busy;
+        self.running += running;
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) < every {
+            return;
+        }
+        self.share = (self.busy >= 5).then(|| f64::from(self.running) / f64::from(self.busy));
+        (self.since, self.busy, self.running) = (Some(now), 0, 0);
+    }
 }
 
 impl VersionMonitor {
@@ -103,6 +136,7 @@ impl VersionMonitor {
             capacity_limited: 0,
             unhealthy_events: 0,
             init_failures_seen: 0,
+            cpu: CpuShare::default(),
         }
     }
 
@@ -121,6 +155,7 @@ impl VersionMonitor {
                 "load": (s.load * 100.0).round() / 100.0,
                 "scale_events": self.scale_events,
                 "capacity_limited": self.capacity_limited,
+                "cpu_share": self.cpu.share.map(|c| (c * 100.0).round() / 100.0),
             }),
             _ => json!({"enabled": false, "num_replicas": self.settings.pool.replicas}),
         };
@@ -144,11 +179,28 @@ impl VersionMonitor {
 
 /// What one tick did to a version, to log outside the borrow.
 enum Happened {
-    Scaled { from: usize, to: usize, reason: String },
-    CapacityLimited { wanted: usize, granted: usize, why: String },
+    Scaled {
+        from: usize,
+        to: usize,
+        reason: String,
+    },
+    CapacityLimited {
+        wanted: usize,
+        granted: usize,
+        why: String,
+    },
     Unhealthy(String),
     Healthy(String),
-    InitFailed { count: u64, error: String },
+    InitFailed {
+        count: u64,
+        error: String,
+    },
+    /// A scale-up held at the replicas the machine's cores can run.
+    CpuBound {
+        wanted: usize,
+        granted: usize,
+        why: String,
+    },
 }
 
 impl Control {
@@ -201,9 +253,33 @@ impl Control {
                 // Autoscaling.
                 if let Some(scaler) = m.scaler.as_mut() {
                     scaler.sample(st.busy.load(Ordering::Relaxed) + st.queued.load(Ordering::Relaxed));
+                    let refresh = m.settings.autoscale.as_ref().map_or(Duration::from_secs(1), |a| a.refresh);
+                    m.cpu.update(now, refresh, &st);
                     let current = pool.target_replicas();
                     if let Some(d) = scaler.decide(now, current) {
                         let mut to = d.to;
+                        let max_concurrent = m.settings.pool.max_concurrent;
+                        if let Some(limit) = cpu_bound_limit(m.cpu.share, capacity.cpu_cores, max_concurrent) {
+                            let granted = limit.max(current);
+                            if to > granted {
+                                // Said once while it holds the same count.
+                                if m.cpu.held != Some(granted) {
+                                    events.push(Happened::CpuBound {
+                                        wanted: to,
+                                        granted,
+                                        why: format!(
+                                            "its calls keep a core busy {:.0}% of their time, so more than {limit} replicas would only queue for this machine's {} CPU cores",
+                                            m.cpu.share.unwrap_or(0.0) * 100.0,
+                                            capacity.cpu_cores
+                                        ),
+                                    });
+                                }
+                                m.cpu.held = Some(granted);
+                                to = granted;
+                            } else {
+                                m.cpu.held = None;
+                            }
+                        }
                         if to > current {
                             let (cpu, mem) = (m.settings.cpu_cores, m.settings.memory_gb);
                             let fit_cpu = ((capacity.cpu_cores - cpu_used) / cpu + 1e-9).floor().max(0.0) as usize;
@@ -330,6 +406,10 @@ impl Control {
                         Happened::CapacityLimited { wanted, granted, why } => {
                             tracing::warn!(endpoint = %name, %version, wanted, granted, %why, "capacity reached");
                             format!("capacity reached: wanted {wanted} replicas, granted {granted}; {why}")
+                        }
+                        Happened::CpuBound { wanted, granted, why } => {
+                            tracing::info!(endpoint = %name, %version, wanted, granted, %why, "held at the cores");
+                            format!("held at {granted} replicas (utilization asks {wanted}): {why}")
                         }
                         Happened::InitFailed { count, error } => {
                             tracing::warn!(endpoint = %name, %version, count, %error, "starting replicas failed; retrying with backoff");

@@ -166,6 +166,9 @@ pub struct PoolStats {
     /// The last call's time in µs (whether a caller may spin for a reply).
     last_run_us: AtomicU64,
     last_error: Mutex<Option<String>>,
+    /// The instances' threads (Linux thread ids), each with whether it is
+    /// in a call now.
+    threads: Mutex<Vec<(i32, Arc<AtomicBool>)>>,
 }
 
 impl PoolStats {
@@ -184,6 +187,39 @@ impl PoolStats {
     pub fn clear_failures(&self) {
         self.consecutive_failures.store(0, Ordering::Relaxed);
     }
+
+    /// One look at the instances running a call: how many there are, and
+    /// how many of those are on a core or waiting for one (state R in
+    /// /proc) rather than asleep or blocked. Over many looks, the share of
+    /// its calls' time a version needs a core for, however many instances
+    /// share the cores.
+    pub fn sample_running(&self) -> (u32, u32) {
+        let threads = self.threads.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut busy, mut running) = (0, 0);
+        for (tid, in_call) in threads.iter() {
+            // A thread that has just exited has no state: not counted.
+            if let Some(state) = in_call.load(Ordering::Relaxed).then(|| thread_state(*tid)).flatten() {
+                busy += 1;
+                running += u32::from(state == 'R');
+            }
+        }
+        (busy, running)
+    }
+
+    fn serving(&self, tid: i32, in_call: Arc<AtomicBool>) {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).push((tid, in_call));
+    }
+
+    fn gone(&self, tid: i32) {
+        self.threads.lock().unwrap_or_else(|p| p.into_inner()).retain(|(t, _)| *t != tid);
+    }
+}
+
+/// A thread's state letter (field 3 of /proc/self/task/TID/stat, after its
+/// name's closing parenthesis).
+fn thread_state(tid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.split_whitespace().next()?.chars().next()
 }
 
 /// What the pool's threads share.
@@ -513,6 +549,10 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     };
     stats.instances.fetch_add(1, Ordering::AcqRel);
     stats.starting.fetch_sub(1, Ordering::AcqRel);
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let in_call = Arc::new(AtomicBool::new(false));
+    stats.serving(tid, in_call.clone());
     while let Ok(msg) = spin::next(&shared.rx, &shared.share) {
         let job = match msg {
             Msg::Score(job) => *job,
@@ -540,7 +580,9 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         stats.busy.fetch_add(1, Ordering::Relaxed);
         let taken = Instant::now();
         stats.queue_wait.observe(taken - job.enqueued);
+        in_call.store(true, Ordering::Relaxed);
         let result = replica.run(job.req).map_err(ScoreError::Call);
+        in_call.store(false, Ordering::Relaxed);
         let ran = taken.elapsed();
         stats.run_time.observe(ran);
         stats.last_run_us.store(ran.as_micros() as u64, Ordering::Relaxed);
@@ -573,6 +615,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
             }
         }
     }
+    stats.gone(tid);
     stats.instances.fetch_sub(1, Ordering::AcqRel);
 }
 
@@ -603,6 +646,35 @@ mod tests {
 
     /// A queue slot stays a pointer and a tag: the ring of 1024 is made
     /// and touched per version at start (see `Msg`).
+    #[test]
+    fn a_thread_in_a_call_is_seen_running_or_asleep() {
+        let stats = PoolStats::default();
+        let in_call = Arc::new(AtomicBool::new(false));
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        stats.serving(tid, in_call.clone());
+        assert_eq!(stats.sample_running(), (0, 0), "not in a call: not counted");
+        in_call.store(true, Ordering::Relaxed);
+        // This thread reads its own state: running.
+        assert_eq!(stats.sample_running(), (1, 1));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            // SAFETY: as above.
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            std::thread::sleep(Duration::from_secs(2));
+        });
+        stats.serving(rx.recv().unwrap(), Arc::new(AtomicBool::new(true)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(stats.sample_running(), (2, 1), "the sleeping thread is in a call but not running");
+        stats.gone(tid);
+        sleeper.join().unwrap();
+        assert_eq!(
+            stats.sample_running(),
+            (0, 0),
+            "threads gone, or out of their calls, are not counted"
+        );
+    }
+
     #[test]
     fn a_queue_slot_is_a_pointer_wide() {
         assert!(std::mem::size_of::<Msg>() <= 16, "Msg is {} bytes", std::mem::size_of::<Msg>());

@@ -320,6 +320,38 @@ fn a_version_whose_replicas_keep_failing_hands_its_share_to_the_default_until_it
 }
 
 #[test]
+fn cpu_bound_calls_are_held_at_the_replicas_the_cores_can_run() {
+    let _one = one_at_a_time();
+    // Two cores of capacity, whatever this machine has.
+    let s = Server::start(&["--cpu-capacity", "2"]);
+    let dc = serde_json::json!({"autoscale_max_replicas": 8, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.5});
+    s.deploy_ok("burner", &hostile(), &[], Some(dc.clone()));
+    s.deploy_ok("sleeper", &hostile(), &[], Some(dc));
+    // 8 clients each: calls busy on a core for 20 ms, and calls asleep
+    // for 20 ms. Utilization asks 8 replicas of both.
+    let loads = [
+        Load::start(&s, "burner", 8, "burn:20", None),
+        Load::start(&s, "sleeper", 8, "sleep:20", None),
+    ];
+    until("the sleeper at 8 replicas", Duration::from_secs(6), || replicas(&s, "sleeper") == 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let burner = version(&s, "burner");
+    for l in loads {
+        let t = l.stop();
+        assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
+    }
+    let share = burner["autoscale"]["cpu_share"].as_f64().unwrap_or(0.0);
+    // One replica a core, and one more if it was scaled before a share was measured.
+    assert!(burner["target_replicas"].as_u64().unwrap() <= 3, "{burner}");
+    assert!(share >= 0.5, "a burning call keeps a core busy: {burner}");
+    let log = events(&s, "burner", "v1");
+    assert!(log.contains("held at") && log.contains("keep a core busy"), "{log}");
+    let sleeper = version(&s, "sleeper");
+    assert!(sleeper["autoscale"]["cpu_share"].as_f64().unwrap_or(1.0) < 0.1, "{sleeper}");
+    assert!(!events(&s, "sleeper", "v1").contains("held at"));
+}
+
+#[test]
 fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
     let _one = one_at_a_time();
     // 0.4 cores of capacity; each replica asks 0.1: four replicas in all.

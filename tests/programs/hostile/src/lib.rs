@@ -118,6 +118,18 @@ impl Guest for Hostile {
                 std::thread::sleep(std::time::Duration::from_millis(ms));
                 json(format!("{{\"slept_ms\":{ms}}}"))
             }
+            // Busy on a core for MS ms (a CPU-bound call, unlike sleep).
+            other if other.starts_with("burn:") => {
+                let ms: u64 = other[5..].parse().unwrap_or(0);
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+                let mut i: u64 = 0;
+                while std::time::Instant::now() < until {
+                    for _ in 0..1000 {
+                        i = black_box(i.wrapping_add(1));
+                    }
+                }
+                json(format!("{{\"burned_ms\":{ms}}}"))
+            }
             other if other.starts_with("copy-") => copy(other),
             other if other.starts_with("model-on:") => model_on(&other[9..]),
             other if other.starts_with("conv-on:") => conv_on(&other[8..]),
