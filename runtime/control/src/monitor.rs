@@ -81,34 +81,35 @@ pub(crate) struct VersionMonitor {
     pub cpu: CpuShare,
 }
 
-/// A version's calls' CPU share over the last refresh period: of its
-/// instances seen in a call at each tick, the share on a core or waiting
-/// for one (rather than asleep or blocked), what `cpu_bound_limit` holds
-/// scale-ups to.
+/// A version's calls' CPU share: of its instances seen in a call at each
+/// tick, the share on a core or waiting for one (rather than asleep or
+/// blocked), over the last refresh period and the part of this one gone
+/// by, so that a load that has just begun has a share at the autoscaler's
+/// first decision about it. What `cpu_bound_limit` holds scale-ups to.
 #[derive(Default)]
 pub(crate) struct CpuShare {
-    /// Since the period began: instances seen in a call, and running.
+    /// When this period began, and its looks: in a call, and running.
     since: Option<Instant>,
-    busy: u32,
-    running: u32,
+    now: (u32, u32),
+    /// The last period's.
+    last: (u32, u32),
     pub share: Option<f64>,
     /// The count scale-ups are held at now, once said.
     held: Option<usize>,
 }
 
 impl CpuShare {
-    /// One look at the pool; the share is made once per `every`, from at
-    /// least 5 instances seen in a call (fewer: too few calls to say).
+    /// One look at the pool. The share needs at least 5 instances seen in
+    /// a call (fewer: too few calls to say).
     fn update(&mut self, now: Instant, every: Duration, st: &wasmscore_replica::PoolStats) {
         let (busy, running) = st.sample_running();
-        self.busy += busy;
-        self.running += running;
+        self.now = (self.now.0 + busy, self.now.1 + running);
         let since = *self.since.get_or_insert(now);
-        if now.duration_since(since) < every {
-            return;
+        if now.duration_since(since) >= every {
+            (self.since, self.last, self.now) = (Some(now), self.now, (0, 0));
         }
-        self.share = (self.busy >= 5).then(|| f64::from(self.running) / f64::from(self.busy));
-        (self.since, self.busy, self.running) = (Some(now), 0, 0);
+        let (busy, running) = (self.last.0 + self.now.0, self.last.1 + self.now.1);
+        self.share = (busy >= 5).then(|| f64::from(running) / f64::from(busy));
     }
 }
 
