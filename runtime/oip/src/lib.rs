@@ -562,7 +562,7 @@ pub fn encode_response(
     outputs: &[(String, Tensor)],
     regions: &dyn Regions,
 ) -> Result<Encoded, OipError> {
-    let chosen: Vec<(&String, &Tensor, Out)> = if request.outputs.is_empty() {
+    let mut chosen: Vec<(&String, &Tensor, Out)> = if request.outputs.is_empty() {
         outputs.iter().map(|(n, t)| (n, t, Out::binary(request.binary_output))).collect()
     } else {
         let mut chosen = Vec::with_capacity(request.outputs.len());
@@ -586,7 +586,6 @@ pub fn encode_response(
              ask for it in binary (\"binary_data\": true in its parameters) or over gRPC"
         ));
     }
-    let mut chosen = chosen;
     for (n, t, out) in &mut chosen {
         if let Out::Region(at, written) = out {
             *written = to_region(n, t, at, regions)?;

@@ -420,7 +420,6 @@ pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json
     })
 }
 
-/// Whether an `Authorization` header's value carries the admin token.
 /// A call that is the admin token's: refused (401) without it, saying what
 /// needs it.
 pub(crate) fn admin_only(admin: bool, what: &str) -> Result<(), ApiError> {
@@ -434,6 +433,7 @@ pub(crate) fn admin_only(admin: bool, what: &str) -> Result<(), ApiError> {
     ))
 }
 
+/// Whether an `Authorization` header's value carries the admin token.
 pub(crate) fn is_admin(cfg: &ServerConfig, authorization: Option<&str>) -> bool {
     match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
         Some(t) => !cfg.admin_token.is_empty() && constant_time_eq(t.as_bytes(), cfg.admin_token.as_bytes()),
@@ -463,6 +463,14 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["metrics"] => Some("GET"),
         _ => None,
     }
+}
+
+/// A call of Triton's system shared memory extension, with the region's
+/// name where the route has one.
+enum Shm<'a> {
+    Status(Option<&'a str>),
+    Register(&'a str),
+    Unregister(Option<&'a str>),
 }
 
 /// The ways a request is scored.
@@ -586,13 +594,19 @@ impl<P: Plane> App<P> {
             }
             ("POST", ["v2", "repository", "index"]) => self.repository_index(req).await.unwrap_or_else(oip_error),
             ("POST", ["v2", "repository", "models", name, "load" | "unload"]) => oip_error(crate::triton::not_loadable(name)),
-            ("GET", ["v2", "systemsharedmemory", "status"]) => self.shared_memory(req, None, "status").await,
-            ("POST", ["v2", "systemsharedmemory", "unregister"]) => self.shared_memory(req, None, "unregister").await,
-            ("GET" | "POST", ["v2", "systemsharedmemory", "region", name, action @ ("status" | "register" | "unregister")])
-                if (method == "GET") == (*action == "status") =>
-            {
-                let (name, action) = (crate::shm::unescape(name), action.to_string());
-                self.shared_memory(req, Some(&name), &action).await
+            ("GET", ["v2", "systemsharedmemory", "status"]) => self.shared_memory(req, Shm::Status(None)).await,
+            ("GET", ["v2", "systemsharedmemory", "region", name, "status"]) => {
+                let name = crate::shm::unescape(name);
+                self.shared_memory(req, Shm::Status(Some(&name))).await
+            }
+            ("POST", ["v2", "systemsharedmemory", "region", name, "register"]) => {
+                let name = crate::shm::unescape(name);
+                self.shared_memory(req, Shm::Register(&name)).await
+            }
+            ("POST", ["v2", "systemsharedmemory", "unregister"]) => self.shared_memory(req, Shm::Unregister(None)).await,
+            ("POST", ["v2", "systemsharedmemory", "region", name, "unregister"]) => {
+                let name = crate::shm::unescape(name);
+                self.shared_memory(req, Shm::Unregister(Some(&name))).await
             }
             ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
             ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
@@ -718,7 +732,7 @@ impl<P: Plane> App<P> {
     /// Triton's system shared memory extension (shm.rs), under the admin
     /// token: a region's or every region's status, registering one (its
     /// body: `{"key", "offset", "byte_size"}`), unregistering one or all.
-    async fn shared_memory(&self, req: Request<Incoming>, name: Option<&str>, action: &str) -> Response<Body> {
+    async fn shared_memory(&self, req: Request<Incoming>, call: Shm<'_>) -> Response<Body> {
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         if let Err(e) = admin_only(is_admin(&self.cfg, authorization), "shared memory regions") {
             return oip_error(e);
@@ -730,18 +744,18 @@ impl<P: Plane> App<P> {
             offset: u64,
             byte_size: u64,
         }
-        let done = match (action, name) {
-            ("status", _) => {
+        let done = match call {
+            Shm::Status(name) => {
                 return match self.regions.status(name) {
                     Ok(all) => json(200, serde_json::to_vec(&all).expect("json")),
                     Err(e) => oip_error(e),
                 }
             }
-            ("unregister", _) => {
+            Shm::Unregister(name) => {
                 self.regions.unregister(name);
                 Ok(())
             }
-            (_, Some(name)) => match read_body(req, 64 * 1024).await {
+            Shm::Register(name) => match read_body(req, 64 * 1024).await {
                 Err(e) => Err(e),
                 Ok((_, body)) => match serde_json::from_slice::<Register>(&body) {
                     Ok(r) => self.regions.register(name, &r.key, r.offset, r.byte_size),
@@ -752,7 +766,6 @@ impl<P: Plane> App<P> {
                     )),
                 },
             },
-            _ => unreachable!("registering is routed with a region's name"),
         };
         match done {
             Ok(()) => json(200, b"{}".to_vec()),
