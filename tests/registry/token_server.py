@@ -18,7 +18,10 @@ Served here, on 127.0.0.1:
 
 A file `unavailable` beside the users file holding a number N makes the
 next N requests answer 503, as a token service that is down does (the
-file counts down).
+file counts down). A file `expired` holding N makes the next N tokens
+granted run out before they are used (their `exp` two minutes past, beyond
+the minute of leeway distribution gives a clock's skew), as a token
+granted at the start of a pull that outlasts it has when it is sent late.
 
 Users: a file of JSON `{"user": {"password": "...", "actions": ["pull",
 "push"], "refresh_token": "..."}}`. A user is granted the actions asked
@@ -74,7 +77,8 @@ def token_for(user: str | None, scopes: list[str]) -> str:
         kind, name, actions = parts
         granted = [a for a in actions.split(",") if a in allowed]
         access.append({"type": kind, "name": name, "actions": granted})
-    now = int(time.time())
+    expired = counted_down(EXPIRED)
+    now = int(time.time()) - (300 + 120 if expired else 0)
     claims = {
         "iss": ISSUER,
         "sub": user or "",
@@ -86,7 +90,7 @@ def token_for(user: str | None, scopes: list[str]) -> str:
         "access": access,
     }
     with GRANTS.open("a") as f:
-        f.write(json.dumps({"user": user, "access": access}) + "\n")
+        f.write(json.dumps({"user": user, "access": access} | ({"expired": True} if expired else {})) + "\n")
     return sign(claims)
 
 
@@ -95,18 +99,24 @@ def users() -> dict:
 
 
 DOWN = Path(USERS).parent / "unavailable"
+EXPIRED = Path(USERS).parent / "expired"
 
 
-def down() -> bool:
-    """Whether this request is one of those the `unavailable` file asks to fail."""
+def counted_down(path: Path) -> bool:
+    """Whether the count in `path` was above 0 (and is now one less)."""
     try:
-        left = int(DOWN.read_text())
+        left = int(path.read_text())
     except (FileNotFoundError, ValueError):
         return False
     if left <= 0:
         return False
-    DOWN.write_text(str(left - 1))
+    path.write_text(str(left - 1))
     return True
+
+
+def down() -> bool:
+    """Whether this request is one of those the `unavailable` file asks to fail."""
+    return counted_down(DOWN)
 
 
 class Handler(BaseHTTPRequestHandler):

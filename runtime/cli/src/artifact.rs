@@ -325,10 +325,10 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
     let r: Reference = reference
         .parse()
         .with_context(|| format!("{reference:?} is not a registry reference (HOST:PORT/REPO:TAG)"))?;
-    let c = client(&r, opts)?;
-    let auth = authorize(&c, &r, opts, RegistryOperation::Push).await.map_err(|e| match e {
+    let in_words = |e: PullError| match e {
         PullError::Unreachable(m) | PullError::Refused(m) => anyhow::anyhow!("pushing to {reference}: {m}"),
-    })?;
+    };
+    let mut s = Session::start(&r, opts, RegistryOperation::Push).await.map_err(in_words)?;
     let module_digest = sha256(&p.module);
     let mut layers = vec![ImageLayer::new(p.module, WASM_LAYER.to_string(), titled(&p.module_name))];
     for (name, bytes) in p.models {
@@ -350,7 +350,16 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
     let mut manifest = OciImageManifest::build(&layers, &config, None);
     manifest.media_type = Some(OCI_IMAGE_MEDIA_TYPE.to_string());
     manifest.artifact_type = Some(ARTIFACT_TYPE.to_string());
-    let resp = c.push(&r, &layers, config, &auth, Some(manifest)).await.map_err(|e| {
+    // Pushing again after a renewal sends what the registry has already
+    // as a HEAD; the manifest is the same bytes, so the same digest.
+    let pushed = loop {
+        match s.c.push(&r, &layers, config.clone(), &s.auth, Some(manifest.clone())).await {
+            Err(e) if s.renew_after(&e).await.map_err(in_words)? => continue,
+            pushed => break pushed,
+        }
+    };
+    let Session { c, auth, .. } = s;
+    let resp = pushed.map_err(|e| {
         let hint = match &auth {
             _ if !denied(&e) => String::new(),
             RegistryAuth::Anonymous => format!(
@@ -412,14 +421,70 @@ fn unreachable(e: &OciDistributionError) -> bool {
     }
 }
 
+/// A push's or a pull's client and login.
+///
+/// An access token traded for an identity token runs out (a token service
+/// grants minutes: ACR three hours, Docker Hub five minutes), and
+/// oci-client, holding it as a bearer token, would send it again. A request
+/// the registry refuses with one is sent again with a token traded anew,
+/// by a fresh client (oci-client's cache keeps the old one until its `exp`),
+/// as docker's own client asks again on a 401.
+struct Session<'a> {
+    r: &'a Reference,
+    opts: &'a RegistryOptions,
+    op: RegistryOperation,
+    c: Client,
+    auth: RegistryAuth,
+    renewed: u32,
+}
+
+/// Trades per push or pull, beyond the first: a registry that refuses
+/// every fresh token stops the pull with its answer.
+const RENEWALS: u32 = 3;
+
+impl<'a> Session<'a> {
+    async fn start(r: &'a Reference, opts: &'a RegistryOptions, op: RegistryOperation) -> Result<Session<'a>, PullError> {
+        let c = client(r, opts).map_err(|e| PullError::Refused(format!("{e:#}")))?;
+        let auth = authorize(&c, r, opts, op).await?;
+        Ok(Session {
+            r,
+            opts,
+            op,
+            c,
+            auth,
+            renewed: 0,
+        })
+    }
+
+    /// Whether `e` was the registry refusing a traded token, now traded
+    /// again: the caller sends its request once more.
+    async fn renew_after(&mut self, e: &OciDistributionError) -> Result<bool, PullError> {
+        if !matches!(self.auth, RegistryAuth::Bearer(_)) || !denied(e) || self.renewed == RENEWALS {
+            return Ok(false);
+        }
+        self.renewed += 1;
+        let registry = self.r.resolve_registry();
+        tracing::info!(
+            registry,
+            error = describe(e),
+            "the registry refused the access token traded for the identity token (it runs out in minutes); trading it again"
+        );
+        let c = client(self.r, self.opts).map_err(|e| PullError::Refused(format!("{e:#}")))?;
+        self.auth = authorize(&c, self.r, self.opts, self.op).await?;
+        // pull_blob takes the login the manifest's pull stored.
+        c.store_auth_if_needed(registry, &self.auth).await;
+        self.c = c;
+        Ok(true)
+    }
+}
+
 /// Pulls a version; each blob is checked against its digest.
 pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, PullError> {
     let refused = |m: String| PullError::Refused(m);
     let r: Reference = reference
         .parse()
         .map_err(|e| refused(format!("not a registry reference (HOST:PORT/REPO@sha256:...): {e}")))?;
-    let c = client(&r, opts).map_err(|e| refused(format!("{e:#}")))?;
-    let auth = authorize(&c, &r, opts, RegistryOperation::Pull).await?;
+    let mut s = Session::start(&r, opts, RegistryOperation::Pull).await?;
     let oci = |what: String, e: OciDistributionError| {
         if unreachable(&e) {
             PullError::Unreachable(describe(&e))
@@ -428,10 +493,13 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
         }
     };
     let want = r.digest().map(str::to_string);
-    let (manifest, digest) = c
-        .pull_image_manifest(&r, &auth)
-        .await
-        .map_err(|e| oci(format!("manifest {}", want.as_deref().unwrap_or(reference)), e))?;
+    let (manifest, digest) = loop {
+        match s.c.pull_image_manifest(&r, &s.auth).await {
+            Ok(m) => break m,
+            Err(e) if s.renew_after(&e).await? => continue,
+            Err(e) => return Err(oci(format!("manifest {}", want.as_deref().unwrap_or(reference)), e)),
+        }
+    };
     if let Some(w) = &want {
         if *w != digest {
             return Err(refused(format!("the registry gave manifest {digest} for {w}")));
@@ -446,9 +514,13 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
     let mut modules = 0;
     for layer in &manifest.layers {
         let mut bytes = Vec::with_capacity(layer.size.max(0) as usize);
-        c.pull_blob(&r, layer, &mut bytes)
-            .await
-            .map_err(|e| oci(format!("layer {}", layer.digest), e))?;
+        loop {
+            match s.c.pull_blob(&r, layer, &mut bytes).await {
+                Ok(()) => break,
+                Err(e) if s.renew_after(&e).await? => bytes.clear(),
+                Err(e) => return Err(oci(format!("layer {}", layer.digest), e)),
+            }
+        }
         // oci-client checks too; this says which digest in our words.
         let got = sha256(&bytes);
         if got != layer.digest {

@@ -1407,7 +1407,7 @@ fn a_registry_behind_a_token_service() {
     std::fs::write(
         d.join("users.json"),
         json!({
-            "ci": {"password": "s3cret-pw", "actions": ["pull", "push"]},
+            "ci": {"password": "s3cret-pw", "actions": ["pull", "push"], "refresh_token": "refresh-for-ci"},
             "reader": {"password": "read-only", "actions": ["pull"]},
             "node": {"actions": ["pull"], "refresh_token": "refresh-for-the-node"},
         })
@@ -1536,6 +1536,51 @@ fn a_registry_behind_a_token_service() {
     assert!(
         grants.contains(r#"{"user": "node", "access": [{"type": "repository", "name": "iris", "actions": ["pull"]}]}"#),
         "{grants}"
+    );
+    // An access token that has run out by the time it is sent (as one
+    // granted at the start of a pull that outlasts it): the registry
+    // refuses it, and the node trades the identity token again.
+    std::fs::write(d.join("expired"), "1").unwrap();
+    let renewing = Node::spawn_with(
+        &["--insecure", "--artifact", &reference],
+        free_port(),
+        &[("DOCKER_CONFIG", &p("store")), ("PATH", &path)],
+    );
+    renewing.wait_ready();
+    assert_eq!(std::fs::read_to_string(d.join("expired")).unwrap(), "0");
+    let log = renewing.proc.log();
+    assert!(
+        log.contains("trading it again") && log.contains("pulled; every digest checked"),
+        "{log}"
+    );
+    let grants = std::fs::read_to_string(d.join("grants.log")).unwrap();
+    let node_grants: Vec<&str> = grants.lines().filter(|l| l.contains(r#""user": "node""#)).collect();
+    assert!(
+        node_grants.len() >= 3 && node_grants[node_grants.len() - 2].contains(r#""expired": true"#),
+        "{grants}"
+    );
+    assert!(!node_grants[node_grants.len() - 1].contains("expired"), "{grants}");
+    // A push with an identity token, whose first access token has run out.
+    std::fs::create_dir_all(d.join("ci-identity")).unwrap();
+    std::fs::write(
+        d.join("ci-identity/config.json"),
+        json!({"auths": {registry.clone(): {"auth": "", "identitytoken": "refresh-for-ci"}}}).to_string(),
+    )
+    .unwrap();
+    std::fs::write(d.join("expired"), "1").unwrap();
+    let out = push(&p("ci-identity"), "v1-again");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(d.join("expired")).unwrap(), "0");
+    let again = serde_json::from_slice::<Value>(&out.stdout).unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(again, digest, "the same files give the same manifest");
+    let grants = std::fs::read_to_string(d.join("grants.log")).unwrap();
+    let last_two: Vec<&str> = grants.lines().rev().take(2).collect();
+    assert!(
+        last_two[0].contains(r#""user": "ci""#) && !last_two[0].contains("expired") && last_two[1].contains(r#""expired": true"#),
+        "traded again after the refusal: {grants}"
     );
     // The same helper's identity token may not push: the token service
     // grants the node's login pull only.
