@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::autoscale::{cpu_bound_limit, Scaler};
+use crate::autoscale::{cores_left, cpu_bound_limit, Scaler, CPU_BOUND};
 use crate::config::Resolved;
 use crate::deploy::{lock, Control};
 
@@ -88,28 +88,56 @@ pub(crate) struct VersionMonitor {
 /// first decision about it. What `cpu_bound_limit` holds scale-ups to.
 #[derive(Default)]
 pub(crate) struct CpuShare {
-    /// When this period began, and its looks: in a call, and running.
+    /// When this period began, and its looks' counts: looks, instances in
+    /// a call, and running.
     since: Option<Instant>,
-    now: (u32, u32),
+    now: (u32, u32, u32),
     /// The last period's.
-    last: (u32, u32),
+    last: (u32, u32, u32),
     pub share: Option<f64>,
+    /// The mean count of its instances running (or waiting for a core) at
+    /// a look: the cores its calls keep busy. Set with `share`.
+    pub cores: Option<f64>,
     /// The count scale-ups are held at now, once said.
     held: Option<usize>,
 }
 
+/// Instances seen in a call over the period that a share is taken from.
+const SHARE_LOOKS: u32 = 3;
+
 impl CpuShare {
-    /// One look at the pool. The share needs at least 5 instances seen in
-    /// a call (fewer: too few calls to say).
+    /// One look at the pool. A new share needs at least [`SHARE_LOOKS`]
+    /// instances seen in a call (fewer: too few calls to say).
     fn update(&mut self, now: Instant, every: Duration, st: &wasmscore_replica::PoolStats) {
         let (busy, running) = st.sample_running();
-        self.now = (self.now.0 + busy, self.now.1 + running);
+        self.now = (self.now.0 + 1, self.now.1 + busy, self.now.2 + running);
         let since = *self.since.get_or_insert(now);
         if now.duration_since(since) >= every {
-            (self.since, self.last, self.now) = (Some(now), self.now, (0, 0));
+            (self.since, self.last, self.now) = (Some(now), self.now, (0, 0, 0));
         }
-        let (busy, running) = (self.last.0 + self.now.0, self.last.1 + self.now.1);
-        self.share = (busy >= 5).then(|| f64::from(running) / f64::from(busy));
+        let (looks, busy, running) = (self.last.0 + self.now.0, self.last.1 + self.now.1, self.last.2 + self.now.2);
+        if busy >= SHARE_LOOKS {
+            self.share = Some(f64::from(running) / f64::from(busy));
+            self.cores = Some(f64::from(running) / f64::from(looks));
+        } else if busy == 0 {
+            // No call in a period and more: the load is gone.
+            (self.share, self.cores) = (None, None);
+        }
+        // Between the two, too few calls seen to say anew: the last share
+        // holds (a light load, seen in a call at one look in ten, would
+        // otherwise come and go, and a scale-up slip through the gaps).
+    }
+
+    /// Calls seen, but too few yet to say whether they are CPU-bound (a
+    /// load that has just begun, or a light one before its first share).
+    fn unsure(&self) -> bool {
+        self.share.is_none() && self.last.1 + self.now.1 > 0
+    }
+
+    /// The cores this version's calls keep busy, when they are CPU-bound
+    /// (as `cpu_bound_limit` counts them).
+    fn bound_cores(&self) -> Option<f64> {
+        self.share.filter(|s| *s >= CPU_BOUND).and(self.cores)
     }
 }
 
@@ -157,6 +185,7 @@ impl VersionMonitor {
                 "scale_events": self.scale_events,
                 "capacity_limited": self.capacity_limited,
                 "cpu_share": self.cpu.share.map(|c| (c * 100.0).round() / 100.0),
+                "cpu_cores_busy": self.cpu.cores.map(|c| (c * 100.0).round() / 100.0),
             }),
             _ => json!({"enabled": false, "num_replicas": self.settings.pool.replicas}),
         };
@@ -242,6 +271,20 @@ impl Control {
                 mem_used += n * b.monitor.settings.memory_gb;
             }
         }
+        // What the CPU-bound versions' calls keep busy now, in cores: a
+        // scale-up of one is held at the cores the others leave it.
+        let (mut bound_cores, mut bound_versions) = (0.0, 0usize);
+        for b in inner
+            .endpoints
+            .values()
+            .flat_map(|e| e.versions.iter())
+            .filter_map(|v| v.live.as_ref())
+        {
+            if let Some(c) = b.monitor.cpu.bound_cores() {
+                bound_cores += c;
+                bound_versions += 1;
+            }
+        }
         let mut republish = Vec::new();
         for (name, ep) in inner.endpoints.iter_mut() {
             for v in ep.versions.iter_mut() {
@@ -255,12 +298,28 @@ impl Control {
                 if let Some(scaler) = m.scaler.as_mut() {
                     scaler.sample(st.busy.load(Ordering::Relaxed) + st.queued.load(Ordering::Relaxed));
                     let refresh = m.settings.autoscale.as_ref().map_or(Duration::from_secs(1), |a| a.refresh);
+                    if let Some(c) = m.cpu.bound_cores() {
+                        bound_cores -= c;
+                        bound_versions -= 1;
+                    }
                     m.cpu.update(now, refresh, &st);
+                    let others = bound_cores.max(0.0);
+                    let cores = cores_left(capacity.cpu_cores, others, bound_versions + 1);
+                    // This look counts for the versions after it in this tick.
+                    if let Some(c) = m.cpu.bound_cores() {
+                        bound_cores += c;
+                        bound_versions += 1;
+                    }
                     let current = pool.target_replicas();
                     if let Some(d) = scaler.decide(now, current) {
                         let mut to = d.to;
                         let max_concurrent = m.settings.pool.max_concurrent;
-                        if let Some(limit) = cpu_bound_limit(m.cpu.share, capacity.cpu_cores, max_concurrent) {
+                        if to > current && current > 0 && m.cpu.unsure() {
+                            // Asked again next period, with a share to go by:
+                            // instances beyond the cores would only queue.
+                            to = current;
+                        }
+                        if let Some(limit) = cpu_bound_limit(m.cpu.share, cores, max_concurrent) {
                             let granted = limit.max(current);
                             if to > granted {
                                 // Said once while it holds the same count.
@@ -269,9 +328,16 @@ impl Control {
                                         wanted: to,
                                         granted,
                                         why: format!(
-                                            "its calls keep a core busy {:.0}% of their time, so more than {limit} replicas would only queue for this machine's {} CPU cores",
+                                            "its calls keep a core busy {:.0}% of their time, so more than {limit} replicas would only queue for {}",
                                             m.cpu.share.unwrap_or(0.0) * 100.0,
-                                            capacity.cpu_cores
+                                            if others > 0.0 {
+                                                format!(
+                                                    "the {cores:.1} of this machine's {} CPU cores left beside other CPU-bound versions (keeping {others:.1} busy)",
+                                                    capacity.cpu_cores
+                                                )
+                                            } else {
+                                                format!("this machine's {} CPU cores", capacity.cpu_cores)
+                                            }
                                         ),
                                     });
                                 }
@@ -300,6 +366,10 @@ impl Control {
                             }
                             cpu_used += (to - current) as f64 * cpu;
                             mem_used += (to - current) as f64 * mem;
+                            // The instances it gets keep cores busy too.
+                            if let (Some(share), Some(_)) = (m.cpu.share, m.cpu.bound_cores()) {
+                                bound_cores += share.min(1.0) * ((to - current) * max_concurrent) as f64;
+                            }
                         } else {
                             cpu_used -= (current - to) as f64 * m.settings.cpu_cores;
                             mem_used -= (current - to) as f64 * m.settings.memory_gb;

@@ -128,6 +128,9 @@ impl Scaler {
     }
 }
 
+/// The CPU share from which a version's calls count as CPU-bound.
+pub const CPU_BOUND: f64 = 0.1;
+
 /// The most replicas of a version that can run at once on `cores` when its
 /// calls keep a core busy `cpu_share` of their time (its instances' CPU
 /// time over its calls' time): `cores / cpu_share` instances, in replicas
@@ -138,9 +141,21 @@ impl Scaler {
 /// ran, or the calls wait more than they compute (under 10% on a core:
 /// sleeping, blocked in the host), where more instances do serve more.
 pub fn cpu_bound_limit(cpu_share: Option<f64>, cores: f64, max_concurrent: usize) -> Option<usize> {
-    let share = cpu_share.filter(|s| *s >= 0.1)?.min(1.0);
+    let share = cpu_share.filter(|s| *s >= CPU_BOUND)?.min(1.0);
     let instances = (cores / share - 1e-9).ceil().max(1.0) as usize;
     Some(instances.div_ceil(max_concurrent.max(1)))
+}
+
+/// The share of a machine's `cores` one CPU-bound version may count on
+/// when others run beside it: what the other CPU-bound versions keep busy
+/// now (`others`, in cores) is taken away, but each of the `versions`
+/// CPU-bound versions, this one among them, keeps at least an even share,
+/// so that the first to scale does not hold the rest at one replica.
+/// Without it two versions each held at the cores would together ask
+/// twice as many instances as there are cores (a split endpoint's control
+/// and treatment under load at once).
+pub fn cores_left(cores: f64, others: f64, versions: usize) -> f64 {
+    (cores - others).max(cores / versions.max(1) as f64)
 }
 
 #[cfg(test)]
@@ -262,5 +277,19 @@ mod tests {
         // Sleeping or blocked calls, or none at all: no limit.
         assert_eq!(cpu_bound_limit(Some(0.05), 2.0, 1), None);
         assert_eq!(cpu_bound_limit(None, 2.0, 1), None);
+    }
+
+    #[test]
+    fn cpu_bound_versions_share_the_cores() {
+        // Alone, a version has them all.
+        assert_eq!(cores_left(2.0, 0.0, 1), 2.0);
+        // Another keeps one busy: one left.
+        assert_eq!(cores_left(2.0, 1.0, 2), 1.0);
+        // Others that took them all first: still an even share.
+        assert_eq!(cores_left(2.0, 2.0, 2), 1.0);
+        assert_eq!(cores_left(4.0, 3.5, 3), 4.0 / 3.0);
+        // Others keeping less than their share leave the rest.
+        assert_eq!(cores_left(4.0, 0.5, 3), 3.5);
+        assert_eq!(cpu_bound_limit(Some(1.0), cores_left(2.0, 2.0, 2), 1), Some(1));
     }
 }

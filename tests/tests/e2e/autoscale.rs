@@ -326,7 +326,7 @@ fn cpu_bound_calls_are_held_at_the_replicas_the_cores_can_run() {
     let s = Server::start(&["--cpu-capacity", "2"]);
     let dc = serde_json::json!({"autoscale_max_replicas": 8, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.5});
     s.deploy_ok("burner", &hostile(), &[], Some(dc.clone()));
-    s.deploy_ok("sleeper", &hostile(), &[], Some(dc));
+    s.deploy_ok("sleeper", &hostile(), &[], Some(dc.clone()));
     // 8 clients each: calls busy on a core for 20 ms, and calls asleep
     // for 20 ms. Utilization asks 8 replicas of both.
     let loads = [
@@ -336,6 +336,7 @@ fn cpu_bound_calls_are_held_at_the_replicas_the_cores_can_run() {
     until("the sleeper at 8 replicas", Duration::from_secs(6), || replicas(&s, "sleeper") == 8);
     std::thread::sleep(Duration::from_secs(2));
     let burner = version(&s, "burner");
+    let sleeper = version(&s, "sleeper");
     for l in loads {
         let t = l.stop();
         assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
@@ -344,11 +345,32 @@ fn cpu_bound_calls_are_held_at_the_replicas_the_cores_can_run() {
     // One replica a core, and one more if it was scaled before a share was measured.
     assert!(burner["target_replicas"].as_u64().unwrap() <= 3, "{burner}");
     assert!(share >= 0.5, "a burning call keeps a core busy: {burner}");
+    assert!(burner["autoscale"]["cpu_cores_busy"].as_f64().unwrap_or(0.0) >= 0.5, "{burner}");
     let log = events(&s, "burner", "v1");
     assert!(log.contains("held at") && log.contains("keep a core busy"), "{log}");
-    let sleeper = version(&s, "sleeper");
     assert!(sleeper["autoscale"]["cpu_share"].as_f64().unwrap_or(1.0) < 0.1, "{sleeper}");
     assert!(!events(&s, "sleeper", "v1").contains("held at"));
+
+    // Two CPU-bound versions under load at once share the cores: each is
+    // held at what the other leaves it (an even share, one core each),
+    // where each alone would be held at two.
+    s.deploy_ok("burner2", &hostile(), &[], Some(dc.clone()));
+    s.deploy_ok("burner3", &hostile(), &[], Some(dc));
+    let loads = [
+        Load::start(&s, "burner2", 8, "burn:20", None),
+        Load::start(&s, "burner3", 8, "burn:20", None),
+    ];
+    std::thread::sleep(Duration::from_secs(4));
+    let both = [version(&s, "burner2"), version(&s, "burner3")];
+    for l in loads {
+        l.stop();
+    }
+    let counts: Vec<u64> = both.iter().map(|v| v["target_replicas"].as_u64().unwrap()).collect();
+    // Two replicas each would be the hold of one version alone; one more
+    // than one each if one scaled before the other's calls were seen.
+    assert!(counts.iter().sum::<u64>() <= 3, "{counts:?}: {both:?}");
+    let log = events(&s, "burner2", "v1") + &events(&s, "burner3", "v1");
+    assert!(log.contains("left beside other CPU-bound versions"), "{log}");
 }
 
 #[test]
