@@ -305,6 +305,31 @@ fn a_version_whose_replicas_keep_failing_hands_its_share_to_the_default_until_it
     }
     assert_eq!(s.get("/v2/models/flaky/versions/v2/ready").0, 503);
     assert_eq!(s.get("/v2/models/flaky/ready").0, 200);
+    // Triton's repository index lists it as UNAVAILABLE, with the reason,
+    // and leaves it out when asked for the ready ones.
+    let admin = format!("Bearer {}", s.admin_token());
+    let index = |body: &str| {
+        let (st, _, index) = s.request("POST", "/v2/repository/index", &[("Authorization", &admin)], body.as_bytes());
+        assert_eq!(st, 200, "{index}");
+        let text = |m: &serde_json::Value, k: &str| m[k].as_str().unwrap_or_default().to_string();
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| (text(m, "name"), text(m, "version"), text(m, "state"), text(m, "reason")))
+            .collect::<Vec<_>>()
+    };
+    let all = index("");
+    assert_eq!(
+        all.iter()
+            .map(|(n, v, st, _)| (n.as_str(), v.as_str(), st.as_str()))
+            .collect::<Vec<_>>(),
+        [("flaky", "v1", "READY"), ("flaky", "v2", "UNAVAILABLE")],
+        "{all:?}"
+    );
+    assert!(all[1].3.contains("replica failures in a row") && all[0].3.is_empty(), "{all:?}");
+    let ready = index(r#"{"ready": true}"#);
+    assert_eq!(ready.iter().map(|m| m.1.as_str()).collect::<Vec<_>>(), ["v1"], "{ready:?}");
     // Pinned requests still reach it, for whoever debugs it.
     assert_eq!(c.score_full("flaky", &[("x-wasmscore-version", "v2")], "hi").0, 200);
     let log = events(&s, "flaky", "v2");
