@@ -232,6 +232,38 @@ def repository(mod, c, hdr, json_of=lambda r: r):
             check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
 
 
+def log_settings(mod, c, hdr, json_of=lambda r: r):
+    """Triton's logging extension as each client reads and changes it, under
+    the admin token: the settings, a change answered with them all, what a
+    level cannot say refused, a model's key refused."""
+    name = mod.__name__
+
+    def flat(r):
+        r = json_of(r)
+        r = r.get("settings", r)
+        # gRPC: {"log_info": {"bool_param": true}, ...}
+        return {k: (next(iter(v.values())) if isinstance(v, dict) else v) for k, v in r.items()}
+
+    now = flat(c.get_log_settings(headers=hdr("admin")))
+    check(f"{name}: the log settings read", now.get("log_info") is True and now.get("log_error") is True
+          and int(now.get("log_verbose_level", -1)) == 0 and now.get("log_file") == "" and now.get("log_format") == "default", now)
+    changed = flat(c.update_log_settings({"log_verbose_level": 1}, headers=hdr("admin")))
+    check(f"{name}: log_verbose_level changed to 1, the others kept",
+          int(changed["log_verbose_level"]) == 1 and changed["log_info"] is True, changed)
+    for what, call, codes in (
+        ("log_warning off under log_info on", lambda: c.update_log_settings({"log_warning": False}, headers=hdr("admin")), ("400", "INVALID_ARGUMENT")),
+        ("a log file", lambda: c.update_log_settings({"log_file": "/tmp/triton.log"}, headers=hdr("admin")), ("400", "INVALID_ARGUMENT")),
+        ("the log settings under a model's key", lambda: c.get_log_settings(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
+    ):
+        try:
+            call()
+            check(f"{name}: {what} refused", False)
+        except InferenceServerException as e:
+            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    back = flat(c.update_log_settings({"log_verbose_level": 0}, headers=hdr("admin")))
+    check(f"{name}: the refused changes changed nothing", int(back["log_verbose_level"]) == 0 and back["log_warning"] is True, back)
+
+
 def shared_memory(mod, c, hdr, json_of=lambda r: r):
     """Triton's system shared memory extension as tritonclient.utils.shared_memory
     and each client use it (Triton's simple_*_shm_client): simple's inputs
@@ -405,6 +437,7 @@ def triton_http():
     check("tritonclient.http still served after the errors", (r.as_numpy("OUTPUT0") == 2).all())
     statistics(th, c, auth("simple"))
     repository(th, c, auth)
+    log_settings(th, c, auth)
     shared_memory(th, c, auth)
     # A module that takes the tensors itself (examples/iris-rust).
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
@@ -469,6 +502,7 @@ def triton_grpc():
     as_json = lambda r: json.loads(MessageToJson(r, preserving_proto_field_name=True))  # noqa: E731
     statistics(tg, c, gauth("simple"), json_of=as_json)
     repository(tg, c, gauth, json_of=as_json)
+    log_settings(tg, c, gauth, json_of=as_json)
     shared_memory(tg, c, gauth, json_of=as_json)
     # Typed contents (not raw): what grpcio users build by hand.
     from tritonclient.grpc import service_pb2

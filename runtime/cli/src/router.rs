@@ -64,7 +64,7 @@ pub struct RouterArgs {
 }
 
 pub fn run(args: RouterArgs) -> Result<()> {
-    crate::up::init_logging();
+    let logging = crate::up::init_logging();
     crate::up::private_files();
     let token = match &args.data_dir {
         Some(d) => {
@@ -112,6 +112,7 @@ pub fn run(args: RouterArgs) -> Result<()> {
         let mut cfg = args.edge.server_config(args.max_body_bytes, token);
         cfg.spans = spans.clone();
         cfg.shards = shards;
+        cfg.logging = Some(logging);
         wasmscore_server::serve(listeners, fleet, cfg, crate::up::shutdown_signal()).await?;
         crate::up::flush_spans(spans).await;
         tracing::info!("shutting down");

@@ -280,16 +280,31 @@ pub fn admin_token(data_dir: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// Logs to stderr; `WASMSCORE_LOG` filters (default info).
-pub fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("WASMSCORE_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
+/// Logs to stderr; `WASMSCORE_LOG` filters (default info). The filter
+/// can be changed while the process serves, through Triton's logging
+/// extension (`/v2/logging`, gRPC LogSettings): the handle for it.
+pub fn init_logging() -> Arc<wasmscore_server::logging::Logging> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("WASMSCORE_LOG").unwrap_or_else(|_| "info".into());
+    let max = filter.max_level_hint();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+    Arc::new(wasmscore_server::logging::Logging::new(
+        max,
+        Box::new(move |directive| {
+            let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+            handle.reload(filter).map_err(|e| e.to_string())
+        }),
+    ))
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
-    init_logging();
+    let logging = init_logging();
     private_files();
     wasmscore_control::data_dir::make_private(&args.data_dir)?;
     let token = admin_token(&args.data_dir)?;
@@ -343,6 +358,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
         let mut cfg = args.edge.server_config(args.max_body_bytes, token);
         cfg.spans = spans.clone();
+        cfg.logging = Some(logging);
         wasmscore_server::serve(listeners, control.clone(), cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
         flush_spans(spans).await;

@@ -72,9 +72,9 @@ struct Oip<P> {
 
 impl<P: Plane> Oip<P> {
     /// The admin token's calls: refused without it.
-    fn admin(&self, meta: &MetadataMap) -> Result<(), Status> {
+    fn admin(&self, meta: &MetadataMap, what: &str) -> Result<(), Status> {
         let given = meta.get("authorization").and_then(|v| v.to_str().ok());
-        crate::http::admin_only(crate::http::is_admin(&self.app.cfg, given), "shared memory regions").map_err(status)
+        crate::http::admin_only(crate::http::is_admin(&self.app.cfg, given), what).map_err(status)
     }
 }
 
@@ -84,6 +84,7 @@ fn status(e: ApiError) -> Status {
         400 | 413 | 422 => tonic::Code::InvalidArgument,
         401 => tonic::Code::Unauthenticated,
         403 => tonic::Code::PermissionDenied,
+        501 => tonic::Code::Unimplemented,
         404 => tonic::Code::NotFound,
         409 => tonic::Code::AlreadyExists,
         429 | 503 => tonic::Code::Unavailable,
@@ -131,6 +132,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                 "model_repository".into(),
                 "statistics".into(),
                 "system_shared_memory".into(),
+                "logging".into(),
             ],
         }))
     }
@@ -234,7 +236,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         &self,
         req: Request<SystemSharedMemoryStatusRequest>,
     ) -> Result<Response<SystemSharedMemoryStatusResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(req.metadata(), "shared memory regions")?;
         let name = req.into_inner().name;
         let regions = self.app.regions.status(given(&name)).map_err(status)?;
         let regions = regions
@@ -256,7 +258,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         &self,
         req: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Result<Response<SystemSharedMemoryRegisterResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(req.metadata(), "shared memory regions")?;
         let r = req.into_inner();
         self.app.regions.register(&r.name, &r.key, r.offset, r.byte_size).map_err(status)?;
         Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
@@ -266,9 +268,46 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         &self,
         req: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Result<Response<SystemSharedMemoryUnregisterResponse>, Status> {
-        self.admin(req.metadata())?;
+        self.admin(req.metadata(), "shared memory regions")?;
         self.app.regions.unregister(given(&req.into_inner().name));
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    /// Triton's logging extension, as REST's `/v2/logging` states it
+    /// (logging.rs).
+    async fn log_settings(&self, req: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
+        use crate::logging::Setting;
+        use log_setting_value::ParameterChoice as Value;
+        self.admin(req.metadata(), "the log settings")?;
+        let logging = self.app.cfg.logging.as_ref().ok_or_else(|| status(crate::logging::not_here()))?;
+        let changes = req
+            .into_inner()
+            .settings
+            .into_iter()
+            .map(|(name, v)| match v.parameter_choice {
+                Some(Value::BoolParam(b)) => Ok((name, Setting::Bool(b))),
+                Some(Value::Uint32Param(n)) => Ok((name, Setting::Uint(n))),
+                Some(Value::StringParam(s)) => Ok((name, Setting::Text(s))),
+                None => Err(Status::invalid_argument(format!("log setting {name:?} has no value"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !changes.is_empty() {
+            logging.update(&changes).map_err(status)?;
+        }
+        let settings = logging
+            .settings()
+            .into_iter()
+            .map(|(name, v)| {
+                let v = match v {
+                    Setting::Bool(b) => Value::BoolParam(b),
+                    Setting::Uint(n) => Value::Uint32Param(n),
+                    Setting::Text(s) => Value::StringParam(s),
+                };
+                let v = LogSettingValue { parameter_choice: Some(v) };
+                (name.to_string(), v)
+            })
+            .collect();
+        Ok(Response::new(LogSettingsResponse { settings }))
     }
 
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {

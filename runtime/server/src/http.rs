@@ -49,6 +49,9 @@ pub struct ServerConfig {
     /// Threads that each run their connections on a runtime of their own
     /// (a router's; wasmscore_remote::shards). None: the caller's runtime.
     pub shards: Option<Arc<wasmscore_remote::shards::Shards>>,
+    /// The process's log settings, for Triton's logging extension. None:
+    /// its routes answer 501.
+    pub logging: Option<Arc<crate::logging::Logging>>,
 }
 
 impl Default for ServerConfig {
@@ -63,6 +66,7 @@ impl Default for ServerConfig {
             max_h2_streams: 256,
             spans: None,
             shards: None,
+            logging: None,
         }
     }
 }
@@ -580,7 +584,7 @@ impl<P: Plane> App<P> {
                 serde_json::to_vec(&serde_json::json!({
                     "name": "wasmscore",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory"],
+                    "extensions": ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory", "logging"],
                 }))
                 .expect("json"),
             ),
@@ -608,6 +612,7 @@ impl<P: Plane> App<P> {
                 let name = crate::shm::unescape(name);
                 self.shared_memory(req, Shm::Unregister(Some(&name))).await
             }
+            ("GET" | "POST", ["v2", "logging"]) => self.logging(req).await.unwrap_or_else(oip_error),
             ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
             ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
             ("GET", ["v2", "models", name, "versions", v, "stats"]) => self.model_stats(&req, name, Some(v)),
@@ -727,6 +732,20 @@ impl<P: Plane> App<P> {
         };
         let models = crate::triton::index(self.plane.versions(), admin, asked.ready)?;
         Ok(json(200, serde_json::to_vec(&models).expect("json")))
+    }
+
+    /// Triton's logging extension (logging.rs), under the admin token: the
+    /// settings (GET), or changed by a JSON object of those to change
+    /// (POST), answered with them all.
+    async fn logging(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        admin_only(is_admin(&self.cfg, authorization), "the log settings")?;
+        let logging = self.cfg.logging.as_ref().ok_or_else(crate::logging::not_here)?;
+        if req.method() == hyper::Method::POST {
+            let (_, body) = read_body(req, 64 * 1024).await?;
+            logging.update_json(&body)?;
+        }
+        Ok(json(200, serde_json::to_vec(&logging.json()).expect("json")))
     }
 
     /// Triton's system shared memory extension (shm.rs), under the admin

@@ -12,6 +12,7 @@
 mod errors;
 pub mod grpc;
 mod http;
+pub mod logging;
 mod openapi;
 pub mod plane;
 mod shm;

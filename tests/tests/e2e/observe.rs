@@ -322,3 +322,59 @@ fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
     assert_eq!(attr(f, "http.response.status_code").as_deref(), Some("IntValue(500)"));
     assert_eq!(f.status.as_ref().unwrap().code, 2, "STATUS_CODE_ERROR");
 }
+
+/// Triton's logging extension changes what the process logs while it
+/// serves: a module's info line leaves stderr with `log_info` off and
+/// comes back with it on; what a level cannot say is refused.
+#[test]
+fn the_log_settings_change_what_the_log_keeps_while_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("up.log");
+    let how = super::Launch {
+        log: Some(path.clone()),
+        ..Default::default()
+    };
+    let s = Server::launch(tempfile::tempdir().unwrap(), &[], &how);
+    s.deploy_ok("h", &hostile(), &[], None);
+    let said = || std::fs::read_to_string(&path).unwrap().matches("hostile says hello").count();
+    let said_at_least = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while said() < n {
+            assert!(Instant::now() < deadline, "{n} lines from the module");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    assert_eq!(s.score("h", "log").0, 200);
+    said_at_least(1);
+    let admin = format!("Bearer {}", s.admin_token());
+    let set = |body: &str| s.request("POST", "/v2/logging", &[("Authorization", &admin)], body.as_bytes());
+    let (st, _, now) = set(r#"{"log_info": false}"#);
+    assert_eq!(
+        (st, &now["log_info"], &now["log_warning"]),
+        (200, &Value::Bool(false), &Value::Bool(true)),
+        "{now}"
+    );
+    for _ in 0..3 {
+        assert_eq!(s.score("h", "log").0, 200);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(said(), 1, "log_info off: the module's info lines are not logged");
+    let (st, _, now) = set(r#"{"log_info": true}"#);
+    assert_eq!((st, &now["log_info"]), (200, &Value::Bool(true)), "{now}");
+    assert_eq!(s.score("h", "log").0, 200);
+    said_at_least(2);
+    let log = std::fs::read_to_string(&path).unwrap();
+    assert!(log.contains("log settings changed"), "{log}");
+    // Refused, with nothing changed.
+    let (st, _, e) = set(r#"{"log_warning": false}"#);
+    assert_eq!(st, 400, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("log_info on needs log_warning on"), "{e}");
+    let (st, _, e) = s.request("POST", "/v2/logging", &[], br#"{"log_info": false}"#);
+    assert_eq!(st, 401, "{e}");
+    let (st, _, now) = s.request("GET", "/v2/logging", &[("Authorization", &admin)], b"");
+    assert_eq!(
+        (st, &now["log_info"], &now["log_warning"]),
+        (200, &Value::Bool(true), &Value::Bool(true)),
+        "{now}"
+    );
+}
