@@ -135,8 +135,16 @@ impl CpuShare {
     }
 
     /// The cores this version's calls keep busy, when they are CPU-bound
-    /// (as `cpu_bound_limit` counts them).
+    /// (as `cpu_bound_limit` counts them). While it is unsure, its
+    /// instances in a call, at most what they could keep busy: two
+    /// versions whose loads begin together would otherwise each see the
+    /// other's share unknown at its first decision, and both scale past
+    /// the cores they share.
     fn bound_cores(&self) -> Option<f64> {
+        if self.unsure() {
+            let (looks, busy) = (self.last.0 + self.now.0, self.last.1 + self.now.1);
+            return Some(f64::from(busy) / f64::from(looks.max(1)));
+        }
         self.share.filter(|s| *s >= CPU_BOUND).and(self.cores)
     }
 }
