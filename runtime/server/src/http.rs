@@ -465,6 +465,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2", "systemsharedmemory", "status"]
         | ["v2", "systemsharedmemory", "region", _, "status"]
         | ["metrics"] => Some("GET"),
+        ["v2", "logging"] => Some("GET, POST"),
         _ => None,
     }
 }

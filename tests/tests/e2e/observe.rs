@@ -371,6 +371,9 @@ fn the_log_settings_change_what_the_log_keeps_while_serving() {
     assert!(e["error"].as_str().unwrap().contains("log_info on needs log_warning on"), "{e}");
     let (st, _, e) = s.request("POST", "/v2/logging", &[], br#"{"log_info": false}"#);
     assert_eq!(st, 401, "{e}");
+    let (st, head, e) = s.request("PUT", "/v2/logging", &[("Authorization", &admin)], b"{}");
+    assert_eq!(st, 405, "{e}");
+    assert!(head.contains("allow: get, post"), "{head}");
     let (st, _, now) = s.request("GET", "/v2/logging", &[("Authorization", &admin)], b"");
     assert_eq!(
         (st, &now["log_info"], &now["log_warning"]),
