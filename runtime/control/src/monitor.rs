@@ -319,15 +319,16 @@ impl Control {
                         bound_versions += 1;
                     }
                     let current = pool.target_replicas();
-                    if let Some(d) = scaler.decide(now, current) {
+                    let max_concurrent = m.settings.pool.max_concurrent;
+                    let cpu_limit = cpu_bound_limit(m.cpu.share, cores, max_concurrent);
+                    if let Some(d) = scaler.decide(now, current, cpu_limit) {
                         let mut to = d.to;
-                        let max_concurrent = m.settings.pool.max_concurrent;
                         if to > current && current > 0 && m.cpu.unsure() {
                             // Asked again next period, with a share to go by:
                             // instances beyond the cores would only queue.
                             to = current;
                         }
-                        if let Some(limit) = cpu_bound_limit(m.cpu.share, cores, max_concurrent) {
+                        if let Some(limit) = cpu_limit {
                             let granted = limit.max(current);
                             if to > granted {
                                 // Said once while it holds the same count.

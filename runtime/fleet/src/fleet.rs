@@ -320,7 +320,8 @@ impl Fleet {
                 scaler.sample(v.nodes.demand());
                 // What the version is moving to, as under `up` (the pool's
                 // target): the nodes follow the Scaler, not the other way.
-                if let Some(d) = scaler.decide(now, v.desired) {
+                // No CPU limit: a node is one replica with cores of its own.
+                if let Some(d) = scaler.decide(now, v.desired, None) {
                     if d.to != v.desired {
                         self.scaler.scale(&ep.spec.name, &v.spec.name, v.desired, d.to, &d.reason);
                         v.desired = d.to;

@@ -72,7 +72,12 @@ impl Scaler {
 
     /// Decides once per refresh period; None between decisions and when the
     /// count stays. `current` is the replica count the pool is moving to.
-    pub fn decide(&mut self, now: Instant, current: usize) -> Option<Decision> {
+    /// `cpu_limit`, the replicas its calls can keep on the cores
+    /// ([`cpu_bound_limit`]): a count above it comes down to it after the
+    /// down delay, as a count above what utilization asks does, though the
+    /// load that utilization sees stays (instances queued for a core look
+    /// busy). A scale-up past it is the caller's to hold.
+    pub fn decide(&mut self, now: Instant, current: usize, cpu_limit: Option<usize>) -> Option<Decision> {
         if now.duration_since(self.last_decision) < self.cfg.refresh || self.count == 0 {
             return None;
         }
@@ -95,22 +100,18 @@ impl Scaler {
             self.cfg.target * 100.0,
             window.as_secs_f64()
         );
-        if desired > current {
+        let within = cpu_limit.map_or(desired, |l| desired.min(l.max(self.cfg.min)));
+        if within >= current {
             self.below_since = None;
             self.hold = 0;
-            return Some(Decision {
+            return (desired > current).then(|| Decision {
                 from: current,
                 to: desired,
                 reason: figures,
             });
         }
-        if desired == current {
-            self.below_since = None;
-            self.hold = 0;
-            return None;
-        }
         let since = *self.below_since.get_or_insert(now);
-        self.hold = self.hold.max(desired);
+        self.hold = self.hold.max(within);
         // The first period below started one refresh before `since`; half a
         // period of slack absorbs the ticks' jitter.
         let below_for = now.duration_since(since) + self.cfg.refresh;
@@ -120,10 +121,15 @@ impl Scaler {
         let to = self.hold;
         self.below_since = None;
         self.hold = 0;
+        let why = if desired > to {
+            "more replicas than its calls can keep on the CPU cores"
+        } else {
+            "below target"
+        };
         Some(Decision {
             from: current,
             to,
-            reason: format!("{figures}; below target for {:.0} s", below_for.as_secs_f64()),
+            reason: format!("{figures}; {why} for {:.0} s", below_for.as_secs_f64()),
         })
     }
 }
@@ -175,11 +181,16 @@ mod tests {
 
     /// Feeds `load` for one refresh period and decides.
     fn period(s: &mut Scaler, t: &mut Instant, load: usize, current: usize) -> Option<Decision> {
+        limited(s, t, load, current, None)
+    }
+
+    /// The same, with the cores' limit.
+    fn limited(s: &mut Scaler, t: &mut Instant, load: usize, current: usize, limit: Option<usize>) -> Option<Decision> {
         for _ in 0..20 {
             s.sample(load);
         }
         *t += Duration::from_secs(1);
-        s.decide(*t, current)
+        s.decide(*t, current, limit)
     }
 
     #[test]
@@ -258,8 +269,8 @@ mod tests {
         let t = Instant::now();
         let mut s = Scaler::new(cfg(1, 10), 1, t, 1);
         s.sample(50);
-        assert_eq!(s.decide(t + Duration::from_millis(500), 1), None);
-        assert!(s.decide(t + Duration::from_millis(1000), 1).is_some());
+        assert_eq!(s.decide(t + Duration::from_millis(500), 1, None), None);
+        assert!(s.decide(t + Duration::from_millis(1000), 1, None).is_some());
     }
 
     #[test]
@@ -277,6 +288,41 @@ mod tests {
         // Sleeping or blocked calls, or none at all: no limit.
         assert_eq!(cpu_bound_limit(Some(0.05), 2.0, 1), None);
         assert_eq!(cpu_bound_limit(None, 2.0, 1), None);
+    }
+
+    #[test]
+    fn replicas_past_what_the_cores_run_come_down_after_the_delay() {
+        let mut t = Instant::now();
+        let mut s = Scaler::new(cfg(1, 10), 1, t, 8);
+        // 8 busy on 8: utilization asks 12, the cores run 2.
+        for i in 0..59 {
+            assert_eq!(limited(&mut s, &mut t, 8, 8, Some(2)), None, "second {i}");
+        }
+        let d = limited(&mut s, &mut t, 8, 8, Some(2)).expect("down after the delay");
+        assert_eq!((d.from, d.to), (8, 2));
+        assert!(
+            d.reason.contains("more replicas than its calls can keep on the CPU cores for 60 s"),
+            "{}",
+            d.reason
+        );
+        // A limit that goes away (the calls stopped being CPU-bound) resets
+        // the window; the count is never under min.
+        let mut s = Scaler::new(cfg(3, 10), 1, t, 8);
+        for _ in 0..30 {
+            assert_eq!(limited(&mut s, &mut t, 8, 8, Some(1)), None);
+        }
+        assert_eq!(limited(&mut s, &mut t, 8, 8, None).map(|d| d.to), Some(10), "up again");
+        for _ in 0..59 {
+            assert_eq!(limited(&mut s, &mut t, 8, 10, Some(1)), None);
+        }
+        assert_eq!(limited(&mut s, &mut t, 8, 10, Some(1)).map(|d| d.to), Some(3));
+        // Under the limit, the limit changes nothing.
+        let mut s = Scaler::new(cfg(1, 10), 1, t, 1);
+        assert_eq!(
+            limited(&mut s, &mut t, 8, 1, Some(4)).map(|d| d.to),
+            Some(10),
+            "the caller holds it"
+        );
     }
 
     #[test]

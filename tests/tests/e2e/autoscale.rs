@@ -399,6 +399,35 @@ fn cpu_bound_calls_are_held_at_the_replicas_the_cores_can_run() {
 }
 
 #[test]
+fn replicas_that_would_only_queue_for_the_cores_are_taken_away_after_the_down_delay() {
+    let _one = one_at_a_time();
+    let s = Server::start(&["--cpu-capacity", "2"]);
+    let dc = serde_json::json!({
+        "autoscale_max_replicas": 8, "max_request_wait_time": 10000,
+        "autoscale_refresh_seconds": 0.5, "autoscale_scale_down_delay_seconds": 2,
+    });
+    s.deploy_ok("shifter", &hostile(), &[], Some(dc));
+    // Sleeping calls: utilization gets 8 replicas, and they serve.
+    let sleep = Load::start(&s, "shifter", 8, "sleep:20", None);
+    until("8 replicas for sleeping calls", Duration::from_secs(6), || {
+        replicas(&s, "shifter") == 8
+    });
+    sleep.stop();
+    // The same clients' calls now burn a core each: 8 instances stay busy
+    // (utilization still asks 8), but only 2 can run at once.
+    let burn = Load::start(&s, "shifter", 8, "burn:20", None);
+    until("down to what the cores run", Duration::from_secs(8), || {
+        replicas(&s, "shifter") <= 3
+    });
+    let v = version(&s, "shifter");
+    let t = burn.stop();
+    assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
+    assert!(v["autoscale"]["utilization"].as_f64().unwrap_or(0.0) > 0.7, "the load stayed: {v}");
+    let log = events(&s, "shifter", "v1");
+    assert!(log.contains("more replicas than its calls can keep on the CPU cores"), "{log}");
+}
+
+#[test]
 fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
     let _one = one_at_a_time();
     // 0.4 cores of capacity; each replica asks 0.1: four replicas in all.
