@@ -264,6 +264,49 @@ def log_settings(mod, c, hdr, json_of=lambda r: r):
     check(f"{name}: the refused changes changed nothing", int(back["log_verbose_level"]) == 0 and back["log_warning"] is True, back)
 
 
+def trace_settings(mod, c, hdr, json_of=lambda r: r):
+    """Triton's trace extension as each client reads and changes it, under the
+    admin token: the global settings and a model's own, a model's own cleared
+    with None, what this server (no OTLP exporter) cannot do refused, a model's
+    key and an unknown model refused."""
+    name = mod.__name__
+    admin = hdr("admin")
+
+    def flat(r):
+        r = json_of(r)
+        r = r.get("settings", r)
+        # gRPC: {"trace_rate": {"value": ["1"]}, ...}; REST: strings, trace_level a list.
+        out = {k: (v.get("value", []) if isinstance(v, dict) else v) for k, v in r.items()}
+        return {k: (v if k == "trace_level" or not isinstance(v, list) else (v[0] if v else "")) for k, v in out.items()}
+
+    now = flat(c.get_trace_settings(headers=admin))
+    check(f"{name}: the trace settings read (no exporter: OFF)", now.get("trace_level") == ["OFF"] and now.get("trace_rate") == "1"
+          and now.get("trace_count") == "-1" and now.get("trace_mode") == "opentelemetry", now)
+    changed = flat(c.update_trace_settings(settings={"trace_rate": "10"}, headers=admin))
+    check(f"{name}: trace_rate changed, the others kept", changed["trace_rate"] == "10" and changed["trace_count"] == "-1", changed)
+    own = flat(c.update_trace_settings(model_name="simple", settings={"trace_count": "5"}, headers=admin))
+    check(f"{name}: a model's own trace_count, the global rate beside it", own["trace_count"] == "5" and own["trace_rate"] == "10", own)
+    check(f"{name}: the global settings keep their own", flat(c.get_trace_settings(headers=admin))["trace_count"] == "-1")
+    check(f"{name}: a model's settings read", flat(c.get_trace_settings(model_name="simple", headers=admin))["trace_count"] == "5")
+    cleared = flat(c.update_trace_settings(model_name="simple", settings={"trace_count": None}, headers=admin))
+    check(f"{name}: None clears the model's own", cleared["trace_count"] == "-1", cleared)
+    for what, call, codes in (
+        ("TIMESTAMPS with no exporter", lambda: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}, headers=admin), ("400", "INVALID_ARGUMENT")),
+        ("trace_level TENSORS", lambda: c.update_trace_settings(settings={"trace_level": ["TENSORS"]}, headers=admin), ("400", "INVALID_ARGUMENT")),
+        ("a trace file", lambda: c.update_trace_settings(settings={"trace_file": "/tmp/trace.json"}, headers=admin), ("400", "INVALID_ARGUMENT")),
+        ("trace_rate 0", lambda: c.update_trace_settings(settings={"trace_rate": "0"}, headers=admin), ("400", "INVALID_ARGUMENT")),
+        ("an unknown model's", lambda: c.get_trace_settings(model_name="nope", headers=admin), ("404", "NOT_FOUND")),
+        ("the trace settings under a model's key", lambda: c.get_trace_settings(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
+    ):
+        try:
+            call()
+            check(f"{name}: {what} refused", False)
+        except InferenceServerException as e:
+            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    back = flat(c.update_trace_settings(settings={"trace_rate": "1"}, headers=admin))
+    check(f"{name}: the refused changes changed nothing", back["trace_rate"] == "1" and back["trace_level"] == ["OFF"], back)
+
+
 def shared_memory(mod, c, hdr, json_of=lambda r: r):
     """Triton's system shared memory extension as tritonclient.utils.shared_memory
     and each client use it (Triton's simple_*_shm_client): simple's inputs
@@ -360,7 +403,7 @@ def triton_http():
     c = th.InferenceServerClient(HTTP)
     check("tritonclient.http: server live and ready", c.is_server_live() and c.is_server_ready())
     md = c.get_server_metadata()
-    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and {"binary_tensor_data", "statistics", "system_shared_memory"} <= set(md["extensions"]), md)
+    check("tritonclient.http: server metadata", md["name"] == "wasmscore" and {"binary_tensor_data", "statistics", "system_shared_memory", "logging", "trace"} <= set(md["extensions"]), md)
     m = c.get_model_metadata("identity")
     check("tritonclient.http: model metadata lists every datatype",
           sorted(i["datatype"] for i in m["inputs"]) == sorted(IDENTITY) and m["inputs"][0]["shape"] == [-1, -1], m)
@@ -438,6 +481,7 @@ def triton_http():
     statistics(th, c, auth("simple"))
     repository(th, c, auth)
     log_settings(th, c, auth)
+    trace_settings(th, c, auth)
     shared_memory(th, c, auth)
     # A module that takes the tensors itself (examples/iris-rust).
     x = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], np.float32)
@@ -503,6 +547,7 @@ def triton_grpc():
     statistics(tg, c, gauth("simple"), json_of=as_json)
     repository(tg, c, gauth, json_of=as_json)
     log_settings(tg, c, gauth, json_of=as_json)
+    trace_settings(tg, c, gauth, json_of=as_json)
     shared_memory(tg, c, gauth, json_of=as_json)
     # Typed contents (not raw): what grpcio users build by hand.
     from tritonclient.grpc import service_pb2

@@ -110,7 +110,7 @@ pub fn run(args: RouterArgs) -> Result<()> {
         }
         tracing::info!(url = %info["url"], tls_url = %info["tls_url"], source, "wasmscore router is up");
         let mut cfg = args.edge.server_config(args.max_body_bytes, token);
-        cfg.spans = spans.clone();
+        cfg.export_spans(spans.clone());
         cfg.shards = shards;
         cfg.logging = Some(logging);
         wasmscore_server::serve(listeners, fleet, cfg, crate::up::shutdown_signal()).await?;

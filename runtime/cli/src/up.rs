@@ -357,7 +357,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             });
         }
         let mut cfg = args.edge.server_config(args.max_body_bytes, token);
-        cfg.spans = spans.clone();
+        cfg.export_spans(spans.clone());
         cfg.logging = Some(logging);
         wasmscore_server::serve(listeners, control.clone(), cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");

@@ -62,7 +62,7 @@ impl SpanExport {
     /// Hands a span to the exporter (sampled traces only; never blocks).
     pub fn record(&self, f: Finished<'_>) {
         let s = f.span;
-        if u8::from_str_radix(&s.flags, 16).unwrap_or(0) & 1 == 0 {
+        if !s.record {
             return;
         }
         let (Ok(trace_id), Ok(span_id)) = (TraceId::from_hex(&s.trace_id), SpanId::from_hex(&s.span_id)) else {

@@ -15,8 +15,17 @@ pub struct Span {
     pub span_id: String,
     /// The caller's span, when the trace came with the request.
     pub parent_id: Option<String>,
-    /// `01` sampled, `00` not: the caller's choice, kept.
+    /// `01` sampled, `00` not: the caller's choice, kept, unless this hop's
+    /// trace settings decide (wasmscore_server's traces.rs).
     pub flags: String,
+    /// Whether this hop exports its span (otlp.rs): when sampled, unless
+    /// this hop's trace settings say otherwise.
+    pub record: bool,
+}
+
+/// The sampled bit of a `traceparent`'s flags.
+fn sampled(flags: &str) -> bool {
+    u8::from_str_radix(flags, 16).unwrap_or(0) & 1 == 1
 }
 
 fn hex_id(s: &str, len: usize) -> bool {
@@ -48,11 +57,13 @@ impl Span {
     /// spec asks), else the root of a new trace (sampled).
     pub fn child_of(traceparent: Option<&str>) -> Span {
         if let Some((trace_id, parent_id, flags)) = traceparent.and_then(parse) {
+            let record = sampled(&flags);
             return Span {
                 trace_id,
                 span_id: random_hex(8),
                 parent_id: Some(parent_id),
                 flags,
+                record,
             };
         }
         Span {
@@ -60,7 +71,20 @@ impl Span {
             span_id: random_hex(8),
             parent_id: None,
             flags: "01".into(),
+            record: true,
         }
+    }
+
+    /// Whether the trace is sampled (the flags' low bit).
+    pub fn sampled(&self) -> bool {
+        sampled(&self.flags)
+    }
+
+    /// Marks the trace sampled or not, for this hop and the ones after it
+    /// (the flags' other bits stay).
+    pub fn set_sampled(&mut self, on: bool) {
+        let f = u8::from_str_radix(&self.flags, 16).unwrap_or(0);
+        self.flags = format!("{:02x}", if on { f | 1 } else { f & !1 });
     }
 
     /// This span as a `traceparent` header value.
@@ -110,6 +134,13 @@ mod tests {
             assert!(s.parent_id.is_none() && s.trace_id != "4bf92f3577b34da6a3ce929d0e0e4736", "{bad}");
             assert!(parse(&s.traceparent()).is_some(), "a made span is valid: {}", s.traceparent());
         }
+        // The sampled bit set and cleared, the other flags kept.
+        let mut s = Span::child_of(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-02"));
+        assert!(!s.sampled() && !s.record);
+        s.set_sampled(true);
+        assert!(s.traceparent().ends_with("-03"));
+        s.set_sampled(false);
+        assert!(s.traceparent().ends_with("-02"));
         // A later version with more fields is read as 00.
         assert!(parse("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what").is_some());
     }

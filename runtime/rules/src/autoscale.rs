@@ -104,7 +104,7 @@ impl Scaler {
         if within >= current {
             self.below_since = None;
             self.hold = 0;
-            return (desired > current).then(|| Decision {
+            return (desired > current).then_some(Decision {
                 from: current,
                 to: desired,
                 reason: figures,

@@ -127,13 +127,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         Ok(Response::new(ServerMetadataResponse {
             name: "wasmscore".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![
-                "binary_tensor_data".into(),
-                "model_repository".into(),
-                "statistics".into(),
-                "system_shared_memory".into(),
-                "logging".into(),
-            ],
+            extensions: crate::triton::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
         }))
     }
 
@@ -273,6 +267,35 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
+    /// Triton's trace extension, as REST's `/v2/trace/setting` states it
+    /// (traces.rs). A request with no settings reads them.
+    async fn trace_setting(&self, req: Request<TraceSettingRequest>) -> Result<Response<TraceSettingResponse>, Status> {
+        self.admin(req.metadata(), "the trace settings")?;
+        let r = req.into_inner();
+        let model = given(&r.model_name);
+        if let Some(m) = model {
+            self.app
+                .plane
+                .model_ready(m, None)
+                .map_err(|(code, kind, message)| status(ApiError::new(code, kind, message)))?;
+        }
+        let traces = &self.app.cfg.traces;
+        if !r.settings.is_empty() {
+            let changes: Vec<_> = r
+                .settings
+                .into_iter()
+                .map(|(name, v)| (name, (!v.value.is_empty()).then_some(v.value)))
+                .collect();
+            traces.update(model, &changes).map_err(status)?;
+        }
+        let settings = traces
+            .settings(model)
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), TraceSettingValue { value }))
+            .collect();
+        Ok(Response::new(TraceSettingResponse { settings }))
+    }
+
     /// Triton's logging extension, as REST's `/v2/logging` states it
     /// (logging.rs).
     async fn log_settings(&self, req: Request<LogSettingsRequest>) -> Result<Response<LogSettingsResponse>, Status> {
@@ -404,8 +427,9 @@ async fn infer<P: Plane>(
     }
     let started = std::time::SystemTime::now();
     let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
-    let span = Span::child_of(text("traceparent"));
     let endpoint = std::mem::take(&mut r.model_name);
+    let mut span = Span::child_of(text("traceparent"));
+    app.cfg.traces.decide(&mut span, &endpoint);
     let route = app
         .plane
         .router()

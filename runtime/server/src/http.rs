@@ -52,6 +52,8 @@ pub struct ServerConfig {
     /// The process's log settings, for Triton's logging extension. None:
     /// its routes answer 501.
     pub logging: Option<Arc<crate::logging::Logging>>,
+    /// Which spans go to `spans`, for Triton's trace extension (traces.rs).
+    pub traces: Arc<crate::traces::Traces>,
 }
 
 impl Default for ServerConfig {
@@ -67,7 +69,17 @@ impl Default for ServerConfig {
             spans: None,
             shards: None,
             logging: None,
+            traces: Arc::new(crate::traces::Traces::new(false)),
         }
+    }
+}
+
+impl ServerConfig {
+    /// Exports spans to `spans` (`--otlp-endpoint`), if anywhere: with
+    /// every span at first, as Triton's trace settings then say.
+    pub fn export_spans(&mut self, spans: Option<Arc<wasmscore_remote::otlp::SpanExport>>) {
+        self.traces = Arc::new(crate::traces::Traces::new(spans.is_some()));
+        self.spans = spans;
     }
 }
 
@@ -465,7 +477,7 @@ fn allowed(segs: &[&str]) -> Option<&'static str> {
         | ["v2", "systemsharedmemory", "status"]
         | ["v2", "systemsharedmemory", "region", _, "status"]
         | ["metrics"] => Some("GET"),
-        ["v2", "logging"] => Some("GET, POST"),
+        ["v2", "logging"] | ["v2", "trace", "setting"] | ["v2", "models", _, "trace", "setting"] => Some("GET, POST"),
         _ => None,
     }
 }
@@ -585,7 +597,7 @@ impl<P: Plane> App<P> {
                 serde_json::to_vec(&serde_json::json!({
                     "name": "wasmscore",
                     "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": ["binary_tensor_data", "model_repository", "statistics", "system_shared_memory", "logging"],
+                    "extensions": crate::triton::EXTENSIONS,
                 }))
                 .expect("json"),
             ),
@@ -614,6 +626,11 @@ impl<P: Plane> App<P> {
                 self.shared_memory(req, Shm::Unregister(Some(&name))).await
             }
             ("GET" | "POST", ["v2", "logging"]) => self.logging(req).await.unwrap_or_else(oip_error),
+            ("GET" | "POST", ["v2", "trace", "setting"]) => self.trace_settings(req, None).await.unwrap_or_else(oip_error),
+            ("GET" | "POST", ["v2", "models", name, "trace", "setting"]) => {
+                let name = name.to_string();
+                self.trace_settings(req, Some(&name)).await.unwrap_or_else(oip_error)
+            }
             ("GET", ["v2", "models", "stats"]) => self.model_stats(&req, "", None),
             ("GET", ["v2", "models", name, "stats"]) => self.model_stats(&req, name, None),
             ("GET", ["v2", "models", name, "versions", v, "stats"]) => self.model_stats(&req, name, Some(v)),
@@ -749,6 +766,24 @@ impl<P: Plane> App<P> {
         Ok(json(200, serde_json::to_vec(&logging.json()).expect("json")))
     }
 
+    /// Triton's trace extension (traces.rs), under the admin token: the
+    /// settings, global or a model's (GET), or changed by a JSON object of
+    /// those to change (POST), answered with them all.
+    async fn trace_settings(&self, req: Request<Incoming>, model: Option<&str>) -> Result<Response<Body>, ApiError> {
+        let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        admin_only(is_admin(&self.cfg, authorization), "the trace settings")?;
+        if let Some(m) = model {
+            self.plane
+                .model_ready(m, None)
+                .map_err(|(status, code, message)| ApiError::new(status, code, message))?;
+        }
+        if req.method() == hyper::Method::POST {
+            let (_, body) = read_body(req, 64 * 1024).await?;
+            self.cfg.traces.update_json(model, &body)?;
+        }
+        Ok(json(200, serde_json::to_vec(&self.cfg.traces.json(model)).expect("json")))
+    }
+
     /// Triton's system shared memory extension (shm.rs), under the admin
     /// token: a region's or every region's status, registering one (its
     /// body: `{"key", "offset", "byte_size"}`), unregistering one or all.
@@ -828,7 +863,8 @@ impl<P: Plane> App<P> {
         // This hop's span of the request's trace (the client's, or a new
         // one): answered in `traceparent`, the parent of the node's work,
         // and on the module's log lines.
-        let span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        let mut span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
+        self.cfg.traces.decide(&mut span, endpoint);
         let (request, infer) = match protocol {
             Protocol::Azure | Protocol::Grpc => (
                 ScoreRequest {

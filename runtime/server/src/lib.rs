@@ -17,6 +17,7 @@ mod openapi;
 pub mod plane;
 mod shm;
 pub mod tls;
+pub mod traces;
 mod triton;
 mod ui;
 

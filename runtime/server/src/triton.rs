@@ -28,6 +28,16 @@ use crate::errors::ApiError;
 use crate::grpc::proto::repository_index_response::ModelIndex;
 use crate::grpc::proto::{InferStatistics, ModelStatistics, StatisticDuration};
 
+/// Triton's extensions this server has, in its server metadata.
+pub(crate) const EXTENSIONS: [&str; 6] = [
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "system_shared_memory",
+    "logging",
+    "trace",
+];
+
 /// The statistics of `endpoint`'s versions (or of `version` alone) after
 /// the request's `Authorization` passed its policy; with no endpoint
 /// (`""`), of every endpoint's, for the admin token only (`admin`: it was

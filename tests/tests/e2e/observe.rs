@@ -236,10 +236,96 @@ fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8
     (addr, rx)
 }
 
-#[test]
-fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
+/// The spans `up` exported to the receiver, once it has stopped.
+fn exported_spans(received: &std::sync::mpsc::Receiver<(String, String, Vec<u8>)>) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
+    let mut spans = Vec::new();
+    while let Ok((path, content_type, body)) = received.recv_timeout(Duration::from_secs(2)) {
+        assert_eq!((path.as_str(), content_type.as_str()), ("/v1/traces", "application/x-protobuf"));
+        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
+        for rs in req.resource_spans {
+            let service = rs
+                .resource
+                .unwrap()
+                .attributes
+                .into_iter()
+                .find(|a| a.key == "service.name")
+                .unwrap();
+            assert_eq!(
+                format!("{:?}", service.value.unwrap().value.unwrap()),
+                r#"StringValue("wasmscore")"#
+            );
+            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
+        }
+    }
+    spans
+}
+
+/// Triton's trace settings choose the spans exported: one new trace in
+/// `trace_rate`, none for a model whose level is OFF (its callers' flags
+/// passed on), and no more than `trace_count`; the answer's flag says which.
+#[test]
+fn the_trace_settings_choose_the_spans_exported() {
+    let (collector, received) = otlp_receiver();
+    let mut s = Server::start(&["--otlp-endpoint", &collector]);
+    s.deploy_ok("t", &hostile(), &[], None);
+    s.deploy_ok("u", &hostile(), &[], None);
+    let admin = format!("Bearer {}", s.admin_token());
+    let set = |path: &str, body: &str| {
+        let (st, _, now) = s.request("POST", path, &[("Authorization", &admin)], body.as_bytes());
+        assert_eq!(st, 200, "{now}");
+        now
+    };
+    let now = set("/v2/trace/setting", r#"{"trace_rate": "2"}"#);
+    assert_eq!(
+        (&now["trace_level"], &now["trace_rate"]),
+        (&serde_json::json!(["TIMESTAMPS"]), &Value::from("2"))
+    );
+    let answered = |(st, head, _): (u16, String, Value)| {
+        assert_eq!(st, 200);
+        head.lines()
+            .find_map(|l| l.strip_prefix("traceparent: "))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let sampled = |tp: &str| tp.ends_with("-01");
+    // Four new traces: every other one sampled and exported.
+    let fresh: Vec<String> = (0..4).map(|_| answered(s.score("t", "log"))).collect();
+    assert_eq!(
+        fresh.iter().map(|t| sampled(t)).collect::<Vec<_>>(),
+        [true, false, true, false],
+        "{fresh:?}"
+    );
+    // u's own level OFF: nothing exported, the caller's flag passed on.
+    set("/v2/models/u/trace/setting", r#"{"trace_level": ["OFF"]}"#);
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let off = answered(s.score_with("u", &[("traceparent", given)], "log"));
+    assert!(sampled(&off), "{off}");
+    // One span left: the first sampled caller's is exported, the second's
+    // goes on unsampled.
+    set("/v2/trace/setting", r#"{"trace_count": "1"}"#);
+    let counted: Vec<String> = (0..2)
+        .map(|_| answered(s.score_with("t", &[("traceparent", given)], "log")))
+        .collect();
+    assert_eq!(counted.iter().map(|t| sampled(t)).collect::<Vec<_>>(), [true, false], "{counted:?}");
+    let (_, _, now) = s.request("GET", "/v2/trace/setting", &[("Authorization", &admin)], b"");
+    assert_eq!(now["trace_count"], "0", "{now}");
+    assert!(s.terminate());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let mut got: Vec<String> = exported_spans(&received).iter().map(|sp| hex(&sp.span_id)).collect();
+    got.sort();
+    let mut want: Vec<String> = [&fresh[0], &fresh[2], &counted[0]]
+        .iter()
+        .map(|t| t.split('-').nth(2).unwrap().to_string())
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "the sampled new traces and the one counted span, nothing of u");
+}
+
+#[test]
+fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
     let (collector, received) = otlp_receiver();
     let mut s = Server::start(&["--otlp-endpoint", &collector]);
     s.deploy_ok("t", &hostile(), &[], None);
@@ -270,25 +356,7 @@ fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
     assert_eq!(st, 500);
     // SIGTERM exports what is queued.
     assert!(s.terminate());
-    let mut spans = Vec::new();
-    while let Ok((path, content_type, body)) = received.recv_timeout(Duration::from_secs(2)) {
-        assert_eq!((path.as_str(), content_type.as_str()), ("/v1/traces", "application/x-protobuf"));
-        let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
-        for rs in req.resource_spans {
-            let service = rs
-                .resource
-                .unwrap()
-                .attributes
-                .into_iter()
-                .find(|a| a.key == "service.name")
-                .unwrap();
-            assert_eq!(
-                format!("{:?}", service.value.unwrap().value.unwrap()),
-                r#"StringValue("wasmscore")"#
-            );
-            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
-        }
-    }
+    let spans = exported_spans(&received);
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let attr = |sp: &opentelemetry_proto::tonic::trace::v1::Span, k: &str| {
         sp.attributes
