@@ -1651,6 +1651,65 @@ fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
     });
 }
 
+/// The router's and the node's spans go over OTLP, the node's the child of
+/// the router's, and the router's trace settings choose for both: a trace
+/// the router does not sample reaches the node unsampled.
+#[test]
+fn the_routers_trace_settings_choose_the_spans_of_router_and_node() {
+    let (collector, received) = super::observe::otlp_receiver();
+    let mut n = Node::hostile_with(free_port(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)]);
+    let mut r = Router::start(
+        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
+        &["--otlp-endpoint", &collector],
+    );
+    let auth = format!("Bearer {KEY}");
+    let score = |r: &Router, traceparent: Option<&str>| {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend(traceparent.map(|t| ("traceparent", t)));
+        let (st, head, body) = http(&r.addr, "POST", "/api/v1/service/t/score", &headers, "log");
+        assert_eq!(st, 200, "{body}");
+        header(&head, "traceparent")
+    };
+    let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = score(&r, Some(given));
+    let admin = format!("Bearer {}", r.admin_token());
+    let (st, _, body) = http(
+        &r.addr,
+        "POST",
+        "/v2/trace/setting",
+        &[("Authorization", &admin)],
+        r#"{"trace_rate": "2"}"#,
+    );
+    assert_eq!(st, 200, "{body}");
+    let fresh = [score(&r, None), score(&r, None)];
+    assert!(fresh[0].ends_with("-01") && fresh[1].ends_with("-00"), "{fresh:?}");
+    n.proc.signal("-TERM");
+    assert!(n.proc.wait(Duration::from_secs(20)).success());
+    r.proc.signal("-TERM");
+    assert!(r.proc.wait(Duration::from_secs(20)).success());
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let spans: Vec<(String, String, String, String)> = super::observe::exported_spans_by_service(&received)
+        .into_iter()
+        .map(|(service, sp)| (service, hex(&sp.trace_id), hex(&sp.span_id), hex(&sp.parent_span_id)))
+        .collect();
+    let id = |tp: &str, i: usize| tp.split('-').nth(i).unwrap().to_string();
+    for tp in [&traced, &fresh[0]] {
+        let router = spans
+            .iter()
+            .find(|s| s.0 == "wasmscore-router" && s.2 == id(tp, 2))
+            .unwrap_or_else(|| panic!("the router's span {tp}: {spans:?}"));
+        assert_eq!(router.1, id(tp, 1));
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.0 == "wasmscore-node" && s.1 == id(tp, 1) && s.3 == id(tp, 2)),
+            "the node's span under the router's {tp}: {spans:?}"
+        );
+    }
+    assert_eq!(spans.iter().find(|s| s.2 == id(&traced, 2)).unwrap().3, "00f067aa0ba902b7");
+    assert_eq!(spans.len(), 4, "nothing of the unsampled trace, at either hop: {spans:?}");
+}
+
 #[test]
 fn the_router_gives_the_verdict_from_the_requests_it_routed() {
     // Two identical versions on two nodes of one machine: without spinning,

@@ -188,7 +188,7 @@ fn a_requests_trace_is_continued_answered_and_on_its_log_lines() {
 
 /// An OTLP/HTTP collector inside the test: every request's path, content
 /// type and body, answered 200 as a collector does.
-fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8>)>) {
+pub(crate) fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8>)>) {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = format!("http://{}", listener.local_addr().unwrap());
@@ -238,6 +238,20 @@ fn otlp_receiver() -> (String, std::sync::mpsc::Receiver<(String, String, Vec<u8
 
 /// The spans `up` exported to the receiver, once it has stopped.
 fn exported_spans(received: &std::sync::mpsc::Receiver<(String, String, Vec<u8>)>) -> Vec<opentelemetry_proto::tonic::trace::v1::Span> {
+    exported_spans_by_service(received)
+        .into_iter()
+        .map(|(service, span)| {
+            assert_eq!(service, "wasmscore");
+            span
+        })
+        .collect()
+}
+
+/// The spans exported to the receiver, each with its process's service
+/// name, once the processes have stopped.
+pub(crate) fn exported_spans_by_service(
+    received: &std::sync::mpsc::Receiver<(String, String, Vec<u8>)>,
+) -> Vec<(String, opentelemetry_proto::tonic::trace::v1::Span)> {
     use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
     use prost::Message;
     let mut spans = Vec::new();
@@ -245,18 +259,18 @@ fn exported_spans(received: &std::sync::mpsc::Receiver<(String, String, Vec<u8>)
         assert_eq!((path.as_str(), content_type.as_str()), ("/v1/traces", "application/x-protobuf"));
         let req = ExportTraceServiceRequest::decode(body.as_slice()).expect("an OTLP protobuf body");
         for rs in req.resource_spans {
+            use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
             let service = rs
                 .resource
                 .unwrap()
                 .attributes
                 .into_iter()
                 .find(|a| a.key == "service.name")
-                .unwrap();
-            assert_eq!(
-                format!("{:?}", service.value.unwrap().value.unwrap()),
-                r#"StringValue("wasmscore")"#
-            );
-            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans));
+                .and_then(|a| a.value?.value);
+            let Some(Any::StringValue(service)) = service else {
+                panic!("no service.name: {service:?}")
+            };
+            spans.extend(rs.scope_spans.into_iter().flat_map(|ss| ss.spans).map(|sp| (service.clone(), sp)));
         }
     }
     spans
