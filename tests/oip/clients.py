@@ -303,8 +303,11 @@ def trace_settings(mod, c, hdr, json_of=lambda r: r):
             check(f"{name}: {what} refused", False)
         except InferenceServerException as e:
             check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    kept = flat(c.get_trace_settings(headers=admin))
+    check(f"{name}: the refused changes changed nothing", kept["trace_rate"] == "10" and kept["trace_level"] == ["OFF"]
+          and kept["trace_file"] == "", kept)
     back = flat(c.update_trace_settings(settings={"trace_rate": "1"}, headers=admin))
-    check(f"{name}: the refused changes changed nothing", back["trace_rate"] == "1" and back["trace_level"] == ["OFF"], back)
+    check(f"{name}: trace_rate back to 1", back["trace_rate"] == "1", back)
 
 
 def shared_memory(mod, c, hdr, json_of=lambda r: r):

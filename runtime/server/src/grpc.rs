@@ -429,7 +429,6 @@ async fn infer<P: Plane>(
     let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
     let endpoint = std::mem::take(&mut r.model_name);
     let mut span = Span::child_of(text("traceparent"));
-    app.cfg.traces.decide(&mut span, &endpoint);
     let route = app
         .plane
         .router()
@@ -454,6 +453,9 @@ async fn infer<P: Plane>(
         tensors: inputs,
         trace_id: Some(span.trace_id.clone()),
     };
+    // Sampled once the request is one to run (a refused one counts for no
+    // trace_rate or trace_count).
+    app.cfg.traces.decide(&mut span, &endpoint);
     let (version, traceparent, result) = app
         .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
         .await;

@@ -864,7 +864,6 @@ impl<P: Plane> App<P> {
         // one): answered in `traceparent`, the parent of the node's work,
         // and on the module's log lines.
         let mut span = Span::child_of(parts.headers.get("traceparent").and_then(|v| v.to_str().ok()));
-        self.cfg.traces.decide(&mut span, endpoint);
         let (request, infer) = match protocol {
             Protocol::Azure | Protocol::Grpc => (
                 ScoreRequest {
@@ -888,6 +887,9 @@ impl<P: Plane> App<P> {
             }
         };
         let tracestate = parts.headers.get("tracestate").and_then(|v| v.to_str().ok());
+        // Sampled once the request is one to run (a refused one counts for
+        // no trace_rate or trace_count).
+        self.cfg.traces.decide(&mut span, endpoint);
         let (version, traceparent, result) = self.dispatch(endpoint, route, request, &span, tracestate, protocol, started).await;
         let mut resp = match (result, infer) {
             (Ok(out), Some(infer)) if !out.tensors.is_empty() || infer.outputs.iter().any(|w| w.region.is_some()) => {
@@ -1024,6 +1026,13 @@ impl<P: Plane> App<P> {
         let query = req.uri().query().unwrap_or("").to_string();
         let (_, body) = read_body(req, self.cfg.max_admin_body_bytes).await?;
         let r = self.plane.admin(&method, path, &query, body.to_vec()).await;
+        // A deleted endpoint's own trace settings go with it: one deployed
+        // later under its name starts from the global ones.
+        if let ("DELETE", 200..=299) = (method.as_str(), r.status) {
+            if let ["admin", "v1", "endpoints", name] = path.trim_start_matches('/').split('/').collect::<Vec<_>>()[..] {
+                self.cfg.traces.clear(name);
+            }
+        }
         Ok(json(r.status, serde_json::to_vec(&r.body).expect("json")))
     }
 }

@@ -177,8 +177,20 @@ impl Traces {
     pub fn update(&self, model: Option<&str>, changes: &[Change]) -> Result<(), ApiError> {
         let mut next = Own::default();
         let mut cleared = Vec::new();
+        const NAMES: [&str; 6] = [
+            "trace_level",
+            "trace_rate",
+            "trace_count",
+            "log_frequency",
+            "trace_file",
+            "trace_mode",
+        ];
+        let unknown = |name: &str| bad(format!("no trace setting {name:?} ({})", NAMES.join(", ")));
         for (name, values) in changes {
             let Some(values) = values else {
+                if !NAMES.contains(&name.as_str()) {
+                    return Err(unknown(name));
+                }
                 if model.is_none() {
                     return Err(bad(format!(
                         "{name}: a global setting has no value to go back to; only a model's own settings are cleared"
@@ -219,11 +231,7 @@ impl Traces {
                         "trace_mode {values:?}: wasmscore's traces are OpenTelemetry spans; \"opentelemetry\" is the one value"
                     )))
                 }
-                other => {
-                    return Err(bad(format!(
-                        "no trace setting {other:?} (trace_level, trace_rate, trace_count, log_frequency, trace_file, trace_mode)"
-                    )))
-                }
+                other => return Err(unknown(other)),
             }
         }
         if next.on == Some(true) && !self.exporting {
@@ -273,8 +281,9 @@ impl Traces {
 
     /// A model's own settings all cleared: it follows the global ones.
     pub fn clear(&self, model: &str) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).models.remove(model);
-        tracing::warn!(model, "trace settings cleared: the model follows the global ones");
+        if self.state.lock().unwrap_or_else(|p| p.into_inner()).models.remove(model).is_some() {
+            tracing::warn!(model, "trace settings cleared: the model follows the global ones");
+        }
     }
 
     /// REST's body: a JSON object of the settings to change, each a string,
@@ -427,6 +436,7 @@ mod tests {
             (None, r#"{"trace_mode": "triton"}"#, "OpenTelemetry spans"),
             (None, r#"{"trace_rate": null}"#, "global setting"),
             (Some("m"), r#"{"trace_rate": "2", "trace_color": "red"}"#, "no trace setting"),
+            (Some("m"), r#"{"trace_color": null}"#, "no trace setting"),
             (None, r#"{"trace_rate": true}"#, "no setting's value"),
             (None, "[1]", "JSON object"),
         ] {

@@ -305,6 +305,9 @@ fn the_trace_settings_choose_the_spans_exported() {
             .to_string()
     };
     let sampled = |tp: &str| tp.ends_with("-01");
+    // A refused request counts for no trace_rate.
+    let refused = s.request("POST", "/api/v1/service/t/score", &[("Authorization", "Bearer nope")], b"log");
+    assert_eq!(refused.0, 401);
     // Four new traces: every other one sampled and exported.
     let fresh: Vec<String> = (0..4).map(|_| answered(s.score("t", "log"))).collect();
     assert_eq!(
@@ -326,6 +329,12 @@ fn the_trace_settings_choose_the_spans_exported() {
     assert_eq!(counted.iter().map(|t| sampled(t)).collect::<Vec<_>>(), [true, false], "{counted:?}");
     let (_, _, now) = s.request("GET", "/v2/trace/setting", &[("Authorization", &admin)], b"");
     assert_eq!(now["trace_count"], "0", "{now}");
+    // A deleted endpoint's own settings go with it.
+    let (st, _, _) = s.request("DELETE", "/admin/v1/endpoints/u", &[("Authorization", &admin)], b"");
+    assert_eq!(st, 200);
+    s.deploy_ok("u", &hostile(), &[], None);
+    let (_, _, again) = s.request("GET", "/v2/models/u/trace/setting", &[("Authorization", &admin)], b"");
+    assert_eq!(again["trace_level"], serde_json::json!(["TIMESTAMPS"]), "{again}");
     assert!(s.terminate());
     let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let mut got: Vec<String> = exported_spans(&received).iter().map(|sp| hex(&sp.span_id)).collect();
