@@ -347,6 +347,38 @@ fn the_trace_settings_choose_the_spans_exported() {
     assert_eq!(got, want, "the sampled new traces and the one counted span, nothing of u");
 }
 
+/// The trace settings choose for gRPC's calls too: tritonclient.grpc's
+/// ModelInfer with `trace_rate` 2, every other call's span exported.
+#[test]
+fn the_trace_settings_choose_grpc_calls_spans_too() {
+    let (collector, received) = otlp_receiver();
+    let mut s = Server::start(&["--otlp-endpoint", &collector, "--grpc-port", "0"]);
+    let model = super::root().join("examples/iris/model.onnx");
+    s.cli_ok(&["deploy", "--name", "iris", "--model", model.to_str().unwrap()]);
+    let admin = format!("Bearer {}", s.admin_token());
+    let (st, _, now) = s.request("POST", "/v2/trace/setting", &[("Authorization", &admin)], br#"{"trace_rate": "2"}"#);
+    assert_eq!(st, 200, "{now}");
+    let info: Value = serde_json::from_slice(&std::fs::read(s.data.path().join("server.json")).unwrap()).unwrap();
+    let script = "import sys, numpy as np, tritonclient.grpc as tg\n\
+        c = tg.InferenceServerClient(sys.argv[1])\n\
+        x = tg.InferInput('X', [1, 4], 'FP32')\n\
+        x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n\
+        for _ in range(4):\n\
+        \x20   c.infer('iris', [x], headers={'authorization': 'Bearer ' + sys.argv[2]})\n";
+    let out = Command::new(super::root().join(".venv-clients/bin/python"))
+        .args(["-c", script, info["grpc_addr"].as_str().unwrap(), &s.key("iris").unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(s.terminate());
+    let spans = exported_spans(&received);
+    let names: Vec<&str> = spans.iter().map(|sp| sp.name.as_str()).collect();
+    assert_eq!(
+        names, ["POST /inference.GRPCInferenceService/ModelInfer"; 2],
+        "two of four calls: {names:?}"
+    );
+}
+
 #[test]
 fn sampled_spans_are_exported_over_otlp_http_with_the_ids_clients_see() {
     let (collector, received) = otlp_receiver();
