@@ -85,7 +85,7 @@ pub struct Fetched {
 }
 
 pub fn run(args: NodeArgs) -> Result<()> {
-    crate::up::init_logging();
+    let logging = crate::up::init_logging();
     crate::up::private_files();
     let _scratch;
     let data_dir = match &args.data_dir {
@@ -120,6 +120,7 @@ pub fn run(args: NodeArgs) -> Result<()> {
         let version = args.version.clone().unwrap_or_else(|| "v1".into());
         let mut node = Node::new(&endpoint, &version);
         node.spans = spans.clone();
+        node.logging = Some(logging);
         let node = Arc::new(node);
         tracing::info!(%addr, "node listening; ready once the version is built and its replicas ran init()");
         let mut serving = tokio::spawn(wasmscore_remote::node::serve(

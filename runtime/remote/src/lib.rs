@@ -16,6 +16,7 @@
 //! It leaves out where node addresses come from (the router's discovery)
 //! and what runs in a replica (the replica pool and the engine).
 
+pub mod logging;
 pub mod node;
 pub mod nodes;
 pub mod otlp;

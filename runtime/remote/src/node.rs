@@ -47,6 +47,8 @@ pub struct Node {
     pub max_body_bytes: usize,
     /// Where this node's spans go (`--otlp-endpoint`), if anywhere.
     pub spans: Option<Arc<crate::otlp::SpanExport>>,
+    /// The process's log settings (`GET|POST /v2/logging`), if it has them.
+    pub logging: Option<Arc<crate::logging::Logging>>,
     /// The version's model inputs and outputs (OIP metadata), told to the
     /// router in the ready answer.
     signature: OnceLock<(serde_json::Value, serde_json::Value)>,
@@ -63,6 +65,7 @@ impl Node {
             in_flight: AtomicUsize::new(0),
             max_body_bytes: 100 * 1000 * 1000,
             spans: None,
+            logging: None,
             signature: OnceLock::new(),
         }
     }
@@ -220,11 +223,41 @@ async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
             Err(why) => json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"error": why})),
         },
         ("GET", "/v2/health/live") => json(StatusCode::OK, serde_json::json!({"live": true})),
+        ("GET" | "POST", "/v2/logging") => log_settings(node, req).await,
         (m, p) => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"error": format!("no route for {m} {p} on a node")}),
         ),
     }
+}
+
+/// Triton's logging extension on the node's port, as on `up`'s
+/// (logging.rs): with no credentials, as the rest of the internal
+/// protocol (a node is reachable by routers and operators only).
+async fn log_settings(node: &Node, req: Request<Incoming>) -> Response<Body> {
+    let json = |status: StatusCode, v: serde_json::Value| respond(node, status, None, "application/json", v.to_string().into_bytes());
+    let Some(logging) = &node.logging else {
+        return json(
+            StatusCode::NOT_IMPLEMENTED,
+            serde_json::json!({"error": "this node has no log settings to change"}),
+        );
+    };
+    if req.method() == hyper::Method::POST {
+        let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": format!("reading the body: {e}")}),
+                )
+            }
+        };
+        if let Err(e) = logging.update_json(&body) {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            return json(status, serde_json::json!({"error": e.message}));
+        }
+    }
+    json(StatusCode::OK, logging.json())
 }
 
 async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {

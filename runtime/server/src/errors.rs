@@ -41,6 +41,18 @@ impl From<RouteError> for ApiError {
     }
 }
 
+impl From<wasmscore_remote::logging::Refused> for ApiError {
+    fn from(e: wasmscore_remote::logging::Refused) -> Self {
+        let code = if e.status == 400 { "bad_request" } else { "internal" };
+        ApiError::new(e.status, code, e.message)
+    }
+}
+
+/// A server with no log settings to change (one made by a test).
+pub(crate) fn no_log_settings() -> ApiError {
+    ApiError::new(501, "not_implemented", "this server has no log settings to change")
+}
+
 impl From<ScoreError> for ApiError {
     fn from(e: ScoreError) -> Self {
         let (status, code) = e.status();

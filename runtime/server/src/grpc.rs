@@ -302,7 +302,12 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         use crate::logging::Setting;
         use log_setting_value::ParameterChoice as Value;
         self.admin(req.metadata(), "the log settings")?;
-        let logging = self.app.cfg.logging.as_ref().ok_or_else(|| status(crate::logging::not_here()))?;
+        let logging = self
+            .app
+            .cfg
+            .logging
+            .as_ref()
+            .ok_or_else(|| status(crate::errors::no_log_settings()))?;
         let changes = req
             .into_inner()
             .settings
@@ -315,7 +320,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
             })
             .collect::<Result<Vec<_>, _>>()?;
         if !changes.is_empty() {
-            logging.update(&changes).map_err(status)?;
+            logging.update(&changes).map_err(|e| status(e.into()))?;
         }
         let settings = logging
             .settings()

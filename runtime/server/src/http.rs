@@ -758,7 +758,7 @@ impl<P: Plane> App<P> {
     async fn logging(&self, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
         let authorization = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         admin_only(is_admin(&self.cfg, authorization), "the log settings")?;
-        let logging = self.cfg.logging.as_ref().ok_or_else(crate::logging::not_here)?;
+        let logging = self.cfg.logging.as_ref().ok_or_else(crate::errors::no_log_settings)?;
         if req.method() == hyper::Method::POST {
             let (_, body) = read_body(req, 64 * 1024).await?;
             logging.update_json(&body)?;

@@ -12,7 +12,7 @@
 mod errors;
 pub mod grpc;
 mod http;
-pub mod logging;
+pub use wasmscore_remote::logging;
 mod openapi;
 pub mod plane;
 mod shm;

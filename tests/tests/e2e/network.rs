@@ -1651,6 +1651,55 @@ fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
     });
 }
 
+/// A node's log level changes while it serves (Triton's logging extension
+/// on its port): its module's info line stops with `log_info` off and comes
+/// back with it on; what a level cannot say is refused.
+#[test]
+fn a_nodes_log_settings_change_while_it_serves() {
+    let n = Node::hostile_on(free_port());
+    let r = Router::start(
+        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
+        &[],
+    );
+    let auth = format!("Bearer {KEY}");
+    let said = || n.proc.log().matches("hostile says hello").count();
+    let score = || {
+        let (st, _, body) = http(&r.addr, "POST", "/api/v1/service/t/score", &[("Authorization", &auth)], "log");
+        assert_eq!(st, 200, "{body}");
+    };
+    let set = |body: &str| {
+        let (st, _, answer) = http(&n.addr, "POST", "/v2/logging", &[], body);
+        (st, serde_json::from_str::<Value>(&answer).unwrap())
+    };
+    score();
+    wait_for("the module's line", Duration::from_secs(5), || said() == 1);
+    let (st, _, now) = http(&n.addr, "GET", "/v2/logging", &[], "");
+    assert_eq!(
+        (st, serde_json::from_str::<Value>(&now).unwrap()["log_info"].clone()),
+        (200, json!(true))
+    );
+    let (st, off) = set(r#"{"log_info": false}"#);
+    assert_eq!(
+        (st, &off["log_info"], &off["log_warning"]),
+        (200, &json!(false), &json!(true)),
+        "{off}"
+    );
+    for _ in 0..3 {
+        score();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(said(), 1, "no info line with log_info off");
+    let (st, refused) = set(r#"{"log_warning": false, "log_info": true}"#);
+    assert_eq!(st, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("log_info on needs log_warning on"),
+        "{refused}"
+    );
+    assert_eq!(set(r#"{"log_info": true}"#).0, 200);
+    score();
+    wait_for("the module's line again", Duration::from_secs(5), || said() == 2);
+}
+
 /// The router's and the node's spans go over OTLP, the node's the child of
 /// the router's, and the router's trace settings choose for both: a trace
 /// the router does not sample reaches the node unsampled.

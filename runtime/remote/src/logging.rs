@@ -1,7 +1,8 @@
 //! Triton's logging extension: the process's log settings, read and
 //! changed while it serves (tritonclient's `get_log_settings` and
 //! `update_log_settings`: `GET|POST /v2/logging`, gRPC LogSettings), under
-//! the admin token.
+//! the admin token in `up` and on a router (wasmscore_server), and on a
+//! node's internal port (node.rs), which carries no credentials.
 //!
 //! wasmscore logs by level (tracing, to stderr), so Triton's switches are
 //! read as the least severe level logged: `log_warning` off with
@@ -14,7 +15,22 @@ use std::sync::Mutex;
 
 use serde_json::{json, Value};
 
-use crate::errors::ApiError;
+/// A change refused: the HTTP status (400: what was asked cannot be; 500:
+/// the filter could not be changed) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Refused {
+    fn bad(message: impl Into<String>) -> Refused {
+        Refused {
+            status: 400,
+            message: message.into(),
+        }
+    }
+}
 
 /// A setting's value, as gRPC's `SettingValue` carries it.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,13 +63,11 @@ impl Levels {
     }
 
     /// The filter directive they make (tracing_subscriber's EnvFilter).
-    fn directive(self) -> Result<String, ApiError> {
+    fn directive(self) -> Result<String, Refused> {
         let refused = |what: &str| {
-            Err(ApiError::new(
-                400,
-                "bad_request",
-                format!("wasmscore logs by level, from errors to the least severe asked for: {what}"),
-            ))
+            Err(Refused::bad(format!(
+                "wasmscore logs by level, from errors to the least severe asked for: {what}"
+            )))
         };
         if self.info && !self.warning {
             return refused("log_info on needs log_warning on");
@@ -73,11 +87,6 @@ impl Levels {
             _ => format!("{base},wasmscore=trace"),
         })
     }
-}
-
-/// A server with no log settings to change (one made by a test).
-pub(crate) fn not_here() -> ApiError {
-    ApiError::new(501, "not_implemented", "this server has no log settings to change")
 }
 
 type Apply = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
@@ -136,8 +145,8 @@ impl Logging {
     }
 
     /// Changes the settings named (the others stay), all or none.
-    pub fn update(&self, changes: &[(String, Setting)]) -> Result<(), ApiError> {
-        let bad = |m: String| ApiError::new(400, "bad_request", m);
+    pub fn update(&self, changes: &[(String, Setting)]) -> Result<(), Refused> {
+        let bad = Refused::bad;
         let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = *now;
         for (name, value) in changes {
@@ -165,7 +174,10 @@ impl Logging {
             }
         }
         let directive = next.directive()?;
-        (self.apply)(&directive).map_err(|e| ApiError::new(500, "internal", format!("changing the log filter to {directive:?}: {e}")))?;
+        (self.apply)(&directive).map_err(|e| Refused {
+            status: 500,
+            message: format!("changing the log filter to {directive:?}: {e}"),
+        })?;
         if next != *now {
             tracing::warn!(filter = %directive, "log settings changed");
         }
@@ -174,13 +186,11 @@ impl Logging {
     }
 
     /// REST's body: a JSON object of the settings to change.
-    pub fn update_json(&self, body: &[u8]) -> Result<(), ApiError> {
+    pub fn update_json(&self, body: &[u8]) -> Result<(), Refused> {
         let asked: serde_json::Map<String, Value> = serde_json::from_slice(body).map_err(|e| {
-            ApiError::new(
-                400,
-                "bad_request",
-                format!("a log settings request is a JSON object such as {{\"log_verbose_level\": 1}}: {e}"),
-            )
+            Refused::bad(format!(
+                "a log settings request is a JSON object such as {{\"log_verbose_level\": 1}}: {e}"
+            ))
         })?;
         let changes = asked
             .into_iter()
@@ -190,11 +200,11 @@ impl Logging {
                     Value::Number(n) => match n.as_u64().and_then(|n| u32::try_from(n).ok()) {
                         Some(n) => Setting::Uint(n),
                         None => {
-                            return Err(ApiError::new(400, "bad_request", format!("{k}: {n} is not a count")));
+                            return Err(Refused::bad(format!("{k}: {n} is not a count")));
                         }
                     },
                     Value::String(s) => Setting::Text(s),
-                    other => return Err(ApiError::new(400, "bad_request", format!("{k}: {other} is no setting's value"))),
+                    other => return Err(Refused::bad(format!("{k}: {other} is no setting's value"))),
                 };
                 Ok((k, s))
             })
