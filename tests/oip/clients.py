@@ -56,6 +56,17 @@ def check(what, ok, detail=""):
     print(f"ok: {what}", flush=True)
 
 
+def refused(name, cases):
+    """Each (what, call, codes): the call raises with one of the codes (HTTP
+    status or gRPC code) in its status."""
+    for what, call, codes in cases:
+        try:
+            call()
+            check(f"{name}: {what} refused", False)
+        except InferenceServerException as e:
+            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+
+
 def auth(endpoint):
     return {"Authorization": f"Bearer {KEYS[endpoint]}"}
 
@@ -221,15 +232,10 @@ def repository(mod, c, hdr, json_of=lambda r: r):
     got = {(m["name"], m.get("version", ""), m.get("state", "")) for m in models}
     check(f"{name}: the repository index lists every endpoint's versions, READY",
           {("simple", "v1", "READY"), ("simple", "v2", "READY"), ("iris", "v1", "READY")} <= got and len(got) == len(models), models)
-    for what, call, codes in (
+    refused(name, (
         ("the repository index under a model's key", lambda: c.get_model_repository_index(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
         ("loading a model", lambda: c.load_model("simple", headers=hdr("admin")), ("501", "UNIMPLEMENTED")),
-    ):
-        try:
-            call()
-            check(f"{name}: {what} refused", False)
-        except InferenceServerException as e:
-            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    ))
 
 
 def log_settings(mod, c, hdr, json_of=lambda r: r):
@@ -250,16 +256,11 @@ def log_settings(mod, c, hdr, json_of=lambda r: r):
     changed = flat(c.update_log_settings({"log_verbose_level": 1}, headers=hdr("admin")))
     check(f"{name}: log_verbose_level changed to 1, the others kept",
           int(changed["log_verbose_level"]) == 1 and changed["log_info"] is True, changed)
-    for what, call, codes in (
+    refused(name, (
         ("log_warning off under log_info on", lambda: c.update_log_settings({"log_warning": False}, headers=hdr("admin")), ("400", "INVALID_ARGUMENT")),
         ("a log file", lambda: c.update_log_settings({"log_file": "/tmp/triton.log"}, headers=hdr("admin")), ("400", "INVALID_ARGUMENT")),
         ("the log settings under a model's key", lambda: c.get_log_settings(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
-    ):
-        try:
-            call()
-            check(f"{name}: {what} refused", False)
-        except InferenceServerException as e:
-            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    ))
     back = flat(c.update_log_settings({"log_verbose_level": 0}, headers=hdr("admin")))
     check(f"{name}: the refused changes changed nothing", int(back["log_verbose_level"]) == 0 and back["log_warning"] is True, back)
 
@@ -290,19 +291,14 @@ def trace_settings(mod, c, hdr, json_of=lambda r: r):
     check(f"{name}: a model's settings read", flat(c.get_trace_settings(model_name="simple", headers=admin))["trace_count"] == "5")
     cleared = flat(c.update_trace_settings(model_name="simple", settings={"trace_count": None}, headers=admin))
     check(f"{name}: None clears the model's own", cleared["trace_count"] == "-1", cleared)
-    for what, call, codes in (
+    refused(name, (
         ("TIMESTAMPS with no exporter", lambda: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}, headers=admin), ("400", "INVALID_ARGUMENT")),
         ("trace_level TENSORS", lambda: c.update_trace_settings(settings={"trace_level": ["TENSORS"]}, headers=admin), ("400", "INVALID_ARGUMENT")),
         ("a trace file", lambda: c.update_trace_settings(settings={"trace_file": "/tmp/trace.json"}, headers=admin), ("400", "INVALID_ARGUMENT")),
         ("trace_rate 0", lambda: c.update_trace_settings(settings={"trace_rate": "0"}, headers=admin), ("400", "INVALID_ARGUMENT")),
         ("an unknown model's", lambda: c.get_trace_settings(model_name="nope", headers=admin), ("404", "NOT_FOUND")),
         ("the trace settings under a model's key", lambda: c.get_trace_settings(headers=hdr("simple")), ("401", "UNAUTHENTICATED")),
-    ):
-        try:
-            call()
-            check(f"{name}: {what} refused", False)
-        except InferenceServerException as e:
-            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+    ))
     kept = flat(c.get_trace_settings(headers=admin))
     check(f"{name}: the refused changes changed nothing", kept["trace_rate"] == "10" and kept["trace_level"] == ["OFF"]
           and kept["trace_file"] == "", kept)

@@ -245,6 +245,12 @@ async fn log_settings(node: &Node, req: Request<Incoming>) -> Response<Body> {
     if req.method() == hyper::Method::POST {
         let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
             Ok(b) => b.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return json(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    serde_json::json!({"error": "a log settings request is at most 64 KiB"}),
+                )
+            }
             Err(e) => {
                 return json(
                     StatusCode::BAD_REQUEST,

@@ -325,6 +325,14 @@ impl Router {
         r
     }
 
+    /// A router whose one endpoint `t` has one version, v1, on `n`.
+    fn in_front_of(n: &Node, extra: &[&str]) -> Router {
+        Self::start(
+            &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
+            extra,
+        )
+    }
+
     fn admin_token(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("data/admin.token")).unwrap()
     }
@@ -1623,10 +1631,7 @@ fn a_registry_behind_a_token_service() {
 #[test]
 fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
     let n = Node::hostile_on(free_port());
-    let r = Router::start(
-        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
-        &[],
-    );
+    let r = Router::in_front_of(&n, &[]);
     let given = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let auth = format!("Bearer {KEY}");
     let (st, head, body) = http(
@@ -1657,10 +1662,7 @@ fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
 #[test]
 fn a_nodes_log_settings_change_while_it_serves() {
     let n = Node::hostile_on(free_port());
-    let r = Router::start(
-        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
-        &[],
-    );
+    let r = Router::in_front_of(&n, &[]);
     let auth = format!("Bearer {KEY}");
     let said = || n.proc.log().matches("hostile says hello").count();
     let score = || {
@@ -1689,6 +1691,8 @@ fn a_nodes_log_settings_change_while_it_serves() {
     }
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(said(), 1, "no info line with log_info off");
+    let big = format!("{{\"log_file\": \"{}\"}}", "x".repeat(70_000));
+    assert_eq!(http(&n.addr, "POST", "/v2/logging", &[], &big).0, 413, "an oversize body");
     let (st, refused) = set(r#"{"log_warning": false, "log_info": true}"#);
     assert_eq!(st, 400, "{refused}");
     assert!(
@@ -1707,10 +1711,7 @@ fn a_nodes_log_settings_change_while_it_serves() {
 fn the_routers_trace_settings_choose_the_spans_of_router_and_node() {
     let (collector, received) = super::observe::otlp_receiver();
     let mut n = Node::hostile_with(free_port(), &[("OTEL_EXPORTER_OTLP_ENDPOINT", &collector)]);
-    let mut r = Router::start(
-        &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
-        &["--otlp-endpoint", &collector],
-    );
+    let mut r = Router::in_front_of(&n, &["--otlp-endpoint", &collector]);
     let auth = format!("Bearer {KEY}");
     let score = |r: &Router, traceparent: Option<&str>| {
         let mut headers = vec![("Authorization", auth.as_str())];
