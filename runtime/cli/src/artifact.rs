@@ -510,6 +510,7 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
         module_name: String::new(),
         models: Vec::new(),
         config: serde_json::Value::Null,
+        artifact: Some(digest.clone()),
     };
     let mut modules = 0;
     for layer in &manifest.layers {

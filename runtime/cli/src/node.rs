@@ -53,7 +53,8 @@ pub struct NodeArgs {
     #[arg(long)]
     pub registry_ca: Option<PathBuf>,
     /// The endpoint and version names it serves, for logs and its ready
-    /// route (default: node, v1).
+    /// route (default: node, v1). Given, a router sends it only that
+    /// endpoint's version's requests; not given, its names are not checked.
     #[arg(long)]
     pub endpoint: Option<String>,
     #[arg(long)]
@@ -82,6 +83,8 @@ pub struct Fetched {
     pub module_name: String,
     pub models: Vec<(String, Vec<u8>)>,
     pub config: serde_json::Value,
+    /// The manifest's digest, for an artifact from a registry.
+    pub artifact: Option<String>,
 }
 
 pub fn run(args: NodeArgs) -> Result<()> {
@@ -166,6 +169,11 @@ async fn setup(
         if let Some(over) = &args.config {
             fetched.config = overlay(fetched.config, over)?;
         }
+        node.set_identity(wasmscore_remote::wire::Identity {
+            endpoint: args.endpoint.clone(),
+            version: args.version.clone(),
+            artifact: fetched.artifact.clone(),
+        });
         node.set_status(format!("building {endpoint}/{version}: compile, sessions, init()"));
         let control = {
             let (data_dir, args_plugins, cache) = (data_dir.to_path_buf(), args.plugin_dir.clone(), args.cache_dir.clone());
@@ -224,6 +232,7 @@ async fn fetch(args: &NodeArgs, node: &Node) -> Result<Fetched> {
             module_name: module.file_name().and_then(|n| n.to_str()).unwrap_or("module.wasm").to_string(),
             models,
             config,
+            artifact: None,
         });
     }
     let reference = args.artifact.as_deref().expect("clap: artifact or module");

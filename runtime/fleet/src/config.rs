@@ -6,12 +6,18 @@
 //!   "auth": {"mode": "key", "primary_key": "...", "secondary_key": "..."},
 //!   "versions": [{"name": "v1", "traffic": 20, "default": true, "control": false, "mirror": 0,
 //!                 "nodes": ["127.0.0.1:9001", "127.0.0.1:9002"],
+//!                 "artifact": "sha256:...",
 //!                 "config": {"scoring_timeout_ms": 60000, "autoscale_max_replicas": 4}}]}]}
 //! ```
 //!
 //! `config` is the version's deployment config, with `up`'s keys, defaults
 //! and refusal of unknown keys; the router uses its scoring timeout and
 //! autoscale settings (the rest is the nodes' business).
+//!
+//! `artifact` (optional) is the digest its nodes must serve, alone or as
+//! the reference they pulled (`HOST:PORT/REPO@sha256:...`): a node that
+//! serves another one is not ready here. A node started with `--endpoint`
+//! and `--version` must have this endpoint's and version's names.
 
 use serde::Deserialize;
 use wasmscore_rules::config::{DeploymentConfig, Resolved};
@@ -102,9 +108,18 @@ pub struct VersionSpec {
     pub nodes: Vec<String>,
     #[serde(default)]
     pub config: serde_json::Value,
+    /// The artifact its nodes must serve: a digest, or a reference by digest.
+    #[serde(default)]
+    pub artifact: Option<String>,
 }
 
 impl VersionSpec {
+    /// The digest `artifact` names (`sha256:...`), if it names one.
+    pub fn artifact_digest(&self) -> Option<&str> {
+        let a = self.artifact.as_deref()?;
+        Some(a.rsplit_once('@').map_or(a, |(_, digest)| digest))
+    }
+
     pub fn rollout(&self) -> Rollout {
         Rollout {
             name: self.name.clone(),
@@ -206,6 +221,16 @@ impl FleetSpec {
                         return Err(at(format!("version {:?}: node {n:?} is not host:port", v.name)));
                     }
                 }
+                if let Some(digest) = v.artifact_digest() {
+                    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+                    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                        return Err(at(format!(
+                            "version {:?}: artifact {:?} names no digest (sha256: and 64 hex digits, alone or after @): nodes are checked by digest, as a tag can move",
+                            v.name,
+                            v.artifact.as_deref().unwrap_or_default()
+                        )));
+                    }
+                }
                 v.resolved().map_err(|e| at(format!("version {:?}: {e}", v.name)))?;
             }
             let rollouts: Vec<Rollout> = ep.versions.iter().map(VersionSpec::rollout).collect();
@@ -240,6 +265,23 @@ mod tests {
         assert!(e.contains("unknown field"), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "weight": 5}]"#).unwrap_err();
         assert!(e.contains("unknown field `weight`"), "{e}");
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        for good in [digest.clone(), format!("127.0.0.1:5000/iris@{digest}")] {
+            let v = &spec(&format!(r#"[{{"name": "a", "default": true, "artifact": "{good}"}}]"#))
+                .unwrap()
+                .endpoints[0]
+                .versions[0];
+            assert_eq!(v.artifact_digest(), Some(digest.as_str()));
+        }
+        for bad in [
+            "127.0.0.1:5000/iris:v1",
+            "sha256:abc",
+            "sha512:00",
+            &format!("sha256:{}", "AB".repeat(32)),
+        ] {
+            let e = spec(&format!(r#"[{{"name": "a", "default": true, "artifact": "{bad}"}}]"#)).unwrap_err();
+            assert!(e.contains("names no digest"), "{bad}: {e}");
+        }
         let seven: Vec<String> = (0..7).map(|i| format!(r#"{{"name": "v{i}", "default": {}}}"#, i == 0)).collect();
         let e = spec(&format!("[{}]", seven.join(","))).unwrap_err();
         assert!(e.contains("at most 6 versions"), "{e}");

@@ -182,14 +182,15 @@ impl Fleet {
                 // blocked in the host (1 s); then the margin.
                 let cfg = NodesConfig {
                     timeout: resolved.pool.max_wait + resolved.timeout + Duration::from_secs(1) + DEADLINE_MARGIN,
+                    artifact: v.artifact_digest().map(str::to_string),
                     ..NodesConfig::default()
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));
                 // Its figures live as long as the version does.
                 let stats = prev.as_ref().map(|p| p.version.stats.clone()).unwrap_or_default();
                 let fresh_nodes = || {
-                    let nodes =
-                        Nodes::new(&v.name, &v.nodes, self.http, self.client.clone(), cfg.clone()).expect("node addresses were checked");
+                    let nodes = Nodes::new((&ep.name, &v.name), &v.nodes, self.http, self.client.clone(), cfg.clone())
+                        .expect("node addresses were checked");
                     // With min 0 a version may sit at zero: a request wakes it
                     // and waits up to its scoring timeout for the first node.
                     let nodes = match &resolved.autoscale {

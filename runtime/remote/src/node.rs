@@ -52,6 +52,8 @@ pub struct Node {
     /// The version's model inputs and outputs (OIP metadata), told to the
     /// router in the ready answer.
     signature: OnceLock<(serde_json::Value, serde_json::Value)>,
+    /// What it serves, told to the router in the ready answer.
+    identity: OnceLock<wire::Identity>,
 }
 
 impl Node {
@@ -67,7 +69,13 @@ impl Node {
             spans: None,
             logging: None,
             signature: OnceLock::new(),
+            identity: OnceLock::new(),
         }
+    }
+
+    /// What it serves: the names it was given and the artifact it pulled.
+    pub fn set_identity(&self, identity: wire::Identity) {
+        let _ = self.identity.set(identity);
     }
 
     /// What the node is doing before it serves ("pulling ...", "retrying ...").
@@ -213,7 +221,8 @@ async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
         ("POST", wire::SCORE_PATH) => score(node, req).await,
         ("GET", wire::READY_PATH) => match node.ready() {
             Ok(()) => {
-                let mut body = serde_json::json!({"ready": true, "endpoint": node.endpoint, "version": node.version});
+                let mut body = serde_json::to_value(node.identity.get().cloned().unwrap_or_default()).expect("an identity serializes");
+                body["ready"] = true.into();
                 if let Some((inputs, outputs)) = node.signature.get() {
                     body["inputs"] = inputs.clone();
                     body["outputs"] = outputs.clone();

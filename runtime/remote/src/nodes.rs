@@ -90,6 +90,8 @@ pub struct NodesConfig {
     pub eject_max: Duration,
     /// How long a health check may take.
     pub check_timeout: Duration,
+    /// The artifact (a digest) its nodes must serve, if one is named.
+    pub artifact: Option<String>,
 }
 
 impl Default for NodesConfig {
@@ -99,6 +101,7 @@ impl Default for NodesConfig {
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
             check_timeout: Duration::from_secs(1),
+            artifact: None,
         }
     }
 }
@@ -222,6 +225,9 @@ pub struct NodeView {
 
 /// A version served by remote nodes.
 pub struct Nodes {
+    /// The endpoint and version it serves: a node that says it serves
+    /// another is not ready here.
+    pub endpoint: String,
     pub version: String,
     nodes: Vec<Node>,
     client: HttpClient,
@@ -243,8 +249,15 @@ pub struct Nodes {
 }
 
 impl Nodes {
-    pub fn new(version: &str, addrs: &[String], http: NodeHttp, client: HttpClient, cfg: NodesConfig) -> Result<Nodes, String> {
+    pub fn new(
+        (endpoint, version): (&str, &str),
+        addrs: &[String],
+        http: NodeHttp,
+        client: HttpClient,
+        cfg: NodesConfig,
+    ) -> Result<Nodes, String> {
         Ok(Nodes {
+            endpoint: endpoint.to_string(),
             version: version.to_string(),
             nodes: addrs.iter().map(|a| Node::new(a, http)).collect::<Result<_, _>>()?,
             client,
@@ -371,12 +384,15 @@ impl Nodes {
     }
 
     /// Carries the health of nodes with the same address over from the
-    /// version's previous node set (a re-read config keeps what it knew).
+    /// version's previous node set (a re-read config keeps what it knew);
+    /// not their readiness if the artifact they must serve changed.
     pub fn inherit(&self, old: &Nodes) {
         for n in &self.nodes {
             if let Some(o) = old.nodes.iter().find(|o| o.addr == n.addr) {
-                n.ready.store(o.ready.load(Ordering::Acquire), Ordering::Release);
-                n.set_why(o.why());
+                if old.cfg.artifact == self.cfg.artifact {
+                    n.ready.store(o.ready.load(Ordering::Acquire), Ordering::Release);
+                    n.set_why(o.why());
+                }
                 let shift = self.now_ms() as i64 - old.now_ms() as i64;
                 let until = o.ejected_until_ms.load(Ordering::Relaxed) as i64 + shift;
                 n.ejected_until_ms.store(until.max(0) as u64, Ordering::Relaxed);
@@ -635,11 +651,17 @@ impl Nodes {
                     node.record_load(&parts.headers, self.now_ms());
                     if parts.status == 200 {
                         let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
-                        if body["inputs"].is_array() {
-                            let sig = serde_json::json!({"inputs": body["inputs"], "outputs": body["outputs"]});
-                            *self.signature.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
+                        let identity: wire::Identity = serde_json::from_value(body.clone()).unwrap_or_default();
+                        match identity.disagrees(&self.endpoint, &self.version, self.cfg.artifact.as_deref()) {
+                            Some(why) => Err(why),
+                            None => {
+                                if body["inputs"].is_array() {
+                                    let sig = serde_json::json!({"inputs": body["inputs"], "outputs": body["outputs"]});
+                                    *self.signature.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
+                                }
+                                Ok(())
+                            }
                         }
-                        Ok(())
                     } else {
                         let why = serde_json::from_slice::<serde_json::Value>(&bytes)
                             .ok()

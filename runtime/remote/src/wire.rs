@@ -19,6 +19,10 @@
 //!   JSON, so the client sees the same error as under `up` (status 500);
 //! - `draining`: the node is shutting down (or not ready yet) and did not
 //!   start the request (status 503): the router sends it to another node.
+//!
+//! A node's ready answer (`GET /v2/health/ready`, 200) says what it serves
+//! ([`Identity`]): the router sends a version's requests only to nodes
+//! whose identity agrees with what it routes there ([`Identity::disagrees`]).
 
 use wasmscore_replica::ScoreError;
 
@@ -106,6 +110,47 @@ impl Outcome {
     }
 }
 
+/// What a node serves, as its ready answer says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Identity {
+    /// The names it was started with (`--endpoint`, `--version`); none for
+    /// a node not given them, whose names nobody can check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The digest of the artifact it pulled (`sha256:...`); none for a
+    /// module from disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<String>,
+}
+
+impl Identity {
+    /// Why a node with this identity must not get `endpoint`/`version`'s
+    /// requests, if it must not: it was started for other names, or it
+    /// serves another artifact than `artifact` (a digest), when one is named.
+    pub fn disagrees(&self, endpoint: &str, version: &str, artifact: Option<&str>) -> Option<String> {
+        let named = |name: &Option<String>, want: &str| name.as_deref().is_none_or(|n| n == want);
+        if !named(&self.endpoint, endpoint) || !named(&self.version, version) {
+            let or_unnamed = |n: &Option<String>| n.as_deref().unwrap_or("(any)").to_string();
+            return Some(format!(
+                "it serves {}/{}, and this router routes {endpoint}/{version} to it",
+                or_unnamed(&self.endpoint),
+                or_unnamed(&self.version)
+            ));
+        }
+        match (artifact, self.artifact.as_deref()) {
+            (Some(want), Some(got)) if want != got => Some(format!(
+                "it serves artifact {got}, and this router routes {endpoint}/{version}'s artifact {want} to it"
+            )),
+            (Some(want), None) => Some(format!(
+                "it serves a module from disk, not an artifact, and this router routes {endpoint}/{version}'s artifact {want} to it"
+            )),
+            _ => None,
+        }
+    }
+}
+
 pub fn encode_error(e: &ScoreError) -> Vec<u8> {
     serde_json::to_vec(e).expect("a ScoreError serializes")
 }
@@ -118,6 +163,40 @@ pub fn decode_error(body: &[u8]) -> Option<ScoreError> {
 mod tests {
     use super::*;
     use wasmscore_engine::CallError;
+
+    #[test]
+    fn a_node_agrees_when_its_names_and_artifact_match_or_were_not_given() {
+        let d1 = "sha256:".to_string() + &"1".repeat(64);
+        let d2 = "sha256:".to_string() + &"2".repeat(64);
+        let named = Identity {
+            endpoint: Some("iris".into()),
+            version: Some("v1".into()),
+            artifact: Some(d1.clone()),
+        };
+        assert_eq!(named.disagrees("iris", "v1", None), None);
+        assert_eq!(named.disagrees("iris", "v1", Some(&d1)), None);
+        let other_version = named.disagrees("iris", "v2", None).expect("another version");
+        assert!(
+            other_version.contains("serves iris/v1") && other_version.contains("routes iris/v2"),
+            "{other_version}"
+        );
+        assert!(named.disagrees("wine", "v1", None).is_some());
+        let other_artifact = named.disagrees("iris", "v1", Some(&d2)).expect("another artifact");
+        assert!(other_artifact.contains(&d1) && other_artifact.contains(&d2), "{other_artifact}");
+        // Unnamed nodes (started with neither flag) are not checked by name.
+        let unnamed = Identity::default();
+        assert_eq!(unnamed.disagrees("any", "thing", None), None);
+        let from_disk = unnamed.disagrees("iris", "v1", Some(&d1)).expect("no artifact");
+        assert!(from_disk.contains("a module from disk"), "{from_disk}");
+        // Only what was given crosses the wire.
+        let one = Identity {
+            version: Some("v1".into()),
+            ..Identity::default()
+        };
+        assert_eq!(serde_json::to_value(&one).unwrap(), serde_json::json!({"version": "v1"}));
+        let read: Identity = serde_json::from_value(serde_json::json!({"ready": true, "version": "v1"})).unwrap();
+        assert_eq!(read, one);
+    }
 
     #[test]
     fn load_round_trips_and_refuses_anything_else() {

@@ -358,10 +358,15 @@ impl Router {
     /// Writes a new config (atomically) and waits until the router serves
     /// the effective shares `want` for `endpoint`.
     fn reconfigure(&self, config: &Value, endpoint: &str, want: &[(&str, u64)]) {
+        self.rewrite(config);
+        self.wait_shares(endpoint, want);
+    }
+
+    /// Writes a new config (atomically) for the router to re-read.
+    fn rewrite(&self, config: &Value) {
         let tmp = self.config.with_extension("tmp");
         std::fs::write(&tmp, config.to_string()).unwrap();
         std::fs::rename(&tmp, &self.config).unwrap();
-        self.wait_shares(endpoint, want);
     }
 
     fn wait_shares(&self, endpoint: &str, want: &[(&str, u64)]) {
@@ -804,6 +809,92 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
     let s = r.shares("h", 100, &[]);
     assert_eq!((count(&s, "v1"), count(&s, "v2")), (50, 50));
     drop(n1);
+}
+
+/// A router sends a version's requests only to nodes that serve it. Two
+/// named nodes whose addresses router.json lists under both versions get
+/// only their own version's requests; a node serving another artifact
+/// than router.json names is not ready, with both digests in the reason,
+/// until router.json and the node agree again.
+#[test]
+fn a_node_that_serves_another_version_or_artifact_gets_none_of_its_requests() {
+    let reg = Registry::start();
+    let d1 = reg.push("iris:v1", iris_rust(), &[&model()], None);
+    let d2 = reg.push("iris:v2", iris_rust(), &[&model()], Some(&json!({"scoring_timeout_ms": 30000})));
+    let named = |digest: &str, version: &str| {
+        let reference = reg.reference("iris", digest);
+        let n = Node::spawn(
+            &["--artifact", &reference, "--insecure", "--endpoint", "iris", "--version", version],
+            free_port(),
+        );
+        n.wait_ready();
+        n
+    };
+    let (a, b) = (named(&d1, "v1"), named(&d2, "v2"));
+    let version = |name: &str, nodes: [&str; 2], artifact: &str| json!({"name": name, "traffic": 50, "default": name == "v1", "nodes": nodes, "artifact": artifact});
+    let swapped = json!({"endpoints": [endpoint("iris", json!([
+        version("v1", [&a.addr, &b.addr], &d1),
+        version("v2", [&b.addr, &a.addr], &reg.reference("iris", &d2))]))]});
+    let r = Router::start(&swapped, &[]);
+    // Each version's nodes as the router sees them: (addr, ready, reason).
+    let nodes = |v: &str| -> Vec<(String, bool, String)> {
+        let st = r.version_status("iris", v);
+        st["nodes"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|n| {
+                let text = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+                (text("addr"), n["ready"] == true, text("reason"))
+            })
+            .collect()
+    };
+    wait_for("each version's own node ready", Duration::from_secs(10), || {
+        let ready = |v: &str| nodes(v).into_iter().filter(|n| n.1).map(|n| n.0).collect::<Vec<_>>();
+        ready("v1") == [a.addr.clone()] && ready("v2") == [b.addr.clone()]
+    });
+    let (v1, v2) = (nodes("v1"), nodes("v2"));
+    assert!(
+        v1[1].2.contains("it serves iris/v2, and this router routes iris/v1 to it"),
+        "{v1:?}"
+    );
+    assert!(
+        v2[1].2.contains("it serves iris/v1, and this router routes iris/v2 to it"),
+        "{v2:?}"
+    );
+    // Every request reaches a node of the version it was routed to.
+    let s = r.shares("iris", 100, &[]);
+    assert_eq!((count(&s, "v1"), count(&s, "v2")), (50, 50), "{s:?}");
+    let served = |v: &str| -> Vec<u64> {
+        r.version_status("iris", v)["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["served"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!((served("v1")[1], served("v2")[1]), (0, 0));
+    assert!(served("v1")[0] >= 50 && served("v2")[0] >= 50);
+
+    // v1 is said to be d2 now: its node serves d1, so v1 has no ready node.
+    let one = |artifact: &str| json!({"endpoints": [endpoint("iris", json!([{"name": "v1", "default": true, "nodes": [a.addr], "artifact": artifact}]))]});
+    r.rewrite(&one(&d2));
+    let mut body = String::new();
+    wait_for("v1's node not ready", Duration::from_secs(10), || {
+        let (st, _, b) = r.score("iris", &[], ROW);
+        body = b;
+        st == 503
+    });
+    assert!(
+        body.contains(&format!(
+            "it serves artifact {d1}, and this router routes iris/v1's artifact {d2} to it"
+        )),
+        "{body}"
+    );
+    // router.json agrees with the node again: it serves.
+    r.reconfigure(&one(&d1), "iris", &[("v1", 100)]);
+    let (st, version, body) = r.score("iris", &[], ROW);
+    assert_eq!((st, version.as_str()), (200, "v1"), "{body}");
 }
 
 /// The Open Inference Protocol through the router: REST (JSON and binary)
