@@ -59,6 +59,10 @@ pub struct NodeArgs {
     pub endpoint: Option<String>,
     #[arg(long)]
     pub version: Option<String>,
+    /// The container's CPU limit is the version's `cpu_cores_limit` (the
+    /// operator sets it on the pod): the node makes no cgroup of its own.
+    #[arg(long)]
+    pub cpu_limited_by_container: bool,
     /// Load device plugins from this directory (as `up --plugin-dir`).
     #[arg(long)]
     pub plugin_dir: Option<PathBuf>,
@@ -168,6 +172,11 @@ async fn setup(
         let mut fetched = fetch(args, node).await?;
         if let Some(over) = &args.config {
             fetched.config = overlay(fetched.config, over)?;
+        }
+        if args.cpu_limited_by_container {
+            if let Some(c) = fetched.config.as_object_mut() {
+                c.remove("cpu_cores_limit");
+            }
         }
         node.set_identity(wasmscore_remote::wire::Identity {
             endpoint: args.endpoint.clone(),

@@ -81,9 +81,7 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
                         "memoryInGB" if !rv.is_null() => put(&mut m, &name, "memory_gb", rv.clone()),
                         "gpu" if as_u64(rv).unwrap_or(0) > 0 => put(&mut m, &name, "gpu_cores", rv.clone()),
                         "cpu" if !rv.is_null() => put(&mut m, &name, "cpu_cores", rv.clone()),
-                        "cpuLimit" | "cpu_limit" => m.ignored.push(format!(
-                            "{name}: no CPU limit per replica; cpu is what a replica asks of the machine's capacity"
-                        )),
+                        "cpuLimit" | "cpu_limit" if !rv.is_null() => put(&mut m, &name, "cpu_cores_limit", rv.clone()),
                         "memoryInGB_limit" => m.ignored.push(format!("{name}: memory_gb is both the request and the limit")),
                         _ if rv.is_null() || as_u64(rv) == Some(0) => {}
                         _ => m.ignored.push(format!("{name}: not a field wasmscore knows")),
@@ -248,6 +246,7 @@ mod tests {
         assert_eq!(m.config["num_replicas"], 2);
         assert_eq!(m.config["memory_gb"], 1.0);
         assert_eq!(m.config["cpu_cores"], 0.5);
+        assert_eq!(m.config["cpu_cores_limit"], 1.0);
         assert_eq!(m.config["auth_enabled"], true);
         assert_eq!(m.config["autoscale_enabled"], false);
         assert_eq!(m.config["autoscale_refresh_seconds"], 2);
@@ -260,12 +259,7 @@ mod tests {
         assert_eq!((m.traffic, m.default), (Some(20), Some(true)));
         assert_eq!(m.tags.unwrap()["team"], "fraud");
         let ignored = m.ignored.join("\n");
-        for k in [
-            "computeType",
-            "containerResourceRequirements.cpuLimit",
-            "livenessProbeRequirements.somethingElse",
-            "somethingNew",
-        ] {
+        for k in ["computeType", "livenessProbeRequirements.somethingElse", "somethingNew"] {
             assert!(ignored.contains(k), "{k} not named in {ignored}");
         }
         // Our own flat keys are not Azure ML's.

@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use wasmscore_collect::Collector;
 pub use wasmscore_collect::Settings as CollectSettings;
 use wasmscore_engine::{Compiled, ModelSource, Prepared, ScoringEngine, VersionContext};
+use wasmscore_replica::cpu::CpuGroup;
 use wasmscore_replica::{Pool, PoolConfig};
 use wasmscore_router::{Router, Version};
 use wasmscore_tensor::batch::{BatchSettings, BatchStats, Batched};
@@ -406,10 +407,20 @@ impl Control {
             "starting {} replica(s) x {} instance(s): init()",
             resolved.pool.replicas, resolved.pool.max_concurrent
         ));
+        let cpu = match resolved.cpu_limit {
+            Some(cores) => Some(Arc::new(
+                CpuGroup::new(&format!("{endpoint}/{version}"), cores, resolved.pool.max_concurrent).map_err(|why| BuildFailure {
+                    message: format!("{endpoint}/{version}: cpu_cores_limit {cores}: the CPU cannot be limited here: {why}"),
+                    ctx: Some(ctx.clone()),
+                })?,
+            )),
+            None => None,
+        };
         let pool_config = PoolConfig {
             replicas: resolved.pool.replicas,
             max_concurrent: resolved.pool.max_concurrent,
             max_wait: resolved.pool.max_wait,
+            cpu,
             ..PoolConfig::default()
         };
         let pool = Arc::new(Pool::start(prepared, pool_config).map_err(|e| BuildFailure {

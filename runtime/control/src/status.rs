@@ -45,7 +45,15 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         }
         (h, _) => h,
     };
-    let resources = live.map(|l| json!({"cpu_cores": l.monitor.settings.cpu_cores, "memory_gb": l.monitor.settings.memory_gb}));
+    let resources = live.map(|l| {
+        let s = &l.monitor.settings;
+        // The limit as the kernel applies it: the quota for the replicas
+        // running now, and how often their threads waited for it.
+        let limit = pool
+            .and_then(|p| p.config().cpu.as_ref())
+            .map(|g| json!({"cores_now": g.cores(), "throttling": g.throttling()}));
+        json!({"cpu_cores": s.cpu_cores, "cpu_cores_limit": s.cpu_limit, "cpu_limit": limit, "memory_gb": s.memory_gb})
+    });
     let sandbox = live.map(|l| {
         let s = &l.monitor.settings;
         json!({

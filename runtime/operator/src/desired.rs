@@ -211,6 +211,9 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
                     .iter()
                     .flat_map(|_| ["--cache-dir".to_string(), "/cache".to_string()]),
             )
+            // The pod's CPU limit is the version's: the node makes no
+            // cgroup of its own.
+            .chain(r.cpu_limit.map(|_| "--cpu-limited-by-container".to_string()))
             // The Endpoint's config over the artifact's (the node keeps what
             // is its own: timeouts, instances, limits, the device).
             .chain(
@@ -337,7 +340,7 @@ pub fn deployment(ep: &Endpoint, v: &VersionSpec, r: &Resolved, s: &Settings) ->
 }
 
 /// A replica's share of the machine: its config's cpu_cores and memory_gb
-/// (plus the process), and a GPU when it asks for cuda.
+/// (plus the process), its cpu_cores_limit, and a GPU when it asks for cuda.
 fn resources(v: &VersionSpec, r: &Resolved, s: &Settings) -> ResourceRequirements {
     let memory_mib = (r.memory_gb * 1024.0).ceil() as u64 + u64::from(s.process_memory_mib);
     let mut requests = BTreeMap::from([
@@ -345,6 +348,9 @@ fn resources(v: &VersionSpec, r: &Resolved, s: &Settings) -> ResourceRequirement
         ("memory".to_string(), Quantity(format!("{memory_mib}Mi"))),
     ]);
     let mut limits = BTreeMap::from([("memory".to_string(), Quantity(format!("{memory_mib}Mi")))]);
+    if let Some(cores) = r.cpu_limit {
+        limits.insert("cpu".into(), Quantity(format!("{}m", (cores * 1000.0).round() as u64)));
+    }
     if r.device == "cuda" {
         let gpus = v.config.get("gpu_cores").and_then(|g| g.as_u64()).unwrap_or(1).max(1);
         requests.insert("nvidia.com/gpu".into(), Quantity(gpus.to_string()));
@@ -561,7 +567,20 @@ mod tests {
         assert_eq!(c["resources"]["requests"]["cpu"], "500m");
         assert_eq!(c["resources"]["requests"]["memory"], "1280Mi");
         assert_eq!(c["resources"]["limits"]["memory"], "1280Mi");
+        assert_eq!(c["resources"]["limits"].get("cpu"), None, "no cpu_cores_limit, no CPU limit");
+        assert!(!args.contains(&"--cpu-limited-by-container"));
         assert_eq!(pod.get("nodeSelector"), None);
+        // cpu_cores_limit is the pod's CPU limit, and the node leaves it to the pod.
+        let ep = endpoint(vec![version(
+            "v1",
+            0,
+            true,
+            serde_json::json!({"cpu_cores": 0.5, "cpu_cores_limit": 1.5}),
+        )]);
+        let d = json(&desired(&ep, &s).unwrap().deployments[0]);
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["resources"]["limits"]["cpu"], "1500m");
+        assert!(c["args"].as_array().unwrap().iter().any(|a| a == "--cpu-limited-by-container"));
     }
 
     #[test]

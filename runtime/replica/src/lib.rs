@@ -16,6 +16,7 @@
 //! Deciding the count is the autoscaler's job (`wasmscore-control`'s
 //! monitor); the pool only counts.
 
+pub mod cpu;
 pub mod histogram;
 mod spin;
 
@@ -46,6 +47,8 @@ pub struct PoolConfig {
     /// How long a request that arrives at a pool with no replica (scaled to
     /// zero, or all replicas failing init) waits for one to start.
     pub cold_start_wait: Duration,
+    /// `cpu_cores_limit`: the group its instance threads run in.
+    pub cpu: Option<Arc<cpu::CpuGroup>>,
 }
 
 impl Default for PoolConfig {
@@ -56,6 +59,7 @@ impl Default for PoolConfig {
             max_wait: Duration::from_millis(500),
             queue_capacity: 1024,
             cold_start_wait: Duration::from_secs(60),
+            cpu: None,
         }
     }
 }
@@ -256,6 +260,8 @@ struct Shared {
     closed: AtomicBool,
     /// Its share of the process's requests, for spinning (spin.rs).
     share: Arc<spin::Share>,
+    /// The CPU limit its instance threads run under, if it has one.
+    cpu: Option<Arc<cpu::CpuGroup>>,
 }
 
 /// A version's replicas and their queue.
@@ -282,6 +288,7 @@ impl Pool {
             label,
             closed: AtomicBool::new(false),
             share: spin::Share::register(),
+            cpu: cfg.cpu.clone(),
         });
         let n = cfg.replicas.max(1) * cfg.max_concurrent.max(1);
         shared.stats.target.store(n, Ordering::Relaxed);
@@ -549,6 +556,10 @@ fn spawn_instance(shared: &Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
 
 fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Result<(), EngineError>>>) {
     let stats = &shared.stats;
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // init() and the calls run under the version's CPU limit.
+    let _limited = shared.cpu.as_deref().map(|group| Limited::join(group, tid, &shared));
     let first = match ready {
         // One of the pool's first instances: a failed init fails the deploy.
         Some(ready) => match shared.prepared.start() {
@@ -573,8 +584,6 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     };
     stats.instances.fetch_add(1, Ordering::AcqRel);
     stats.starting.fetch_sub(1, Ordering::AcqRel);
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
     let in_call = Arc::new(AtomicBool::new(false));
     stats.serving(tid, in_call.clone());
     while let Ok(msg) = spin::next(&shared.rx, &shared.share) {
@@ -641,6 +650,33 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     }
     stats.gone(tid);
     stats.instances.fetch_sub(1, Ordering::AcqRel);
+}
+
+/// An instance thread in its version's CPU group, until it ends.
+struct Limited<'a> {
+    group: &'a cpu::CpuGroup,
+    tid: i32,
+    shared: &'a Shared,
+}
+
+impl<'a> Limited<'a> {
+    /// A thread that cannot join runs unlimited: the pool says so in its
+    /// last error and the log (the group was made, so this is rare).
+    fn join(group: &'a cpu::CpuGroup, tid: i32, shared: &'a Shared) -> Limited<'a> {
+        if let Err(e) = group.join(tid) {
+            tracing::error!(pool = %shared.label, error = %e, "an instance could not join its CPU limit's cgroup; it runs unlimited");
+            shared.stats.set_error(format!("cpu_cores_limit: an instance runs unlimited: {e}"));
+        }
+        Limited { group, tid, shared }
+    }
+}
+
+impl Drop for Limited<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.group.leave(self.tid) {
+            tracing::warn!(pool = %self.shared.label, error = %e, "an instance could not leave its CPU limit's cgroup");
+        }
+    }
 }
 
 /// Makes a fresh instance and runs `init()`, backing off (10 ms doubling to

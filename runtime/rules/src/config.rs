@@ -29,6 +29,12 @@ pub struct DeploymentConfig {
     /// CPU cores a replica asks of the machine's capacity (default 0.1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_cores: Option<f64>,
+    /// Most CPU cores a replica may use (Azure ML's `cpu_cores_limit`;
+    /// default: no limit). Enforced: a cgroup's CPU quota for the version's
+    /// instance threads under `up` and on a node, the pod's CPU limit on
+    /// Kubernetes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_cores_limit: Option<f64>,
     /// Autoscaling on utilization (default: on unless num_replicas is given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub autoscale_enabled: Option<bool>,
@@ -126,6 +132,8 @@ pub struct Resolved {
     pub probes: Probes,
     /// What one replica asks of the machine's capacity.
     pub cpu_cores: f64,
+    /// The most CPU one replica may use (cores); none: no limit.
+    pub cpu_limit: Option<f64>,
     pub memory_gb: f64,
     /// What the module may reach through WASI.
     pub sandbox: SandboxGrant,
@@ -211,6 +219,13 @@ impl DeploymentConfig {
         let cpu_cores = self.cpu_cores.unwrap_or(0.1);
         if !(cpu_cores > 0.0 && cpu_cores <= 64.0) {
             return bad(format!("cpu_cores must be in (0, 64], got {cpu_cores}"));
+        }
+        if let Some(limit) = self.cpu_cores_limit {
+            if !(limit >= cpu_cores && limit <= 64.0) {
+                return bad(format!(
+                    "cpu_cores_limit must be in [cpu_cores, 64] (cpu_cores is {cpu_cores}: a replica is limited to at least what it asks), got {limit}"
+                ));
+            }
         }
         let autoscale_on = match (self.autoscale_enabled, self.num_replicas) {
             (Some(true), Some(_)) => {
@@ -336,6 +351,7 @@ impl DeploymentConfig {
             autoscale,
             probes,
             cpu_cores,
+            cpu_limit: self.cpu_cores_limit,
             memory_gb,
             sandbox,
             device,
@@ -390,7 +406,7 @@ mod tests {
         let a = r.autoscale.expect("autoscaling is on unless num_replicas is given");
         assert_eq!((a.min, a.max, a.target, a.refresh), (1, 10, 0.7, Duration::from_secs(1)));
         assert_eq!(a.down_delay, Duration::from_secs(60));
-        assert_eq!((r.cpu_cores, r.memory_gb), (0.1, 0.5));
+        assert_eq!((r.cpu_cores, r.cpu_limit, r.memory_gb), (0.1, None, 0.5));
         assert_eq!(r.probes.period, Duration::from_secs(10));
         assert_eq!((r.probes.success_threshold, r.probes.failure_threshold), (1, 3));
     }
@@ -482,6 +498,8 @@ mod tests {
             serde_json::json!({"autoscale_refresh_seconds": 0}),
             serde_json::json!({"failure_threshold": 0}),
             serde_json::json!({"cpu_cores": -1}),
+            serde_json::json!({"cpu_cores": 0.5, "cpu_cores_limit": 0.25}),
+            serde_json::json!({"cpu_cores_limit": 65}),
             serde_json::json!({"num_replicas": 2, "autoscale_max_replicas": 4}),
         ] {
             let err = DeploymentConfig::parse(&bad).unwrap().resolve().unwrap_err();

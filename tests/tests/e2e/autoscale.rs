@@ -456,3 +456,52 @@ fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
             || version(&s, "two")["autoscale"]["capacity_limited"].as_u64().unwrap() >= 1
     );
 }
+
+/// `cpu_cores_limit` is a limit, not a request: a version's instance
+/// threads run in a cgroup whose CPU quota is the limit per replica, so
+/// two replicas whose calls would each keep a core busy get half a core
+/// between them. `show` gives the quota and how often the kernel held
+/// them back. (This machine's cgroup v1 `cpu` controller; where none can
+/// be written the deploy is refused with why.)
+#[test]
+fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"num_replicas": 2, "cpu_cores_limit": 0.25, "max_request_wait_time": 10000});
+    s.deploy_ok("limited", &hostile(), &[], Some(dc));
+    // The server's CPU time, in seconds (utime + stime; clock ticks of 10 ms).
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
+        let f: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        (f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()) as f64 / 100.0
+    };
+    // Two clients of calls that are busy on a core for 20 ms each: two
+    // cores' worth unlimited.
+    let load = Load::start(&s, "limited", 2, "burn:20", None);
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = (cpu() - c0) / t0.elapsed().as_secs_f64();
+    let t = load.stop();
+    assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
+    // Half a core for the calls, and a little for the HTTP side.
+    assert!(used < 0.8, "the server used {used:.2} cores under a limit of 2 x 0.25");
+    let resources = &version(&s, "limited")["resources"];
+    assert_eq!(resources["cpu_cores_limit"], 0.25, "{resources}");
+    assert_eq!(resources["cpu_limit"]["cores_now"], 0.5, "{resources}");
+    let throttling = &resources["cpu_limit"]["throttling"];
+    assert!(throttling["throttled_periods"].as_u64().unwrap() > 5, "{resources}");
+    assert!(throttling["throttled_ms"].as_u64().unwrap() > 100, "{resources}");
+    // A limit below what a replica asks is refused, naming both.
+    let out = s.deploy(
+        "low",
+        &hostile(),
+        &[],
+        Some(serde_json::json!({"cpu_cores": 0.5, "cpu_cores_limit": 0.25})),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("cpu_cores_limit must be in [cpu_cores, 64]"),
+        "{err}"
+    );
+}
