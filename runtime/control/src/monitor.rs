@@ -149,6 +149,14 @@ impl CpuShare {
     }
 }
 
+/// The cores a version's CPU-bound calls keep busy (`bound`), no more than
+/// its CPU limit lets `replicas` use (a thread held back by its quota still
+/// looks runnable in /proc).
+fn within_limit(bound: Option<f64>, limit: Option<f64>, replicas: usize) -> Option<f64> {
+    let cores = bound?;
+    Some(limit.map_or(cores, |l| cores.min(l * replicas.max(1) as f64)))
+}
+
 impl VersionMonitor {
     pub fn new(settings: Resolved, now: Instant) -> Self {
         let scaler = settings
@@ -288,7 +296,7 @@ impl Control {
             .flat_map(|e| e.versions.iter())
             .filter_map(|v| v.live.as_ref())
         {
-            if let Some(c) = b.monitor.cpu.bound_cores() {
+            if let Some(c) = within_limit(b.monitor.cpu.bound_cores(), b.monitor.settings.cpu_limit, b.pool.target_replicas()) {
                 bound_cores += c;
                 bound_versions += 1;
             }
@@ -306,7 +314,7 @@ impl Control {
                 if let Some(scaler) = m.scaler.as_mut() {
                     scaler.sample(st.busy.load(Ordering::Relaxed) + st.queued.load(Ordering::Relaxed));
                     let refresh = m.settings.autoscale.as_ref().map_or(Duration::from_secs(1), |a| a.refresh);
-                    if let Some(c) = m.cpu.bound_cores() {
+                    if let Some(c) = within_limit(m.cpu.bound_cores(), m.settings.cpu_limit, pool.target_replicas()) {
                         bound_cores -= c;
                         bound_versions -= 1;
                     }
@@ -314,13 +322,13 @@ impl Control {
                     let others = bound_cores.max(0.0);
                     let cores = cores_left(capacity.cpu_cores, others, bound_versions + 1);
                     // This look counts for the versions after it in this tick.
-                    if let Some(c) = m.cpu.bound_cores() {
+                    if let Some(c) = within_limit(m.cpu.bound_cores(), m.settings.cpu_limit, pool.target_replicas()) {
                         bound_cores += c;
                         bound_versions += 1;
                     }
                     let current = pool.target_replicas();
                     let max_concurrent = m.settings.pool.max_concurrent;
-                    let cpu_limit = cpu_bound_limit(m.cpu.share, cores, max_concurrent);
+                    let cpu_limit = cpu_bound_limit(m.cpu.share, cores, max_concurrent, m.settings.cpu_limit);
                     if let Some(d) = scaler.decide(now, current, cpu_limit) {
                         let mut to = d.to;
                         if to > current && current > 0 && m.cpu.unsure() {

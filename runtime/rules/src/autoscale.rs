@@ -146,10 +146,17 @@ pub const CPU_BOUND: f64 = 0.1;
 /// the ten replicas utilization asks for, 1.3 ms with two). None: no call
 /// ran, or the calls wait more than they compute (under 10% on a core:
 /// sleeping, blocked in the host), where more instances do serve more.
-pub fn cpu_bound_limit(cpu_share: Option<f64>, cores: f64, max_concurrent: usize) -> Option<usize> {
+/// A replica held to `replica_limit` cores (`cpu_cores_limit`) uses no more
+/// than that however busy its calls, so `cores / replica_limit` of them
+/// run at once.
+pub fn cpu_bound_limit(cpu_share: Option<f64>, cores: f64, max_concurrent: usize, replica_limit: Option<f64>) -> Option<usize> {
     let share = cpu_share.filter(|s| *s >= CPU_BOUND)?.min(1.0);
+    let max_concurrent = max_concurrent.max(1);
+    if let Some(limit) = replica_limit.filter(|l| *l < share * max_concurrent as f64) {
+        return Some((cores / limit - 1e-9).ceil().max(1.0) as usize);
+    }
     let instances = (cores / share - 1e-9).ceil().max(1.0) as usize;
-    Some(instances.div_ceil(max_concurrent.max(1)))
+    Some(instances.div_ceil(max_concurrent))
 }
 
 /// The share of a machine's `cores` one CPU-bound version may count on
@@ -276,18 +283,23 @@ mod tests {
     #[test]
     fn cpu_bound_calls_get_no_more_instances_than_cores_they_can_use() {
         // Busy on a core all their time: one instance a core.
-        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 1), Some(2));
+        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 1, None), Some(2));
         // The waits and spins of the instances counted as theirs: still one a core.
-        assert_eq!(cpu_bound_limit(Some(1.7), 2.0, 1), Some(2));
+        assert_eq!(cpu_bound_limit(Some(1.7), 2.0, 1, None), Some(2));
         // Half their time on a core: two instances a core.
-        assert_eq!(cpu_bound_limit(Some(0.5), 2.0, 1), Some(4));
-        assert_eq!(cpu_bound_limit(Some(0.3), 2.0, 1), Some(7));
+        assert_eq!(cpu_bound_limit(Some(0.5), 2.0, 1, None), Some(4));
+        assert_eq!(cpu_bound_limit(Some(0.3), 2.0, 1, None), Some(7));
         // Replicas of two instances, and never none.
-        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 2), Some(1));
-        assert_eq!(cpu_bound_limit(Some(1.0), 0.4, 1), Some(1));
+        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 2, None), Some(1));
+        assert_eq!(cpu_bound_limit(Some(1.0), 0.4, 1, None), Some(1));
         // Sleeping or blocked calls, or none at all: no limit.
-        assert_eq!(cpu_bound_limit(Some(0.05), 2.0, 1), None);
-        assert_eq!(cpu_bound_limit(None, 2.0, 1), None);
+        assert_eq!(cpu_bound_limit(Some(0.05), 2.0, 1, None), None);
+        assert_eq!(cpu_bound_limit(None, 2.0, 1, None), None);
+        // Replicas held to a quarter of a core each: eight run on two cores.
+        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 1, Some(0.25)), Some(8));
+        assert_eq!(cpu_bound_limit(Some(1.0), 2.0, 2, Some(0.5)), Some(4));
+        // A limit above what the calls use changes nothing.
+        assert_eq!(cpu_bound_limit(Some(0.5), 2.0, 1, Some(1.0)), Some(4));
     }
 
     #[test]
@@ -336,6 +348,6 @@ mod tests {
         assert_eq!(cores_left(4.0, 3.5, 3), 4.0 / 3.0);
         // Others keeping less than their share leave the rest.
         assert_eq!(cores_left(4.0, 0.5, 3), 3.5);
-        assert_eq!(cpu_bound_limit(Some(1.0), cores_left(2.0, 2.0, 2), 1), Some(1));
+        assert_eq!(cpu_bound_limit(Some(1.0), cores_left(2.0, 2.0, 2), 1, None), Some(1));
     }
 }

@@ -492,6 +492,18 @@ fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
     let throttling = &resources["cpu_limit"]["throttling"];
     assert!(throttling["throttled_periods"].as_u64().unwrap() > 5, "{resources}");
     assert!(throttling["throttled_ms"].as_u64().unwrap() > 100, "{resources}");
+    // Autoscaled, the same calls get more replicas than the cores, as a
+    // replica held to a quarter of a core leaves room for others: the
+    // hold at what the cores can run counts the limit.
+    let dc = serde_json::json!({"cpu_cores_limit": 0.25, "autoscale_max_replicas": 8, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.5});
+    s.deploy_ok("scaled", &hostile(), &[], Some(dc));
+    let load = Load::start(&s, "scaled", 8, "burn:20", None);
+    until("8 replicas of a quarter core each", Duration::from_secs(10), || {
+        replicas(&s, "scaled") == 8
+    });
+    let t = load.stop();
+    assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
+    assert!(!events(&s, "scaled", "v1").contains("held at"));
     // A limit below what a replica asks is refused, naming both.
     let out = s.deploy(
         "low",
