@@ -429,6 +429,8 @@ impl Control {
         let mut collect_rows: Vec<(String, u64)> = Vec::new();
         let mut collect_dropped: Vec<(String, u64)> = Vec::new();
         let mut batch_rows: Vec<(String, std::sync::Arc<wasmscore_tensor::batch::BatchStats>)> = Vec::new();
+        // Versions with a cpu_cores_limit: the quota now and the kernel's counts.
+        let mut cpu_rows: Vec<(String, f64, wasmscore_replica::cpu::Throttling)> = Vec::new();
         // Histograms and answers by status class, labelled with the role.
         let mut timed: Vec<(
             String,
@@ -499,6 +501,9 @@ impl Control {
                         batch_rows.push((format!("{labels},model=\"{}\"", label(file)), bs.clone()));
                     }
                 }
+                if let Some(g) = &p.config().cpu {
+                    cpu_rows.push((labels.clone(), g.cores(), g.throttling().unwrap_or_default()));
+                }
                 let at_deploy = if b.placement.notes.is_empty() { 0.0 } else { 1.0 };
                 device_rows_deploy.push((labels, at_deploy));
             }
@@ -545,6 +550,35 @@ impl Control {
             let _ = writeln!(out, "# TYPE wasmscore_version_device_fallback_at_deploy gauge");
             for (labels, v) in &device_rows_deploy {
                 let _ = writeln!(out, "wasmscore_version_device_fallback_at_deploy{{{labels}}} {v}");
+            }
+        }
+        if !cpu_rows.is_empty() {
+            type Figure = fn(f64, &wasmscore_replica::cpu::Throttling) -> f64;
+            let figures: [(&str, &str, &str, Figure); 3] = [
+                (
+                    "cpu_limit_cores",
+                    "gauge",
+                    "The version's CPU quota now: cpu_cores_limit times its replicas.",
+                    |c, _| c,
+                ),
+                (
+                    "cpu_throttled_periods_total",
+                    "counter",
+                    "CFS periods in which the version's threads used up their quota and waited.",
+                    |_, t| t.throttled_periods as f64,
+                ),
+                (
+                    "cpu_throttled_seconds_total",
+                    "counter",
+                    "Time the version's threads waited for their quota.",
+                    |_, t| t.throttled_ms as f64 / 1000.0,
+                ),
+            ];
+            for (n, kind, help, f) in figures {
+                let _ = writeln!(out, "# HELP wasmscore_version_{n} {help}\n# TYPE wasmscore_version_{n} {kind}");
+                for (labels, cores, t) in &cpu_rows {
+                    let _ = writeln!(out, "wasmscore_version_{n}{{{labels}}} {}", f(*cores, t));
+                }
             }
         }
         if !collect_rows.is_empty() {

@@ -492,6 +492,18 @@ fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
     let throttling = &resources["cpu_limit"]["throttling"];
     assert!(throttling["throttled_periods"].as_u64().unwrap() > 5, "{resources}");
     assert!(throttling["throttled_ms"].as_u64().unwrap() > 100, "{resources}");
+    // And in /metrics, for the limited version only.
+    let metrics = s.get_admin_text("/metrics");
+    assert!(
+        metrics.contains(r#"wasmscore_version_cpu_limit_cores{endpoint="limited",version="v1"} 0.5"#),
+        "{metrics}"
+    );
+    let throttled = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"wasmscore_version_cpu_throttled_seconds_total{endpoint="limited",version="v1"} "#))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_default();
+    assert!(throttled > 0.1, "{metrics}");
     // Autoscaled, the same calls get more replicas than the cores, as a
     // replica held to a quarter of a core leaves room for others: the
     // hold at what the cores can run counts the limit.
