@@ -81,7 +81,7 @@ pub fn map_deployment(v: &Value) -> Result<MappedDeployment, String> {
                         "memoryInGB" if !rv.is_null() => put(&mut m, &name, "memory_gb", rv.clone()),
                         "gpu" if as_u64(rv).unwrap_or(0) > 0 => put(&mut m, &name, "gpu_cores", rv.clone()),
                         "cpu" if !rv.is_null() => put(&mut m, &name, "cpu_cores", rv.clone()),
-                        "cpuLimit" | "cpu_limit" if !rv.is_null() => put(&mut m, &name, "cpu_cores_limit", rv.clone()),
+                        "cpuLimit" | "cpu_limit" if rv.as_f64().unwrap_or(0.0) > 0.0 => put(&mut m, &name, "cpu_cores_limit", rv.clone()),
                         "memoryInGB_limit" => m.ignored.push(format!("{name}: memory_gb is both the request and the limit")),
                         _ if rv.is_null() || as_u64(rv) == Some(0) => {}
                         _ => m.ignored.push(format!("{name}: not a field wasmscore knows")),
@@ -262,6 +262,9 @@ mod tests {
         for k in ["computeType", "livenessProbeRequirements.somethingElse", "somethingNew"] {
             assert!(ignored.contains(k), "{k} not named in {ignored}");
         }
+        // A zero limit is Azure ML's "none", not a limit of nothing.
+        let none = map_deployment(&json!({"containerResourceRequirements": {"cpu": 0.5, "cpuLimit": 0}})).unwrap();
+        assert!(!none.config.contains_key("cpu_cores_limit"));
         // Our own flat keys are not Azure ML's.
         assert!(!is_azureml_deployment(&json!({"scoring_timeout_ms": 5})));
     }

@@ -302,10 +302,25 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
     let _done = InFlight(&node.in_flight);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header("content-type").unwrap_or_else(|| "application/json".into());
-    if let Some(v) = header(wire::VERSION) {
-        if v != node.version {
-            tracing::warn!(sent_for = %v, serving = %node.version, "a request for another version reached this node");
+    // A node given names takes no other version's request (a router that
+    // has not checked it since router.json changed): refused unstarted, so
+    // the router sends it to another node. One not given names serves it.
+    let (for_endpoint, for_version) = (header(wire::ENDPOINT), header(wire::VERSION));
+    let identity = node.identity.get();
+    if let (Some(id), Some(e), Some(v)) = (identity, &for_endpoint, &for_version) {
+        if let Some(why) = id.disagrees(e, v, None) {
+            tracing::warn!(sent_for = %format!("{e}/{v}"), "a request for another version reached this node; refused unstarted");
+            return respond(
+                node,
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Outcome::Draining),
+                "application/json",
+                serde_json::json!({ "error": why }).to_string().into_bytes(),
+            );
         }
+    }
+    if for_version.as_ref().is_some_and(|v| *v != node.version) {
+        tracing::warn!(sent_for = ?for_version, serving = %node.version, "a request for another version reached this node");
     }
     // The router's span is the parent of this node's; the module's log
     // lines carry the trace id.

@@ -648,13 +648,14 @@ impl Nodes {
                 Err(_) => Err(format!("health check took over {} ms", self.cfg.check_timeout.as_millis())),
                 Ok(Err(e)) => Err(format!("health check: {e}")),
                 Ok(Ok((parts, bytes))) => {
-                    node.record_load(&parts.headers, self.now_ms());
                     if parts.status == 200 {
                         let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
                         let identity: wire::Identity = serde_json::from_value(body.clone()).unwrap_or_default();
                         match identity.disagrees(&self.endpoint, &self.version, self.cfg.artifact.as_deref()) {
+                            // Its load is another version's.
                             Some(why) => Err(why),
                             None => {
+                                node.record_load(&parts.headers, self.now_ms());
                                 if body["inputs"].is_array() {
                                     let sig = serde_json::json!({"inputs": body["inputs"], "outputs": body["outputs"]});
                                     *self.signature.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
@@ -663,6 +664,7 @@ impl Nodes {
                             }
                         }
                     } else {
+                        node.record_load(&parts.headers, self.now_ms());
                         let why = serde_json::from_slice::<serde_json::Value>(&bytes)
                             .ok()
                             .and_then(|v| v["error"].as_str().map(str::to_string))

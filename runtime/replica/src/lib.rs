@@ -586,7 +586,13 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     stats.starting.fetch_sub(1, Ordering::AcqRel);
     let in_call = Arc::new(AtomicBool::new(false));
     stats.serving(tid, in_call.clone());
-    while let Ok(msg) = spin::next(&shared.rx, &shared.share) {
+    // A limited instance does not spin for its next call: the spin would
+    // spend the quota its calls need.
+    let next = |rx: &Receiver<Msg>| match shared.cpu {
+        Some(_) => rx.recv().map_err(|_| crossbeam_channel::RecvError),
+        None => spin::next(rx, &shared.share),
+    };
+    while let Ok(msg) = next(&shared.rx) {
         let job = match msg {
             Msg::Score(job) => *job,
             Msg::Retire => {
@@ -657,22 +663,32 @@ struct Limited<'a> {
     group: &'a cpu::CpuGroup,
     tid: i32,
     shared: &'a Shared,
+    joined: bool,
 }
 
 impl<'a> Limited<'a> {
     /// A thread that cannot join runs unlimited: the pool says so in its
     /// last error and the log (the group was made, so this is rare).
     fn join(group: &'a cpu::CpuGroup, tid: i32, shared: &'a Shared) -> Limited<'a> {
-        if let Err(e) = group.join(tid) {
+        let joined = group.join(tid);
+        if let Err(e) = &joined {
             tracing::error!(pool = %shared.label, error = %e, "an instance could not join its CPU limit's cgroup; it runs unlimited");
             shared.stats.set_error(format!("cpu_cores_limit: an instance runs unlimited: {e}"));
         }
-        Limited { group, tid, shared }
+        Limited {
+            group,
+            tid,
+            shared,
+            joined: joined.is_ok(),
+        }
     }
 }
 
 impl Drop for Limited<'_> {
     fn drop(&mut self) {
+        if !self.joined {
+            return;
+        }
         if let Err(e) = self.group.leave(self.tid) {
             tracing::warn!(pool = %self.shared.label, error = %e, "an instance could not leave its CPU limit's cgroup");
         }

@@ -221,9 +221,9 @@ impl DeploymentConfig {
             return bad(format!("cpu_cores must be in (0, 64], got {cpu_cores}"));
         }
         if let Some(limit) = self.cpu_cores_limit {
-            if !(limit >= cpu_cores && limit <= 64.0) {
+            if !(limit >= cpu_cores.max(0.01) && limit <= 64.0) {
                 return bad(format!(
-                    "cpu_cores_limit must be in [cpu_cores, 64] (cpu_cores is {cpu_cores}: a replica is limited to at least what it asks), got {limit}"
+                    "cpu_cores_limit must be in [cpu_cores, 64] and at least 0.01 (cpu_cores is {cpu_cores}: a replica is limited to at least what it asks), got {limit}"
                 ));
             }
         }

@@ -459,16 +459,23 @@ fn the_machines_capacity_caps_scale_ups_across_versions_and_says_so() {
 
 /// `cpu_cores_limit` is a limit, not a request: a version's instance
 /// threads run in a cgroup whose CPU quota is the limit per replica, so
-/// two replicas whose calls would each keep a core busy get half a core
-/// between them. `show` gives the quota and how often the kernel held
-/// them back. (This machine's cgroup v1 `cpu` controller; where none can
-/// be written the deploy is refused with why.)
+/// two replicas whose calls would each keep a core busy get a fifth of a
+/// core between them. `show` and `/metrics` give the quota and how often
+/// the kernel held them back. (The cgroup v1 `cpu` controller, as on this
+/// project's machines; where none can be written the deploy is refused
+/// with why, and this test says SKIPPED.)
 #[test]
 fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
     let _one = one_at_a_time();
     let s = Server::start(&[]);
-    let dc = serde_json::json!({"num_replicas": 2, "cpu_cores_limit": 0.25, "max_request_wait_time": 10000});
-    s.deploy_ok("limited", &hostile(), &[], Some(dc));
+    let dc = serde_json::json!({"num_replicas": 2, "cpu_cores_limit": 0.1, "max_request_wait_time": 10000});
+    let out = s.deploy("limited", &hostile(), &[], Some(dc));
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("the CPU cannot be limited here") {
+        eprintln!("SKIPPED: {err}");
+        return;
+    }
+    assert!(out.status.success(), "{err}");
     // The server's CPU time, in seconds (utime + stime; clock ticks of 10 ms).
     let cpu = || {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", s.pid())).unwrap();
@@ -484,18 +491,18 @@ fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
     let used = (cpu() - c0) / t0.elapsed().as_secs_f64();
     let t = load.stop();
     assert_eq!(t.statuses.keys().copied().collect::<Vec<_>>(), vec![200], "{t:?}");
-    // Half a core for the calls, and a little for the HTTP side.
-    assert!(used < 0.8, "the server used {used:.2} cores under a limit of 2 x 0.25");
+    // A fifth of a core for the calls, and a little for the HTTP side.
+    assert!(used < 0.5, "the server used {used:.2} cores under a limit of 2 x 0.1");
     let resources = &version(&s, "limited")["resources"];
-    assert_eq!(resources["cpu_cores_limit"], 0.25, "{resources}");
-    assert_eq!(resources["cpu_limit"]["cores_now"], 0.5, "{resources}");
+    assert_eq!(resources["cpu_cores_limit"], 0.1, "{resources}");
+    assert_eq!(resources["cpu_limit"]["cores_now"], 0.2, "{resources}");
     let throttling = &resources["cpu_limit"]["throttling"];
     assert!(throttling["throttled_periods"].as_u64().unwrap() > 5, "{resources}");
     assert!(throttling["throttled_ms"].as_u64().unwrap() > 100, "{resources}");
     // And in /metrics, for the limited version only.
     let metrics = s.get_admin_text("/metrics");
     assert!(
-        metrics.contains(r#"wasmscore_version_cpu_limit_cores{endpoint="limited",version="v1"} 0.5"#),
+        metrics.contains(r#"wasmscore_version_cpu_limit_cores{endpoint="limited",version="v1"} 0.2"#),
         "{metrics}"
     );
     let throttled = metrics
@@ -505,12 +512,12 @@ fn cpu_cores_limit_holds_a_versions_calls_to_its_cores() {
         .unwrap_or_default();
     assert!(throttled > 0.1, "{metrics}");
     // Autoscaled, the same calls get more replicas than the cores, as a
-    // replica held to a quarter of a core leaves room for others: the
-    // hold at what the cores can run counts the limit.
-    let dc = serde_json::json!({"cpu_cores_limit": 0.25, "autoscale_max_replicas": 8, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.5});
+    // replica held to a tenth of a core leaves room for others: the hold
+    // at what the cores can run counts the limit.
+    let dc = serde_json::json!({"cpu_cores_limit": 0.1, "autoscale_max_replicas": 8, "max_request_wait_time": 10000, "autoscale_refresh_seconds": 0.5});
     s.deploy_ok("scaled", &hostile(), &[], Some(dc));
     let load = Load::start(&s, "scaled", 8, "burn:20", None);
-    until("8 replicas of a quarter core each", Duration::from_secs(10), || {
+    until("8 replicas of a tenth of a core each", Duration::from_secs(10), || {
         replicas(&s, "scaled") == 8
     });
     let t = load.stop();

@@ -875,6 +875,21 @@ fn a_node_that_serves_another_version_or_artifact_gets_none_of_its_requests() {
     };
     assert_eq!((served("v1")[1], served("v2")[1]), (0, 0));
     assert!(served("v1")[0] >= 50 && served("v2")[0] >= 50);
+    // A named node itself refuses another version's request unstarted (as
+    // a draining node does, so a router tries another node).
+    let (st, head, body) = http(
+        &a.addr,
+        "POST",
+        "/internal/v1/score",
+        &[
+            ("x-wasmscore-endpoint", "iris"),
+            ("x-wasmscore-version", "v2"),
+            ("content-type", "application/json"),
+        ],
+        ROW,
+    );
+    assert_eq!((st, header(&head, "x-wasmscore-outcome").as_str()), (503, "draining"), "{body}");
+    assert!(body.contains("it serves iris/v1, and this router routes iris/v2 to it"), "{body}");
 
     // v1 is said to be d2 now: its node serves d1, so v1 has no ready node.
     let one = |artifact: &str| json!({"endpoints": [endpoint("iris", json!([{"name": "v1", "default": true, "nodes": [a.addr], "artifact": artifact}]))]});
