@@ -16,6 +16,7 @@ Prints one line per check and exits non-zero on the first failure.
 """
 import asyncio
 import json
+import queue
 import struct
 import sys
 import threading
@@ -616,6 +617,88 @@ def triton_stream():
           refused and refused[0] is not None and "Unauthenticated" in refused[0].message(), refused)
 
 
+def triton_decoupled():
+    """A decoupled version (Triton's decoupled transaction policy): over
+    the stream, a request is answered as many times as the module says,
+    each response as it is made, the last flagged when the client asks
+    (enable_empty_final_response); a unary call to it is refused."""
+    got = queue.Queue()
+    c = tg.InferenceServerClient(GRPC)
+    c.start_stream(lambda result, error: got.put((result, error)), headers=gauth("counter"))
+
+    def count(n, rid, final):
+        x = tg.InferInput("COUNT", [1], "INT64")
+        x.set_data_from_numpy(np.array([n], np.int64))
+        c.async_stream_infer("counter", [x], request_id=rid, enable_empty_final_response=final)
+
+    def take(k):
+        out = []
+        for _ in range(k):
+            try:
+                out.append(got.get(timeout=30))
+            except queue.Empty:
+                break
+        return out
+
+    def final(r):
+        p = r.get_response().parameters
+        return p["triton_final_response"].bool_param if "triton_final_response" in p else None
+
+    count(5, "five", False)
+    answers = take(5)
+    check("decoupled: five responses to one request", len(answers) == 5 and all(e is None for _, e in answers), answers)
+    check("decoupled: each response as the module made it, in order",
+          [int(r.as_numpy("INDEX")[0]) for r, _ in answers] == [0, 1, 2, 3, 4]
+          and all(r.get_response().id == "five" for r, _ in answers), answers)
+    count(3, "flagged", True)
+    answers = take(3)
+    check("decoupled: the last response flagged final, the others not (enable_empty_final_response)",
+          [final(r) for r, _ in answers] == [False, False, True], [final(r) for r, _ in answers])
+    count(0, "none", True)
+    answers = take(1)
+    check("decoupled: a request answered by no tensor gets the empty final response alone",
+          len(answers) == 1 and final(answers[0][0]) is True and not answers[0][0].get_response().outputs, answers)
+    count(0, "silent", False)
+    count(1, "after", False)
+    answers = take(1)
+    check("decoupled: nothing at all for an empty answer the client did not ask to be told of",
+          len(answers) == 1 and answers[0][0].get_response().id == "after", answers)
+    # A Python module's wasmscore.send.
+    x = tg.InferInput("COUNT", [1], "INT64")
+    x.set_data_from_numpy(np.array([3], np.int64))
+    c.stop_stream()
+    c.start_stream(lambda result, error: got.put((result, error)), headers=gauth("counter-py"))
+    c.async_stream_infer("counter-py", [x], request_id="py")
+    answers = take(3)
+    check("decoupled: a Python module's wasmscore.send answers as the Rust one's",
+          [int(r.as_numpy("INDEX")[0]) for r, e in answers if e is None] == [0, 1, 2], [(e.message() if e else r.as_numpy("INDEX")) for r, e in answers])
+    c.stop_stream()
+    x = tg.InferInput("COUNT", [1], "INT64")
+    x.set_data_from_numpy(np.array([2], np.int64))
+    try:
+        c.infer("counter", [x], headers=gauth("counter"))
+        check("decoupled: a unary ModelInfer is refused", False)
+    except InferenceServerException as e:
+        check("decoupled: a unary ModelInfer is refused, naming the stream",
+              "INVALID_ARGUMENT" in str(e.status()) and "ModelStreamInfer" in e.message(), e)
+    h = th.InferenceServerClient(HTTP)
+    hx = th.InferInput("COUNT", [1], "INT64")
+    hx.set_data_from_numpy(np.array([2], np.int64))
+    try:
+        h.infer("counter", [hx], headers=auth("counter"))
+        check("decoupled: a REST infer is refused", False)
+    except InferenceServerException as e:
+        check("decoupled: a REST infer is refused with 400", "400" in str(e.status()) and "decoupled" in e.message(), e)
+    # The same module on a version that is not decoupled: its second
+    # response is refused, and its call fails saying why.
+    try:
+        c.infer("counter-unary", [x], headers=gauth("counter-unary"))
+        check("not decoupled: a module's second response fails its call", False)
+    except InferenceServerException as e:
+        check("not decoupled: a module's second response fails its call, saying why",
+              "INTERNAL" in str(e.status()) and "not decoupled" in e.message(), e)
+
+
 def raw_http_errors():
     """What the clients never send: a lying header length, a missing binary
     section, an oversize body. Each gets 400/413 with {"error": ...}."""
@@ -674,6 +757,7 @@ if PART == "triton":
     triton_http()
     triton_grpc()
     triton_stream()
+    triton_decoupled()
     raw_http_errors()
 else:
     asyncio.run(kserve_clients())

@@ -7,7 +7,9 @@
 #   made from bytes that are not UTF-8 and read back (byte-strings import).
 # - run_tensors() (OIP, tests/oip/clients.py): a BYTES input B, answered
 #   with each element's bytes reversed (R, not UTF-8 for most text) and
-#   their lengths (N).
+#   their lengths (N); an INT64 input COUNT of N, answered N times (a
+#   decoupled version): N - 1 responses sent with wasmscore.send, the last
+#   returned, each an INT64 INDEX.
 import json
 
 import wasmscore
@@ -32,6 +34,11 @@ def run(raw_data):
 
 
 def run_tensors(inputs):
+    if "COUNT" in inputs:
+        n = inputs["COUNT"].tolist()[0]
+        for i in range(n - 1):
+            wasmscore.send({"INDEX": wasmscore.tensor([i], dtype="int64")})
+        return {"INDEX": wasmscore.tensor([n - 1], dtype="int64")}
     b = inputs["B"]
     raw = [e if isinstance(e, bytes) else e.encode("utf-8") for e in b.flat()]
     return {

@@ -20,12 +20,15 @@ to it without JSON; without it, `run()` gets the request's JSON part.
 String tensors (OIP BYTES) read as `str`, or as `bytes` for an element
 that is not UTF-8 (an image, say); `tensor([b"...", ...], dtype="string")`
 makes one from bytes. Raise `wasmscore.BadInput` for a client error (HTTP 400);
-any other exception is a module failure (HTTP 500).
+any other exception is a module failure (HTTP 500). A decoupled version
+(deployed with `decoupled: true`) may answer one request several times:
+`send({name: Tensor})` sends a response at once, and what `run_tensors`
+returns comes last.
 """
-from wit_world.imports import byte_strings as _bytes, data_collection as _dc, half_floats as _half, inference, log as _log, metrics as _metrics, ops as _ops, tensors, types
+from wit_world.imports import byte_strings as _bytes, data_collection as _dc, half_floats as _half, inference, log as _log, metrics as _metrics, ops as _ops, responses as _responses, scoring_types as _scoring_types, tensors, types
 from componentize_py_types import Err
 
-__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "collect", "ops"]
+__all__ = ["BadInput", "Model", "Tensor", "load_model", "tensor", "log", "record", "collect", "ops", "send"]
 
 
 class BadInput(Exception):
@@ -259,3 +262,11 @@ class ops:
     @staticmethod
     def softmax(x, axis=-1, device=None):
         return Tensor(_unwrap(_ops.softmax, x.handle, axis, device))
+
+
+def send(outputs):
+    """Sends a response now, before run_tensors returns: {name: Tensor}.
+    Only a decoupled version (`decoupled: true`) called over gRPC
+    ModelStreamInfer takes it; elsewhere it raises RuntimeError saying why.
+    The tensors are handed over: do not use them after."""
+    _unwrap(_responses.send, _scoring_types.Response(b"", "", [(name, t.handle) for name, t in outputs.items()]))

@@ -140,6 +140,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             content_type: "application/json".into(),
             tensors: Vec::new(),
             trace_id: None,
+            responses: None,
         };
         let run = measure(args.iterations, || {
             replica.run(req.clone()).expect("run");
@@ -210,6 +211,7 @@ fn copies(path: &Path, devices: &Devices) -> Result<()> {
             content_type: "text/plain".into(),
             tensors: Vec::new(),
             trace_id: None,
+            responses: None,
         };
         let t = Instant::now();
         replica.run(req).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -388,7 +388,8 @@ impl Control {
         .with_sandbox(wasmscore_engine::Sandbox {
             env: resolved.sandbox.env.clone(),
             precise_clocks: resolved.sandbox.precise_clocks,
-        });
+        })
+        .decoupled(resolved.decoupled);
         let ctx = Arc::new(match resolved.collect {
             Some(rate) => ctx.with_collector(self.collector.for_version(endpoint, version, rate)),
             None => ctx,

@@ -43,4 +43,6 @@ wasmtime::component::bindgen!({
 
 pub use self::{ScorerNn as Scorer, ScorerNnPre as ScorerPre};
 pub use wasi::nn;
-pub use wasmscore::scoring::{byte_strings, data_collection, half_floats, inference, log, metrics, ops, scoring_types, tensors, types};
+pub use wasmscore::scoring::{
+    byte_strings, data_collection, half_floats, inference, log, metrics, ops, responses, scoring_types, tensors, types,
+};

@@ -15,7 +15,9 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use wasmscore_collect::{Designation, VersionCollector};
 
-use crate::bindings::{byte_strings, data_collection, half_floats, inference, log, metrics, ops, scoring_types, tensors, types, HostError};
+use crate::bindings::{
+    byte_strings, data_collection, half_floats, inference, log, metrics, ops, responses, scoring_types, tensors, types, HostError,
+};
 use crate::usage::DeviceUsage;
 
 /// A tensor held for the guest, with the device that holds it: host
@@ -111,6 +113,9 @@ pub struct VersionContext {
     pub sandbox: Sandbox,
     /// Model data collection, when the version has it on.
     pub collector: Option<Arc<VersionCollector>>,
+    /// Whether its calls may send responses before they return
+    /// (`decoupled: true`, Triton's decoupled transaction policy).
+    pub decoupled: bool,
 }
 
 /// The count, sum and sum of squares of one reported number.
@@ -240,6 +245,7 @@ impl VersionContext {
             reported: Reported::default(),
             sandbox: Sandbox::default(),
             collector: None,
+            decoupled: false,
         }
     }
 
@@ -248,6 +254,12 @@ impl VersionContext {
     pub fn with_devices(mut self, model_device: &str, fallback: Option<&str>) -> Self {
         self.model_device = Arc::from(model_device);
         self.fallback = fallback.map(Arc::from);
+        self
+    }
+
+    /// The same context, decoupled or not (`decoupled: true`).
+    pub fn decoupled(mut self, decoupled: bool) -> Self {
+        self.decoupled = decoupled;
         self
     }
 
@@ -356,6 +368,9 @@ pub struct HostState {
     /// The correlation id of the request being run when it is sampled for
     /// data collection: the module's `collect` calls go in under it.
     pub(crate) collecting: Option<String>,
+    /// Where the call in progress sends responses before it returns, if it
+    /// may.
+    pub(crate) responses: Option<crate::replica::Responses>,
 }
 
 impl HostState {
@@ -382,6 +397,7 @@ impl HostState {
             trace_id: None,
             deadline: None,
             collecting: None,
+            responses: None,
         }
     }
 
@@ -887,6 +903,29 @@ impl data_collection::Host for HostState {
             c.collect(d, id, &name, "text/plain", data.into_bytes());
         }
         Ok(())
+    }
+}
+
+impl responses::Host for HostState {
+    fn send(&mut self, response: scoring_types::Response) -> Result<(), HostError> {
+        let mut tensors = Vec::with_capacity(response.tensors.len());
+        for (name, r) in response.tensors {
+            tensors.push((name, self.take_tensor(r)?));
+        }
+        let Some(sink) = &self.responses else {
+            return Err(TensorError::failed(if self.version.decoupled {
+                "this call takes one response: a decoupled version's responses are sent over gRPC ModelStreamInfer"
+            } else {
+                "this version is not decoupled: deploy it with `decoupled: true` to send more than one response"
+            })
+            .into());
+        };
+        (sink.0)(crate::ScoreResponse {
+            body: response.body,
+            content_type: response.content_type,
+            tensors,
+        })
+        .map_err(|why| TensorError::failed(format!("the response was not sent: {why}")).into())
     }
 }
 

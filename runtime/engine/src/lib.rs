@@ -18,7 +18,7 @@ mod usage;
 
 pub use engine::{compile_to_cache, EngineConfig, LoadInfo, ScoringEngine, COMPILE_INVALID_EXIT};
 pub use host::{LogLine, ModelSource, Moments, Reported, Sandbox, VersionContext, COARSE_CLOCK_NS};
-pub use replica::{CallError, Prepared, Replica, ScoreRequest, ScoreResponse};
+pub use replica::{CallError, Prepared, Replica, Responses, ScoreRequest, ScoreResponse};
 pub use usage::{DeviceUsage, DeviceUsageSnapshot};
 
 /// A compiled, pre-linked component: what versions that ship the same module

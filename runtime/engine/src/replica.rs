@@ -36,6 +36,21 @@ pub struct ScoreRequest {
     /// The request's W3C trace id (32 hex digits): the module's log lines
     /// during the call carry it.
     pub trace_id: Option<String>,
+    /// Where a decoupled version's responses go before `run` returns
+    /// (gRPC ModelStreamInfer); none: the call takes one response.
+    pub responses: Option<Responses>,
+}
+
+/// Takes the responses a call sends before it returns (`responses.send`),
+/// on the instance's thread: Err says why one was not taken (the client
+/// has not read the ones before).
+#[derive(Clone)]
+pub struct Responses(pub Arc<dyn Fn(ScoreResponse) -> Result<(), String> + Send + Sync>);
+
+impl std::fmt::Debug for Responses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Responses")
+    }
 }
 
 /// What `run` gave back.
@@ -196,10 +211,12 @@ impl Replica {
         self.store.data_mut().trace_id = req.trace_id;
         self.store.data_mut().deadline = Some(started + self.timeout);
         self.store.data_mut().collecting = collecting.clone();
+        self.store.data_mut().responses = req.responses;
         let result = self.scorer.call_run(&mut self.store, &wreq);
         self.store.data_mut().trace_id = None;
         self.store.data_mut().deadline = None;
         self.store.data_mut().collecting = None;
+        self.store.data_mut().responses = None;
         if let (Some(c), Some(id), Ok(Ok(resp))) = (&collector, &collecting, &result) {
             c.collect(Designation::Predictions, id, "response", &resp.content_type, resp.body.clone());
         }

@@ -354,8 +354,17 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         content_type,
         tensors,
         trace_id,
+        responses: None,
     };
-    let result = pool.score(request).await;
+    let result = if pool.prepared().context().decoupled {
+        // Its responses before the last have no way back yet.
+        Err(ScoreError::Call(wasmscore_engine::CallError::BadInput(format!(
+            "version {} is decoupled (it may answer one request several times), which is not served across a router yet: serve it with `up`",
+            node.version
+        ))))
+    } else {
+        pool.score(request).await
+    };
     if let (Some(spans), Some(span)) = (&node.spans, &span) {
         let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
         spans.record(crate::otlp::Finished {

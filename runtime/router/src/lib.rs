@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use wasmscore_engine::{ScoreRequest, ScoreResponse};
+use wasmscore_engine::{CallError, ScoreRequest, ScoreResponse};
 use wasmscore_remote::{Call, Nodes};
 use wasmscore_replica::histogram::Histogram;
 use wasmscore_replica::{Pool, ScoreError};
@@ -134,10 +134,26 @@ impl Version {
         }
     }
 
-    /// Scores one request on one of the version's replicas.
+    /// Whether its calls may send several responses (`decoupled: true`):
+    /// it is called over gRPC streams only. A version on nodes is not.
+    pub fn decoupled(&self) -> bool {
+        match &self.replicas {
+            Replicas::Local(pool) => pool.prepared().context().decoupled,
+            Replicas::Remote(_) => false,
+        }
+    }
+
+    /// Scores one request on one of the version's replicas. A decoupled
+    /// version takes only requests that can take its responses, as Triton
+    /// refuses a decoupled model's unary calls.
     pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
         let started = Instant::now();
         let result = match &self.replicas {
+            Replicas::Local(_) if req.responses.is_none() && self.decoupled() => Err(ScoreError::Call(CallError::BadInput(format!(
+                "version {} is decoupled (it may answer one request several times): call it over gRPC ModelStreamInfer \
+                 (tritonclient.grpc: start_stream, async_stream_infer)",
+                self.name
+            )))),
             Replicas::Local(pool) => pool.score(req).await,
             Replicas::Remote(nodes) => nodes.score(req, call).await,
         };

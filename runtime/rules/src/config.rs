@@ -104,6 +104,11 @@ pub struct DeploymentConfig {
     /// ONNX Runtime run along the first dimension.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batching: Option<BatchingConfig>,
+    /// Triton's decoupled transaction policy (default false): the module
+    /// may send several responses to one request (`responses.send`), and
+    /// the version is called over gRPC ModelStreamInfer only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub decoupled: Option<bool>,
 }
 
 /// `batching: {"max_batch_size": N, "max_queue_delay_us": D}`.
@@ -145,6 +150,8 @@ pub struct Resolved {
     pub collect: Option<f64>,
     /// Dynamic batching; none: off.
     pub batching: Option<BatchingConfig>,
+    /// Several responses per request, over gRPC streams only.
+    pub decoupled: bool,
 }
 
 /// A version's replica pool, as its config sets it (the pool's own limits,
@@ -341,6 +348,7 @@ impl DeploymentConfig {
         Ok(Resolved {
             collect,
             batching: self.batching,
+            decoupled: self.decoupled.unwrap_or(false),
             timeout: Duration::from_millis(timeout_ms),
             memory_limit: (memory_gb * (1u64 << 30) as f64) as u64,
             pool: PoolSettings {

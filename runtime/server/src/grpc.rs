@@ -17,7 +17,7 @@ use futures_util::{Stream, StreamExt};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
-use wasmscore_engine::ScoreRequest;
+use wasmscore_engine::{ScoreRequest, ScoreResponse};
 use wasmscore_oip as oip;
 use wasmscore_remote::trace::Span;
 use wasmscore_router::Version;
@@ -341,7 +341,9 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         // The metadata stays with this call: its values are read in place.
         let (meta, _, r) = req.into_parts();
-        let (out, version, traceparent) = infer(&self.app, &meta, r).await?;
+        let Answer::One(out, version, traceparent) = infer(&self.app, &meta, r, None).await? else {
+            unreachable!("a unary call has no stream to send on")
+        };
         let mut resp = Response::new(out);
         if let Ok(v) = version.name.parse() {
             resp.metadata_mut().insert("x-wasmscore-version", v);
@@ -363,6 +365,8 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     /// `max_h2_streams` places free, so its streams together run no more
     /// than its ModelInfer calls could; the answers come back in the order
     /// of the requests, as Triton answers a model that is not decoupled. A
+    /// decoupled version's responses (those its call sends, then its last)
+    /// come as they are made, beside the others. A
     /// message that fails gets its status in `error_message` and its id in
     /// the response, as Triton reports it, and the stream goes on; a broken
     /// stream ends the call with its status.
@@ -374,37 +378,88 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let meta = Arc::new(meta);
         let app = self.app.clone();
         let at_once = app.cfg.max_h2_streams.max(1) as usize;
-        let read = futures_util::stream::unfold((inbound, self.streamed.clone()), |(mut inbound, places)| async move {
+        let (side, side_rx) = tokio::sync::mpsc::channel::<ModelStreamInferResponse>(at_once);
+        // The reader holds the side queue's sender and gives each message
+        // its own: once the client's half ends and the last call sent its
+        // responses, the side ends and so does the stream.
+        let read = futures_util::stream::unfold((inbound, self.streamed.clone(), side), |(mut inbound, places, side)| async move {
             let place = places.clone().acquire_owned().await.ok()?;
             let message = inbound.next().await?;
-            Some(((message, place), (inbound, places)))
+            Some(((message, place, side.clone()), (inbound, places, side)))
         });
         let answers = read
-            .map(move |(message, place)| {
+            .map(move |(message, place, side)| {
                 let (app, meta) = (app.clone(), meta.clone());
                 async move {
                     let _place = place;
                     let r = message?;
                     let (id, model_name) = (r.id.clone(), r.model_name.clone());
-                    Ok(match infer(&app, &meta, r).await {
-                        Ok((out, _, _)) => ModelStreamInferResponse {
-                            error_message: String::new(),
-                            infer_response: Some(out),
-                        },
-                        Err(s) => ModelStreamInferResponse {
-                            error_message: stream_error(&id, &s),
-                            infer_response: Some(ModelInferResponse {
-                                id,
-                                model_name,
-                                ..Default::default()
-                            }),
-                        },
+                    Ok(match infer(&app, &meta, r, Some(&side)).await {
+                        Ok(Answer::One(out, _, _)) => Some(streamed(out)),
+                        Ok(Answer::Sent) => None,
+                        Err(s) => Some(stream_failed(id, model_name, &s)),
                     })
                 }
             })
-            .buffered(at_once);
-        Ok(Response::new(Box::pin(answers)))
+            .buffered(at_once)
+            .filter_map(|answer: Result<Option<_>, Status>| std::future::ready(answer.transpose()));
+        let sent = futures_util::stream::unfold(side_rx, |mut rx| async move { rx.recv().await.map(|m| (Ok(m), rx)) });
+        Ok(Response::new(Box::pin(futures_util::stream::select(answers, sent))))
     }
+}
+
+/// A stream's answer to one message.
+fn streamed(out: ModelInferResponse) -> ModelStreamInferResponse {
+    ModelStreamInferResponse {
+        error_message: String::new(),
+        infer_response: Some(out),
+    }
+}
+
+fn stream_failed(id: String, model_name: String, s: &Status) -> ModelStreamInferResponse {
+    ModelStreamInferResponse {
+        error_message: stream_error(&id, s),
+        infer_response: Some(ModelInferResponse {
+            id,
+            model_name,
+            ..Default::default()
+        }),
+    }
+}
+
+/// What one inference gave: its response, the version that served it and
+/// the traceparent to answer with; or, for a decoupled version on a
+/// stream, word that its responses were sent.
+enum Answer {
+    One(ModelInferResponse, Arc<Version>, String),
+    Sent,
+}
+
+/// Responses of a decoupled call its client has not read yet, at most;
+/// one more fails the module's `send`.
+const SENT_AHEAD: usize = 256;
+
+/// Whether the client asked for an empty last response that says so
+/// (tritonclient's `enable_empty_final_response`), as Triton reads it.
+fn wants_final_flag(r: &ModelInferRequest) -> bool {
+    matches!(
+        r.parameters
+            .get("triton_enable_empty_final_response")
+            .and_then(|p| p.parameter_choice.as_ref()),
+        Some(infer_parameter::ParameterChoice::BoolParam(true))
+    )
+}
+
+/// Marks `out` final or not, as Triton does for a client that asked
+/// (`triton_final_response`).
+fn flagged(mut out: ModelInferResponse, last: bool) -> ModelInferResponse {
+    out.parameters.insert(
+        "triton_final_response".into(),
+        InferParameter {
+            parameter_choice: Some(infer_parameter::ParameterChoice::BoolParam(last)),
+        },
+    );
+    out
 }
 
 /// A failed message of a stream as `error_message` says it: the request's
@@ -418,14 +473,14 @@ fn stream_error(id: &str, s: &Status) -> String {
     }
 }
 
-/// One inference, for ModelInfer and for each message of ModelStreamInfer:
-/// the response, the version that served it and the traceparent to answer
-/// with.
+/// One inference, for ModelInfer and for each message of ModelStreamInfer
+/// (`stream`: where a decoupled version's responses go as they come).
 async fn infer<P: Plane>(
     app: &Arc<App<P>>,
     meta: &MetadataMap,
     mut r: ModelInferRequest,
-) -> Result<(ModelInferResponse, Arc<Version>, String), Status> {
+    stream: Option<&tokio::sync::mpsc::Sender<ModelStreamInferResponse>>,
+) -> Result<Answer, Status> {
     let _counted = InFlight::enter(app.clone());
     if app.is_stopping() {
         return Err(Status::unavailable("the server is shutting down; retry"));
@@ -452,11 +507,42 @@ async fn infer<P: Plane>(
         .map(|o| in_region("output", &o.name, &o.parameters))
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
+    // A decoupled version's responses to this message go, in order, to
+    // the stream by a queue of their own.
+    let decoupled = stream.filter(|_| route.version.decoupled()).map(|side| {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<ModelStreamInferResponse>(SENT_AHEAD);
+        let side = side.clone();
+        tokio::spawn(async move {
+            while let Some(m) = rx.recv().await {
+                if side.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tx
+    });
+    let final_flag = wants_final_flag(&r);
+    let responses = decoupled.clone().map(|tx| {
+        let (endpoint, version, id) = (endpoint.clone(), route.version.name.clone(), r.id.clone());
+        let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
+        wasmscore_engine::Responses(Arc::new(move |out: ScoreResponse| {
+            let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
+            let resp = response(out, &wanted, &[], None, &endpoint, &version, &id).map_err(|s| s.message().to_string())?;
+            let resp = if final_flag { flagged(resp, false) } else { resp };
+            tx.try_send(streamed(resp)).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    format!("the client has not read the {SENT_AHEAD} responses before it")
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
+            })
+        }))
+    });
     let request = ScoreRequest {
         body: module_body(&r.id, &inputs, &wanted),
         content_type: "application/json".into(),
         tensors: inputs,
         trace_id: Some(span.trace_id.clone()),
+        responses,
     };
     // Sampled once the request is one to run (a refused one counts for no
     // trace_rate or trace_count).
@@ -464,7 +550,50 @@ async fn infer<P: Plane>(
     let (version, traceparent, result) = app
         .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
         .await;
+    if let Some(tx) = decoupled {
+        // The last of its responses: what run() returned (none for an
+        // empty one, unless the client asked for a last that says so), or
+        // its error.
+        let last = match result {
+            Ok(out) if out.tensors.is_empty() && out.body.is_empty() => final_flag.then(|| {
+                let empty = ModelInferResponse {
+                    model_name: endpoint.clone(),
+                    model_version: version.name.clone(),
+                    id: r.id.clone(),
+                    ..Default::default()
+                };
+                streamed(flagged(empty, true))
+            }),
+            Ok(out) => Some(
+                match response(out, &wanted, &places, Some(&app.regions), &endpoint, &version.name, &r.id) {
+                    Ok(resp) => streamed(if final_flag { flagged(resp, true) } else { resp }),
+                    Err(s) => stream_failed(r.id.clone(), endpoint.clone(), &s),
+                },
+            ),
+            Err(e) => Some(stream_failed(r.id.clone(), endpoint.clone(), &status(e.into()))),
+        };
+        if let Some(m) = last {
+            let _ = tx.send(m).await;
+        }
+        return Ok(Answer::Sent);
+    }
     let out = result.map_err(|e| status(e.into()))?;
+    let resp = response(out, &wanted, &places, Some(&app.regions), &endpoint, &version.name, &r.id)?;
+    Ok(Answer::One(resp, version, traceparent))
+}
+
+/// A module's response as ModelInfer answers it: the outputs asked for
+/// (all without `outputs`), raw, or written into the shared memory regions
+/// `places` names.
+fn response(
+    out: ScoreResponse,
+    wanted: &[&str],
+    places: &[Option<oip::InRegion>],
+    regions: Option<&crate::shm::Regions>,
+    endpoint: &str,
+    version: &str,
+    id: &str,
+) -> Result<ModelInferResponse, Status> {
     let tensors = if out.tensors.is_empty() {
         // A module that answers OIP JSON itself (it predates tensors).
         oip::decode_response(&out.body, None).map_err(|e| {
@@ -479,7 +608,7 @@ async fn infer<P: Plane>(
         tensors.iter().collect()
     } else {
         let mut chosen = Vec::with_capacity(wanted.len());
-        for w in &wanted {
+        for w in wanted {
             match tensors.iter().find(|(n, _)| n == w) {
                 Some(t) => chosen.push(t),
                 None => {
@@ -499,9 +628,9 @@ async fn infer<P: Plane>(
     let mut raw = Vec::with_capacity(chosen.len());
     for (i, (n, t)) in chosen.iter().enumerate() {
         let mut parameters = std::collections::HashMap::new();
-        match places.get(i).and_then(Option::as_ref) {
-            Some(at) => {
-                let written = oip::to_region(n, t, at, &app.regions).map_err(bad)?;
+        match places.get(i).and_then(Option::as_ref).zip(regions) {
+            Some((at, regions)) => {
+                let written = oip::to_region(n, t, at, regions).map_err(bad)?;
                 let param = |c| InferParameter { parameter_choice: Some(c) };
                 use infer_parameter::ParameterChoice as C;
                 parameters.insert("shared_memory_region".to_string(), param(C::StringParam(at.region.clone())));
@@ -521,15 +650,14 @@ async fn infer<P: Plane>(
             contents: None,
         });
     }
-    let out = ModelInferResponse {
-        model_name: endpoint,
-        model_version: version.name.clone(),
-        id: r.id,
+    Ok(ModelInferResponse {
+        model_name: endpoint.to_string(),
+        model_version: version.to_string(),
+        id: id.to_string(),
         parameters: Default::default(),
         outputs,
         raw_output_contents: raw,
-    };
-    Ok((out, version, traceparent))
+    })
 }
 
 /// The module's body for a call: the request as OIP's JSON would state

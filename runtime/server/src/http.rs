@@ -871,6 +871,7 @@ impl<P: Plane> App<P> {
                     content_type,
                     tensors: Vec::new(),
                     trace_id: Some(span.trace_id.clone()),
+                    responses: None,
                 },
                 None,
             ),
@@ -882,6 +883,7 @@ impl<P: Plane> App<P> {
                     content_type: "application/json".into(),
                     tensors: std::mem::take(&mut infer.inputs),
                     trace_id: Some(span.trace_id.clone()),
+                    responses: None,
                 };
                 (request, Some(infer))
             }

@@ -1926,3 +1926,17 @@ fn the_router_gives_the_verdict_from_the_requests_it_routed() {
     let (status, _, _) = http(&r.addr, "GET", "/admin/v1/endpoints/nope/compare", &[("Authorization", &auth)], "");
     assert_eq!(status, 404);
 }
+
+/// A decoupled version is not served across a router yet (its responses
+/// before the last have no way back): its node refuses its calls with 400,
+/// saying so, rather than running a module whose sends would fail.
+#[test]
+fn a_decoupled_version_on_a_node_is_refused_saying_why() {
+    let m = hostile();
+    let n = Node::spawn(&["--module", m.to_str().unwrap(), "--config", r#"{"decoupled": true}"#], free_port());
+    n.wait_ready();
+    let r = Router::in_front_of(&n, &[]);
+    let (st, _, body) = r.score("t", &[], "hello");
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("decoupled") && body.contains("not served across a router yet"), "{body}");
+}

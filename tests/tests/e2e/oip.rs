@@ -10,7 +10,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::{built, iris_python, iris_rust, model, root, Server};
+use crate::{built, hostile, iris_python, iris_rust, model, root, Server};
 
 /// tests/oip/make_models.py's models under `dir`.
 fn make_models(dir: &Path) {
@@ -49,6 +49,10 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     ]);
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     s.deploy_ok("iris-py", iris_python(), &[&model()], None);
+    // A decoupled version (several responses per request) of the test
+    // module, which counts off a COUNT input.
+    s.deploy_ok("counter", &hostile(), &[], Some(json!({"decoupled": true})));
+    s.deploy_ok("counter-unary", &hostile(), &[], None);
     // Modules that use the helpers' 16-bit floats and byte strings.
     for (ep, src) in [
         ("helper-py", "tests/oip/helper.py"),
@@ -57,6 +61,10 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     ] {
         let module = built(ep, &root().join(src));
         s.deploy_ok(ep, &module, &[Path::new(&m("halves"))], None);
+        if ep == "helper-py" {
+            // The Python helper's `send`, on a decoupled version.
+            s.deploy_ok("counter-py", &module, &[Path::new(&m("halves"))], Some(json!({"decoupled": true})));
+        }
     }
 
     // `show` names the built-in module.
@@ -73,6 +81,9 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         "iris",
         "iris-py",
         "helper-py",
+        "counter",
+        "counter-unary",
+        "counter-py",
     ]
     .iter()
     .map(|ep| (ep.to_string(), json!(s.key(ep).unwrap())))

@@ -15,7 +15,10 @@
 //! "nn-load-bytes" tries to load a graph from bytes, "nn-bad-tensor"
 //! computes with a tensor whose bytes do not fit its dimensions and
 //! "nn-fp16" with a half-precision one to a model that takes FP32 (each answers 200 with what it got);
-//! anything else is echoed.
+//! an Open Inference Protocol request with an INT64 input COUNT of N answers
+//! N times, each a response with an INT64 output INDEX (0..N): N - 1 sent
+//! through `responses.send` (a decoupled model) and the last returned (N = 0:
+//! an empty response returned); anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer-nn", generate_all });
 
@@ -37,6 +40,9 @@ impl Guest for Hostile {
     }
 
     fn run(request: Request) -> Result<Response, Error> {
+        if let Some((_, count)) = request.tensors.iter().find(|(n, _)| n == "COUNT") {
+            return count_off(count);
+        }
         match std::str::from_utf8(&request.body).unwrap_or("") {
             "trap" => panic!("asked to trap"),
             // Every FAIL_EVERY-th call fails (the version's config sets the
@@ -235,6 +241,31 @@ fn nn(cmd: &str) -> Result<Response, Error> {
             }
         }
     }
+}
+
+/// N responses for a COUNT of N: N - 1 sent as they are made, the last
+/// returned.
+fn count_off(count: &wasmscore::scoring::tensors::Tensor) -> Result<Response, Error> {
+    use wasmscore::scoring::tensors::Tensor;
+    use wasmscore::scoring::types::TensorData;
+    let n = match count.data() {
+        TensorData::Int64(v) if v.len() == 1 => v[0],
+        _ => return Err(Error::BadInput("COUNT is one INT64".into())),
+    };
+    let indexed = |i: i64| -> Result<Response, Error> {
+        Ok(Response {
+            body: Vec::new(),
+            content_type: String::new(),
+            tensors: vec![("INDEX".into(), Tensor::create(&[1], &TensorData::Int64(vec![i]))?)],
+        })
+    };
+    for i in 0..n - 1 {
+        wasmscore::scoring::responses::send(indexed(i)?)?;
+    }
+    if n <= 0 {
+        return Ok(Response { body: Vec::new(), content_type: String::new(), tensors: Vec::new() });
+    }
+    indexed(n - 1)
 }
 
 /// "copy-up:MB:REPS" or "copy-down:MB:REPS".
