@@ -58,14 +58,17 @@ def check(what, ok, detail=""):
 
 
 def refused(name, cases):
-    """Each (what, call, codes): the call raises with one of the codes (HTTP
-    status or gRPC code) in its status."""
-    for what, call, codes in cases:
+    """Each (what, call, codes[, words]): the call raises with one of the
+    codes (HTTP status or gRPC code) in its status, and the words in its
+    message."""
+    for what, call, codes, *words in cases:
         try:
             call()
             check(f"{name}: {what} refused", False)
         except InferenceServerException as e:
-            check(f"{name}: {what} -> {codes}", any(x in str(e.status()) for x in codes), (e.status(), e.message()))
+            check(f"{name}: {what} -> {codes}",
+                  any(x in str(e.status()) for x in codes) and all(w in e.message() for w in words),
+                  (e.status(), e.message()))
 
 
 def auth(endpoint):
@@ -675,29 +678,18 @@ def triton_decoupled():
     c.stop_stream()
     x = tg.InferInput("COUNT", [1], "INT64")
     x.set_data_from_numpy(np.array([2], np.int64))
-    try:
-        c.infer("counter", [x], headers=gauth("counter"))
-        check("decoupled: a unary ModelInfer is refused", False)
-    except InferenceServerException as e:
-        check("decoupled: a unary ModelInfer is refused, naming the stream",
-              "INVALID_ARGUMENT" in str(e.status()) and "ModelStreamInfer" in e.message(), e)
-    h = th.InferenceServerClient(HTTP)
     hx = th.InferInput("COUNT", [1], "INT64")
     hx.set_data_from_numpy(np.array([2], np.int64))
-    try:
-        h.infer("counter", [hx], headers=auth("counter"))
-        check("decoupled: a REST infer is refused", False)
-    except InferenceServerException as e:
-        check("decoupled: a REST infer is refused with 400", "400" in str(e.status()) and "decoupled" in e.message(), e)
-    # The same module on a version that is not decoupled: its second
-    # response is refused, and its call fails saying why.
-    try:
-        c.infer("counter-unary", [x], headers=gauth("counter-unary"))
-        check("not decoupled: a module's second response fails its call", False)
-    except InferenceServerException as e:
-        check("not decoupled: a module's second response fails its call, saying why",
-              "INTERNAL" in str(e.status()) and "not decoupled" in e.message(), e)
-
+    h = th.InferenceServerClient(HTTP)
+    refused("decoupled", [
+        ("a unary ModelInfer", lambda: c.infer("counter", [x], headers=gauth("counter")),
+         ["INVALID_ARGUMENT"], "ModelStreamInfer"),
+        ("a REST infer", lambda: h.infer("counter", [hx], headers=auth("counter")), ["400"], "decoupled"),
+        # The same module on a version that is not decoupled: its second
+        # response is refused, and its call fails saying why.
+        ("a second response from a version that is not decoupled",
+         lambda: c.infer("counter-unary", [x], headers=gauth("counter-unary")), ["INTERNAL"], "not decoupled"),
+    ])
 
 def raw_http_errors():
     """What the clients never send: a lying header length, a missing binary
