@@ -268,5 +268,5 @@ def send(outputs):
     """Sends a response now, before run_tensors returns: {name: Tensor}.
     Only a decoupled version (`decoupled: true`) called over gRPC
     ModelStreamInfer takes it; elsewhere it raises RuntimeError saying why.
-    The tensors are handed over: do not use them after."""
+    The tensors are handed over, even when it raises: do not use them after."""
     _unwrap(_responses.send, _scoring_types.Response(b"", "", [(name, t.handle) for name, t in outputs.items()]))

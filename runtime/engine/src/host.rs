@@ -912,12 +912,16 @@ impl responses::Host for HostState {
         for (name, r) in response.tensors {
             tensors.push((name, self.take_tensor(r)?));
         }
+        if !self.version.decoupled {
+            return Err(TensorError::failed(
+                "this version is not decoupled: deploy it with `decoupled: true` to send more than one response",
+            )
+            .into());
+        }
         let Some(sink) = &self.responses else {
-            return Err(TensorError::failed(if self.version.decoupled {
-                "this call takes one response: a decoupled version's responses are sent over gRPC ModelStreamInfer"
-            } else {
-                "this version is not decoupled: deploy it with `decoupled: true` to send more than one response"
-            })
+            return Err(TensorError::failed(
+                "this call takes one response: a decoupled version's responses are sent over gRPC ModelStreamInfer",
+            )
             .into());
         };
         (sink.0)(crate::ScoreResponse {

@@ -393,11 +393,11 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                 async move {
                     let _place = place;
                     let r = message?;
-                    let (id, model_name) = (r.id.clone(), r.model_name.clone());
+                    let (id, model_name, final_flag) = (r.id.clone(), r.model_name.clone(), wants_final_flag(&r));
                     Ok(match infer(&app, &meta, r, Some(&side)).await {
-                        Ok(Answer::One(out, _, _)) => Some(streamed(out)),
+                        Ok(Answer::One(out, _, _)) => Some(streamed(if final_flag { flagged(out, true) } else { out })),
                         Ok(Answer::Sent) => None,
-                        Err(s) => Some(stream_failed(id, model_name, &s)),
+                        Err(s) => Some(last_failed(id, model_name, &s, final_flag)),
                     })
                 }
             })
@@ -425,6 +425,15 @@ fn stream_failed(id: String, model_name: String, s: &Status) -> ModelStreamInfer
             ..Default::default()
         }),
     }
+}
+
+/// A decoupled call's failure, as its last response.
+fn last_failed(id: String, model_name: String, s: &Status, final_flag: bool) -> ModelStreamInferResponse {
+    let mut m = stream_failed(id, model_name, s);
+    if final_flag {
+        m.infer_response = m.infer_response.map(|r| flagged(r, true));
+    }
+    m
 }
 
 /// What one inference gave: its response, the version that served it and
@@ -508,27 +517,33 @@ async fn infer<P: Plane>(
         .collect::<Result<Vec<_>, _>>()
         .map_err(bad)?;
     // A decoupled version's responses to this message go, in order, to
-    // the stream by a queue of their own.
+    // the stream by a queue of their own. Its call holds the queue weakly:
+    // once the last response is queued, a call still running (abandoned
+    // past its deadline) sends nothing more, and the queue drains and ends.
     let decoupled = stream.filter(|_| route.version.decoupled()).map(|side| {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<ModelStreamInferResponse>(SENT_AHEAD);
         let side = side.clone();
-        tokio::spawn(async move {
+        let forwarded = tokio::spawn(async move {
             while let Some(m) = rx.recv().await {
                 if side.send(m).await.is_err() {
                     break;
                 }
             }
         });
-        tx
+        (tx, forwarded)
     });
     let final_flag = wants_final_flag(&r);
-    let responses = decoupled.clone().map(|tx| {
+    let responses = decoupled.as_ref().map(|(tx, _)| {
+        let tx = tx.downgrade();
         let (endpoint, version, id) = (endpoint.clone(), route.version.name.clone(), r.id.clone());
         let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
         wasmscore_engine::Responses(Arc::new(move |out: ScoreResponse| {
             let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
             let resp = response(out, &wanted, &[], None, &endpoint, &version, &id).map_err(|s| s.message().to_string())?;
             let resp = if final_flag { flagged(resp, false) } else { resp };
+            let Some(tx) = tx.upgrade() else {
+                return Err("the request was answered already (its call outlived its deadline)".to_string());
+            };
             tx.try_send(streamed(resp)).map_err(|e| match e {
                 tokio::sync::mpsc::error::TrySendError::Full(_) => {
                     format!("the client has not read the {SENT_AHEAD} responses before it")
@@ -550,10 +565,10 @@ async fn infer<P: Plane>(
     let (version, traceparent, result) = app
         .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
         .await;
-    if let Some(tx) = decoupled {
+    if let Some((tx, forwarded)) = decoupled {
         // The last of its responses: what run() returned (none for an
         // empty one, unless the client asked for a last that says so), or
-        // its error.
+        // its error (flagged last too, when the client asked).
         let last = match result {
             Ok(out) if out.tensors.is_empty() && out.body.is_empty() => final_flag.then(|| {
                 let empty = ModelInferResponse {
@@ -567,14 +582,19 @@ async fn infer<P: Plane>(
             Ok(out) => Some(
                 match response(out, &wanted, &places, Some(&app.regions), &endpoint, &version.name, &r.id) {
                     Ok(resp) => streamed(if final_flag { flagged(resp, true) } else { resp }),
-                    Err(s) => stream_failed(r.id.clone(), endpoint.clone(), &s),
+                    Err(s) => last_failed(r.id.clone(), endpoint.clone(), &s, final_flag),
                 },
             ),
-            Err(e) => Some(stream_failed(r.id.clone(), endpoint.clone(), &status(e.into()))),
+            Err(e) => Some(last_failed(r.id.clone(), endpoint.clone(), &status(e.into()), final_flag)),
         };
         if let Some(m) = last {
             let _ = tx.send(m).await;
         }
+        drop(tx);
+        // The message keeps its place on the connection until its responses
+        // reached the stream: a client that does not read them holds up
+        // its next messages, not the server's memory.
+        let _ = forwarded.await;
         return Ok(Answer::Sent);
     }
     let out = result.map_err(|e| status(e.into()))?;

@@ -962,8 +962,10 @@ impl<P: Plane> App<P> {
     ) -> (Arc<Version>, String, Result<ScoreResponse, ScoreError>) {
         if let Some(mirror) = route.mirror {
             // A copy for the mirror, answered by no one: its result, slow or
-            // failed, never reaches this client (the pool counts it).
-            let copy = request.clone();
+            // failed, never reaches this client (the pool counts it), and
+            // nor do the responses a decoupled mirror sends before it.
+            let mut copy = request.clone();
+            copy.responses = mirror.decoupled().then(|| wasmscore_engine::Responses(Arc::new(|_| Ok(()))));
             let endpoint = endpoint.to_string();
             tokio::spawn(async move {
                 let call = Call {

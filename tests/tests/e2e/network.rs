@@ -1933,10 +1933,16 @@ fn the_router_gives_the_verdict_from_the_requests_it_routed() {
 #[test]
 fn a_decoupled_version_on_a_node_is_refused_saying_why() {
     let m = hostile();
-    let n = Node::spawn(&["--module", m.to_str().unwrap(), "--config", r#"{"decoupled": true}"#], free_port());
+    let n = Node::spawn(
+        &["--module", m.to_str().unwrap(), "--config", r#"{"decoupled": true}"#],
+        free_port(),
+    );
     n.wait_ready();
     let r = Router::in_front_of(&n, &[]);
     let (st, _, body) = r.score("t", &[], "hello");
     assert_eq!(st, 400, "{body}");
-    assert!(body.contains("decoupled") && body.contains("not served across a router yet"), "{body}");
+    assert!(
+        body.contains("decoupled") && body.contains("not served across a router yet"),
+        "{body}"
+    );
 }
