@@ -305,9 +305,10 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
     // A node given names takes no other version's request (a router that
     // has not checked it since router.json changed): refused unstarted, so
     // the router sends it to another node. One not given names serves it.
-    let (for_endpoint, for_version) = (header(wire::ENDPOINT), header(wire::VERSION));
+    let borrowed = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let (for_endpoint, for_version) = (borrowed(wire::ENDPOINT), borrowed(wire::VERSION));
     let identity = node.identity.get();
-    if let (Some(id), Some(e), Some(v)) = (identity, &for_endpoint, &for_version) {
+    if let (Some(id), Some(e), Some(v)) = (identity, for_endpoint, for_version) {
         if let Some(why) = id.disagrees(e, v, None) {
             tracing::warn!(sent_for = %format!("{e}/{v}"), "a request for another version reached this node; refused unstarted");
             return respond(
@@ -319,7 +320,7 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             );
         }
     }
-    if for_version.as_ref().is_some_and(|v| *v != node.version) {
+    if for_version.is_some_and(|v| v != node.version) {
         tracing::warn!(sent_for = ?for_version, serving = %node.version, "a request for another version reached this node");
     }
     // The router's span is the parent of this node's; the module's log

@@ -650,8 +650,15 @@ impl Nodes {
                 Ok(Ok((parts, bytes))) => {
                     if parts.status == 200 {
                         let body = serde_json::from_slice::<serde_json::Value>(&bytes).unwrap_or_default();
-                        let identity: wire::Identity = serde_json::from_value(body.clone()).unwrap_or_default();
-                        match identity.disagrees(&self.endpoint, &self.version, self.cfg.artifact.as_deref()) {
+                        // A ready answer whose identity cannot be read is not taken
+                        // for one that names nothing.
+                        let disagrees = match serde_json::from_value::<wire::Identity>(body.clone()) {
+                            Ok(identity) => identity.disagrees(&self.endpoint, &self.version, self.cfg.artifact.as_deref()),
+                            Err(e) => Some(format!(
+                                "its ready answer does not say what it serves in a form this router reads: {e}"
+                            )),
+                        };
+                        match disagrees {
                             // Its load is another version's.
                             Some(why) => Err(why),
                             None => {

@@ -539,7 +539,7 @@ async fn infer<P: Plane>(
         let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
         wasmscore_engine::Responses(Arc::new(move |out: ScoreResponse| {
             let wanted: Vec<&str> = wanted.iter().map(String::as_str).collect();
-            let resp = response(out, &wanted, &[], None, &endpoint, &version, &id).map_err(|s| s.message().to_string())?;
+            let resp = response(out, &wanted, &[], None, endpoint.clone(), &version, id.clone()).map_err(|s| s.message().to_string())?;
             let resp = if final_flag { flagged(resp, false) } else { resp };
             let Some(tx) = tx.upgrade() else {
                 return Err("the request was answered already (its call outlived its deadline)".to_string());
@@ -580,7 +580,15 @@ async fn infer<P: Plane>(
                 streamed(flagged(empty, true))
             }),
             Ok(out) => Some(
-                match response(out, &wanted, &places, Some(&app.regions), &endpoint, &version.name, &r.id) {
+                match response(
+                    out,
+                    &wanted,
+                    &places,
+                    Some(&app.regions),
+                    endpoint.clone(),
+                    &version.name,
+                    r.id.clone(),
+                ) {
                     Ok(resp) => streamed(if final_flag { flagged(resp, true) } else { resp }),
                     Err(s) => last_failed(r.id.clone(), endpoint.clone(), &s, final_flag),
                 },
@@ -598,7 +606,7 @@ async fn infer<P: Plane>(
         return Ok(Answer::Sent);
     }
     let out = result.map_err(|e| status(e.into()))?;
-    let resp = response(out, &wanted, &places, Some(&app.regions), &endpoint, &version.name, &r.id)?;
+    let resp = response(out, &wanted, &places, Some(&app.regions), endpoint, &version.name, r.id)?;
     Ok(Answer::One(resp, version, traceparent))
 }
 
@@ -610,9 +618,9 @@ fn response(
     wanted: &[&str],
     places: &[Option<oip::InRegion>],
     regions: Option<&crate::shm::Regions>,
-    endpoint: &str,
+    endpoint: String,
     version: &str,
-    id: &str,
+    id: String,
 ) -> Result<ModelInferResponse, Status> {
     let tensors = if out.tensors.is_empty() {
         // A module that answers OIP JSON itself (it predates tensors).
@@ -671,9 +679,9 @@ fn response(
         });
     }
     Ok(ModelInferResponse {
-        model_name: endpoint.to_string(),
+        model_name: endpoint,
         model_version: version.to_string(),
-        id: id.to_string(),
+        id,
         parameters: Default::default(),
         outputs,
         raw_output_contents: raw,
