@@ -25,8 +25,19 @@ pub(crate) const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 const KEY: &str = "router-primary-key-0123456789";
 const KEY2: &str = "router-secondary-key-0123456789";
 
+/// A port nothing listens on now, and that this process has not handed out
+/// before: the kernel may give the same free port twice, and two servers of
+/// one test (or of two tests running at once) must not be told the same.
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 pub(crate) fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
@@ -1234,9 +1245,16 @@ fn bad_artifacts_are_refused_and_an_unreachable_registry_is_retried() {
     let port = free_port();
     let reference = format!("127.0.0.1:{port}/iris@{digest}");
     let waiting = Node::spawn(&["--artifact", &reference, "--insecure"], free_port());
-    wait_for("the node to say why", Duration::from_secs(10), || {
-        waiting.ready().1.contains("registry unreachable")
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !waiting.ready().1.contains("registry unreachable") {
+        let ready = waiting.ready();
+        assert!(
+            Instant::now() < deadline,
+            "the node never said the registry was unreachable: {ready:?}\n{}",
+            waiting.proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     assert_eq!(waiting.ready().0, 503);
     std::thread::sleep(Duration::from_millis(1500));
     assert!(
