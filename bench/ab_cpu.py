@@ -20,6 +20,10 @@ body. The MLP of bench/batching.sh, for example:
   BODY=$(python3 -c 'import json;print(json.dumps({"data":[[0.01*i for i in range(256)]]}))')
   .venv/bin/python bench/ab_cpu.py OLD NEW 16 10 target/compare/rows-rust.wasm \\
       target/compare/batch-models/mlp/model.onnx "$BODY"
+Across the network (--network): each build serves as a `wasmscore node`
+(the module and model from disk) behind its own `wasmscore router`; wrk on
+the router's `/score`, the CPU of both processes per request:
+  .venv/bin/python bench/ab_cpu.py OLD NEW 16 8 --network
 One build, two settings (the executable's code paged out or not; two
 fixed instances against the autoscaler's count):
   .venv/bin/python bench/ab_cpu.py B B 16 10 --grpc --env-after WASMSCORE_PAGE_OUT=all
@@ -53,7 +57,10 @@ def main():
     ap.add_argument("--grpc", action="store_true", help="h2load on ModelInfer too (iris only)")
     ap.add_argument("--env-after", action="append", default=[], metavar="NAME=VALUE", help="for the second `up`")
     ap.add_argument("--dc-after", default="{}", metavar="JSON", help="deployment settings for the second `up`")
+    ap.add_argument("--network", action="store_true", help="a router in front of a node instead of `up`")
     a = ap.parse_args()
+    if a.network and a.grpc:
+        ap.error("--network loads /score only")
     if (a.model is None) != (a.body is None):
         ap.error("MODEL and BODY go together")
     if a.body:
@@ -73,10 +80,13 @@ def main():
             exe, ort = own_copies(work / f"bin-{i}", binary)
             port, gport, data = free_port(), free_port(), work / f"data-{i}"
             env = {**os.environ, **env, "ORT_DYLIB_PATH": str(ort)}
+            if a.network:
+                ups[name] = (port, None, network(work, i, exe, env, port, a.module, dc))
+                continue
             args = [str(exe), "up", "--port", str(port), "--data-dir", str(data)]
             args += ["--grpc-port", str(gport)] if a.grpc else []
             up = Proc(args, env=env, log=work / f"up-{i}.log")
-            ups[name] = (port, gport, up)
+            ups[name] = (port, gport, Up(up))
             wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
             deploy(data, "iris", a.module, dc={"primary_key": KEY, **dc})
             if a.grpc:
@@ -88,14 +98,14 @@ def main():
             for route in routes:
                 for name in order:
                     port, gport, up = ups[name]
-                    before = cpu_seconds(up.p.pid)
+                    before = sum(cpu_seconds(pid) for pid in up.pids())
                     if route == "score":
                         out = wrk(f"http://127.0.0.1:{port}/api/v1/service/iris/score", a.conns, 5, key)
                     else:
                         url = f"http://127.0.0.1:{gport}/inference.GRPCInferenceService/ModelInfer"
                         out = h2load(url, a.conns, 5, grpc, grpc_headers)
                     assert out["errors"] == 0, out
-                    cpu_us = (cpu_seconds(up.p.pid) - before) * 1e6 / (out["rps"] * 5)
+                    cpu_us = (sum(cpu_seconds(pid) for pid in up.pids()) - before) * 1e6 / (out["rps"] * 5)
                     # wrk's p99 (h2load reports none).
                     runs[(name, route)].append((out["rps"], cpu_us, out.get("p99")))
             print(r, {f"{n} {rt}": (round(v[-1][0]), round(v[-1][1], 1), v[-1][2]) for (n, rt), v in runs.items()}, flush=True)
@@ -109,6 +119,47 @@ def main():
     finally:
         for _, _, up in ups.values():
             up.stop()
+
+
+class Pair:
+    """A node and the router in front of it, stopped together."""
+
+    def __init__(self, node, router):
+        self.node, self.router = node, router
+
+    def pids(self):
+        return [self.node.p.pid, self.router.p.pid]
+
+    def stop(self):
+        self.router.stop()
+        self.node.stop()
+
+
+class Up:
+    def __init__(self, up):
+        self.up = up
+
+    def pids(self):
+        return [self.up.p.pid]
+
+    def stop(self):
+        self.up.stop()
+
+
+def network(work, i, exe, env, port, module, dc):
+    """`wasmscore node` serving MODULE with iris's model, and a router on
+    PORT in front of it (key auth)."""
+    nport = free_port()
+    node = Proc([str(exe), "node", "--port", str(nport), "--data-dir", str(work / f"node-{i}"), "--module", str(module),
+                 "--model", str(compare.MODEL), "--config", json.dumps(dc)], env=env, log=work / f"node-{i}.log")
+    wait_for(f"http://127.0.0.1:{nport}/v2/health/ready", get=True, limit=300)
+    cfg = work / f"router-{i}.json"
+    cfg.write_text(json.dumps({"endpoints": [{"name": "iris", "auth": {"mode": "key", "primary_key": KEY, "secondary_key": KEY + "-2"},
+                                              "versions": [{"name": "v1", "default": True, "nodes": [f"127.0.0.1:{nport}"]}]}]}))
+    router = Proc([str(exe), "router", "--port", str(port), "--config", str(cfg), "--data-dir", str(work / f"router-{i}")],
+                  env=env, log=work / f"router-{i}.log")
+    wait_for(f"http://127.0.0.1:{port}/v2/health/ready", get=True)
+    return Pair(node, router)
 
 
 if __name__ == "__main__":
