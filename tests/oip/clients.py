@@ -647,6 +647,13 @@ def triton_decoupled():
         p = r.get_response().parameters
         return p["triton_final_response"].bool_param if "triton_final_response" in p else None
 
+    check("decoupled: the model config states the policy over gRPC",
+          c.get_model_config("counter", headers=gauth("counter")).config.model_transaction_policy.decoupled is True
+          and c.get_model_config("counter-unary", headers=gauth("counter-unary")).config.model_transaction_policy.decoupled is False)
+    hc = th.InferenceServerClient(HTTP)
+    check("decoupled: the model config states the policy over REST",
+          hc.get_model_config("counter", headers=auth("counter"))["model_transaction_policy"] == {"decoupled": True}
+          and hc.get_model_config("counter-unary", headers=auth("counter-unary"))["model_transaction_policy"] == {"decoupled": False})
     count(5, "five", False)
     answers = take(5)
     check("decoupled: five responses to one request", len(answers) == 5 and all(e is None for _, e in answers), answers)

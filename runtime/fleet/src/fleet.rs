@@ -183,6 +183,7 @@ impl Fleet {
                 let cfg = NodesConfig {
                     timeout: resolved.pool.max_wait + resolved.timeout + Duration::from_secs(1) + DEADLINE_MARGIN,
                     artifact: v.artifact_digest().map(str::to_string),
+                    decoupled: resolved.decoupled,
                     ..NodesConfig::default()
                 };
                 let prev = old.remove(&(ep.name.clone(), v.name.clone()));

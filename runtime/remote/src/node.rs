@@ -129,7 +129,13 @@ impl Node {
     }
 }
 
-type Body = Full<Bytes>;
+/// A streamed answer's frames as the node makes them (outcome `stream`).
+type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>> + Send>>;
+type Body = http_body_util::Either<Full<Bytes>, http_body_util::StreamBody<Frames>>;
+
+/// Responses of a decoupled call the router has not taken yet, at most;
+/// one more fails the module's `send` (as the gRPC edge's own queue).
+const SENT_AHEAD: usize = 256;
 
 /// Longer than a router's health-check period (0.5 s) plus its check's
 /// time, so no router sends to a closed socket.
@@ -189,7 +195,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>, shutdown: impl Future
 }
 
 fn respond(node: &Node, status: StatusCode, outcome: Option<Outcome>, content_type: &str, body: Vec<u8>) -> Response<Body> {
-    let mut r = Response::new(Full::new(Bytes::from(body)));
+    let mut r = Response::new(http_body_util::Either::Left(Full::new(Bytes::from(body))));
     *r.status_mut() = status;
     let h = r.headers_mut();
     h.insert(
@@ -215,7 +221,7 @@ fn error(node: &Node, e: &ScoreError) -> Response<Body> {
     )
 }
 
-async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
+async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     let json = |status: StatusCode, v: serde_json::Value| respond(node, status, None, "application/json", v.to_string().into_bytes());
     match (req.method().as_str(), req.uri().path()) {
         ("POST", wire::SCORE_PATH) => score(node, req).await,
@@ -226,6 +232,9 @@ async fn handle(node: &Node, req: Request<Incoming>) -> Response<Body> {
                 if let Some((inputs, outputs)) = node.signature.get() {
                     body["inputs"] = inputs.clone();
                     body["outputs"] = outputs.clone();
+                }
+                if node.pool.get().is_some_and(|(pool, _)| pool.prepared().context().decoupled) {
+                    body["decoupled"] = true.into();
                 }
                 json(StatusCode::OK, body)
             }
@@ -275,7 +284,7 @@ async fn log_settings(node: &Node, req: Request<Incoming>) -> Response<Body> {
     json(StatusCode::OK, logging.json())
 }
 
-async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
+async fn score(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
     if node.draining.load(Ordering::SeqCst) {
         return respond(
             node,
@@ -298,8 +307,7 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         );
     };
     // Counted from here, so a drain waits for this request.
-    node.in_flight.fetch_add(1, Ordering::SeqCst);
-    let _done = InFlight(&node.in_flight);
+    let done = InFlight::enter(node);
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let content_type = header("content-type").unwrap_or_else(|| "application/json".into());
     // A node given names takes no other version's request (a router that
@@ -339,6 +347,14 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         );
     }
     let framing = header(wire::TENSORS);
+    let decoupled = pool.prepared().context().decoupled;
+    if decoupled && !req.headers().contains_key(wire::RESPONSES) {
+        // A router sends a stream's message as one call too, until it
+        // knows the version is decoupled.
+        let more = "; a router that sent a stream's message here as one call did not know it is decoupled: \
+                    say \"decoupled\": true in the version's config in router.json";
+        return error(node, &ScoreError::unary_to_decoupled(&node.version, more));
+    }
     let body = match Limited::new(req.into_body(), node.max_body_bytes).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(node, &ScoreError::Unavailable(format!("reading the request body: {e}"))),
@@ -357,16 +373,94 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
         trace_id,
         responses: None,
     };
-    let result = if pool.prepared().context().decoupled {
-        // Its responses before the last have no way back yet.
-        Err(ScoreError::Call(wasmscore_engine::CallError::BadInput(format!(
-            "version {} is decoupled (it may answer one request several times), which is not served across a router yet: serve it with `up`",
-            node.version
-        ))))
-    } else {
-        pool.score(request).await
+    if decoupled {
+        return streamed(node, pool.clone(), request, (span, started));
+    }
+    let result = pool.score(request).await;
+    record(node, span.as_ref(), started, &result);
+    drop(done);
+    match result {
+        Ok(out) => {
+            let out = with_content_type(out);
+            if out.tensors.is_empty() {
+                return respond(node, StatusCode::OK, Some(Outcome::Ok), &out.content_type, out.body);
+            }
+            let (buf, framing) = wasmscore_oip::pack(&out.body, &out.tensors);
+            let mut r = respond(node, StatusCode::OK, Some(Outcome::Ok), &out.content_type, buf);
+            if let Ok(v) = HeaderValue::from_str(&framing) {
+                r.headers_mut().insert(wire::TENSORS, v);
+            }
+            r
+        }
+        Err(e) => error(node, &e),
+    }
+}
+
+/// A decoupled version's call: answered at once with outcome `stream`, its
+/// responses framed into the body as the module sends them, then its last.
+/// The call holds the frames' queue weakly: once the last is queued, a call
+/// still running (abandoned past its deadline) sends nothing more.
+fn streamed(
+    node: &Arc<Node>,
+    pool: Arc<Pool>,
+    mut request: ScoreRequest,
+    (span, started): (Option<crate::trace::Span>, std::time::SystemTime),
+) -> Response<Body> {
+    let streaming = Streaming::enter(node);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SENT_AHEAD);
+    let queue = tx.downgrade();
+    request.responses = Some(wasmscore_engine::Responses(Arc::new(move |out| {
+        let Some(tx) = queue.upgrade() else {
+            return Err("the request was answered already (its call outlived its deadline)".to_string());
+        };
+        tx.try_send(Bytes::from(wire::Frame::Sent(out).encode()?)).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                format!("the router has not taken the {SENT_AHEAD} responses before it")
+            }
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
+        })
+    })));
+    let call = {
+        let node = node.clone();
+        let streaming = streaming.clone();
+        async move {
+            let _streaming = streaming;
+            let result = pool.score(request).await;
+            record(&node, span.as_ref(), started, &result);
+            // A last response too big for a frame is the module's error.
+            let last = wire::Frame::Last(result.map(with_content_type)).encode().unwrap_or_else(|why| {
+                let e = ScoreError::Call(wasmscore_engine::CallError::Failed(format!("its last response: {why}")));
+                wire::Frame::Last(Err(e)).encode().expect("an error fits a frame")
+            });
+            let _ = tx.send(Bytes::from(last)).await;
+        }
     };
-    if let (Some(spans), Some(span)) = (&node.spans, &span) {
+    tokio::spawn(call);
+    let frames = futures_util::stream::unfold((rx, streaming), |(mut rx, streaming)| async move {
+        let data = rx.recv().await?;
+        Some((Ok(hyper::body::Frame::data(data)), (rx, streaming)))
+    });
+    let mut r = respond(node, StatusCode::OK, Some(Outcome::Stream), "application/octet-stream", Vec::new());
+    *r.body_mut() = http_body_util::Either::Right(http_body_util::StreamBody::new(Box::pin(frames) as Frames));
+    r
+}
+
+/// A module's answer with the content type it goes out with.
+fn with_content_type(mut out: wasmscore_engine::ScoreResponse) -> wasmscore_engine::ScoreResponse {
+    if out.content_type.is_empty() {
+        out.content_type = "application/json".into();
+    }
+    out
+}
+
+/// The node's span of a call, when spans are exported.
+fn record(
+    node: &Node,
+    span: Option<&crate::trace::Span>,
+    started: std::time::SystemTime,
+    result: &Result<wasmscore_engine::ScoreResponse, ScoreError>,
+) {
+    if let (Some(spans), Some(span)) = (&node.spans, span) {
         let status = result.as_ref().map_or_else(|e| e.status().0, |_| 200);
         spans.record(crate::otlp::Finished {
             span,
@@ -381,32 +475,38 @@ async fn score(node: &Node, req: Request<Incoming>) -> Response<Body> {
             error: result.as_ref().err().filter(|_| status >= 500).map(|e| e.to_string()),
         });
     }
-    match result {
-        Ok(out) => {
-            let ct = if out.content_type.is_empty() {
-                "application/json".to_string()
-            } else {
-                out.content_type
-            };
-            if out.tensors.is_empty() {
-                return respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, out.body);
-            }
-            let (buf, framing) = wasmscore_oip::pack(&out.body, &out.tensors);
-            let mut r = respond(node, StatusCode::OK, Some(Outcome::Ok), &ct, buf);
-            if let Ok(v) = HeaderValue::from_str(&framing) {
-                r.headers_mut().insert(wire::TENSORS, v);
-            }
-            r
-        }
-        Err(e) => error(node, &e),
-    }
 }
 
 /// Takes a request off the in-flight count however its handler ends.
 struct InFlight<'a>(&'a AtomicUsize);
 
+impl InFlight<'_> {
+    fn enter(node: &Node) -> InFlight<'_> {
+        node.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(&node.in_flight)
+    }
+}
+
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A streamed call on the in-flight count until both its call and its
+/// body are done: a drain waits for its last frame to be taken, not only
+/// queued.
+struct Streaming(Arc<Node>);
+
+impl Streaming {
+    fn enter(node: &Arc<Node>) -> Arc<Streaming> {
+        node.in_flight.fetch_add(1, Ordering::SeqCst);
+        Arc::new(Streaming(node.clone()))
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

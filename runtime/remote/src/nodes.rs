@@ -92,6 +92,9 @@ pub struct NodesConfig {
     pub check_timeout: Duration,
     /// The artifact (a digest) its nodes must serve, if one is named.
     pub artifact: Option<String>,
+    /// Its deployment config says `decoupled: true` (its nodes' ready
+    /// answers may say so too).
+    pub decoupled: bool,
 }
 
 impl Default for NodesConfig {
@@ -102,6 +105,7 @@ impl Default for NodesConfig {
             eject_max: Duration::from_secs(30),
             check_timeout: Duration::from_secs(1),
             artifact: None,
+            decoupled: false,
         }
     }
 }
@@ -246,6 +250,9 @@ pub struct Nodes {
     /// Mutex: written by health checks, read by metadata requests, both
     /// rare and off the scoring path.
     signature: std::sync::Mutex<Option<serde_json::Value>>,
+    /// Its calls may send several responses, as the last ready node said
+    /// (`"decoupled": true` in its ready answer).
+    decoupled: AtomicBool,
 }
 
 impl Nodes {
@@ -267,7 +274,14 @@ impl Nodes {
             wake: None,
             next: std::sync::OnceLock::new(),
             signature: std::sync::Mutex::new(None),
+            decoupled: AtomicBool::new(false),
         })
+    }
+
+    /// Whether its calls may send several responses (a decoupled version):
+    /// its config says so, or its nodes' ready answers did.
+    pub fn decoupled(&self) -> bool {
+        self.cfg.decoupled || self.decoupled.load(Ordering::Relaxed)
     }
 
     /// The model's inputs and outputs, once a node reported them ready.
@@ -392,6 +406,7 @@ impl Nodes {
                 if old.cfg.artifact == self.cfg.artifact {
                     n.ready.store(o.ready.load(Ordering::Acquire), Ordering::Release);
                     n.set_why(o.why());
+                    self.decoupled.store(old.decoupled.load(Ordering::Relaxed), Ordering::Relaxed);
                 }
                 let shift = self.now_ms() as i64 - old.now_ms() as i64;
                 let until = o.ejected_until_ms.load(Ordering::Relaxed) as i64 + shift;
@@ -512,6 +527,9 @@ impl Nodes {
             if let Some(f) = &tensors {
                 r = r.header(wire::TENSORS, f.as_str());
             }
+            if req.responses.is_some() {
+                r = r.header(wire::RESPONSES, "1");
+            }
             for (name, value) in [("traceparent", call.traceparent), ("tracestate", call.tracestate)] {
                 if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
                     r = r.header(name, v);
@@ -519,15 +537,16 @@ impl Nodes {
             }
             node.outstanding.fetch_add(1, Ordering::Relaxed);
             let _out = Outstanding(&node.outstanding);
-            let sent = match &node.h2 {
-                Some(conns) => {
-                    let h2 = &conns[crate::shards::slot().min(conns.len() - 1)];
-                    let request = r.body(()).expect("a valid request");
-                    tokio::time::timeout(remaining, h2.send(&node.addr, request, body.clone())).await
-                }
-                None => {
-                    let request = r.body(Full::new(body.clone())).expect("a valid request");
-                    tokio::time::timeout(remaining, async {
+            let exchange = async {
+                let (parts, body) = match &node.h2 {
+                    Some(conns) => {
+                        let h2 = &conns[crate::shards::slot().min(conns.len() - 1)];
+                        let request = r.body(()).expect("a valid request");
+                        let (parts, recv) = h2.send(&node.addr, request, body.clone()).await?;
+                        (parts, Reply::H2(recv, h2))
+                    }
+                    None => {
+                        let request = r.body(Full::new(body.clone())).expect("a valid request");
                         let resp = self.client.here().request(request).await.map_err(|e| {
                             if e.is_connect() {
                                 Sent::NotSent(format!("cannot connect: {}", cause(&e)))
@@ -536,13 +555,19 @@ impl Nodes {
                             }
                         })?;
                         let (parts, body) = resp.into_parts();
-                        let bytes = body.collect().await.map_err(|e| Sent::Failed(e.to_string()))?.to_bytes();
-                        Ok::<_, Sent>((parts, bytes))
-                    })
-                    .await
+                        (parts, Reply::H1(body))
+                    }
+                };
+                let streams = parts.headers.get(wire::OUTCOME).is_some_and(|o| o == Outcome::Stream.as_str());
+                match &req.responses {
+                    Some(responses) if streams => {
+                        let last = body.pass_on(responses).await.map_err(Sent::Failed)?;
+                        Ok(Exchanged::Streamed(parts, last))
+                    }
+                    _ => Ok(Exchanged::Whole(parts, body.collect().await.map_err(Sent::Failed)?)),
                 }
             };
-            let (parts, bytes) = match sent {
+            let (parts, bytes) = match tokio::time::timeout(remaining, exchange).await {
                 Err(_) => {
                     let waited_ms = started.elapsed().as_millis() as u64;
                     self.eject(node, format!("no answer within {waited_ms} ms"));
@@ -564,7 +589,15 @@ impl Nodes {
                         message,
                     });
                 }
-                Ok(Ok(x)) => x,
+                Ok(Ok(Exchanged::Streamed(parts, last))) => {
+                    // A decoupled call: its responses went out as they came;
+                    // this is its last.
+                    node.record_load(&parts.headers, self.now_ms());
+                    node.served.fetch_add(1, Ordering::Relaxed);
+                    node.failures_in_a_row.store(0, Ordering::Relaxed);
+                    return last;
+                }
+                Ok(Ok(Exchanged::Whole(parts, bytes))) => (parts, bytes),
             };
             node.record_load(&parts.headers, self.now_ms());
             let outcome = parts
@@ -613,11 +646,15 @@ impl Nodes {
                     self.retried.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
-                None => {
-                    let message = format!(
-                        "answered {} without the internal protocol's outcome header (not a wasmscore node?)",
-                        parts.status
-                    );
+                Some(Outcome::Stream) | None => {
+                    let message = if outcome.is_some() {
+                        "answered with a stream of responses a call that takes one".to_string()
+                    } else {
+                        format!(
+                            "answered {} without the internal protocol's outcome header (not a wasmscore node?)",
+                            parts.status
+                        )
+                    };
                     self.eject(node, message.clone());
                     return Err(ScoreError::Node {
                         node: node.addr.clone(),
@@ -663,6 +700,7 @@ impl Nodes {
                             Some(why) => Err(why),
                             None => {
                                 node.record_load(&parts.headers, self.now_ms());
+                                self.decoupled.store(body["decoupled"] == true, Ordering::Relaxed);
                                 if body["inputs"].is_array() {
                                     let sig = serde_json::json!({"inputs": body["inputs"], "outputs": body["outputs"]});
                                     *self.signature.lock().unwrap_or_else(|p| p.into_inner()) = Some(sig);
@@ -717,6 +755,108 @@ enum Sent {
     Failed(String),
 }
 
+/// What a node's answer to a call came to.
+enum Exchanged {
+    /// Its whole body, as it sent it.
+    Whole(http::response::Parts, Bytes),
+    /// A decoupled call (outcome `stream`): its responses were passed on;
+    /// this is its last.
+    Streamed(http::response::Parts, Result<ScoreResponse, ScoreError>),
+}
+
+/// A node's answer's body, read as it comes. Once its head came the node
+/// took the request, so a failure here is the node's ([`Sent::Failed`]).
+enum Reply<'a> {
+    /// With the connection it came on, forgotten if it broke.
+    H2(h2::RecvStream, &'a H2Conn),
+    H1(hyper::body::Incoming),
+}
+
+impl Reply<'_> {
+    async fn chunk(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            Reply::H2(recv, conn) => {
+                let chunk = recv.data().await?;
+                Some(match chunk {
+                    Ok(c) => {
+                        let _ = recv.flow_control().release_capacity(c.len());
+                        Ok(c)
+                    }
+                    Err(e) => {
+                        if e.is_io() || e.is_go_away() {
+                            conn.send.store(None);
+                        }
+                        Err(e.to_string())
+                    }
+                })
+            }
+            Reply::H1(body) => loop {
+                match body.frame().await? {
+                    Ok(frame) => match frame.into_data() {
+                        Ok(data) => return Some(Ok(data)),
+                        Err(_) => continue,
+                    },
+                    Err(e) => return Some(Err(e.to_string())),
+                }
+            },
+        }
+    }
+
+    /// The whole body; one chunk (most answers) is not copied.
+    async fn collect(mut self) -> Result<Bytes, String> {
+        let Some(first) = self.chunk().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = self.chunk().await.transpose()? else {
+            return Ok(first);
+        };
+        let mut out = bytes::BytesMut::from(&first[..]);
+        out.extend_from_slice(&second);
+        while let Some(chunk) = self.chunk().await {
+            out.extend_from_slice(&chunk?);
+        }
+        Ok(out.freeze())
+    }
+
+    /// A streamed answer: each response passed on as its frame comes, then
+    /// the last, then the body's end. Err: the node broke the stream
+    /// (garbage, no last frame, or anything after it). A response the
+    /// client cannot take ends the call here, and the stream's reset tells
+    /// the node's module (its next `send` fails).
+    async fn pass_on(mut self, responses: &wasmscore_engine::Responses) -> Result<Result<ScoreResponse, ScoreError>, String> {
+        let mut buf = bytes::BytesMut::new();
+        loop {
+            while let Some(frame) = wire::Frame::decode(&mut buf, wire::MAX_FRAME)? {
+                match frame {
+                    wire::Frame::Sent(out) => {
+                        if let Err(why) = (responses.0)(out) {
+                            return Ok(Err(ScoreError::Call(wasmscore_engine::CallError::Failed(format!(
+                                "a response could not be passed on: {why}"
+                            )))));
+                        }
+                    }
+                    wire::Frame::Last(last) => {
+                        // Read to the end, so the connection stays whole.
+                        if !buf.is_empty() {
+                            return Err("it sent more after the last response".into());
+                        }
+                        while let Some(chunk) = self.chunk().await {
+                            if !chunk?.is_empty() {
+                                return Err("it sent more after the last response".into());
+                            }
+                        }
+                        return Ok(last);
+                    }
+                }
+            }
+            match self.chunk().await {
+                Some(chunk) => buf.extend_from_slice(&chunk?),
+                None => return Err("its stream of responses ended without the last".into()),
+            }
+        }
+    }
+}
+
 /// A node's HTTP/2 connection, driven by the `h2` crate from the request's
 /// own task (hyper's client adds a hop through its dispatch task per
 /// request; BENCHMARKS.md). One connection per node and shard, made on
@@ -767,7 +907,7 @@ impl H2Conn {
         Ok((send, false))
     }
 
-    async fn send(&self, addr: &str, req: Request<()>, body: Bytes) -> Result<(http::response::Parts, Bytes), Sent> {
+    async fn send(&self, addr: &str, req: Request<()>, body: Bytes) -> Result<(http::response::Parts, h2::RecvStream), Sent> {
         // Not ready: the connection is gone; nothing was sent on it. One
         // kept from before may have gone with the process it reached (a
         // node restarted on the same address, while this thread's
@@ -799,14 +939,7 @@ impl H2Conn {
             stream.send_data(body, true).map_err(|e| self.failed(e))?;
         }
         let resp = resp.await.map_err(|e| self.failed(e))?;
-        let (parts, mut recv) = resp.into_parts();
-        let mut out = bytes::BytesMut::new();
-        while let Some(chunk) = recv.data().await {
-            let chunk = chunk.map_err(|e| self.failed(e))?;
-            let _ = recv.flow_control().release_capacity(chunk.len());
-            out.extend_from_slice(&chunk);
-        }
-        Ok((parts, out.freeze()))
+        Ok(resp.into_parts())
     }
 
     /// A stream the node refused before reading it (REFUSED_STREAM, or past

@@ -18,12 +18,16 @@
 //! - `error`: the request got no answer; the body is the `ScoreError` as
 //!   JSON, so the client sees the same error as under `up` (status 500);
 //! - `draining`: the node is shutting down (or not ready yet) and did not
-//!   start the request (status 503): the router sends it to another node.
+//!   start the request (status 503): the router sends it to another node;
+//! - `stream`: a decoupled version's call, asked for with `x-wasmscore-responses`
+//!   (status 200): the body is [`Frame`]s, the responses as the module
+//!   sends them, then its last (its answer or its error).
 //!
 //! A node's ready answer (`GET /v2/health/ready`, 200) says what it serves
 //! ([`Identity`]): the router sends a version's requests only to nodes
 //! whose identity agrees with what it routes there ([`Identity::disagrees`]).
 
+use wasmscore_engine::ScoreResponse;
 use wasmscore_replica::ScoreError;
 
 pub const SCORE_PATH: &str = "/internal/v1/score";
@@ -36,6 +40,13 @@ pub const OUTCOME: &str = "x-wasmscore-outcome";
 /// Set when the body carries tensors after it (an Open Inference Protocol
 /// call): `body length,JSON length`, as `wasmscore_oip::pack` frames them.
 pub const TENSORS: &str = "x-wasmscore-tensors";
+/// Set by the router when the call can take a decoupled version's
+/// responses before its last (a gRPC stream's message): the node answers
+/// with outcome `stream`. Without it, a decoupled version's call is refused.
+pub const RESPONSES: &str = "x-wasmscore-responses";
+/// The largest frame of a streamed answer a router reads (a response is at
+/// most a message's 100 MB).
+pub const MAX_FRAME: usize = 128 << 20;
 /// The trace context headers passed through as they are.
 pub const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
 
@@ -90,6 +101,7 @@ pub enum Outcome {
     Ok,
     Error,
     Draining,
+    Stream,
 }
 
 impl Outcome {
@@ -98,6 +110,7 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::Error => "error",
             Outcome::Draining => "draining",
+            Outcome::Stream => "stream",
         }
     }
     pub fn parse(s: &str) -> Option<Outcome> {
@@ -105,6 +118,7 @@ impl Outcome {
             "ok" => Some(Outcome::Ok),
             "error" => Some(Outcome::Error),
             "draining" => Some(Outcome::Draining),
+            "stream" => Some(Outcome::Stream),
             _ => None,
         }
     }
@@ -148,6 +162,108 @@ impl Identity {
             )),
             _ => None,
         }
+    }
+}
+
+/// One frame of a streamed answer (outcome `stream`).
+#[derive(Debug)]
+pub enum Frame {
+    /// A response the module sent before returning (`responses.send`).
+    Sent(ScoreResponse),
+    /// What the call ended with; nothing follows it.
+    Last(Result<ScoreResponse, ScoreError>),
+}
+
+const SENT: u8 = b's';
+const LAST_OK: u8 = b'o';
+const LAST_ERROR: u8 = b'e';
+/// A frame's kind, then the lengths (u32, big endian) of its content type,
+/// tensor framing and body.
+const FRAME_HEAD: usize = 13;
+
+impl Frame {
+    /// Its bytes: the head, the content type, the tensors' framing (as
+    /// `x-wasmscore-tensors` says it; empty without tensors), the body (an
+    /// error's as `encode_error` writes it). Err for a frame over
+    /// [`MAX_FRAME`], which no router would take.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        let (kind, out) = match self {
+            Frame::Sent(out) => (SENT, Ok(out)),
+            Frame::Last(Ok(out)) => (LAST_OK, Ok(out)),
+            Frame::Last(Err(e)) => (LAST_ERROR, Err(e)),
+        };
+        let (content_type, framing, body) = match out {
+            Ok(out) if out.tensors.is_empty() => (out.content_type.as_str(), String::new(), out.body.clone()),
+            Ok(out) => {
+                let (buf, framing) = wasmscore_oip::pack(&out.body, &out.tensors);
+                (out.content_type.as_str(), framing, buf)
+            }
+            Err(e) => ("application/json", String::new(), encode_error(e)),
+        };
+        let total = FRAME_HEAD + content_type.len() + framing.len() + body.len();
+        if total > MAX_FRAME {
+            return Err(format!(
+                "a response of {total} bytes is more than a router takes ({MAX_FRAME} bytes)"
+            ));
+        }
+        let mut buf = Vec::with_capacity(total);
+        buf.push(kind);
+        for n in [content_type.len(), framing.len(), body.len()] {
+            buf.extend_from_slice(&(n as u32).to_be_bytes());
+        }
+        buf.extend_from_slice(content_type.as_bytes());
+        buf.extend_from_slice(framing.as_bytes());
+        buf.extend_from_slice(&body);
+        Ok(buf)
+    }
+
+    /// Takes the first whole frame off `buf`; None while it has only part
+    /// of one. Err for bytes that are not a frame (a frame over `limit`
+    /// bytes included).
+    pub fn decode(buf: &mut bytes::BytesMut, limit: usize) -> Result<Option<Frame>, String> {
+        let Some(head) = buf.get(..FRAME_HEAD) else {
+            return Ok(None);
+        };
+        let len = |i: usize| u32::from_be_bytes(head[1 + 4 * i..5 + 4 * i].try_into().expect("4 bytes")) as usize;
+        let (ct_len, framing_len, body_len) = (len(0), len(1), len(2));
+        let total = FRAME_HEAD
+            .saturating_add(ct_len)
+            .saturating_add(framing_len)
+            .saturating_add(body_len);
+        if total > limit {
+            return Err(format!("a frame of {total} bytes (at most {limit})"));
+        }
+        let kind = head[0];
+        if ![SENT, LAST_OK, LAST_ERROR].contains(&kind) {
+            return Err(format!("a frame of unknown kind {kind:#04x}"));
+        }
+        if buf.len() < total {
+            return Ok(None);
+        }
+        let frame = buf.split_to(total);
+        let text = |b: &[u8]| {
+            std::str::from_utf8(b)
+                .map(str::to_string)
+                .map_err(|_| "a frame's header is not UTF-8".to_string())
+        };
+        let content_type = text(&frame[FRAME_HEAD..FRAME_HEAD + ct_len])?;
+        let framing = text(&frame[FRAME_HEAD + ct_len..FRAME_HEAD + ct_len + framing_len])?;
+        let body = &frame[FRAME_HEAD + ct_len + framing_len..];
+        if kind == LAST_ERROR {
+            let e = decode_error(body).ok_or("a last frame's error could not be read")?;
+            return Ok(Some(Frame::Last(Err(e))));
+        }
+        let (body, tensors) = if framing.is_empty() {
+            (body.to_vec(), Vec::new())
+        } else {
+            wasmscore_oip::unpack(body, &framing).map_err(|e| format!("a frame's tensors could not be read: {e}"))?
+        };
+        let out = ScoreResponse {
+            body,
+            content_type,
+            tensors,
+        };
+        Ok(Some(if kind == SENT { Frame::Sent(out) } else { Frame::Last(Ok(out)) }))
     }
 }
 
@@ -216,6 +332,50 @@ mod tests {
         ] {
             assert_eq!(Load::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn frames_cross_in_pieces_and_garbage_is_refused() {
+        let tensor = wasmscore_tensor::Tensor::new(vec![1], wasmscore_tensor::TensorData::Int64(vec![7])).unwrap();
+        let frames = [
+            Frame::Sent(ScoreResponse {
+                body: b"{\"n\":0}".to_vec(),
+                content_type: "application/json".into(),
+                tensors: vec![],
+            }),
+            Frame::Sent(ScoreResponse {
+                body: b"{}".to_vec(),
+                content_type: "application/json".into(),
+                tensors: vec![("INDEX".into(), tensor)],
+            }),
+            Frame::Last(Ok(ScoreResponse::default())),
+            Frame::Last(Err(ScoreError::Call(CallError::Failed("no".into())))),
+        ];
+        let bytes: Vec<u8> = frames.iter().flat_map(|f| f.encode().unwrap()).collect();
+        // Read as they come, a byte at a time.
+        let (mut buf, mut read) = (bytes::BytesMut::new(), Vec::new());
+        for b in bytes {
+            buf.extend_from_slice(&[b]);
+            while let Some(f) = Frame::decode(&mut buf, MAX_FRAME).unwrap() {
+                read.push(f);
+            }
+        }
+        assert!(buf.is_empty());
+        assert_eq!(format!("{read:?}"), format!("{frames:?}"));
+        let mut big = bytes::BytesMut::from(&Frame::Sent(ScoreResponse::default()).encode().unwrap()[..]);
+        big[9..13].copy_from_slice(&(MAX_FRAME as u32).to_be_bytes());
+        assert!(Frame::decode(&mut big, MAX_FRAME).unwrap_err().contains("at most"));
+        let huge = Frame::Sent(ScoreResponse {
+            body: vec![0; MAX_FRAME],
+            ..ScoreResponse::default()
+        });
+        assert!(huge.encode().unwrap_err().contains("more than a router takes"));
+        let mut unknown = bytes::BytesMut::from(&b"x\0\0\0\0\0\0\0\0\0\0\0\0"[..]);
+        assert!(Frame::decode(&mut unknown, MAX_FRAME).unwrap_err().contains("unknown kind"));
+        let mut bad_error = bytes::BytesMut::from(&Frame::Last(Err(ScoreError::Unavailable("x".into()))).encode().unwrap()[..]);
+        let n = bad_error.len();
+        bad_error[n - 1] = b'!';
+        assert!(Frame::decode(&mut bad_error, MAX_FRAME).is_err());
     }
 
     #[test]

@@ -86,6 +86,16 @@ pub enum ScoreError {
 }
 
 impl ScoreError {
+    /// A call that can take one response only, to a decoupled version:
+    /// refused, as Triton refuses a decoupled model's unary calls. `more`
+    /// follows the reason.
+    pub fn unary_to_decoupled(version: &str, more: &str) -> ScoreError {
+        ScoreError::Call(CallError::BadInput(format!(
+            "version {version} is decoupled (it may answer one request several times): call it over gRPC ModelStreamInfer \
+             (tritonclient.grpc: start_stream, async_stream_infer){more}"
+        )))
+    }
+
     /// The HTTP status and error code a client gets for it.
     pub fn status(&self) -> (u16, &'static str) {
         match self {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use wasmscore_engine::{CallError, ScoreRequest, ScoreResponse};
+use wasmscore_engine::{ScoreRequest, ScoreResponse};
 use wasmscore_remote::{Call, Nodes};
 use wasmscore_replica::histogram::Histogram;
 use wasmscore_replica::{Pool, ScoreError};
@@ -135,11 +135,12 @@ impl Version {
     }
 
     /// Whether its calls may send several responses (`decoupled: true`):
-    /// it is called over gRPC streams only. A version on nodes is not.
+    /// it is called over gRPC streams only. A version on nodes is, once a
+    /// node's ready answer said so.
     pub fn decoupled(&self) -> bool {
         match &self.replicas {
             Replicas::Local(pool) => pool.prepared().context().decoupled,
-            Replicas::Remote(_) => false,
+            Replicas::Remote(nodes) => nodes.decoupled(),
         }
     }
 
@@ -149,11 +150,7 @@ impl Version {
     pub async fn score(&self, req: ScoreRequest, call: &Call<'_>) -> Result<ScoreResponse, ScoreError> {
         let started = Instant::now();
         let result = match &self.replicas {
-            Replicas::Local(_) if req.responses.is_none() && self.decoupled() => Err(ScoreError::Call(CallError::BadInput(format!(
-                "version {} is decoupled (it may answer one request several times): call it over gRPC ModelStreamInfer \
-                 (tritonclient.grpc: start_stream, async_stream_infer)",
-                self.name
-            )))),
+            _ if req.responses.is_none() && self.decoupled() => Err(ScoreError::unary_to_decoupled(&self.name, "")),
             Replicas::Local(pool) => pool.score(req).await,
             Replicas::Remote(nodes) => nodes.score(req, call).await,
         };
@@ -262,6 +259,16 @@ impl Endpoint {
 
     pub fn version(&self, name: &str) -> Option<&Arc<Version>> {
         self.versions().find(|v| v.name == name)
+    }
+
+    /// Whether calls to it may get several responses (Triton's decoupled
+    /// transaction policy): the pinned version's, or, unpinned, whether any
+    /// version the split sends to is decoupled.
+    pub fn decoupled(&self, pin: Option<&str>) -> bool {
+        match pin {
+            Some(name) => self.version(name).is_some_and(|v| v.decoupled()),
+            None => self.split.iter().any(|(v, share)| *share > 0 && v.decoupled()),
+        }
     }
 
     /// The effective shares, as routed.

@@ -173,7 +173,8 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
             .plane
             .model_metadata(&r.name, given(&r.version))
             .map_err(|(s, code, message)| status(ApiError::new(s, code, message)))?;
-        let c = crate::http::triton_config(&r.name, &m);
+        let decoupled = crate::http::decoupled(self.app.plane.router(), &r.name, given(&r.version));
+        let c = crate::http::triton_config(&r.name, &m, decoupled);
         let text = |t: &serde_json::Value| t.as_str().unwrap_or_default().to_string();
         // Each tensor's name, data_type and dims.
         let tensors = |key: &str| -> Vec<(String, i32, Vec<i64>)> {
@@ -202,6 +203,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                     .into_iter()
                     .map(|(name, data_type, dims)| ModelOutput { name, data_type, dims })
                     .collect(),
+                model_transaction_policy: Some(ModelTransactionPolicy { decoupled }),
             }),
         }))
     }

@@ -20,7 +20,7 @@ use wasmscore_oip as oip;
 use wasmscore_remote::trace::Span;
 use wasmscore_remote::Call;
 use wasmscore_replica::ScoreError;
-use wasmscore_router::{Route, Version};
+use wasmscore_router::{Route, Router, Version};
 
 use crate::errors::ApiError;
 use crate::plane::Plane;
@@ -405,8 +405,9 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
 /// JSON form), the part that describes the tensors: each input's and
 /// output's `data_type` (`TYPE_` and the datatype, BYTES as Triton's
 /// `TYPE_STRING`) and `dims` with the batch dimension in them, so
-/// `max_batch_size` is 0 (Triton's "dims are the whole shape").
-pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json::Value {
+/// `max_batch_size` is 0 (Triton's "dims are the whole shape"); and its
+/// transaction policy (`decoupled`: [`wasmscore_router::Endpoint::decoupled`]).
+pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value, decoupled: bool) -> serde_json::Value {
     let tensors = |key: &str| -> Vec<serde_json::Value> {
         m[key]
             .as_array()
@@ -433,7 +434,14 @@ pub(crate) fn triton_config(endpoint: &str, m: &serde_json::Value) -> serde_json
         "max_batch_size": 0,
         "input": tensors("inputs"),
         "output": tensors("outputs"),
+        "model_transaction_policy": {"decoupled": decoupled},
     })
+}
+
+/// Whether `endpoint` (or its version `version`) is decoupled, as its
+/// model config says.
+pub(crate) fn decoupled(router: &Router, endpoint: &str, version: Option<&str>) -> bool {
+    router.endpoint(endpoint).is_some_and(|ep| ep.decoupled(version))
 }
 
 /// A call that is the admin token's: refused (401) without it, saying what
@@ -702,7 +710,10 @@ impl<P: Plane> App<P> {
     /// `get_model_config`), from the model metadata.
     fn model_config(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
         match self.plane.model_metadata(endpoint, version) {
-            Ok(m) => json(200, serde_json::to_vec(&triton_config(endpoint, &m)).expect("json")),
+            Ok(m) => {
+                let decoupled = decoupled(self.plane.router(), endpoint, version);
+                json(200, serde_json::to_vec(&triton_config(endpoint, &m, decoupled)).expect("json"))
+            }
             Err((status, code, message)) => oip_error(ApiError::new(status, code, message)),
         }
     }

@@ -1945,22 +1945,85 @@ fn the_router_gives_the_verdict_from_the_requests_it_routed() {
     assert_eq!(status, 404);
 }
 
-/// A decoupled version is not served across a router yet (its responses
-/// before the last have no way back): its node refuses its calls with 400,
-/// saying so, rather than running a module whose sends would fail.
+/// A decoupled version across a router, over both ways to reach its node
+/// (HTTP/2, and `--node-http1`): a stream's message gets each response as
+/// the node's module sends it, in order, then its last (flagged when the
+/// client asks); unary calls are refused with 400 / INVALID_ARGUMENT,
+/// saying why, by the router once a ready answer told it, and by the node.
 #[test]
-fn a_decoupled_version_on_a_node_is_refused_saying_why() {
+fn a_decoupled_version_streams_its_responses_through_the_router() {
     let m = hostile();
     let n = Node::spawn(
         &["--module", m.to_str().unwrap(), "--config", r#"{"decoupled": true}"#],
         free_port(),
     );
     n.wait_ready();
-    let r = Router::in_front_of(&n, &[]);
-    let (st, _, body) = r.score("t", &[], "hello");
-    assert_eq!(st, 400, "{body}");
-    assert!(
-        body.contains("decoupled") && body.contains("not served across a router yet"),
-        "{body}"
+    let script = "import sys, queue, numpy as np, tritonclient.grpc as tg, tritonclient.http as th\n\
+        grpc, http, key = sys.argv[1:4]\n\
+        auth = {'authorization': 'Bearer ' + key}\n\
+        got = queue.Queue()\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        c.start_stream(lambda result, error: got.put((result, error)), headers=dict(auth))\n\
+        def count(n, rid, final=False):\n\
+        \x20   x = tg.InferInput('COUNT', [1], 'INT64'); x.set_data_from_numpy(np.array([n], np.int64))\n\
+        \x20   c.async_stream_infer('t', [x], request_id=rid, enable_empty_final_response=final)\n\
+        def take(k):\n\
+        \x20   return [got.get(timeout=30) for _ in range(k)]\n\
+        def final(r):\n\
+        \x20   p = r.get_response().parameters\n\
+        \x20   return p['triton_final_response'].bool_param if 'triton_final_response' in p else None\n\
+        assert c.get_model_config('t', headers=dict(auth)).config.model_transaction_policy.decoupled\n\
+        count(5, 'five'); a = take(5)\n\
+        assert all(e is None for _, e in a), a\n\
+        assert [int(r.as_numpy('INDEX')[0]) for r, _ in a] == [0, 1, 2, 3, 4], a\n\
+        assert all(r.get_response().id == 'five' and r.get_response().model_version == 'v1' for r, _ in a), a\n\
+        count(3, 'flagged', True); a = take(3)\n\
+        assert [final(r) for r, _ in a] == [False, False, True], a\n\
+        count(0, 'none', True); a = take(1)\n\
+        assert final(a[0][0]) is True and not a[0][0].get_response().outputs, a\n\
+        count(200, 'many'); a = take(200)\n\
+        assert [int(r.as_numpy('INDEX')[0]) for r, e in a if e is None] == list(range(200)), [e for _, e in a if e][:3]\n\
+        c.stop_stream()\n\
+        x = tg.InferInput('COUNT', [1], 'INT64'); x.set_data_from_numpy(np.array([2], np.int64))\n\
+        try:\n\
+        \x20   c.infer('t', [x], headers=dict(auth)); raise SystemExit('a unary gRPC call was answered')\n\
+        except tg.InferenceServerException as e:\n\
+        \x20   assert e.status() == 'StatusCode.INVALID_ARGUMENT' and 'decoupled' in e.message(), (e.status(), e.message())\n\
+        hx = th.InferInput('COUNT', [1], 'INT64'); hx.set_data_from_numpy(np.array([2], np.int64))\n\
+        try:\n\
+        \x20   th.InferenceServerClient(http).infer('t', [hx], headers=dict(auth)); raise SystemExit('a REST call was answered')\n\
+        except th.InferenceServerException as e:\n\
+        \x20   assert e.status() == '400' and 'decoupled' in e.message(), (e.status(), e.message())\n\
+        print('streamed through the router')\n";
+    // The second router is told by its config too, as the operator's are.
+    for (extra, config) in [(&[][..], json!({})), (&["--node-http1"][..], json!({"decoupled": true}))] {
+        let grpc = free_port().to_string();
+        let mut args = vec!["--grpc-port", &grpc];
+        args.extend_from_slice(extra);
+        let cfg = json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr], "config": config}]))]});
+        let r = Router::start(&cfg, &args);
+        let out = Command::new(root().join(".venv-clients/bin/python"))
+            .args(["-c", script, &format!("127.0.0.1:{grpc}"), &r.addr, KEY])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("streamed through the router"),
+            "{extra:?}: {}{}\nrouter: {}\nnode: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            r.proc.log(),
+            n.proc.log()
+        );
+    }
+    // The node refuses a unary call itself (a router that has not heard
+    // it is decoupled: scaled to zero, or before its first check).
+    let (st, _, body) = http(
+        &n.addr,
+        "POST",
+        "/internal/v1/score",
+        &[("x-wasmscore-endpoint", "t"), ("x-wasmscore-version", "v1")],
+        "hello",
     );
+    assert_eq!(st, 500, "{body}");
+    assert!(body.contains("is decoupled") && body.contains("router.json"), "{body}");
 }
