@@ -48,6 +48,11 @@ fn oip_decoders_corpus() {
 }
 
 #[test]
+fn node_answers_corpus() {
+    replay("node_answers", wasmscore_remote::wire::fuzzing::node_answers);
+}
+
+#[test]
 fn tensor_ops_corpus() {
     replay("tensor_ops", wasmscore_tensor::fuzzing::tensors_and_ops);
 }

@@ -267,6 +267,47 @@ impl Frame {
     }
 }
 
+/// For the fuzz target `node_answers` (fuzz/) and its corpus's replay.
+pub mod fuzzing {
+    use super::*;
+
+    /// What a router reads from a node, from any bytes: a streamed
+    /// answer's frames fed in pieces (byte 0 is the pieces' size), each
+    /// frame it takes encoded again and read back the same; and the same
+    /// bytes as a load header and as a ready answer's identity. Must never
+    /// panic, and never hold more than the bytes given.
+    pub fn node_answers(data: &[u8]) {
+        let Some((&step, rest)) = data.split_first() else {
+            return;
+        };
+        let mut buf = bytes::BytesMut::new();
+        for piece in rest.chunks(usize::from(step).max(1)) {
+            buf.extend_from_slice(piece);
+            loop {
+                match Frame::decode(&mut buf, MAX_FRAME) {
+                    Ok(Some(frame)) => {
+                        let again = frame.encode().expect("a frame read fits one");
+                        let mut again = bytes::BytesMut::from(&again[..]);
+                        let back = Frame::decode(&mut again, MAX_FRAME).expect("a frame encoded reads back");
+                        assert_eq!(format!("{back:?}"), format!("Some({frame:?})"));
+                        assert!(again.is_empty());
+                    }
+                    Ok(None) => break,
+                    Err(_) => return,
+                }
+            }
+        }
+        if let Ok(text) = std::str::from_utf8(rest) {
+            if let Some(load) = Load::parse(text) {
+                assert_eq!(Load::parse(&load.encode()), Some(load));
+            }
+            if let Ok(identity) = serde_json::from_str::<Identity>(text) {
+                let _ = identity.disagrees("e", "v", Some("sha256:0"));
+            }
+        }
+    }
+}
+
 pub fn encode_error(e: &ScoreError) -> Vec<u8> {
     serde_json::to_vec(e).expect("a ScoreError serializes")
 }
