@@ -1334,7 +1334,7 @@ fn the_router_autoscales_across_nodes_from_the_load_they_report() {
     // 6 clients of 50 ms on one node's one instance: utilization far above
     // 70%, so the seeds' rule asks for ceil(6 / 0.7) = 9, capped at 4.
     let load = Load::start(&r.addr, "h", 6, "sleep:50");
-    wait_for("4 desired nodes", Duration::from_secs(5), || {
+    wait_for("4 desired nodes", Duration::from_secs(20), || {
         r.version_status("h", "v1")["desired_replicas"] == 4
     });
     let log = load.stop();
@@ -1349,7 +1349,7 @@ fn the_router_autoscales_across_nodes_from_the_load_they_report() {
         "{metrics}"
     );
     // Idle: back to the minimum after the down delay.
-    wait_for("1 desired node", Duration::from_secs(8), || {
+    wait_for("1 desired node", Duration::from_secs(20), || {
         r.version_status("h", "v1")["desired_replicas"] == 1
     });
 }
@@ -1772,7 +1772,7 @@ fn a_requests_trace_crosses_the_router_to_the_nodes_log() {
         "{answered}"
     );
     // The node ran it in the same trace: its module's line carries the id.
-    wait_for("the node's log line", Duration::from_secs(5), || {
+    wait_for("the node's log line", Duration::from_secs(20), || {
         n.proc
             .log()
             .lines()
@@ -1798,7 +1798,7 @@ fn a_nodes_log_settings_change_while_it_serves() {
         (st, serde_json::from_str::<Value>(&answer).unwrap())
     };
     score();
-    wait_for("the module's line", Duration::from_secs(5), || said() == 1);
+    wait_for("the module's line", Duration::from_secs(20), || said() == 1);
     let (st, _, now) = http(&n.addr, "GET", "/v2/logging", &[], "");
     assert_eq!(
         (st, serde_json::from_str::<Value>(&now).unwrap()["log_info"].clone()),
@@ -1825,7 +1825,7 @@ fn a_nodes_log_settings_change_while_it_serves() {
     );
     assert_eq!(set(r#"{"log_info": true}"#).0, 200);
     score();
-    wait_for("the module's line again", Duration::from_secs(5), || said() == 2);
+    wait_for("the module's line again", Duration::from_secs(20), || said() == 2);
 }
 
 /// The router's and the node's spans go over OTLP, the node's the child of
