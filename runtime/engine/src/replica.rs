@@ -12,6 +12,17 @@ use crate::host::{HostState, VersionContext};
 use crate::EngineError;
 use wasmscore_collect::Designation;
 
+/// What model data collection keeps of a request or a response: its
+/// tensors, data included, as OIP's JSON writes them under `key`
+/// ("inputs" or "outputs"), when it has any; else its body as it is.
+pub(crate) fn collected<'a>(key: &str, body: &[u8], content_type: &'a str, tensors: &[(String, Tensor)]) -> (Vec<u8>, &'a str) {
+    if tensors.is_empty() {
+        (body.to_vec(), content_type)
+    } else {
+        (wasmscore_oip::to_json_with_data(key, tensors), "application/json")
+    }
+}
+
 /// A correlation id for a request that came with no trace (a probe, a
 /// caller of the library): 32 hex digits, as a W3C trace id.
 fn random_correlation_id() -> String {
@@ -182,6 +193,17 @@ impl Replica {
             return Err(CallError::Trap("replica was poisoned by an earlier trap".into()));
         }
         self.store.data_mut().hit_memory_limit = false;
+        // A sampled request's body (or its tensors) is copied for the
+        // collector (the only copy collection makes); others cost one hash.
+        let collector = self.store.data().version.collector.clone();
+        let collecting = collector.as_ref().and_then(|c| {
+            let id = req.trace_id.clone().unwrap_or_else(random_correlation_id);
+            c.sampled(&id).then(|| {
+                let (data, content_type) = collected("inputs", &req.body, &req.content_type, &req.tensors);
+                c.collect(Designation::Inputs, &id, "request", content_type, data);
+                id
+            })
+        });
         let mut tensors = Vec::with_capacity(req.tensors.len());
         for (name, t) in req.tensors {
             let dev = self.store.data().version.default_device.clone();
@@ -191,16 +213,6 @@ impl Replica {
             })?;
             tensors.push((name, r));
         }
-        // A sampled request's body is copied for the collector (the only
-        // copy collection makes); others cost one hash.
-        let collector = self.store.data().version.collector.clone();
-        let collecting = collector.as_ref().and_then(|c| {
-            let id = req.trace_id.clone().unwrap_or_else(random_correlation_id);
-            c.sampled(&id).then(|| {
-                c.collect(Designation::Inputs, &id, "request", &req.content_type, req.body.clone());
-                id
-            })
-        });
         let wreq = scoring_types::Request {
             body: req.body,
             content_type: req.content_type,
@@ -217,9 +229,20 @@ impl Replica {
         self.store.data_mut().deadline = None;
         self.store.data_mut().collecting = None;
         self.store.data_mut().responses = None;
-        if let (Some(c), Some(id), Ok(Ok(resp))) = (&collector, &collecting, &result) {
-            c.collect(Designation::Predictions, id, "response", &resp.content_type, resp.body.clone());
+        let result = self.outputs(result, started);
+        if let (Some(c), Some(id), Ok(resp)) = (&collector, &collecting, &result) {
+            let (data, content_type) = collected("outputs", &resp.body, &resp.content_type, &resp.tensors);
+            c.collect(Designation::Predictions, id, "response", content_type, data);
         }
+        result
+    }
+
+    /// The call's answer, its tensors taken from the store, or its error.
+    fn outputs(
+        &mut self,
+        result: wasmtime::Result<Result<scoring_types::Response, types::Error>>,
+        started: Instant,
+    ) -> Result<ScoreResponse, CallError> {
         match result {
             Ok(Ok(resp)) => {
                 let mut out = Vec::with_capacity(resp.tensors.len());

@@ -526,6 +526,24 @@ fn to_json(data: &TensorData) -> Value {
     }
 }
 
+/// Tensors as OIP's JSON writes them, data included, under `key`
+/// (`{"inputs": [{"name", "datatype", "shape", "data"}]}`): what model
+/// data collection keeps of a call's tensors. BYTES that are not UTF-8
+/// are written as arrays of their byte values.
+pub fn to_json_with_data(key: &str, tensors: &[(String, Tensor)]) -> Vec<u8> {
+    let list: Vec<Value> = tensors
+        .iter()
+        .map(|(name, t)| {
+            let data = match t.data() {
+                TensorData::Bytes(v) => json!(v),
+                other => to_json(other),
+            };
+            json!({"name": name, "datatype": datatype(t.dtype()), "shape": t.shape(), "data": data})
+        })
+        .collect();
+    serde_json::to_vec(&json!({ key: list })).expect("JSON values serialize")
+}
+
 /// An encoded body: JSON, or JSON followed by binary tensor data (then
 /// `header_len` is the JSON part's length, for `Inference-Header-Content-Length`).
 #[derive(Debug, Clone, PartialEq)]

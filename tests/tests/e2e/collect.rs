@@ -267,3 +267,105 @@ fn a_full_collection_queue_drops_and_counts_and_scoring_goes_on() {
     let responses = rows.iter().filter(|r| r["name"] == "response").count() as u64;
     assert!(responses + (dropped - 20) >= 20 && responses <= 20, "{responses} responses, {dc}");
 }
+
+/// Calls whose tensors the host decodes (the Open Inference Protocol) are
+/// collected with their tensors' data, as OIP's JSON writes them, not the
+/// module's body that names only their shapes; a decoupled call's
+/// responses are all collected, in the order sent, under its correlation
+/// id.
+#[test]
+fn tensors_and_every_response_of_a_decoupled_call_are_collected() {
+    let mut s = Server::start(&["--grpc-port", "0", "--collect-rotate-seconds", "1"]);
+    let grpc = serde_json::from_slice::<Value>(&std::fs::read(s.data.path().join("server.json")).unwrap()).unwrap()["grpc_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let collect = json!({"collect_model_data": true});
+    s.deploy_ok("iris", super::iris_rust(), &[&model()], Some(collect.clone()));
+    s.deploy_ok(
+        "counter",
+        &super::hostile(),
+        &[],
+        Some(json!({"collect_model_data": true, "decoupled": true})),
+    );
+    let (tp, iris_id) = trace(1);
+    let auth = format!("Bearer {}", s.key("iris").unwrap());
+    let body = r#"{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}]}"#;
+    let (st, _, answer) = s.request(
+        "POST",
+        "/v2/models/iris/infer",
+        &[("Authorization", &auth), ("traceparent", &tp)],
+        body.as_bytes(),
+    );
+    assert_eq!(st, 200, "{answer}");
+    let (tp, counter_id) = trace(2);
+    let script = "import sys, queue, numpy as np, tritonclient.grpc as tg\n\
+        grpc, key, tp = sys.argv[1:4]\n\
+        got = queue.Queue()\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        c.start_stream(lambda result, error: got.put((result, error)), headers={'authorization': 'Bearer ' + key, 'traceparent': tp})\n\
+        x = tg.InferInput('COUNT', [1], 'INT64'); x.set_data_from_numpy(np.array([3], np.int64))\n\
+        c.async_stream_infer('counter', [x])\n\
+        a = [got.get(timeout=30) for _ in range(3)]\n\
+        c.stop_stream()\n\
+        assert [int(r.as_numpy('INDEX')[0]) for r, e in a] == [0, 1, 2], a\n\
+        print('three responses')\n";
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &grpc, &s.key("counter").unwrap(), &tp])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(s.terminate());
+    let (rows, _) = read_back(s.data.path());
+    let data = |id: &str, name: &str| -> Vec<Value> {
+        rows.iter()
+            .filter(|r| r["correlation_id"] == id && r["name"] == name)
+            .map(|r| {
+                assert_eq!(r["content_type"], "application/json", "{r}");
+                serde_json::from_str(r["data"].as_str().unwrap()).unwrap()
+            })
+            .collect()
+    };
+    let request = data(&iris_id, "request");
+    assert_eq!(request.len(), 1, "{request:?}");
+    let x = &request[0]["inputs"][0];
+    assert_eq!(
+        (&x["name"], &x["datatype"], &x["shape"]),
+        (&json!("X"), &json!("FP32"), &json!([1, 4])),
+        "{x}"
+    );
+    // FP32 values, as float32 holds them.
+    let values: Vec<f32> = x["data"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+    assert_eq!(values, [5.1f32, 3.5, 1.4, 0.2]);
+    let response = data(&iris_id, "response");
+    assert_eq!(response.len(), 1, "{response:?}");
+    let outputs: Vec<&str> = response[0]["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(outputs, ["label", "probabilities"], "{response:?}");
+    // The same outputs the client got.
+    let probabilities = &response[0]["outputs"][1]["data"];
+    let sent = answer["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "probabilities")
+        .unwrap();
+    assert_eq!(probabilities, &sent["data"], "{response:?}");
+    // The decoupled call: its request's tensor, then its three responses,
+    // the two it sent and its last, in order.
+    assert_eq!(data(&counter_id, "request")[0]["inputs"][0]["data"], json!([3]));
+    let indexes: Vec<Value> = data(&counter_id, "response")
+        .iter()
+        .map(|r| r["outputs"][0]["data"].clone())
+        .collect();
+    assert_eq!(indexes, [json!([0]), json!([1]), json!([2])]);
+}
