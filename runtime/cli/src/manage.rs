@@ -284,6 +284,11 @@ pub enum VersionCommand {
         version: String,
         #[arg(long)]
         new_default: Option<String>,
+        /// Accepted as create and update take it: a delete returns once the
+        /// version takes no more traffic (its replicas finish the calls
+        /// they have, then stop).
+        #[arg(long)]
+        wait: bool,
         #[arg(long)]
         json: bool,
     },

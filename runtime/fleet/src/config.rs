@@ -149,7 +149,16 @@ impl FleetSpec {
     /// Parses and checks router.json; the message names the endpoint and
     /// the rule.
     pub fn parse(bytes: &[u8]) -> Result<FleetSpec, String> {
-        let spec: FleetSpec = serde_json::from_slice(bytes).map_err(|e| format!("router config: {e}"))?;
+        let mut spec: FleetSpec = serde_json::from_slice(bytes).map_err(|e| format!("router config: {e}"))?;
+        // An endpoint's one serving version is its default, said or not
+        // (as `up` makes an endpoint's first version its default); of two
+        // or more, which is the default must be said.
+        for ep in &mut spec.endpoints {
+            let mut serving = ep.versions.iter_mut().filter(|v| v.mirror == 0);
+            if let (Some(only), None) = (serving.next(), serving.next()) {
+                only.default = true;
+            }
+        }
         spec.check()?;
         Ok(spec)
     }
@@ -255,6 +264,10 @@ mod tests {
         assert!(e.contains("traffic percentages add up to 110%"), "{e}");
         let e = spec(r#"[{"name": "a"}, {"name": "b"}]"#).unwrap_err();
         assert!(e.contains("exactly one default"), "{e}");
+        // One serving version is the default without saying so, a mirror beside it or not.
+        let one = spec(r#"[{"name": "only"}, {"name": "m", "mirror": 10}]"#).unwrap();
+        let defaults: Vec<bool> = one.endpoints[0].versions.iter().map(|v| v.default).collect();
+        assert_eq!(defaults, [true, false]);
         let e = spec(r#"[{"name": "a", "default": true, "control": true}, {"name": "b", "control": true}]"#).unwrap_err();
         assert!(e.contains("at most one version is the control"), "{e}");
         for bad in ["nohost", "a b:9001", "host/x:9001", ":9001", "h:0", "h:99999", "hé:80"] {

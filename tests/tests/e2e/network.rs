@@ -337,9 +337,10 @@ impl Router {
     }
 
     /// A router whose one endpoint `t` has one version, v1, on `n`.
+    /// One version on `n`, its default without saying so (its only one).
     fn in_front_of(n: &Node, extra: &[&str]) -> Router {
         Self::start(
-            &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr]}]))]}),
+            &json!({"endpoints": [endpoint("t", json!([{"name": "v1", "nodes": [n.addr]}]))]}),
             extra,
         )
     }

@@ -231,7 +231,7 @@ fn the_seeds_three_rollout_steps_hold_their_shares() {
     assert_eq!(show["traffic"]["A"], 20);
     assert_eq!(show["traffic"]["B"], 80);
     // Delete A: B takes everything.
-    s.cli_ok(&["version", "delete", "--endpoint", "iris", "--version", "A"]);
+    s.cli_ok(&["version", "delete", "--endpoint", "iris", "--version", "A", "--wait"]);
     let c = s.shares("iris", 200, &[]);
     assert_eq!(count(&c, "B"), 200, "{c:?}");
     // A pinned version that no longer exists is 404; the one there is served.
