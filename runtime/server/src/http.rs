@@ -401,6 +401,40 @@ fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     r
 }
 
+/// An OIP call's answer from the module's tensors (or, for a module that
+/// answered OIP JSON itself, the tensors in its body), encoded as the
+/// request asked: JSON, binary, or into the shared memory regions it named.
+fn oip_answer(
+    endpoint: &str,
+    version: &str,
+    infer: &oip::InferRequest,
+    out: ScoreResponse,
+    regions: &crate::shm::Regions,
+) -> Result<Response<Body>, ApiError> {
+    let tensors = if out.tensors.is_empty() {
+        // A module that answers OIP JSON itself: its outputs
+        // still go to the regions the request named.
+        oip::decode_response(&out.body, None).map_err(|e| {
+            ApiError::new(
+                500,
+                "module_failed",
+                format!("the module answered no tensors and its body is not an inference response: {e}"),
+            )
+        })?
+    } else {
+        out.tensors
+    };
+    let encoded = oip::encode_response(endpoint, version, infer, &tensors, regions).map_err(|e| ApiError::new(400, "bad_request", e.0))?;
+    let binary = encoded.header_len.is_some();
+    let mut r = Response::new(Full::new(Bytes::from(encoded.body)));
+    let ct = if binary { "application/octet-stream" } else { "application/json" };
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+    if let Some(n) = encoded.header_len {
+        r.headers_mut().insert(oip::HEADER_LENGTH, HeaderValue::from(n));
+    }
+    Ok(r)
+}
+
 /// A model's configuration as Triton states it (model_config.proto in its
 /// JSON form), the part that describes the tensors: each input's and
 /// output's `data_type` (`TYPE_` and the datatype, BYTES as Triton's
@@ -906,29 +940,8 @@ impl<P: Plane> App<P> {
         let (version, traceparent, result) = self.dispatch(endpoint, route, request, &span, tracestate, protocol, started).await;
         let mut resp = match (result, infer) {
             (Ok(out), Some(infer)) if !out.tensors.is_empty() || infer.outputs.iter().any(|w| w.region.is_some()) => {
-                let tensors = if out.tensors.is_empty() {
-                    // A module that answers OIP JSON itself: its outputs
-                    // still go to the regions the request named.
-                    oip::decode_response(&out.body, None).map_err(|e| {
-                        ApiError::new(
-                            500,
-                            "module_failed",
-                            format!("the module answered no tensors and its body is not an inference response: {e}"),
-                        )
-                    })?
-                } else {
-                    out.tensors
-                };
-                let encoded = oip::encode_response(endpoint, &version.name, &infer, &tensors, &self.regions)
-                    .map_err(|e| ApiError::new(400, "bad_request", e.0))?;
-                let binary = encoded.header_len.is_some();
-                let mut r = Response::new(Full::new(Bytes::from(encoded.body)));
-                let ct = if binary { "application/octet-stream" } else { "application/json" };
-                r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(ct));
-                if let Some(n) = encoded.header_len {
-                    r.headers_mut().insert(oip::HEADER_LENGTH, HeaderValue::from(n));
-                }
-                r
+                // Its failure is answered as the version's too (it ran).
+                oip_answer(endpoint, &version.name, &infer, out, &self.regions).unwrap_or_else(oip_error)
             }
             (Ok(out), _) => {
                 let ct = if out.content_type.is_empty() {

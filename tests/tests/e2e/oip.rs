@@ -179,6 +179,16 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         "{body}"
     );
 
+    // An output the model does not have: 400 after the version ran, so
+    // the answer names the version, as every answer it gave does.
+    let auth = format!("Bearer {}", s.key("iris").unwrap());
+    let body =
+        r#"{"inputs": [{"name": "X", "shape": [1, 4], "datatype": "FP32", "data": [5.1, 3.5, 1.4, 0.2]}], "outputs": [{"name": "nope"}]}"#;
+    let (status, head, answer) = s.request("POST", "/v2/models/iris/infer", &[("Authorization", &auth)], body.as_bytes());
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("no output \"nope\""), "{answer}");
+    assert!(head.contains("x-wasmscore-version: v1"), "{head}");
+
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);
     assert!(!out.status.success());
