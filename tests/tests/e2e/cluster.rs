@@ -40,6 +40,8 @@ struct Cluster {
 struct KubeRouter {
     proc: Proc,
     addr: String,
+    /// Where it serves the Open Inference Protocol over gRPC.
+    grpc: String,
 }
 
 impl Cluster {
@@ -110,14 +112,20 @@ impl Cluster {
             identity,
             "--node-http1",
         ])
-        .args(["--port", &port.to_string()])
-        .env("WASMSCORE_ADMIN_TOKEN", ADMIN);
+        .args(["--port", &port.to_string()]);
+        // gRPC as deploy/router.yaml serves it.
+        let grpc = free_port();
+        c.args(["--grpc-port", &grpc.to_string()]).env("WASMSCORE_ADMIN_TOKEN", ADMIN);
         let proc = Proc::spawn(&mut c, self.dir.path().join(format!("router-{identity}.log")));
         let addr = format!("127.0.0.1:{port}");
         wait_for("the router to list the namespace", Duration::from_secs(30), || {
             http(&addr, "GET", "/v2/health/ready", &[], "").0 == 200
         });
-        KubeRouter { proc, addr }
+        KubeRouter {
+            proc,
+            addr,
+            grpc: format!("127.0.0.1:{grpc}"),
+        }
     }
 
     /// `wasmscore ARGS --kube`: success, stdout and stderr.
@@ -369,6 +377,30 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     assert!(
         in_range(&got, "v2", 20..=65) && in_range(&got, "v1", 335..=380),
         "10% to v2: {got:?}"
+    );
+    // tritonclient.grpc through the router's gRPC port: pinned to each
+    // version, and unpinned (the split's).
+    let script = "import sys, numpy as np, tritonclient.grpc as tg\n\
+        grpc, key = sys.argv[1:3]\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        x = tg.InferInput('X', [1, 4], 'FP32'); x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n\
+        h = {'authorization': 'Bearer ' + key}\n\
+        for v in ('v1', 'v2'):\n\
+        \x20   r = c.infer('iris', [x], model_version=v, headers=dict(h))\n\
+        \x20   assert r.get_response().model_version == v and r.as_numpy('probabilities').shape == (1, 3), r.get_response()\n\
+        seen = {c.infer('iris', [x], headers=dict(h)).get_response().model_version for _ in range(40)}\n\
+        assert seen <= {'v1', 'v2'} and 'v1' in seen, seen\n\
+        print('gRPC through the cluster router')\n";
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &router.grpc, &key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        router.proc.log()
     );
 
     // The API server compacts its history: every watch ends, and a watch
