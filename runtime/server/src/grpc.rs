@@ -7,7 +7,8 @@
 //! `model_version` (or the split picks one), the tensors (raw or typed
 //! contents) reach `run()` decoded, and the module's output tensors come
 //! back in `raw_output_contents`. Errors are gRPC status codes with the
-//! REST path's messages.
+//! REST path's messages. ModelInfer is read and answered here, in the gRPC
+//! wire format (`unary_model_infer`); tonic serves the other calls.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,9 +47,12 @@ where
 {
     let cfg = app.cfg.clone();
     let streamed = Arc::new(tokio::sync::Semaphore::new(cfg.max_h2_streams.max(1) as usize));
-    let svc = GrpcInferenceServiceServer::new(Oip { app, streamed })
-        .max_decoding_message_size(cfg.max_body_bytes)
-        .max_encoding_message_size(usize::MAX);
+    let svc = GrpcInferenceServiceServer::new(Oip {
+        app: app.clone(),
+        streamed,
+    })
+    .max_decoding_message_size(cfg.max_body_bytes)
+    .max_encoding_message_size(usize::MAX);
     let (streams, mut spawned) = wasmscore_remote::streams::here();
     let mut builder = hyper_util::server::conn::auto::Builder::new(streams).http2_only();
     builder
@@ -56,9 +60,117 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
-    let svc = hyper_util::service::TowerToHyperService::new(svc);
+    // ModelInfer, the call per inference, is served here; the other calls
+    // (and a compressed ModelInfer) by tonic.
+    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let (app, mut tonic) = (app.clone(), svc.clone());
+        async move {
+            if req.uri().path() == MODEL_INFER && !req.headers().contains_key("grpc-encoding") {
+                return Ok(unary_model_infer(&app, req).await.map(http_body_util::Either::Right));
+            }
+            tower_service::Service::call(&mut tonic, req)
+                .await
+                .map(|r| r.map(http_body_util::Either::Left))
+        }
+    });
     if let Err(e) = spawned.drive(builder.serve_connection(io, svc)).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
+    }
+}
+
+const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// ModelInfer as one read of its message, one call of `infer`, one frame
+/// of its answer and its trailers: the gRPC wire format (a message is a
+/// compressed flag, a big-endian length and the protobuf), without tonic's
+/// per-call codec buffers, boxed futures and body state machine. Errors
+/// are answered trailers-only, as tonic answers them, with the codes and
+/// messages tonic gives.
+async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper::body::Incoming>) -> http::Response<Unary> {
+    use http_body_util::BodyExt;
+    use prost::Message;
+    let (parts, body) = req.into_parts();
+    let limit = app.cfg.max_body_bytes;
+    let bytes = match http_body_util::Limited::new(body, limit.saturating_add(5)).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Status::out_of_range(format!("a message of more than {limit} bytes (--max-body-bytes)")).into_http()
+        }
+        Err(e) => return Status::cancelled(format!("reading the request: {e}")).into_http(),
+    };
+    let Some((head, message)) = bytes.split_first_chunk::<5>() else {
+        return Status::internal("Missing request message.").into_http();
+    };
+    if head[0] != 0 {
+        return Status::internal("protocol error: received message with compressed-flag but no grpc-encoding was specified").into_http();
+    }
+    if u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize != message.len() {
+        return Status::internal("a unary call carries exactly one whole message").into_http();
+    }
+    let r = match ModelInferRequest::decode(message) {
+        Ok(r) => r,
+        Err(e) => return Status::internal(format!("failed to decode Protobuf message: {e}")).into_http(),
+    };
+    let meta = MetadataMap::from_headers(parts.headers);
+    let (out, version, traceparent) = match infer(app, &meta, r, None).await {
+        Ok(Answer::One(out, version, traceparent)) => (out, version, traceparent),
+        Ok(Answer::Sent) => unreachable!("a unary call has no stream to send on"),
+        Err(s) => return s.into_http(),
+    };
+    let len = out.encoded_len();
+    let mut buf = Vec::with_capacity(5 + len);
+    buf.push(0);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    out.encode(&mut buf).expect("a Vec grows to fit");
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let mut resp = http::Response::new(Unary {
+        data: Some(bytes::Bytes::from(buf)),
+        trailers: Some(trailers),
+    });
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+    if let Ok(v) = http::HeaderValue::from_str(&version.name) {
+        h.insert("x-wasmscore-version", v);
+    }
+    if let Ok(mut v) = http::HeaderValue::from_str(&traceparent) {
+        // New on every response: never indexed in HPACK (as on REST).
+        v.set_sensitive(true);
+        h.insert("traceparent", v);
+    }
+    resp
+}
+
+/// A unary call's answer: its one message, then its trailers; empty for
+/// an error answered trailers-only.
+#[derive(Default)]
+pub(crate) struct Unary {
+    data: Option<bytes::Bytes>,
+    trailers: Option<http::HeaderMap>,
+}
+
+impl hyper::body::Body for Unary {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let frame = match (this.data.take(), this.trailers.take()) {
+            (Some(data), trailers) => {
+                this.trailers = trailers;
+                Some(Ok(hyper::body::Frame::data(data)))
+            }
+            (None, Some(trailers)) => Some(Ok(hyper::body::Frame::trailers(trailers))),
+            (None, None) => None,
+        };
+        std::task::Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none() && self.trailers.is_none()
     }
 }
 

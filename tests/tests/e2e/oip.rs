@@ -255,6 +255,14 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         \x20   raise SystemExit('a 2.5 MB message was served')\n\
         except InferenceServerException as e:\n\
         \x20   print('refused:', e.status(), e.message())\n\
+        import grpc\n\
+        raw = grpc.secure_channel(addr, grpc.ssl_channel_credentials(open(ca, 'rb').read())).unary_unary(\n\
+        \x20   '/inference.GRPCInferenceService/ModelInfer', request_serializer=lambda b: b, response_deserializer=lambda b: b)\n\
+        try:\n\
+        \x20   raw(b'\\xff\\xff\\xff', metadata=[('authorization', 'Bearer ' + key)])\n\
+        \x20   raise SystemExit('a message that is not protobuf was served')\n\
+        except grpc.RpcError as e:\n\
+        \x20   assert e.code() == grpc.StatusCode.INTERNAL and 'decode' in e.details(), (e.code(), e.details())\n\
         assert (call(2).as_numpy('OUTPUT1') == 0.0).all()\n\
         try:\n\
         \x20   tg.InferenceServerClient(addr).is_server_live()\n\
