@@ -214,7 +214,7 @@ pub fn run(cli: Cli) -> Result<()> {
             lifetime_seconds,
         } => {
             let bytes = std::fs::read(&config).with_context(|| format!("reading {}", config.display()))?;
-            let spec = wasmscore_fleet::FleetSpec::parse(&bytes).map_err(anyhow::Error::msg)?;
+            let spec = wasmscore_fleet::FleetSpec::parse_file(&bytes).map_err(anyhow::Error::msg)?;
             let ep = spec
                 .endpoints
                 .iter()

@@ -149,10 +149,18 @@ impl FleetSpec {
     /// Parses and checks router.json; the message names the endpoint and
     /// the rule.
     pub fn parse(bytes: &[u8]) -> Result<FleetSpec, String> {
+        let spec: FleetSpec = serde_json::from_slice(bytes).map_err(|e| format!("router config: {e}"))?;
+        spec.check()?;
+        Ok(spec)
+    }
+
+    /// router.json as a person writes it: an endpoint's one serving version
+    /// is its default, said or not (as `up` makes an endpoint's first
+    /// version its default); of two or more, which is the default must be
+    /// said. (An Endpoint resource on Kubernetes must say it: the operator
+    /// and the router read those with [`FleetSpec::parse`].)
+    pub fn parse_file(bytes: &[u8]) -> Result<FleetSpec, String> {
         let mut spec: FleetSpec = serde_json::from_slice(bytes).map_err(|e| format!("router config: {e}"))?;
-        // An endpoint's one serving version is its default, said or not
-        // (as `up` makes an endpoint's first version its default); of two
-        // or more, which is the default must be said.
         for ep in &mut spec.endpoints {
             let mut serving = ep.versions.iter_mut().filter(|v| v.mirror == 0);
             if let (Some(only), None) = (serving.next(), serving.next()) {
@@ -265,7 +273,11 @@ mod tests {
         let e = spec(r#"[{"name": "a"}, {"name": "b"}]"#).unwrap_err();
         assert!(e.contains("exactly one default"), "{e}");
         // One serving version is the default without saying so, a mirror beside it or not.
-        let one = spec(r#"[{"name": "only"}, {"name": "m", "mirror": 10}]"#).unwrap();
+        let one = FleetSpec::parse_file(
+            br#"{"endpoints": [{"name": "iris", "auth": {"mode": "none"}, "versions": [{"name": "only"}, {"name": "m", "mirror": 10}]}]}"#,
+        )
+        .unwrap();
+        assert!(spec(r#"[{"name": "only"}]"#).is_err(), "a resource must name its default");
         let defaults: Vec<bool> = one.endpoints[0].versions.iter().map(|v| v.default).collect();
         assert_eq!(defaults, [true, false]);
         let e = spec(r#"[{"name": "a", "default": true, "control": true}, {"name": "b", "control": true}]"#).unwrap_err();

@@ -36,7 +36,7 @@ impl FileDiscovery {
     /// starting), then follows it from a task on the current runtime.
     pub fn start(path: PathBuf) -> Result<FileDiscovery, String> {
         let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let spec = FleetSpec::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let spec = FleetSpec::parse_file(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
         let (tx, rx) = watch::channel(Arc::new(spec));
         tokio::spawn(async move {
             let mut seen = stamp(&path);
@@ -58,7 +58,7 @@ impl FileDiscovery {
                 if bytes == last {
                     continue;
                 }
-                match FleetSpec::parse(&bytes) {
+                match FleetSpec::parse_file(&bytes) {
                     Ok(spec) => {
                         tracing::info!(path = %path.display(), "router config changed");
                         last = bytes;
