@@ -46,6 +46,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = app.cfg.clone();
+    let mut stopped = app.stopped.clone();
     let streamed = Arc::new(tokio::sync::Semaphore::new(cfg.max_h2_streams.max(1) as usize));
     let svc = GrpcInferenceServiceServer::new(Oip {
         app: app.clone(),
@@ -73,7 +74,20 @@ where
                 .map(|r| r.map(http_body_util::Either::Left))
         }
     });
-    if let Err(e) = spawned.drive(builder.serve_connection(io, svc)).await {
+    // Once the server stops: GOAWAY, so the client's channel takes its next
+    // calls elsewhere while the calls it has running here finish.
+    let conn = builder.serve_connection(io, svc);
+    let served = async move {
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async move { drop(stopped.wait_for(|s| *s).await) } => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = spawned.drive(served).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
     }
 }
@@ -84,8 +98,8 @@ const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 /// of its answer and its trailers: the gRPC wire format (a message is a
 /// compressed flag, a big-endian length and the protobuf), without tonic's
 /// per-call codec buffers, boxed futures and body state machine. Errors
-/// are answered trailers-only, as tonic answers them, with the codes and
-/// messages tonic gives.
+/// are answered trailers-only, as tonic answers them, with the codes tonic
+/// gives (the messages of a malformed message are this server's).
 async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper::body::Incoming>) -> http::Response<Unary> {
     use http_body_util::BodyExt;
     use prost::Message;
@@ -118,6 +132,9 @@ async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper
         Err(s) => return s.into_http(),
     };
     let len = out.encoded_len();
+    if u32::try_from(len).is_err() {
+        return Status::resource_exhausted(format!("an answer of {len} bytes is more than a gRPC message can carry")).into_http();
+    }
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);
     buf.extend_from_slice(&(len as u32).to_be_bytes());

@@ -110,6 +110,9 @@ pub(crate) struct App<P> {
     idle: tokio::sync::Notify,
     /// Shared memory regions clients registered (Triton's extension).
     pub(crate) regions: crate::shm::Regions,
+    /// True once the server stops accepting: gRPC connections are then
+    /// sent GOAWAY, so their channels reconnect (to another router).
+    pub(crate) stopped: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Longest shutdown waits for requests in flight (the default scoring
@@ -149,6 +152,7 @@ pub async fn serve<P: Plane>(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     let conns = Arc::new(Semaphore::new(cfg.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
         plane,
         regions: crate::shm::Regions::new(cfg.max_body_bytes as u64),
@@ -156,8 +160,8 @@ pub async fn serve<P: Plane>(
         in_flight: Default::default(),
         stopping: Default::default(),
         idle: tokio::sync::Notify::new(),
+        stopped: stopped.clone(),
     });
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut loops = tokio::task::JoinSet::new();
     // Request deadlines and hyper's timers then wake no parked worker.
     let timer = tokio::spawn(wasmscore_remote::shards::keep_a_timer());
