@@ -269,6 +269,19 @@ impl VersionCollector {
         ((h >> 11) as f64 / (1u64 << 53) as f64) < self.rate
     }
 
+    /// Whether a record of about `bytes` fits the queue now; when it does
+    /// not, it is counted as dropped here, so a caller need not build what
+    /// would be dropped (a large tensor written out as JSON).
+    pub fn has_room(&self, bytes: usize) -> bool {
+        let (q, limits) = (&self.collector.queued, &self.collector.settings);
+        let fits = q.records.load(Ordering::Relaxed) < limits.max_queued_records
+            && q.bytes.load(Ordering::Relaxed).saturating_add(bytes) <= limits.max_queued_bytes;
+        if !fits {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        fits
+    }
+
     /// Queues one record; never blocks. False (and counted) when dropped.
     pub fn collect(&self, designation: Designation, correlation_id: &str, name: &str, content_type: &str, data: Vec<u8>) -> bool {
         let record = Record {

@@ -926,21 +926,19 @@ impl responses::Host for HostState {
         };
         // A sampled call's responses are all collected, those it sent in
         // the order sent, then its last.
-        let collecting = match (&self.version.collector, &self.collecting) {
-            (Some(c), Some(id)) => {
-                let (data, content_type) = crate::replica::collected("outputs", &response.body, &response.content_type, &tensors);
-                Some((c, id, data, content_type.to_string()))
-            }
-            _ => None,
-        };
-        (sink.0)(crate::ScoreResponse {
+        let out = crate::ScoreResponse {
             body: response.body,
             content_type: response.content_type,
             tensors,
-        })
-        .map_err(|why| TensorError::failed(format!("the response was not sent: {why}")))?;
-        if let Some((c, id, data, content_type)) = collecting {
-            c.collect(Designation::Predictions, id, "response", &content_type, data);
+        };
+        let collecting = match (&self.version.collector, &self.collecting) {
+            (Some(c), Some(id)) => Some((c, id, out.clone())),
+            _ => None,
+        };
+        (sink.0)(out).map_err(|why| TensorError::failed(format!("the response was not sent: {why}")))?;
+        if let Some((c, id, out)) = collecting {
+            let call = (out.body.as_slice(), out.content_type.as_str(), out.tensors.as_slice());
+            crate::replica::collect_call(c, (Designation::Predictions, "response", id), "outputs", call);
         }
         Ok(())
     }

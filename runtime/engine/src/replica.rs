@@ -12,14 +12,26 @@ use crate::host::{HostState, VersionContext};
 use crate::EngineError;
 use wasmscore_collect::Designation;
 
-/// What model data collection keeps of a request or a response: its
-/// tensors, data included, as OIP's JSON writes them under `key`
-/// ("inputs" or "outputs"), when it has any; else its body as it is.
-pub(crate) fn collected<'a>(key: &str, body: &[u8], content_type: &'a str, tensors: &[(String, Tensor)]) -> (Vec<u8>, &'a str) {
+/// Collects what model data collection keeps of a request or a response:
+/// its tensors, data included, as OIP's JSON writes them under `key`
+/// ("inputs" or "outputs") beside its body's other fields, when it has
+/// any; else its body as it is. Tensors too big for the collector's queue
+/// now are counted as dropped, not written out first.
+pub(crate) fn collect_call(
+    c: &wasmscore_collect::VersionCollector,
+    (designation, name, id): (Designation, &str, &str),
+    key: &str,
+    (body, content_type, tensors): (&[u8], &str, &[(String, Tensor)]),
+) {
     if tensors.is_empty() {
-        (body.to_vec(), content_type)
-    } else {
-        (wasmscore_oip::to_json_with_data(key, tensors), "application/json")
+        c.collect(designation, id, name, content_type, body.to_vec());
+        return;
+    }
+    // At least two bytes of JSON per element ("0,").
+    let least = body.len() + tensors.iter().map(|(_, t)| 2 * t.len()).sum::<usize>();
+    if c.has_room(least) {
+        let data = wasmscore_oip::to_json_with_data(key, body, tensors);
+        c.collect(designation, id, name, "application/json", data);
     }
 }
 
@@ -199,8 +211,8 @@ impl Replica {
         let collecting = collector.as_ref().and_then(|c| {
             let id = req.trace_id.clone().unwrap_or_else(random_correlation_id);
             c.sampled(&id).then(|| {
-                let (data, content_type) = collected("inputs", &req.body, &req.content_type, &req.tensors);
-                c.collect(Designation::Inputs, &id, "request", content_type, data);
+                let call = (req.body.as_slice(), req.content_type.as_str(), req.tensors.as_slice());
+                collect_call(c, (Designation::Inputs, "request", &id), "inputs", call);
                 id
             })
         });
@@ -231,8 +243,8 @@ impl Replica {
         self.store.data_mut().responses = None;
         let result = self.outputs(result, started);
         if let (Some(c), Some(id), Ok(resp)) = (&collector, &collecting, &result) {
-            let (data, content_type) = collected("outputs", &resp.body, &resp.content_type, &resp.tensors);
-            c.collect(Designation::Predictions, id, "response", content_type, data);
+            let call = (resp.body.as_slice(), resp.content_type.as_str(), resp.tensors.as_slice());
+            collect_call(c, (Designation::Predictions, "response", id), "outputs", call);
         }
         result
     }

@@ -527,21 +527,72 @@ fn to_json(data: &TensorData) -> Value {
 }
 
 /// Tensors as OIP's JSON writes them, data included, under `key`
-/// (`{"inputs": [{"name", "datatype", "shape", "data"}]}`): what model
-/// data collection keeps of a call's tensors. BYTES that are not UTF-8
-/// are written as arrays of their byte values.
-pub fn to_json_with_data(key: &str, tensors: &[(String, Tensor)]) -> Vec<u8> {
-    let list: Vec<Value> = tensors
-        .iter()
-        .map(|(name, t)| {
-            let data = match t.data() {
-                TensorData::Bytes(v) => json!(v),
-                other => to_json(other),
-            };
-            json!({"name": name, "datatype": datatype(t.dtype()), "shape": t.shape(), "data": data})
-        })
-        .collect();
-    serde_json::to_vec(&json!({ key: list })).expect("JSON values serialize")
+/// (`{"inputs": [{"name", "datatype", "shape", "data"}]}`), beside the
+/// other fields of `body` when it is a JSON object (an OIP request's `id`,
+/// `parameters`, `outputs`): what model data collection keeps of a call's
+/// tensors. Written straight from the tensors' data, FP32 and the 16-bit
+/// floats as float32 prints them; BYTES that are not UTF-8 as arrays of
+/// their byte values.
+pub fn to_json_with_data(key: &str, body: &[u8], tensors: &[(String, Tensor)]) -> Vec<u8> {
+    use serde::ser::{SerializeMap, Serializer};
+    struct Data<'a>(&'a TensorData);
+    impl serde::Serialize for Data<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            match self.0 {
+                TensorData::Bool(v) => v.serialize(s),
+                TensorData::Uint8(v) => v.serialize(s),
+                TensorData::Int8(v) => v.serialize(s),
+                TensorData::Uint16(v) => v.serialize(s),
+                TensorData::Uint32(v) => v.serialize(s),
+                TensorData::Uint64(v) => v.serialize(s),
+                TensorData::Int16(v) => v.serialize(s),
+                TensorData::Int32(v) => v.serialize(s),
+                TensorData::Int64(v) => v.serialize(s),
+                TensorData::Float32(v) => v.serialize(s),
+                TensorData::Float64(v) => v.serialize(s),
+                TensorData::Float16(v) => s.collect_seq(v.iter().map(|x| x.to_f32())),
+                TensorData::Bfloat16(v) => s.collect_seq(v.iter().map(|x| x.to_f32())),
+                TensorData::String(v) => v.serialize(s),
+                TensorData::Bytes(v) => v.serialize(s),
+            }
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        name: &'a str,
+        datatype: &'static str,
+        shape: &'a [u64],
+        data: Data<'a>,
+    }
+    struct Record<'a> {
+        fields: Map<String, Value>,
+        key: &'a str,
+        tensors: Vec<Entry<'a>>,
+    }
+    impl serde::Serialize for Record<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for (k, v) in self.fields.iter().filter(|(k, _)| *k != self.key) {
+                m.serialize_entry(k, v)?;
+            }
+            m.serialize_entry(self.key, &self.tensors)?;
+            m.end()
+        }
+    }
+    let record = Record {
+        fields: serde_json::from_slice(body).unwrap_or_default(),
+        key,
+        tensors: tensors
+            .iter()
+            .map(|(name, t)| Entry {
+                name,
+                datatype: datatype(t.dtype()),
+                shape: t.shape(),
+                data: Data(t.data()),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&record).expect("tensors serialize")
 }
 
 /// An encoded body: JSON, or JSON followed by binary tensor data (then

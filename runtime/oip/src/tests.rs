@@ -362,3 +362,24 @@ fn shared_memory_mistakes_are_named() {
     let e = encode_response("m", "v1", &r, &r.inputs, &NoRegions).unwrap_err();
     assert!(e.0.contains("no shared memory region \"r\""), "{e}");
 }
+
+#[test]
+fn collected_tensors_keep_the_bodys_other_fields_and_write_their_data() {
+    let tensors = vec![
+        ("x".to_string(), t(&[2], TensorData::Float32(vec![5.1, 0.2]))),
+        ("h".to_string(), t(&[1], TensorData::Float16(vec![f16::from_f32(1.5)]))),
+        ("b".to_string(), t(&[1], TensorData::Bytes(vec![vec![0xff, 0]]))),
+    ];
+    let body = br#"{"id": "r1", "inputs": [{"name": "x", "shape": [2], "datatype": "FP32"}], "outputs": [{"name": "y"}]}"#;
+    let got: Value = serde_json::from_slice(&to_json_with_data("inputs", body, &tensors)).unwrap();
+    assert_eq!(
+        got,
+        json!({"id": "r1", "outputs": [{"name": "y"}], "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [2], "data": [5.1, 0.2]},
+            {"name": "h", "datatype": "FP16", "shape": [1], "data": [1.5]},
+            {"name": "b", "datatype": "BYTES", "shape": [1], "data": [[255, 0]]}]})
+    );
+    // A body that is not a JSON object (or none): the tensors alone.
+    let alone: Value = serde_json::from_slice(&to_json_with_data("outputs", b"", &tensors[..1])).unwrap();
+    assert_eq!(alone, json!({"outputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [5.1, 0.2]}]}));
+}

@@ -305,7 +305,7 @@ fn tensors_and_every_response_of_a_decoupled_call_are_collected() {
         c = tg.InferenceServerClient(grpc)\n\
         c.start_stream(lambda result, error: got.put((result, error)), headers={'authorization': 'Bearer ' + key, 'traceparent': tp})\n\
         x = tg.InferInput('COUNT', [1], 'INT64'); x.set_data_from_numpy(np.array([3], np.int64))\n\
-        c.async_stream_infer('counter', [x])\n\
+        c.async_stream_infer('counter', [x], request_id='count-3')\n\
         a = [got.get(timeout=30) for _ in range(3)]\n\
         c.stop_stream()\n\
         assert [int(r.as_numpy('INDEX')[0]) for r, e in a] == [0, 1, 2], a\n\
@@ -359,10 +359,17 @@ fn tensors_and_every_response_of_a_decoupled_call_are_collected() {
         .iter()
         .find(|o| o["name"] == "probabilities")
         .unwrap();
-    assert_eq!(probabilities, &sent["data"], "{response:?}");
+    let as_f32 = |v: &Value| -> Vec<f32> { v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    assert_eq!(as_f32(probabilities), as_f32(&sent["data"]), "{response:?}");
     // The decoupled call: its request's tensor, then its three responses,
     // the two it sent and its last, in order.
-    assert_eq!(data(&counter_id, "request")[0]["inputs"][0]["data"], json!([3]));
+    // Beside the tensor, what else the request said (its id).
+    let request = &data(&counter_id, "request")[0];
+    assert_eq!(
+        (&request["inputs"][0]["data"], &request["id"]),
+        (&json!([3]), &json!("count-3")),
+        "{request}"
+    );
     let indexes: Vec<Value> = data(&counter_id, "response")
         .iter()
         .map(|r| r["outputs"][0]["data"].clone())
