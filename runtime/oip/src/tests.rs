@@ -381,5 +381,8 @@ fn collected_tensors_keep_the_bodys_other_fields_and_write_their_data() {
     );
     // A body that is not a JSON object (or none): the tensors alone.
     let alone: Value = serde_json::from_slice(&to_json_with_data("outputs", b"", &tensors[..1])).unwrap();
-    assert_eq!(alone, json!({"outputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [5.1, 0.2]}]}));
+    assert_eq!(
+        alone,
+        json!({"outputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [5.1, 0.2]}]})
+    );
 }

@@ -282,3 +282,58 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         "{stdout}"
     );
 }
+
+/// SIGTERM with a gRPC channel open: the server sends it GOAWAY, so the
+/// client's next call goes to a new connection (refused here, where no
+/// other server is; on a cluster, the other router) instead of being
+/// answered "shutting down" on the old one, while a call in progress
+/// finishes.
+#[test]
+fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = Server::start(&["--grpc-port", "0"]);
+    let grpc = server_json(&s)["grpc_addr"].as_str().unwrap().to_string();
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    s.deploy_ok("slow", &hostile(), &[], None);
+    let script = "import sys, numpy as np, tritonclient.grpc as tg\n\
+        from tritonclient.utils import InferenceServerException\n\
+        grpc, key = sys.argv[1:3]\n\
+        c = tg.InferenceServerClient(grpc)\n\
+        x = tg.InferInput('X', [1, 4], 'FP32'); x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n\
+        h = {'authorization': 'Bearer ' + key}\n\
+        c.infer('iris', [x], headers=dict(h))\n\
+        print('connected', flush=True)\n\
+        sys.stdin.readline()\n\
+        try:\n\
+        \x20   c.infer('iris', [x], headers=dict(h), client_timeout=10)\n\
+        \x20   print('answered')\n\
+        except InferenceServerException as e:\n\
+        \x20   print('refused', e.status(), e.message())\n";
+    let mut py = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script, &grpc, &s.key("iris").unwrap()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(py.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "connected");
+    // A call in progress keeps the server draining while the client calls again.
+    let (addr, key) = (s.addr.clone(), s.key("slow").unwrap());
+    let slow = std::thread::spawn(move || crate::post_score(&addr, "slow", &key, &[], "sleep:3000"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = s.pid().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    py.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(py.wait().unwrap().success(), "{rest}");
+    assert!(
+        rest.starts_with("refused StatusCode.UNAVAILABLE") && !rest.contains("shutting down"),
+        "the call after SIGTERM went to the old connection: {rest}"
+    );
+    assert_eq!(slow.join().unwrap(), Some(200), "the call in progress was not finished");
+    assert!(s.terminate());
+}
