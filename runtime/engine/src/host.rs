@@ -932,7 +932,7 @@ impl responses::Host for HostState {
             tensors,
         };
         let collecting = match (&self.version.collector, &self.collecting) {
-            (Some(c), Some(id)) => Some((c, id, out.clone())),
+            (Some(c), Some(id)) if out.tensors.is_empty() || crate::replica::has_room(c, &out.tensors) => Some((c, id, out.clone())),
             _ => None,
         };
         (sink.0)(out).map_err(|why| TensorError::failed(format!("the response was not sent: {why}")))?;

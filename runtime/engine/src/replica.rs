@@ -15,8 +15,8 @@ use wasmscore_collect::Designation;
 /// Collects what model data collection keeps of a request or a response:
 /// its tensors, data included, as OIP's JSON writes them under `key`
 /// ("inputs" or "outputs") beside its body's other fields, when it has
-/// any; else its body as it is. Tensors too big for the collector's queue
-/// now are counted as dropped, not written out first.
+/// any; else its body as it is. Tensors the collector's queue has no room
+/// for now are counted as dropped, not written out first ([`has_room`]).
 pub(crate) fn collect_call(
     c: &wasmscore_collect::VersionCollector,
     (designation, name, id): (Designation, &str, &str),
@@ -25,14 +25,17 @@ pub(crate) fn collect_call(
 ) {
     if tensors.is_empty() {
         c.collect(designation, id, name, content_type, body.to_vec());
-        return;
-    }
-    // At least two bytes of JSON per element ("0,").
-    let least = body.len() + tensors.iter().map(|(_, t)| 2 * t.len()).sum::<usize>();
-    if c.has_room(least) {
+    } else if has_room(c, tensors) {
         let data = wasmscore_oip::to_json_with_data(key, body, tensors);
         c.collect(designation, id, name, "application/json", data);
     }
+}
+
+/// Whether the collector's queue has room now for these tensors written
+/// out (at least two bytes of JSON an element, "0,"); counted as dropped
+/// when it has not.
+pub(crate) fn has_room(c: &wasmscore_collect::VersionCollector, tensors: &[(String, Tensor)]) -> bool {
+    c.has_room(tensors.iter().map(|(_, t)| 2 * t.len()).sum())
 }
 
 /// A correlation id for a request that came with no trace (a probe, a

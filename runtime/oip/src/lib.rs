@@ -565,7 +565,9 @@ pub fn to_json_with_data(key: &str, body: &[u8], tensors: &[(String, Tensor)]) -
         data: Data<'a>,
     }
     struct Record<'a> {
-        fields: Map<String, Value>,
+        // Read as text, not as a Value per element: a REST request's body
+        // holds its inputs' data too (the entry replaced here).
+        fields: std::collections::BTreeMap<String, Box<serde_json::value::RawValue>>,
         key: &'a str,
         tensors: Vec<Entry<'a>>,
     }

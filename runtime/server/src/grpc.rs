@@ -133,7 +133,11 @@ async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper
     };
     let len = out.encoded_len();
     if u32::try_from(len).is_err() {
-        return Status::resource_exhausted(format!("an answer of {len} bytes is more than a gRPC message can carry")).into_http();
+        let mut resp = Status::resource_exhausted(format!("an answer of {len} bytes is more than a gRPC message can carry")).into_http();
+        if let Ok(v) = http::HeaderValue::from_str(&version.name) {
+            resp.headers_mut().insert("x-wasmscore-version", v);
+        }
+        return resp;
     }
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);
@@ -512,11 +516,24 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         let (side, side_rx) = tokio::sync::mpsc::channel::<ModelStreamInferResponse>(at_once);
         // The reader holds the side queue's sender and gives each message
         // its own: once the client's half ends and the last call sent its
-        // responses, the side ends and so does the stream.
-        let read = futures_util::stream::unfold((inbound, self.streamed.clone(), side), |(mut inbound, places, side)| async move {
+        // responses, the side ends and so does the stream. Once the server
+        // stops, it reads no more: the messages read are answered, then the
+        // stream ends UNAVAILABLE, so the client opens it again elsewhere.
+        let state = (inbound, self.streamed.clone(), side, app.stopped.clone(), false);
+        let read = futures_util::stream::unfold(state, |(mut inbound, places, side, mut stopped, ended)| async move {
+            if ended {
+                return None;
+            }
             let place = places.clone().acquire_owned().await.ok()?;
-            let message = inbound.next().await?;
-            Some(((message, place, side.clone()), (inbound, places, side)))
+            let message = tokio::select! {
+                biased;
+                m = inbound.next() => m?,
+                _ = async { drop(stopped.wait_for(|s| *s).await) } => {
+                    let why = Status::unavailable("the server is shutting down: open the stream again (another server takes it)");
+                    return Some(((Err(why), place, side.clone()), (inbound, places, side, stopped, true)));
+                }
+            };
+            Some(((message, place, side.clone()), (inbound, places, side, stopped, false)))
         });
         let answers = read
             .map(move |(message, place, side)| {
@@ -621,10 +638,10 @@ async fn infer<P: Plane>(
     mut r: ModelInferRequest,
     stream: Option<&tokio::sync::mpsc::Sender<ModelStreamInferResponse>>,
 ) -> Result<Answer, Status> {
+    // A call HTTP/2 took while the server stops is served: the connection's
+    // GOAWAY tells the client to take its next calls elsewhere, and the
+    // drain waits for this one.
     let _counted = InFlight::enter(app.clone());
-    if app.is_stopping() {
-        return Err(Status::unavailable("the server is shutting down; retry"));
-    }
     let started = std::time::SystemTime::now();
     let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
     let endpoint = std::mem::take(&mut r.model_name);

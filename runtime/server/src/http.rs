@@ -608,11 +608,6 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::reques
 }
 
 impl<P: Plane> App<P> {
-    /// Shutting down: new requests on open connections are refused.
-    pub(crate) fn is_stopping(&self) -> bool {
-        self.stopping.load(std::sync::atomic::Ordering::Acquire)
-    }
-
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();

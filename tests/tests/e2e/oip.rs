@@ -284,10 +284,10 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
 }
 
 /// SIGTERM with a gRPC channel open: the server sends it GOAWAY, so the
-/// client's next call goes to a new connection (refused here, where no
+/// client's next calls go to a new connection (refused here, where no
 /// other server is; on a cluster, the other router) instead of being
-/// answered "shutting down" on the old one, while a call in progress
-/// finishes.
+/// answered "shutting down" on the old one; a stream open on it ends
+/// UNAVAILABLE, saying to open it again; a call in progress finishes.
 #[test]
 fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
     use std::io::{BufRead, BufReader, Write};
@@ -295,24 +295,35 @@ fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
     let grpc = server_json(&s)["grpc_addr"].as_str().unwrap().to_string();
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     s.deploy_ok("slow", &hostile(), &[], None);
-    let script = "import sys, numpy as np, tritonclient.grpc as tg\n\
+    let script = "import sys, time, queue, numpy as np, tritonclient.grpc as tg\n\
         from tritonclient.utils import InferenceServerException\n\
         grpc, key = sys.argv[1:3]\n\
         c = tg.InferenceServerClient(grpc)\n\
         x = tg.InferInput('X', [1, 4], 'FP32'); x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n\
         h = {'authorization': 'Bearer ' + key}\n\
         c.infer('iris', [x], headers=dict(h))\n\
+        got = queue.Queue()\n\
+        c.start_stream(lambda result, error: got.put((result, error)), headers=dict(h))\n\
+        c.async_stream_infer('iris', [x], request_id='before')\n\
+        r, e = got.get(timeout=10); assert e is None and r.get_response().id == 'before', e\n\
         print('connected', flush=True)\n\
         sys.stdin.readline()\n\
-        try:\n\
-        \x20   c.infer('iris', [x], headers=dict(h), client_timeout=10)\n\
-        \x20   print('answered')\n\
-        except InferenceServerException as e:\n\
-        \x20   print('refused', e.status(), e.message())\n";
+        r, e = got.get(timeout=10)\n\
+        assert r is None and e is not None and 'open the stream again' in str(e), (r, e)\n\
+        print('stream ended:', e)\n\
+        deadline = time.time() + 10\n\
+        while True:\n\
+        \x20   try:\n\
+        \x20       c.infer('iris', [x], headers=dict(h), client_timeout=10)\n\
+        \x20   except InferenceServerException as e:\n\
+        \x20       print('refused', e.status(), e.message()); break\n\
+        \x20   assert time.time() < deadline, 'still answered on the old connection'\n\
+        \x20   time.sleep(0.05)\n";
     let mut py = Command::new(root().join(".venv-clients/bin/python"))
         .args(["-c", script, &grpc, &s.key("iris").unwrap()])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let mut out = BufReader::new(py.stdout.take().unwrap());
@@ -325,13 +336,16 @@ fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = s.pid().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    std::thread::sleep(std::time::Duration::from_millis(500));
     py.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
-    assert!(py.wait().unwrap().success(), "{rest}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut py.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(py.wait().unwrap().success(), "{rest}{err}");
+    // Calls before the client saw GOAWAY are served; the first one refused
+    // is refused by no server, not by this one's "shutting down".
     assert!(
-        rest.starts_with("refused StatusCode.UNAVAILABLE") && !rest.contains("shutting down"),
+        rest.contains("refused StatusCode.UNAVAILABLE") && !rest.contains("shutting down;"),
         "the call after SIGTERM went to the old connection: {rest}"
     );
     assert_eq!(slow.join().unwrap(), Some(200), "the call in progress was not finished");
