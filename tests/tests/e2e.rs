@@ -58,6 +58,26 @@ pub(crate) fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
+/// Runs `script` (python -c) in the clients' environment (.venv-clients:
+/// tritonclient, kserve, grpcio) with `args`, and returns its stdout. It
+/// must exit 0 having printed `done`; else the test fails with its output
+/// and `logs()` (the servers' logs).
+pub(crate) fn clients_python(script: &str, args: &[&str], done: &str, logs: impl FnOnce() -> String) -> String {
+    let out = Command::new(root().join(".venv-clients/bin/python"))
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success() && stdout.contains(done),
+        "{stdout}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        logs()
+    );
+    stdout
+}
+
 pub(crate) fn bin() -> PathBuf {
     let p = root().join("target/release/wasmscore");
     assert!(

@@ -23,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::autoscale::one_at_a_time;
 use super::network::{free_port, header, http, node_cache, wait_for, Proc, Registry, ROW};
-use super::{bin, iris_rust, model, root};
+use super::{bin, clients_python, iris_rust, model, root};
 
 const NS: &str = "default";
 const ADMIN: &str = "cluster-test-admin-token-0123456789";
@@ -391,17 +391,9 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
         seen = {c.infer('iris', [x], headers=dict(h)).get_response().model_version for _ in range(40)}\n\
         assert seen <= {'v1', 'v2'} and 'v1' in seen, seen\n\
         print('gRPC through the cluster router')\n";
-    let out = Command::new(root().join(".venv-clients/bin/python"))
-        .args(["-c", script, &router.grpc, &key])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
+    clients_python(script, &[&router.grpc, &key], "gRPC through the cluster router", || {
         router.proc.log()
-    );
+    });
 
     // The API server compacts its history: every watch ends, and a watch
     // from an older resourceVersion gets 410 Gone. The operator and the

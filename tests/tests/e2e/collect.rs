@@ -310,16 +310,7 @@ fn tensors_and_every_response_of_a_decoupled_call_are_collected() {
         c.stop_stream()\n\
         assert [int(r.as_numpy('INDEX')[0]) for r, e in a] == [0, 1, 2], a\n\
         print('three responses')\n";
-    let out = Command::new(root().join(".venv-clients/bin/python"))
-        .args(["-c", script, &grpc, &s.key("counter").unwrap(), &tp])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    super::clients_python(script, &[&grpc, &s.key("counter").unwrap(), &tp], "three responses", String::new);
     assert!(s.terminate());
     let (rows, _) = read_back(s.data.path());
     let data = |id: &str, name: &str| -> Vec<Value> {

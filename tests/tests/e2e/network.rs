@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::autoscale::one_at_a_time;
-use super::{bin, hostile, iris_rust, model, root};
+use super::{bin, clients_python, hostile, iris_rust, model, root};
 
 pub(crate) const ROW: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#;
 const KEY: &str = "router-primary-key-0123456789";
@@ -1001,19 +1001,9 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         assert [(r.get_response().id, r.get_response().model_version) for r, _ in got] == [('0', 'v2'), ('1', 'v1'), ('2', 'v2')], got\n\
         assert all(same(r) for r, _ in got)\n\
         print('served through the router')\n";
-    let out = Command::new(root().join(".venv-clients/bin/python"))
-        .args(["-c", script, &r.addr, &format!("127.0.0.1:{grpc}"), KEY])
-        .arg(model())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}\nrouter: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        r.proc.log()
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("served through the router"));
+    let (grpc_addr, model_path) = (format!("127.0.0.1:{grpc}"), model());
+    let args = [r.addr.as_str(), &grpc_addr, KEY, model_path.to_str().unwrap()];
+    clients_python(script, &args, "served through the router", || format!("router: {}", r.proc.log()));
     // A wrong shape is the module's bad input, answered across the hop as OIP's error.
     let body = r#"{"inputs":[{"name":"X","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
     let (st, _, b) = http(
@@ -1077,18 +1067,11 @@ fn open_inference_protocol_crosses_the_router_to_a_node() {
         finally:\n\
         \x20   shm.destroy_shared_memory_region(ip); shm.destroy_shared_memory_region(op)\n\
         print('shared memory through the router')\n";
-    let out = Command::new(root().join(".venv-clients/bin/python"))
-        .args(["-c", script, &format!("127.0.0.1:{grpc}"), KEY, r.admin_token().trim()])
-        .arg(model())
-        .output()
-        .unwrap();
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("shared memory through the router"),
-        "{}{}\nrouter: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        r.proc.log()
-    );
+    let admin = r.admin_token();
+    let args = [grpc_addr.as_str(), KEY, admin.trim(), model_path.to_str().unwrap()];
+    clients_python(script, &args, "shared memory through the router", || {
+        format!("router: {}", r.proc.log())
+    });
 }
 
 /// A TCP proxy in front of a node that can turn into a node that answers
@@ -2003,18 +1986,10 @@ fn a_decoupled_version_streams_its_responses_through_the_router() {
         args.extend_from_slice(extra);
         let cfg = json!({"endpoints": [endpoint("t", json!([{"name": "v1", "default": true, "nodes": [n.addr], "config": config}]))]});
         let r = Router::start(&cfg, &args);
-        let out = Command::new(root().join(".venv-clients/bin/python"))
-            .args(["-c", script, &format!("127.0.0.1:{grpc}"), &r.addr, KEY])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("streamed through the router"),
-            "{extra:?}: {}{}\nrouter: {}\nnode: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
-            r.proc.log(),
-            n.proc.log()
-        );
+        let grpc_addr = format!("127.0.0.1:{grpc}");
+        clients_python(script, &[&grpc_addr, &r.addr, KEY], "streamed through the router", || {
+            format!("{extra:?}\nrouter: {}\nnode: {}", r.proc.log(), n.proc.log())
+        });
     }
     // The node refuses a unary call itself (a router that has not heard
     // it is decoupled: scaled to zero, or before its first check).

@@ -365,11 +365,8 @@ fn the_trace_settings_choose_grpc_calls_spans_too() {
         x.set_data_from_numpy(np.array([[5.1, 3.5, 1.4, 0.2]], np.float32))\n\
         for _ in range(4):\n\
         \x20   c.infer('iris', [x], headers={'authorization': 'Bearer ' + sys.argv[2]})\n";
-    let out = Command::new(super::root().join(".venv-clients/bin/python"))
-        .args(["-c", script, info["grpc_addr"].as_str().unwrap(), &s.key("iris").unwrap()])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let args = [info["grpc_addr"].as_str().unwrap(), &s.key("iris").unwrap()];
+    super::clients_python(script, &args, "", String::new);
     assert!(s.terminate());
     let spans = exported_spans(&received);
     let names: Vec<&str> = spans.iter().map(|sp| sp.name.as_str()).collect();

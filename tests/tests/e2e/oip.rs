@@ -269,14 +269,13 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         \x20   raise SystemExit('plaintext gRPC was served on the TLS port')\n\
         except InferenceServerException:\n\
         \x20   print('plaintext refused')\n";
-    let out = Command::new(root().join(".venv-clients/bin/python"))
-        .args(["-c", script, &format!("localhost:{port}")])
-        .arg(info["tls_ca"].as_str().unwrap())
-        .arg(s.key("simple_fp32").unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let (addr, key) = (format!("localhost:{port}"), s.key("simple_fp32").unwrap());
+    let stdout = crate::clients_python(
+        script,
+        &[&addr, info["tls_ca"].as_str().unwrap(), &key],
+        "plaintext refused",
+        String::new,
+    );
     assert!(
         stdout.contains("refused: StatusCode.") && stdout.contains("plaintext refused"),
         "{stdout}"
