@@ -46,7 +46,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = app.cfg.clone();
-    let mut stopped = app.stopped.clone();
+    let stopped = app.stopped.clone();
     let streamed = Arc::new(tokio::sync::Semaphore::new(cfg.max_h2_streams.max(1) as usize));
     let svc = GrpcInferenceServiceServer::new(Oip {
         app: app.clone(),
@@ -76,17 +76,7 @@ where
     });
     // Once the server stops: GOAWAY, so the client's channel takes its next
     // calls elsewhere while the calls it has running here finish.
-    let conn = builder.serve_connection(io, svc);
-    let served = async move {
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = async move { drop(stopped.wait_for(|s| *s).await) } => {
-                conn.as_mut().graceful_shutdown();
-                conn.await
-            }
-        }
-    };
+    let served = crate::http::until_stopped(builder.serve_connection(io, svc), stopped);
     if let Err(e) = spawned.drive(served).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
     }

@@ -104,14 +104,12 @@ pub(crate) struct App<P> {
     pub(crate) cfg: ServerConfig,
     /// Requests being handled, for the drain at shutdown.
     in_flight: std::sync::atomic::AtomicUsize,
-    /// Set at shutdown: requests that arrive on open connections get 503.
-    stopping: std::sync::atomic::AtomicBool,
     /// Woken when the last request in flight ends.
     idle: tokio::sync::Notify,
     /// Shared memory regions clients registered (Triton's extension).
     pub(crate) regions: crate::shm::Regions,
-    /// True once the server stops accepting: gRPC connections are then
-    /// sent GOAWAY, so their channels reconnect (to another router).
+    /// True once the server stops accepting: its connections then end
+    /// gracefully (`until_stopped`).
     pub(crate) stopped: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -140,11 +138,14 @@ impl<P> Drop for InFlight<P> {
 
 type Body = Full<Bytes>;
 
-/// Serves until `shutdown` resolves, then stops accepting and drains:
-/// requests in flight finish (up to `DRAIN`), requests that arrive on open
-/// connections meanwhile get 503, and only then does it return, so what the
-/// answered requests did (their collected data) is all in before the caller
-/// shuts the rest down.
+/// Serves until `shutdown` resolves, then stops accepting and drains: every
+/// open connection ends once it has answered what it took (an HTTP/1.1 one
+/// after its answer in progress, at once when idle; an HTTP/2 one with
+/// GOAWAY, after the streams opened before it), so clients send their next
+/// requests elsewhere (another router) instead of being refused here. It
+/// returns once they have all ended (up to `DRAIN`), so what the answered
+/// requests did (their collected data) is all in before the caller shuts
+/// the rest down.
 pub async fn serve<P: Plane>(
     listeners: Listeners,
     plane: Arc<P>,
@@ -158,7 +159,6 @@ pub async fn serve<P: Plane>(
         regions: crate::shm::Regions::new(cfg.max_body_bytes as u64),
         cfg,
         in_flight: Default::default(),
-        stopping: Default::default(),
         idle: tokio::sync::Notify::new(),
         stopped: stopped.clone(),
     });
@@ -179,9 +179,17 @@ pub async fn serve<P: Plane>(
     shutdown.await;
     let _ = stop.send(true);
     while loops.join_next().await.is_some() {}
-    app.stopping.store(true, std::sync::atomic::Ordering::Release);
     let deadline = tokio::time::sleep(DRAIN);
     tokio::pin!(deadline);
+    // Every connection holds a permit until it ends.
+    let all = u32::try_from(app.cfg.max_connections).unwrap_or(u32::MAX);
+    tokio::select! {
+        _ = conns.acquire_many(all) => {}
+        _ = &mut deadline => {
+            let open = app.cfg.max_connections - conns.available_permits();
+            tracing::warn!(connections = open, "shutdown: connections still open after the drain");
+        }
+    }
     loop {
         let idle = app.idle.notified();
         let left = app.in_flight.load(std::sync::atomic::Ordering::Acquire);
@@ -366,19 +374,12 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = app.cfg.clone();
+    let stopped = app.stopped.clone();
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
         async move {
             let _counted = InFlight::enter(app.clone());
-            if app.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                let mut r = error_response(ApiError {
-                    retry_after: Some(1),
-                    ..ApiError::new(503, "shutting_down", "the server is shutting down; retry")
-                });
-                r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-                return Ok::<_, Infallible>(r);
-            }
-            Ok(app.handle(req).await)
+            Ok::<_, Infallible>(app.handle(req).await)
         }
     });
     let (streams, mut spawned) = wasmscore_remote::streams::here();
@@ -393,8 +394,36 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
-    if let Err(e) = spawned.drive(builder.serve_connection(io, svc)).await {
+    if let Err(e) = spawned.drive(until_stopped(builder.serve_connection(io, svc), stopped)).await {
         tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Serves `conn` to its end; once the server stops, asks it to end
+/// gracefully: hyper then closes an HTTP/1.1 connection after the answer
+/// in progress (at once when idle) and sends an HTTP/2 one GOAWAY, serving
+/// the streams opened before it.
+pub(crate) async fn until_stopped<I, S, E, B>(
+    conn: hyper_util::server::conn::auto::Connection<'_, I, S, E>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+    E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => r,
+        // (the guard `wait_for` returns is not Send: dropped at once)
+        _ = async { drop(stopped.wait_for(|s| *s).await) } => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 

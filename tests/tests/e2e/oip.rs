@@ -282,13 +282,15 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
     );
 }
 
-/// SIGTERM with a gRPC channel open: the server sends it GOAWAY, so the
-/// client's next calls go to a new connection (refused here, where no
-/// other server is; on a cluster, the other router) instead of being
-/// answered "shutting down" on the old one; a stream open on it ends
-/// UNAVAILABLE, saying to open it again; a call in progress finishes.
+/// SIGTERM with a gRPC channel, an HTTP/2 REST connection and an idle
+/// HTTP/1.1 keep-alive connection open: the server sends the HTTP/2 ones
+/// GOAWAY and closes the HTTP/1.1 one, so the clients' next calls go to a
+/// new connection (refused here, where no other server is; on a cluster,
+/// the other router) instead of being refused on the old one; a stream
+/// open on the channel ends UNAVAILABLE, saying to open it again; a call
+/// in progress finishes.
 #[test]
-fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
+fn a_stopping_server_sends_clients_away_and_finishes_calls_in_progress() {
     use std::io::{BufRead, BufReader, Write};
     let mut s = Server::start(&["--grpc-port", "0"]);
     let grpc = server_json(&s)["grpc_addr"].as_str().unwrap().to_string();
@@ -329,12 +331,34 @@ fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "connected");
+    let (h2, h2_go) = h2_calls_until_sent_away(&s.addr);
+    let mut h1 = std::net::TcpStream::connect(&s.addr).unwrap();
+    h1.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut head = [0u8; 512];
+    let n = std::io::Read::read(&mut h1, &mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
     // A call in progress keeps the server draining while the client calls again.
     let (addr, key) = (s.addr.clone(), s.key("slow").unwrap());
     let slow = std::thread::spawn(move || crate::post_score(&addr, "slow", &key, &[], "sleep:3000"));
     std::thread::sleep(std::time::Duration::from_millis(300));
     let pid = s.pid().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let _ = h2_go.send(());
+    // The idle keep-alive connection is closed while the slow call runs.
+    h1.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    let mut rest_of_h1 = Vec::new();
+    let closed = std::io::Read::read_to_end(&mut h1, &mut rest_of_h1);
+    assert!(
+        closed.is_ok() && !slow.is_finished(),
+        "the idle HTTP/1.1 connection was not closed while a call was in progress: {closed:?}"
+    );
+    let h2 = h2.join().unwrap();
+    assert!(
+        h2.as_ref()
+            .is_ok_and(|(st, why)| why.starts_with("GOAWAY") && st.iter().all(|c| *c == 200))
+            && !slow.is_finished(),
+        "the HTTP/2 connection was not sent away while a call was in progress: {h2:?}"
+    );
     py.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
@@ -349,4 +373,50 @@ fn a_stopping_server_sends_grpc_clients_away_and_finishes_calls_in_progress() {
     );
     assert_eq!(slow.join().unwrap(), Some(200), "the call in progress was not finished");
     assert!(s.terminate());
+}
+
+/// The statuses an HTTP/2 connection's calls got, and why they stopped.
+type H2Calls = std::thread::JoinHandle<Result<(Vec<u16>, String), String>>;
+
+/// An HTTP/2 connection (REST, prior knowledge) on its own thread: one call
+/// once connected; then, told to go on, a call every 50 ms until one fails.
+/// Gives the statuses before that, and the failure (`GOAWAY ...` when the
+/// server sent the connection away).
+fn h2_calls_until_sent_away(addr: &str) -> (H2Calls, tokio::sync::oneshot::Sender<()>) {
+    let (connected, is_connected) = std::sync::mpsc::channel();
+    let (go, gone) = tokio::sync::oneshot::channel::<()>();
+    let addr = addr.to_string();
+    let calls = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await.map_err(|e| e.to_string())?;
+            let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+            let conn = tokio::spawn(conn);
+            let call = |client: h2::client::SendRequest<bytes::Bytes>| {
+                let uri = format!("http://{addr}/v2/health/live");
+                async move {
+                    let mut client = client.ready().await?;
+                    let (answer, _) = client.send_request(http::Request::get(uri).body(()).unwrap(), true)?;
+                    Ok::<u16, h2::Error>(answer.await?.status().as_u16())
+                }
+            };
+            let mut statuses = vec![call(client.clone()).await.map_err(|e| e.to_string())?];
+            connected.send(()).unwrap();
+            let _ = gone.await;
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while tokio::time::Instant::now() < deadline {
+                match call(client.clone()).await {
+                    Ok(status) => statuses.push(status),
+                    Err(e) if e.is_go_away() => return Ok((statuses, format!("GOAWAY {e}"))),
+                    Err(e) => return Err(format!("{e} after {statuses:?}; the connection: {:?}", conn.await)),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(format!("never sent away: {statuses:?}"))
+        })
+    });
+    is_connected
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the HTTP/2 connection's first call");
+    (calls, go)
 }
