@@ -123,11 +123,11 @@ async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper
     };
     let len = out.encoded_len();
     if u32::try_from(len).is_err() {
-        let mut resp = Status::resource_exhausted(format!("an answer of {len} bytes is more than a gRPC message can carry")).into_http();
-        if let Ok(v) = http::HeaderValue::from_str(&version.name) {
-            resp.headers_mut().insert("x-wasmscore-version", v);
+        let mut too_big = Status::resource_exhausted(format!("an answer of {len} bytes is more than a gRPC message can carry"));
+        if let Ok(v) = version.name.parse() {
+            too_big.metadata_mut().insert("x-wasmscore-version", v);
         }
-        return resp;
+        return too_big.into_http();
     }
     let mut buf = Vec::with_capacity(5 + len);
     buf.push(0);
@@ -743,8 +743,15 @@ async fn infer<P: Plane>(
         let _ = forwarded.await;
         return Ok(Answer::Sent);
     }
-    let out = result.map_err(|e| status(e.into()))?;
-    let resp = response(out, &wanted, &places, Some(&app.regions), endpoint, &version.name, r.id)?;
+    // An error of the version is answered as its own, as on REST.
+    let named = |mut s: Status| {
+        if let Ok(v) = version.name.parse() {
+            s.metadata_mut().insert("x-wasmscore-version", v);
+        }
+        s
+    };
+    let out = result.map_err(|e| named(status(e.into())))?;
+    let resp = response(out, &wanted, &places, Some(&app.regions), endpoint, &version.name, r.id).map_err(named)?;
     Ok(Answer::One(resp, version, traceparent))
 }
 

@@ -221,7 +221,8 @@ fn check_halves(ep: &str, (status, _, body): &(u16, String, Value)) {
 
 /// gRPC over TLS (the development CA, as HTTPS uses it) with the message
 /// limit: tritonclient.grpc with `ssl=True` is served; a message over
-/// `--max-body-bytes` is refused with a status and the server keeps serving.
+/// `--max-body-bytes` is refused with a status and the server keeps serving;
+/// an error after the version ran names it (`x-wasmscore-version`).
 #[test]
 fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -263,6 +264,16 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         \x20   raise SystemExit('a message that is not protobuf was served')\n\
         except grpc.RpcError as e:\n\
         \x20   assert e.code() == grpc.StatusCode.INTERNAL and 'decode' in e.details(), (e.code(), e.details())\n\
+        from tritonclient.grpc import service_pb2 as pb\n\
+        nope = pb.ModelInferRequest(model_name='simple_fp32', raw_input_contents=[np.full(16, 2.0, np.float32).tobytes()] * 2,\n\
+        \x20   inputs=[pb.ModelInferRequest.InferInputTensor(name=n, datatype='FP32', shape=[1, 16]) for n in ('INPUT0', 'INPUT1')],\n\
+        \x20   outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name='nope')])\n\
+        try:\n\
+        \x20   raw(nope.SerializeToString(), metadata=[('authorization', 'Bearer ' + key)])\n\
+        \x20   raise SystemExit('an output the model does not have was served')\n\
+        except grpc.RpcError as e:\n\
+        \x20   md = dict(e.trailing_metadata() or ())\n\
+        \x20   assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and md.get('x-wasmscore-version') == 'v1', (e.code(), e.details(), md)\n\
         assert (call(2).as_numpy('OUTPUT1') == 0.0).all()\n\
         try:\n\
         \x20   tg.InferenceServerClient(addr).is_server_live()\n\
