@@ -266,6 +266,10 @@ DEPLOYMENTS = ResourceType("apps", "v1", "deployments", "Deployment", "deploymen
                            scale_subresource=True, tracks_generation=True, short_names=("deploy",))
 ENDPOINTSLICES = ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", "endpointslice")
 LEASES = ResourceType("coordination.k8s.io", "v1", "leases", "Lease", "lease")
+# Stored and served, not enforced: there is no pod network here (pods are
+# processes on loopback).
+NETWORKPOLICIES = ResourceType("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", "networkpolicy",
+                               short_names=("netpol",))
 EVENTS = ResourceType("events.k8s.io", "v1", "events", "Event", "event", short_names=("ev",))
 ENDPOINTS = ResourceType("wasmscore.dev", "v1alpha1", "endpoints", "Endpoint", "endpoint",
                          status_subresource=True, tracks_generation=True, custom=True, short_names=("wse",))
@@ -274,7 +278,7 @@ CRDS = ResourceType("apiextensions.k8s.io", "v1", "customresourcedefinitions", "
                     tracks_generation=True, short_names=("crd", "crds"))
 
 RESOURCES = [NAMESPACES, SERVICES, SECRETS, CONFIGMAPS, PODS, CORE_EVENTS, DEPLOYMENTS, ENDPOINTSLICES,
-             LEASES, EVENTS, ENDPOINTS, CRDS]
+             LEASES, NETWORKPOLICIES, EVENTS, ENDPOINTS, CRDS]
 BY_GVR = {(rt.group, rt.version, rt.plural): rt for rt in RESOURCES}
 BY_KIND = {(rt.api_version, rt.kind): rt for rt in RESOURCES}
 

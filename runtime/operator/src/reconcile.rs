@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -154,6 +155,10 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
     for s in &desired.services {
         services.patch(&s.name_any(), &ssa, &Patch::Apply(s)).await?;
     }
+    let policy = &desired.network_policy;
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+        .patch(&policy.name_any(), &ssa, &Patch::Apply(policy))
+        .await?;
     let secret_name = desired::secret_name(&name);
     if secrets.get_opt(&secret_name).await?.is_none() {
         secrets
@@ -193,8 +198,8 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
 }
 
 async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
-    // Owner references hand the Deployments, Services and the Secret to the
-    // garbage collector; the finalizer only records that the operator saw it.
+    // Owner references hand the Deployments, Services, the NetworkPolicy and
+    // the Secret to the garbage collector; the finalizer only records that the operator saw it.
     publish(
         ctx,
         ep,
@@ -589,6 +594,7 @@ mod tests {
             [
                 "PATCH deployments/iris-v1",
                 "PATCH services/iris-v1",
+                "PATCH networkpolicies/iris-nodes",
                 "POST secrets",
                 "PATCH endpoints/iris/status",
             ]
@@ -601,6 +607,16 @@ mod tests {
             apply.query
         );
         assert_eq!(apply.body["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        // Node pods take connections from the routers only, on the node port.
+        let policy = &calls.iter().find(|c| c.is("PATCH", "/networkpolicies/iris-nodes")).unwrap().body;
+        assert_eq!(policy["metadata"]["ownerReferences"][0]["uid"], "uid-1");
+        assert_eq!(
+            policy["spec"],
+            json!({"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wasmscore-node", LABEL_ENDPOINT: "iris"}},
+                   "policyTypes": ["Ingress"],
+                   "ingress": [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "wasmscore-router"}}}],
+                                "ports": [{"port": 8081, "protocol": "TCP"}]}]})
+        );
         let secret = calls.iter().find(|c| c.is("POST", "/secrets")).unwrap();
         assert_eq!(secret.body["stringData"]["primaryKey"].as_str().unwrap().len(), 64);
         // No pod is ready yet: transitioning, and the 20% version has all of it.
@@ -637,6 +653,7 @@ mod tests {
                 "PATCH deployments/iris-v2",
                 "PATCH services/iris-v1",
                 "PATCH services/iris-v2",
+                "PATCH networkpolicies/iris-nodes",
                 "PATCH endpoints/iris/status",
             ]
         );

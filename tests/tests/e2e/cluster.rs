@@ -356,6 +356,18 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     router.wait_for_versions(&key, &["v1"], &c);
     let (_, dep) = c.deployment("iris-v1");
     assert!(dep["spec"]["template"]["spec"]["containers"][0]["args"].to_string().contains(&v1));
+    // Its node pods take connections from the routers only.
+    let (st, policy) = c.get(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/iris-nodes"));
+    assert_eq!(st, 200, "{policy}");
+    assert_eq!(
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "wasmscore-router",
+        "{policy}"
+    );
+    let node_pod = &c.pods("iris-v1")[0];
+    let (_, pod) = c.get(&format!("/api/v1/namespaces/{NS}/pods/{}", node_pod["name"].as_str().unwrap()));
+    for (k, v) in policy["spec"]["podSelector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod["metadata"]["labels"][k], v, "the policy does not select the node pods: {pod}");
+    }
 
     // Step 2: a second version at 10%.
     let (ok, out) = c.cli(&[
