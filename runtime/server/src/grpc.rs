@@ -41,7 +41,7 @@ use proto::model_metadata_response::TensorMetadata;
 use proto::*;
 
 /// Serves one connection (HTTP/2 only) until the client closes it.
-pub(crate) async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>)
+pub(crate) async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>, first: Arc<crate::http::FirstByte>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -76,7 +76,7 @@ where
     });
     // Once the server stops: GOAWAY, so the client's channel takes its next
     // calls elsewhere while the calls it has running here finish.
-    let served = crate::http::until_stopped(builder.serve_connection(io, svc), stopped);
+    let served = crate::http::until_stopped(builder.serve_connection(io, svc), stopped, first);
     if let Err(e) = spawned.drive(served).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
     }
@@ -560,6 +560,13 @@ fn stream_failed(id: String, model_name: String, s: &Status) -> ModelStreamInfer
         infer_response: Some(ModelInferResponse {
             id,
             model_name,
+            // The version that failed it, once one ran (`infer` names it).
+            model_version: s
+                .metadata()
+                .get("x-wasmscore-version")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
             ..Default::default()
         }),
     }
@@ -703,6 +710,13 @@ async fn infer<P: Plane>(
     let (version, traceparent, result) = app
         .dispatch(&endpoint, route, request, &span, text("tracestate"), Protocol::Grpc, started)
         .await;
+    // An error of the version is answered as its own, as on REST.
+    let named = |mut s: Status| {
+        if let Ok(v) = version.name.parse() {
+            s.metadata_mut().insert("x-wasmscore-version", v);
+        }
+        s
+    };
     if let Some((tx, forwarded)) = decoupled {
         // The last of its responses: what run() returned (none for an
         // empty one, unless the client asked for a last that says so), or
@@ -728,10 +742,10 @@ async fn infer<P: Plane>(
                     r.id.clone(),
                 ) {
                     Ok(resp) => streamed(if final_flag { flagged(resp, true) } else { resp }),
-                    Err(s) => last_failed(r.id.clone(), endpoint.clone(), &s, final_flag),
+                    Err(s) => last_failed(r.id.clone(), endpoint.clone(), &named(s), final_flag),
                 },
             ),
-            Err(e) => Some(last_failed(r.id.clone(), endpoint.clone(), &status(e.into()), final_flag)),
+            Err(e) => Some(last_failed(r.id.clone(), endpoint.clone(), &named(status(e.into())), final_flag)),
         };
         if let Some(m) = last {
             let _ = tx.send(m).await;
@@ -743,13 +757,6 @@ async fn infer<P: Plane>(
         let _ = forwarded.await;
         return Ok(Answer::Sent);
     }
-    // An error of the version is answered as its own, as on REST.
-    let named = |mut s: Status| {
-        if let Ok(v) = version.name.parse() {
-            s.metadata_mut().insert("x-wasmscore-version", v);
-        }
-        s
-    };
     let out = result.map_err(|e| named(status(e.into())))?;
     let resp = response(out, &wanted, &places, Some(&app.regions), endpoint, &version.name, r.id).map_err(named)?;
     Ok(Answer::One(resp, version, traceparent))

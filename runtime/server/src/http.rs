@@ -117,6 +117,9 @@ pub(crate) struct App<P> {
 /// timeout, and a little).
 const DRAIN: Duration = Duration::from_secs(65);
 
+/// How long open connections get to end once no request is in flight.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Counts a request as in flight for as long as it lives (a dropped
 /// connection drops it too).
 pub(crate) struct InFlight<P>(Arc<App<P>>);
@@ -181,31 +184,41 @@ pub async fn serve<P: Plane>(
     while loops.join_next().await.is_some() {}
     let deadline = tokio::time::sleep(DRAIN);
     tokio::pin!(deadline);
+    requests_done(&app, deadline.as_mut()).await;
+    // Then the connections end: HTTP/2's GOAWAY takes a round trip, and a
+    // peer that does not answer is not waited for beyond CLOSE_GRACE. What
+    // they took meanwhile (streams opened before the GOAWAY) finishes.
     // Every connection holds a permit until it ends.
     let all = u32::try_from(app.cfg.max_connections).unwrap_or(u32::MAX);
     tokio::select! {
         _ = conns.acquire_many(all) => {}
-        _ = &mut deadline => {
+        _ = tokio::time::sleep(CLOSE_GRACE) => {
             let open = app.cfg.max_connections - conns.available_permits();
-            tracing::warn!(connections = open, "shutdown: connections still open after the drain");
+            tracing::debug!(connections = open, "shutdown: connections still open after the grace");
         }
+        _ = deadline.as_mut() => {}
     }
+    requests_done(&app, deadline.as_mut()).await;
+    timer.abort();
+    Ok(())
+}
+
+/// Waits until no request is in flight, or the deadline.
+async fn requests_done<P>(app: &App<P>, mut deadline: std::pin::Pin<&mut tokio::time::Sleep>) {
     loop {
         let idle = app.idle.notified();
         let left = app.in_flight.load(std::sync::atomic::Ordering::Acquire);
         if left == 0 {
-            break;
+            return;
         }
         tokio::select! {
             _ = idle => {}
-            _ = &mut deadline => {
+            _ = deadline.as_mut() => {
                 tracing::warn!(requests = left, "shutdown: requests still in flight after the drain");
-                break;
+                return;
             }
         }
     }
-    timer.abort();
-    Ok(())
 }
 
 async fn accept_loop<P: Plane>(
@@ -238,11 +251,20 @@ async fn accept_loop<P: Plane>(
         let (app, tls) = (app.clone(), tls.clone());
         let serve = async move |stream: tokio::net::TcpStream| {
             let _permit = permit;
-            let first_byte = app.cfg.header_read_timeout;
+            let limit = app.cfg.header_read_timeout;
+            let first = Arc::new(FirstByte::default());
             match tls {
-                None => serve_in(speaks, app, TokioIo::new(FirstByteDeadline::new(stream, first_byte))).await,
+                None => {
+                    serve_in(
+                        speaks,
+                        app,
+                        TokioIo::new(FirstByteDeadline::new(stream, limit, first.clone())),
+                        first,
+                    )
+                    .await
+                }
                 Some(acceptor) => match tokio::time::timeout(app.cfg.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(s)) => serve_in(speaks, app, TokioIo::new(FirstByteDeadline::new(s, first_byte))).await,
+                    Ok(Ok(s)) => serve_in(speaks, app, TokioIo::new(FirstByteDeadline::new(s, limit, first.clone())), first).await,
                     Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!("TLS handshake timed out"),
                 },
@@ -266,13 +288,34 @@ async fn accept_loop<P: Plane>(
 }
 
 /// Serves one accepted connection in the protocol its port speaks.
-async fn serve_in<P: Plane, I>(speaks: Speaks, app: Arc<App<P>>, io: TokioIo<I>)
+async fn serve_in<P: Plane, I>(speaks: Speaks, app: Arc<App<P>>, io: TokioIo<I>, first: Arc<FirstByte>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     match speaks {
-        Speaks::Http => serve_connection(app, io).await,
-        Speaks::Grpc => crate::grpc::serve_connection(app, io).await,
+        Speaks::Http => serve_connection(app, io, first).await,
+        Speaks::Grpc => crate::grpc::serve_connection(app, io, first).await,
+    }
+}
+
+/// Whether a connection has sent its first byte, for a graceful end.
+#[derive(Default)]
+pub(crate) struct FirstByte {
+    seen: std::sync::atomic::AtomicBool,
+    came: tokio::sync::Notify,
+}
+
+impl FirstByte {
+    fn saw(&self) {
+        self.seen.store(true, std::sync::atomic::Ordering::Release);
+        // Kept as a permit when nobody waits yet.
+        self.came.notify_one();
+    }
+
+    async fn wait(&self) {
+        if !self.seen.load(std::sync::atomic::Ordering::Acquire) {
+            self.came.notified().await;
+        }
     }
 }
 
@@ -283,13 +326,15 @@ where
 struct FirstByteDeadline<I> {
     inner: I,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    first: Arc<FirstByte>,
 }
 
 impl<I> FirstByteDeadline<I> {
-    fn new(inner: I, limit: Duration) -> Self {
+    fn new(inner: I, limit: Duration, first: Arc<FirstByte>) -> Self {
         FirstByteDeadline {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
+            first,
         }
     }
 }
@@ -310,6 +355,7 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 self.deadline = None;
+                self.first.saw();
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
@@ -369,7 +415,7 @@ fn refuse(mut stream: tokio::net::TcpStream, tls: bool) {
     });
 }
 
-async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>)
+async fn serve_connection<P: Plane, I>(app: Arc<App<P>>, io: TokioIo<I>, first: Arc<FirstByte>)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -394,7 +440,10 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
-    if let Err(e) = spawned.drive(until_stopped(builder.serve_connection(io, svc), stopped)).await {
+    if let Err(e) = spawned
+        .drive(until_stopped(builder.serve_connection(io, svc), stopped, first))
+        .await
+    {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
@@ -402,10 +451,13 @@ where
 /// Serves `conn` to its end; once the server stops, asks it to end
 /// gracefully: hyper then closes an HTTP/1.1 connection after the answer
 /// in progress (at once when idle) and sends an HTTP/2 one GOAWAY, serving
-/// the streams opened before it.
+/// the streams opened before it. A connection that has sent nothing yet is
+/// first let send its first request: hyper would cancel one still reading
+/// which protocol it speaks, dropping a request on its way.
 pub(crate) async fn until_stopped<I, S, E, B>(
     conn: hyper_util::server::conn::auto::Connection<'_, I, S, E>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
+    first: Arc<FirstByte>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
@@ -418,13 +470,16 @@ where
 {
     tokio::pin!(conn);
     tokio::select! {
-        r = conn.as_mut() => r,
+        r = conn.as_mut() => return r,
         // (the guard `wait_for` returns is not Send: dropped at once)
-        _ = async { drop(stopped.wait_for(|s| *s).await) } => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+        _ = async { drop(stopped.wait_for(|s| *s).await) } => {}
     }
+    tokio::select! {
+        r = conn.as_mut() => return r,
+        _ = first.wait() => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 fn json(status: u16, body: Vec<u8>) -> Response<Body> {

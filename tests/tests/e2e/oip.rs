@@ -222,7 +222,8 @@ fn check_halves(ep: &str, (status, _, body): &(u16, String, Value)) {
 /// gRPC over TLS (the development CA, as HTTPS uses it) with the message
 /// limit: tritonclient.grpc with `ssl=True` is served; a message over
 /// `--max-body-bytes` is refused with a status and the server keeps serving;
-/// an error after the version ran names it (`x-wasmscore-version`).
+/// an error after the version ran names it (`x-wasmscore-version`; a
+/// failed message of a stream, `model_version`).
 #[test]
 fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
     let dir = tempfile::tempdir().unwrap();
@@ -274,6 +275,11 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         except grpc.RpcError as e:\n\
         \x20   md = dict(e.trailing_metadata() or ())\n\
         \x20   assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and md.get('x-wasmscore-version') == 'v1', (e.code(), e.details(), md)\n\
+        stream = grpc.secure_channel(addr, grpc.ssl_channel_credentials(open(ca, 'rb').read())).stream_stream(\n\
+        \x20   '/inference.GRPCInferenceService/ModelStreamInfer', request_serializer=lambda b: b,\n\
+        \x20   response_deserializer=pb.ModelStreamInferResponse.FromString)\n\
+        failed = next(iter(stream(iter([nope.SerializeToString()]), metadata=[('authorization', 'Bearer ' + key)])))\n\
+        assert 'nope' in failed.error_message and failed.infer_response.model_version == 'v1', failed\n\
         assert (call(2).as_numpy('OUTPUT1') == 0.0).all()\n\
         try:\n\
         \x20   tg.InferenceServerClient(addr).is_server_live()\n\
@@ -298,8 +304,9 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
 /// GOAWAY and closes the HTTP/1.1 one, so the clients' next calls go to a
 /// new connection (refused here, where no other server is; on a cluster,
 /// the other router) instead of being refused on the old one; a stream
-/// open on the channel ends UNAVAILABLE, saying to open it again; a call
-/// in progress finishes.
+/// open on the channel ends UNAVAILABLE, saying to open it again; a
+/// connection that had sent nothing yet has its first request served; a
+/// call in progress finishes.
 #[test]
 fn a_stopping_server_sends_clients_away_and_finishes_calls_in_progress() {
     use std::io::{BufRead, BufReader, Write};
@@ -348,6 +355,8 @@ fn a_stopping_server_sends_clients_away_and_finishes_calls_in_progress() {
     let mut head = [0u8; 512];
     let n = std::io::Read::read(&mut h1, &mut head).unwrap();
     assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head[..n]));
+    // A connection that has sent nothing yet at the SIGTERM.
+    let mut quiet = std::net::TcpStream::connect(&s.addr).unwrap();
     // A call in progress keeps the server draining while the client calls again.
     let (addr, key) = (s.addr.clone(), s.key("slow").unwrap());
     let slow = std::thread::spawn(move || crate::post_score(&addr, "slow", &key, &[], "sleep:3000"));
@@ -362,6 +371,16 @@ fn a_stopping_server_sends_clients_away_and_finishes_calls_in_progress() {
     assert!(
         closed.is_ok() && !slow.is_finished(),
         "the idle HTTP/1.1 connection was not closed while a call was in progress: {closed:?}"
+    );
+    // The quiet connection's first request is served (then it is closed).
+    quiet.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    quiet.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut answer = Vec::new();
+    let read = std::io::Read::read_to_end(&mut quiet, &mut answer);
+    assert!(
+        read.is_ok() && answer.starts_with(b"HTTP/1.1 200") && !slow.is_finished(),
+        "a connection made before the SIGTERM had its request dropped: {read:?} {}",
+        String::from_utf8_lossy(&answer)
     );
     let h2 = h2.join().unwrap();
     assert!(
@@ -405,10 +424,14 @@ fn h2_calls_until_sent_away(addr: &str) -> (H2Calls, tokio::sync::oneshot::Sende
             let conn = tokio::spawn(conn);
             let call = |client: h2::client::SendRequest<bytes::Bytes>| {
                 let uri = format!("http://{addr}/v2/health/live");
-                async move {
+                let call = async move {
                     let mut client = client.ready().await?;
                     let (answer, _) = client.send_request(http::Request::get(uri).body(()).unwrap(), true)?;
                     Ok::<u16, h2::Error>(answer.await?.status().as_u16())
+                };
+                async move {
+                    let limit = std::time::Duration::from_secs(10);
+                    tokio::time::timeout(limit, call).await.expect("an HTTP/2 call took over 10 s")
                 }
             };
             let mut statuses = vec![call(client.clone()).await.map_err(|e| e.to_string())?];
