@@ -149,16 +149,17 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
+    // The policy first: no node pod is ever open to the whole cluster.
+    let policy = &desired.network_policy;
+    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
+        .patch(&policy.name_any(), &ssa, &Patch::Apply(policy))
+        .await?;
     for d in &desired.deployments {
         deployments.patch(&d.name_any(), &ssa, &Patch::Apply(d)).await?;
     }
     for s in &desired.services {
         services.patch(&s.name_any(), &ssa, &Patch::Apply(s)).await?;
     }
-    let policy = &desired.network_policy;
-    Api::<NetworkPolicy>::namespaced(ctx.client.clone(), ns)
-        .patch(&policy.name_any(), &ssa, &Patch::Apply(policy))
-        .await?;
     let secret_name = desired::secret_name(&name);
     if secrets.get_opt(&secret_name).await?.is_none() {
         secrets
@@ -592,9 +593,9 @@ mod tests {
         assert_eq!(
             writes(&calls),
             [
+                "PATCH networkpolicies/iris-nodes",
                 "PATCH deployments/iris-v1",
                 "PATCH services/iris-v1",
-                "PATCH networkpolicies/iris-nodes",
                 "POST secrets",
                 "PATCH endpoints/iris/status",
             ]
@@ -649,11 +650,11 @@ mod tests {
         assert_eq!(
             writes(&calls),
             [
+                "PATCH networkpolicies/iris-nodes",
                 "PATCH deployments/iris-v1",
                 "PATCH deployments/iris-v2",
                 "PATCH services/iris-v1",
                 "PATCH services/iris-v2",
-                "PATCH networkpolicies/iris-nodes",
                 "PATCH endpoints/iris/status",
             ]
         );
