@@ -298,7 +298,8 @@ where
     }
 }
 
-/// Whether a connection has sent its first byte, for a graceful end.
+/// Whether a connection has sent enough to tell its protocol, for a
+/// graceful end (`FirstByteDeadline`).
 #[derive(Default)]
 pub(crate) struct FirstByte {
     seen: std::sync::atomic::AtomicBool,
@@ -319,14 +320,35 @@ impl FirstByte {
     }
 }
 
-/// A connection must send its first byte within the header read timeout.
-/// (hyper's own header timer starts only once it knows the protocol, so a
-/// client that connects and sends nothing would otherwise hold its slot.)
-/// After the first byte it is transparent: long calls are not cut.
+/// A connection must send its first bytes, enough to tell which protocol
+/// it speaks, within the header read timeout. (hyper's own header timer
+/// starts only once it knows the protocol, so a client that connects and
+/// sends nothing, or only the start of HTTP/2's preface, would otherwise
+/// hold its slot.) After them it is transparent: long calls are not cut.
 struct FirstByteDeadline<I> {
     inner: I,
     deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
     first: Arc<FirstByte>,
+    /// How many of the bytes read so far are HTTP/2's preface.
+    preface: usize,
+}
+
+/// hyper-util tells HTTP/2 from HTTP/1.1 by this: the protocol is known
+/// once a byte differs from it, or all of it came.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether `read`, after `matched` bytes of the preface, tells the protocol.
+fn protocol_known(matched: &mut usize, read: &[u8]) -> bool {
+    for &b in read {
+        if H2_PREFACE.get(*matched) != Some(&b) {
+            return true;
+        }
+        *matched += 1;
+        if *matched == H2_PREFACE.len() {
+            return true;
+        }
+    }
+    false
 }
 
 impl<I> FirstByteDeadline<I> {
@@ -335,6 +357,7 @@ impl<I> FirstByteDeadline<I> {
             inner,
             deadline: Some(Box::pin(tokio::time::sleep(limit))),
             first,
+            preface: 0,
         }
     }
 }
@@ -354,8 +377,11 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         }
         match r {
             Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                self.deadline = None;
-                self.first.saw();
+                let this = &mut *self;
+                if protocol_known(&mut this.preface, &buf.filled()[before..]) {
+                    this.deadline = None;
+                    this.first.saw();
+                }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => match self.deadline.as_mut().map(|d| d.as_mut().poll(cx)) {
@@ -451,9 +477,10 @@ where
 /// Serves `conn` to its end; once the server stops, asks it to end
 /// gracefully: hyper then closes an HTTP/1.1 connection after the answer
 /// in progress (at once when idle) and sends an HTTP/2 one GOAWAY, serving
-/// the streams opened before it. A connection that has sent nothing yet is
-/// first let send its first request: hyper would cancel one still reading
-/// which protocol it speaks, dropping a request on its way.
+/// the streams opened before it. A connection that has not yet sent
+/// enough to tell its protocol is first let send it: hyper would cancel
+/// one still reading which protocol it speaks, dropping a request on its
+/// way.
 pub(crate) async fn until_stopped<I, S, E, B>(
     conn: hyper_util::server::conn::auto::Connection<'_, I, S, E>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -1149,3 +1176,23 @@ impl<P: Plane> App<P> {
 }
 
 use wasmscore_router::auth::constant_time_eq;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_protocol_is_known_once_a_byte_leaves_http2s_preface_or_all_of_it_came() {
+        let mut m = 0;
+        assert!(protocol_known(&mut m, b"GET / HTTP/1.1"));
+        let mut m = 0;
+        assert!(!protocol_known(&mut m, b"P"), "POST or the preface");
+        assert!(protocol_known(&mut m, b"OST / HTTP/1.1"));
+        let mut m = 0;
+        assert!(!protocol_known(&mut m, &H2_PREFACE[..10]));
+        assert!(!protocol_known(&mut m, &H2_PREFACE[10..23]));
+        assert!(protocol_known(&mut m, &H2_PREFACE[23..]));
+        let mut m = 0;
+        assert!(protocol_known(&mut m, &[H2_PREFACE, b"\0\0\0\x04"].concat()));
+    }
+}

@@ -261,7 +261,7 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         raw = grpc.secure_channel(addr, grpc.ssl_channel_credentials(open(ca, 'rb').read())).unary_unary(\n\
         \x20   '/inference.GRPCInferenceService/ModelInfer', request_serializer=lambda b: b, response_deserializer=lambda b: b)\n\
         try:\n\
-        \x20   raw(b'\\xff\\xff\\xff', metadata=[('authorization', 'Bearer ' + key)])\n\
+        \x20   raw(b'\\xff\\xff\\xff', metadata=[('authorization', 'Bearer ' + key)], timeout=30)\n\
         \x20   raise SystemExit('a message that is not protobuf was served')\n\
         except grpc.RpcError as e:\n\
         \x20   assert e.code() == grpc.StatusCode.INTERNAL and 'decode' in e.details(), (e.code(), e.details())\n\
@@ -270,7 +270,7 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         \x20   inputs=[pb.ModelInferRequest.InferInputTensor(name=n, datatype='FP32', shape=[1, 16]) for n in ('INPUT0', 'INPUT1')],\n\
         \x20   outputs=[pb.ModelInferRequest.InferRequestedOutputTensor(name='nope')])\n\
         try:\n\
-        \x20   raw(nope.SerializeToString(), metadata=[('authorization', 'Bearer ' + key)])\n\
+        \x20   raw(nope.SerializeToString(), metadata=[('authorization', 'Bearer ' + key)], timeout=30)\n\
         \x20   raise SystemExit('an output the model does not have was served')\n\
         except grpc.RpcError as e:\n\
         \x20   md = dict(e.trailing_metadata() or ())\n\
@@ -278,7 +278,7 @@ fn grpc_serves_over_tls_and_refuses_an_oversize_message() {
         stream = grpc.secure_channel(addr, grpc.ssl_channel_credentials(open(ca, 'rb').read())).stream_stream(\n\
         \x20   '/inference.GRPCInferenceService/ModelStreamInfer', request_serializer=lambda b: b,\n\
         \x20   response_deserializer=pb.ModelStreamInferResponse.FromString)\n\
-        failed = next(iter(stream(iter([nope.SerializeToString()]), metadata=[('authorization', 'Bearer ' + key)])))\n\
+        failed = next(iter(stream(iter([nope.SerializeToString()]), metadata=[('authorization', 'Bearer ' + key)], timeout=30)))\n\
         assert 'nope' in failed.error_message and failed.infer_response.model_version == 'v1', failed\n\
         assert (call(2).as_numpy('OUTPUT1') == 0.0).all()\n\
         try:\n\
