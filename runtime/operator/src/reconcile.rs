@@ -200,7 +200,8 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
 
 async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     // Owner references hand the Deployments, Services, the NetworkPolicy and
-    // the Secret to the garbage collector; the finalizer only records that the operator saw it.
+    // the Secret to the garbage collector; the finalizer only records that
+    // the operator saw it.
     publish(
         ctx,
         ep,

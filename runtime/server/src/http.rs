@@ -146,7 +146,8 @@ type Body = Full<Bytes>;
 /// after its answer in progress, at once when idle; an HTTP/2 one with
 /// GOAWAY, after the streams opened before it), so clients send their next
 /// requests elsewhere (another router) instead of being refused here. It
-/// returns once they have all ended (up to `DRAIN`), so what the answered
+/// returns once no request is in flight (up to `DRAIN`) and the
+/// connections have ended (up to `CLOSE_GRACE` more), so what the answered
 /// requests did (their collected data) is all in before the caller shuts
 /// the rest down.
 pub async fn serve<P: Plane>(
