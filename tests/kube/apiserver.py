@@ -1811,6 +1811,31 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_request(self, code: Any = "-", size: Any = "-") -> None:
         log(f"{self.command} {self.path} {int(code) if str(code).isdigit() else code}")
+        self.write_audit(int(code) if str(code).isdigit() else 0)
+
+    def write_audit(self, code: int) -> None:
+        """The request's audit event (level Metadata), as the real server's
+        audit log has it: who, the verb RBAC authorized it as, the object,
+        the status. A server-side apply that made the object answers 201:
+        the real server authorizes it as create too."""
+        route, self.audit_route = getattr(self, "audit_route", None), None
+        if self.sim.audit_log is None or route is None:
+            return
+        r, verb = route
+        auth = self.headers.get("Authorization") or ""
+        ref = {"resource": r.rt.plural, "apiGroup": r.rt.group, "apiVersion": r.rt.version}
+        if r.ns:
+            ref["namespace"] = r.ns
+        if r.name:
+            ref["name"] = r.name
+        if r.sub:
+            ref["subresource"] = r.sub
+        event = {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "stage": "ResponseComplete",
+                 "requestURI": self.path, "verb": verb,
+                 "user": {"username": auth[len("Bearer "):] if auth.startswith("Bearer ") else "system:anonymous"},
+                 "objectRef": ref, "responseStatus": {"code": code}}
+        with self.sim.audit_lock:
+            self.sim.audit_log.write(json.dumps(event) + "\n")
 
     def do_GET(self) -> None:
         self.dispatch()
@@ -1944,9 +1969,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     # -- verbs ------------------------------------------------------------
 
     def serve(self, r: Route, body: bytes) -> None:
+        method = self.command
+        watching = self.query.get("watch") in ("true", "1")
+        verbs = {"GET": "watch" if watching else "list", "POST": "create", "DELETE": "deletecollection"} \
+            if r.name is None else {"GET": "get", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+        self.audit_route = (r, verbs.get(method, method.lower()))
         if "dryRun" in self.query:
             raise bad_request("dryRun is not supported by the simulated API server")
-        method = self.command
         if r.name is None:
             if method == "GET":
                 return self.watch(r) if self.query.get("watch") in ("true", "1") else self.list(r)
@@ -3116,6 +3145,8 @@ class Sim:
         self.wasmscore = os.path.abspath(args.wasmscore) if args.wasmscore else None
         self.probe_period = args.probe_period
         self.bookmark_interval = args.bookmark_interval
+        self.audit_log = open(args.audit_log_path, "a", buffering=1) if args.audit_log_path else None
+        self.audit_lock = threading.Lock()
         self.port = 0
         self.stopping = threading.Event()
         self.cluster = Cluster()
@@ -3165,6 +3196,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--crd", help="a CustomResourceDefinition (JSON) to install at start (validation schema)")
     p.add_argument("--probe-period", type=float, default=0.25, help="seconds between readiness probes")
     p.add_argument("--bookmark-interval", type=float, default=2.0, help="seconds between watch bookmarks")
+    p.add_argument("--audit-log-path", help="one audit.k8s.io/v1 Event per resource request (JSON lines), "
+                   "the user being the request's bearer token")
     p.add_argument("-v", "--verbose", action="count", default=1, help="more logging (-v: kubelet detail)")
     p.add_argument("-q", "--quiet", action="store_true", help="errors only")
     return p.parse_args(argv)

@@ -56,7 +56,9 @@ impl Cluster {
                 .arg("--wasmscore")
                 .arg(bin())
                 .arg("--crd")
-                .arg(root().join("deploy/crd.json")),
+                .arg(root().join("deploy/crd.json"))
+                .arg("--audit-log-path")
+                .arg(dir.path().join("audit.jsonl")),
             dir.path().join("apiserver.log"),
         );
         let info = state.join("apiserver.json");
@@ -82,8 +84,37 @@ impl Cluster {
         c
     }
 
-    fn start_operator(&mut self) {
+    /// A command whose requests carry the token `who` (the simulation
+    /// takes any), so the audit log tells the operator's from the
+    /// routers'.
+    fn command_as(&self, who: &str) -> Command {
+        let config = self.dir.path().join(format!("kubeconfig-{who}"));
+        let text = std::fs::read_to_string(self.kubeconfig()).unwrap();
+        assert!(text.contains("token: sim"), "{text}");
+        std::fs::write(&config, text.replace("token: sim", &format!("token: {who}"))).unwrap();
         let mut c = self.command();
+        c.env("KUBECONFIG", config);
+        c
+    }
+
+    /// Every request the operator and the routers made was one their roles
+    /// in deploy/ allow (tests/kube/rbac_check.py over the audit log).
+    fn check_rbac(&self) {
+        let out = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("tests/kube/rbac_check.py"))
+            .arg(self.dir.path().join("audit.jsonl"))
+            .arg("operator=deploy/rbac.yaml:ClusterRole:wasmscore-operator")
+            .arg("router=deploy/router.yaml:Role:wasmscore-router")
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        eprintln!("{text}");
+        assert!(out.status.success(), "a request deploy/'s RBAC would refuse:\n{text}");
+    }
+
+    fn start_operator(&mut self) {
+        let mut c = self.command_as("operator");
         c.args([
             "operator",
             "run",
@@ -100,7 +131,7 @@ impl Cluster {
 
     fn router(&self, identity: &str) -> KubeRouter {
         let port = free_port();
-        let mut c = self.command();
+        let mut c = self.command_as("router");
         c.args([
             "router",
             "--kube",
@@ -548,6 +579,7 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     wait_for("the router to take the new key", Duration::from_secs(10), || {
         router.score(&key).0 == 401 && router.score(&fresh).0 == 200
     });
+    c.check_rbac();
 }
 
 #[test]
@@ -639,4 +671,5 @@ fn two_routers_one_leader_scale_from_zero_and_under_load() {
         wait_for("router-b to lead", Duration::from_secs(15), || b.is_leader());
     }
     eprintln!("woke from zero in {} ms", woke_in.as_millis());
+    c.check_rbac();
 }
