@@ -97,14 +97,16 @@ impl Cluster {
         c
     }
 
-    /// Every request the operator and the routers made was one their roles
-    /// in deploy/ allow (tests/kube/rbac_check.py over the audit log).
+    /// Every request the operator, the routers and the CLI (as a model
+    /// author) made was one their roles in deploy/ allow
+    /// (tests/kube/rbac_check.py over the audit log).
     fn check_rbac(&self) {
         let out = Command::new(root().join(".venv/bin/python"))
             .arg(root().join("tests/kube/rbac_check.py"))
             .arg(self.dir.path().join("audit.jsonl"))
             .arg("operator=deploy/rbac.yaml:ClusterRole:wasmscore-operator")
             .arg("router=deploy/router.yaml:Role:wasmscore-router")
+            .arg("author=deploy/author.yaml:Role:wasmscore-author")
             .current_dir(root())
             .output()
             .unwrap();
@@ -161,7 +163,12 @@ impl Cluster {
 
     /// `wasmscore ARGS --kube`: success, stdout and stderr.
     fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = self.command().args(args).args(["--kube", "--namespace", NS]).output().unwrap();
+        let out = self
+            .command_as("author")
+            .args(args)
+            .args(["--kube", "--namespace", NS])
+            .output()
+            .unwrap();
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), text)
     }

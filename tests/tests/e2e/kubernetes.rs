@@ -29,6 +29,7 @@ fn deploy_manifests_validate_for_kubernetes_1_36() {
         "rbac.yaml",
         "operator.yaml",
         "router.yaml",
+        "author.yaml",
         "crd.json",
         "example-endpoint.yaml",
     ];
@@ -47,6 +48,8 @@ fn deploy_manifests_validate_for_kubernetes_1_36() {
         "clusterrolebinding/wasmscore-operator",
         "deployment/wasmscore-operator",
         "customresourcedefinition/endpoints.wasmscore.dev",
+        "role/wasmscore-author",
+        "rolebinding/wasmscore-author",
     ] {
         assert!(
             text.contains(&format!("passed for resource {kind} against version 1.36")),
