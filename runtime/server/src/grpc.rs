@@ -64,14 +64,16 @@ where
     // ModelInfer, the call per inference, is served here; the other calls
     // (and a compressed ModelInfer) by tonic.
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let (app, mut tonic) = (app.clone(), svc.clone());
+        // tonic's service is cloned only for the calls it serves.
+        let ours = req.uri().path() == MODEL_INFER && !req.headers().contains_key("grpc-encoding");
+        let (app, tonic) = (app.clone(), (!ours).then(|| svc.clone()));
         async move {
-            if req.uri().path() == MODEL_INFER && !req.headers().contains_key("grpc-encoding") {
-                return Ok(unary_model_infer(&app, req).await.map(http_body_util::Either::Right));
+            match tonic {
+                None => Ok(unary_model_infer(&app, req).await.map(http_body_util::Either::Right)),
+                Some(mut tonic) => tower_service::Service::call(&mut tonic, req)
+                    .await
+                    .map(|r| r.map(http_body_util::Either::Left)),
             }
-            tower_service::Service::call(&mut tonic, req)
-                .await
-                .map(|r| r.map(http_body_util::Either::Left))
         }
     });
     // Once the server stops: GOAWAY, so the client's channel takes its next
