@@ -294,21 +294,20 @@ def main():
     measure("nginx return 200 (network floor)", f"http://127.0.0.1:{port}/score", plain_lua, stat.p.pid)
     stat.stop()
 
-    # wasmscore: one process, both modules, key auth on, autoscaling default.
-    port = free_port()
+    # wasmscore: one `up` per module (its RSS is that version's alone), key
+    # auth on, autoscaling default.
     cold_ours = []
-    up, data = wasmscore_up(work, port)
     deploy_first = {}
     for name, module in (("rust", a.rust), ("python", a.python)):
+        port = free_port()
+        up, data = wasmscore_up(work, port)
         t = time.perf_counter()
         deploy(data, name, module, dc={"primary_key": KEY})
         deploy_first[name] = wait_200(f"http://127.0.0.1:{port}/api/v1/service/{name}/score", {"Authorization": f"Bearer {KEY}"}) + (
             time.perf_counter() - t
         )
-    for name in ("rust", "python"):
         measure(f"wasmscore {name}", f"http://127.0.0.1:{port}/api/v1/service/{name}/score", key_lua, up.p.pid)
-        results[f"wasmscore {name}"]["rss"] = rss_mib(up.p.pid)
-    up.stop()
+        up.stop()
     # Cold start: a data dir with the Rust version deployed, process start ->
     # first 200 (compile cache warm, as after a restart or on a new replica
     # of the whole process).
@@ -417,7 +416,7 @@ def machine():
 def render(results, order, floor_us, hop, deploy_first, density_kib, deploy_per_version, a):
     ours = results["wasmscore rust"]
     L = []
-    L.append(f"Machine: {machine()}. wrk -t2 (-t1 at 1 connection), {a.seconds} s per run, request `{BODY}` to the iris model.")
+    L.append(f"Machine: {machine()}. wrk -t2 (-t1 at 1 connection), {a.seconds} s per run, request `{BODY}` to the iris model." + " Each wasmscore row is an `up` of its own serving that one version (key auth, the default autoscaling); RSS after is the process's after its load runs.")
     L.append("")
     L.append("| server | conns | req/s | p50 | p90 | p99 | errors | RSS after | cold start | req/s vs wasmscore rust |")
     L.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
