@@ -155,6 +155,16 @@ pub enum OperatorCommand {
         /// compile cache (hostPath): new pods skip compiling.
         #[arg(long)]
         compile_cache_host_path: Option<String>,
+        /// The router's Service in each namespace (the host of the scoring
+        /// URL an Endpoint's status gives).
+        #[arg(long, default_value = "wasmscore-router")]
+        router_service: String,
+        /// A label of the router pods, KEY=VALUE (repeat for more; default:
+        /// deploy/router.yaml's app.kubernetes.io/name=wasmscore-router).
+        /// Each Endpoint's NetworkPolicy lets only pods with all of them
+        /// reach its nodes.
+        #[arg(long = "router-pod-label", value_name = "KEY=VALUE", value_parser = wasmscore_operator::desired::label)]
+        router_pod_labels: Vec<(String, String)>,
     },
 }
 
@@ -271,14 +281,23 @@ pub fn run(cli: Cli) -> Result<()> {
                     image,
                     drain_seconds,
                     compile_cache_host_path,
+                    router_service,
+                    router_pod_labels,
                 },
         } => {
             crate::up::init_logging();
+            let defaults = wasmscore_operator::desired::Settings::default();
             let settings = wasmscore_operator::desired::Settings {
                 image,
                 drain_seconds,
                 compile_cache: compile_cache_host_path,
-                ..Default::default()
+                router_service,
+                router_pods: if router_pod_labels.is_empty() {
+                    defaults.router_pods.clone()
+                } else {
+                    router_pod_labels.into_iter().collect()
+                },
+                ..defaults
             };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(wasmscore_operator::reconcile::run(settings, namespace))?;

@@ -48,6 +48,9 @@ pub struct Settings {
     pub process_memory_mib: u32,
     /// The router's Service in each namespace (the scoring URL's host).
     pub router_service: String,
+    /// The labels that pick the router pods (deploy/router.yaml's): the
+    /// only pods an endpoint's NetworkPolicy lets reach its nodes.
+    pub router_pods: BTreeMap<String, String>,
     /// A directory on each Kubernetes node that node pods share as their
     /// compile cache (a hostPath at /cache): a new pod on a node that ran
     /// the version before skips compiling. None: each pod compiles.
@@ -62,6 +65,7 @@ impl Default for Settings {
             drain_seconds: 10,
             process_memory_mib: 256,
             router_service: "wasmscore-router".into(),
+            router_pods: BTreeMap::from([(ROUTER_POD_LABEL.0.into(), ROUTER_POD_LABEL.1.into())]),
             compile_cache: None,
         }
     }
@@ -75,7 +79,8 @@ pub struct Desired {
     pub network_policy: NetworkPolicy,
 }
 
-/// The label deploy/router.yaml puts on the router pods.
+/// The label deploy/router.yaml puts on the router pods (the default of
+/// `Settings::router_pods`).
 pub const ROUTER_POD_LABEL: (&str, &str) = ("app.kubernetes.io/name", "wasmscore-router");
 
 /// A version with its resolved deployment config.
@@ -118,6 +123,43 @@ fn dns_label(kind: &str, s: &str) -> Result<(), RuleError> {
         )));
     }
     Ok(())
+}
+
+/// A Kubernetes label given as `KEY=VALUE`, checked as the API server
+/// checks one: the key an optional DNS-subdomain prefix and `/`, then a
+/// name of up to 63 characters; the value up to 63 characters, maybe empty.
+/// Names and values begin and end with a letter or digit and hold only
+/// those, `-`, `_` and `.`.
+pub fn label(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s.split_once('=').ok_or_else(|| format!("{s:?} is not KEY=VALUE"))?;
+    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    let segment = |t: &str| {
+        t.len() <= 63
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && t.bytes().next().is_none_or(|b| b.is_ascii_alphanumeric())
+            && t.bytes().last().is_none_or(|b| b.is_ascii_alphanumeric())
+    };
+    let subdomain = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 253
+            && p.split('.').all(|l| {
+                !l.is_empty()
+                    && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            })
+    };
+    if name.is_empty() || !segment(name) || prefix.is_some_and(|p| !subdomain(p)) {
+        return Err(format!(
+            "label key {key:?}: a name of up to 63 letters, digits, '-', '_' and '.' (beginning and ending with a letter or digit), after an optional DNS subdomain and '/'"
+        ));
+    }
+    if !segment(value) {
+        return Err(format!(
+            "label value {value:?}: up to 63 letters, digits, '-', '_' and '.', beginning and ending with a letter or digit"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// The rollout part of each version, as the rules see it.
@@ -403,7 +445,6 @@ pub fn network_policy(ep: &Endpoint, s: &Settings) -> NetworkPolicy {
         match_labels: Some(labels),
         ..Default::default()
     };
-    let (router_key, router_value) = ROUTER_POD_LABEL;
     NetworkPolicy {
         metadata: endpoint_meta(ep, policy_name(&endpoint)),
         spec: Some(NetworkPolicySpec {
@@ -414,7 +455,7 @@ pub fn network_policy(ep: &Endpoint, s: &Settings) -> NetworkPolicy {
             policy_types: Some(vec!["Ingress".into()]),
             ingress: Some(vec![NetworkPolicyIngressRule {
                 from: Some(vec![NetworkPolicyPeer {
-                    pod_selector: Some(pods(BTreeMap::from([(router_key.into(), router_value.into())]))),
+                    pod_selector: Some(pods(s.router_pods.clone())),
                     ..Default::default()
                 }]),
                 ports: Some(vec![NetworkPolicyPort {
@@ -568,6 +609,47 @@ mod tests {
         for (versions, want) in cases {
             let e = desired(&endpoint(versions), &s).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
+        }
+    }
+
+    #[test]
+    fn the_policy_lets_in_the_router_pods_the_operator_is_told_of() {
+        let ep = endpoint(vec![version("v1", 0, true, serde_json::json!({}))]);
+        let from = |s: &Settings| json(&network_policy(&ep, s))["spec"]["ingress"][0]["from"][0]["podSelector"].clone();
+        assert_eq!(
+            from(&Settings::default()),
+            serde_json::json!({"matchLabels": {"app.kubernetes.io/name": "wasmscore-router"}})
+        );
+        let s = Settings {
+            router_pods: BTreeMap::from([("app".into(), "edge".into()), ("team".into(), "ml".into())]),
+            ..Settings::default()
+        };
+        assert_eq!(from(&s), serde_json::json!({"matchLabels": {"app": "edge", "team": "ml"}}));
+    }
+
+    #[test]
+    fn a_label_is_checked_as_kubernetes_checks_it() {
+        let ok = |s: &str, k: &str, v: &str| assert_eq!(label(s), Ok((k.to_string(), v.to_string())), "{s}");
+        ok("app=edge", "app", "edge");
+        ok(
+            "app.kubernetes.io/name=wasmscore-router",
+            "app.kubernetes.io/name",
+            "wasmscore-router",
+        );
+        ok("tier=", "tier", "");
+        ok("a_b.c=x.y_z-1", "a_b.c", "x.y_z-1");
+        for bad in [
+            "app",
+            "=x",
+            "-app=x",
+            "app=-x",
+            "App.IO/name=x",
+            "/name=x",
+            "a/b/c=x",
+            "app=x y",
+            &format!("app={}", "v".repeat(64)),
+        ] {
+            assert!(label(bad).is_err(), "{bad} should be refused");
         }
     }
 

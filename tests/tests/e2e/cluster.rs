@@ -124,6 +124,12 @@ impl Cluster {
             NS,
             "--drain-seconds",
             "2",
+            // Routers deployed otherwise than deploy/router.yaml: the
+            // NetworkPolicy lets in pods with both labels.
+            "--router-pod-label",
+            "app.kubernetes.io/name=wasmscore-router",
+            "--router-pod-label",
+            "wasmscore.dev/role=router",
             "--compile-cache-host-path",
         ])
         .arg(node_cache());
@@ -398,7 +404,8 @@ fn the_seeds_steps_on_a_cluster_in_a_box() {
     let (st, policy) = c.get(&format!("/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/iris-nodes"));
     assert_eq!(st, 200, "{policy}");
     assert_eq!(
-        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], "wasmscore-router",
+        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
+        json!({"app.kubernetes.io/name": "wasmscore-router", "wasmscore.dev/role": "router"}),
         "{policy}"
     );
     let node_pod = &c.pods("iris-v1")[0];
