@@ -70,10 +70,14 @@ pub struct Settings {
     pub max_queued_bytes: usize,
     /// A file is closed (and readable) this long after it was opened.
     pub rotate_after: Duration,
-    /// A file is closed once this many bytes of data went into it.
+    /// A file is closed once this many bytes of records (every column)
+    /// went into it.
     pub max_file_bytes: u64,
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
+    /// A row group is also written once its rows hold this many bytes: what
+    /// an open file keeps in memory, whatever its records' size.
+    pub row_group_bytes: usize,
 }
 
 impl Default for Settings {
@@ -84,6 +88,7 @@ impl Default for Settings {
             rotate_after: Duration::from_secs(300),
             max_file_bytes: 128 << 20,
             row_group_rows: 8192,
+            row_group_bytes: 8 << 20,
         }
     }
 }
@@ -148,10 +153,11 @@ pub struct Collector {
 impl Collector {
     /// Starts the writer for files under `root` (DATA_DIR/collected).
     /// Unfinished files a crash left behind (no footer: unreadable) are
-    /// removed, and their count logged.
+    /// removed, and their count logged; those another live process on the
+    /// same directory is writing are left alone (it holds their lock).
     pub fn start(root: PathBuf, settings: Settings) -> std::io::Result<Arc<Collector>> {
         std::fs::create_dir_all(&root)?;
-        let removed = remove_unfinished(&root);
+        let removed = parquet_file::remove_unfinished(&root);
         if removed > 0 {
             tracing::warn!(files = removed, root = %root.display(), "removed unfinished collected-data files left by a crash");
         }
@@ -382,11 +388,11 @@ impl Writer {
             }
         }
         let file = self.open.get_mut(&key).expect("opened above");
-        if let Err(e) = file.push(&r, self.settings.row_group_rows) {
+        if let Err(e) = file.push(&r, self.settings.row_group_rows, self.settings.row_group_bytes) {
             self.fail(&key, e);
             return;
         }
-        if file.data_bytes() >= self.settings.max_file_bytes {
+        if file.bytes() >= self.settings.max_file_bytes {
             self.close(&key);
         }
     }
@@ -467,20 +473,6 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (y, m, d)
 }
 
-fn remove_unfinished(dir: &Path) -> usize {
-    let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    for e in entries.flatten() {
-        let path = e.path();
-        if path.is_dir() {
-            n += remove_unfinished(&path);
-        } else if path.extension().is_some_and(|x| x == "inprogress") && std::fs::remove_file(&path).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,6 +520,71 @@ mod tests {
         assert!(v.collect(Designation::Inputs, "id", "x", "", vec![b'1'; 5]));
         c.shutdown();
         assert_eq!(c.stats.files.load(Ordering::Relaxed), 1);
+    }
+
+    /// The finished Parquet files under `dir`, and the unfinished ones.
+    fn files(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
+        let (mut done, mut open) = (Vec::new(), Vec::new());
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                let (d, o) = files(&p);
+                done.extend(d);
+                open.extend(o);
+            } else if p.extension().is_some_and(|x| x == "inprogress") {
+                open.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                done.push(p);
+            }
+        }
+        (done, open)
+    }
+
+    #[test]
+    fn a_second_process_on_the_directory_removes_a_crashs_files_not_a_live_ones() {
+        let (dir, c, v) = collecting(Settings::default());
+        assert!(v.collect(Designation::Inputs, "id", "x", "", b"1".to_vec()));
+        let t = Instant::now();
+        while files(dir.path()).1.is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(10), "the writer never opened its file");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let live = files(dir.path()).1;
+        // What a crash leaves: a file no process holds.
+        let crashed = dir.path().join("e/.part-1-99999-1.parquet.inprogress");
+        std::fs::write(&crashed, b"PAR1").unwrap();
+        let other = Collector::start(dir.path().into(), Settings::default()).unwrap();
+        assert!(!crashed.exists(), "the crash's file is still there");
+        assert_eq!(files(dir.path()).1, live, "a live writer's file was removed");
+        c.shutdown();
+        other.shutdown();
+        let (done, open) = files(dir.path());
+        assert_eq!((done.len(), open.len()), (1, 0), "{done:?} {open:?}");
+        assert_eq!(c.stats.write_errors.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn rows_go_to_disk_by_bytes_and_files_close_on_every_columns_bytes() {
+        // Records whose module-made name is long and whose data is empty:
+        // before, neither bound counted them.
+        let (dir, c, v) = collecting(Settings {
+            row_group_bytes: 1_800,
+            max_file_bytes: 4_500,
+            ..Settings::default()
+        });
+        for _ in 0..10 {
+            assert!(v.collect(Designation::General, "id", &"n".repeat(900), "", Vec::new()));
+        }
+        c.shutdown();
+        let (done, _) = files(dir.path());
+        // 924 bytes a row: a row group every 2 rows, a file every 5.
+        assert_eq!(done.len(), 2, "{done:?}");
+        for f in done {
+            use parquet::file::reader::FileReader;
+            let r = parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&f).unwrap()).unwrap();
+            let groups: Vec<i64> = r.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
+            assert_eq!(groups, [2, 2, 1], "{}", f.display());
+        }
     }
 
     #[test]

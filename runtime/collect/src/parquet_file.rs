@@ -47,7 +47,10 @@ pub(crate) struct PartFile {
     time: Vec<i64>,
     text: [Vec<ByteArray>; 8],
     rows: u64,
-    data_bytes: u64,
+    /// Bytes of every row pushed, as stored (the data base64'd or not).
+    bytes: u64,
+    /// Bytes of the rows not yet in a row group.
+    buffered: usize,
 }
 
 impl PartFile {
@@ -56,7 +59,7 @@ impl PartFile {
         let name = format!("part-{first_us}-{}-{seq}.parquet", std::process::id());
         let tmp = dir.join(format!(".{name}.inprogress"));
         let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
-        let file = File::create(&tmp)?;
+        let file = create_locked(&tmp)?;
         let writer = SerializedFileWriter::new(BufWriter::new(file), schema(), props)?;
         Ok(PartFile {
             writer,
@@ -66,11 +69,14 @@ impl PartFile {
             time: Vec::new(),
             text: Default::default(),
             rows: 0,
-            data_bytes: 0,
+            bytes: 0,
+            buffered: 0,
         })
     }
 
-    pub(crate) fn push(&mut self, r: &Record, row_group_rows: usize) -> Result<(), ParquetError> {
+    /// Adds a row; writes the row group once it has `group_rows` rows or
+    /// `group_bytes` bytes.
+    pub(crate) fn push(&mut self, r: &Record, group_rows: usize, group_bytes: usize) -> Result<(), ParquetError> {
         let (encoding, data) = match std::str::from_utf8(&r.data) {
             Ok(_) => ("utf-8", ByteArray::from(r.data.clone())),
             Err(_) => ("base64", ByteArray::from(base64(&r.data).into_bytes())),
@@ -86,12 +92,14 @@ impl PartFile {
             encoding.into(),
             data,
         ];
+        let size = 8 + cols.iter().map(ByteArray::len).sum::<usize>();
         for (col, v) in self.text.iter_mut().zip(cols) {
             col.push(v);
         }
         self.rows += 1;
-        self.data_bytes += r.data.len() as u64;
-        if self.time.len() >= row_group_rows {
+        self.bytes += size as u64;
+        self.buffered += size;
+        if self.time.len() >= group_rows || self.buffered >= group_bytes {
             self.write_row_group()?;
         }
         Ok(())
@@ -113,6 +121,7 @@ impl PartFile {
             col.close()?;
         }
         group.close()?;
+        self.buffered = 0;
         self.time.clear();
         for c in &mut self.text {
             c.clear();
@@ -124,8 +133,8 @@ impl PartFile {
         self.rows
     }
 
-    pub(crate) fn data_bytes(&self) -> u64 {
-        self.data_bytes
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub(crate) fn age(&self) -> std::time::Duration {
@@ -133,23 +142,86 @@ impl PartFile {
     }
 
     /// Writes the last row group and the footer, syncs, and renames the
-    /// file into view. Returns its path.
+    /// file into view. Returns its path. A file that fails (a full disk) is
+    /// removed: unreadable without its footer, it would only hold space.
     pub(crate) fn finish(mut self) -> Result<PathBuf, ParquetError> {
-        self.write_row_group()?;
-        let file = self
-            .writer
-            .into_inner()?
-            .into_inner()
-            .map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
-        file.sync_all()?;
-        std::fs::rename(&self.tmp, &self.path)?;
-        Ok(self.path)
+        let tmp = self.tmp.clone();
+        let done = (|| {
+            self.write_row_group()?;
+            let file = self
+                .writer
+                .into_inner()?
+                .into_inner()
+                .map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
+            file.sync_all()?;
+            // Renamed while the file is still open, so still locked.
+            std::fs::rename(&self.tmp, &self.path)?;
+            Ok(self.path)
+        })();
+        if done.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        done
     }
 
     /// Drops a file that failed to write.
     pub(crate) fn abandon(self) {
         let _ = std::fs::remove_file(&self.tmp);
     }
+}
+
+/// Creates `tmp` holding an exclusive lock on it for as long as it is
+/// open: another process starting on the same directory removes only the
+/// unfinished files no one holds (a crash's), never one being written.
+/// Such a process may remove the file between its creation and the lock;
+/// then it is made again.
+fn create_locked(tmp: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::MetadataExt;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let file = File::create(tmp)?;
+        let locked = match file.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        };
+        let same = || -> std::io::Result<bool> {
+            Ok(match std::fs::metadata(tmp) {
+                Ok(m) => m.ino() == file.metadata()?.ino() && m.dev() == file.metadata()?.dev(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                Err(e) => return Err(e),
+            })
+        };
+        if locked && same()? {
+            return Ok(file);
+        }
+        if tries == 5 {
+            return Err(std::io::Error::other(format!("{} was taken by another process", tmp.display())));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Removes the unfinished files under `dir` that no process holds: those
+/// a crash left (no footer: unreadable). Returns how many.
+pub(crate) fn remove_unfinished(dir: &Path) -> usize {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            n += remove_unfinished(&path);
+        } else if path.extension().is_some_and(|x| x == "inprogress") {
+            let Ok(file) = File::open(&path) else { continue };
+            // Held: a live writer's (this host's or another sharing the
+            // directory); left alone.
+            if file.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 fn base64(bytes: &[u8]) -> String {

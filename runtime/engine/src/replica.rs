@@ -32,10 +32,18 @@ pub(crate) fn collect_call(
 }
 
 /// Whether the collector's queue has room now for these tensors written
-/// out (at least two bytes of JSON an element, "0,"); counted as dropped
-/// when it has not.
+/// out as JSON, counted as dropped when it has not. The size is what the
+/// JSON takes at least: a number two bytes ("0,"), a string its bytes and
+/// its quotes and comma, a byte string (an array of numbers) two bytes a
+/// byte.
 pub(crate) fn has_room(c: &wasmscore_collect::VersionCollector, tensors: &[(String, Tensor)]) -> bool {
-    c.has_room(tensors.iter().map(|(_, t)| 2 * t.len()).sum())
+    use wasmscore_tensor::TensorData;
+    let json = |t: &Tensor| match t.data() {
+        TensorData::String(v) => v.iter().map(|s| s.len() + 3).sum(),
+        TensorData::Bytes(v) => v.iter().map(|b| 2 * b.len() + 3).sum(),
+        _ => 2 * t.len(),
+    };
+    c.has_room(tensors.iter().map(|(_, t)| json(t)).sum())
 }
 
 /// A correlation id for a request that came with no trace (a probe, a
@@ -294,5 +302,35 @@ impl Replica {
         } else {
             CallError::Trap(format!("{e:#}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmscore_collect::{Collector, Settings};
+    use wasmscore_tensor::TensorData;
+
+    #[test]
+    fn room_is_asked_for_what_the_json_takes_at_least() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Collector::start(
+            dir.path().into(),
+            Settings {
+                max_queued_bytes: 1_000,
+                ..Settings::default()
+            },
+        )
+        .unwrap();
+        let v = c.for_version("e", "v", 1.0);
+        let one = |data: TensorData| vec![("x".to_string(), Tensor::new(vec![1], data).unwrap())];
+        // One element, but 600 bytes: as a string at least 603 bytes of
+        // JSON, as a byte string (numbers) at least 1,203.
+        assert!(has_room(&v, &one(TensorData::String(vec!["s".repeat(600)]))));
+        assert!(!has_room(&v, &one(TensorData::Bytes(vec![vec![0xff; 600]]))));
+        assert!(!has_room(&v, &one(TensorData::String(vec!["s".repeat(1_000)]))));
+        assert!(has_room(&v, &one(TensorData::Float32(vec![1.0]))));
+        assert_eq!(v.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+        c.shutdown();
     }
 }
