@@ -238,6 +238,11 @@ impl FleetSpec {
                         return Err(at(format!("version {:?}: node {n:?} is not host:port", v.name)));
                     }
                 }
+                // Twice would double its share and name two series alike in
+                // /metrics.
+                if let Some(n) = v.nodes.iter().enumerate().find_map(|(i, n)| v.nodes[..i].contains(n).then_some(n)) {
+                    return Err(at(format!("version {:?}: node {n:?} is listed twice", v.name)));
+                }
                 if let Some(digest) = v.artifact_digest() {
                     let hex = digest.strip_prefix("sha256:").unwrap_or_default();
                     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
@@ -286,6 +291,8 @@ mod tests {
             let e = spec(&format!(r#"[{{"name": "a", "default": true, "nodes": ["{bad}"]}}]"#)).unwrap_err();
             assert!(e.contains("not host:port"), "{bad}: {e}");
         }
+        let e = spec(r#"[{"name": "a", "default": true, "nodes": ["h:1", "h:2", "h:1"]}]"#).unwrap_err();
+        assert!(e.contains(r#"node "h:1" is listed twice"#), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "config": {"scoring_timeout": 5}}]"#).unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "weight": 5}]"#).unwrap_err();

@@ -90,6 +90,9 @@ pub struct NodesConfig {
     pub eject_max: Duration,
     /// How long a health check may take.
     pub check_timeout: Duration,
+    /// How often an HTTP/2 connection to a node is PINGed, and how long the
+    /// answer may take before the connection is closed.
+    pub keepalive: Duration,
     /// The artifact (a digest) its nodes must serve, if one is named.
     pub artifact: Option<String>,
     /// Its deployment config says `decoupled: true` (its nodes' ready
@@ -104,6 +107,7 @@ impl Default for NodesConfig {
             eject_base: Duration::from_secs(1),
             eject_max: Duration::from_secs(30),
             check_timeout: Duration::from_secs(1),
+            keepalive: Duration::from_secs(10),
             artifact: None,
             decoupled: false,
         }
@@ -148,7 +152,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(addr: &str, http: NodeHttp) -> Result<Node, String> {
+    fn new(addr: &str, http: NodeHttp, keepalive: Duration) -> Result<Node, String> {
         let uri = |path: &str| {
             format!("http://{addr}{path}")
                 .parse::<Uri>()
@@ -170,7 +174,7 @@ impl Node {
             served: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
-            h2: (http == NodeHttp::H2).then(|| (0..crate::shards::slots()).map(|_| H2Conn::new()).collect()),
+            h2: (http == NodeHttp::H2).then(|| (0..crate::shards::slots()).map(|_| H2Conn::new(keepalive)).collect()),
             why: std::sync::RwLock::new("not checked yet".into()),
         })
     }
@@ -266,7 +270,7 @@ impl Nodes {
         Ok(Nodes {
             endpoint: endpoint.to_string(),
             version: version.to_string(),
-            nodes: addrs.iter().map(|a| Node::new(a, http)).collect::<Result<_, _>>()?,
+            nodes: addrs.iter().map(|a| Node::new(a, http, cfg.keepalive)).collect::<Result<_, _>>()?,
             client,
             cfg,
             epoch: Instant::now(),
@@ -413,8 +417,14 @@ impl Nodes {
                 n.ejected_until_ms.store(until.max(0) as u64, Ordering::Relaxed);
                 n.failures_in_a_row
                     .store(o.failures_in_a_row.load(Ordering::Relaxed), Ordering::Relaxed);
+                // Counters in /metrics never go down while the node stays.
+                // (Calls still in flight on the old set count there.)
+                for (mine, theirs) in [(&n.served, &o.served), (&n.failed, &o.failed), (&n.ejections, &o.ejections)] {
+                    mine.store(theirs.load(Ordering::Relaxed), Ordering::Relaxed);
+                }
             }
         }
+        self.retried.store(old.retried.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Two ready nodes at random, not tried yet; the one with fewer
@@ -570,6 +580,12 @@ impl Nodes {
             let (parts, bytes) = match tokio::time::timeout(remaining, exchange).await {
                 Err(_) => {
                     let waited_ms = started.elapsed().as_millis() as u64;
+                    // Its connections may be dead with no error to show (a
+                    // peer gone without a reset): the next call makes new
+                    // ones. Streams in flight on them go on.
+                    for conn in node.h2.iter().flatten() {
+                        conn.send.store(None);
+                    }
                     self.eject(node, format!("no answer within {waited_ms} ms"));
                     return Err(ScoreError::NodeTimeout {
                         node: node.addr.clone(),
@@ -677,7 +693,13 @@ impl Nodes {
             let answer = tokio::time::timeout(self.cfg.check_timeout, async {
                 let resp = self.client.here().request(req).await.map_err(|e| cause(&e))?;
                 let (parts, body) = resp.into_parts();
-                let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+                // A ready answer is a small JSON object; something else on
+                // the address (a reused pod IP) may send any amount.
+                let bytes = http_body_util::Limited::new(body, 64 << 10)
+                    .collect()
+                    .await
+                    .map_err(|e| format!("its ready answer: {e}"))?
+                    .to_bytes();
                 Ok::<_, String>((parts, bytes))
             })
             .await;
@@ -802,20 +824,26 @@ impl Reply<'_> {
         }
     }
 
-    /// The whole body; one chunk (most answers) is not copied.
+    /// The whole body, of at most `wire::MAX_FRAME` bytes (a node, or
+    /// something else on its address, may send any amount); one chunk (most
+    /// answers) is not copied.
     async fn collect(mut self) -> Result<Bytes, String> {
+        let over = || format!("its answer is over {} MiB", wire::MAX_FRAME >> 20);
         let Some(first) = self.chunk().await.transpose()? else {
             return Ok(Bytes::new());
         };
         let Some(second) = self.chunk().await.transpose()? else {
-            return Ok(first);
+            return if first.len() > wire::MAX_FRAME { Err(over()) } else { Ok(first) };
         };
         let mut out = bytes::BytesMut::from(&first[..]);
         out.extend_from_slice(&second);
-        while let Some(chunk) = self.chunk().await {
-            out.extend_from_slice(&chunk?);
+        while out.len() <= wire::MAX_FRAME {
+            match self.chunk().await {
+                Some(chunk) => out.extend_from_slice(&chunk?),
+                None => return Ok(out.freeze()),
+            }
         }
-        Ok(out.freeze())
+        Err(over())
     }
 
     /// A streamed answer: each response passed on as its frame comes, then
@@ -865,13 +893,15 @@ struct H2Conn {
     send: arc_swap::ArcSwapOption<h2::client::SendRequest<Bytes>>,
     /// One connect at a time per node.
     connecting: tokio::sync::Mutex<()>,
+    keepalive: Duration,
 }
 
 impl H2Conn {
-    fn new() -> H2Conn {
+    fn new(keepalive: Duration) -> H2Conn {
         H2Conn {
             send: arc_swap::ArcSwapOption::empty(),
             connecting: tokio::sync::Mutex::new(()),
+            keepalive,
         }
     }
 
@@ -891,16 +921,39 @@ impl H2Conn {
             .map_err(|_| not_sent("no connection within 1 s".into()))?
             .map_err(|e| not_sent(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
-        let (send, conn) = h2::client::Builder::new()
+        let (send, mut conn) = h2::client::Builder::new()
             .initial_window_size(4 << 20)
             .initial_connection_window_size(16 << 20)
             .handshake::<_, Bytes>(tcp)
             .await
             .map_err(|e| not_sent(format!("HTTP/2 handshake: {e}")))?;
         let addr = addr.to_string();
+        let mut ping = conn.ping_pong();
+        let keepalive = self.keepalive;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(node = %addr, error = %e, "node connection ended");
+            // A peer gone without a reset (a conntrack entry dropped, a
+            // partition) shows no error: a PING unanswered within
+            // `keepalive` closes the connection, failing its streams, and
+            // the next call makes a new one.
+            let alive = async {
+                let Some(ping) = ping.as_mut() else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(keepalive).await;
+                    match tokio::time::timeout(keepalive, ping.ping(h2::Ping::opaque())).await {
+                        Ok(Ok(_)) => {}
+                        // The connection's own error ends it.
+                        Ok(Err(_)) => return std::future::pending().await,
+                        Err(_) => return,
+                    }
+                }
+            };
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!(node = %addr, error = %e, "node connection ended");
+                },
+                () = alive => tracing::warn!(node = %addr, "no answer to a PING within {} ms: node connection closed", keepalive.as_millis()),
             }
         });
         self.send.store(Some(Arc::new(send.clone())));
@@ -979,4 +1032,75 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 server that answers one request on each connection, then
+    /// stops reading it (a peer gone without a reset); it counts connections.
+    async fn answers_once_then_goes_quiet() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let count = conns.clone();
+        tokio::spawn(async move {
+            let mut quiet = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                let mut conn = h2::server::handshake(tcp).await.unwrap();
+                let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
+                respond.send_response(http::Response::new(()), true).unwrap();
+                // Polled a little longer, so the answer goes out; then never.
+                let _ = tokio::time::timeout(Duration::from_millis(50), conn.accept()).await;
+                quiet.push(conn);
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn a_new_node_set_keeps_the_counters_of_the_nodes_that_stay() {
+        let set = |addrs: &[&str]| {
+            let addrs: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            Nodes::new(("e", "v"), &addrs, NodeHttp::H2, http_client(NodeHttp::H2), NodesConfig::default()).unwrap()
+        };
+        let old = set(&["10.0.0.1:8081", "10.0.0.2:8081"]);
+        for (i, node) in old.nodes.iter().enumerate() {
+            node.served.store(10 + i as u64, Ordering::Relaxed);
+            node.failed.store(2, Ordering::Relaxed);
+            node.ejections.store(1, Ordering::Relaxed);
+        }
+        old.retried.store(3, Ordering::Relaxed);
+        // A scale-up: node 2 stays, node 3 is new, node 1 went.
+        let new = set(&["10.0.0.2:8081", "10.0.0.3:8081"]);
+        new.inherit(&old);
+        let counts = |n: &Node| [&n.served, &n.failed, &n.ejections].map(|c| c.load(Ordering::Relaxed));
+        assert_eq!(counts(&new.nodes[0]), [11, 2, 1]);
+        assert_eq!(counts(&new.nodes[1]), [0, 0, 0]);
+        assert_eq!(new.retried.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_peer_went_quiet_is_closed_and_made_again() {
+        let (addr, conns) = answers_once_then_goes_quiet().await;
+        let conn = H2Conn::new(Duration::from_millis(100));
+        let call = || async {
+            let req = Request::builder().uri(format!("http://{addr}/")).body(()).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), conn.send(&addr, req, Bytes::new()))
+                .await
+                .map(|r| r.map(|(parts, _)| parts.status).map_err(|_| "failed"))
+        };
+        assert_eq!(call().await, Ok(Ok(http::StatusCode::OK)));
+        // Unanswered PINGs close the first connection; the next call makes
+        // a second instead of waiting on the quiet one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            call().await,
+            Ok(Ok(http::StatusCode::OK)),
+            "the call waited on the quiet connection"
+        );
+        assert_eq!(conns.load(Ordering::Relaxed), 2);
+    }
 }

@@ -58,6 +58,9 @@ pub struct VersionStats {
     /// here (neither pinned to a version nor carrying a cohort key): what
     /// the verdict's split check holds against the configured shares.
     pub split: AtomicU64,
+    /// Copies of requests not sent to this version as a mirror: the copies
+    /// already in flight held the whole budget (`mirror_permit`).
+    pub mirror_skipped: AtomicU64,
 }
 
 /// The request-path families for each version (LABELS: its endpoint,
@@ -88,6 +91,17 @@ pub fn render_version_stats(out: &mut String, versions: &[(String, &VersionStats
                 n.load(Ordering::Relaxed)
             );
         }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP wasmscore_mirror_skipped_total Copies of requests not mirrored to the version: the copies in flight held their whole memory budget.\n# TYPE wasmscore_mirror_skipped_total counter"
+    );
+    for (labels, s) in versions {
+        let _ = writeln!(
+            out,
+            "wasmscore_mirror_skipped_total{{{labels}}} {}",
+            s.mirror_skipped.load(Ordering::Relaxed)
+        );
     }
 }
 

@@ -510,6 +510,19 @@ where
     conn.await
 }
 
+/// What the mirror copies in flight may hold together, in KiB (256 MiB): a
+/// mirror answers no one, so a slow or stuck one must not take the memory
+/// of the requests it copies.
+const MIRROR_BUDGET_KIB: usize = 256 << 10;
+
+/// The mirror budget's share for a copy of `req` (its body, its tensors and
+/// 4 KiB for its task), or None when the copies in flight hold too much.
+fn mirror_permit(budget: &Arc<Semaphore>, req: &ScoreRequest) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let bytes = req.body.len() + req.tensors.iter().map(|(n, t)| n.len() + t.data().byte_size()).sum::<usize>();
+    let kib = u32::try_from(4 + bytes / 1024).ok()?;
+    budget.clone().try_acquire_many_owned(kib).ok()
+}
+
 fn json(status: u16, body: Vec<u8>) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -1098,20 +1111,32 @@ impl<P: Plane> App<P> {
         if let Some(mirror) = route.mirror {
             // A copy for the mirror, answered by no one: its result, slow or
             // failed, never reaches this client (the pool counts it), and
-            // nor do the responses a decoupled mirror sends before it.
-            let mut copy = request.clone();
-            copy.responses = mirror.decoupled().then(|| wasmscore_engine::Responses(Arc::new(|_| Ok(()))));
-            let endpoint = endpoint.to_string();
-            tokio::spawn(async move {
-                let call = Call {
-                    endpoint: &endpoint,
-                    version: &mirror.name,
-                    ..Call::default()
-                };
-                if let Err(e) = mirror.score(copy, &call).await {
-                    tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
+            // nor do the responses a decoupled mirror sends before it. The
+            // copies in flight hold at most MIRROR_BUDGET_KIB; past it the
+            // copy is skipped (and counted), not made.
+            static BUDGET: std::sync::LazyLock<Arc<Semaphore>> = std::sync::LazyLock::new(|| Arc::new(Semaphore::new(MIRROR_BUDGET_KIB)));
+            match mirror_permit(&BUDGET, &request) {
+                Some(permit) => {
+                    let mut copy = request.clone();
+                    copy.responses = mirror.decoupled().then(|| wasmscore_engine::Responses(Arc::new(|_| Ok(()))));
+                    let endpoint = endpoint.to_string();
+                    tokio::spawn(async move {
+                        let call = Call {
+                            endpoint: &endpoint,
+                            version: &mirror.name,
+                            ..Call::default()
+                        };
+                        if let Err(e) = mirror.score(copy, &call).await {
+                            tracing::debug!(version = %mirror.name, error = %e, "mirrored request failed");
+                        }
+                        drop(permit);
+                    });
                 }
-            });
+                None => {
+                    mirror.stats.mirror_skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(version = %mirror.name, "mirror copy skipped: the copies in flight hold their whole budget");
+                }
+            }
         }
         let (version, by_split) = (route.version, route.by_split);
         let traceparent = span.traceparent();
@@ -1195,5 +1220,22 @@ mod tests {
         assert!(protocol_known(&mut m, &H2_PREFACE[23..]));
         let mut m = 0;
         assert!(protocol_known(&mut m, &[H2_PREFACE, b"\0\0\0\x04"].concat()));
+    }
+
+    #[test]
+    fn mirror_copies_in_flight_share_one_budget() {
+        let budget = Arc::new(Semaphore::new(100));
+        let of = |bytes: usize| ScoreRequest {
+            body: vec![0; bytes],
+            ..ScoreRequest::default()
+        };
+        // 4 KiB for the task and the body's KiB.
+        let big = mirror_permit(&budget, &of(60 << 10)).expect("64 of 100 KiB");
+        assert_eq!(budget.available_permits(), 36);
+        assert!(mirror_permit(&budget, &of(40 << 10)).is_none(), "44 KiB more than the 36 left");
+        let small = mirror_permit(&budget, &of(100)).expect("4 KiB");
+        drop(big);
+        drop(small);
+        assert_eq!(budget.available_permits(), 100, "an ended copy gives its share back");
     }
 }
