@@ -224,6 +224,10 @@ fn error_rate(c: &Arm, t: &Arm, alpha: f64) -> Estimate {
 
 /// Each number reported by both versions: the difference of means (Welch's
 /// variance), with the mSPRT at a tenth of the pooled standard deviation.
+/// A version whose values all agree (a yes/no number that was always no,
+/// in a small sample) has a sample variance of 0, which is no evidence
+/// that it has none: its variance is then taken as the other's. Fewer
+/// than two values on either side: no test.
 fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
     let mut out = Vec::new();
     for (name, sc) in &c.reported {
@@ -231,10 +235,14 @@ fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
             continue;
         };
         let (mc, mt) = (sc.mean(), st.mean());
-        let v = sc.variance() / sc.count.max(1) as f64 + st.variance() / st.count.max(1) as f64;
-        let pooled = (sc.variance() + st.variance()) / 2.0;
-        let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * pooled;
-        let (p_value, radius) = if tau2 > 0.0 {
+        let (vc, vt) = match (sc.variance(), st.variance()) {
+            (0.0, vt) => (vt, vt),
+            (vc, 0.0) => (vc, vc),
+            both => both,
+        };
+        let v = vc / sc.count.max(1) as f64 + vt / st.count.max(1) as f64;
+        let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * (vc + vt) / 2.0;
+        let (p_value, radius) = if tau2 > 0.0 && sc.count >= 2 && st.count >= 2 {
             msprt(mt - mc, v, tau2, alpha)
         } else {
             (1.0, f64::INFINITY)
@@ -269,7 +277,8 @@ pub fn msprt(delta: f64, v: f64, tau2: f64, alpha: f64) -> (f64, f64) {
 
 fn latency(c: &Arm, t: &Arm, bounds: &[f64], alpha: f64) -> Latency {
     let (u, var, p_fixed) = mann_whitney(&t.latency, &c.latency);
-    let pairs = (c.requests.max(1) * t.requests.max(1)) as f64;
+    // In f64: two counts past 2^32 would wrap as a u64 product.
+    let pairs = c.requests.max(1) as f64 * t.requests.max(1) as f64;
     let theta = if c.latency.iter().sum::<u64>() == 0 || t.latency.iter().sum::<u64>() == 0 {
         0.5
     } else {
@@ -711,6 +720,38 @@ mod tests {
             "{}",
             v.lines[0]
         );
+    }
+
+    #[test]
+    fn a_version_whose_few_values_all_agree_is_not_taken_as_certain() {
+        // A yes/no number: the control's 10 values all 0, the treatment's
+        // 10,000 with 500 ones. 0 in 10 is what a 5% rate gives 60% of the
+        // time, so this is no difference yet.
+        let yes_no = |n: u64, ones: u64| Sums {
+            count: n,
+            sum: ones as f64,
+            sum_sq: ones as f64,
+        };
+        let mut c = arm("v1", 50, 10, 0, vec![10, 0, 0, 0, 0]);
+        let mut t = arm("v2", 50, 10_000, 0, vec![10_000, 0, 0, 0, 0]);
+        c.reported = vec![("clicked".into(), yes_no(10, 0))];
+        t.reported = vec![("clicked".into(), yes_no(10_000, 500))];
+        let r = &compare(&c, &[t.clone()], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        assert!(r.p_value > 0.5 && r.ci.0 < 0.0, "{r:?}");
+        // One value on a side: no test at all.
+        c.reported = vec![("clicked".into(), yes_no(1, 0))];
+        let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        assert_eq!(r.p_value, 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn counts_past_two_to_the_32nd_do_not_wrap() {
+        let big = 5_000_000_000;
+        let c = arm("v1", 50, big, 0, vec![big, 0, 0, 0, 0]);
+        let t = arm("v2", 50, big, 0, vec![0, big, 0, 0, 0]);
+        let l = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].latency;
+        // Every treatment request in a slower bucket than every control one.
+        assert!((l.slower.treatment - 1.0).abs() < 1e-9, "{:?}", l.slower);
     }
 
     #[test]
