@@ -445,6 +445,12 @@ impl Pool {
                 return Err(ScoreError::Unavailable("the version is shutting down".into()));
             }
         }
+        // A caller that stops waiting (a client gone, a deadline upstream)
+        // withdraws its job while it is still queued: no instance runs it.
+        let _withdraw = Withdraw {
+            state: &state,
+            queued: &st.queued,
+        };
         // The last replica may have retired between the check above and the
         // send: then this request wakes the pool.
         if st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) == 0 {
@@ -533,6 +539,25 @@ impl Pool {
             tracing::error!(pool = %self.shared.label, error = %e, "starting a probe thread failed");
         }
         rx
+    }
+}
+
+/// Withdraws a queued job when its caller's future is dropped; a no-op
+/// once an instance took it or it was withdrawn by the wait's end.
+struct Withdraw<'a> {
+    state: &'a AtomicU8,
+    queued: &'a AtomicUsize,
+}
+
+impl Drop for Withdraw<'_> {
+    fn drop(&mut self) {
+        if self
+            .state
+            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

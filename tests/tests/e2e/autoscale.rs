@@ -222,6 +222,48 @@ fn a_version_at_zero_replicas_serves_its_first_request() {
 }
 
 #[test]
+fn a_request_whose_client_left_while_it_queued_is_not_run() {
+    use std::io::{Read, Write};
+    let _one = one_at_a_time();
+    let s = Server::start(&[]);
+    s.deploy_ok("one", &hostile(), &[], Some(serde_json::json!({"num_replicas": 1})));
+    let key = s.key("one").expect("a key");
+    let send = |body: &str| {
+        let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+        write!(
+            c,
+            "POST /api/v1/service/one/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        c
+    };
+    let served = || version(&s, "one")["served"].as_u64().unwrap();
+    let queued = || version(&s, "one")["queued"].as_u64().unwrap();
+    let before = served();
+    // The one instance is busy for 1.5 s; a second request queues behind
+    // it, and its client leaves.
+    let mut first = send("sleep:1500");
+    std::thread::sleep(Duration::from_millis(200));
+    let second = send("sleep:1500");
+    until("the second request queued", Duration::from_secs(1), || queued() == 1);
+    drop(second);
+    until("the second request withdrawn", Duration::from_secs(1), || queued() == 0);
+    let mut answer = String::new();
+    first.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4096];
+    while !answer.contains("\r\n\r\n") {
+        let n = first.read(&mut buf).unwrap();
+        assert!(n > 0, "closed: {answer}");
+        answer.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Had it run, it would have ended 1.5 s after the first.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(served() - before, 1, "the left request ran");
+}
+
+#[test]
 fn the_steady_replica_count_follows_the_seeds_sizing_rule() {
     let _one = one_at_a_time();
     let s = Server::start(&[]);
