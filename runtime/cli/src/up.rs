@@ -361,9 +361,10 @@ pub fn run(args: UpArgs) -> Result<()> {
         cfg.logging = Some(logging);
         wasmscore_server::serve(listeners, control.clone(), cfg, shutdown_signal()).await?;
         tracing::info!("shutting down");
-        flush_spans(spans).await;
-        // Every request answered: what they collected is written now.
+        // Every request answered: what they collected is written now, before
+        // the spans' export, which waits on a collector that may hang.
         tokio::task::spawn_blocking(move || control.shutdown()).await?;
+        flush_spans(spans).await;
         let _ = std::fs::remove_file(&info_path);
         Ok(())
     })

@@ -997,11 +997,15 @@ impl H2Conn {
 
     /// A stream the node refused before reading it (REFUSED_STREAM, or past
     /// a GOAWAY's last stream) was never processed; anything else may have been.
+    /// h2 gives the streams past the last one of a GOAWAY the node sent its
+    /// reason: NO_ERROR for a node shutting down gracefully.
     fn failed(&self, e: h2::Error) -> Sent {
         if e.is_io() || e.is_go_away() {
             self.send.store(None);
         }
-        if e.reason() == Some(h2::Reason::REFUSED_STREAM) {
+        let refused =
+            e.reason() == Some(h2::Reason::REFUSED_STREAM) || (e.is_go_away() && e.is_remote() && e.reason() == Some(h2::Reason::NO_ERROR));
+        if refused {
             Sent::NotSent(format!("stream refused: {e}"))
         } else {
             Sent::Failed(e.to_string())
@@ -1058,6 +1062,42 @@ mod tests {
             }
         });
         (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn a_stream_past_a_graceful_goaway_was_not_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut preface = [0u8; 24];
+            tcp.read_exact(&mut preface).await.unwrap();
+            // Read frames up to the request's HEADERS, then answer with
+            // SETTINGS and a GOAWAY (NO_ERROR) whose last stream is 0: a
+            // node shutting down that never read the request.
+            loop {
+                let mut head = [0u8; 9];
+                tcp.read_exact(&mut head).await.unwrap();
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0u8; len];
+                tcp.read_exact(&mut payload).await.unwrap();
+                if head[3] == 0x1 {
+                    break;
+                }
+            }
+            let settings = [0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+            let goaway = [0, 0, 8, 0x7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+            tcp.write_all(&[&settings[..], &goaway[..]].concat()).await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tcp.read_to_end(&mut rest).await;
+        });
+        let conn = H2Conn::new(Duration::from_secs(10));
+        let req = Request::builder().uri(format!("http://{addr}/")).body(()).unwrap();
+        let sent = tokio::time::timeout(Duration::from_secs(5), conn.send(&addr, req, Bytes::new()))
+            .await
+            .expect("an answer");
+        assert!(matches!(sent, Err(Sent::NotSent(_))), "another node may take it");
     }
 
     #[tokio::test]
