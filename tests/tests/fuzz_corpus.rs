@@ -66,6 +66,7 @@ fn the_valid_token_seed_verifies() {
     let key = wasmscore_router::auth::SigningKey {
         kid: "k1".into(),
         secret: b"fuzzing-secret-32-bytes-long!!!!".to_vec(),
+        retired_at: None,
     };
     let claims = wasmscore_router::auth::verify(&token[7..], "iris", &[key], 1_700_000_000).unwrap();
     assert_eq!(claims.aud, "iris");

@@ -16,7 +16,7 @@ use crate::ControlError;
 
 /// Default and longest token lifetimes.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
-pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(auth::MAX_TOKEN_LIFETIME_S);
 
 /// The endpoint-level settings, as a create, an update or a version's
 /// deployment config carries them.
@@ -70,7 +70,8 @@ impl AuthSettings {
 
     /// Applies these settings to an endpoint row. Key and token auth are
     /// never both on: `token_auth_enabled: true` turns key auth off unless
-    /// `auth_enabled: true` is also given, which is refused.
+    /// `auth_enabled: true` is also given, which is refused;
+    /// `token_auth_enabled: false` alone turns key auth back on.
     pub fn apply(&self, row: &mut EndpointRow) -> Result<(), ControlError> {
         let bad = |m: String| Err(ControlError::BadRequest(m));
         if self.auth_enabled == Some(true) && self.token_auth_enabled == Some(true) {
@@ -88,6 +89,11 @@ impl AuthSettings {
         }
         let (mut key_on, mut token_on) = (row.auth_mode == AuthMode::Key, row.auth_mode == AuthMode::Token);
         if let Some(t) = self.token_auth_enabled {
+            // Turning tokens off goes back to keys (the default), not to no
+            // auth at all: only `auth_enabled: false` opens an endpoint.
+            if !t && token_on && self.auth_enabled.is_none() {
+                key_on = true;
+            }
             token_on = t;
             if t {
                 key_on = false;
@@ -151,6 +157,7 @@ fn signing_key(k: &TokenKey) -> SigningKey {
     SigningKey {
         kid: k.kid.clone(),
         secret: hex::decode(&k.secret).unwrap_or_else(|_| k.secret.as_bytes().to_vec()),
+        retired_at: k.retired_at,
     }
 }
 
@@ -341,6 +348,14 @@ mod tests {
         assert_eq!(r.auth_mode, AuthMode::None);
         apply(json!({"auth_enabled": false, "token_auth_enabled": true}), &mut r).unwrap();
         assert_eq!(r.auth_mode, AuthMode::Token);
+        // Tokens off: back to keys, not open.
+        apply(json!({"token_auth_enabled": false}), &mut r).unwrap();
+        assert_eq!(r.auth_mode, AuthMode::Key);
+        apply(json!({"token_auth_enabled": true}), &mut r).unwrap();
+        apply(json!({"token_auth_enabled": false, "auth_enabled": false}), &mut r).unwrap();
+        assert_eq!(r.auth_mode, AuthMode::None, "opened only when asked");
+        apply(json!({"token_auth_enabled": false}), &mut r).unwrap();
+        assert_eq!(r.auth_mode, AuthMode::None, "no tokens to turn off: as it was");
         let both = apply(json!({"auth_enabled": true, "token_auth_enabled": true}), &mut r).unwrap_err();
         assert!(both.to_string().contains("cannot both"), "{both}");
     }

@@ -67,6 +67,7 @@ impl SigningKeySpec {
         wasmscore_router::auth::SigningKey {
             kid: self.kid.clone(),
             secret: decode_hex(&self.secret).unwrap_or_default(),
+            retired_at: None,
         }
     }
 }

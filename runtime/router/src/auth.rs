@@ -23,6 +23,11 @@ use sha2::{Digest, Sha256};
 pub const MAX_TOKEN_BYTES: usize = 4096;
 /// The issuer written into and required from every token.
 pub const ISSUER: &str = "wasmscore";
+/// The longest a token may live (`exp - iat`), in seconds: what the
+/// issuer grants at most (24 h).
+pub const MAX_TOKEN_LIFETIME_S: u64 = 24 * 3600;
+/// How far ahead of this clock a token's `iat` may be (another host's).
+pub const CLOCK_SKEW_S: u64 = 60;
 
 /// One endpoint's auth policy, as published.
 #[derive(Clone, Default)]
@@ -52,6 +57,10 @@ impl std::fmt::Debug for Policy {
 pub struct SigningKey {
     pub kid: String,
     pub secret: Vec<u8>,
+    /// When it was rotated out (seconds since the epoch): it verifies only
+    /// tokens it signed before then, which expire within the longest
+    /// lifetime after it.
+    pub retired_at: Option<u64>,
 }
 
 impl Policy {
@@ -91,6 +100,8 @@ pub enum TokenError {
     Audience,
     #[error("it expired (get a new one with `wasmscore service get-access-token`)")]
     Expired,
+    #[error("it lives longer than a token may (24 h), or was issued in the future or after its signing key was rotated out")]
+    Lifetime,
 }
 
 fn digest(b: &[u8]) -> [u8; 32] {
@@ -214,6 +225,13 @@ pub fn verify(token: &[u8], audience: &str, keys: &[SigningKey], now: u64) -> Re
     if claims.exp <= now {
         return Err(TokenError::Expired);
     }
+    // Whoever holds a key could sign any claims: a token that outlives the
+    // issuer's limit, or that a rotated-out key signed after its rotation,
+    // is not one the issuer made.
+    let issued_by = key.retired_at.unwrap_or(now).min(now) + CLOCK_SKEW_S;
+    if claims.exp.saturating_sub(claims.iat) > MAX_TOKEN_LIFETIME_S || claims.iat > issued_by {
+        return Err(TokenError::Lifetime);
+    }
     Ok(claims)
 }
 
@@ -224,6 +242,7 @@ pub fn fuzz_check(data: &[u8]) {
     let key = SigningKey {
         kid: "k1".into(),
         secret: b"fuzzing-secret-32-bytes-long!!!!".to_vec(),
+        retired_at: None,
     };
     let policies = [
         Policy::keys("primary-key-for-fuzzing", "secondary-key-for-fuzzing"),
@@ -247,6 +266,7 @@ mod tests {
         SigningKey {
             kid: kid.into(),
             secret: secret.to_vec(),
+            retired_at: None,
         }
     }
 
@@ -323,6 +343,36 @@ mod tests {
         let t = sign(&old, &claims("iris", 200));
         assert!(verify(t.as_bytes(), "iris", &[new.clone(), old], 150).is_ok());
         assert_eq!(verify(t.as_bytes(), "iris", &[new], 150), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn a_token_the_issuer_could_not_have_made_is_refused() {
+        let k = key("k1", b"secret-one");
+        let made = |iat: u64, exp: u64| {
+            let mut c = claims("iris", exp);
+            c.iat = iat;
+            sign(&k, &c)
+        };
+        let day = MAX_TOKEN_LIFETIME_S;
+        assert!(verify(made(100, 100 + day).as_bytes(), "iris", std::slice::from_ref(&k), 150).is_ok());
+        // Longer than a token may live, or issued ahead of this clock.
+        for t in [made(100, 101 + day), made(150 + CLOCK_SKEW_S + 1, 400)] {
+            assert_eq!(
+                verify(t.as_bytes(), "iris", std::slice::from_ref(&k), 150),
+                Err(TokenError::Lifetime)
+            );
+        }
+        // A rotated-out key verifies what it signed before its rotation,
+        // not what a holder of its secret signs after.
+        let retired = SigningKey {
+            retired_at: Some(120),
+            ..k.clone()
+        };
+        assert!(verify(made(110, 500).as_bytes(), "iris", std::slice::from_ref(&retired), 150).is_ok());
+        assert_eq!(
+            verify(made(140 + CLOCK_SKEW_S, 500).as_bytes(), "iris", &[retired], 150 + CLOCK_SKEW_S),
+            Err(TokenError::Lifetime)
+        );
     }
 
     #[test]

@@ -261,8 +261,10 @@ impl Ops for CpuOps {
         }
         let ax = ax as usize;
         let dim = shape[ax] as usize;
-        let inner: usize = shape[ax + 1..].iter().product::<u64>() as usize;
-        let outer: usize = shape[..ax].iter().product::<u64>() as usize;
+        // Checked: an empty tensor's other dims may multiply past u64 (it
+        // returns below with no element visited).
+        let product = |dims: &[u64]| dims.iter().try_fold(1u64, |a, d| a.checked_mul(*d)).unwrap_or(0) as usize;
+        let (inner, outer) = (product(&shape[ax + 1..]), product(&shape[..ax]));
         fn go<T: Float>(v: &[T], outer: usize, dim: usize, inner: usize) -> Vec<T> {
             let mut out = v.to_vec();
             for o in 0..outer {
@@ -402,7 +404,8 @@ pub fn conv2d_dims(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, strides: [u32;
     if pads[0] as usize >= kh.max(1) || pads[1] as usize >= kw.max(1) {
         return bad(format!("pads {pads:?} must each be smaller than the kernel ({kh}x{kw})"));
     }
-    let out = |len: usize, k: usize, s: u32, p: u32| (len + 2 * p as usize).checked_sub(k).map(|r| r / s as usize + 1);
+    // (A dim of an empty tensor may be near usize::MAX: checked.)
+    let out = |len: usize, k: usize, s: u32, p: u32| (len.checked_add(2 * p as usize)?.checked_sub(k)? / s as usize).checked_add(1);
     let (Some(ho), Some(wo)) = (out(h, kh, strides[0], pads[0]), out(wi, kw, strides[1], pads[1])) else {
         return bad(format!("a {kh}x{kw} kernel does not fit the padded {h}x{wi} input"));
     };
