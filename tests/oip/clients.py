@@ -376,6 +376,8 @@ def shared_memory(mod, c, hdr, json_of=lambda r: r):
         small = mod.InferRequestedOutput("OUTPUT0")
         small.set_shared_memory(outs, 8)
         refused("an output region too small", lambda: infer([i0, i1], [small]), ("400", "INVALID_ARGUMENT"), "takes 64 bytes")
+        twice = [mod.InferRequestedOutput("OUTPUT1"), mod.InferRequestedOutput("OUTPUT1")]
+        refused("an output asked for twice", lambda: infer([i0, i1], twice), ("400", "INVALID_ARGUMENT"), "asked for twice")
         nowhere = mod.InferInput("INPUT1", [1, 16], "INT32")
         nowhere.set_shared_memory("nowhere", n)
         refused("an input in a region not registered", lambda: infer([i0, nowhere], None), ("400", "INVALID_ARGUMENT"), "no shared memory region")

@@ -114,6 +114,46 @@ pub trait Regions {
     fn read(&self, at: &InRegion) -> Result<Vec<u8>, String>;
     /// Writes `bytes` (at most `byte_size`) at `offset` in the region.
     fn write(&self, at: &InRegion, bytes: &[u8]) -> Result<(), String>;
+    /// The most one call may read from regions, all its inputs together.
+    fn max_read(&self) -> u64 {
+        u64::MAX
+    }
+}
+
+/// One call's reads from `regions`, held to `max_read` all together: a
+/// request naming one region in many inputs cannot read it many times over.
+pub struct CallReads<'a> {
+    regions: &'a dyn Regions,
+    left: std::cell::Cell<u64>,
+}
+
+impl<'a> CallReads<'a> {
+    pub fn new(regions: &'a dyn Regions) -> CallReads<'a> {
+        CallReads {
+            regions,
+            left: std::cell::Cell::new(regions.max_read()),
+        }
+    }
+}
+
+impl Regions for CallReads<'_> {
+    fn read(&self, at: &InRegion) -> Result<Vec<u8>, String> {
+        let left = self.left.get();
+        if at.byte_size > left {
+            return Err(format!(
+                "the call's inputs read more from shared memory than this server's limit of {} bytes a call",
+                self.regions.max_read()
+            ));
+        }
+        self.left.set(left - at.byte_size);
+        self.regions.read(at)
+    }
+    fn write(&self, at: &InRegion, bytes: &[u8]) -> Result<(), String> {
+        self.regions.write(at, bytes)
+    }
+    fn max_read(&self) -> u64 {
+        self.regions.max_read()
+    }
 }
 
 /// No region is registered (a node's hop from the router, the fuzzers).
@@ -238,6 +278,7 @@ fn split<'a>(body: &'a [u8], header_len: Option<&str>) -> Result<(&'a [u8], &'a 
 /// `Inference-Header-Content-Length` if the client sent one; inputs given
 /// by reference are read from `regions`.
 pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> Result<InferRequest, OipError> {
+    let regions = &CallReads::new(regions);
     let (head, mut binary) = split(body, header_len)?;
     let req: WireRequest = match serde_json::from_slice(head) {
         Ok(r) => r,
@@ -247,8 +288,9 @@ pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> R
         return err("the request has no inputs");
     }
     let mut inputs = Vec::with_capacity(req.inputs.len());
+    let mut names = std::collections::HashSet::with_capacity(req.inputs.len());
     for w in req.inputs {
-        if inputs.iter().any(|(n, _): &(String, Tensor)| *n == w.name) {
+        if !names.insert(w.name.clone()) {
             return err(format!("input {:?} is given twice", w.name));
         }
         let t = tensor(&w, &mut binary, "input", regions)?;
@@ -261,7 +303,13 @@ pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> R
         ));
     }
     let mut outputs = Vec::with_capacity(req.outputs.len());
+    let mut names = std::collections::HashSet::with_capacity(req.outputs.len());
     for o in req.outputs {
+        // Each one asked for is encoded: the same twice would be encoded
+        // twice (Triton refuses it too).
+        if !names.insert(o.name.clone()) {
+            return err(format!("output {:?} is asked for twice", o.name));
+        }
         let binary = match o.parameters.get("binary_data") {
             None => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -402,11 +450,19 @@ fn from_json(d: DType, v: &Value) -> Result<TensorData, String> {
         DType::Int16 => TensorData::Int16(each(&flat, "an INT16", int)?),
         DType::Int32 => TensorData::Int32(each(&flat, "an INT32", int)?),
         DType::Int64 => TensorData::Int64(each(&flat, "an INT64", Value::as_i64)?),
-        DType::Float32 => TensorData::Float32(each(&flat, "a number", |v| v.as_f64().map(|f| f as f32))?),
+        // Rounded to the nearest value of the type (as tritonclient's numpy
+        // does for 16-bit floats); one past the type's range is refused, not
+        // made infinite (JSON has no infinity to mean).
+        DType::Float32 => TensorData::Float32(each(&flat, "an FP32 number", |v| {
+            v.as_f64().map(|f| f as f32).filter(|x| x.is_finite())
+        })?),
         DType::Float64 => TensorData::Float64(each(&flat, "a number", Value::as_f64)?),
-        // Rounded to the nearest 16-bit float, as tritonclient's numpy does.
-        DType::Float16 => TensorData::Float16(each(&flat, "a number", |v| v.as_f64().map(f16::from_f64))?),
-        DType::Bfloat16 => TensorData::Bfloat16(each(&flat, "a number", |v| v.as_f64().map(bf16::from_f64))?),
+        DType::Float16 => TensorData::Float16(each(&flat, "an FP16 number", |v| {
+            v.as_f64().map(f16::from_f64).filter(|x| x.is_finite())
+        })?),
+        DType::Bfloat16 => TensorData::Bfloat16(each(&flat, "a BF16 number", |v| {
+            v.as_f64().map(bf16::from_f64).filter(|x| x.is_finite())
+        })?),
         DType::String => TensorData::String(each(&flat, "a string", |v| v.as_str().map(str::to_string))?),
     })
 }
@@ -449,7 +505,13 @@ fn from_bytes(d: DType, b: &[u8], count: u64) -> Result<TensorData, String> {
         };
     }
     Ok(match d {
-        DType::Bool => TensorData::Bool(b.iter().map(|x| *x != 0).collect()),
+        DType::Bool => {
+            // One byte each, 0 or 1 (numpy's bool); another byte is not a bool.
+            if let Some(i) = b.iter().position(|x| *x > 1) {
+                return Err(format!("BOOL element {i} is the byte {}, not 0 or 1", b[i]));
+            }
+            TensorData::Bool(b.iter().map(|x| *x != 0).collect())
+        }
         DType::Uint8 => TensorData::Uint8(b.to_vec()),
         DType::Int8 => TensorData::Int8(b.iter().map(|x| *x as i8).collect()),
         DType::Uint16 => le!(u16, Uint16),

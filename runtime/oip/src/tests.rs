@@ -75,7 +75,7 @@ fn bad_requests_say_what_is_wrong() {
         (
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":["one"]}]}"#,
             None,
-            "is not a number",
+            "is not an FP16 number",
         ),
         (
             br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
@@ -142,11 +142,38 @@ fn bad_requests_say_what_is_wrong() {
             None,
             "too many elements",
         ),
+        // Past the type's range: refused, not made infinite.
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1e40]}]}"#,
+            None,
+            "(1e+40) is not an FP32 number",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP16","data":[70000]}]}"#,
+            None,
+            "is not an FP16 number",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"BF16","data":[1e39]}]}"#,
+            None,
+            "is not a BF16 number",
+        ),
+        (
+            br#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}],"outputs":[{"name":"y"},{"name":"y"}]}"#,
+            None,
+            "output \"y\" is asked for twice",
+        ),
     ];
     for (body, h, want) in cases {
         let e = decode(body, *h, &NoRegions).unwrap_err();
         assert!(e.0.contains(want), "{}: {e}", String::from_utf8_lossy(body));
     }
+    // A BOOL byte is 0 or 1.
+    let head = br#"{"inputs":[{"name":"x","shape":[2],"datatype":"BOOL","parameters":{"binary_data_size":2}}]}"#;
+    let len = head.len().to_string();
+    let e = decode(&[&head[..], &[1, 7]].concat(), Some(&len), &NoRegions).unwrap_err();
+    assert!(e.0.contains("BOOL element 1 is the byte 7, not 0 or 1"), "{e}");
+    assert!(decode(&[&head[..], &[1, 0]].concat(), Some(&len), &NoRegions).is_ok());
 }
 
 #[test]

@@ -657,6 +657,12 @@ async fn infer<P: Plane>(
         .map_err(|e| status(e.into()))?;
     let inputs = inputs(&r, &app.regions).map_err(bad)?;
     let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
+    // Each one asked for is encoded: the same twice would be encoded twice
+    // (Triton refuses it too).
+    let mut asked = std::collections::HashSet::with_capacity(wanted.len());
+    if let Some(twice) = wanted.iter().find(|n| !asked.insert(**n)) {
+        return Err(bad(oip::OipError(format!("output {twice:?} is asked for twice"))));
+    }
     let places = r
         .outputs
         .iter()
@@ -884,6 +890,8 @@ fn module_body(id: &str, inputs: &[(String, Tensor)], wanted: &[&str]) -> Vec<u8
 /// memory, in order, as Triton reads them) or from each input's typed
 /// `contents`.
 fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(String, Tensor)>, oip::OipError> {
+    use oip::Regions as _;
+    let regions = &oip::CallReads::new(regions);
     if r.inputs.is_empty() {
         return Err(oip::OipError("the request has no inputs".into()));
     }
@@ -902,8 +910,9 @@ fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(Stri
     }
     let mut raw_contents = r.raw_input_contents.iter();
     let mut out: Vec<(String, Tensor)> = Vec::with_capacity(r.inputs.len());
+    let mut names = std::collections::HashSet::with_capacity(r.inputs.len());
     for (input, place) in r.inputs.iter().zip(places) {
-        if out.iter().any(|(n, _)| *n == input.name) {
+        if !names.insert(input.name.as_str()) {
             return Err(oip::OipError(format!("input {:?} is given twice", input.name)));
         }
         let from_raw = |bytes: &[u8]| oip::from_raw(&input.name, "input", &input.datatype, &input.shape, bytes);

@@ -220,6 +220,10 @@ impl Regions {
 }
 
 impl wasmscore_oip::Regions for Regions {
+    fn max_read(&self) -> u64 {
+        self.max_read
+    }
+
     fn read(&self, at: &InRegion) -> Result<Vec<u8>, String> {
         if at.byte_size > self.max_read {
             return Err(format!(
@@ -310,6 +314,22 @@ mod tests {
         assert!(regions.read(&at("r", 0, 8)).unwrap_err().contains("no shared memory region \"r\""));
         assert_eq!(regions.status(Some("r")).unwrap_err().status, 404);
         regions.unregister(Some("r"));
+    }
+
+    #[test]
+    fn one_call_reads_at_most_the_limit_from_all_its_inputs() {
+        let o = Object::new("many", 16);
+        let regions = Regions::new(8);
+        regions.register("r", &o.0, 0, 16).unwrap();
+        let input = |name: &str| {
+            serde_json::json!({"name": name, "shape": [8], "datatype": "UINT8",
+                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 8}})
+        };
+        let body = |inputs: Vec<serde_json::Value>| serde_json::to_vec(&serde_json::json!({ "inputs": inputs })).unwrap();
+        assert!(wasmscore_oip::decode(&body(vec![input("a")]), None, &regions).is_ok());
+        // The same 8 bytes named twice: 16 in one call.
+        let e = wasmscore_oip::decode(&body(vec![input("a"), input("b")]), None, &regions).unwrap_err();
+        assert!(e.0.contains("limit of 8 bytes a call"), "{}", e.0);
     }
 
     #[test]
