@@ -706,7 +706,7 @@ async fn infer<P: Plane>(
         }))
     });
     let request = ScoreRequest {
-        body: module_body(&r.id, &inputs, &wanted),
+        body: module_body(&r, &inputs),
         content_type: "application/json".into(),
         tensors: inputs,
         trace_id: Some(span.trace_id.clone()),
@@ -849,36 +849,70 @@ fn response(
 }
 
 /// The module's body for a call: the request as OIP's JSON would state
-/// it, without the data (the tensors go beside it). Written directly, not
-/// through a `serde_json::Value`, as it is made for every call.
-fn module_body(id: &str, inputs: &[(String, Tensor)], wanted: &[&str]) -> Vec<u8> {
+/// it, without the data (the tensors go beside it), its `parameters` and
+/// each tensor's included, as a REST call's body has them. Written
+/// directly, not through a `serde_json::Value`, as it is made for every
+/// call. `inputs` are `r`'s, in its order.
+fn module_body(r: &ModelInferRequest, inputs: &[(String, Tensor)]) -> Vec<u8> {
+    type Params = std::collections::BTreeMap<String, serde_json::Value>;
     #[derive(serde::Serialize)]
     struct Input<'a> {
         datatype: &'static str,
         name: &'a str,
         shape: &'a [u64],
+        #[serde(skip_serializing_if = "Params::is_empty")]
+        parameters: Params,
     }
     #[derive(serde::Serialize)]
     struct Output<'a> {
         name: &'a str,
+        #[serde(skip_serializing_if = "Params::is_empty")]
+        parameters: Params,
     }
     #[derive(serde::Serialize)]
     struct Body<'a> {
         id: &'a str,
+        #[serde(skip_serializing_if = "Params::is_empty")]
+        parameters: Params,
         inputs: Vec<Input<'a>>,
         outputs: Vec<Output<'a>>,
     }
+    fn json(p: &std::collections::HashMap<String, InferParameter>) -> Params {
+        use infer_parameter::ParameterChoice as C;
+        p.iter()
+            .filter_map(|(k, v)| {
+                let v = match v.parameter_choice.as_ref()? {
+                    C::BoolParam(b) => serde_json::Value::from(*b),
+                    C::Int64Param(i) => serde_json::Value::from(*i),
+                    C::StringParam(s) => serde_json::Value::from(s.as_str()),
+                    C::DoubleParam(d) => serde_json::Value::from(*d),
+                    C::Uint64Param(u) => serde_json::Value::from(*u),
+                };
+                Some((k.clone(), v))
+            })
+            .collect()
+    }
     let body = Body {
-        id,
+        id: &r.id,
+        parameters: json(&r.parameters),
         inputs: inputs
             .iter()
-            .map(|(n, t)| Input {
+            .zip(&r.inputs)
+            .map(|((n, t), i)| Input {
                 datatype: oip::datatype(t.dtype()),
                 name: n,
                 shape: t.shape(),
+                parameters: json(&i.parameters),
             })
             .collect(),
-        outputs: wanted.iter().map(|n| Output { name: n }).collect(),
+        outputs: r
+            .outputs
+            .iter()
+            .map(|o| Output {
+                name: &o.name,
+                parameters: json(&o.parameters),
+            })
+            .collect(),
     };
     let mut out = Vec::with_capacity(128);
     serde_json::to_writer(&mut out, &body).expect("json");
@@ -1033,17 +1067,41 @@ mod tests {
     fn the_module_body_states_the_request_without_its_data() {
         let x = Tensor::new(vec![1, 2], TensorData::Float32(vec![1.5, 2.0])).unwrap();
         let s = Tensor::new(vec![1], TensorData::String(vec!["hi".into()])).unwrap();
-        let body = module_body("r1", &[("x".into(), x), ("s".into(), s)], &["y"]);
+        let param = |c| InferParameter { parameter_choice: Some(c) };
+        use infer_parameter::ParameterChoice as C;
+        let tensor = |name: &str| model_infer_request::InferInputTensor {
+            name: name.into(),
+            ..Default::default()
+        };
+        let r = ModelInferRequest {
+            id: "r1".into(),
+            parameters: [("priority".to_string(), param(C::Int64Param(2)))].into(),
+            inputs: vec![
+                model_infer_request::InferInputTensor {
+                    parameters: [("lang".to_string(), param(C::StringParam("en".into())))].into(),
+                    ..tensor("x")
+                },
+                tensor("s"),
+            ],
+            outputs: vec![model_infer_request::InferRequestedOutputTensor {
+                name: "y".into(),
+                parameters: [("top_k".to_string(), param(C::Uint64Param(3)))].into(),
+            }],
+            ..Default::default()
+        };
+        let body = module_body(&r, &[("x".into(), x), ("s".into(), s)]);
         let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             got,
             serde_json::json!({
                 "id": "r1",
-                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2]}, {"name": "s", "datatype": "BYTES", "shape": [1]}],
-                "outputs": [{"name": "y"}],
+                "parameters": {"priority": 2},
+                "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"lang": "en"}},
+                           {"name": "s", "datatype": "BYTES", "shape": [1]}],
+                "outputs": [{"name": "y", "parameters": {"top_k": 3}}],
             })
         );
-        let none: serde_json::Value = serde_json::from_slice(&module_body("", &[], &[])).unwrap();
+        let none: serde_json::Value = serde_json::from_slice(&module_body(&ModelInferRequest::default(), &[])).unwrap();
         assert_eq!(none, serde_json::json!({"id": "", "inputs": [], "outputs": []}));
     }
 
