@@ -180,7 +180,8 @@ fn create_locked(tmp: &Path) -> std::io::Result<File> {
     let mut tries = 0;
     loop {
         tries += 1;
-        let file = File::create(tmp)?;
+        // Never truncates another writer's file of the same name.
+        let file = std::fs::OpenOptions::new().write(true).create_new(true).open(tmp)?;
         let locked = match file.try_lock() {
             Ok(()) => true,
             Err(std::fs::TryLockError::WouldBlock) => false,

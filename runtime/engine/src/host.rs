@@ -76,6 +76,19 @@ pub struct LogLine {
 
 /// Lines kept per version for `service logs`; older ones are dropped.
 const LOG_LINES_KEPT: usize = 1000;
+/// The longest log line kept, in bytes; the rest is cut.
+pub const MAX_LOG_LINE: usize = 16 << 10;
+
+/// What a tensor handle holds on the host besides its data and shape (the
+/// table entry and its value): counted against the instance's memory
+/// limit, so tensors of no data are not free to make without end.
+pub(crate) const HANDLE_BYTES: usize = 128;
+
+/// What a tensor handed to the guest holds on the host: its data, its
+/// shape, the handle's own share.
+fn held(v: &Value) -> u64 {
+    (v.byte_size() + 8 * v.shape().len() + HANDLE_BYTES) as u64
+}
 
 /// What every replica of one version shares: its models (sessions made at
 /// deploy time), its device, its limits and its log.
@@ -314,8 +327,19 @@ impl VersionContext {
         self.log_in(level, message, None);
     }
 
-    /// A line logged while serving the request of trace TRACE_ID.
-    pub fn log_in(&self, level: &'static str, message: String, trace_id: Option<&str>) {
+    /// A line logged while serving the request of trace TRACE_ID; one over
+    /// MAX_LOG_LINE bytes is cut there (a module's lines are kept, 1000 a
+    /// version, and go to the process's log).
+    pub fn log_in(&self, level: &'static str, mut message: String, trace_id: Option<&str>) {
+        if message.len() > MAX_LOG_LINE {
+            let mut at = MAX_LOG_LINE;
+            while !message.is_char_boundary(at) {
+                at -= 1;
+            }
+            let cut = message.len() - at;
+            message.truncate(at);
+            message.push_str(&format!(" [{cut} more bytes cut]"));
+        }
         let trace = trace_id.unwrap_or("");
         match level {
             "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
@@ -417,7 +441,7 @@ impl HostState {
     /// Hands a value to the guest. A resident one counts at its full size
     /// now: that is what its host copy takes if it is ever read.
     fn push_value(&mut self, value: Value, device: Arc<str>) -> Result<Resource<TensorRes>, HostError> {
-        self.reserve_tensor_bytes(value.byte_size() as u64)?;
+        self.reserve_tensor_bytes(held(&value))?;
         Ok(self.table.push(TensorRes {
             value,
             host: OnceLock::new(),
@@ -453,6 +477,12 @@ impl HostState {
         Ok(())
     }
 
+    /// Drops a tensor the guest was never given (a request's, when a later
+    /// one could not be pushed), its bytes with it.
+    pub(crate) fn drop_tensor(&mut self, r: Resource<TensorRes>) {
+        let _ = self.forget(r);
+    }
+
     pub(crate) fn release_tensor_bytes(&mut self, size: u64) {
         self.tensor_bytes -= size;
     }
@@ -465,7 +495,7 @@ impl HostState {
     /// noting a resident value that was read into host memory.
     fn forget(&mut self, r: Resource<TensorRes>) -> Result<TensorRes, HostError> {
         let t = self.table.delete(r)?;
-        self.tensor_bytes -= t.value.byte_size() as u64;
+        self.tensor_bytes -= held(&t.value);
         if let Some(device) = t.read_from() {
             self.version.usage.host_read(device);
         }
@@ -954,5 +984,47 @@ impl log::Host for HostState {
         };
         self.version.log_in(level, message, self.trace_id.as_deref());
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use wasmscore_tensor::TensorData;
+
+    fn state(memory_limit: u64) -> HostState {
+        let ctx = VersionContext::new("e", "v", HashMap::new(), Devices::new(), "cpu", memory_limit);
+        HostState::new(Arc::new(ctx))
+    }
+
+    #[test]
+    fn a_tensor_counts_its_data_its_shape_and_its_handle_and_gives_them_back() {
+        let mut s = state(10_000);
+        let t = Tensor::new(vec![100], TensorData::Float32(vec![0.0; 100])).unwrap();
+        let r = s.push_tensor(t, Arc::from("cpu")).unwrap();
+        assert_eq!(s.tensor_bytes, 400 + 8 + HANDLE_BYTES as u64);
+        s.drop_tensor(r);
+        assert_eq!(s.tensor_bytes, 0);
+        // Tensors of no data are not free: the limit stops a guest making
+        // them without end.
+        let empty = || Tensor::new(vec![0; 64], TensorData::Float32(vec![])).unwrap();
+        let made = (0..100).take_while(|_| s.push_tensor(empty(), Arc::from("cpu")).is_ok()).count();
+        assert_eq!(made, 10_000 / (8 * 64 + HANDLE_BYTES), "{made}");
+        assert!(Tensor::new(vec![1; 65], TensorData::Float32(vec![0.0])).is_err(), "65 dimensions");
+    }
+
+    #[test]
+    fn a_long_log_line_is_cut() {
+        let ctx = VersionContext::new("e", "v", HashMap::new(), Devices::new(), "cpu", 1 << 20);
+        ctx.log("info", format!("{}é", "x".repeat(MAX_LOG_LINE - 1)));
+        ctx.log("info", "short".into());
+        let lines = ctx.recent_logs();
+        assert!(lines[0].message.starts_with(&"x".repeat(MAX_LOG_LINE - 1)), "kept up to the limit");
+        assert!(
+            lines[0].message.ends_with(" [2 more bytes cut]"),
+            "{}",
+            &lines[0].message[MAX_LOG_LINE - 8..]
+        );
+        assert_eq!(lines[1].message, "short");
     }
 }

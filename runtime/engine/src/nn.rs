@@ -55,14 +55,13 @@ impl HostState {
     }
 
     fn nn_tensor(&mut self, t: NnTensor) -> wasmtime::Result<Resource<NnTensor>> {
-        self.reserve_tensor_bytes(t.data.len() as u64)
-            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        self.reserve_tensor_bytes(held(&t)).map_err(|e| wasmtime::format_err!("{e}"))?;
         Ok(self.table_mut().push(t)?)
     }
 
     fn nn_forget(&mut self, r: Resource<NnTensor>) -> wasmtime::Result<NnTensor> {
         let t = self.table_mut().delete(r)?;
-        self.release_tensor_bytes(t.data.len() as u64);
+        self.release_tensor_bytes(held(&t));
         Ok(t)
     }
 }
@@ -295,16 +294,22 @@ impl errors::HostError for HostState {
     }
 }
 
+/// What a wasi-nn tensor holds on the host, counted against the instance's
+/// memory limit: its data, its dimensions and the handle's own share.
+fn held(t: &NnTensor) -> u64 {
+    (t.data.len() + 4 * t.dims.len() + crate::host::HANDLE_BYTES) as u64
+}
+
 /// A tensor's bytes must match its dimensions and type.
 fn check(t: &NnTensor) -> Result<(), TensorError> {
     let w = width(t.ty);
-    let elems: u64 = t.dims.iter().map(|&d| u64::from(d)).product();
-    if elems.checked_mul(w as u64) != Some(t.data.len() as u64) {
+    let elems = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(u64::from(d)));
+    if elems.and_then(|e| e.checked_mul(w as u64)) != Some(t.data.len() as u64) {
         return Err(TensorError::bad(format!(
             "a {} tensor of dimensions {:?} needs {} bytes, it has {}",
             type_name(t.ty),
             t.dims,
-            elems.saturating_mul(w as u64),
+            elems.map_or(u64::MAX, |e| e.saturating_mul(w as u64)),
             t.data.len()
         )));
     }

@@ -230,11 +230,20 @@ impl Replica {
         let mut tensors = Vec::with_capacity(req.tensors.len());
         for (name, t) in req.tensors {
             let dev = self.store.data().version.default_device.clone();
-            let r = self.store.data_mut().push_tensor(t, dev).map_err(|e| match e {
-                crate::bindings::HostError::Guest(g) => CallError::BadInput(g.to_string()),
-                crate::bindings::HostError::Trap(t) => CallError::Failed(format!("{t:#}")),
-            })?;
-            tensors.push((name, r));
+            match self.store.data_mut().push_tensor(t, dev) {
+                Ok(r) => tensors.push((name, r)),
+                Err(e) => {
+                    // The ones pushed before never reach the guest: dropped
+                    // here, or they would hold the instance's memory for good.
+                    for (_, r) in tensors {
+                        self.store.data_mut().drop_tensor(r);
+                    }
+                    return Err(match e {
+                        crate::bindings::HostError::Guest(g) => CallError::BadInput(g.to_string()),
+                        crate::bindings::HostError::Trap(t) => CallError::Failed(format!("{t:#}")),
+                    });
+                }
+            }
         }
         let wreq = scoring_types::Request {
             body: req.body,

@@ -60,6 +60,10 @@ pub struct SigningKeySpec {
     pub kid: String,
     /// Hex, at least 32 bytes.
     pub secret: String,
+    /// When it was rotated out (Unix seconds): it then verifies only the
+    /// tokens it signed before, so a leaked old secret cannot sign new ones.
+    #[serde(default)]
+    pub retired_at: Option<u64>,
 }
 
 impl SigningKeySpec {
@@ -67,7 +71,7 @@ impl SigningKeySpec {
         wasmscore_router::auth::SigningKey {
             kid: self.kid.clone(),
             secret: decode_hex(&self.secret).unwrap_or_default(),
-            retired_at: None,
+            retired_at: self.retired_at,
         }
     }
 }
@@ -292,6 +296,22 @@ mod tests {
             let e = spec(&format!(r#"[{{"name": "a", "default": true, "nodes": ["{bad}"]}}]"#)).unwrap_err();
             assert!(e.contains("not host:port"), "{bad}: {e}");
         }
+        // A rotated-out key says when, and its policy key carries it.
+        let secret = "ab".repeat(32);
+        let tokens = FleetSpec::parse_file(
+            format!(
+                r#"{{"endpoints": [{{"name": "iris", "auth": {{"mode": "token", "signing_keys": [
+                    {{"kid": "old", "secret": "{secret}", "retired_at": 1700000000}}, {{"kid": "new", "secret": "{secret}"}}]}},
+                    "versions": [{{"name": "v1", "default": true}}]}}]}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let AuthSpec::Token { signing_keys } = &tokens.endpoints[0].auth else {
+            panic!("token auth")
+        };
+        let retired: Vec<Option<u64>> = signing_keys.iter().map(|k| k.key().retired_at).collect();
+        assert_eq!(retired, [Some(1_700_000_000), None]);
         let e = spec(r#"[{"name": "a", "default": true, "nodes": ["h:1", "h:2", "h:1"]}]"#).unwrap_err();
         assert!(e.contains(r#"node "h:1" is listed twice"#), "{e}");
         let e = spec(r#"[{"name": "a", "default": true, "config": {"scoring_timeout": 5}}]"#).unwrap_err();

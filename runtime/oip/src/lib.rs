@@ -287,12 +287,11 @@ pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> R
     if req.inputs.is_empty() {
         return err("the request has no inputs");
     }
+    if let Some(name) = repeated(&req.inputs, |w| &w.name) {
+        return err(format!("input {name:?} is given twice"));
+    }
     let mut inputs = Vec::with_capacity(req.inputs.len());
-    let mut names = std::collections::HashSet::with_capacity(req.inputs.len());
     for w in req.inputs {
-        if !names.insert(w.name.clone()) {
-            return err(format!("input {:?} is given twice", w.name));
-        }
         let t = tensor(&w, &mut binary, "input", regions)?;
         inputs.push((w.name, t));
     }
@@ -302,14 +301,13 @@ pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> R
             binary.len()
         ));
     }
+    // Each one asked for is encoded: the same twice would be encoded twice
+    // (Triton refuses it too).
+    if let Some(name) = repeated(&req.outputs, |o| &o.name) {
+        return err(format!("output {name:?} is asked for twice"));
+    }
     let mut outputs = Vec::with_capacity(req.outputs.len());
-    let mut names = std::collections::HashSet::with_capacity(req.outputs.len());
     for o in req.outputs {
-        // Each one asked for is encoded: the same twice would be encoded
-        // twice (Triton refuses it too).
-        if !names.insert(o.name.clone()) {
-            return err(format!("output {:?} is asked for twice", o.name));
-        }
         let binary = match o.parameters.get("binary_data") {
             None => None,
             Some(Value::Bool(b)) => Some(*b),
@@ -334,6 +332,21 @@ pub fn decode(body: &[u8], header_len: Option<&str>, regions: &dyn Regions) -> R
         binary_output,
         header: head.to_vec(),
     })
+}
+
+/// The first name that `items` hold twice. A few (most calls) are compared
+/// pairwise, with no allocation; many go through a set, so a request of a
+/// million names costs a million steps, not a million squared.
+pub fn repeated<T>(items: &[T], name: impl Fn(&T) -> &str) -> Option<&str> {
+    if items.len() <= 16 {
+        return items
+            .iter()
+            .enumerate()
+            .find(|(i, a)| items[..*i].iter().any(|b| name(b) == name(a)))
+            .map(|(_, a)| name(a));
+    }
+    let mut seen = std::collections::HashSet::with_capacity(items.len());
+    items.iter().map(&name).find(|n| !seen.insert(*n))
 }
 
 /// A tensor's declared datatype and shape, checked: its dtype, its shape

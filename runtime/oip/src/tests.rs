@@ -413,3 +413,13 @@ fn collected_tensors_keep_the_bodys_other_fields_and_write_their_data() {
         json!({"outputs": [{"name": "x", "datatype": "FP32", "shape": [2], "data": [5.1, 0.2]}]})
     );
 }
+
+#[test]
+fn a_repeated_name_is_found_among_few_and_among_many() {
+    let few = ["a", "b", "c", "b"];
+    assert_eq!(repeated(&few, |s| s), Some("b"));
+    assert_eq!(repeated(&few[..3], |s| s), None);
+    let many: Vec<String> = (0..100).map(|i| format!("n{i}")).chain(["n42".to_string()]).collect();
+    assert_eq!(repeated(&many, |s| s), Some("n42"));
+    assert_eq!(repeated(&many[..100], |s| s), None);
+}

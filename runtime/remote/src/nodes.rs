@@ -574,7 +574,7 @@ impl Nodes {
                         let last = body.pass_on(responses).await.map_err(Sent::Failed)?;
                         Ok(Exchanged::Streamed(parts, last))
                     }
-                    _ => Ok(Exchanged::Whole(parts, body.collect().await.map_err(Sent::Failed)?)),
+                    _ => Ok(Exchanged::Whole(parts, body.collect().await?)),
                 }
             };
             let (parts, bytes) = match tokio::time::timeout(remaining, exchange).await {
@@ -600,6 +600,14 @@ impl Nodes {
                 }
                 Ok(Err(Sent::Failed(message))) => {
                     self.eject(node, message.clone());
+                    return Err(ScoreError::Node {
+                        node: node.addr.clone(),
+                        message,
+                    });
+                }
+                Ok(Err(Sent::TooLarge(message))) => {
+                    // The node did its work; the answer is the call's, not
+                    // a sign of a broken node: it stays in.
                     return Err(ScoreError::Node {
                         node: node.addr.clone(),
                         message,
@@ -769,12 +777,16 @@ impl Nodes {
 }
 
 /// How a request to a node went wrong.
+#[allow(clippy::enum_variant_names)] // "not sent" is what it says
 enum Sent {
     /// Provably not processed: the connection was refused, or the stream
     /// was refused before the node read it. Safe to send elsewhere.
     NotSent(String),
     /// It may have reached a module: not retried.
     Failed(String),
+    /// Answered, but over the size an answer may have (the call's, not the
+    /// node's fault).
+    TooLarge(String),
 }
 
 /// What a node's answer to a call came to.
@@ -827,19 +839,19 @@ impl Reply<'_> {
     /// The whole body, of at most `wire::MAX_FRAME` bytes (a node, or
     /// something else on its address, may send any amount); one chunk (most
     /// answers) is not copied.
-    async fn collect(mut self) -> Result<Bytes, String> {
-        let over = || format!("its answer is over {} MiB", wire::MAX_FRAME >> 20);
-        let Some(first) = self.chunk().await.transpose()? else {
+    async fn collect(mut self) -> Result<Bytes, Sent> {
+        let over = || Sent::TooLarge(format!("its answer is over {} MiB", wire::MAX_FRAME >> 20));
+        let Some(first) = self.chunk().await.transpose().map_err(Sent::Failed)? else {
             return Ok(Bytes::new());
         };
-        let Some(second) = self.chunk().await.transpose()? else {
+        let Some(second) = self.chunk().await.transpose().map_err(Sent::Failed)? else {
             return if first.len() > wire::MAX_FRAME { Err(over()) } else { Ok(first) };
         };
         let mut out = bytes::BytesMut::from(&first[..]);
         out.extend_from_slice(&second);
         while out.len() <= wire::MAX_FRAME {
             match self.chunk().await {
-                Some(chunk) => out.extend_from_slice(&chunk?),
+                Some(chunk) => out.extend_from_slice(&chunk.map_err(Sent::Failed)?),
                 None => return Ok(out.freeze()),
             }
         }

@@ -235,10 +235,12 @@ fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
             continue;
         };
         let (mc, mt) = (sc.mean(), st.mean());
-        let (vc, vt) = match (sc.variance(), st.variance()) {
-            (0.0, vt) => (vt, vt),
-            (vc, 0.0) => (vc, vc),
-            both => both,
+        // "All agree" within rounding: ten 0.1s leave a variance of 6e-18.
+        let agree = |s: &Sums| s.variance() <= 1e-10 * s.mean() * s.mean();
+        let (vc, vt) = match (agree(sc), agree(st)) {
+            (true, false) => (st.variance(), st.variance()),
+            (false, true) => (sc.variance(), sc.variance()),
+            _ => (sc.variance(), st.variance()),
         };
         let v = vc / sc.count.max(1) as f64 + vt / st.count.max(1) as f64;
         let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * (vc + vt) / 2.0;
@@ -740,8 +742,21 @@ mod tests {
         assert!(r.p_value > 0.5 && r.ci.0 < 0.0, "{r:?}");
         // One value on a side: no test at all.
         c.reported = vec![("clicked".into(), yes_no(1, 0))];
-        let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        let r = &compare(&c, &[t.clone()], &BOUNDS, 0.05).comparisons[0].reported[0].1;
         assert_eq!(r.p_value, 1.0, "{r:?}");
+        // Ten equal values that are not whole numbers: a variance of
+        // rounding noise is no variance either.
+        let tenth = (0..10).fold((0.0, 0.0), |(s, q), _| (s + 0.1, q + 0.1 * 0.1));
+        c.reported = vec![(
+            "clicked".into(),
+            Sums {
+                count: 10,
+                sum: tenth.0,
+                sum_sq: tenth.1,
+            },
+        )];
+        let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        assert!(r.p_value > 0.5, "{r:?}");
     }
 
     #[test]

@@ -659,8 +659,7 @@ async fn infer<P: Plane>(
     let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
     // Each one asked for is encoded: the same twice would be encoded twice
     // (Triton refuses it too).
-    let mut asked = std::collections::HashSet::with_capacity(wanted.len());
-    if let Some(twice) = wanted.iter().find(|n| !asked.insert(**n)) {
+    if let Some(twice) = oip::repeated(&r.outputs, |o| &o.name) {
         return Err(bad(oip::OipError(format!("output {twice:?} is asked for twice"))));
     }
     let places = r
@@ -942,13 +941,12 @@ fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(Stri
             r.raw_input_contents.len(),
         )));
     }
+    if let Some(name) = oip::repeated(&r.inputs, |i| &i.name) {
+        return Err(oip::OipError(format!("input {name:?} is given twice")));
+    }
     let mut raw_contents = r.raw_input_contents.iter();
     let mut out: Vec<(String, Tensor)> = Vec::with_capacity(r.inputs.len());
-    let mut names = std::collections::HashSet::with_capacity(r.inputs.len());
     for (input, place) in r.inputs.iter().zip(places) {
-        if !names.insert(input.name.as_str()) {
-            return Err(oip::OipError(format!("input {:?} is given twice", input.name)));
-        }
         let from_raw = |bytes: &[u8]| oip::from_raw(&input.name, "input", &input.datatype, &input.shape, bytes);
         let t = match (place, raw) {
             (Some(at), _) => {

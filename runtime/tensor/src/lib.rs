@@ -15,7 +15,7 @@ pub use cpu_ops::{bias_dims, conv2d_dims, gemm_dims, Conv2dDims, CpuOps, MAX_GEM
 pub use device::{Device, DeviceKind, Devices, Model, OpCost, Ops, Resident, TensorInfo, Value};
 /// The 16-bit float types of [`TensorData::Float16`] and [`TensorData::Bfloat16`].
 pub use half;
-pub use tensor::{element_count, DType, Tensor, TensorData};
+pub use tensor::{element_count, DType, Tensor, TensorData, MAX_RANK};
 
 /// Errors from tensor work. The split is the one the guest sees:
 /// the caller's fault (`BadInput`, HTTP 400) or not (`Failed`, HTTP 500).

@@ -161,6 +161,10 @@ impl TensorData {
     }
 }
 
+/// The most dimensions a tensor has (numpy's NPY_MAXDIMS): a shape is
+/// held on the host whatever its element count.
+pub const MAX_RANK: usize = 64;
+
 /// A tensor held by the host: shape plus row-major data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tensor {
@@ -171,6 +175,12 @@ pub struct Tensor {
 impl Tensor {
     /// Makes a tensor, checking that the element count matches the shape.
     pub fn new(shape: Vec<u64>, data: TensorData) -> Result<Self, TensorError> {
+        if shape.len() > MAX_RANK {
+            return Err(TensorError::bad(format!(
+                "a shape of {} dimensions; a tensor has at most {MAX_RANK} (numpy's limit)",
+                shape.len()
+            )));
+        }
         let expected = element_count(&shape)?;
         if expected != data.len() as u64 {
             return Err(TensorError::bad(format!(
