@@ -161,6 +161,7 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
         "replicas_retired": stat(&|s| s.retired.load(Ordering::Relaxed)),
         "wakes_from_zero": stat(&|s| s.wakes.load(Ordering::Relaxed)),
         "abandoned_calls": stat(&|s| s.stuck.load(Ordering::Relaxed)),
+        "blocked_calls": stat(&|s| s.blocked.load(Ordering::Relaxed) as u64),
         "utilization": live.and_then(|l| l.monitor.scaler.as_ref()).and_then(|s| s.utilization).map(|u| (u * 1000.0).round() / 1000.0),
         "autoscale": autoscale,
         "health": health,

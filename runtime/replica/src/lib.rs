@@ -120,6 +120,17 @@ const ABANDONED: u8 = 2;
 /// client got 504, a substitute instance was started, and the stuck one
 /// exits when its call returns.
 const STUCK: u8 = 3;
+/// As STUCK, but with no substitute started (MAX_BLOCKED were blocked
+/// already): the instance serves on once its call returns.
+const STUCK_KEPT: u8 = 4;
+/// The call returned before the pool gave up on it.
+const DONE: u8 = 5;
+
+/// The most calls of one version left blocked in the host past their
+/// deadline that get a substitute instance each. Past it no substitute is
+/// started: a module that blocks every call cannot take the process's
+/// instance slots and memory from the other versions one call at a time.
+const MAX_BLOCKED: usize = 4;
 
 /// How long past `scoring_timeout_ms` the pool waits before it gives up on
 /// a call that the engine's deadline did not stop.
@@ -174,6 +185,8 @@ pub struct PoolStats {
     pub wakes: AtomicU64,
     /// Calls given up on past their deadline (blocked in the host).
     pub stuck: AtomicU64,
+    /// Of those, the ones still blocked now.
+    pub blocked: AtomicUsize,
     /// Time a request waited for a free instance, and its call's time.
     pub queue_wait: histogram::Histogram,
     pub run_time: histogram::Histogram,
@@ -509,16 +522,27 @@ impl Pool {
     /// instance so the pool keeps its size while the stuck one is blocked.
     fn give_up(&self, state: &AtomicU8) -> Result<ScoreResponse, ScoreError> {
         let timeout_ms = self.shared.prepared.timeout().as_millis() as u64;
-        if state.compare_exchange(TAKEN, STUCK, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            let st = &self.shared.stats;
+        let st = &self.shared.stats;
+        let substitute = st.blocked.load(Ordering::Relaxed) < MAX_BLOCKED;
+        let to = if substitute { STUCK } else { STUCK_KEPT };
+        if state.compare_exchange(TAKEN, to, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             st.stuck.fetch_add(1, Ordering::Relaxed);
-            st.failed(format!(
-                "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
-                STUCK_GRACE.as_millis()
-            ));
-            tracing::warn!(pool = %self.shared.label, "a call outlived its deadline (blocked in the host); starting a substitute instance");
-            if let Err(e) = spawn_instance(&self.shared, None) {
-                st.set_error(e);
+            st.blocked.fetch_add(1, Ordering::Relaxed);
+            if substitute {
+                st.failed(format!(
+                    "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
+                    STUCK_GRACE.as_millis()
+                ));
+                tracing::warn!(pool = %self.shared.label, "a call outlived its deadline (blocked in the host); starting a substitute instance");
+                if let Err(e) = spawn_instance(&self.shared, None) {
+                    st.set_error(e);
+                }
+            } else {
+                st.failed(format!(
+                    "{MAX_BLOCKED} calls are blocked in the host past scoring_timeout_ms: no substitute instance is started \
+                     for another; this one serves again once its call returns"
+                ));
+                tracing::warn!(pool = %self.shared.label, blocked = MAX_BLOCKED, "a call outlived its deadline (blocked in the host); no substitute: too many are blocked");
             }
         }
         Err(ScoreError::Call(CallError::Timeout(timeout_ms)))
@@ -672,11 +696,22 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
                 }
             }
         }
+        // Settled here, once: either the call returned in time (DONE, and
+        // the pool can no longer give up on it) or the pool gave up first.
+        let given_up = job.state.compare_exchange(TAKEN, DONE, Ordering::AcqRel, Ordering::Acquire).err();
         let _ = job.reply.send(result);
-        if job.state.load(Ordering::Acquire) == STUCK {
-            // The caller gave up and started a substitute: this one goes.
-            tracing::info!(pool = %shared.label, "an abandoned call returned; its instance stops");
-            break;
+        match given_up {
+            Some(STUCK) => {
+                // The caller gave up and started a substitute: this one goes.
+                stats.blocked.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(pool = %shared.label, "an abandoned call returned; its instance stops");
+                break;
+            }
+            Some(STUCK_KEPT) => {
+                stats.blocked.fetch_sub(1, Ordering::Relaxed);
+                tracing::info!(pool = %shared.label, "an abandoned call returned; its instance serves again");
+            }
+            _ => {}
         }
         if poisoned {
             match start_with_backoff(&shared) {

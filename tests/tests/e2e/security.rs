@@ -436,6 +436,32 @@ fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
 }
 
 #[test]
+fn a_module_that_blocks_every_call_gets_a_few_substitute_instances_not_one_each() {
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"scoring_timeout_ms": 300, "num_replicas": 1, "max_request_wait_time": 300});
+    s.deploy_ok("blocker", &super::hostile(), &[], Some(dc));
+    s.deploy_ok("calm", iris_rust(), &[&model()], None);
+    let run = |body: &str| s.score("blocker", body);
+    // Each call blocks in a host call the deadline cannot stop: 504. The
+    // first four get a substitute instance each; the fifth does not.
+    for i in 0..5 {
+        let (st, _, j) = run("sleep:20000");
+        assert_eq!((st, error_code(&j)), (504, "scoring_timeout"), "call {i}: {j}");
+    }
+    let (st, _, j) = run("after");
+    assert_eq!(st, 503, "no instance is free, and none was started for the fifth: {j}");
+    let v = &s.cli_json(&["service", "show", "blocker", "--json"])["versions"][0];
+    assert_eq!(
+        (v["abandoned_calls"].as_u64(), v["blocked_calls"].as_u64()),
+        (Some(5), Some(5)),
+        "{v}"
+    );
+    assert!(v["last_error"].as_str().unwrap_or("").contains("no substitute instance"), "{v}");
+    // Another version is served all along.
+    assert_eq!(s.score("calm", ROW).0, 200);
+}
+
+#[test]
 fn hostile_modules_are_contained_with_a_clear_error_while_others_are_served() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
