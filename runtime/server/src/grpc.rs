@@ -594,6 +594,27 @@ enum Answer {
 /// Responses of a decoupled call its client has not read yet, at most;
 /// one more fails the module's `send`.
 const SENT_AHEAD: usize = 256;
+/// And the most bytes of them (a response bigger than this alone still
+/// goes, once the ones before it are read).
+const SENT_AHEAD_BYTES: usize = 64 << 20;
+
+/// Counts `bytes` more waiting for the client, or refuses them past
+/// SENT_AHEAD_BYTES (one response alone always goes).
+fn admit(queued: &std::sync::atomic::AtomicUsize, bytes: usize) -> Result<(), String> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = queued.fetch_add(bytes, Relaxed);
+    if before > 0 && before + bytes > SENT_AHEAD_BYTES {
+        queued.fetch_sub(bytes, Relaxed);
+        return Err(format!("the client has not read {} MiB of responses before it", before >> 20));
+    }
+    Ok(())
+}
+
+/// A decoupled call's queue of responses to the stream, and the bytes in it.
+struct Ahead {
+    tx: tokio::sync::mpsc::Sender<(ModelStreamInferResponse, usize)>,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
 
 /// Whether the client asked for an empty last response that says so
 /// (tritonclient's `enable_empty_final_response`), as Triton reads it.
@@ -673,20 +694,23 @@ async fn infer<P: Plane>(
     // once the last response is queued, a call still running (abandoned
     // past its deadline) sends nothing more, and the queue drains and ends.
     let decoupled = stream.filter(|_| route.version.decoupled()).map(|side| {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<ModelStreamInferResponse>(SENT_AHEAD);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(ModelStreamInferResponse, usize)>(SENT_AHEAD);
         let side = side.clone();
+        let ahead = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = ahead.clone();
         let forwarded = tokio::spawn(async move {
-            while let Some(m) = rx.recv().await {
+            while let Some((m, bytes)) = rx.recv().await {
+                sent.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                 if side.send(m).await.is_err() {
                     break;
                 }
             }
         });
-        (tx, forwarded)
+        (Ahead { tx, bytes: ahead }, forwarded)
     });
     let final_flag = wants_final_flag(&r);
-    let responses = decoupled.as_ref().map(|(tx, _)| {
-        let tx = tx.downgrade();
+    let responses = decoupled.as_ref().map(|(ahead, _)| {
+        let (tx, queued) = (ahead.tx.downgrade(), ahead.bytes.clone());
         let (endpoint, version, id) = (endpoint.clone(), route.version.name.clone(), r.id.clone());
         let wanted: Vec<String> = wanted.iter().map(|w| w.to_string()).collect();
         wasmscore_engine::Responses(Arc::new(move |out: ScoreResponse| {
@@ -696,11 +720,18 @@ async fn infer<P: Plane>(
             let Some(tx) = tx.upgrade() else {
                 return Err("the request was answered already (its call outlived its deadline)".to_string());
             };
-            tx.try_send(streamed(resp)).map_err(|e| match e {
-                tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                    format!("the client has not read the {SENT_AHEAD} responses before it")
+            // Bytes waiting for the client, bounded too: 256 responses of a
+            // GB each would otherwise sit in the host's memory.
+            let bytes = resp.raw_output_contents.iter().map(Vec::len).sum::<usize>() + 256;
+            admit(&queued, bytes)?;
+            tx.try_send((streamed(resp), bytes)).map_err(|e| {
+                queued.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
+                match e {
+                    tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                        format!("the client has not read the {SENT_AHEAD} responses before it")
+                    }
+                    tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
                 }
-                tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
             })
         }))
     });
@@ -755,7 +786,8 @@ async fn infer<P: Plane>(
             Err(e) => Some(last_failed(r.id.clone(), endpoint.clone(), &named(status(e.into())), final_flag)),
         };
         if let Some(m) = last {
-            let _ = tx.send(m).await;
+            // The last goes whatever the bytes ahead: it waits its turn.
+            let _ = tx.tx.send((m, 0)).await;
         }
         drop(tx);
         // The message keeps its place on the connection until its responses
@@ -1059,6 +1091,25 @@ mod tests {
             parameters: Default::default(),
             contents,
         }
+    }
+
+    #[test]
+    fn responses_waiting_for_the_client_are_bounded_in_bytes() {
+        let queued = std::sync::atomic::AtomicUsize::new(0);
+        // One bigger than the bound alone goes; nothing after it does.
+        assert!(admit(&queued, SENT_AHEAD_BYTES * 2).is_ok());
+        let e = admit(&queued, 1).unwrap_err();
+        assert!(e.contains("has not read 128 MiB"), "{e}");
+        assert_eq!(
+            queued.load(std::sync::atomic::Ordering::Relaxed),
+            SENT_AHEAD_BYTES * 2,
+            "a refusal is not counted"
+        );
+        queued.store(0, std::sync::atomic::Ordering::Relaxed);
+        for _ in 0..64 {
+            admit(&queued, 1 << 20).unwrap();
+        }
+        assert!(admit(&queued, 1).is_err(), "64 MiB waiting");
     }
 
     #[test]
