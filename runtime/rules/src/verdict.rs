@@ -512,6 +512,14 @@ fn line(c: &Comparison, alpha: f64) -> String {
         .into_iter()
         .flatten()
         .fold(f64::INFINITY, f64::min);
+    if factor <= 1.0 {
+        // The interval (not adjusted) already leaves out no difference:
+        // only Holm's correction across the treatments holds it back.
+        return format!(
+            "no difference yet between {t} and control: what is seen would be one for a single treatment, \
+             not yet after Holm's correction across the treatments"
+        );
+    }
     if factor.is_finite() && factor < 1e6 {
         format!(
             "no difference yet between {t} and control: about {:.0} more requests needed if what is seen now holds",
@@ -757,6 +765,27 @@ mod tests {
         )];
         let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
         assert!(r.p_value > 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn a_difference_held_back_only_by_holm_is_not_said_to_need_one_more_request() {
+        let c = arm("v1", 50, 10_000, 100, vec![10_000, 0, 0, 0, 0]);
+        let t = arm("v2", 50, 10_000, 100, vec![10_000, 0, 0, 0, 0]);
+        let mut cmp = compare(&c, &[t], &BOUNDS, 0.05).comparisons.remove(0);
+        // Significant alone, not after Holm across two treatments.
+        cmp.error_rate = Estimate {
+            control: 0.01,
+            treatment: 0.015,
+            difference: 0.005,
+            ci: (0.001, 0.009),
+            p_value: 0.03,
+            p_adjusted: 0.06,
+        };
+        let said = line(&cmp, 0.05);
+        assert!(
+            said.contains("after Holm's correction") && !said.contains("more requests needed"),
+            "{said}"
+        );
     }
 
     #[test]
