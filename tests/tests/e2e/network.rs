@@ -382,21 +382,36 @@ impl Router {
     }
 
     fn wait_shares(&self, endpoint: &str, want: &[(&str, u64)]) {
-        wait_for(&format!("shares {want:?}"), Duration::from_secs(20), || {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let want: Vec<(String, u64)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
+        loop {
             let st = self.status();
-            let Some(ep) = st["endpoints"].as_array().unwrap().iter().find(|e| e["name"] == endpoint) else {
-                return false;
-            };
-            let got: Vec<(String, u64)> = ep["versions"]
+            let got: Option<Vec<(String, u64)>> = st["endpoints"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|v| (v["name"].as_str().unwrap().to_string(), v["effective_traffic"].as_u64().unwrap()))
-                .filter(|(_, s)| *s > 0)
-                .collect();
-            let want: Vec<(String, u64)> = want.iter().map(|(n, s)| (n.to_string(), *s)).collect();
-            got == want
-        });
+                .find(|e| e["name"] == endpoint)
+                .map(|ep| {
+                    ep["versions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|v| (v["name"].as_str().unwrap().to_string(), v["effective_traffic"].as_u64().unwrap()))
+                        .filter(|(_, s)| *s > 0)
+                        .collect()
+                });
+            if got.as_ref() == Some(&want) {
+                return;
+            }
+            // What the router said and logged, to tell a missed config
+            // change from a node that did not come back.
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for shares {want:?}; last status {st}\nrouter log:\n{}",
+                self.proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn score(&self, endpoint: &str, headers: &[(&str, &str)], body: &str) -> (u16, String, String) {
