@@ -56,6 +56,36 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A token service's answer, at most 1 MiB of it (a token is a few KB;
+/// a hostile service could send without end), lossily as text.
+async fn capped_text(mut answer: reqwest::Response) -> String {
+    const CAP: usize = 1 << 20;
+    let mut buf = Vec::new();
+    while let Ok(Some(chunk)) = answer.chunk().await {
+        let room = CAP - buf.len();
+        buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if chunk.len() >= room {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Whether a secret may go to `u`: over https, or plain http to a loopback
+/// host named with no user part (`http://127.0.0.1:1@elsewhere/` is
+/// elsewhere).
+fn private_enough(u: &reqwest::Url) -> bool {
+    match u.scheme() {
+        "https" => true,
+        "http" => {
+            let host = u.host_str().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+            let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            loopback && u.username().is_empty() && u.password().is_none()
+        }
+        _ => false,
+    }
+}
+
 fn client(reference: &Reference, opts: &RegistryOptions) -> Result<Client> {
     // reqwest builds a TLS config even for plain HTTP: ring, as the rest of
     // wasmscore (no aws-lc build).
@@ -151,7 +181,16 @@ async fn token_service(r: &Reference, opts: &RegistryOptions) -> Result<Option<T
     let refused = |m: String| PullError::Refused(m);
     let mut b = reqwest::Client::builder()
         .connect_timeout(std::time::Duration::from_secs(5))
-        .timeout(std::time::Duration::from_secs(60));
+        .timeout(std::time::Duration::from_secs(60))
+        // A redirect would re-send a login or a refresh token: only where
+        // it could have been sent in the first place.
+        .redirect(reqwest::redirect::Policy::custom(|a| {
+            if a.previous().len() < 5 && private_enough(a.url()) {
+                a.follow()
+            } else {
+                a.stop()
+            }
+        }));
     if let Some(ca) = &opts.ca_file {
         let pem = std::fs::read(ca).map_err(|e| refused(format!("reading {}: {e}", ca.display())))?;
         let cert = reqwest::Certificate::from_pem(&pem).map_err(|e| refused(format!("{}: {e}", ca.display())))?;
@@ -233,7 +272,7 @@ async fn unavailable(r: &Reference, opts: &RegistryOptions, basic: Option<(&str,
         ));
     }
     if status.as_u16() == 429 || status.is_server_error() {
-        let body = answer.text().await.unwrap_or_default();
+        let body = capped_text(answer).await;
         return Some(format!(
             "the token service of {registry} ({}) answered {status}: {}",
             ts.realm,
@@ -257,10 +296,7 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
     let realm = realm.as_str();
     // The refresh token is a long-lived secret: over TLS only, but to a
     // token service on loopback (tests, a registry's own sidecar).
-    let to_loopback = realm
-        .strip_prefix("http://")
-        .is_some_and(|rest| is_loopback(rest.split('/').next().unwrap_or(rest)));
-    if !realm.starts_with("https://") && !to_loopback {
+    if !reqwest::Url::parse(realm).is_ok_and(|u| private_enough(&u)) {
         return Err(refused(format!(
             "{registry} names the token service {realm}; an identity token goes over https only"
         )));
@@ -282,7 +318,7 @@ async fn trade(r: &Reference, opts: &RegistryOptions, refresh: &str, op: Registr
         .await
         .map_err(|e| failed(&format!("the token service of {registry} ({realm})"), e))?;
     let status = answer.status();
-    let body = answer.text().await.unwrap_or_default();
+    let body = capped_text(answer).await;
     if status.as_u16() == 429 || status.is_server_error() {
         return Err(PullError::Unreachable(format!(
             "the token service of {registry} ({realm}) answered {status}: {}",
@@ -388,7 +424,31 @@ fn describe(e: &OciDistributionError) -> String {
         s = format!("{s}: {c}");
         cur = c.source();
     }
-    s
+    without_queries(&s)
+}
+
+/// `s` with the query of every URL in it cut: a blob redirected to object
+/// storage has a signature there, and this text goes to the log and the
+/// node's ready answer.
+fn without_queries(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find("://") {
+        let end = rest[at..]
+            .find(|c: char| c.is_whitespace() || matches!(c, ')' | '"' | '\'' | ','))
+            .map_or(rest.len(), |e| at + e);
+        let url = &rest[..end];
+        match url[at..].find('?') {
+            Some(q) => {
+                out.push_str(&url[..at + q]);
+                out.push_str("?(query left out)");
+            }
+            None => out.push_str(url),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A 401 or 403: the registry refuses this login (or none) the operation.
@@ -408,6 +468,14 @@ fn denied(e: &OciDistributionError) -> bool {
 fn unreachable(e: &OciDistributionError) -> bool {
     match e {
         OciDistributionError::RequestError(r) => r.is_connect() || r.is_timeout(),
+        // A registry that is down for a while (a 5xx from it or its proxy)
+        // or rate-limits pulls (Docker Hub's 429) is tried again, as its
+        // token service is.
+        OciDistributionError::ServerError { code, .. } => *code >= 500 || *code == 429,
+        OciDistributionError::RegistryError { envelope, .. } => envelope
+            .errors
+            .iter()
+            .any(|e| e.code == oci_client::errors::OciErrorCode::Toomanyrequests),
         _ => {
             let mut cur = std::error::Error::source(e);
             while let Some(c) = cur {
@@ -478,6 +546,37 @@ impl<'a> Session<'a> {
     }
 }
 
+/// A blob's bytes as they arrive, refused past the size its manifest says.
+struct Capped {
+    bytes: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.bytes.len().saturating_add(buf.len()) > self.limit {
+            let limit = self.limit;
+            return std::task::Poll::Ready(Err(std::io::Error::other(format!(
+                "the registry sent more than the {limit} bytes its manifest says"
+            ))));
+        }
+        self.bytes.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Pulls a version; each blob is checked against its digest.
 pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, PullError> {
     let refused = |m: String| PullError::Refused(m);
@@ -514,14 +613,23 @@ pub async fn pull(reference: &str, opts: &RegistryOptions) -> Result<Fetched, Pu
     };
     let mut modules = 0;
     for layer in &manifest.layers {
-        let mut bytes = Vec::with_capacity(layer.size.max(0) as usize);
+        // The manifest's size is the registry's word: room is made for at
+        // most 64 MiB of it up front, and a blob longer than it is refused
+        // as it arrives (a registry that sends without end runs the node
+        // out of nothing).
+        let size = usize::try_from(layer.size.max(0)).unwrap_or(usize::MAX);
+        let mut bytes = Capped {
+            bytes: Vec::with_capacity(size.min(64 << 20)),
+            limit: size,
+        };
         loop {
             match s.c.pull_blob(&r, layer, &mut bytes).await {
                 Ok(()) => break,
-                Err(e) if s.renew_after(&e).await? => bytes.clear(),
+                Err(e) if s.renew_after(&e).await? => bytes.bytes.clear(),
                 Err(e) => return Err(oci(format!("layer {}", layer.digest), e)),
             }
         }
+        let bytes = bytes.bytes;
         // oci-client checks too; this says which digest in our words.
         let got = sha256(&bytes);
         if got != layer.digest {
@@ -587,6 +695,40 @@ mod tests {
             };
             let e = client(&reference, &opts).err().expect("refused").to_string();
             assert!(e.contains("--insecure (plain HTTP) is for registries on loopback"), "{e}");
+        }
+    }
+
+    #[test]
+    fn urls_in_errors_lose_their_queries() {
+        assert_eq!(
+            without_queries("error sending request for url (https://s3.example/b?X-Amz-Signature=abc&X-Amz-Credential=k): timed out"),
+            "error sending request for url (https://s3.example/b?(query left out)): timed out"
+        );
+        let plain = "Server error: url http://127.0.0.1:5000/v2/iris/blobs/sha256:ab, code: 503";
+        assert_eq!(without_queries(plain), plain);
+    }
+
+    /// A refresh token goes over https, or plain http to loopback only: a
+    /// user part before the host is not the host.
+    #[test]
+    fn a_secret_goes_over_https_or_to_loopback_only() {
+        let ok = |u: &str| private_enough(&reqwest::Url::parse(u).unwrap());
+        for good in [
+            "https://auth.example/token",
+            "http://127.0.0.1:5001/token",
+            "http://localhost/t",
+            "http://[::1]:80/t",
+        ] {
+            assert!(ok(good), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:1@attacker.example/token",
+            "http://user@127.0.0.1/token",
+            "http://auth.example/token",
+            "http://10.0.0.1/token",
+            "ftp://127.0.0.1/token",
+        ] {
+            assert!(!ok(bad), "{bad}");
         }
     }
 }

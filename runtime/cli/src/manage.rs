@@ -1019,6 +1019,14 @@ pub fn push_contents(
         // The built-in module loads it by this name.
         out.models[0].0 = "model.onnx".into();
     }
+    // A node refuses what `up` would: checked here, before the push.
+    for (i, (name, _)) in out.models.iter().enumerate() {
+        wasmscore_rules::valid_name("model file", name)?;
+        anyhow::ensure!(
+            !out.models[..i].iter().any(|(n, _)| n == name),
+            "two models are named {name}: a module loads each by its name"
+        );
+    }
     if let Some(p) = dc {
         let bytes = read(p)?;
         serde_json::from_slice::<serde_json::Value>(&bytes).with_context(|| format!("{}: not JSON", p.display()))?;

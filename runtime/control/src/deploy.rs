@@ -235,11 +235,25 @@ impl Control {
         let sha = sha256_hex(bytes);
         let path = self.blob_path(&sha)?;
         if !path.is_file() {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            // Each upload writes its own file: two of the same bytes at once
+            // must not truncate each other's before the rename.
+            static UPLOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = UPLOADS.fetch_add(1, Ordering::Relaxed);
+            let tmp = path.with_extension(format!("tmp{}.{n}", std::process::id()));
             let io = |e: std::io::Error| ControlError::Store(format!("writing blob {sha}: {e}"));
-            std::fs::write(&tmp, bytes).map_err(io)?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            let written = (|| {
+                let mut f = std::fs::File::create_new(&tmp)?;
+                std::io::Write::write_all(&mut f, bytes)?;
+                f.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+                // The rename itself survives a power loss once the
+                // directory is synced.
+                std::fs::File::open(path.parent().expect("a blob is in blobs/"))?.sync_all()
+            })();
+            if written.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            written.map_err(io)?;
         }
         Ok(sha)
     }
