@@ -1063,7 +1063,9 @@ impl<P: Plane> App<P> {
         self.cfg.traces.decide(&mut span, endpoint);
         let (version, traceparent, result) = self.dispatch(endpoint, route, request, &span, tracestate, protocol, started).await;
         let mut resp = match (result, infer) {
-            (Ok(out), Some(infer)) if !out.tensors.is_empty() || infer.outputs.iter().any(|w| w.region.is_some()) => {
+            // A module's own JSON answer goes out as it wrote it unless the
+            // request asked for some outputs, or for them in binary.
+            (Ok(out), Some(infer)) if !out.tensors.is_empty() || !infer.outputs.is_empty() || infer.binary_output => {
                 // Its failure is answered as the version's too (it ran).
                 oip_answer(endpoint, &version.name, &infer, out, &self.regions).unwrap_or_else(oip_error)
             }

@@ -189,6 +189,34 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     assert!(answer["error"].as_str().unwrap().contains("no output \"nope\""), "{answer}");
     assert!(head.contains("x-wasmscore-version: v1"), "{head}");
 
+    // A module that answers an inference response it wrote as JSON, with
+    // no tensors: the request's `outputs` and `binary_data_output` still
+    // apply (they were ignored over REST; gRPC always read them).
+    let auth = format!("Bearer {}", s.key("counter-unary").unwrap());
+    let ask = |rest: &str| {
+        let body = format!(r#"{{"inputs": [{{"name": "ANSWER_JSON", "shape": [1], "datatype": "INT64", "data": [1]}}]{rest}}}"#);
+        s.request(
+            "POST",
+            "/v2/models/counter-unary/infer",
+            &[("Authorization", &auth)],
+            body.as_bytes(),
+        )
+    };
+    let (status, _, answer) = ask(r#", "outputs": [{"name": "B"}]"#);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_name"], "counter-unary", "{answer}");
+    assert_eq!(
+        answer["outputs"],
+        json!([{"name": "B", "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}])
+    );
+    let (status, head, _) = ask(r#", "parameters": {"binary_data_output": true}"#);
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("inference-header-content-length: "), "{head}");
+    assert!(head.contains("content-type: application/octet-stream"), "{head}");
+    let (status, _, answer) = ask(r#", "outputs": [{"name": "C"}]"#);
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("no output \"C\""), "{answer}");
+
     // A model-only deploy needs exactly one model.
     let out = s.cli(&["deploy", "--name", "two", "--model", &m("simple"), "--model", &m("identity")]);
     assert!(!out.status.success());

@@ -18,7 +18,9 @@
 //! an Open Inference Protocol request with an INT64 input COUNT of N answers
 //! N times, each a response with an INT64 output INDEX (0..N): N - 1 sent
 //! through `responses.send` (a decoupled model) and the last returned (N = 0:
-//! an empty response returned); anything else is echoed.
+//! an empty response returned); one with an input ANSWER_JSON answers an
+//! inference response it wrote itself as JSON, with no tensors (outputs A,
+//! INT64 [7], and B, FP32 [0.5, 1.5]); anything else is echoed.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "scorer-nn", generate_all });
 
@@ -42,6 +44,12 @@ impl Guest for Hostile {
     fn run(request: Request) -> Result<Response, Error> {
         if let Some((_, count)) = request.tensors.iter().find(|(n, _)| n == "COUNT") {
             return count_off(count);
+        }
+        if request.tensors.iter().any(|(n, _)| n == "ANSWER_JSON") {
+            return json(r#"{"model_name": "hostile", "outputs": [
+                {"name": "A", "datatype": "INT64", "shape": [1], "data": [7]},
+                {"name": "B", "datatype": "FP32", "shape": [2], "data": [0.5, 1.5]}]}"#
+                .into());
         }
         match std::str::from_utf8(&request.body).unwrap_or("") {
             "trap" => panic!("asked to trap"),
