@@ -346,6 +346,9 @@ impl Control {
         let mut notes = placed.notes.clone();
         let mut model_device = placed.device.clone();
         let mut models = HashMap::new();
+        // Each model's device: those loaded before one fell back stay on the
+        // version's.
+        let mut devices: HashMap<String, String> = HashMap::new();
         if !spec.models.is_empty() {
             phase(format!("loading {} model(s) on {}", spec.models.len(), placed.device));
         }
@@ -363,6 +366,7 @@ impl Control {
                 other => other,
             };
             models.insert(m.file.clone(), session.map_err(|e| fail(e.to_string()))?);
+            devices.insert(m.file.clone(), model_device.clone());
         }
         let signature = models
             .get("model.onnx")
@@ -371,7 +375,7 @@ impl Control {
         let batching = match resolved.batching {
             Some(b) => {
                 phase(format!("probing {} model(s) for batching", models.len()));
-                batch_models(&mut models, &model_device, b)
+                batch_models(&mut models, &devices, b)
             }
             None => Vec::new(),
         };
@@ -522,7 +526,7 @@ pub(crate) fn display_name(spec: &VersionSpec) -> String {
 /// batcher shared by the version's replicas; says why for the others.
 fn batch_models(
     models: &mut HashMap<String, Arc<dyn Model>>,
-    device: &str,
+    devices: &HashMap<String, String>,
     cfg: crate::config::BatchingConfig,
 ) -> Vec<(String, Result<Arc<BatchStats>, String>)> {
     let settings = BatchSettings {
@@ -535,10 +539,9 @@ fn batch_models(
         .into_iter()
         .map(|file| {
             let model = models[&file].clone();
+            let device = devices.get(&file).map_or("cpu", String::as_str);
             let state = if device != "cpu" {
-                Err(format!(
-                    "batching merges runs on the cpu device; this version's models run on {device}"
-                ))
+                Err(format!("batching merges runs on the cpu device; this model runs on {device}"))
             } else {
                 wasmscore_tensor::batch::probe(&*model).map(|()| {
                     let lanes = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -126,6 +126,7 @@ fn version_json(v: &VersionState, effective: u32) -> Value {
                             "mean_wait_us": (b.mean_wait_us() * 10.0).round() / 10.0,
                             "fallbacks": b.fallbacks.load(Ordering::Relaxed),
                             "alone": b.alone.load(Ordering::Relaxed),
+                            "expired": b.expired.load(Ordering::Relaxed),
                         }),
                         Err(why) => json!({"batched": false, "reason": why}),
                     };
@@ -600,7 +601,7 @@ impl Control {
         }
         if !batch_rows.is_empty() {
             type Figure = fn(&wasmscore_tensor::batch::BatchStats) -> f64;
-            let figures: [(&str, &str, Figure); 5] = [
+            let figures: [(&str, &str, Figure); 6] = [
                 ("batches_total", "Model runs for batched calls (a batch of one counts).", |b| {
                     b.batches.load(Ordering::Relaxed) as f64
                 }),
@@ -622,6 +623,11 @@ impl Control {
                 ("batch_alone_total", "Calls that could not merge and ran alone.", |b| {
                     b.alone.load(Ordering::Relaxed) as f64
                 }),
+                (
+                    "batch_expired_total",
+                    "Calls whose scoring deadline passed while they waited for a batch (not run).",
+                    |b| b.expired.load(Ordering::Relaxed) as f64,
+                ),
             ];
             for (name, help, f) in figures {
                 let _ = writeln!(out, "# HELP wasmscore_{name} {help}\n# TYPE wasmscore_{name} counter");

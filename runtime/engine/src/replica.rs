@@ -293,6 +293,12 @@ impl Replica {
                 })
             }
             Ok(Err(types::Error::BadInput(m))) => Err(CallError::BadInput(m)),
+            // Past its deadline (a host call, such as a batched model's,
+            // gave up on it and the module passed that on before the next
+            // epoch tick stopped it): a timeout, as the tick would have said.
+            Ok(Err(types::Error::Failed(_))) if started.elapsed() >= self.timeout => {
+                Err(CallError::Timeout(self.timeout.as_millis() as u64))
+            }
             Ok(Err(types::Error::Failed(m))) => Err(CallError::Failed(m)),
             Err(e) => {
                 self.poisoned = true;

@@ -45,6 +45,8 @@ pub struct BatchStats {
     pub fallbacks: AtomicU64,
     /// Calls that could not merge (no rows, more rows than a batch) and ran alone.
     pub alone: AtomicU64,
+    /// Calls whose scoring deadline passed while they waited: not run.
+    pub expired: AtomicU64,
 }
 
 impl BatchStats {
@@ -185,7 +187,9 @@ impl Batched {
         });
         let mut q = lock(&self.queue);
         q.waiting.push_back(call.clone());
-        self.arrived.notify_one();
+        // Every gathering leader looks: the one this call completes may not
+        // be the one notify_one would wake (leaders of other keys wait too).
+        self.arrived.notify_all();
         loop {
             if let Some(r) = lock(&call.result).take() {
                 return r;
@@ -219,13 +223,14 @@ impl Batched {
             let now = Instant::now();
             q = match deadline {
                 // Past its deadline and still waiting: it leaves the queue
-                // and runs alone (the engine's deadline then answers 504).
+                // unrun: the module's call fails, saying so. Running it now
+                // would only take a core from batches still in time.
                 Some(d) if now >= d => match q.waiting.iter().position(|c| Arc::ptr_eq(c, &call)) {
                     Some(i) => {
                         q.waiting.remove(i);
                         drop(q);
-                        self.stats.alone.fetch_add(1, Ordering::Relaxed);
-                        return self.inner.run(inputs, outputs);
+                        self.stats.expired.fetch_add(1, Ordering::Relaxed);
+                        return Err(TensorError::failed("the scoring deadline passed while the call waited for a batch"));
                     }
                     // Taken by the running batch: its answer is coming.
                     None => call.wake.wait(q).unwrap_or_else(|p| p.into_inner()),
@@ -260,11 +265,15 @@ impl Batched {
         }
         let started = Instant::now();
         let st = &self.stats;
-        let waited: u128 = batch.iter().map(|c| started.saturating_duration_since(c.arrived).as_nanos()).sum();
-        st.record(batch.len(), batch.iter().map(|c| c.rows).sum(), waited as u64);
+        let waited = |c: &Call| started.saturating_duration_since(c.arrived).as_nanos() as u64;
         let outputs: Vec<&str> = batch[0].key.outputs.iter().map(String::as_str).collect();
         if batch.len() > 1 {
             if let Some(split) = self.run_merged(batch, &outputs) {
+                st.record(
+                    batch.len(),
+                    batch.iter().map(|c| c.rows).sum(),
+                    batch.iter().map(|c| waited(c)).sum(),
+                );
                 for (call, out) in batch.iter().zip(split) {
                     *lock(&call.result) = Some(Ok(out));
                 }
@@ -272,9 +281,15 @@ impl Batched {
             }
             st.fallbacks.fetch_add(1, Ordering::Relaxed);
         }
+        // Call by call: each is a batch of one in the figures, and each
+        // caller goes on as soon as its own run is done (woken under the
+        // queue's lock, which it holds when it looks for its result).
         for call in batch {
+            st.record(1, call.rows, waited(call));
             let inputs: Vec<(&str, &Tensor)> = call.inputs.iter().map(|(n, t)| (n.as_str(), t)).collect();
             *lock(&call.result) = Some(self.inner.run(&inputs, &outputs));
+            let _q = lock(&self.queue);
+            call.wake.notify_one();
         }
     }
 
@@ -431,7 +446,14 @@ pub fn probe(model: &dyn Model) -> Result<(), String> {
     let row = |seed: &mut u64| -> Result<Vec<(String, Tensor)>, String> {
         model.inputs().iter().map(|i| Ok((i.name.clone(), random_row(i, seed)?))).collect()
     };
-    let (x1, x2) = (row(&mut seed)?, row(&mut seed)?);
+    let x1 = row(&mut seed)?;
+    // The second row differs from the first in every input: two equal
+    // rows would hide a coupling (x minus the batch's mean, say).
+    let x2 = row(&mut seed)?
+        .into_iter()
+        .zip(&x1)
+        .map(|((n, t), (_, first))| Ok((n, unlike(first, t)?)))
+        .collect::<Result<Vec<_>, String>>()?;
     let both: Vec<(String, Tensor)> = x1
         .iter()
         .zip(&x2)
@@ -490,6 +512,39 @@ fn random_row(info: &TensorInfo, seed: &mut u64) -> Result<Tensor, String> {
         DType::String => TensorData::String((0..n).map(|_| format!("w{}", next() % 3)).collect()),
     };
     Tensor::new(shape, data).map_err(|e| format!("input {}: {e}", info.name))
+}
+
+/// `t`, or `t` with its first element changed when it equals `first`.
+fn unlike(first: &Tensor, t: Tensor) -> Result<Tensor, String> {
+    if first.data() != t.data() {
+        return Ok(t);
+    }
+    let mut data = t.data().clone();
+    macro_rules! bump {
+        ($($v:ident => $f:expr),*) => {
+            match &mut data {
+                $(TensorData::$v(v) => if let Some(x) = v.first_mut() { $f(x) },)*
+            }
+        };
+    }
+    bump!(
+        Float32 => |x: &mut f32| *x += 0.5,
+        Float64 => |x: &mut f64| *x += 0.5,
+        Float16 => |x: &mut half::f16| *x = half::f16::from_f32(x.to_f32() + 0.5),
+        Bfloat16 => |x: &mut half::bf16| *x = half::bf16::from_f32(x.to_f32() + 0.5),
+        Int8 => |x: &mut i8| *x += 1,
+        Int16 => |x: &mut i16| *x += 1,
+        Int32 => |x: &mut i32| *x += 1,
+        Int64 => |x: &mut i64| *x += 1,
+        Uint8 => |x: &mut u8| *x += 1,
+        Uint16 => |x: &mut u16| *x += 1,
+        Uint32 => |x: &mut u32| *x += 1,
+        Uint64 => |x: &mut u64| *x += 1,
+        Bool => |x: &mut bool| *x = !*x,
+        String => |x: &mut String| x.push('x'),
+        Bytes => |x: &mut Vec<u8>| x.push(b'x')
+    );
+    Tensor::new(t.shape().to_vec(), data).map_err(|e| e.to_string())
 }
 
 /// Equal, with floats within a relative 1e-4 (a merged run may sum in
@@ -586,6 +641,38 @@ mod tests {
         let mut fixed = Toy::new(false, Duration::ZERO);
         fixed.io[0].shape = vec![1, 2];
         assert!(probe(&fixed).unwrap_err().contains("fixed first dimension (1)"));
+    }
+
+    /// y = x + the batch's sum, on INT64 rows of two: coupled rows.
+    struct SumsInts(Vec<TensorInfo>);
+
+    impl Model for SumsInts {
+        fn inputs(&self) -> &[TensorInfo] {
+            &self.0
+        }
+        fn outputs(&self) -> &[TensorInfo] {
+            &self.0
+        }
+        fn run(&self, inputs: &[(&str, &Tensor)], _: &[&str]) -> Outputs {
+            let t = inputs[0].1;
+            let TensorData::Int64(v) = t.data() else { unreachable!() };
+            let sum: i64 = v.iter().sum();
+            let out = v.iter().map(|x| x + sum).collect();
+            Ok(vec![("ids".into(), Tensor::new(t.shape().to_vec(), TensorData::Int64(out))?)])
+        }
+    }
+
+    /// Small integer rows from the probe's generator come out equal (all
+    /// zeros); the second row is made to differ, so a coupling shows.
+    #[test]
+    fn the_probe_finds_coupled_rows_of_few_integers() {
+        let io = vec![TensorInfo {
+            name: "ids".into(),
+            dtype: DType::Int64,
+            shape: vec![-1, 2],
+        }];
+        let err = probe(&SumsInts(io)).unwrap_err();
+        assert!(err.contains("rows are not independent"), "{err}");
     }
 
     #[test]
