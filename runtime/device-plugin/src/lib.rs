@@ -142,19 +142,49 @@ impl Plugin {
                 });
             }
         }
+        // Refused after a successful initialize: its state is finalized
+        // before the library is unloaded (a thread it started must stop).
+        let finalize = |state: *mut c_void| {
+            if let Some(f) = table.finalize {
+                // SAFETY: the state from initialize, not used after.
+                unsafe { f(state) };
+            }
+        };
         let mut capabilities = Vec::new();
         if let Some(caps) = table.capabilities {
             let (mut ptr, mut n) = (std::ptr::null(), 0usize);
             // SAFETY: per the header; the array lives as long as the state.
             let e = unsafe { caps(state, &mut ptr, &mut n) };
             if let Some(err) = take_error(table, e) {
+                finalize(state);
                 return Err(LoadError::Initialize {
                     path: shown,
                     message: format!("capabilities: {}", err.message),
                 });
             }
             if !ptr.is_null() && n > 0 {
-                capabilities = unsafe { std::slice::from_raw_parts(ptr, n) }.to_vec();
+                if n > MAX_CAPABILITIES {
+                    finalize(state);
+                    return Err(LoadError::Initialize {
+                        path: shown,
+                        message: format!("capabilities: {n} of them, over {MAX_CAPABILITIES}"),
+                    });
+                }
+                // Read as plain integers first: an op or dtype number the
+                // header does not define is refused, never taken for an enum.
+                // SAFETY: per the header, `n` capabilities at `ptr`; RawCapability
+                // has Capability's layout with its enums as the u32s they are.
+                let raw = unsafe { std::slice::from_raw_parts(ptr.cast::<RawCapability>(), n) };
+                match raw.iter().map(RawCapability::checked).collect() {
+                    Ok(c) => capabilities = c,
+                    Err(m) => {
+                        finalize(state);
+                        return Err(LoadError::Initialize {
+                            path: shown,
+                            message: format!("capabilities: {m}"),
+                        });
+                    }
+                }
             }
         }
         Ok(Plugin {
@@ -252,14 +282,74 @@ impl Drop for Plugin {
     }
 }
 
+/// More capabilities than any device has: a count this large is a bug.
+const MAX_CAPABILITIES: usize = 4096;
+
+/// [`abi::Capability`] as its bytes are: its enums as u32s (repr(C) enums
+/// are C ints), read before any is taken for an enum.
+#[repr(C)]
+struct RawCapability {
+    op: u32,
+    dtype: u32,
+    max_rank: u32,
+    max_dim: i64,
+    memory_kinds: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<RawCapability>() == std::mem::size_of::<Capability>());
+const _: () = assert!(std::mem::align_of::<RawCapability>() == std::mem::align_of::<Capability>());
+
+impl RawCapability {
+    fn checked(&self) -> Result<Capability, String> {
+        let op = match self.op {
+            1 => abi::OpKind::MatMul,
+            2 => abi::OpKind::Gemm,
+            3 => abi::OpKind::Conv2d,
+            n => return Err(format!("op {n} is not one the ABI defines")),
+        };
+        let dtype = match self.dtype {
+            1 => abi::DType::Float32,
+            2 => abi::DType::Float64,
+            3 => abi::DType::Int8,
+            4 => abi::DType::Int16,
+            5 => abi::DType::Int32,
+            n => return Err(format!("dtype {n} is not one the ABI defines")),
+        };
+        Ok(Capability {
+            op,
+            dtype,
+            max_rank: self.max_rank,
+            max_dim: self.max_dim,
+            memory_kinds: self.memory_kinds,
+        })
+    }
+}
+
+/// [`abi::Error`] as its bytes are.
+#[repr(C)]
+struct RawError {
+    code: u32,
+    message: *const std::ffi::c_char,
+}
+
+const _: () = assert!(std::mem::size_of::<RawError>() == std::mem::size_of::<abi::Error>());
+
 fn take_error(t: &PluginApi, e: *mut abi::Error) -> Option<CallError> {
     if e.is_null() {
         return None;
     }
-    // SAFETY: a returned error object, freed once with the plugin's error_free.
-    let err = unsafe { &*e };
+    // SAFETY: a returned error object (read as its integers: a code the
+    // header does not define is Internal), freed once with the plugin's
+    // error_free.
+    let err = unsafe { &*e.cast::<RawError>() };
+    let code = match err.code {
+        1 => abi::Status::InvalidArgument,
+        2 => abi::Status::Unsupported,
+        3 => abi::Status::DeviceError,
+        _ => abi::Status::Internal,
+    };
     let out = CallError {
-        code: err.code,
+        code,
         message: cstr(err.message),
     };
     if let Some(free) = t.error_free {
@@ -446,6 +536,37 @@ mod tests {
         assert!(check_table(&table(0, true), "p.so").is_err(), "major 0");
         let no_exec = check_table(&table(abi::ABI_VERSION, false), "p.so").unwrap_err().to_string();
         assert!(no_exec.contains("no execute"), "{no_exec}");
+    }
+
+    /// Numbers the header does not define, from a C plugin, are refused
+    /// (a capability) or read as Internal (an error's code); never taken for
+    /// a Rust enum, which would be undefined behaviour.
+    #[test]
+    fn numbers_the_abi_does_not_define_are_refused_or_read_as_internal() {
+        let cap = |op, dtype| RawCapability {
+            op,
+            dtype,
+            max_rank: 2,
+            max_dim: 1024,
+            memory_kinds: 1,
+        };
+        let ok = cap(1, 5).checked().unwrap();
+        assert_eq!((ok.op, ok.dtype, ok.max_dim), (OpKind::MatMul, abi::DType::Int32, 1024));
+        assert!(cap(4, 1).checked().unwrap_err().contains("op 4"));
+        assert!(cap(0, 1).checked().unwrap_err().contains("op 0"));
+        assert!(cap(2, 9).checked().unwrap_err().contains("dtype 9"));
+        for (code, read) in [
+            (0, abi::Status::Internal),
+            (3, abi::Status::DeviceError),
+            (u32::MAX, abi::Status::Internal),
+        ] {
+            let mut raw = RawError {
+                code,
+                message: c"boom".as_ptr(),
+            };
+            let e = take_error(&table(abi::ABI_VERSION, true), (&mut raw as *mut RawError).cast()).unwrap();
+            assert_eq!((e.code, e.message.as_str()), (read, "boom"));
+        }
     }
 
     #[test]
