@@ -231,7 +231,12 @@ async fn settle(api: &Api<Endpoint>, name: &str, generation: i64, version: Optio
             Some(v) => v.state != VersionState::Transitioning,
         };
         if let Some(v) = v.filter(|v| done && v.state == VersionState::Failed) {
-            bail!("version {} is Failed: {} (its share goes to the default)", v.name, v.reason);
+            let share = if v.ready_replicas > 0 {
+                ""
+            } else {
+                " (its share goes to the default)"
+            };
+            bail!("version {} is Failed: {}{share}", v.name, v.reason);
         }
         if done {
             return Ok(ep);

@@ -90,6 +90,13 @@ pub type Checked<'a> = Vec<(&'a VersionSpec, Resolved)>;
 /// versions, each version's deployment config.
 pub fn check<'a>(name: &str, spec: &'a EndpointSpec) -> Result<Checked<'a>, RuleError> {
     dns_label("endpoint", name)?;
+    // It begins every object's name, and a Service's must begin with a
+    // letter (a DNS-1035 label); it is also a label value (63 at most).
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) || name.len() > 63 {
+        return Err(RuleError::Refused(format!(
+            "endpoint name {name:?} must begin with a letter and have at most 63 characters on Kubernetes (it begins its Services' names)"
+        )));
+    }
     let mut out: Checked<'a> = Vec::with_capacity(spec.versions.len());
     for v in &spec.versions {
         dns_label("version", &v.name)?;
@@ -610,6 +617,11 @@ mod tests {
             let e = desired(&endpoint(versions), &s).unwrap_err().to_string();
             assert!(e.contains(want), "{e:?} should contain {want:?}");
         }
+        // A Service's name begins with a letter: so must an endpoint's.
+        let mut digit = endpoint(vec![version("v1", 0, true, serde_json::json!({}))]);
+        digit.metadata.name = Some("3d-seg".into());
+        let e = desired(&digit, &s).unwrap_err().to_string();
+        assert!(e.contains("must begin with a letter"), "{e}");
     }
 
     #[test]

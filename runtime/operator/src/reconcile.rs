@@ -125,29 +125,34 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
     let desired = match desired::desired(ep, &ctx.settings) {
         Ok(d) => d,
         Err(rule) => {
-            // Nothing changes: the objects of the last good spec keep serving.
-            let mut status = ep.status.clone().unwrap_or_default();
-            status.observed_generation = ep.metadata.generation;
-            set(
-                &mut status.conditions,
-                condition("Ready", false, "RuleBroken", &rule.to_string(), ep),
-            );
-            set(
-                &mut status.conditions,
-                condition("Degraded", true, "RuleBroken", &rule.to_string(), ep),
-            );
-            set(
-                &mut status.conditions,
-                condition("Progressing", false, "RuleBroken", "the spec is refused", ep),
-            );
-            write_status(&endpoints, &name, &status).await?;
-            publish(ctx, ep, EventType::Warning, "RuleBroken", &rule.to_string()).await;
+            refuse(ctx, ep, &endpoints, &name, &rule.to_string()).await?;
             return Ok(Action::await_change());
         }
     };
     let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
     let services: Api<Service> = Api::namespaced(ctx.client.clone(), ns);
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    // Two endpoints can name the same objects (endpoint a with version b-c,
+    // endpoint a-b with version c): the one there first keeps them.
+    let managed = ListParams::default().labels("app.kubernetes.io/managed-by=wasmscore-operator");
+    for other in deployments.list(&managed).await? {
+        let theirs = controller_uid(&other.metadata).filter(|uid| Some(*uid) != ep.metadata.uid.as_deref());
+        if let (Some(_), true) = (theirs, desired.deployments.iter().any(|d| d.name_any() == other.name_any())) {
+            let owner = other.labels().get(LABEL_ENDPOINT).cloned().unwrap_or_default();
+            if owner == name {
+                // An Endpoint of this name deleted and made again: its old
+                // objects are the garbage collector's until they go.
+                tracing::info!(endpoint = %name, deployment = %other.name_any(), "waiting for the objects of a deleted Endpoint of this name to go");
+                return Ok(Action::requeue(Duration::from_secs(2)));
+            }
+            let why = format!(
+                "Deployment {} belongs to endpoint {owner}, whose objects have the same names as this one's; rename a version",
+                other.name_any()
+            );
+            refuse(ctx, ep, &endpoints, &name, &why).await?;
+            return Ok(Action::await_change());
+        }
+    }
     let ssa = PatchParams::apply(FIELD_MANAGER).force();
     // The policy first: no node pod is ever open to the whole cluster.
     let policy = &desired.network_policy;
@@ -170,8 +175,12 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
     // Versions no longer in the spec.
     let wanted: Vec<String> = desired.deployments.iter().map(|d| d.name_any()).collect();
     let owned = ListParams::default().labels(&format!("{LABEL_ENDPOINT}={name}"));
+    // Only what this Endpoint controls: a user's object may carry the label.
+    let ours = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        controller_uid(m).is_some_and(|uid| Some(uid) == ep.metadata.uid.as_deref())
+    };
     for d in deployments.list(&owned).await? {
-        if !wanted.contains(&d.name_any()) {
+        if !wanted.contains(&d.name_any()) && ours(&d.metadata) {
             deployments.delete(&d.name_any(), &DeleteParams::default()).await?;
             publish(
                 ctx,
@@ -184,7 +193,7 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
         }
     }
     for s in services.list(&owned).await? {
-        if !wanted.contains(&s.name_any()) {
+        if !wanted.contains(&s.name_any()) && ours(&s.metadata) {
             services.delete(&s.name_any(), &DeleteParams::default()).await?;
         }
     }
@@ -196,6 +205,31 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
     write_status(&endpoints, &name, &status).await?;
     // Pods come and go without a change to the Endpoint: look again.
     Ok(Action::requeue(Duration::from_secs(if ready(&status) { 60 } else { 5 })))
+}
+
+/// The spec is refused: nothing changes, the objects of the last good spec
+/// keep serving, and the status and an event say why.
+async fn refuse(ctx: &Context, ep: &Endpoint, endpoints: &Api<Endpoint>, name: &str, why: &str) -> Result<(), Error> {
+    let mut status = ep.status.clone().unwrap_or_default();
+    status.observed_generation = ep.metadata.generation;
+    set(&mut status.conditions, condition("Ready", false, "RuleBroken", why, ep));
+    set(&mut status.conditions, condition("Degraded", true, "RuleBroken", why, ep));
+    set(
+        &mut status.conditions,
+        condition("Progressing", false, "RuleBroken", "the spec is refused", ep),
+    );
+    write_status(endpoints, name, &status).await?;
+    publish(ctx, ep, EventType::Warning, "RuleBroken", why).await;
+    Ok(())
+}
+
+/// The UID of the object's controlling owner.
+fn controller_uid(m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<&str> {
+    m.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+        .map(|r| r.uid.as_str())
 }
 
 async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
@@ -213,41 +247,85 @@ async fn cleanup(ep: &Endpoint, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
+/// A version's Deployment as the status reads it.
+#[derive(Default)]
+struct Observed {
+    ready: i32,
+    desired: Option<i32>,
+    rolling: bool,
+    /// A failing condition's reason and message.
+    failure: Option<(String, String)>,
+}
+
 /// The status an Endpoint has, given its version Deployments as observed.
 pub fn status_of(ep: &Endpoint, observed: &[Deployment], pods: &[Pod], settings: &Settings) -> EndpointStatus {
     let name = ep.name_any();
-    let ready_of = |version: &str| -> (i32, Option<i32>, Option<String>) {
+    let ready_of = |version: &str| -> Observed {
         let obj = desired::object_name(&name, version);
         let Some(d) = observed.iter().find(|d| d.name_any() == obj) else {
             // Just applied: the Deployment controller has not seen it yet.
-            return (0, None, None);
+            return Observed::default();
         };
         let st = d.status.clone().unwrap_or_default();
         let failure = st
             .conditions
+            .clone()
             .unwrap_or_default()
             .into_iter()
             .find(|c| (c.type_ == "Progressing" && c.status == "False") || (c.type_ == "ReplicaFailure" && c.status == "True"));
         let desired = d.spec.as_ref().and_then(|s| s.replicas);
-        (
-            st.ready_replicas.unwrap_or(0),
+        // An update still rolling: the controller has not seen the new spec,
+        // or not every pod runs it, or old pods are still there.
+        let updated = st.updated_replicas.unwrap_or(0);
+        // (A scale-up is not one: its new pods run the same spec.)
+        let rolling = st.observed_generation < d.metadata.generation || st.replicas.unwrap_or(0) > updated;
+        Observed {
+            ready: st.ready_replicas.unwrap_or(0),
             desired,
-            failure.map(|c| c.message.unwrap_or(c.reason.unwrap_or_default())),
-        )
+            rolling,
+            // The reason is the machine's word (ProgressDeadlineExceeded,
+            // FailedCreate); the message says it for people.
+            failure: failure.map(|c| {
+                let reason = c.reason.unwrap_or_default();
+                let message = c.message.unwrap_or_else(|| reason.clone());
+                (reason, message)
+            }),
+        }
     };
     let rollouts = desired::rollouts(&ep.spec);
-    let serving = |v: &str| ready_of(v).0 > 0;
+    let serving = |v: &str| ready_of(v).ready > 0;
     let effective = rollout::effective_shares(&rollouts, serving);
     let mut versions = Vec::new();
     for v in &ep.spec.versions {
-        let (ready, desired_replicas, failure) = ready_of(&v.name);
-        let stuck = if ready == 0 { pod_trouble(pods, &v.name) } else { None };
+        let Observed {
+            ready,
+            desired: desired_replicas,
+            rolling,
+            failure,
+        } = ready_of(&v.name);
+        let stuck = if ready == 0 || rolling { pod_trouble(pods, &v.name) } else { None };
+        let failed = |reason: &str| matches!(reason, "ProgressDeadlineExceeded" | "FailedCreate");
         let (state, reason) = match (ready, failure) {
             (0, _) if stuck.is_some() => stuck.expect("just checked"),
-            (0, Some(why)) if why.contains("ProgressDeadlineExceeded") || why.contains("failed") => (VersionState::Failed, why),
-            (0, Some(why)) => (VersionState::Unhealthy, why),
+            (0, Some((r, why))) if failed(&r) => (VersionState::Failed, why),
+            (0, Some((_, why))) => (VersionState::Unhealthy, why),
             (0, None) if desired_replicas == Some(0) => (VersionState::Healthy, "scaled to zero; wakes on the first request".into()),
             (0, None) => (VersionState::Transitioning, "no pod is ready yet".into()),
+            // Pods of the spec before serve while the update rolls out, or
+            // while it fails.
+            (_, Some((r, why))) if rolling && failed(&r) => (
+                VersionState::Failed,
+                format!("the update failed ({why}); pods of the spec before still serve"),
+            ),
+            // A pod in trouble may be an old one: the Deployment's own
+            // deadline says when the update has failed.
+            (_, _) if rolling => match stuck {
+                Some((_, why)) => (
+                    VersionState::Transitioning,
+                    format!("an update is rolling out; {why}; pods of the spec before still serve"),
+                ),
+                None => (VersionState::Transitioning, "an update is rolling out".into()),
+            },
             (_, _) => (VersionState::Healthy, String::new()),
         };
         versions.push(VersionStatus {
@@ -262,9 +340,18 @@ pub fn status_of(ep: &Endpoint, observed: &[Deployment], pods: &[Pod], settings:
     }
     let mut status = ep.status.clone().unwrap_or_default();
     status.observed_generation = ep.metadata.generation;
+    let failing = |v: &&VersionStatus| matches!(v.state, VersionState::Failed | VersionState::Unhealthy);
     let unhealthy: Vec<&str> = versions
         .iter()
-        .filter(|v| matches!(v.state, VersionState::Failed | VersionState::Unhealthy))
+        .filter(failing)
+        .filter(|v| v.ready_replicas == 0)
+        .map(|v| v.name.as_str())
+        .collect();
+    // A failed update whose pods of the spec before still serve.
+    let updates_failed: Vec<&str> = versions
+        .iter()
+        .filter(failing)
+        .filter(|v| v.ready_replicas > 0)
         .map(|v| v.name.as_str())
         .collect();
     let transitioning = versions.iter().any(|v| v.state == VersionState::Transitioning);
@@ -293,16 +380,20 @@ pub fn status_of(ep: &Endpoint, observed: &[Deployment], pods: &[Pod], settings:
     );
     set(
         &mut status.conditions,
-        if unhealthy.is_empty() {
+        if unhealthy.is_empty() && updates_failed.is_empty() {
             condition("Degraded", false, "AllHealthy", "no version is failing", ep)
         } else {
-            condition(
-                "Degraded",
-                true,
-                "VersionsFailing",
-                &format!("{} cannot serve; their share goes to the default", unhealthy.join(", ")),
-                ep,
-            )
+            let mut said = Vec::new();
+            if !unhealthy.is_empty() {
+                said.push(format!("{} cannot serve; their share goes to the default", unhealthy.join(", ")));
+            }
+            if !updates_failed.is_empty() {
+                said.push(format!(
+                    "the update of {} failed; pods of the spec before still serve",
+                    updates_failed.join(", ")
+                ));
+            }
+            condition("Degraded", true, "VersionsFailing", &said.join("; "), ep)
         },
     );
     status.summary = Some(
@@ -438,6 +529,8 @@ mod tests {
         deployments: Vec<(String, i32)>,
         /// Their pods, as the kubelet reports them.
         pods: Vec<Value>,
+        /// Deployments another Endpoint controls.
+        foreign: Vec<Value>,
     }
 
     #[derive(Debug, Clone)]
@@ -460,9 +553,11 @@ mod tests {
 
     fn deployment_json(name: &str, ready: i32) -> Value {
         json!({"apiVersion": "apps/v1", "kind": "Deployment",
-               "metadata": {"name": name, "namespace": "models", "labels": {LABEL_ENDPOINT: "iris"}},
+               "metadata": {"name": name, "namespace": "models", "labels": {LABEL_ENDPOINT: "iris"},
+                            "ownerReferences": [{"apiVersion": "wasmscore.dev/v1", "kind": "Endpoint", "name": "iris",
+                                                 "uid": "uid-1", "controller": true}]},
                "spec": {"selector": {"matchLabels": {}}, "template": {}},
-               "status": {"readyReplicas": ready}})
+               "status": {"readyReplicas": ready, "replicas": ready, "updatedReplicas": ready}})
     }
 
     /// A request to the fake API server, with where its answer goes.
@@ -513,7 +608,8 @@ mod tests {
                 "GET" if path.ends_with("/deployments") => (
                     200,
                     json!({"apiVersion": "apps/v1", "kind": "DeploymentList", "metadata": {"resourceVersion": "1"},
-                           "items": cluster.deployments.iter().map(|(n, r)| deployment_json(n, *r)).collect::<Vec<_>>()}),
+                           "items": cluster.deployments.iter().map(|(n, r)| deployment_json(n, *r))
+                               .chain(cluster.foreign.iter().cloned()).collect::<Vec<_>>()}),
                 ),
                 "GET" if path.ends_with("/pods") => (
                     200,
@@ -710,6 +806,7 @@ mod tests {
             secret_exists: true,
             deployments: vec![("iris-v1".into(), 1), ("iris-v2".into(), 0)],
             pods: vec![crashing],
+            ..Default::default()
         };
         let (result, calls) = run(ep, cluster).await;
         result.unwrap();
@@ -725,6 +822,98 @@ mod tests {
             (json!(100), json!(0))
         );
         assert_eq!(condition(status, "Degraded")["status"], "True");
+    }
+
+    /// An update rolls out behind pods of the spec before: the version is
+    /// Transitioning, not Healthy, and a failing update says so (a crash
+    /// loop of the new pod, or the Deployment's progress deadline, read by
+    /// its reason).
+    #[test]
+    fn an_update_rolling_out_or_failing_behind_ready_pods_is_not_healthy() {
+        let ep = endpoint(vec![version("v1", 0, true)]);
+        let deployment = |status: Value| -> Deployment {
+            serde_json::from_value(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "iris-v1", "namespace": "models", "generation": 4},
+                "spec": {"replicas": 1, "selector": {"matchLabels": {}}, "template": {}},
+                "status": status}))
+            .unwrap()
+        };
+        let state = |status: Value, pods: &[Pod]| {
+            let st = status_of(&ep, &[deployment(status)], pods, &Settings::default());
+            (st.versions[0].state.clone(), st.versions[0].reason.clone())
+        };
+        let rolling = json!({"observedGeneration": 4, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1});
+        assert_eq!(state(rolling.clone(), &[]).0, VersionState::Transitioning);
+        let unseen = json!({"observedGeneration": 3, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1});
+        assert_eq!(state(unseen, &[]).0, VersionState::Transitioning);
+        let done = json!({"observedGeneration": 4, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1});
+        assert_eq!(state(done, &[]), (VersionState::Healthy, String::new()));
+        let crashing: Pod = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "iris-v1-new", "namespace": "models", "labels": {LABEL_ENDPOINT: "iris", desired::LABEL_VERSION: "v1"}},
+            "status": {"containerStatuses": [{"name": "node", "image": "wasmscore:dev", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}))
+        .unwrap();
+        // A pod in a crash loop (new or old: no telling here) is named,
+        // and the Deployment's deadline decides when the update failed.
+        let (st, why) = state(rolling.clone(), &[crashing]);
+        assert_eq!(st, VersionState::Transitioning);
+        assert!(
+            why.starts_with("an update is rolling out; pod iris-v1-new: CrashLoopBackOff"),
+            "{why}"
+        );
+        assert!(why.ends_with("pods of the spec before still serve"), "{why}");
+        // More replicas of the same spec is no update.
+        let scaling = json!({"observedGeneration": 4, "replicas": 3, "updatedReplicas": 3, "readyReplicas": 1});
+        assert_eq!(state(scaling, &[]).0, VersionState::Healthy);
+        let mut late = rolling;
+        late["conditions"] = json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+            "message": "ReplicaSet \"iris-v1-5d8f\" has timed out progressing."}]);
+        let (st, why) = state(late.clone(), &[]);
+        assert_eq!(st, VersionState::Failed);
+        assert!(why.contains("has timed out progressing"), "{why}");
+        // With no pod ready, the deadline is read by its reason too.
+        late["readyReplicas"] = json!(0);
+        assert_eq!(state(late, &[]).0, VersionState::Failed);
+    }
+
+    /// Endpoint "ir" with version "is-v1" names its objects as "iris"
+    /// with "v1" does: the one there first keeps them, the other is
+    /// refused and writes nothing but its status; and a Deployment another
+    /// Endpoint controls is never deleted as a version no longer wanted.
+    #[tokio::test]
+    async fn objects_another_endpoint_controls_are_neither_taken_nor_deleted() {
+        let foreign = |name: &str| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "models", "labels": {LABEL_ENDPOINT: "ir"},
+                    "ownerReferences": [{"apiVersion": "wasmscore.dev/v1", "kind": "Endpoint", "name": "ir", "uid": "uid-2", "controller": true}]},
+                "spec": {"selector": {"matchLabels": {}}, "template": {}}, "status": {}})
+        };
+        let cluster = Cluster {
+            secret_exists: true,
+            foreign: vec![foreign("iris-v1")],
+            ..Cluster::default()
+        };
+        let (result, calls) = run(endpoint(vec![version("v1", 0, true)]), cluster).await;
+        result.unwrap();
+        assert_eq!(writes(&calls), ["PATCH endpoints/iris/status"]);
+        let ready = condition(status_patch(&calls), "Ready");
+        assert_eq!(ready["reason"], "RuleBroken");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("Deployment iris-v1 belongs to endpoint ir"),
+            "{ready}"
+        );
+        // Not the same name: served, and the other's Deployment stays.
+        let cluster = Cluster {
+            secret_exists: true,
+            foreign: vec![foreign("iris-old")],
+            ..Cluster::default()
+        };
+        let (result, calls) = run(endpoint(vec![version("v1", 0, true)]), cluster).await;
+        result.unwrap();
+        assert!(!writes(&calls).iter().any(|w| w.starts_with("DELETE")), "{:?}", writes(&calls));
     }
 
     #[tokio::test]

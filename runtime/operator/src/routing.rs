@@ -13,7 +13,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
 use crate::crd::{AuthMode, Endpoint};
-use crate::desired::object_name;
+use crate::desired::{object_name, LABEL_ENDPOINT, LABEL_VERSION};
 
 /// The label EndpointSlices carry: the Service they list.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -55,7 +55,7 @@ pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[Endpoin
                 "default": v.default,
                 "control": v.control,
                 "mirror": v.mirror,
-                "nodes": ready_nodes(&object_name(&name, &v.name), slices),
+                "nodes": ready_nodes(&name, &v.name, slices),
                 "config": v.config,
             })
         })
@@ -63,11 +63,19 @@ pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[Endpoin
     Ok(serde_json::json!({"name": name, "auth": auth, "versions": versions}))
 }
 
-/// host:port of the ready endpoints in SERVICE's slices, sorted.
-pub fn ready_nodes(service: &str, slices: &[EndpointSlice]) -> Vec<String> {
+/// host:port of the ready endpoints in the slices of the version's
+/// Service, sorted. The slices carry the Service's labels: they must name
+/// this endpoint and version too, since two endpoints can name one Service
+/// (`a` with version `b-c`, `a-b` with `c`) and only one owns it.
+pub fn ready_nodes(endpoint: &str, version: &str, slices: &[EndpointSlice]) -> Vec<String> {
+    let service = object_name(endpoint, version);
     let mut out = Vec::new();
     for s in slices {
-        if s.labels().get(SERVICE_NAME_LABEL).map(String::as_str) != Some(service) {
+        let label = |k: &str| s.labels().get(k).map(String::as_str);
+        if label(SERVICE_NAME_LABEL) != Some(service.as_str())
+            || label(LABEL_ENDPOINT) != Some(endpoint)
+            || label(LABEL_VERSION) != Some(version)
+        {
             continue;
         }
         let Some(port) = s
@@ -106,10 +114,14 @@ mod tests {
     use crate::fixtures::{endpoint, version};
     use serde_json::json;
 
+    /// A slice of SERVICE (ENDPOINT-VERSION), with the labels the slice
+    /// controller copies from it.
     fn slice(service: &str, endpoints: &[(&str, Option<bool>)]) -> EndpointSlice {
+        let (endpoint, version) = service.split_once('-').unwrap();
         serde_json::from_value(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
-            "metadata": {"name": format!("{service}-abc"), "namespace": "models", "labels": {SERVICE_NAME_LABEL: service}},
+            "metadata": {"name": format!("{service}-abc"), "namespace": "models",
+                         "labels": {SERVICE_NAME_LABEL: service, LABEL_ENDPOINT: endpoint, LABEL_VERSION: version}},
             "ports": [{"name": "internal", "port": 8081, "protocol": "TCP"}],
             "endpoints": endpoints.iter().map(|(ip, ready)| {
                 let mut e = json!({"addresses": [ip]});
@@ -171,6 +183,18 @@ mod tests {
             (got["versions"][1]["default"].as_bool(), got["versions"][1]["traffic"].as_u64()),
             (Some(true), Some(40))
         );
+        // A Service of that name that another endpoint owns (endpoint
+        // "ir", version "is-v1"): not this endpoint's nodes.
+        let mut theirs = slice("iris-v1", &[("10.7.7.7", Some(true))]);
+        theirs.metadata.labels = Some(
+            [(SERVICE_NAME_LABEL, "iris-v1"), (LABEL_ENDPOINT, "ir"), (LABEL_VERSION, "is-v1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        slices.push(theirs);
+        let got = router_endpoint(&ep, Some(&stored(secret(&ep, &keys))), &slices).unwrap();
+        assert_eq!(got["versions"][0]["nodes"], json!(["10.0.0.5:8081"]));
         // What the router's fleet reads, checked by its own parser.
         let spec = wasmscore_fleet::config::FleetSpec::parse(json!({"endpoints": [got]}).to_string().as_bytes()).unwrap();
         assert_eq!(spec.endpoints[0].versions[1].nodes.len(), 2);

@@ -147,8 +147,16 @@ impl Stores {
                         tracing::warn!(endpoint = %name, reason = %why, "endpoint not taken; serving its last good spec, if any");
                         complaints.insert(name.clone(), why);
                     }
+                    // Its last good rollout, config and auth, with the
+                    // nodes its versions have now: pods still come and go.
                     if let Some(e) = last_good.get(&name) {
-                        endpoints.push(e.clone());
+                        let mut e = e.clone();
+                        for v in &mut e.versions {
+                            let mut nodes = routing::ready_nodes(&name, &v.name, &slices);
+                            nodes.truncate(wasmscore_fleet::config::MAX_NODES);
+                            v.nodes = nodes;
+                        }
+                        endpoints.push(e);
                     }
                 }
             }
