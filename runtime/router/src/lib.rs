@@ -463,6 +463,14 @@ impl Router {
     /// version finish on it; a version no longer referenced drains and stops
     /// when its last request is done.
     pub fn publish(&self, endpoint: Endpoint) {
+        // The split served changed (a version came up or went down, or its
+        // share changed): the split check counts from here, as the answers
+        // before were routed under other shares.
+        if let Some(old) = self.endpoint(&endpoint.name).filter(|old| old.shares() != endpoint.shares()) {
+            for (v, _) in endpoint.split.iter().chain(&old.split) {
+                v.stats.restart_split_check();
+            }
+        }
         let endpoint = Arc::new(endpoint);
         self.table.rcu(|old| {
             let mut t: Table = (**old).clone();
