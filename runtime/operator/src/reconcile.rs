@@ -840,7 +840,7 @@ mod tests {
         };
         let state = |status: Value, pods: &[Pod]| {
             let st = status_of(&ep, &[deployment(status)], pods, &Settings::default());
-            (st.versions[0].state.clone(), st.versions[0].reason.clone())
+            (st.versions[0].state, st.versions[0].reason.clone())
         };
         let rolling = json!({"observedGeneration": 4, "replicas": 2, "updatedReplicas": 1, "readyReplicas": 1});
         assert_eq!(state(rolling.clone(), &[]).0, VersionState::Transitioning);
