@@ -698,6 +698,41 @@ mod tests {
         }
     }
 
+    /// A registry down for a while (its 5xx, a proxy's 502) or rate
+    /// limiting (429, TOOMANYREQUESTS) is retried; what it refuses is not.
+    #[test]
+    fn a_registry_that_is_down_or_busy_is_retried_and_a_refusal_is_not() {
+        let server = |code| OciDistributionError::ServerError {
+            code,
+            url: "http://127.0.0.1:5000/v2/iris/manifests/v1".into(),
+            message: String::new(),
+        };
+        let envelope = |code: &str| OciDistributionError::RegistryError {
+            envelope: serde_json::from_value(serde_json::json!({"errors": [{"code": code, "message": "m"}]})).unwrap(),
+            url: "http://127.0.0.1:5000/v2/".into(),
+        };
+        for e in [server(500), server(502), server(503), server(429), envelope("TOOMANYREQUESTS")] {
+            assert!(unreachable(&e), "{e}");
+        }
+        for e in [server(404), server(400), envelope("MANIFEST_UNKNOWN"), envelope("DENIED")] {
+            assert!(!unreachable(&e), "{e}");
+        }
+    }
+
+    /// A blob longer than its manifest says is refused as it arrives.
+    #[tokio::test]
+    async fn a_blob_past_its_manifest_size_is_refused() {
+        use tokio::io::AsyncWriteExt;
+        let mut blob = Capped {
+            bytes: Vec::new(),
+            limit: 8,
+        };
+        blob.write_all(b"12345678").await.unwrap();
+        let e = blob.write_all(b"9").await.unwrap_err();
+        assert!(e.to_string().contains("more than the 8 bytes its manifest says"), "{e}");
+        assert_eq!(blob.bytes, b"12345678");
+    }
+
     #[test]
     fn urls_in_errors_lose_their_queries() {
         assert_eq!(

@@ -763,6 +763,35 @@ mod tests {
         assert!(b.stats().fallbacks.load(Ordering::Relaxed) >= 1);
     }
 
+    /// Every lane busy: a call still waiting at its deadline leaves unrun
+    /// (the engine answers it as a timeout), rather than running off the
+    /// lanes when its answer is no use.
+    #[test]
+    fn a_call_still_waiting_at_its_deadline_is_not_run() {
+        let toy = Arc::new(Toy::new(false, Duration::from_millis(300)));
+        let b = Arc::new(Batched::new(
+            toy.clone(),
+            BatchSettings {
+                max_batch_size: 64,
+                max_queue_delay: Duration::ZERO,
+            },
+            1,
+        ));
+        let busy = {
+            let b = b.clone();
+            std::thread::spawn(move || b.run(&[("x", &rows(1, 0.0))], &[]).unwrap())
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        let x = Value::Host(rows(1, 1.0));
+        let Err(e) = b.run_values_by(&[("x", &x)], &[], Some(Instant::now() + Duration::from_millis(20))) else {
+            panic!("a call past its deadline was run");
+        };
+        assert!(e.to_string().contains("deadline passed"), "{e}");
+        busy.join().unwrap();
+        assert_eq!(b.stats().expired.load(Ordering::Relaxed), 1);
+        assert_eq!(toy.runs.load(Ordering::Relaxed), 1, "only the call in time ran");
+    }
+
     #[test]
     fn a_waiting_call_does_not_wait_past_its_deadline() {
         let b = Batched::new(
