@@ -150,7 +150,8 @@ async fn apply(ep: &Endpoint, ctx: &Context, ns: &str) -> Result<Action, Error> 
                 other.name_any()
             );
             refuse(ctx, ep, &endpoints, &name, &why).await?;
-            return Ok(Action::await_change());
+            // The other may go (no event of ours says so): look again.
+            return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
     let ssa = PatchParams::apply(FIELD_MANAGER).force();

@@ -211,6 +211,19 @@ mod tests {
         assert_eq!(got["versions"][0]["nodes"], json!([]));
         let e = router_endpoint(&ep, None, &[]).unwrap_err();
         assert!(e.contains("iris-keys is not there yet"), "{e}");
+        // A rotated-out key in the Secret says when it was retired, as in
+        // router.json: tokens it signed after that are refused.
+        let mut s = secret(&ep, &keys);
+        let rotated = json!([{"kid": "old", "secret": "ab".repeat(32), "retired_at": 1_700_000_000u64},
+                             {"kid": keys.signing_kid, "secret": keys.signing_secret}]);
+        s.string_data.as_mut().unwrap().insert("signingKeys".into(), rotated.to_string());
+        let got = router_endpoint(&ep, Some(&stored(s)), &[]).unwrap();
+        let spec = wasmscore_fleet::config::FleetSpec::parse(json!({"endpoints": [got]}).to_string().as_bytes()).unwrap();
+        let wasmscore_fleet::AuthSpec::Token { signing_keys } = &spec.endpoints[0].auth else {
+            panic!("token auth")
+        };
+        let retired: Vec<Option<u64>> = signing_keys.iter().map(|k| k.key().retired_at).collect();
+        assert_eq!(retired, [Some(1_700_000_000), None]);
         ep.spec.auth.mode = AuthMode::None;
         assert_eq!(router_endpoint(&ep, None, &[]).unwrap()["auth"], json!({"mode": "none"}));
     }
