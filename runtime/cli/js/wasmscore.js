@@ -142,12 +142,13 @@ function isArrayLike(x) {
 
 const RAGGED = "ragged nested array: rows have different lengths";
 
-// Nested arrays -> [shape, flat elements].
-function flatten(data) {
-  if (ArrayBuffer.isView(data) && !(data instanceof DataView)) return [[data.length], data];
+// Nested arrays -> [shape, flat elements]. IS_DIM says what is a level
+// of nesting (a string tensor's Uint8Array is an element: its bytes).
+function flatten(data, isDim = isArrayLike) {
+  if (isDim === isArrayLike && ArrayBuffer.isView(data) && !(data instanceof DataView)) return [[data.length], data];
   const shape = [];
   let level = data;
-  while (isArrayLike(level)) {
+  while (isDim(level)) {
     shape.push(level.length);
     if (level.length === 0) break;
     level = level[0];
@@ -155,11 +156,11 @@ function flatten(data) {
   const flat = [];
   const walk = (x, depth) => {
     if (depth === shape.length) {
-      if (isArrayLike(x)) throw new BadInput(RAGGED);
+      if (isDim(x)) throw new BadInput(RAGGED);
       flat.push(x);
       return;
     }
-    if (!isArrayLike(x) || x.length !== shape[depth]) throw new BadInput(RAGGED);
+    if (!isDim(x) || x.length !== shape[depth]) throw new BadInput(RAGGED);
     for (let i = 0; i < x.length; i++) walk(x[i], depth + 1);
   };
   walk(data, 0);
@@ -379,18 +380,23 @@ export function tensor(data, dtype = "float32", shape = undefined) {
     throw new BadInput(`unknown dtype ${JSON.stringify(dtype)}; use one of ${Object.keys(DTYPES).sort().join(", ")}`);
   }
   let flat;
+  const strings = dtype === "string";
+  const isDim = strings ? Array.isArray : isArrayLike;
   if (shape === undefined || shape === null) {
-    [shape, flat] = flatten(data);
-  } else if (ArrayBuffer.isView(data) && !(data instanceof DataView)) {
+    [shape, flat] = flatten(data, isDim);
+  } else if (!strings && ArrayBuffer.isView(data) && !(data instanceof DataView)) {
     flat = data;
   } else {
     flat = [];
     const walk = (x) => {
-      if (!isArrayLike(x)) flat.push(x);
+      if (!isDim(x)) flat.push(x);
       else for (let i = 0; i < x.length; i++) walk(x[i]);
     };
     walk(data);
   }
+  // Byte elements (an image, say) make a string tensor of bytes, as
+  // bytesTensor does.
+  if (strings && Array.from(flat).some((e) => ArrayBuffer.isView(e))) return bytesTensor(flat, shape);
   const dims = shapeOf(shape);
   const val = elements(flat, dtype);
   const half = DTYPES[dtype].half;

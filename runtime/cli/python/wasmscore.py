@@ -55,6 +55,26 @@ _HALF = {"float16": _half.HalfType.FLOAT16, "bfloat16": _half.HalfType.BFLOAT16}
 _HALF_NAME = {v: k for k, v in _HALF.items()}
 
 
+# Integer dtypes' ranges: a value outside is the client's error (400), not
+# a trap in the bindings.
+_RANGE = {
+    "int8": (-(2**7), 2**7 - 1),
+    "int16": (-(2**15), 2**15 - 1),
+    "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1),
+    "uint32": (0, 2**32 - 1),
+    "uint64": (0, 2**64 - 1),
+}
+
+
+def _dtype_name(dtype):
+    # The contract's enum says BOOLEAN; tensor() and the other helpers say bool.
+    name = dtype.name.lower()
+    return "bool" if name == "boolean" else name
+
+
 def _unwrap(call, *args):
     """Calls a host function; turns its typed error into BadInput or RuntimeError."""
     try:
@@ -102,7 +122,7 @@ class Tensor:
 
     @property
     def dtype(self):
-        name = self.handle.dtype().name.lower()
+        name = _dtype_name(self.handle.dtype())
         if name != "uint16":
             return name
         # Only a tensor that says uint16 can be a 16-bit float.
@@ -117,7 +137,11 @@ class Tensor:
             return list(_unwrap(_half.to_f32, self.handle))
         if dtype == "string":
             return [_text_or_bytes(b) for b in _unwrap(_bytes.to_bytes, self.handle)]
-        return list(self.handle.data().value)
+        value = self.handle.data().value
+        if dtype == "int8":
+            # The bindings carry int8 as bytes: two's complement back to signed.
+            return [(b ^ 0x80) - 0x80 for b in value]
+        return list(value)
 
     def tolist(self):
         """The elements as a nested list of the tensor's shape."""
@@ -157,6 +181,9 @@ def tensor(data, dtype="float32", shape=None):
         if dtype.startswith("float") or dtype in _HALF:
             flat = [float(v) for v in flat]
         elif dtype == "bool":
+            # bool("false") is True: only booleans and numbers are taken.
+            if any(not isinstance(v, (bool, int, float)) for v in flat):
+                raise BadInput("a bool tensor takes true/false (or numbers)")
             flat = [bool(v) for v in flat]
         elif dtype == "string":
             if any(isinstance(v, (bytes, bytearray)) for v in flat):
@@ -165,6 +192,14 @@ def tensor(data, dtype="float32", shape=None):
             flat = [str(v) for v in flat]
         else:
             flat = [int(v) for v in flat]
+            lo, hi = _RANGE[dtype]
+            if any(v < lo or v > hi for v in flat):
+                raise BadInput(f"a {dtype} tensor holds {lo}..{hi}; a value is outside")
+            if dtype == "uint8":
+                # The bindings carry int8 and uint8 as bytes.
+                flat = bytes(flat)
+            elif dtype == "int8":
+                flat = bytes(v & 0xFF for v in flat)
     except (TypeError, ValueError) as e:
         raise BadInput(f"cannot make a {dtype} tensor: {e}") from None
     if dtype in _HALF:
@@ -180,7 +215,7 @@ class Model:
 
     def _described(self, infos):
         half = {name: _HALF_NAME[t] for name, t in _half.model_types(self.handle)}
-        return [(i.name, half.get(i.name, i.dtype.name.lower()), list(i.shape)) for i in infos]
+        return [(i.name, half.get(i.name, _dtype_name(i.dtype)), list(i.shape)) for i in infos]
 
     @property
     def inputs(self):

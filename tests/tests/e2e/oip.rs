@@ -162,6 +162,34 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         check_halves(ep, &answer);
         let raw = json!({"dtype": "string", "data": [[0x89, 0x50, 0x4e, 0x47, 0, 0xff], "t\u{e9}xt"]});
         assert_eq!(answer.2["bytes"], raw, "{ep}: {}", answer.2);
+        if ep == "helper-js" {
+            // tensor(x, "string") takes a Uint8Array as one element too.
+            let strings = &answer.2["strings"];
+            assert_eq!(strings["shape"], json!([2]), "{}", answer.2);
+            assert_eq!(strings["data"], raw["data"], "{}", answer.2);
+        }
+        if ep == "helper-py" {
+            // INT8 and UINT8 through the bindings' bytes, BOOL named as
+            // tensor() takes it, out-of-range values a 400 not a trap, NaN
+            // as null.
+            let body = &answer.2;
+            assert_eq!(
+                body["ints"],
+                json!({"int8": [[-1, 127], [-128, 0]], "uint8": [0, 255], "bool": "bool"}),
+                "{body}"
+            );
+            let refused: Vec<&str> = body["refused"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r.as_str().unwrap_or(""))
+                .collect();
+            assert!(refused[0].contains("a uint8 tensor holds 0..255"), "{body}");
+            assert!(refused[1].contains("a int8 tensor holds -128..127"), "{body}");
+            assert!(refused[2].contains("a uint32 tensor holds"), "{body}");
+            assert!(refused[3].contains("a bool tensor takes true/false"), "{body}");
+            assert_eq!(body["nan"], Value::Null, "{body}");
+        }
     }
     // And from C (ws_tensor_half, ws_tensor_half_data, ws_tensor_bytes,
     // ws_tensor_bytes_data); it prints floats with 9 digits.

@@ -42,11 +42,16 @@ pub fn build(dir: &Path, out: &Path) -> Result<()> {
     let mut sources = Vec::new();
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
         let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        // A copied header too: `#include "wasmscore.h"` finds the module's
+        // own directory first, so a stale copy would be built against.
+        if GENERATED.contains(&name) {
+            bail!(
+                "{} has a name the build uses itself (it writes its own); remove or rename it",
+                path.display()
+            );
+        }
         if path.extension().is_some_and(|e| e == "c") {
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            if GENERATED.contains(&name) {
-                bail!("{} has a name the build uses itself; rename it", path.display());
-            }
             sources.push(path);
         }
     }
@@ -109,4 +114,20 @@ fn bindings(dir: &Path) -> Result<()> {
         std::fs::write(dir.join(name), bytes)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy of a header the build writes, beside the module's source, is
+    /// refused: `#include "wasmscore.h"` would find it first.
+    #[test]
+    fn a_copied_header_the_build_writes_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("score.c"), "#include \"wasmscore.h\"\n").unwrap();
+        std::fs::write(dir.path().join("wasmscore.h"), "/* an old copy */\n").unwrap();
+        let e = build(dir.path(), &dir.path().join("out.wasm")).unwrap_err().to_string();
+        assert!(e.contains("wasmscore.h has a name the build uses itself"), "{e}");
+    }
 }

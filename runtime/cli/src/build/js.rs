@@ -51,6 +51,13 @@ pub fn build(score: &Path, out: &Path) -> Result<()> {
     if RESERVED.contains(&name.as_str()) {
         bail!("{} is a name the build uses itself; rename the module (score.js)", score.display());
     }
+    // It goes into the generated entry file's string literals.
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        bail!(
+            "{}: a module's file name is letters, digits, '.', '_' or '-' (it is written into the generated entry file)",
+            score.display()
+        );
+    }
     let user_dir = score
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", score.display()))?;
