@@ -187,6 +187,10 @@ pub struct PoolStats {
     pub stuck: AtomicU64,
     /// Of those, the ones still blocked now.
     pub blocked: AtomicUsize,
+    /// Of those, the ones a substitute replaced: counted in `instances`
+    /// until their call returns and they exit, but not serving (scaling
+    /// does not count them).
+    replaced_blocked: AtomicUsize,
     /// Time a request waited for a free instance, and its call's time.
     pub queue_wait: histogram::Histogram,
     pub run_time: histogram::Histogram,
@@ -382,7 +386,8 @@ impl Pool {
     fn scale_locked(&self, want: usize) {
         let st = &self.shared.stats;
         let alive = st.instances.load(Ordering::Acquire) + st.starting.load(Ordering::Acquire);
-        let have = alive.saturating_sub(st.retiring.load(Ordering::Acquire));
+        let gone = st.retiring.load(Ordering::Acquire) + st.replaced_blocked.load(Ordering::Acquire);
+        let have = alive.saturating_sub(gone);
         st.target.store(want, Ordering::Relaxed);
         if want > have {
             for _ in have..want {
@@ -463,6 +468,7 @@ impl Pool {
         let _withdraw = Withdraw {
             state: &state,
             queued: &st.queued,
+            shared: &self.shared,
         };
         // The last replica may have retired between the check above and the
         // send: then this request wakes the pool.
@@ -511,41 +517,15 @@ impl Pool {
                     let limit = self.shared.prepared.timeout() + STUCK_GRACE;
                     return match tokio::time::timeout(limit, &mut rx).await {
                         Ok(r) => r.unwrap_or_else(|_| stopped()),
-                        Err(_) => self.give_up(&state),
+                        Err(_) if give_up(&self.shared, &state) => Err(ScoreError::Call(CallError::Timeout(
+                            self.shared.prepared.timeout().as_millis() as u64,
+                        ))),
+                        // It returned just now: its answer is on its way.
+                        Err(_) => rx.await.unwrap_or_else(|_| stopped()),
                     };
                 }
             }
         }
-    }
-
-    /// A call outlived its deadline: answer 504, and start a substitute
-    /// instance so the pool keeps its size while the stuck one is blocked.
-    fn give_up(&self, state: &AtomicU8) -> Result<ScoreResponse, ScoreError> {
-        let timeout_ms = self.shared.prepared.timeout().as_millis() as u64;
-        let st = &self.shared.stats;
-        let substitute = st.blocked.load(Ordering::Relaxed) < MAX_BLOCKED;
-        let to = if substitute { STUCK } else { STUCK_KEPT };
-        if state.compare_exchange(TAKEN, to, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            st.stuck.fetch_add(1, Ordering::Relaxed);
-            st.blocked.fetch_add(1, Ordering::Relaxed);
-            if substitute {
-                st.failed(format!(
-                    "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
-                    STUCK_GRACE.as_millis()
-                ));
-                tracing::warn!(pool = %self.shared.label, "a call outlived its deadline (blocked in the host); starting a substitute instance");
-                if let Err(e) = spawn_instance(&self.shared, None) {
-                    st.set_error(e);
-                }
-            } else {
-                st.failed(format!(
-                    "{MAX_BLOCKED} calls are blocked in the host past scoring_timeout_ms: no substitute instance is started \
-                     for another; this one serves again once its call returns"
-                ));
-                tracing::warn!(pool = %self.shared.label, blocked = MAX_BLOCKED, "a call outlived its deadline (blocked in the host); no substitute: too many are blocked");
-            }
-        }
-        Err(ScoreError::Call(CallError::Timeout(timeout_ms)))
     }
 
     /// Starts a fresh instance of this version and runs its init() on a
@@ -566,21 +546,78 @@ impl Pool {
     }
 }
 
+/// A call outlived its deadline plus the grace: the pool gives up on it
+/// (its caller is answered 504) and starts a substitute instance so it
+/// keeps its size while the stuck one is blocked, up to MAX_BLOCKED of
+/// them. False when the call returned meanwhile (its answer is coming).
+fn give_up(shared: &Arc<Shared>, state: &AtomicU8) -> bool {
+    let st = &shared.stats;
+    // A substitute's slot is taken before the state changes: callers
+    // giving up at once cannot pass MAX_BLOCKED together.
+    let substitute = st
+        .blocked
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| (b < MAX_BLOCKED).then_some(b + 1))
+        .is_ok();
+    let to = if substitute { STUCK } else { STUCK_KEPT };
+    if state.compare_exchange(TAKEN, to, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if substitute {
+            st.blocked.fetch_sub(1, Ordering::AcqRel);
+        }
+        return false;
+    }
+    st.stuck.fetch_add(1, Ordering::Relaxed);
+    if substitute {
+        st.replaced_blocked.fetch_add(1, Ordering::AcqRel);
+        st.failed(format!(
+            "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
+            STUCK_GRACE.as_millis()
+        ));
+        tracing::warn!(pool = %shared.label, "a call outlived its deadline (blocked in the host); starting a substitute instance");
+        if let Err(e) = spawn_instance(shared, None) {
+            st.set_error(e);
+        }
+    } else {
+        st.blocked.fetch_add(1, Ordering::AcqRel);
+        st.failed(format!(
+            "{MAX_BLOCKED} calls are blocked in the host past scoring_timeout_ms: no substitute instance is started \
+             for another; this one serves again once its call returns"
+        ));
+        tracing::warn!(pool = %shared.label, blocked = MAX_BLOCKED, "a call outlived its deadline (blocked in the host); no substitute: too many are blocked");
+    }
+    true
+}
+
 /// Withdraws a queued job when its caller's future is dropped; a no-op
-/// once an instance took it or it was withdrawn by the wait's end.
+/// once it was answered or withdrawn by the wait's end. A call still
+/// running when its caller goes (a client gone, a router past its
+/// deadline) is watched to its deadline all the same: if it is blocked in
+/// the host past it, the pool gives up on it as if the caller had waited.
 struct Withdraw<'a> {
-    state: &'a AtomicU8,
+    state: &'a Arc<AtomicU8>,
     queued: &'a AtomicUsize,
+    shared: &'a Arc<Shared>,
 }
 
 impl Drop for Withdraw<'_> {
     fn drop(&mut self) {
-        if self
-            .state
-            .compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
-        {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
+        match self.state.compare_exchange(QUEUED, ABANDONED, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {
+                self.queued.fetch_sub(1, Ordering::Relaxed);
+            }
+            Err(TAKEN) => {
+                let Ok(rt) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                let (state, shared) = (self.state.clone(), self.shared.clone());
+                // It was taken by now at the latest: its deadline and grace
+                // run out no later than this.
+                let limit = Instant::now() + shared.prepared.timeout() + STUCK_GRACE;
+                rt.spawn(async move {
+                    tokio::time::sleep_until(limit.into()).await;
+                    give_up(&shared, &state);
+                });
+            }
+            Err(_) => {}
         }
     }
 }
@@ -704,6 +741,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
             Some(STUCK) => {
                 // The caller gave up and started a substitute: this one goes.
                 stats.blocked.fetch_sub(1, Ordering::Relaxed);
+                stats.replaced_blocked.fetch_sub(1, Ordering::AcqRel);
                 tracing::info!(pool = %shared.label, "an abandoned call returned; its instance stops");
                 break;
             }

@@ -461,6 +461,40 @@ fn a_module_that_blocks_every_call_gets_a_few_substitute_instances_not_one_each(
     assert_eq!(s.score("calm", ROW).0, 200);
 }
 
+/// A client that leaves while its call is blocked in the host still has
+/// the pool give up on the call at its deadline and start a substitute:
+/// the version serves again long before the blocked call returns (no
+/// caller was left to give up on it).
+#[test]
+fn a_blocked_call_whose_client_left_still_gets_a_substitute_instance() {
+    use std::io::Write;
+    let s = Server::start(&[]);
+    let dc = serde_json::json!({"scoring_timeout_ms": 300, "num_replicas": 1, "max_request_wait_time": 300});
+    s.deploy_ok("blocker", &super::hostile(), &[], Some(dc));
+    let key = s.key("blocker").unwrap();
+    let body = "sleep:20000";
+    let mut c = std::net::TcpStream::connect(&s.addr).unwrap();
+    write!(
+        c,
+        "POST /api/v1/service/blocker/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    drop(c);
+    // Its deadline (300 ms) and the grace (1 s) pass: a substitute serves.
+    super::network::wait_for("a substitute instance serving", Duration::from_secs(10), || {
+        s.score("blocker", "after").0 == 200
+    });
+    let v = &s.cli_json(&["service", "show", "blocker", "--json"])["versions"][0];
+    assert_eq!(
+        (v["abandoned_calls"].as_u64(), v["blocked_calls"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+}
+
 #[test]
 fn hostile_modules_are_contained_with_a_clear_error_while_others_are_served() {
     use std::sync::atomic::{AtomicBool, Ordering};
