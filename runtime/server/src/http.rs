@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -813,6 +813,7 @@ impl<P: Plane> App<P> {
                 let mut r = Response::new(Full::new(Bytes::from(self.plane.metrics())));
                 r.headers_mut()
                     .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+                r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
                 r
             }
             ("GET", ["ui", ..]) => {
@@ -1199,7 +1200,11 @@ impl<P: Plane> App<P> {
                 self.cfg.traces.clear(name);
             }
         }
-        Ok(json(r.status, serde_json::to_vec(&r.body).expect("json")))
+        let mut resp = json(r.status, serde_json::to_vec(&r.body).expect("json"));
+        // Keys, tokens and figures: never for a cache (a proxy's blanket
+        // rule, a browser's disk).
+        resp.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Ok(resp)
     }
 }
 

@@ -22,8 +22,14 @@ window.wasmscoreUi = state;
 function readToken() {
   const m = location.hash.match(/token=([^&]+)/);
   if (m) {
-    saveToken(decodeURIComponent(m[1]));
+    // The fragment goes whatever it holds: a malformed one must not stop
+    // the page before its login form shows.
     history.replaceState(null, "", location.pathname);
+    try {
+      saveToken(decodeURIComponent(m[1]));
+    } catch {
+      return null;
+    }
   }
   const c = document.cookie.split("; ").find((x) => x.startsWith(COOKIE + "="));
   return c ? decodeURIComponent(c.slice(COOKIE.length + 1)) : null;
@@ -78,7 +84,8 @@ function role(v) {
 
 function versionTable(service, series) {
   const total = series.reduce((n, s) => n + s.requests, 0);
-  const observed = Object.fromEntries(series.map((s) => [s.name, total ? (100 * s.requests) / total : null]));
+  // A Map: a version named "constructor" is not an Object's own property.
+  const observed = new Map(series.map((s) => [s.name, total ? (100 * s.requests) / total : null]));
   const head = el("tr", {}, ...["version", "role", "state", "traffic", "effective", "observed (1 h)", "replicas", "queued", "served"].map((h) => el("th", {}, h)));
   const rows = service.versions.map((v) =>
     el(
@@ -89,7 +96,7 @@ function versionTable(service, series) {
       el("td", { class: `state-${v.state}`, title: v.error || v.last_error || "" }, v.state),
       el("td", { class: "num" }, `${v.traffic}%`),
       el("td", { class: "num" }, `${v.effective_traffic}%`),
-      el("td", { class: "num" }, observed[v.name] == null ? "–" : `${observed[v.name].toFixed(1)}%`),
+      el("td", { class: "num" }, observed.get(v.name) == null ? "–" : `${observed.get(v.name).toFixed(1)}%`),
       el("td", { class: "num" }, v.replicas ?? "–"),
       el("td", { class: "num" }, v.queued ?? "–"),
       el("td", { class: "num" }, v.served ?? "–"),
@@ -181,7 +188,20 @@ async function drawEndpoint(main, service) {
   sec.querySelector(".verdict-slot").replaceChildren(verdictBox(compare));
 }
 
+// One refresh at a time: a slow server does not get them stacked.
+let refreshing = false;
+
 async function refresh() {
+  if (refreshing) return;
+  refreshing = true;
+  try {
+    await refreshOnce();
+  } finally {
+    refreshing = false;
+  }
+}
+
+async function refreshOnce() {
   if (!readToken()) return showLogin();
   document.getElementById("login").hidden = true;
   document.getElementById("forget").hidden = false;
@@ -190,7 +210,18 @@ async function refresh() {
     if (list.status !== 200) throw new Error(list.body?.error?.message ?? `HTTP ${list.status}`);
     const main = document.getElementById("endpoints");
     const names = new Set(list.body.services.map((s) => s.name));
-    for (const sec of main.querySelectorAll("section.endpoint")) if (!names.has(sec.dataset.endpoint)) sec.remove();
+    for (const sec of main.querySelectorAll("section.endpoint")) {
+      if (names.has(sec.dataset.endpoint)) continue;
+      // Its plots go with it (their listeners too).
+      for (const id of Object.keys(state.plots)) {
+        if (id.startsWith(`${sec.dataset.endpoint}/`)) {
+          state.plots[id].u.destroy();
+          delete state.plots[id];
+        }
+      }
+      sec.remove();
+    }
+    if (names.size) for (const p of main.querySelectorAll(":scope > p.muted")) p.remove();
     for (const service of list.body.services) await drawEndpoint(main, service);
     if (!names.size) main.replaceChildren(el("p", { class: "muted" }, "No endpoints yet: `wasmscore deploy` one."));
     state.refreshes += 1;
