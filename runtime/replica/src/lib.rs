@@ -558,16 +558,23 @@ fn give_up(shared: &Arc<Shared>, state: &AtomicU8) -> bool {
         .blocked
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| (b < MAX_BLOCKED).then_some(b + 1))
         .is_ok();
+    // Counted before the state changes, too: the instance subtracts them
+    // when its call returns, which may be at once.
+    if substitute {
+        st.replaced_blocked.fetch_add(1, Ordering::AcqRel);
+    } else {
+        st.blocked.fetch_add(1, Ordering::AcqRel);
+    }
     let to = if substitute { STUCK } else { STUCK_KEPT };
     if state.compare_exchange(TAKEN, to, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        st.blocked.fetch_sub(1, Ordering::AcqRel);
         if substitute {
-            st.blocked.fetch_sub(1, Ordering::AcqRel);
+            st.replaced_blocked.fetch_sub(1, Ordering::AcqRel);
         }
         return false;
     }
     st.stuck.fetch_add(1, Ordering::Relaxed);
     if substitute {
-        st.replaced_blocked.fetch_add(1, Ordering::AcqRel);
         st.failed(format!(
             "a call was still blocked {} ms after scoring_timeout_ms; its instance is abandoned",
             STUCK_GRACE.as_millis()
@@ -577,7 +584,6 @@ fn give_up(shared: &Arc<Shared>, state: &AtomicU8) -> bool {
             st.set_error(e);
         }
     } else {
-        st.blocked.fetch_add(1, Ordering::AcqRel);
         st.failed(format!(
             "{MAX_BLOCKED} calls are blocked in the host past scoring_timeout_ms: no substitute instance is started \
              for another; this one serves again once its call returns"
