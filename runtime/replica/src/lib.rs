@@ -449,7 +449,7 @@ impl Pool {
             state: state.clone(),
             reply,
         };
-        st.queued.fetch_add(1, Ordering::Relaxed);
+        st.queued.fetch_add(1, Ordering::SeqCst);
         self.shared.share.arrived();
         match self.tx.try_send(Msg::Score(Box::new(job))) {
             Ok(()) => {}
@@ -471,8 +471,9 @@ impl Pool {
             shared: &self.shared,
         };
         // The last replica may have retired between the check above and the
-        // send: then this request wakes the pool.
-        if st.instances.load(Ordering::Acquire) == 0 && st.starting.load(Ordering::Acquire) == 0 {
+        // send: then this request wakes the pool (or the retiring instance
+        // saw it queued and did).
+        if st.instances.load(Ordering::SeqCst) == 0 && st.starting.load(Ordering::Acquire) == 0 {
             self.wake();
         }
         let mut rx = rx;
@@ -480,6 +481,9 @@ impl Pool {
             return r.unwrap_or_else(stopped);
         }
         let mut wait = self.cfg.max_wait;
+        // Waited through a cold start: once a replica serves, the request
+        // gets max_wait from then, as one that came to a running pool.
+        let mut cold = false;
         loop {
             match tokio::time::timeout(wait, &mut rx).await {
                 Ok(r) => return r.unwrap_or_else(|_| stopped()),
@@ -494,6 +498,11 @@ impl Pool {
                     // up to cold_start_wait.
                     if self.waking() && enqueued.elapsed() < self.cfg.max_wait + self.cfg.cold_start_wait {
                         wait = Duration::from_millis(50);
+                        cold = true;
+                        continue;
+                    }
+                    if std::mem::take(&mut cold) && st.instances.load(Ordering::Acquire) > 0 {
+                        wait = self.cfg.max_wait;
                         continue;
                     }
                     // Still queued? Withdraw it and answer 503.
@@ -769,7 +778,23 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         }
     }
     stats.gone(tid);
-    stats.instances.fetch_sub(1, Ordering::AcqRel);
+    // SeqCst here and on the caller's side (its count, then its look at the
+    // instances): one of the two sees the other.
+    let last = stats.instances.fetch_sub(1, Ordering::SeqCst) == 1;
+    // A request sent as the last instance retired (after its caller saw it
+    // serving) would wait max_wait before waking the pool: it wakes now.
+    if last
+        && !shared.closed.load(Ordering::Acquire)
+        && stats.starting.load(Ordering::Acquire) == 0
+        && stats.queued.load(Ordering::SeqCst) > 0
+    {
+        stats.wakes.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pool = %shared.label, "a request came as the last replica retired: starting one");
+        match spawn_instance(&shared, None) {
+            Ok(()) => drop(stats.started.fetch_add(1, Ordering::Relaxed)),
+            Err(e) => stats.set_error(e),
+        }
+    }
 }
 
 /// An instance thread in its version's CPU group, until it ends.

@@ -38,6 +38,10 @@ fn quote(s: &str) -> String {
 
 impl Guest for Hostile {
     fn init() -> Result<(), Error> {
+        // INIT_SLEEP_MS (the version's config): a slow cold start.
+        if let Some(ms) = std::env::var("INIT_SLEEP_MS").ok().and_then(|v| v.parse().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
         Ok(())
     }
 
