@@ -8,12 +8,96 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* ---- text ------------------------------------------------------------- */
+
+/* A WIT string must be UTF-8: the host traps the instance on one that is
+ * not. The module's text that is not (a Latin-1 name, a message cut in the
+ * middle of a character) goes with each bad byte as '?'. */
+
+/* The length of the valid UTF-8 sequence at p (n bytes left), or 0. */
+static size_t utf8_seq(const uint8_t *p, size_t n) {
+    uint8_t c = p[0];
+    size_t len;
+    uint8_t lo = 0x80, hi = 0xbf;
+    if (c < 0x80) return 1;
+    if (c >= 0xc2 && c <= 0xdf) len = 2;
+    else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else return 0;
+    if (n < len || p[1] < lo || p[1] > hi) return 0;
+    for (size_t i = 2; i < len; i++)
+        if (p[i] < 0x80 || p[i] > 0xbf) return 0;
+    return len;
+}
+
+static bool utf8_valid(const char *s, size_t n) {
+    const uint8_t *p = (const uint8_t *)s;
+    for (size_t i = 0, k; i < n; i += k)
+        if (!(k = utf8_seq(p + i, n - i))) return false;
+    return true;
+}
+
+/* Replaces each byte that is not part of valid UTF-8 with '?'. */
+static void utf8_fix(char *s, size_t n) {
+    uint8_t *p = (uint8_t *)s;
+    for (size_t i = 0, k; i < n; i += k)
+        if (!(k = utf8_seq(p + i, n - i))) {
+            p[i] = '?';
+            k = 1;
+        }
+}
+
+/* Fixed copies of the module's text live until its call returns. */
+static char **fixed;
+static size_t n_fixed, cap_fixed;
+
+static void fixed_free(void) {
+    for (size_t i = 0; i < n_fixed; i++) free(fixed[i]);
+    n_fixed = 0;
+}
+
+/* The module's text as a WIT string: as it is, or a fixed copy. Out of
+ * memory for the copy, its valid start. */
+static scorer_string_t str(const char *s) {
+    size_t n = strlen(s);
+    scorer_string_t r = {(uint8_t *)s, n};
+    if (utf8_valid(s, n)) return r;
+    if (n_fixed == cap_fixed) {
+        size_t cap = cap_fixed ? cap_fixed * 2 : 8;
+        char **more = realloc(fixed, cap * sizeof *more);
+        if (more) {
+            fixed = more;
+            cap_fixed = cap;
+        }
+    }
+    char *copy = n_fixed < cap_fixed ? malloc(n + 1) : NULL;
+    if (!copy) {
+        size_t i = 0, k;
+        while (i < n && (k = utf8_seq((const uint8_t *)s + i, n - i))) i += k;
+        r.len = i;
+        return r;
+    }
+    memcpy(copy, s, n + 1);
+    utf8_fix(copy, n);
+    fixed[n_fixed++] = copy;
+    r.ptr = (uint8_t *)copy;
+    return r;
+}
+
 /* ---- errors ----------------------------------------------------------- */
 
 static char last_error[1024];
 
 static ws_status record(ws_status s, const char *fmt, va_list ap) {
     vsnprintf(last_error, sizeof last_error, fmt, ap);
+    /* A message cut at the buffer's end may end mid-character. */
+    utf8_fix(last_error, strlen(last_error));
     return s;
 }
 
@@ -108,6 +192,7 @@ ws_status ws_out_json_floats(ws_out *out, const float *values, size_t n) {
 
 ws_status ws_out_content_type(ws_out *out, const char *content_type) {
     char *c = strdup(content_type);
+    if (c) utf8_fix(c, strlen(c));
     if (!c) return ws_failed("out of memory");
     free(out->content_type);
     out->content_type = c;
@@ -227,11 +312,6 @@ void ws_bytes_free(ws_bytes *elements, size_t n) {
 
 /* ---- models ----------------------------------------------------------- */
 
-static scorer_string_t str(const char *s) {
-    scorer_string_t r = {(uint8_t *)s, strlen(s)};
-    return r;
-}
-
 ws_status ws_model_load(const char *file, ws_model *out) {
     scorer_string_t name = str(file);
     scorer_error_t err;
@@ -334,6 +414,7 @@ void ws_log(ws_level level, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
+    utf8_fix(line, strlen(line));
     scorer_string_t m = str(line);
     wasmscore_scoring_log_log((wasmscore_scoring_log_level_t)level, &m);
 }
@@ -597,6 +678,7 @@ ws_status ws_json_matrix(const char *body, size_t len, const char *key, float **
 bool exports_scorer_init(scorer_error_t *err) {
     last_error[0] = 0;
     ws_status s = init();
+    fixed_free();
     if (s == WS_OK) return true;
     to_wit_error(s, err);
     return false;
@@ -607,6 +689,7 @@ bool exports_scorer_run(scorer_request_t *request, scorer_response_t *ret, score
     last_error[0] = 0;
     ws_status s = run((const char *)request->body.ptr, request->body.len, &out);
     scorer_request_free(request);
+    fixed_free();
     if (s != WS_OK) {
         free(out.data);
         free(out.content_type);

@@ -6,6 +6,7 @@
  * (float32) with ws_tensor_f32_data, and makes a string tensor of bytes
  * that are not UTF-8 with ws_tensor_bytes and reads it back. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "wasmscore.h"
 
@@ -72,9 +73,20 @@ static ws_status bytes(ws_out *out) {
     return s;
 }
 
+/* Text that is not UTF-8 where the host takes a string: a log line and a
+ * metric's name in Latin-1, and an error whose message is cut by the
+ * helper's 1024-byte buffer in the middle of a character. */
+static ws_status latin1(void) {
+    ws_log(WS_INFO, "caf\xe9 au lait");
+    ws_record("caf\xe9", 1.0);
+    char pad[1018]; /* "caf? " and 1017 bytes: the last byte kept is 0xc3 */
+    memset(pad, 'a', sizeof pad - 1);
+    pad[sizeof pad - 1] = 0;
+    return ws_bad_input("caf\xe9 %s\xc3\xa9", pad);
+}
+
 ws_status run(const char *body, size_t len, ws_out *out) {
-    (void)body;
-    (void)len;
+    if (len == 6 && memcmp(body, "latin1", 6) == 0) return latin1();
     ws_status s = ws_out_printf(out, "{");
     if (!s) s = halves(out);
     if (!s) s = bytes(out);

@@ -206,6 +206,14 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
         json!([[0x89, 0x50, 0x4e, 0x47, 0, 0xff], [116, 0xc3, 0xa9, 120, 116]]),
         "{body}"
     );
+    // Text that is not UTF-8 (a Latin-1 log line and metric name, an error
+    // cut mid-character) is fixed by the helper, not a trap: the error is
+    // the module's 400, and the instance serves on.
+    let (status, _, body) = s.score("helper-c", "latin1");
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert_eq!(status, 400, "{body}");
+    assert!(message.starts_with("caf? aaa") && message.ends_with("aaa?"), "{body}");
+    assert_eq!(s.score("helper-c", "{}").0, 200);
 
     // An output the model does not have: 400 after the version ran, so
     // the answer names the version, as every answer it gave does.
