@@ -184,6 +184,8 @@ impl Control {
     ) -> Result<Self, ControlError> {
         std::fs::create_dir_all(data_dir.join("blobs")).map_err(|e| ControlError::Store(format!("{}: {e}", data_dir.display())))?;
         let store = Store::open(&data_dir.join("state.db"))?;
+        // The store is this process's alone now: no upload is under way.
+        sweep_blob_temps(&data_dir.join("blobs"));
         let collector =
             Collector::start(collected.to_path_buf(), collect).map_err(|e| ControlError::Store(format!("{}: {e}", collected.display())))?;
         Ok(Control {
@@ -554,4 +556,51 @@ fn batch_models(
             (file, state)
         })
         .collect()
+}
+
+/// Removes the temp files of uploads that a crash or a power loss cut
+/// short (`put_blob` names them `SHA.tmpPID.N`); a blob's own file has no
+/// extension. Returns how many went.
+fn sweep_blob_temps(blobs: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(blobs) else {
+        return 0;
+    };
+    let mut swept = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((sha, ext)) = name.to_str().and_then(|n| n.split_once('.')) else {
+            continue;
+        };
+        if sha.len() == 64 && ext.starts_with("tmp") && std::fs::remove_file(entry.path()).is_ok() {
+            swept += 1;
+        }
+    }
+    if swept > 0 {
+        tracing::info!(swept, dir = %blobs.display(), "removed the temp files of uploads cut short");
+    }
+    swept
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    #[test]
+    fn only_the_temp_files_of_uploads_are_swept() {
+        let dir = tempfile::tempdir().unwrap();
+        let sha = "ab".repeat(32);
+        for name in [
+            format!("{sha}.tmp123.0"),
+            format!("{sha}.tmp9.17"),
+            sha.clone(),
+            "notes.tmp1.0".into(),
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        assert_eq!(super::sweep_blob_temps(dir.path()), 2);
+        let mut left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, vec![sha, "notes.tmp1.0".to_string()]);
+    }
 }
