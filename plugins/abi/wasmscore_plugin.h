@@ -13,7 +13,10 @@
  *   -> instance_fini -> version_fini -> finalize.
  *
  * Threading: execute may be called concurrently on different instances,
- * never concurrently on one instance.
+ * never concurrently on one instance. The lifecycle calls (version_init,
+ * instance_init, instance_fini, version_fini) are never called at once:
+ * the host runs one at a time per plugin, though execute may run on other
+ * instances meanwhile. initialize and finalize run alone.
  */
 #ifndef WASMSCORE_PLUGIN_H
 #define WASMSCORE_PLUGIN_H

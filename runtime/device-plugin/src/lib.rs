@@ -88,6 +88,10 @@ pub struct Plugin {
     pub name: String,
     pub description: String,
     capabilities: Vec<Capability>,
+    /// Held for each lifecycle call (version_init and _fini, instance_init
+    /// and _fini): the header promises they never run at once, so a
+    /// plugin's lists of versions and instances need no lock of their own.
+    lifecycle: std::sync::Mutex<()>,
     // Last: the library is unloaded after finalize ran (see Drop).
     _lib: libloading::Library,
 }
@@ -193,6 +197,7 @@ impl Plugin {
             name: cstr(table.name),
             description: cstr(table.description),
             capabilities,
+            lifecycle: std::sync::Mutex::new(()),
             _lib: lib,
         })
     }
@@ -206,6 +211,10 @@ impl Plugin {
         &self.capabilities
     }
 
+    fn one_at_a_time(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.lifecycle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn abi_version(&self) -> (u32, u32) {
         let v = self.table().abi_version;
         (v >> 16, v & 0xffff)
@@ -217,6 +226,7 @@ impl Plugin {
         let t = self.table();
         let mut v = self.state;
         if let Some(f) = t.version_init {
+            let _one = self.one_at_a_time();
             let name = CString::new(version).unwrap_or_default();
             // SAFETY: per the header.
             if let Some(e) = take_error(t, unsafe { f(self.state, name.as_ptr(), &mut v) }) {
@@ -252,6 +262,7 @@ impl VersionHandle {
         let t = self.plugin.table();
         let mut i = self.handle;
         if let Some(f) = t.instance_init {
+            let _one = self.plugin.one_at_a_time();
             // SAFETY: per the header.
             if let Some(e) = take_error(t, unsafe { f(self.handle, &mut i) }) {
                 return Err(e);
@@ -267,6 +278,7 @@ impl VersionHandle {
 impl Drop for VersionHandle {
     fn drop(&mut self) {
         if let Some(f) = self.plugin.table().version_fini {
+            let _one = self.plugin.one_at_a_time();
             // SAFETY: the handle from version_init, not used after.
             unsafe { f(self.handle) };
         }
@@ -485,6 +497,7 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Some(f) = self.version.plugin.table().instance_fini {
+            let _one = self.version.plugin.one_at_a_time();
             // SAFETY: the handle from instance_init, not used after.
             unsafe { f(self.instance) };
         }
