@@ -57,7 +57,7 @@ try {
       }
       return {
         url_after: location.href,
-        cookie_set: document.cookie.includes("wasmscore_admin="),
+        token_kept: localStorage.getItem("wasmscore_admin") !== null && !document.cookie.includes("wasmscore_admin"),
         heading: sec.querySelector("h2").textContent,
         rows: [...sec.querySelectorAll("tbody tr")].map((tr) => [...tr.children].map((td) => td.textContent)),
         verdict: [...sec.querySelectorAll(".verdict p")].map((p) => p.textContent),

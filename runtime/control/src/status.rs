@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use crate::deploy::{lock, Control};
 use crate::rollout::{effective_shares, EndpointState, Inner, Phase, VersionState};
 use crate::ControlError;
+use wasmscore_replica::histogram::label;
 
 /// A version's config as shown: granted environment variables keep their
 /// names, not their values (they may be secrets).
@@ -326,11 +327,6 @@ impl Control {
         let verdict = wasmscore_rules::verdict::compare(&control, &treatments, &wasmscore_replica::histogram::BUCKETS, alpha);
         Ok(json!({"endpoint": endpoint, "verdict": verdict}))
     }
-}
-
-/// Escapes a Prometheus label value.
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 impl Control {

@@ -22,6 +22,7 @@ use wasmscore_server::{Answer, Plane};
 
 use crate::config::{AuthSpec, EndpointSpec, FleetSpec, VersionSpec};
 use crate::discovery::Discovery;
+use wasmscore_replica::histogram::label;
 
 /// Where the autoscaler's decisions go: the operator scales the version's
 /// Deployment; with file discovery a person (or a script) starts nodes.
@@ -468,10 +469,6 @@ fn table(ep: &EndpointState, serving: &[bool]) -> Endpoint {
         AuthSpec::None => Policy::Open,
     };
     Endpoint::new(&ep.spec.name, split, others, mirror, not_ready).with_auth(auth)
-}
-
-fn label(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"")
 }
 
 impl Plane for Fleet {

@@ -68,6 +68,12 @@ impl Histogram {
     }
 }
 
+/// A Prometheus label value, escaped (backslash, quote, newline) for the
+/// text format.
+pub fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
 /// One histogram family: HELP, TYPE, then each series' buckets, sum and
 /// count. LABELS are the series' own (`endpoint="iris",version="v1"`).
 pub fn render(out: &mut String, name: &str, help: &str, series: &[(String, &Histogram)]) {

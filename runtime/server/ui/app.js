@@ -4,7 +4,9 @@
 "use strict";
 
 const REFRESH_MS = 5000;
-const COOKIE = "wasmscore_admin";
+// Kept per origin (scheme, host and port), not sent with any request: a
+// cookie would be shared by every port of the host, and sent to each.
+const STORED = "wasmscore_admin";
 const COLORS = ["#4c7bd9", "#e8710a", "#1a7f37", "#a142f4", "#cf222e", "#12939a"];
 const PLOTS = [
   { key: "rps", title: "requests / s", unit: "req/s" },
@@ -17,7 +19,7 @@ const PLOTS = [
 const state = { refreshes: 0, plots: {}, errors: [] };
 window.wasmscoreUi = state;
 
-// ---- the admin token: from the URL fragment once, then a cookie ---------
+// ---- the admin token: from the URL fragment once, then the origin's storage
 
 function readToken() {
   const m = location.hash.match(/token=([^&]+)/);
@@ -31,17 +33,15 @@ function readToken() {
       return null;
     }
   }
-  const c = document.cookie.split("; ").find((x) => x.startsWith(COOKIE + "="));
-  return c ? decodeURIComponent(c.slice(COOKIE.length + 1)) : null;
+  return localStorage.getItem(STORED);
 }
 
 function saveToken(token) {
-  const secure = location.protocol === "https:" ? "; Secure" : "";
-  document.cookie = `${COOKIE}=${encodeURIComponent(token)}; Path=/ui; SameSite=Strict; Max-Age=2592000${secure}`;
+  localStorage.setItem(STORED, token);
 }
 
 function forgetToken(why) {
-  document.cookie = `${COOKIE}=; Path=/ui; Max-Age=0`;
+  localStorage.removeItem(STORED);
   showLogin(why);
 }
 

@@ -57,7 +57,7 @@ fn the_page_draws_live_traffic_and_the_verdict_in_chromium() {
         "{v}"
     );
     assert!(
-        v["cookie_set"].as_bool().unwrap() && !v["url_after"].as_str().unwrap().contains("token"),
+        v["token_kept"].as_bool().unwrap() && !v["url_after"].as_str().unwrap().contains("token"),
         "{v}"
     );
     assert_eq!(v["console_errors"], serde_json::json!([]), "{v}");
