@@ -260,12 +260,21 @@ impl Control {
         if let (Some(n), true) = (version, chosen.is_empty()) {
             return Err(ControlError::NotFound(format!("service {endpoint:?} has no version {n:?}")));
         }
-        let versions: Vec<Value> = chosen
+        // Taken under the lock: the events and a handle on each module's
+        // lines. The lines (up to 1000 per version, each up to 16 KiB)
+        // are read and made JSON after it, so a large answer does not hold
+        // up deploys and scaling.
+        let taken: Vec<_> = chosen
             .iter()
-            .map(|v| {
-                let events: Vec<Value> = v.events.iter().map(|(ms, m)| json!({"unix_ms": ms, "message": m})).collect();
-                let lines = v.ctx.as_ref().map(|c| c.recent_logs()).unwrap_or_default();
-                json!({"version": v.row.rollout.name, "state": v.state(), "events": events, "lines": lines})
+            .map(|v| (v.row.rollout.name.clone(), v.state(), v.events.clone(), v.ctx.clone()))
+            .collect();
+        drop(inner);
+        let versions: Vec<Value> = taken
+            .into_iter()
+            .map(|(name, state, events, ctx)| {
+                let events: Vec<Value> = events.iter().map(|(ms, m)| json!({"unix_ms": ms, "message": m})).collect();
+                let lines = ctx.as_ref().map(|c| c.recent_logs()).unwrap_or_default();
+                json!({"version": name, "state": state, "events": events, "lines": lines})
             })
             .collect();
         Ok(json!({"endpoint": endpoint, "versions": versions}))
