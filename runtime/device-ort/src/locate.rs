@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 use crate::OrtInitError;
 
 /// What to run when the library is missing.
-pub const SETUP_HINT: &str = "Run ./setup.sh in the wasmscore checkout (it installs onnxruntime==1.31.1 into .venv), or set ORT_DYLIB_PATH to libonnxruntime.so.1.31.1";
+pub const SETUP_HINT: &str = "Run ./setup.sh in the wasmscore checkout (it installs onnxruntime==1.31.1 into .venv); for an executable outside the checkout set WASMSCORE_HOME to the checkout, or ORT_DYLIB_PATH to libonnxruntime.so.1.31.1";
 
 const LIB: &str = "libonnxruntime.so.1.31.1";
 
 /// `ORT_DYLIB_PATH` if set; else `.venv/lib/python3*/site-packages/onnxruntime/capi/`
-/// under `WASMSCORE_HOME`, or under the nearest ancestor of the executable or the
-/// working directory that has a `.venv`.
+/// under `WASMSCORE_HOME`, or under the nearest ancestor of the executable
+/// that has a `.venv`.
 pub fn find_onnxruntime() -> Result<PathBuf, OrtInitError> {
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         let p = PathBuf::from(p);
@@ -32,7 +32,7 @@ pub fn find_onnxruntime() -> Result<PathBuf, OrtInitError> {
     }
     Err(OrtInitError::NotFound {
         searched: if searched.is_empty() {
-            "no .venv found near the executable or the working directory".into()
+            "no .venv found in WASMSCORE_HOME or near the executable".into()
         } else {
             format!("looked in {}", searched.join(", "))
         },
@@ -47,16 +47,18 @@ pub fn venv_candidates() -> Vec<PathBuf> {
 
 /// `REL` (a path that setup makes inside the checkout: `.venv`,
 /// `runtime/cli/js/node_modules`) under `WASMSCORE_HOME`, then under each
-/// ancestor of the executable and of the working directory where it
-/// exists, nearest first.
+/// ancestor of the executable where it exists, nearest first. Not the
+/// working directory's: a `.venv` in a directory someone else made (a
+/// model's repository) would give its libraries and tools to every
+/// command run there. An executable outside the checkout is told where
+/// it is by `WASMSCORE_HOME`.
 pub fn project_paths(rel: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
     if let Some(home) = std::env::var_os("WASMSCORE_HOME") {
         out.push(PathBuf::from(home).join(rel));
     }
-    let starts = [std::env::current_exe().ok(), std::env::current_dir().ok()];
-    for start in starts.into_iter().flatten() {
-        for dir in start.ancestors() {
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors() {
             let p = dir.join(rel);
             if p.exists() && !out.contains(&p) {
                 out.push(p);

@@ -148,3 +148,35 @@ fn wasi_nn_guests_load_only_the_versions_own_models() {
     let (_, _, j) = s.score("nn", "nn-fp16");
     assert_eq!(j["code"].as_str(), Some("invalid-argument"), "{j}");
 }
+
+/// A `.venv` in the directory a command runs in (a model's repository,
+/// made by someone else) is not where the executable looks for its tools
+/// and libraries: here a copy of it outside the checkout, run in a
+/// directory whose `.venv` has a componentize-py that leaves a mark.
+#[test]
+fn a_venv_in_the_working_directory_is_never_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("bin/wasmscore");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    if std::fs::hard_link(super::bin(), &exe).is_err() {
+        std::fs::copy(super::bin(), &exe).unwrap();
+    }
+    let work = dir.path().join("model-repo");
+    let tool = work.join(".venv/bin/componentize-py");
+    std::fs::create_dir_all(tool.parent().unwrap()).unwrap();
+    let mark = dir.path().join("ran");
+    std::fs::write(&tool, format!("#!/bin/sh\ntouch '{}'\nexit 1\n", mark.display())).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(work.join("score.py"), "def init():\n    pass\n\ndef run(raw):\n    return {}\n").unwrap();
+    let out = std::process::Command::new(&exe)
+        .args(["build", "score.py", "-o", "score.wasm"])
+        .current_dir(&work)
+        .env_remove("WASMSCORE_HOME")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!mark.exists(), "the working directory's componentize-py ran: {said}");
+    assert!(!out.status.success() && said.contains("WASMSCORE_HOME"), "{said}");
+}
