@@ -461,7 +461,9 @@ where
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192));
+        // hyper's own 431 (no body) only past twice the limit: up to it,
+        // `handle` answers a head over the limit with a JSON error.
+        .max_buf_size((cfg.max_header_bytes * 2).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -683,6 +685,29 @@ impl Protocol<'_> {
     }
 }
 
+/// A request head (its line and headers, as sent) over `limit` bytes:
+/// 431 with the route's JSON error, and the connection is closed after it.
+fn head_too_large<B>(req: &Request<B>, limit: usize) -> Option<Response<Body>> {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + target + 12;
+    let head = req.headers().iter().fold(line, |n, (k, v)| n + k.as_str().len() + v.len() + 4);
+    if head <= limit {
+        return None;
+    }
+    let e = ApiError::new(
+        431,
+        "headers_too_large",
+        format!("the request's headers are {head} bytes, more than this server's {limit} (--max-header-bytes)"),
+    );
+    let mut r = if req.uri().path().starts_with("/v2") {
+        oip_error(e)
+    } else {
+        error_response(e)
+    };
+    r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    Some(r)
+}
+
 /// An error on an Open Inference Protocol route: `{"error": "..."}`.
 fn oip_error(e: ApiError) -> Response<Body> {
     let mut r = json(
@@ -734,6 +759,9 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::reques
 
 impl<P: Plane> App<P> {
     async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        if let Some(r) = head_too_large(&req, self.cfg.max_header_bytes) {
+            return r;
+        }
         let path = req.uri().path().to_string();
         let method = req.method().clone();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();

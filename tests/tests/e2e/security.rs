@@ -367,7 +367,13 @@ fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
     s.deploy_ok("iris", iris_rust(), &[&model()], None);
     let key = s.key("iris").unwrap();
 
-    // A head larger than the limit: 431, and the server goes on.
+    // A head larger than the limit: 431 with a JSON error, and the server
+    // goes on; past twice the limit hyper's own 431 (no body).
+    let big = "x".repeat(12_000);
+    let (status, _, j) = s.request("POST", "/api/v1/service/iris/score", &[("X-Big", &big)], ROW.as_bytes());
+    assert_eq!((status, error_code(&j)), (431, "headers_too_large"), "{j}");
+    let (status, _, j) = s.request("POST", "/v2/models/iris/infer", &[("X-Big", &big)], b"{}");
+    assert!(status == 431 && j["error"].as_str().unwrap().contains("--max-header-bytes"), "{j}");
     let big = "x".repeat(20_000);
     let (status, _, _) = s.request("POST", "/api/v1/service/iris/score", &[("X-Big", &big)], ROW.as_bytes());
     assert_eq!(status, 431);
