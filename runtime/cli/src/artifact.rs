@@ -394,7 +394,8 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
             pushed => break pushed,
         }
     };
-    let Session { c, auth, .. } = s;
+    let sent = manifest_digest(&manifest)?;
+    let Session { auth, .. } = s;
     let resp = pushed.map_err(|e| {
         let hint = match &auth {
             _ if !denied(&e) => String::new(),
@@ -407,14 +408,23 @@ pub async fn push(reference: &str, p: Push, opts: &RegistryOptions) -> Result<St
         };
         anyhow::anyhow!("pushing to {reference}: {}{hint}", describe(&e))
     })?;
-    let digest = match resp.manifest_url.rsplit('/').next() {
-        Some(d) if d.starts_with("sha256:") => d.to_string(),
-        _ => c
-            .fetch_manifest_digest(&r, &auth)
-            .await
-            .map_err(|e| anyhow::anyhow!("reading back the digest of {reference}: {}", describe(&e)))?,
-    };
-    Ok(digest)
+    // The digest is of the bytes sent, not read back by tag (a push to the
+    // tag in between would give its digest): a registry that names
+    // another is refused.
+    match resp.manifest_url.rsplit('/').next() {
+        Some(d) if d.starts_with("sha256:") && d != sent => {
+            bail!("pushing to {reference}: the registry named the manifest {d}, but the manifest sent hashes to {sent}")
+        }
+        _ => Ok(sent),
+    }
+}
+
+/// The digest of a manifest as oci-client sends it: canonical JSON.
+fn manifest_digest(manifest: &OciImageManifest) -> Result<String> {
+    let mut body = Vec::new();
+    let mut json = serde_json::Serializer::with_formatter(&mut body, olpc_cjson::CanonicalFormatter::new());
+    serde::Serialize::serialize(&oci_client::manifest::OciManifest::Image(manifest.clone()), &mut json)?;
+    Ok(sha256(&body))
 }
 
 fn describe(e: &OciDistributionError) -> String {
