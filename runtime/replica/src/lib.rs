@@ -76,6 +76,10 @@ pub enum ScoreError {
     Overloaded { waited_ms: u64 },
     #[error("the version has no running replica: {0}")]
     Unavailable(String),
+    /// The host failed while it ran the call (a panic: a bug of ours, not
+    /// the module's). The instance is replaced.
+    #[error("the server failed while running this request (a bug; the instance is replaced): {0}")]
+    Internal(String),
     /// A node failed the request itself (it answered garbage, reset the
     /// connection, or went away mid-request): not the module's answer.
     #[error("the version's node {node} failed: {message}")]
@@ -106,6 +110,7 @@ impl ScoreError {
             ScoreError::Call(CallError::Timeout(_)) => (504, "scoring_timeout"),
             ScoreError::Overloaded { .. } => (503, "overloaded"),
             ScoreError::Unavailable(_) => (503, "unavailable"),
+            ScoreError::Internal(_) => (500, "internal_error"),
             ScoreError::Node { .. } => (502, "bad_gateway"),
             ScoreError::NodeTimeout { .. } => (504, "node_timeout"),
         }
@@ -731,14 +736,29 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         let taken = Instant::now();
         stats.queue_wait.observe(taken - job.enqueued);
         in_call.store(true, Ordering::Relaxed);
-        let result = replica.run(job.req).map_err(ScoreError::Call);
+        // A panic in the host's code for this call (a bug) answers it 500
+        // and replaces the instance; the thread and the pool's counts go
+        // on as after any failed call.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replica.run(job.req)));
+        let (result, panicked) = match outcome {
+            Ok(r) => (r.map_err(ScoreError::Call), false),
+            Err(p) => {
+                let why = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                tracing::error!(pool = %shared.label, panic = %why, "the host panicked in a call; the instance is replaced");
+                (Err(ScoreError::Internal(why)), true)
+            }
+        };
         in_call.store(false, Ordering::Relaxed);
         let ran = taken.elapsed();
         stats.run_time.observe(ran);
         stats.last_run_us.store(ran.as_micros() as u64, Ordering::Relaxed);
         stats.busy.fetch_sub(1, Ordering::Relaxed);
         stats.served.fetch_add(1, Ordering::Relaxed);
-        let poisoned = replica.is_poisoned();
+        let poisoned = panicked || replica.is_poisoned();
         match &result {
             Err(e) if poisoned => stats.failed(e.to_string()),
             _ => {
