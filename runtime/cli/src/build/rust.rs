@@ -5,54 +5,23 @@ use std::process::Command;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-}
-
-/// The Cargo.lock of the crate's workspace, if it has one.
-fn lock_file(manifest: &Path) -> Option<PathBuf> {
-    let out = cargo()
-        .args(["locate-project", "--workspace", "--message-format", "plain", "--manifest-path"])
-        .arg(manifest)
-        .output()
-        .ok()?;
-    let root = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    let lock = root.parent()?.join("Cargo.lock");
-    (out.status.success() && lock.is_file()).then_some(lock)
-}
-
 pub fn build(dir: &Path, out: &Path) -> Result<()> {
-    let manifest = dir.join("Cargo.toml");
-    let mut build = cargo();
-    build.args([
-        "build",
-        "--release",
-        "--target",
-        "wasm32-wasip2",
-        "--message-format=json-render-diagnostics",
-    ]);
-    // A crate with a Cargo.lock is built with the versions it names (those
-    // its author tested), or not at all; one without gets one made.
-    let lock = lock_file(&manifest);
-    if lock.is_some() {
-        build.arg("--locked");
-    }
-    let output = build
-        .arg("--manifest-path")
-        .arg(&manifest)
+    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--message-format=json-render-diagnostics",
+            "--manifest-path",
+        ])
+        .arg(dir.join("Cargo.toml"))
         .stderr(std::process::Stdio::inherit())
         .output()
         .context("running cargo (is the Rust toolchain installed?)")?;
     if !output.status.success() {
-        let locked = match &lock {
-            Some(l) => format!(
-                "; it was built --locked to {}: run `cargo update` there if it is out of date",
-                l.display()
-            ),
-            None => String::new(),
-        };
         bail!(
-            "cargo build for wasm32-wasip2 failed in {} (run ./setup.sh if the target is missing{locked})",
+            "cargo build for wasm32-wasip2 failed in {} (run ./setup.sh if the target is missing)",
             dir.display()
         );
     }
