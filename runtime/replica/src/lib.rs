@@ -164,6 +164,8 @@ enum Msg {
 pub struct PoolStats {
     /// Instances that ran init() and take requests.
     pub instances: AtomicUsize,
+    /// When `instances` last went from 0 to 1 (a cold start ended).
+    serving_since: Mutex<Option<Instant>>,
     /// Instances started that have not finished init() yet.
     pub starting: AtomicUsize,
     /// Instances the pool is moving towards.
@@ -294,6 +296,10 @@ struct Shared {
     share: Arc<spin::Share>,
     /// The CPU limit its instance threads run under, if it has one.
     cpu: Option<Arc<cpu::CpuGroup>>,
+    /// Serializes scale changes (never taken on the scoring path, except by
+    /// the request that wakes a pool at zero, or the last instance leaving
+    /// with requests queued).
+    scaling: Mutex<()>,
 }
 
 /// A version's replicas and their queue.
@@ -301,9 +307,6 @@ pub struct Pool {
     tx: Sender<Msg>,
     cfg: PoolConfig,
     shared: Arc<Shared>,
-    /// Serializes scale changes (never taken on the scoring path, except by
-    /// the request that wakes a pool at zero).
-    scaling: Mutex<()>,
 }
 
 impl Pool {
@@ -321,6 +324,7 @@ impl Pool {
             closed: AtomicBool::new(false),
             share: spin::Share::register(),
             cpu: cfg.cpu.clone(),
+            scaling: Mutex::new(()),
         });
         let n = cfg.replicas.max(1) * cfg.max_concurrent.max(1);
         shared.stats.target.store(n, Ordering::Relaxed);
@@ -337,12 +341,7 @@ impl Pool {
                 Err(_) => first_error = first_error.or(Some(EngineError::Instantiate("replica thread died".into()))),
             }
         }
-        let pool = Pool {
-            tx,
-            cfg,
-            shared,
-            scaling: Mutex::new(()),
-        };
+        let pool = Pool { tx, cfg, shared };
         match first_error {
             None => Ok(pool),
             // Dropping the pool stops the instances that did start.
@@ -384,7 +383,7 @@ impl Pool {
     /// serves once its init() ran) or asks idle ones to retire. Returns at
     /// once.
     pub fn scale_to(&self, replicas: usize) {
-        let _g = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.shared.scaling.lock().unwrap_or_else(|p| p.into_inner());
         self.scale_locked(replicas * self.cfg.max_concurrent.max(1));
     }
 
@@ -418,7 +417,7 @@ impl Pool {
 
     /// Starts one replica if none is running or starting (scale from zero).
     fn wake(&self) {
-        let _g = self.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        let _g = self.shared.scaling.lock().unwrap_or_else(|p| p.into_inner());
         let st = &self.shared.stats;
         if st.instances.load(Ordering::Acquire) + st.starting.load(Ordering::Acquire) > 0 {
             return;
@@ -486,9 +485,6 @@ impl Pool {
             return r.unwrap_or_else(stopped);
         }
         let mut wait = self.cfg.max_wait;
-        // Waited through a cold start: once a replica serves, the request
-        // gets max_wait from then, as one that came to a running pool.
-        let mut cold = false;
         loop {
             match tokio::time::timeout(wait, &mut rx).await {
                 Ok(r) => return r.unwrap_or_else(|_| stopped()),
@@ -503,12 +499,18 @@ impl Pool {
                     // up to cold_start_wait.
                     if self.waking() && enqueued.elapsed() < self.cfg.max_wait + self.cfg.cold_start_wait {
                         wait = Duration::from_millis(50);
-                        cold = true;
                         continue;
                     }
-                    if std::mem::take(&mut cold) && st.instances.load(Ordering::Acquire) > 0 {
-                        wait = self.cfg.max_wait;
-                        continue;
+                    // Came before the pool served again (from zero): it gets
+                    // max_wait from when it did, as a request that came to a
+                    // running pool, however long the cold start took.
+                    let since = *st.serving_since.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(since) = since.filter(|s| *s > enqueued && state.load(Ordering::Acquire) == QUEUED) {
+                        let left = (since + self.cfg.max_wait).saturating_duration_since(Instant::now());
+                        if !left.is_zero() {
+                            wait = left;
+                            continue;
+                        }
                     }
                     // Still queued? Withdraw it and answer 503.
                     if state
@@ -551,7 +553,7 @@ impl Pool {
         let spawned = std::thread::Builder::new()
             .name(format!("probe-{}", self.shared.label))
             .spawn(move || {
-                let _ = tx.send(prepared.start().map(drop).map_err(|e| e.to_string()));
+                let _ = tx.send(start(&prepared).map(drop).map_err(|e| e.to_string()));
             });
         if let Err(e) = spawned {
             tracing::error!(pool = %self.shared.label, error = %e, "starting a probe thread failed");
@@ -678,7 +680,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     let _limited = shared.cpu.as_deref().map(|group| Limited::join(group, tid, &shared));
     let first = match ready {
         // One of the pool's first instances: a failed init fails the deploy.
-        Some(ready) => match shared.prepared.start() {
+        Some(ready) => match start(&shared.prepared) {
             Ok(r) => {
                 let _ = ready.send(Ok(()));
                 Some(r)
@@ -698,7 +700,9 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         stats.starting.fetch_sub(1, Ordering::AcqRel);
         return;
     };
-    stats.instances.fetch_add(1, Ordering::AcqRel);
+    if stats.instances.fetch_add(1, Ordering::AcqRel) == 0 {
+        *stats.serving_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
     stats.starting.fetch_sub(1, Ordering::AcqRel);
     let in_call = Arc::new(AtomicBool::new(false));
     stats.serving(tid, in_call.clone());
@@ -743,11 +747,7 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         let (result, panicked) = match outcome {
             Ok(r) => (r.map_err(ScoreError::Call), false),
             Err(p) => {
-                let why = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "a panic".into());
+                let why = panic_text(p.as_ref());
                 tracing::error!(pool = %shared.label, panic = %why, "the host panicked in a call; the instance is replaced");
                 (Err(ScoreError::Internal(why)), true)
             }
@@ -803,16 +803,19 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
     let last = stats.instances.fetch_sub(1, Ordering::SeqCst) == 1;
     // A request sent as the last instance retired (after its caller saw it
     // serving) would wait max_wait before waking the pool: it wakes now.
-    if last
-        && !shared.closed.load(Ordering::Acquire)
-        && stats.starting.load(Ordering::Acquire) == 0
-        && stats.queued.load(Ordering::SeqCst) > 0
-    {
-        stats.wakes.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(pool = %shared.label, "a request came as the last replica retired: starting one");
-        match spawn_instance(&shared, None) {
-            Ok(()) => drop(stats.started.fetch_add(1, Ordering::Relaxed)),
-            Err(e) => stats.set_error(e),
+    if last && stats.queued.load(Ordering::SeqCst) > 0 {
+        // Under the scaling lock, as a caller's own wake: one of the two
+        // starts it.
+        let _g = shared.scaling.lock().unwrap_or_else(|p| p.into_inner());
+        let none = stats.instances.load(Ordering::Acquire) + stats.starting.load(Ordering::Acquire) == 0;
+        if none && !shared.closed.load(Ordering::Acquire) {
+            stats.wakes.fetch_add(1, Ordering::Relaxed);
+            stats.target.fetch_max(1, Ordering::Relaxed);
+            tracing::info!(pool = %shared.label, "a request came as the last replica retired: starting one");
+            match spawn_instance(&shared, None) {
+                Ok(()) => drop(stats.started.fetch_add(1, Ordering::Relaxed)),
+                Err(e) => stats.set_error(e),
+            }
         }
     }
 }
@@ -854,6 +857,26 @@ impl Drop for Limited<'_> {
     }
 }
 
+/// Makes a fresh instance and runs its `init()`. A panic in the host's
+/// code meanwhile (a bug) is a failed start, not a thread gone with the
+/// pool's counts.
+fn start(prepared: &Prepared) -> Result<Replica, EngineError> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| prepared.start())).unwrap_or_else(|p| {
+        Err(EngineError::Instantiate(format!(
+            "the server failed (a bug): {}",
+            panic_text(p.as_ref())
+        )))
+    })
+}
+
+/// What a panic said.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".into())
+}
+
 /// Makes a fresh instance and runs `init()`, backing off (10 ms doubling to
 /// 5 s) while it fails. None once the pool is gone.
 fn start_with_backoff(shared: &Shared) -> Option<Replica> {
@@ -862,7 +885,7 @@ fn start_with_backoff(shared: &Shared) -> Option<Replica> {
         if shared.closed.load(Ordering::Acquire) {
             return None;
         }
-        match shared.prepared.start() {
+        match start(&shared.prepared) {
             Ok(r) => return Some(r),
             Err(e) => {
                 tracing::error!(pool = %shared.label, error = %e, ?backoff, "starting a replica failed; retrying");
