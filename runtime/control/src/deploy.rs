@@ -123,6 +123,8 @@ impl std::fmt::Display for SessionError {
 
 /// The control plane.
 pub struct Control {
+    /// DATA_DIR/lock, locked for as long as this control plane lives.
+    _owner: std::fs::File,
     pub(crate) data_dir: PathBuf,
     engine: Arc<ScoringEngine>,
     devices: Devices,
@@ -183,12 +185,14 @@ impl Control {
         collect: CollectSettings,
     ) -> Result<Self, ControlError> {
         std::fs::create_dir_all(data_dir.join("blobs")).map_err(|e| ControlError::Store(format!("{}: {e}", data_dir.display())))?;
+        let owner = own(data_dir)?;
         let store = Store::open(&data_dir.join("state.db"))?;
-        // The store is this process's alone now: no upload is under way.
+        // The directory is this process's alone now: no upload is under way.
         sweep_blob_temps(&data_dir.join("blobs"));
         let collector =
             Collector::start(collected.to_path_buf(), collect).map_err(|e| ControlError::Store(format!("{}: {e}", collected.display())))?;
         Ok(Control {
+            _owner: owner,
             collector,
             data_dir: data_dir.to_path_buf(),
             engine,
@@ -558,6 +562,33 @@ fn batch_models(
         .collect()
 }
 
+/// Takes DATA_DIR for this process: an exclusive lock on DATA_DIR/lock,
+/// held while the returned file is open (the kernel lets go of it when the
+/// process ends, however it ends). A second process on the same
+/// directory would write the same store and blobs: it is refused.
+fn own(data_dir: &Path) -> Result<std::fs::File, ControlError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| ControlError::Store(format!("{}: {e}", path.display())))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(ControlError::Store(match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => format!(
+                "{} is in use by another wasmscore process (stop it, or give this one another --data-dir)",
+                data_dir.display()
+            ),
+            _ => format!("locking {}: {e}", path.display()),
+        }));
+    }
+    Ok(file)
+}
+
 /// Removes the temp files of uploads that a crash or a power loss cut
 /// short (`put_blob` names them `SHA.tmpPID.N`); a blob's own file has no
 /// extension. Returns how many went.
@@ -583,6 +614,16 @@ fn sweep_blob_temps(blobs: &Path) -> usize {
 
 #[cfg(test)]
 mod sweep_tests {
+    #[test]
+    fn a_data_dir_is_owned_by_one_process_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::own(dir.path()).unwrap();
+        let e = super::own(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("in use by another wasmscore process"), "{e}");
+        drop(first);
+        super::own(dir.path()).unwrap();
+    }
+
     #[test]
     fn only_the_temp_files_of_uploads_are_swept() {
         let dir = tempfile::tempdir().unwrap();
