@@ -6,6 +6,9 @@
 # (build the old one from a worktree of the old commit; see BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# A binary built elsewhere (a worktree) finds this checkout's .venv and
+# tools through WASMSCORE_HOME.
+export WASMSCORE_HOME="$PWD"
 old=$1 new=$2 secs=${3:-4}
 T=$(mktemp -d)
 trap 'pkill -f "up --data-dir $T" || true; rm -rf "$T"' EXIT

@@ -21,6 +21,9 @@ window.wasmscoreUi = state;
 
 // ---- the admin token: from the URL fragment once, then the origin's storage
 
+// Earlier builds kept the token in a cookie for /ui: it goes.
+document.cookie = `${STORED}=; Path=/ui; Max-Age=0`;
+
 function readToken() {
   const m = location.hash.match(/token=([^&]+)/);
   if (m) {
