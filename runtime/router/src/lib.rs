@@ -526,6 +526,50 @@ mod tests {
         }
     }
 
+    fn on_nodes(name: &str) -> Arc<Version> {
+        use wasmscore_remote::nodes::http_client;
+        use wasmscore_remote::{NodeHttp, NodesConfig};
+        let nodes = Nodes::new(
+            ("e", name),
+            &["127.0.0.1:9".to_string()],
+            NodeHttp::H2,
+            http_client(NodeHttp::H2),
+            NodesConfig::default(),
+        )
+        .unwrap();
+        Arc::new(Version {
+            name: name.into(),
+            replicas: Replicas::Remote(Arc::new(nodes)),
+            stats: Arc::default(),
+        })
+    }
+
+    /// The verdict's split check counts answers under one served split: a
+    /// version coming up (or going down) starts it again; a table published
+    /// again with the same shares does not.
+    #[test]
+    fn the_split_check_restarts_when_the_served_shares_change() {
+        let (a, b) = (on_nodes("a"), on_nodes("b"));
+        let router = Router::new();
+        let counted = |n: u64| {
+            a.stats.split.store(n, Ordering::Relaxed);
+            b.stats.split.store(n, Ordering::Relaxed);
+        };
+        let splits = || (a.stats.split.load(Ordering::Relaxed), b.stats.split.load(Ordering::Relaxed));
+        // b is still building: a serves all of it.
+        router.publish(Endpoint::new("e", vec![(a.clone(), 100)], vec![b.clone()], None, vec![]));
+        counted(40);
+        router.publish(Endpoint::new("e", vec![(a.clone(), 100)], vec![b.clone()], None, vec![]));
+        assert_eq!(splits(), (40, 40), "the same shares: the counts go on");
+        // b is up: 50/50 from now on.
+        router.publish(Endpoint::new("e", vec![(a.clone(), 50), (b.clone(), 50)], vec![], None, vec![]));
+        assert_eq!(splits(), (0, 0), "a version came up: the check starts again");
+        counted(7);
+        // b goes down: a serves all again.
+        router.publish(Endpoint::new("e", vec![(a.clone(), 100)], vec![b.clone()], None, vec![]));
+        assert_eq!(splits(), (0, 0), "a version went down: both start again");
+    }
+
     #[test]
     fn cohort_hash_is_stable() {
         // Fixed values: a cohort must keep its bucket across releases.
