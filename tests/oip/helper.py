@@ -7,7 +7,8 @@
 #   made from bytes that are not UTF-8 and read back (byte-strings import);
 #   INT8 and UINT8 tensors made and read back (the bindings carry them as
 #   bytes), a BOOL tensor's dtype, values a dtype cannot hold refused with
-#   BadInput, and a NaN in the answer (written as null).
+#   BadInput, and a NaN in the answer (written as null); with a
+#   "surrogate" key, an error whose message holds a lone surrogate.
 # - run_tensors() (OIP, tests/oip/clients.py): a BYTES input B, answered
 #   with each element's bytes reversed (R, not UTF-8 for most text) and
 #   their lengths (N); an INT64 input COUNT of N, answered N times (a
@@ -27,6 +28,12 @@ def init():
 
 def run(raw_data):
     body = json.loads(raw_data)
+    if "surrogate" in body:
+        # json.loads makes a lone surrogate of "\ud800": a message holding
+        # one is not UTF-8, which a WIT string must be.
+        if body.get("fail"):
+            raise ValueError(f"failed on {body['surrogate']}")
+        raise wasmscore.BadInput(f"refused {body['surrogate']}")
     out = model.run({"H": wasmscore.tensor(body["H"], dtype="float16"), "B": wasmscore.tensor(body["B"], dtype="bfloat16")})
     raw = wasmscore.tensor([b"\x89PNG\x00\xff", "t\u00e9xt"], dtype="string")
     refused = []

@@ -214,6 +214,13 @@ fn tritonclient_and_kserve_clients_work_unmodified_over_rest_and_grpc() {
     assert_eq!(status, 400, "{body}");
     assert!(message.starts_with("caf? aaa") && message.ends_with("aaa?"), "{body}");
     assert_eq!(s.score("helper-c", "{}").0, 200);
+    // From Python: a message with a lone surrogate (json.loads makes one of
+    // "\ud800") is the module's error, the surrogate replaced, not a trap.
+    let (status, _, body) = s.score("helper-py", r#"{"surrogate": "\ud800"}"#);
+    assert_eq!((status, body["error"]["message"].as_str()), (400, Some("refused ?")), "{body}");
+    let (status, _, body) = s.score("helper-py", r#"{"surrogate": "\ud800", "fail": true}"#);
+    let message = body["error"]["message"].as_str().unwrap_or("");
+    assert!(status == 500 && message.ends_with("ValueError: failed on ?"), "{body}");
 
     // An output the model does not have: 400 after the version ran, so
     // the answer names the version, as every answer it gave does.
