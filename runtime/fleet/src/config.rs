@@ -54,6 +54,37 @@ pub enum AuthSpec {
     None,
 }
 
+impl AuthSpec {
+    /// An endpoint's `auth` as router.json gives it, checked.
+    pub fn parse(v: serde_json::Value) -> Result<AuthSpec, String> {
+        let auth: AuthSpec = serde_json::from_value(v).map_err(|e| format!("auth: {e}"))?;
+        auth.check()?;
+        Ok(auth)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        match self {
+            AuthSpec::Key {
+                primary_key,
+                secondary_key,
+            } if primary_key.len() < 16 || secondary_key.len() < 16 => Err("keys must be at least 16 characters".into()),
+            AuthSpec::Token { signing_keys } if signing_keys.is_empty() => Err("token auth needs at least one signing key".into()),
+            AuthSpec::Token { signing_keys } => {
+                for k in signing_keys {
+                    if k.kid.is_empty() || k.kid.len() > 64 {
+                        return Err("a signing key's kid is 1-64 characters".into());
+                    }
+                    if decode_hex(&k.secret).is_none_or(|b| b.len() < 32) {
+                        return Err(format!("signing key {:?}: the secret must be hex, at least 32 bytes", k.kid));
+                    }
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SigningKeySpec {
@@ -184,28 +215,7 @@ impl FleetSpec {
                 return Err(format!("router config: endpoint {:?} is listed twice", ep.name));
             }
             let at = |m: String| format!("router config: endpoint {:?}: {m}", ep.name);
-            if let AuthSpec::Key {
-                primary_key,
-                secondary_key,
-            } = &ep.auth
-            {
-                if primary_key.len() < 16 || secondary_key.len() < 16 {
-                    return Err(at("keys must be at least 16 characters".into()));
-                }
-            }
-            if let AuthSpec::Token { signing_keys } = &ep.auth {
-                if signing_keys.is_empty() {
-                    return Err(at("token auth needs at least one signing key".into()));
-                }
-                for k in signing_keys {
-                    if k.kid.is_empty() || k.kid.len() > 64 {
-                        return Err(at("a signing key's kid is 1-64 characters".into()));
-                    }
-                    if decode_hex(&k.secret).is_none_or(|b| b.len() < 32) {
-                        return Err(at(format!("signing key {:?}: the secret must be hex, at least 32 bytes", k.kid)));
-                    }
-                }
-            }
+            ep.auth.check().map_err(at)?;
             let mut versions = std::collections::HashSet::new();
             for v in &ep.versions {
                 valid_name("version", &v.name).map_err(at)?;

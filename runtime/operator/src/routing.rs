@@ -21,7 +21,30 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// The router.json entry for `ep`, or why it cannot be served yet.
 pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[EndpointSlice]) -> Result<serde_json::Value, String> {
     let name = ep.name_any();
-    let auth = match ep.spec.auth.mode {
+    let auth = router_auth(ep, secret)?;
+    let versions: Vec<serde_json::Value> = ep
+        .spec
+        .versions
+        .iter()
+        .map(|v| {
+            serde_json::json!({
+                "name": v.name,
+                "traffic": v.traffic,
+                "default": v.default,
+                "control": v.control,
+                "mirror": v.mirror,
+                "nodes": ready_nodes(&name, &v.name, slices),
+                "config": v.config,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({"name": name, "auth": auth, "versions": versions}))
+}
+
+/// The router.json `auth` of `ep`: its mode, with the keys from its Secret.
+pub fn router_auth(ep: &Endpoint, secret: Option<&Secret>) -> Result<serde_json::Value, String> {
+    let name = ep.name_any();
+    Ok(match ep.spec.auth.mode {
         AuthMode::None => serde_json::json!({"mode": "none"}),
         mode => {
             let secret = secret.ok_or_else(|| format!("endpoint {name}: its Secret {name}-keys is not there yet"))?;
@@ -43,24 +66,7 @@ pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[Endpoin
                 serde_json::json!({"mode": "token", "signing_keys": keys})
             }
         }
-    };
-    let versions: Vec<serde_json::Value> = ep
-        .spec
-        .versions
-        .iter()
-        .map(|v| {
-            serde_json::json!({
-                "name": v.name,
-                "traffic": v.traffic,
-                "default": v.default,
-                "control": v.control,
-                "mirror": v.mirror,
-                "nodes": ready_nodes(&name, &v.name, slices),
-                "config": v.config,
-            })
-        })
-        .collect();
-    Ok(serde_json::json!({"name": name, "auth": auth, "versions": versions}))
+    })
 }
 
 /// host:port of the ready endpoints in the slices of the version's

@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Notify};
-use wasmscore_fleet::{Discovery, EndpointSpec, FleetSpec};
+use wasmscore_fleet::{AuthSpec, Discovery, EndpointSpec, FleetSpec};
 
 use crate::crd::Endpoint;
 use crate::desired::{secret_name, LABEL_ENDPOINT};
@@ -147,10 +147,15 @@ impl Stores {
                         tracing::warn!(endpoint = %name, reason = %why, "endpoint not taken; serving its last good spec, if any");
                         complaints.insert(name.clone(), why);
                     }
-                    // Its last good rollout, config and auth, with the
-                    // nodes its versions have now: pods still come and go.
+                    // Its last good rollout and config, with the nodes its
+                    // versions have now (pods still come and go) and its
+                    // auth as it is now where that is good: a key rotated
+                    // or revoked while the rest is refused takes effect.
                     if let Some(e) = last_good.get(&name) {
                         let mut e = e.clone();
+                        if let Ok(auth) = routing::router_auth(&ep, secret.as_deref()).and_then(AuthSpec::parse) {
+                            e.auth = auth;
+                        }
                         for v in &mut e.versions {
                             let mut nodes = routing::ready_nodes(&name, &v.name, &slices);
                             nodes.truncate(wasmscore_fleet::config::MAX_NODES);
