@@ -111,9 +111,6 @@ pub fn run(args: NodeArgs) -> Result<()> {
     let collected = (data_dir.join("collected"), args.collect.settings()?);
     let data_dir = data_dir.join("node");
     wasmscore_control::data_dir::make_private(&data_dir)?;
-    for f in ["state.db", "state.db-wal", "state.db-shm"] {
-        let _ = std::fs::remove_file(data_dir.join(f));
-    }
     // The exporter's blocking HTTP client is made outside the runtime.
     let spans = args.trace.export("wasmscore-node")?;
     crate::alloc::give_back_freed_memory();
@@ -294,6 +291,7 @@ fn build(
         Arc::new(Router::new()),
         &collected,
         collect,
+        wasmscore_control::Kept::Nothing,
     )?);
     control.restore()?;
     let module = control.put_blob(&f.module)?;

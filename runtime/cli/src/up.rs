@@ -320,6 +320,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         router,
         &collected,
         args.collect.settings()?,
+        wasmscore_control::Kept::Store,
     )?);
     let machine = Capacity::of_machine();
     let capacity = Capacity {

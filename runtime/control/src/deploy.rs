@@ -162,6 +162,15 @@ pub(crate) fn valid_name(kind: &str, s: &str) -> Result<(), ControlError> {
     Ok(wasmscore_rules::valid_name(kind, s)?)
 }
 
+/// What a control plane keeps of its store across restarts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kept {
+    /// Its versions, keys and counters (`up`).
+    Store,
+    /// Nothing: a node's store is scratch, the artifact is the truth.
+    Nothing,
+}
+
 impl Control {
     pub fn open(data_dir: &Path, engine: Arc<ScoringEngine>, devices: Devices, router: Arc<Router>) -> Result<Self, ControlError> {
         Self::open_collecting(
@@ -171,11 +180,12 @@ impl Control {
             router,
             &data_dir.join("collected"),
             CollectSettings::default(),
+            Kept::Store,
         )
     }
 
     /// `open`, with collected model data written under `collected` with
-    /// these settings.
+    /// these settings; a `Kept::Nothing` store starts empty.
     pub fn open_collecting(
         data_dir: &Path,
         engine: Arc<ScoringEngine>,
@@ -183,9 +193,17 @@ impl Control {
         router: Arc<Router>,
         collected: &Path,
         collect: CollectSettings,
+        kept: Kept,
     ) -> Result<Self, ControlError> {
         std::fs::create_dir_all(data_dir.join("blobs")).map_err(|e| ControlError::Store(format!("{}: {e}", data_dir.display())))?;
         let owner = own(data_dir)?;
+        if kept == Kept::Nothing {
+            // Only once the directory is this process's: another's store
+            // is not touched.
+            for f in ["state.db", "state.db-wal", "state.db-shm"] {
+                let _ = std::fs::remove_file(data_dir.join(f));
+            }
+        }
         let store = Store::open(&data_dir.join("state.db"))?;
         // The directory is this process's alone now: no upload is under way.
         sweep_blob_temps(&data_dir.join("blobs"));

@@ -31,7 +31,7 @@ use wasmscore_rules::{autoscale, config, rollout as rules};
 pub use access::{issue_token, token_lifetime, AuthSettings};
 pub use admin::AdminResponse;
 pub use config::DeploymentConfig;
-pub use deploy::{CollectSettings, Control, ModelRef, VersionSpec, MAX_MODELS};
+pub use deploy::{CollectSettings, Control, Kept, ModelRef, VersionSpec, MAX_MODELS};
 pub use monitor::Capacity;
 pub use rollout::{Mode, VersionRequest};
 

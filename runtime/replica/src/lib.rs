@@ -700,8 +700,13 @@ fn instance_thread(shared: Arc<Shared>, ready: Option<std::sync::mpsc::Sender<Re
         stats.starting.fetch_sub(1, Ordering::AcqRel);
         return;
     };
-    if stats.instances.fetch_add(1, Ordering::AcqRel) == 0 {
-        *stats.serving_since.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    {
+        // Written before the count shows it serving: a waiting request that
+        // sees the count sees when it began.
+        let mut since = stats.serving_since.lock().unwrap_or_else(|p| p.into_inner());
+        if stats.instances.fetch_add(1, Ordering::AcqRel) == 0 {
+            *since = Some(Instant::now());
+        }
     }
     stats.starting.fetch_sub(1, Ordering::AcqRel);
     let in_call = Arc::new(AtomicBool::new(false));
