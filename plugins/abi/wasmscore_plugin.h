@@ -15,8 +15,9 @@
  * Threading: execute may be called concurrently on different instances,
  * never concurrently on one instance. The lifecycle calls (version_init,
  * instance_init, instance_fini, version_fini) are never called at once:
- * the host runs one at a time per plugin, though execute may run on other
- * instances meanwhile. initialize and finalize run alone.
+ * the host runs one at a time per library file (several devices loaded
+ * from one file included), though execute may run on other
+ * instances meanwhile. initialize and finalize are lifecycle calls too.
  */
 #ifndef WASMSCORE_PLUGIN_H
 #define WASMSCORE_PLUGIN_H

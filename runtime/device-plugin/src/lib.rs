@@ -91,7 +91,9 @@ pub struct Plugin {
     /// Held for each lifecycle call (version_init and _fini, instance_init
     /// and _fini): the header promises they never run at once, so a
     /// plugin's lists of versions and instances need no lock of their own.
-    lifecycle: std::sync::Mutex<()>,
+    /// One per library file: two plugins loaded from one file share its
+    /// state (the loader maps it once).
+    lifecycle: Arc<std::sync::Mutex<()>>,
     // Last: the library is unloaded after finalize ran (see Drop).
     _lib: libloading::Library,
 }
@@ -108,6 +110,27 @@ fn cstr(p: *const std::ffi::c_char) -> String {
         // SAFETY: the plugin's static NUL-terminated strings.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
+}
+
+/// The lifecycle lock of the library file at `path` (by device and
+/// inode, as the loader tells files apart), shared by every plugin loaded
+/// from it.
+fn lifecycle_lock(path: &Path) -> Arc<std::sync::Mutex<()>> {
+    use std::os::unix::fs::MetadataExt;
+    type Locks = std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Weak<std::sync::Mutex<()>>>>;
+    static LOCKS: std::sync::OnceLock<Locks> = std::sync::OnceLock::new();
+    let Ok(meta) = std::fs::metadata(path) else {
+        return Arc::default();
+    };
+    let mut locks = LOCKS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, l| l.strong_count() > 0);
+    let key = (meta.dev(), meta.ino());
+    if let Some(l) = locks.get(&key).and_then(std::sync::Weak::upgrade) {
+        return l;
+    }
+    let l = Arc::default();
+    locks.insert(key, Arc::downgrade(&l));
+    l
 }
 
 impl Plugin {
@@ -134,6 +157,11 @@ impl Plugin {
         // SAFETY: a non-null table lives as long as the library.
         let table = unsafe { &*api };
         check_table(table, &shown)?;
+        // initialize, and finalize on a refusal, under the library's
+        // lifecycle lock: another device of the same file may be running
+        // its own lifecycle calls.
+        let lifecycle = lifecycle_lock(path);
+        let one = lifecycle.lock().unwrap_or_else(|p| p.into_inner());
         let mut state = std::ptr::null_mut();
         if let Some(init) = table.initialize {
             let cfg = CString::new(config_json).unwrap_or_default();
@@ -191,13 +219,14 @@ impl Plugin {
                 }
             }
         }
+        drop(one);
         Ok(Plugin {
             api,
             state,
             name: cstr(table.name),
             description: cstr(table.description),
             capabilities,
-            lifecycle: std::sync::Mutex::new(()),
+            lifecycle,
             _lib: lib,
         })
     }
@@ -288,6 +317,7 @@ impl Drop for VersionHandle {
 impl Drop for Plugin {
     fn drop(&mut self) {
         if let Some(f) = self.table().finalize {
+            let _one = self.one_at_a_time();
             // SAFETY: the state from initialize, not used after.
             unsafe { f(self.state) };
         }
@@ -507,6 +537,21 @@ impl Drop for Instance {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Plugins loaded from one library file (by any path to it) share one
+    /// lifecycle lock; another file has its own.
+    #[test]
+    fn one_library_file_has_one_lifecycle_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, link) = (dir.path().join("a.so"), dir.path().join("b.so"), dir.path().join("link.so"));
+        std::fs::write(&a, b"a").unwrap();
+        std::fs::write(&b, b"b").unwrap();
+        std::os::unix::fs::symlink(&a, &link).unwrap();
+        let first = lifecycle_lock(&a);
+        assert!(Arc::ptr_eq(&first, &lifecycle_lock(&a)));
+        assert!(Arc::ptr_eq(&first, &lifecycle_lock(&link)), "a link to the same file");
+        assert!(!Arc::ptr_eq(&first, &lifecycle_lock(&b)));
+    }
 
     fn table(version: u32, execute: bool) -> PluginApi {
         unsafe extern "C" fn exec(
