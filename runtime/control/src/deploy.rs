@@ -631,7 +631,7 @@ fn sweep_blob_temps(blobs: &Path) -> usize {
 }
 
 #[cfg(test)]
-mod sweep_tests {
+mod tests {
     #[test]
     fn a_data_dir_is_owned_by_one_process_at_a_time() {
         let dir = tempfile::tempdir().unwrap();

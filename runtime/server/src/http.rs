@@ -463,7 +463,7 @@ where
         .header_read_timeout(cfg.header_read_timeout)
         // hyper's own 431 (no body) only past twice the limit: up to it,
         // `handle` answers a head over the limit with a JSON error.
-        .max_buf_size((cfg.max_header_bytes * 2).max(8192));
+        .max_buf_size(cfg.max_header_bytes.saturating_mul(2).max(8192));
     builder
         .http2()
         .timer(TokioTimer::new())
