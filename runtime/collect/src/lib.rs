@@ -15,14 +15,17 @@
 //! pyarrow and DuckDB's globs skip) and renamed when it is closed: at the
 //! hour's end, after `rotate_after`, past `max_file_bytes`, on `flush` and
 //! on shutdown. A closed file is complete; an open one is never read. On
-//! shutdown the writer drains the queue first, so every record queued
-//! before it is on disk.
+//! shutdown the writer stops taking records (one offered after is dropped
+//! and counted) and drains the queue, so every record it took is on disk.
+//! A file is synced, and so is its directory once it is renamed, before it
+//! is counted; one a crash caught whole under its hidden name is renamed
+//! into view at the next start.
 
 mod parquet_file;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -76,7 +79,9 @@ pub struct Settings {
     /// Rows per Parquet row group.
     pub row_group_rows: usize,
     /// A row group is also written once its rows hold this many bytes: what
-    /// an open file keeps in memory, whatever its records' size.
+    /// an open file keeps in memory, whatever its records' size. The open
+    /// files together keep at most four times this: past it, the one
+    /// holding the most writes its row group early.
     pub row_group_bytes: usize,
 }
 
@@ -138,6 +143,12 @@ pub struct WriterStats {
 struct Queued {
     records: AtomicUsize,
     bytes: AtomicUsize,
+    /// Set by the writer when it shuts down: no record is taken after.
+    closed: AtomicBool,
+    /// Offers between their check of `closed` and their send: the writer,
+    /// having closed, waits for none to be left before its last drain, so
+    /// a record is either refused (and counted) or written.
+    sending: AtomicUsize,
 }
 
 /// The process's collector: the queue and its writer thread.
@@ -157,21 +168,18 @@ impl Collector {
     /// same directory is writing are left alone (it holds their lock).
     pub fn start(root: PathBuf, settings: Settings) -> std::io::Result<Arc<Collector>> {
         std::fs::create_dir_all(&root)?;
-        let removed = parquet_file::remove_unfinished(&root);
-        if removed > 0 {
-            tracing::warn!(files = removed, root = %root.display(), "removed unfinished collected-data files left by a crash");
+        let mut found = parquet_file::Unfinished::default();
+        parquet_file::recover_unfinished(&root, &root, &mut found);
+        if found.removed > 0 {
+            tracing::warn!(files = found.removed, root = %root.display(), "removed unfinished collected-data files left by a crash");
+        }
+        if found.recovered > 0 {
+            tracing::warn!(files = found.recovered, root = %root.display(), "renamed into view collected-data files a crash left whole under their hidden names");
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let queued = Arc::new(Queued::default());
         let stats = Arc::new(WriterStats::default());
-        let writer = Writer {
-            root,
-            settings: settings.clone(),
-            open: HashMap::new(),
-            queued: queued.clone(),
-            stats: stats.clone(),
-            seq: 0,
-        };
+        let writer = Writer::new(root, settings.clone(), queued.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name("collect-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -216,6 +224,14 @@ impl Collector {
     }
 
     fn offer(&self, record: Record) -> bool {
+        let q = &self.queued;
+        q.sending.fetch_add(1, Ordering::SeqCst);
+        let taken = !q.closed.load(Ordering::SeqCst) && self.send(record);
+        q.sending.fetch_sub(1, Ordering::SeqCst);
+        taken
+    }
+
+    fn send(&self, record: Record) -> bool {
         let bytes = record.size();
         let q = &self.queued;
         let records = q.records.fetch_add(1, Ordering::Relaxed) + 1;
@@ -324,14 +340,37 @@ struct Writer {
     root: PathBuf,
     settings: Settings,
     open: HashMap<FileKey, PartFile>,
+    /// Bytes the open files hold in memory, all together.
+    buffered: usize,
     queued: Arc<Queued>,
     stats: Arc<WriterStats>,
+    /// In every file's name: this writer's own (pid and a random number).
+    id: String,
     seq: u64,
+    /// When a failure to open a file was last logged, and how many since.
+    last_error: Option<(Instant, u64)>,
 }
 
 const HOUR_US: i64 = 3_600_000_000;
 
 impl Writer {
+    fn new(root: PathBuf, settings: Settings, queued: Arc<Queued>, stats: Arc<WriterStats>) -> Writer {
+        use std::hash::{BuildHasher, Hasher};
+        // std's hasher keys are random per process (and per call).
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish() as u32;
+        Writer {
+            root,
+            settings,
+            open: HashMap::new(),
+            buffered: 0,
+            queued,
+            stats,
+            id: format!("{}-{random:08x}", std::process::id()),
+            seq: 0,
+            last_error: None,
+        }
+    }
+
     fn run(mut self, rx: Receiver<Msg>) {
         let mut last_check = Instant::now();
         loop {
@@ -342,13 +381,23 @@ impl Writer {
                     let _ = ack.send(());
                 }
                 Ok(Msg::Shutdown(ack)) => {
-                    // Records offered after the shutdown message (requests
-                    // finishing late) are written too.
-                    while let Ok(Msg::Record(r)) = rx.try_recv() {
-                        self.write(*r);
+                    // Records offered before the close (requests finishing
+                    // late) are written too; those after it are refused.
+                    self.queued.closed.store(true, Ordering::SeqCst);
+                    while self.queued.sending.load(Ordering::SeqCst) > 0 {
+                        std::thread::yield_now();
+                    }
+                    let mut acks = vec![ack];
+                    for m in rx.try_iter() {
+                        match m {
+                            Msg::Record(r) => self.write(*r),
+                            Msg::Flush(ack) | Msg::Shutdown(ack) => acks.push(ack),
+                        }
                     }
                     self.close_all();
-                    let _ = ack.send(());
+                    for ack in acks {
+                        let _ = ack.send(());
+                    }
                     return;
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -375,25 +424,53 @@ impl Writer {
         };
         if !self.open.contains_key(&key) {
             self.seq += 1;
-            let dir = self.root.join(partition(&key));
-            match PartFile::create(&dir, r.time_us, self.seq) {
+            let dir = partition(&key);
+            match PartFile::create(&self.root, &dir, r.time_us, &self.id, self.seq) {
                 Ok(f) => {
                     self.open.insert(key.clone(), f);
                 }
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(dir = %dir.display(), error = %e, "cannot open a collected-data file; the record is lost");
+                    // A full disk fails every record: logged once a second,
+                    // with how many were lost since.
+                    let lost = self.last_error.map_or(1, |(_, n)| n + 1);
+                    if self.last_error.is_none_or(|(at, _)| at.elapsed() >= Duration::from_secs(1)) {
+                        tracing::error!(dir = %self.root.join(&dir).display(), error = %e, lost, "cannot open a collected-data file; records are lost");
+                        self.last_error = Some((Instant::now(), 0));
+                    } else {
+                        self.last_error = self.last_error.map(|(at, _)| (at, lost));
+                    }
                     return;
                 }
             }
         }
         let file = self.open.get_mut(&key).expect("opened above");
-        if let Err(e) = file.push(&r, self.settings.row_group_rows, self.settings.row_group_bytes) {
+        let before = file.buffered();
+        let pushed = file.push(&r, self.settings.row_group_rows, self.settings.row_group_bytes);
+        self.buffered = self.buffered - before + file.buffered();
+        if let Err(e) = pushed {
             self.fail(&key, e);
             return;
         }
         if file.bytes() >= self.settings.max_file_bytes {
             self.close(&key);
+        } else if self.buffered > self.settings.row_group_bytes.saturating_mul(4) {
+            self.spill();
+        }
+    }
+
+    /// Writes the row group of the open file that holds the most in memory
+    /// (many endpoints, versions and designations, each with a file open).
+    fn spill(&mut self) {
+        let Some((key, file)) = self.open.iter_mut().max_by_key(|(_, f)| f.buffered()) else {
+            return;
+        };
+        let before = file.buffered();
+        let written = file.write_row_group();
+        self.buffered = self.buffered - before + file.buffered();
+        if let Err(e) = written {
+            let key = key.clone();
+            self.fail(&key, e);
         }
     }
 
@@ -423,6 +500,7 @@ impl Writer {
 
     fn close(&mut self, key: &FileKey) {
         if let Some(f) = self.open.remove(key) {
+            self.buffered -= f.buffered();
             let rows = f.rows();
             match f.finish() {
                 Ok(path) => {
@@ -439,6 +517,7 @@ impl Writer {
 
     fn fail(&mut self, key: &FileKey, e: parquet::errors::ParquetError) {
         if let Some(f) = self.open.remove(key) {
+            self.buffered -= f.buffered();
             self.stats.write_errors.fetch_add(f.rows().max(1), Ordering::Relaxed);
             tracing::error!(error = %e, "writing a collected-data file failed; its records are lost");
             f.abandon();
@@ -585,6 +664,94 @@ mod tests {
             let groups: Vec<i64> = r.metadata().row_groups().iter().map(|g| g.num_rows()).collect();
             assert_eq!(groups, [2, 2, 1], "{}", f.display());
         }
+    }
+
+    fn record(designation: Designation, time_us: i64, name: &str) -> Record {
+        Record {
+            endpoint: "e".into(),
+            version: "v".into(),
+            designation,
+            time_us,
+            correlation_id: "id".into(),
+            name: name.into(),
+            content_type: "text/plain".into(),
+            data: b"1".to_vec(),
+        }
+    }
+
+    fn writer(dir: &Path, settings: Settings) -> (Writer, Arc<Queued>) {
+        let queued = Arc::new(Queued::default());
+        (Writer::new(dir.into(), settings, queued.clone(), Arc::default()), queued)
+    }
+
+    #[test]
+    fn a_flush_queued_behind_the_shutdown_and_the_records_after_it_are_all_seen_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, queued) = writer(dir.path(), Settings::default());
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let ((ack, stopped), (flush_ack, flushed)) = (crossbeam_channel::bounded(1), crossbeam_channel::bounded(1));
+        let r = record(Designation::Inputs, 1, "late");
+        queued.records.fetch_add(1, Ordering::Relaxed);
+        queued.bytes.fetch_add(r.size(), Ordering::Relaxed);
+        for m in [Msg::Shutdown(ack), Msg::Flush(flush_ack), Msg::Record(Box::new(r))] {
+            tx.send(m).unwrap();
+        }
+        w.run(rx);
+        assert!(stopped.try_recv().is_ok() && flushed.try_recv().is_ok(), "an ack was never sent");
+        assert_eq!(files(dir.path()).0.len(), 1, "the record after the flush was not written");
+        assert_eq!(queued.records.load(Ordering::Relaxed), 0);
+        assert!(queued.closed.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn a_record_offered_once_the_writer_closed_is_refused_and_counted() {
+        let (_dir, c, v) = collecting(Settings::default());
+        // What an offer sees while the writer closes its last files.
+        c.queued.closed.store(true, Ordering::SeqCst);
+        assert!(!v.collect(Designation::Inputs, "id", "x", "", b"1".to_vec()));
+        assert_eq!(v.stats.dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(c.queued.records.load(Ordering::Relaxed), 0);
+        c.shutdown();
+    }
+
+    #[test]
+    fn two_writers_on_one_directory_never_name_a_file_alike() {
+        // Pods sharing a volume are all pid 1; here both share this
+        // process's pid, their first sequence number and first time.
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..2 {
+            let (mut w, queued) = writer(dir.path(), Settings::default());
+            let r = record(Designation::Inputs, 1, "x");
+            queued.records.fetch_add(1, Ordering::Relaxed);
+            queued.bytes.fetch_add(r.size(), Ordering::Relaxed);
+            w.write(r);
+            w.close_all();
+        }
+        assert_eq!(files(dir.path()).0.len(), 2, "one file replaced the other");
+    }
+
+    #[test]
+    fn the_open_files_together_hold_at_most_four_row_groups_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, queued) = writer(
+            dir.path(),
+            Settings {
+                row_group_bytes: 1_000,
+                ..Settings::default()
+            },
+        );
+        for d in Designation::ALL {
+            let r = record(d, 1, &"n".repeat(900));
+            queued.records.fetch_add(1, Ordering::Relaxed);
+            queued.bytes.fetch_add(r.size(), Ordering::Relaxed);
+            w.write(r);
+            let held: usize = w.open.values().map(PartFile::buffered).sum();
+            assert_eq!(held, w.buffered);
+            assert!(held <= 4_000, "{held} bytes held by {} files", w.open.len());
+        }
+        assert_eq!(w.open.len(), 5);
+        w.close_all();
+        assert_eq!((w.buffered, files(dir.path()).0.len()), (0, 5));
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub(crate) struct PartFile {
     writer: SerializedFileWriter<BufWriter<File>>,
     tmp: PathBuf,
     path: PathBuf,
+    /// The collected root: the directories from the file's up to it are
+    /// synced when it is renamed into view.
+    root: PathBuf,
     opened: Instant,
     /// Rows not yet in a row group.
     time: Vec<i64>,
@@ -54,9 +57,13 @@ pub(crate) struct PartFile {
 }
 
 impl PartFile {
-    pub(crate) fn create(dir: &Path, first_us: i64, seq: u64) -> Result<PartFile, ParquetError> {
-        std::fs::create_dir_all(dir)?;
-        let name = format!("part-{first_us}-{}-{seq}.parquet", std::process::id());
+    /// A file under `root/dir`. `writer` tells this process's writer from
+    /// any other's on the same directory (pods sharing a volume are all
+    /// pid 1), so no two ever name a file alike.
+    pub(crate) fn create(root: &Path, dir: &Path, first_us: i64, writer: &str, seq: u64) -> Result<PartFile, ParquetError> {
+        let dir = root.join(dir);
+        std::fs::create_dir_all(&dir)?;
+        let name = format!("part-{first_us}-{writer}-{seq}.parquet");
         let tmp = dir.join(format!(".{name}.inprogress"));
         let props = Arc::new(WriterProperties::builder().set_compression(Compression::SNAPPY).build());
         let file = create_locked(&tmp)?;
@@ -65,6 +72,7 @@ impl PartFile {
             writer,
             tmp,
             path: dir.join(name),
+            root: root.to_path_buf(),
             opened: Instant::now(),
             time: Vec::new(),
             text: Default::default(),
@@ -105,7 +113,14 @@ impl PartFile {
         Ok(())
     }
 
-    fn write_row_group(&mut self) -> Result<(), ParquetError> {
+    /// Bytes of the rows not yet in a row group: what the file holds in
+    /// memory.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buffered
+    }
+
+    /// Writes the rows held in memory as a row group.
+    pub(crate) fn write_row_group(&mut self) -> Result<(), ParquetError> {
         if self.time.is_empty() {
             return Ok(());
         }
@@ -142,26 +157,36 @@ impl PartFile {
     }
 
     /// Writes the last row group and the footer, syncs, and renames the
-    /// file into view. Returns its path. A file that fails (a full disk) is
+    /// file into view, syncing the directories the rename and the file's
+    /// partition made, so a file once counted survives a power loss under
+    /// its name. Returns its path. A file that fails (a full disk) is
     /// removed: unreadable without its footer, it would only hold space.
-    pub(crate) fn finish(mut self) -> Result<PathBuf, ParquetError> {
-        let tmp = self.tmp.clone();
+    pub(crate) fn finish(self) -> Result<PathBuf, ParquetError> {
+        let (tmp, path, root) = (self.tmp.clone(), self.path.clone(), self.root.clone());
         let done = (|| {
-            self.write_row_group()?;
-            let file = self
-                .writer
-                .into_inner()?
-                .into_inner()
-                .map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
-            file.sync_all()?;
             // Renamed while the file is still open, so still locked.
-            std::fs::rename(&self.tmp, &self.path)?;
-            Ok(self.path)
+            let _file = self.complete()?;
+            std::fs::rename(&tmp, &path)?;
+            sync_dirs(&path, &root)?;
+            Ok(path)
         })();
         if done.is_err() {
             let _ = std::fs::remove_file(&tmp);
         }
         done
+    }
+
+    /// Writes the last row group and the footer and syncs: the file is
+    /// whole under its hidden name, and still open (locked).
+    fn complete(mut self) -> Result<File, ParquetError> {
+        self.write_row_group()?;
+        let file = self
+            .writer
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| ParquetError::External(Box::new(e.into_error())))?;
+        file.sync_all()?;
+        Ok(file)
     }
 
     /// Drops a file that failed to write.
@@ -204,25 +229,68 @@ fn create_locked(tmp: &Path) -> std::io::Result<File> {
     }
 }
 
-/// Removes the unfinished files under `dir` that no process holds: those
-/// a crash left (no footer: unreadable). Returns how many.
-pub(crate) fn remove_unfinished(dir: &Path) -> usize {
-    let mut n = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+/// Syncs the directory holding `path` and each one above it up to `root`
+/// (a new `date=`/`hour=` partition's entry is in its parent's).
+fn sync_dirs(path: &Path, root: &Path) -> std::io::Result<()> {
+    let mut dir = path.parent();
+    while let Some(d) = dir {
+        File::open(d)?.sync_all()?;
+        if d == root {
+            break;
+        }
+        dir = d.parent();
+    }
+    Ok(())
+}
+
+/// What a crash left under a collected root, dealt with at start.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Unfinished {
+    /// Files with no footer (unreadable), removed.
+    pub(crate) removed: usize,
+    /// Files the crash caught whole (written and synced, not yet renamed),
+    /// renamed into view.
+    pub(crate) recovered: usize,
+}
+
+/// Deals with the hidden files under `dir` that no process holds, those a
+/// crash left: a whole one (its footer reads) is renamed into view, the
+/// rest are removed.
+pub(crate) fn recover_unfinished(root: &Path, dir: &Path, found: &mut Unfinished) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let path = e.path();
         if path.is_dir() {
-            n += remove_unfinished(&path);
-        } else if path.extension().is_some_and(|x| x == "inprogress") {
-            let Ok(file) = File::open(&path) else { continue };
-            // Held: a live writer's (this host's or another sharing the
-            // directory); left alone.
-            if file.try_lock().is_ok() && std::fs::remove_file(&path).is_ok() {
-                n += 1;
-            }
+            recover_unfinished(root, &path, found);
+            continue;
+        }
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('.'))
+            .and_then(|n| n.strip_suffix(".inprogress"))
+        else {
+            continue;
+        };
+        let Ok(file) = File::open(&path) else { continue };
+        // Held: a live writer's (this host's or another sharing the
+        // directory); left alone.
+        if file.try_lock().is_err() {
+            continue;
+        }
+        let visible = path.with_file_name(name);
+        if whole(&file) && !visible.exists() && std::fs::rename(&path, &visible).is_ok() && sync_dirs(&visible, root).is_ok() {
+            found.recovered += 1;
+        } else if std::fs::remove_file(&path).is_ok() {
+            found.removed += 1;
         }
     }
-    n
+}
+
+/// Whether a file is a whole Parquet file: its footer reads.
+fn whole(file: &File) -> bool {
+    file.try_clone()
+        .is_ok_and(|f| parquet::file::reader::SerializedFileReader::new(f).is_ok())
 }
 
 fn base64(bytes: &[u8]) -> String {
@@ -243,6 +311,38 @@ fn base64(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_file_a_crash_left_hidden_is_renamed_into_view_and_a_torn_one_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let record = crate::Record {
+            endpoint: "e".into(),
+            version: "v".into(),
+            designation: crate::Designation::Inputs,
+            time_us: 1,
+            correlation_id: "id".into(),
+            name: "request".into(),
+            content_type: "text/plain".into(),
+            data: b"kept".to_vec(),
+        };
+        let mut f = PartFile::create(root.path(), Path::new("e/v"), 1, "w", 1).unwrap();
+        f.push(&record, 10, 1 << 20).unwrap();
+        // A crash after the sync, before the rename: whole, hidden, and
+        // no longer held once the process is gone.
+        let (tmp, path) = (f.tmp.clone(), f.path.clone());
+        drop(f.complete().unwrap());
+        let torn = root.path().join("e/v/.part-2-w-2.parquet.inprogress");
+        std::fs::write(&torn, b"PAR1 and no footer").unwrap();
+        let mut found = Unfinished::default();
+        recover_unfinished(root.path(), root.path(), &mut found);
+        assert_eq!(found, Unfinished { removed: 1, recovered: 1 });
+        assert!(!tmp.exists() && !torn.exists());
+        use parquet::file::reader::FileReader;
+        let r = parquet::file::reader::SerializedFileReader::new(File::open(&path).unwrap()).unwrap();
+        assert_eq!(r.metadata().file_metadata().num_rows(), 1);
+    }
+
     #[test]
     fn base64_matches_rfc4648() {
         for (input, want) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foobar", "Zm9vYmFy")] {
