@@ -209,8 +209,7 @@ fn compile_in_child(exe: &std::path::Path, cache_dir: &std::path::Path, key: &st
         message,
     };
     std::fs::create_dir_all(cache_dir).map_err(|e| err(e.to_string()))?;
-    let input = cache_dir.join(format!(".{key}.{}.component", std::process::id()));
-    std::fs::write(&input, bytes).map_err(|e| err(e.to_string()))?;
+    let input = crate::cache::write_new(cache_dir, key, "component", bytes).map_err(|e| err(e.to_string()))?;
     let out = std::process::Command::new(exe)
         .arg("compile-component")
         .arg(&input)

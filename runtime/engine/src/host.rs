@@ -341,11 +341,14 @@ impl VersionContext {
             message.push_str(&format!(" [{cut} more bytes cut]"));
         }
         let trace = trace_id.unwrap_or("");
+        // One line of the process's log per line of the module's: a
+        // newline in it cannot make a line that seems the host's own.
+        let line = escaped(&message);
         match level {
-            "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
-            "warn" => tracing::warn!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
-            "debug" => tracing::debug!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
-            _ => tracing::info!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{message}"),
+            "error" => tracing::error!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{line}"),
+            "warn" => tracing::warn!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{line}"),
+            "debug" => tracing::debug!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{line}"),
+            _ => tracing::info!(endpoint = %self.endpoint, version = %self.version, trace_id = trace, "{line}"),
         }
         let unix_ms = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -366,6 +369,24 @@ impl VersionContext {
     pub fn recent_logs(&self) -> Vec<LogLine> {
         self.logs.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`), borrowed
+/// when it has none.
+fn escaped(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Per-instance state: WASI (with nothing granted), the resource table, and
@@ -395,6 +416,51 @@ pub struct HostState {
     /// Where the call in progress sends responses before it returns, if it
     /// may.
     pub(crate) responses: Option<crate::replica::Responses>,
+    /// What the call in progress (an init() or a run()) has logged.
+    pub(crate) logged: Logged,
+}
+
+/// Log lines a call may write, at most: a module logging in a loop for its
+/// whole timeout would otherwise write gigabytes to the process's log.
+pub const LOG_LINES_PER_CALL: u32 = 1000;
+/// Bytes of log lines a call may write, at most.
+pub const LOG_BYTES_PER_CALL: usize = 1 << 20;
+
+/// A call's log lines so far, and those dropped past its budget.
+#[derive(Debug, Default)]
+pub(crate) struct Logged {
+    lines: u32,
+    bytes: usize,
+    dropped: u32,
+}
+
+impl Logged {
+    /// Whether a line of `len` bytes is within the call's budget; counted
+    /// as dropped when it is not.
+    fn take(&mut self, len: usize) -> bool {
+        if self.lines < LOG_LINES_PER_CALL && self.bytes.saturating_add(len) <= LOG_BYTES_PER_CALL {
+            self.lines += 1;
+            self.bytes += len;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+}
+
+impl HostState {
+    /// Ends a call's log budget: says in the log how many of its lines were
+    /// dropped, if any, and starts the next call's.
+    pub(crate) fn end_log_budget(&mut self) {
+        let dropped = std::mem::take(&mut self.logged).dropped;
+        if dropped > 0 {
+            let message = format!(
+                "{dropped} more log lines of this call dropped: a call logs at most {LOG_LINES_PER_CALL} lines and {LOG_BYTES_PER_CALL} bytes"
+            );
+            self.version.log_in("warn", message, self.trace_id.as_deref());
+        }
+    }
 }
 
 impl HostState {
@@ -422,6 +488,7 @@ impl HostState {
             deadline: None,
             collecting: None,
             responses: None,
+            logged: Logged::default(),
         }
     }
 
@@ -779,7 +846,17 @@ impl inference::HostModel for HostState {
             if let Value::Resident(r) = &v {
                 self.version.usage.kept_on_device(r.device());
             }
-            out.push((name, self.push_value(v, device.clone())?));
+            match self.push_value(v, device.clone()) {
+                Ok(r) => out.push((name, r)),
+                Err(e) => {
+                    // Past the memory limit: the outputs handed out before
+                    // never reach the guest, so they go, their bytes too.
+                    for (_, r) in out {
+                        self.drop_tensor(r);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(out)
     }
@@ -982,7 +1059,9 @@ impl log::Host for HostState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        self.version.log_in(level, message, self.trace_id.as_deref());
+        if self.logged.take(message.len().min(MAX_LOG_LINE)) {
+            self.version.log_in(level, message, self.trace_id.as_deref());
+        }
         Ok(())
     }
 }
@@ -1011,6 +1090,62 @@ mod tests {
         let made = (0..100).take_while(|_| s.push_tensor(empty(), Arc::from("cpu")).is_ok()).count();
         assert_eq!(made, 10_000 / (8 * 64 + HANDLE_BYTES), "{made}");
         assert!(Tensor::new(vec![1; 65], TensorData::Float32(vec![0.0])).is_err(), "65 dimensions");
+    }
+
+    /// A model whose two outputs hold 100 and 10,000 bytes.
+    struct TwoOutputs;
+
+    impl Model for TwoOutputs {
+        fn inputs(&self) -> &[wasmscore_tensor::TensorInfo] {
+            &[]
+        }
+        fn outputs(&self) -> &[wasmscore_tensor::TensorInfo] {
+            &[]
+        }
+        fn run(&self, _: &[(&str, &Tensor)], _: &[&str]) -> Result<Vec<(String, Tensor)>, TensorError> {
+            let of = |n: usize| Tensor::new(vec![n as u64], TensorData::Uint8(vec![0; n])).unwrap();
+            Ok(vec![("small".into(), of(100)), ("large".into(), of(10_000))])
+        }
+    }
+
+    #[test]
+    fn outputs_past_the_memory_limit_give_back_those_handed_out_before() {
+        let mut s = state(2_000);
+        let m = s
+            .table
+            .push(ModelRes {
+                file: "m.onnx".into(),
+                model: Arc::new(TwoOutputs),
+                device: Arc::from("cpu"),
+            })
+            .unwrap();
+        let e = inference::HostModel::run(&mut s, m, Vec::new(), Vec::new()).unwrap_err();
+        assert!(format!("{e:?}").contains("memory limit"), "{e:?}");
+        assert_eq!(s.tensor_bytes, 0, "the first output is still held");
+    }
+
+    #[test]
+    fn a_call_logs_within_its_budget_and_says_how_many_lines_it_dropped() {
+        use log::Host as _;
+        let mut s = state(1 << 20);
+        for i in 0..LOG_LINES_PER_CALL + 5 {
+            s.log(log::Level::Info, format!("line {i}\nforged")).unwrap();
+        }
+        s.end_log_budget();
+        let lines = s.version.recent_logs();
+        // The version keeps its last 1000 lines: the call's last, then the
+        // count of those dropped past it.
+        let last = &lines[lines.len() - 2..];
+        assert_eq!(last[0].message, format!("line {}\nforged", LOG_LINES_PER_CALL - 1));
+        assert!(
+            last[1].message.starts_with("5 more log lines of this call dropped"),
+            "{}",
+            last[1].message
+        );
+        // The next call has a budget of its own.
+        s.log(log::Level::Info, "next".into()).unwrap();
+        assert_eq!(s.version.recent_logs().last().unwrap().message, "next");
+        assert_eq!(escaped("a\nb\u{1b}[31m"), "a\\nb\\u{1b}[31m");
     }
 
     #[test]

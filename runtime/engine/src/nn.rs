@@ -49,8 +49,20 @@ pub struct NnError {
 type NnResult<T> = wasmtime::Result<Result<T, Resource<NnError>>>;
 
 impl HostState {
+    /// An error for the guest. Its text quotes the guest's own strings (a
+    /// model's name), so it is cut at `MAX_ERROR` bytes, and it counts
+    /// against the instance's memory limit until the guest drops it: a
+    /// guest that keeps every error it is given cannot grow the host.
     fn nn_error<T>(&mut self, code: errors::ErrorCode, data: impl Into<String>) -> NnResult<T> {
-        let e = self.table_mut().push(NnError { code, data: data.into() })?;
+        let mut data: String = data.into();
+        if data.len() > MAX_ERROR {
+            let cut = (0..=MAX_ERROR).rev().find(|&i| data.is_char_boundary(i)).unwrap_or(0);
+            data.truncate(cut);
+            data.push_str(" [cut]");
+        }
+        self.reserve_tensor_bytes(error_held(&data))
+            .map_err(|e| wasmtime::format_err!("{e}"))?;
+        let e = self.table_mut().push(NnError { code, data })?;
         Ok(Err(e))
     }
 
@@ -213,7 +225,8 @@ impl inference::HostGraphExecutionContext for HostState {
         }
         let refs: Vec<(&str, &Value)> = named.iter().map(|(n, v)| (n.as_str(), v)).collect();
         let started = Instant::now();
-        let results = model.run_values(&refs, &[]);
+        // A batched model holds a call back no longer than its deadline.
+        let results = model.run_values_by(&refs, &[], self.deadline);
         self.version.usage.inference(&device, started.elapsed());
         let results = match results {
             Ok(r) => r,
@@ -289,9 +302,18 @@ impl errors::HostError for HostState {
     }
 
     fn drop(&mut self, e: Resource<NnError>) -> wasmtime::Result<()> {
-        self.table_mut().delete(e)?;
+        let e = self.table_mut().delete(e)?;
+        self.release_tensor_bytes(error_held(&e.data));
         Ok(())
     }
+}
+
+/// An error's text, at most (the rest is cut).
+const MAX_ERROR: usize = 1024;
+
+/// What an error holds on the host, counted as a tensor is.
+fn error_held(data: &str) -> u64 {
+    (data.len() + crate::host::HANDLE_BYTES) as u64
 }
 
 /// What a wasi-nn tensor holds on the host, counted against the instance's
@@ -336,6 +358,33 @@ mod tests {
         assert_eq!(back.data.len(), 16);
         let i64s = from_host("l", Tensor::new(vec![2], TensorData::Int64(vec![-1, 7])).unwrap()).unwrap();
         assert_eq!(to_host(i64s).unwrap().data(), &TensorData::Int64(vec![-1, 7]));
+    }
+
+    #[test]
+    fn errors_are_cut_and_count_against_the_memory_limit_until_dropped() {
+        use errors::HostError as _;
+        use graph::Host as _;
+        let ctx = crate::host::VersionContext::new(
+            "e",
+            "v",
+            std::collections::HashMap::new(),
+            wasmscore_tensor::Devices::new(),
+            "cpu",
+            64 << 10,
+        );
+        let mut s = HostState::new(std::sync::Arc::new(ctx));
+        // A guest that asks for a model by a 1 MiB name and keeps the error.
+        let name = "x".repeat(1 << 20);
+        let kept: Vec<_> = (0..64)
+            .map_while(|_| s.load_by_name(name.clone()).ok().map(|r| r.unwrap_err()))
+            .collect();
+        assert!(kept.len() < 64, "64 errors of a 1 MiB name kept within a 64 KiB limit");
+        let first = s.data(Resource::new_borrow(kept[0].rep())).unwrap();
+        assert!(first.len() <= MAX_ERROR + 6 && first.ends_with(" [cut]"), "{}", first.len());
+        for e in kept {
+            s.drop(e).unwrap();
+        }
+        assert!(s.load_by_name(name).unwrap().is_err(), "dropped errors give their bytes back");
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub(crate) fn collect_call(
     (body, content_type, tensors): (&[u8], &str, &[(String, Tensor)]),
 ) {
     if tensors.is_empty() {
-        c.collect(designation, id, name, content_type, body.to_vec());
+        // A body the queue has no room for is not copied first.
+        if c.has_room(body.len()) {
+            c.collect(designation, id, name, content_type, body.to_vec());
+        }
     } else if has_room(c, tensors) {
         let data = wasmscore_oip::to_json_with_data(key, body, tensors);
         c.collect(designation, id, name, "application/json", data);
@@ -33,15 +36,30 @@ pub(crate) fn collect_call(
 
 /// Whether the collector's queue has room now for these tensors written
 /// out as JSON, counted as dropped when it has not. The size is what the
-/// JSON takes at least: a number two bytes ("0,"), a string its bytes and
-/// its quotes and comma, a byte string (an array of numbers) two bytes a
-/// byte.
+/// JSON takes at most, so that what would not fit is never built (a
+/// 100 MB binary request of float32 is about 275 MB of JSON): a number its
+/// longest text and a comma (float32 16 bytes, "-1.17549435e-38,"), a
+/// string its bytes and its quotes and comma (escapes aside), a byte
+/// string (an array of numbers) four bytes a byte.
 pub(crate) fn has_room(c: &wasmscore_collect::VersionCollector, tensors: &[(String, Tensor)]) -> bool {
     use wasmscore_tensor::TensorData;
-    let json = |t: &Tensor| match t.data() {
-        TensorData::String(v) => v.iter().map(|s| s.len() + 3).sum(),
-        TensorData::Bytes(v) => v.iter().map(|b| 2 * b.len() + 3).sum(),
-        _ => 2 * t.len(),
+    let json = |t: &Tensor| -> usize {
+        let each = match t.data() {
+            TensorData::String(v) => return v.iter().map(|s| s.len() + 3).sum(),
+            TensorData::Bytes(v) => return v.iter().map(|b| 4 * b.len() + 3).sum(),
+            TensorData::Bool(_) => 6,
+            TensorData::Uint8(_) => 4,
+            TensorData::Int8(_) => 5,
+            TensorData::Uint16(_) => 6,
+            TensorData::Int16(_) => 7,
+            TensorData::Uint32(_) => 11,
+            TensorData::Int32(_) => 12,
+            TensorData::Uint64(_) | TensorData::Int64(_) => 21,
+            // Half precision is written as float32 prints it.
+            TensorData::Float32(_) | TensorData::Float16(_) | TensorData::Bfloat16(_) => 16,
+            TensorData::Float64(_) => 25,
+        };
+        each * t.len()
     };
     c.has_room(tensors.iter().map(|(_, t)| json(t)).sum())
 }
@@ -199,7 +217,9 @@ impl Replica {
     pub fn init(&mut self) -> Result<(), EngineError> {
         self.store.set_epoch_deadline(self.init_ticks);
         self.store.data_mut().hit_memory_limit = false;
-        match self.scorer.call_init(&mut self.store) {
+        let done = self.scorer.call_init(&mut self.store);
+        self.store.data_mut().end_log_budget();
+        match done {
             Ok(Ok(())) => Ok(()),
             Ok(Err(types::Error::BadInput(m) | types::Error::Failed(m))) => Err(EngineError::Init(m)),
             Err(e) => Err(EngineError::Init(self.classify(e).to_string())),
@@ -257,6 +277,7 @@ impl Replica {
         self.store.data_mut().collecting = collecting.clone();
         self.store.data_mut().responses = req.responses;
         let result = self.scorer.call_run(&mut self.store, &wreq);
+        self.store.data_mut().end_log_budget();
         self.store.data_mut().trace_id = None;
         self.store.data_mut().deadline = None;
         self.store.data_mut().collecting = None;
@@ -327,7 +348,7 @@ mod tests {
     use wasmscore_tensor::TensorData;
 
     #[test]
-    fn room_is_asked_for_what_the_json_takes_at_least() {
+    fn room_is_asked_for_what_the_json_takes_at_most() {
         let dir = tempfile::tempdir().unwrap();
         let c = Collector::start(
             dir.path().into(),
@@ -339,13 +360,21 @@ mod tests {
         .unwrap();
         let v = c.for_version("e", "v", 1.0);
         let one = |data: TensorData| vec![("x".to_string(), Tensor::new(vec![1], data).unwrap())];
-        // One element, but 600 bytes: as a string at least 603 bytes of
-        // JSON, as a byte string (numbers) at least 1,203.
+        // One element, but 600 bytes: as a string 603 bytes of JSON, as a
+        // byte string (numbers) up to 2,403.
         assert!(has_room(&v, &one(TensorData::String(vec!["s".repeat(600)]))));
         assert!(!has_room(&v, &one(TensorData::Bytes(vec![vec![0xff; 600]]))));
         assert!(!has_room(&v, &one(TensorData::String(vec!["s".repeat(1_000)]))));
         assert!(has_room(&v, &one(TensorData::Float32(vec![1.0]))));
-        assert_eq!(v.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 2);
+        // 100 float32 may print as 1,600 bytes: not built for a 1,000-byte
+        // queue (at least 200 bytes, as before, would have let it through).
+        let floats = vec![(
+            "x".to_string(),
+            Tensor::new(vec![100], TensorData::Float32(vec![-1.1754944e-38; 100])).unwrap(),
+        )];
+        assert!(!has_room(&v, &floats));
+        assert!(wasmscore_oip::to_json_with_data("inputs", b"{}", &floats).len() > 1_000);
+        assert_eq!(v.stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 3);
         c.shutdown();
     }
 }
