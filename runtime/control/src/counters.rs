@@ -132,6 +132,28 @@ mod tests {
         assert_eq!(twice.reported[0].1.count, 2);
     }
 
+    #[test]
+    fn a_huge_reported_value_is_refused_and_the_counts_still_read_back() {
+        // Before, 1e200 made the sum of squares infinite, which JSON writes
+        // as null and reads back as no counts at all.
+        let (stats, reported) = (VersionStats::default(), Reported::default());
+        reported.record("x", 1.0);
+        reported.record("x", 1e200);
+        reported.record("x", 3.0);
+        assert_eq!(reported.dropped.load(Ordering::Relaxed), 1);
+        let c = Counters::of(&stats, &reported);
+        let back: Counters = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back.reported[0].1, wasmscore_rules::verdict::Moments::of([1.0, 3.0]));
+    }
+
+    /// Reported numbers an older release saved as sums read back.
+    #[test]
+    fn reported_sums_saved_by_an_older_release_read_as_moments() {
+        let old = r#"{"duration":[],"duration_sum_ns":0,"responses":[0,2,0,0,0],"reported":[["x",{"count":2,"sum":4.0,"sum_sq":10.0}]]}"#;
+        let c: Counters = serde_json::from_str(old).unwrap();
+        assert_eq!(c.reported[0].1, wasmscore_rules::verdict::Moments::of([1.0, 3.0]));
+    }
+
     /// What an older release saved has no split count: it reads as none.
     #[test]
     fn counts_saved_before_the_split_count_read_as_none_routed_by_it() {

@@ -523,9 +523,11 @@ impl Control {
                         Some(Counters::of(&old.version.stats, old_reported))
                     }
                     Some(_) => None,
-                    None => saved
-                        .filter(|(sha, _)| *sha == spec_sha(&built.spec))
-                        .and_then(|(_, json)| serde_json::from_str::<Counters>(&json).ok()),
+                    None => saved.filter(|(sha, _)| *sha == spec_sha(&built.spec)).and_then(|(_, json)| {
+                        serde_json::from_str::<Counters>(&json)
+                            .inspect_err(|e| tracing::warn!(endpoint, version, error = %e, "the counts saved before do not read; starting from zero"))
+                            .ok()
+                    }),
                 };
                 if let Some(c) = kept {
                     c.add_to(&built.version.stats, reported);

@@ -304,21 +304,8 @@ impl Control {
                 split: st.split.load(Ordering::Relaxed),
                 errors: answers(4),
                 latency: st.duration.counts(),
-                reported: v
-                    .ctx
-                    .as_ref()
-                    .map(|c| c.reported.snapshot())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(n, m)| {
-                        let sums = wasmscore_rules::verdict::Sums {
-                            count: m.count,
-                            sum: m.sum,
-                            sum_sq: m.sum_sq,
-                        };
-                        (n, sums)
-                    })
-                    .collect(),
+                // The serving build's (a failed update's build has none).
+                reported: b.pool.prepared().context().reported.snapshot(),
             })
         };
         let control = ep.versions.iter().find(|v| v.row.rollout.is_control).ok_or_else(|| {

@@ -158,6 +158,14 @@ impl Store {
 
     fn migrate(&mut self) -> Result<(), ControlError> {
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        // A later release's store: this build would misread it, and its
+        // marking the schema as its own would have the later release
+        // migrate it again.
+        if version > SCHEMA {
+            return Err(ControlError::Store(format!(
+                "the store is of schema {version}, written by a later release of wasmscore; this one reads schemas up to {SCHEMA}: run the later release"
+            )));
+        }
         let had_v1 = version == 0
             && self
                 .conn
@@ -736,6 +744,23 @@ pub(crate) mod tests {
         let v = s.versions().unwrap();
         assert_eq!(v.len(), 1);
         assert!(v[0].rollout.is_default);
+    }
+
+    #[test]
+    fn a_store_of_a_later_schema_is_refused_and_left_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {};", SCHEMA + 1))
+            .unwrap();
+        let e = Store::open(&path).err().expect("a later schema is refused");
+        assert!(e.to_string().contains("later release"), "{e}");
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA + 1);
     }
 
     #[test]

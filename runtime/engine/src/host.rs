@@ -19,6 +19,7 @@ use crate::bindings::{
     byte_strings, data_collection, half_floats, inference, log, metrics, ops, responses, scoring_types, tensors, types, HostError,
 };
 use crate::usage::DeviceUsage;
+pub use wasmscore_rules::verdict::Moments;
 
 /// A tensor held for the guest, with the device that holds it: host
 /// data, or a value a device keeps (a model's output left on the GPU),
@@ -131,14 +132,6 @@ pub struct VersionContext {
     pub decoupled: bool,
 }
 
-/// The count, sum and sum of squares of one reported number.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Moments {
-    pub count: u64,
-    pub sum: f64,
-    pub sum_sq: f64,
-}
-
 /// Names a version may report at most.
 pub const REPORTED_NAMES: usize = 32;
 
@@ -147,14 +140,17 @@ pub const REPORTED_NAMES: usize = 32;
 #[derive(Default)]
 pub struct Reported {
     by_name: Mutex<Vec<(String, Moments)>>,
-    /// Records refused: a bad name, a value that is not finite, too many names.
+    /// Records refused: a bad name, a value that is not finite or is past
+    /// 1e150 in size (or whose moments would not stay finite), too many
+    /// names.
     pub dropped: std::sync::atomic::AtomicU64,
 }
 
 impl Reported {
     pub fn record(&self, name: &str, value: f64) {
         let name_ok = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-        if !name_ok || !value.is_finite() {
+        // Past 1e150 a value's squared deviations could leave f64's range.
+        if !name_ok || !value.is_finite() || value.abs() > 1e150 {
             self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
@@ -170,19 +166,21 @@ impl Reported {
                 return;
             }
         };
-        let m = &mut all[i].1;
-        m.count += 1;
-        m.sum += value;
-        m.sum_sq += value * value;
+        if !all[i].1.push(value) {
+            self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     /// Adds moments kept from before (persisted across a restart).
     pub fn add(&self, name: &str, m: Moments) {
         let mut all = self.by_name.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, have)) = all.iter_mut().find(|(n, _)| n == name) {
-            have.count += m.count;
-            have.sum += m.sum;
-            have.sum_sq += m.sum_sq;
+            if !have.merge(&m) {
+                tracing::warn!(
+                    name,
+                    "reported moments kept from before would not stay finite added to these; left out"
+                );
+            }
         } else if all.len() < REPORTED_NAMES {
             all.push((name.to_string(), m));
         }

@@ -23,7 +23,7 @@
 //! Pure: counts in, numbers and one line of words out. The formulas are
 //! checked against scipy and statsmodels in the tests (tests/tests/e2e/verdict.rs).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// The mixture width of the error-rate test: differences of a few
 /// percentage points are what it is tuned to find fastest.
@@ -49,24 +49,103 @@ pub struct Arm {
     /// last bound.
     pub latency: Vec<u64>,
     /// What the module reported through the `metrics` import, by name.
-    pub reported: Vec<(String, Sums)>,
+    pub reported: Vec<(String, Moments)>,
 }
 
-/// Count, sum and sum of squares of a reported number.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Sums {
+/// A reported number's count, mean and sum of squared deviations from the
+/// mean (M2), kept by Welford's update and merged by Chan's: a variance
+/// taken as sum of squares less square of sum loses every digit to
+/// rounding once the mean is large against the spread (values of 1e8 that
+/// differ by 1, a latency in nanoseconds).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredMoments")]
+pub struct Moments {
     pub count: u64,
-    pub sum: f64,
-    pub sum_sq: f64,
+    pub mean: f64,
+    pub m2: f64,
 }
 
-impl Sums {
-    fn mean(&self) -> f64 {
-        if self.count == 0 {
-            0.0
-        } else {
-            self.sum / self.count as f64
+/// Moments as stored: `{count, mean, m2}`, or, as earlier releases saved
+/// them, `{count, sum, sum_sq}`.
+#[derive(Deserialize)]
+struct StoredMoments {
+    count: u64,
+    mean: Option<f64>,
+    m2: Option<f64>,
+    sum: Option<f64>,
+    sum_sq: Option<f64>,
+}
+
+impl From<StoredMoments> for Moments {
+    fn from(s: StoredMoments) -> Moments {
+        let n = s.count as f64;
+        match (s.mean, s.m2) {
+            (Some(mean), Some(m2)) => Moments { count: s.count, mean, m2 },
+            _ if s.count == 0 => Moments::default(),
+            _ => {
+                let (sum, sum_sq) = (s.sum.unwrap_or(0.0), s.sum_sq.unwrap_or(0.0));
+                Moments {
+                    count: s.count,
+                    mean: sum / n,
+                    m2: (sum_sq - sum * sum / n).max(0.0),
+                }
+            }
         }
+    }
+}
+
+impl Moments {
+    /// The moments of `values`.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Moments {
+        let mut m = Moments::default();
+        for x in values {
+            m.push(x);
+        }
+        m
+    }
+
+    /// Adds a value. False, and nothing changed, when the moments would
+    /// not stay finite (a value near f64's largest).
+    pub fn push(&mut self, x: f64) -> bool {
+        let n = self.count + 1;
+        let delta = x - self.mean;
+        let mean = self.mean + delta / n as f64;
+        let m2 = self.m2 + delta * (x - mean);
+        if !(mean.is_finite() && m2.is_finite()) {
+            return false;
+        }
+        *self = Moments { count: n, mean, m2 };
+        true
+    }
+
+    /// Adds another's values. False, and nothing changed, when the moments
+    /// would not stay finite.
+    pub fn merge(&mut self, other: &Moments) -> bool {
+        if other.count == 0 {
+            return true;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return true;
+        }
+        let (a, b) = (self.count as f64, other.count as f64);
+        let n = a + b;
+        let delta = other.mean - self.mean;
+        let mean = self.mean + delta * (b / n);
+        let m2 = self.m2 + other.m2 + delta * delta * (a * b / n);
+        if !(mean.is_finite() && m2.is_finite()) {
+            return false;
+        }
+        *self = Moments {
+            count: self.count + other.count,
+            mean,
+            m2,
+        };
+        true
+    }
+
+    fn mean(&self) -> f64 {
+        self.mean
     }
 
     /// The sample variance.
@@ -74,8 +153,7 @@ impl Sums {
         if self.count < 2 {
             return 0.0;
         }
-        let n = self.count as f64;
-        ((self.sum_sq - self.sum * self.sum / n) / (n - 1.0)).max(0.0)
+        (self.m2 / (self.count - 1) as f64).max(0.0)
     }
 }
 
@@ -226,8 +304,10 @@ fn error_rate(c: &Arm, t: &Arm, alpha: f64) -> Estimate {
 /// variance), with the mSPRT at a tenth of the pooled standard deviation.
 /// A version whose values all agree (a yes/no number that was always no,
 /// in a small sample) has a sample variance of 0, which is no evidence
-/// that it has none: its variance is then taken as the other's. Fewer
-/// than two values on either side: no test.
+/// that it has none: its variance is then taken as the other's, and when
+/// both agree, each as the two samples' together (above 0 when they agree
+/// on different values: always 0 against always 1). Fewer than two values
+/// on either side: no test.
 fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
     let mut out = Vec::new();
     for (name, sc) in &c.reported {
@@ -235,12 +315,18 @@ fn reported(c: &Arm, t: &Arm, alpha: f64) -> Vec<(String, Estimate)> {
             continue;
         };
         let (mc, mt) = (sc.mean(), st.mean());
-        // "All agree" within rounding: ten 0.1s leave a variance of 6e-18.
-        let agree = |s: &Sums| s.variance() <= 1e-10 * s.mean() * s.mean();
+        // "All agree" within rounding (moments an earlier release kept as
+        // sums carry some).
+        let agree = |s: &Moments| s.variance() <= 1e-14 * s.mean() * s.mean();
         let (vc, vt) = match (agree(sc), agree(st)) {
             (true, false) => (st.variance(), st.variance()),
             (false, true) => (sc.variance(), sc.variance()),
-            _ => (sc.variance(), st.variance()),
+            (true, true) => {
+                let mut both = *sc;
+                both.merge(st);
+                (both.variance(), both.variance())
+            }
+            (false, false) => (sc.variance(), st.variance()),
         };
         let v = vc / sc.count.max(1) as f64 + vt / st.count.max(1) as f64;
         let tau2 = TAU_REPORTED_SD * TAU_REPORTED_SD * (vc + vt) / 2.0;
@@ -708,15 +794,8 @@ mod tests {
 
     #[test]
     fn a_reported_number_that_moves_is_found() {
-        let sums = |n: u64, mean: f64| {
-            // Values mean - 1, mean, mean + 1 in equal parts.
-            let k = n / 3;
-            Sums {
-                count: 3 * k,
-                sum: 3.0 * k as f64 * mean,
-                sum_sq: k as f64 * ((mean - 1.0).powi(2) + mean.powi(2) + (mean + 1.0).powi(2)),
-            }
-        };
+        // Values mean - 1, mean, mean + 1 in equal parts.
+        let sums = |n: u64, mean: f64| Moments::of((0..n).map(|i| mean + (i % 3) as f64 - 1.0));
         let mut c = arm("v1", 50, 3000, 0, vec![3000, 0, 0, 0, 0]);
         let mut t = arm("v2", 50, 3000, 0, vec![3000, 0, 0, 0, 0]);
         c.reported = vec![("clicks".into(), sums(3000, 1.0))];
@@ -737,11 +816,7 @@ mod tests {
         // A yes/no number: the control's 10 values all 0, the treatment's
         // 10,000 with 500 ones. 0 in 10 is what a 5% rate gives 60% of the
         // time, so this is no difference yet.
-        let yes_no = |n: u64, ones: u64| Sums {
-            count: n,
-            sum: ones as f64,
-            sum_sq: ones as f64,
-        };
+        let yes_no = |n: u64, ones: u64| Moments::of((0..n).map(|i| if i < ones { 1.0 } else { 0.0 }));
         let mut c = arm("v1", 50, 10, 0, vec![10, 0, 0, 0, 0]);
         let mut t = arm("v2", 50, 10_000, 0, vec![10_000, 0, 0, 0, 0]);
         c.reported = vec![("clicked".into(), yes_no(10, 0))];
@@ -752,19 +827,52 @@ mod tests {
         c.reported = vec![("clicked".into(), yes_no(1, 0))];
         let r = &compare(&c, &[t.clone()], &BOUNDS, 0.05).comparisons[0].reported[0].1;
         assert_eq!(r.p_value, 1.0, "{r:?}");
-        // Ten equal values that are not whole numbers: a variance of
-        // rounding noise is no variance either.
+        // Ten equal values that are not whole numbers, kept as sums by an
+        // earlier release: a variance of rounding noise is no variance
+        // either.
         let tenth = (0..10).fold((0.0, 0.0), |(s, q), _| (s + 0.1, q + 0.1 * 0.1));
-        c.reported = vec![(
-            "clicked".into(),
-            Sums {
-                count: 10,
-                sum: tenth.0,
-                sum_sq: tenth.1,
-            },
-        )];
+        let stored = format!(r#"{{"count": 10, "sum": {}, "sum_sq": {}}}"#, tenth.0, tenth.1);
+        c.reported = vec![("clicked".into(), serde_json::from_str(&stored).unwrap())];
         let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
         assert!(r.p_value > 0.5, "{r:?}");
+    }
+
+    #[test]
+    fn two_versions_that_each_always_report_one_value_differ_when_the_values_do() {
+        // The control's fallback never taken, the treatment's always.
+        let mut c = arm("v1", 50, 10_000, 0, vec![10_000, 0, 0, 0, 0]);
+        let mut t = arm("v2", 50, 10_000, 0, vec![10_000, 0, 0, 0, 0]);
+        c.reported = vec![("fallback".into(), Moments::of(std::iter::repeat_n(0.0, 10_000)))];
+        t.reported = vec![("fallback".into(), Moments::of(std::iter::repeat_n(1.0, 10_000)))];
+        let r = &compare(&c, &[t.clone()], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        assert!(r.p_adjusted < 0.05 && r.ci.0 > 0.0, "{r:?}");
+        // The same value on both sides is no difference.
+        c.reported = t.reported.clone();
+        let r = &compare(&c, &[t], &BOUNDS, 0.05).comparisons[0].reported[0].1;
+        assert_eq!(r.p_value, 1.0, "{r:?}");
+    }
+
+    #[test]
+    fn moments_keep_their_digits_when_the_mean_is_large_against_the_spread() {
+        // 1e8 + {-1, 0, 1}: a variance of 2/3. As sums of squares (about
+        // 3e19, a unit in the last place of 4096) it was noise.
+        let m = Moments::of((0..3000).map(|i| 1e8 + (i % 3) as f64 - 1.0));
+        assert!((m.variance() - 2.0 / 3.0).abs() < 1e-3 * 2.0 / 3.0, "{}", m.variance());
+        let (mut a, b) = (
+            Moments::of((0..1500).map(|i| 1e8 + (i % 3) as f64 - 1.0)),
+            Moments::of((1500..3000).map(|i| 1e8 + (i % 3) as f64 - 1.0)),
+        );
+        assert!(a.merge(&b));
+        assert!((a.variance() - m.variance()).abs() < 1e-9, "{a:?} {m:?}");
+        // A value whose square is past f64's largest changes nothing.
+        let mut big = Moments::of([1.0, 2.0]);
+        assert!(!big.push(1e200));
+        assert_eq!(big, Moments::of([1.0, 2.0]));
+        // What an earlier release stored reads back.
+        let old: Moments = serde_json::from_str(r#"{"count": 3, "sum": 6.0, "sum_sq": 14.0}"#).unwrap();
+        assert_eq!((old.count, old.mean, old.m2), (3, 2.0, 2.0));
+        let back: Moments = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
     }
 
     #[test]
