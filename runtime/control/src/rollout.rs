@@ -499,8 +499,10 @@ impl Control {
         }
         v.done = generation;
         let mut revert = None;
+        let mut serving = None;
         let old = match result {
             Ok(built) => {
+                serving = Some(built.spec.clone());
                 v.event(format!(
                     "deploy #{generation} is serving ({} ms; component {})",
                     built.deploy_ms, built.component
@@ -564,6 +566,11 @@ impl Control {
                 tracing::error!(endpoint, version, error = %e, "restoring the running spec in the store failed");
             }
         }
+        if let Some(spec) = serving {
+            if let Err(e) = inner.store.set_serving(endpoint, version, &spec) {
+                tracing::error!(endpoint, version, error = %e, "recording the spec that serves failed");
+            }
+        }
         self.publish(&inner, endpoint);
         self.collect_locked(&inner);
         drop(inner);
@@ -572,13 +579,17 @@ impl Control {
     }
 
     /// Brings back every stored endpoint and version (after a restart). A
-    /// version that fails is reported as Failed; the others serve.
+    /// version whose stored spec fails to build goes back to the spec it
+    /// last served, if that is another (an update acknowledged before the
+    /// restart, not yet built: what a failed update does while the process
+    /// runs); one with none is reported as Failed; the others serve.
     pub fn restore(self: &Arc<Self>) -> Result<(), ControlError> {
         let mut pending = Vec::new();
         {
             let mut inner = lock(&self.inner);
             let endpoints = inner.store.endpoints()?;
             let versions = inner.store.versions()?;
+            let serving = inner.store.serving()?;
             for row in endpoints {
                 let name = row.name.clone();
                 let mut state = EndpointState { row, versions: Vec::new() };
@@ -595,7 +606,18 @@ impl Control {
                         ctx: None,
                     };
                     vs.event(format!("restoring after a restart (deploy #{g})"));
-                    pending.push((!v.rollout.is_default, name.clone(), v.rollout.name.clone(), g, v.spec.clone()));
+                    let before = serving
+                        .iter()
+                        .find(|(e, n, spec)| *e == name && *n == v.rollout.name && *spec != v.spec)
+                        .map(|(_, _, spec)| spec.clone());
+                    pending.push((
+                        !v.rollout.is_default,
+                        name.clone(),
+                        v.rollout.name.clone(),
+                        g,
+                        v.spec.clone(),
+                        before,
+                    ));
                     state.versions.push(vs);
                 }
                 inner.endpoints.insert(name.clone(), state);
@@ -604,8 +626,11 @@ impl Control {
         }
         // Defaults first, so each endpoint serves as soon as it can.
         pending.sort_by_key(|p| p.0);
-        for (_, e, v, g, spec) in pending {
+        for (_, e, v, g, spec, before) in pending {
             self.clone().run_build(&e, &v, g, spec);
+            if let Some(before) = before {
+                self.go_back_if_failed(&e, &v, before);
+            }
         }
         // Start-up's pages too, with no version to build (the builds' and
         // this one are one hand-back).
@@ -613,6 +638,43 @@ impl Control {
         self.set_ready();
         self.start_monitor();
         Ok(())
+    }
+
+    /// After a restart: a version whose stored spec failed to build, and
+    /// that serves nothing, is built from `before`, the spec it served
+    /// before the restart, which the store takes back.
+    fn go_back_if_failed(self: &Arc<Self>, endpoint: &str, version: &str, before: VersionSpec) {
+        let mut inner = lock(&self.inner);
+        let ep_row = match inner.endpoints.get(endpoint) {
+            Some(ep) => ep.row.clone(),
+            None => return,
+        };
+        let Some(v) = find_version(&mut inner, endpoint, version) else {
+            return;
+        };
+        if v.live.is_some() || !matches!(v.phase, Phase::Failed(_)) {
+            return;
+        }
+        let g = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        v.row.spec = before.clone();
+        v.target = g;
+        v.phase = Phase::Building("going back to the deployment that served before the restart".into());
+        v.event(format!(
+            "the update stored before the restart failed; going back to the deployment that served before it, module {} (deploy #{g})",
+            crate::deploy::display_name(&before)
+        ));
+        let row = v.row.clone();
+        if let Err(e) = inner.store.commit_endpoint(&ep_row, &[row], &[]) {
+            tracing::error!(endpoint, version, error = %e, "restoring the served spec in the store failed");
+        }
+        self.publish(&inner, endpoint);
+        drop(inner);
+        tracing::warn!(
+            endpoint,
+            version,
+            "the stored update failed after a restart; building the spec that served before it"
+        );
+        self.clone().run_build(endpoint, version, g, before);
     }
 
     /// Publishes one endpoint's routing table from its versions as they are.

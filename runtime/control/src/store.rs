@@ -19,9 +19,9 @@ use crate::ControlError;
 
 /// The schema this build writes (`PRAGMA user_version`). 1 was the first
 /// release's single `versions` table; 2 had no auth mode and no token
-/// signing keys per endpoint; 3 kept no version counters; `open` migrates
-/// them all.
-const SCHEMA: i64 = 4;
+/// signing keys per endpoint; 3 kept no version counters; 4 kept no spec
+/// a version last served; `open` migrates them all.
+const SCHEMA: i64 = 5;
 
 pub struct Store {
     conn: Connection,
@@ -202,6 +202,7 @@ impl Store {
                 tags TEXT NOT NULL DEFAULT '{}',
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
                 updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+                serving TEXT,
                 PRIMARY KEY (endpoint, version)
             );
             CREATE TABLE IF NOT EXISTS models (
@@ -231,6 +232,14 @@ impl Store {
                 created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
             );",
         )?;
+        let has_serving = tx
+            .query_row("SELECT 1 FROM pragma_table_info('versions') WHERE name = 'serving'", [], |_| Ok(()))
+            .optional()?
+            .is_some();
+        if !has_serving {
+            // Schemas 2 to 4: no version has a spec it last served on record.
+            tx.execute_batch("ALTER TABLE versions ADD COLUMN serving TEXT;")?;
+        }
         if version == 2 {
             // Schema 2's endpoints: key auth (the default), no token keys yet.
             tx.execute_batch(
@@ -447,6 +456,32 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Records the spec a version serves now: after a restart that finds
+    /// its stored spec (an update acknowledged, not yet built) failing, it
+    /// goes back to this one, as an update that fails while the process
+    /// runs does.
+    pub fn set_serving(&mut self, endpoint: &str, version: &str, spec: &VersionSpec) -> Result<(), ControlError> {
+        self.conn.execute(
+            "UPDATE versions SET serving = ?3 WHERE endpoint = ?1 AND version = ?2",
+            params![endpoint, version, serde_json::to_string(spec).expect("a spec serializes")],
+        )?;
+        Ok(())
+    }
+
+    /// The spec each version last served, where one is on record
+    /// (endpoint, version, spec).
+    pub fn serving(&self) -> Result<Vec<(String, String, VersionSpec)>, ControlError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT endpoint, version, serving FROM versions WHERE serving IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)))?;
+        rows.map(|r| {
+            let (e, v, json) = r?;
+            Ok((e, v, serde_json::from_str(&json).map_err(json_err)?))
+        })
+        .collect()
     }
 
     /// A version's saved counters: its spec hash then and the JSON.

@@ -475,6 +475,70 @@ fn kill_9_during_a_deploy_loses_nothing_acknowledged() {
 }
 
 #[test]
+fn kill_9_during_an_update_that_then_fails_leaves_the_version_serving_what_it_served() {
+    let s = Server::start(&[]);
+    let (rs, m) = (module(iris_rust()), module(&model()));
+    s.cli_ok(&[
+        "version",
+        "create",
+        "--endpoint",
+        "u",
+        "--version",
+        "A",
+        "--module",
+        &rs,
+        "--model",
+        &m,
+    ]);
+    assert_eq!(s.score("u", ROW).0, 200);
+    let served = s.show("u")["versions"][0]["module_sha256"].clone();
+    // An update whose init() fails after 3 s: acknowledged, then the
+    // process is killed while it builds, before it could go back.
+    let dc = s.data.path().join("failing-dc.json");
+    std::fs::write(
+        &dc,
+        r#"{"environment_variables": {"INIT_SLEEP_MS": "3000", "INIT_FAIL": "broken on purpose"}}"#,
+    )
+    .unwrap();
+    s.cli_ok(&[
+        "version",
+        "update",
+        "--endpoint",
+        "u",
+        "--version",
+        "A",
+        "--module",
+        &module(&hostile()),
+        "--dc",
+        dc.to_str().unwrap(),
+        "--no-wait",
+    ]);
+    let data = s.kill();
+    let s = Server::start_in(data, &[]);
+    let t = Instant::now();
+    loop {
+        let show = s.show("u");
+        let v = &show["versions"][0];
+        if v["state"] == "Healthy" && v["module_sha256"] == served && v["serving_module_sha256"] == served {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the version did not go back to the module it served: {show}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (status, _, answer) = s.score("u", ROW);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.to_string().contains("probabilities"), "iris answers: {answer}");
+    let logs = s.cli_ok(&["service", "logs", "u", "--json"]);
+    assert!(
+        logs.contains("broken on purpose") && logs.contains("going back to the deployment that served before it"),
+        "{logs}"
+    );
+}
+
+#[test]
 fn a_steady_load_sees_no_failure_while_versions_change() {
     let s = Server::start(&[]);
     let (rs, m) = (module(iris_rust()), module(&model()));

@@ -42,6 +42,10 @@ impl Guest for Hostile {
         if let Some(ms) = std::env::var("INIT_SLEEP_MS").ok().and_then(|v| v.parse().ok()) {
             std::thread::sleep(std::time::Duration::from_millis(ms));
         }
+        // INIT_FAIL: an init() that fails (after the sleep), with this text.
+        if let Ok(why) = std::env::var("INIT_FAIL") {
+            return Err(Error::Failed(why));
+        }
         Ok(())
     }
 
