@@ -152,7 +152,7 @@ impl Fleet {
                 _ = tick.tick() => {
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(CHECK_EVERY) {
-                        self.check_all().await;
+                        self.start_checks();
                     }
                     self.autoscale(Instant::now());
                     self.publish(false);
@@ -266,6 +266,17 @@ impl Fleet {
             if !names.contains(&ep) {
                 self.router.remove(&ep);
             }
+        }
+    }
+
+    /// Starts a round of health checks of each version whose last round
+    /// is over, without waiting for them: a node that takes its whole check
+    /// timeout holds up neither the other versions' checks nor this loop's
+    /// wakes, scaling and publishing (which takes their results on its next
+    /// tick).
+    fn start_checks(&self) {
+        for nodes in lock(&self.state).iter().flat_map(|e| e.versions.iter().map(|v| v.nodes.clone())) {
+            tokio::spawn(async move { nodes.check_unless_checking().await });
         }
     }
 

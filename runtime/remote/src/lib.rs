@@ -11,11 +11,13 @@
 //! served connection and its HTTP/2 streams on one task, for the node here
 //! and for the front server (wasmscore-server). [`shards`] runs a
 //! router's connections on threads of their own, each with its own
-//! connections to the nodes.
+//! connections to the nodes. [`ahead`] bounds a decoupled call's responses
+//! waiting for their reader, here and at the gRPC edge.
 //!
 //! It leaves out where node addresses come from (the router's discovery)
 //! and what runs in a replica (the replica pool and the engine).
 
+pub mod ahead;
 pub mod logging;
 pub mod node;
 pub mod nodes;

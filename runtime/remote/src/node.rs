@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use wasmscore_engine::ScoreRequest;
 use wasmscore_replica::{Pool, ScoreError};
 
+use crate::ahead::{admit, SENT_AHEAD};
 use crate::wire::{self, Load, Outcome};
 
 /// Says whether the version may take requests (its init() passed and its
@@ -132,10 +133,6 @@ impl Node {
 /// A streamed answer's frames as the node makes them (outcome `stream`).
 type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, Infallible>> + Send>>;
 type Body = http_body_util::Either<Full<Bytes>, http_body_util::StreamBody<Frames>>;
-
-/// Responses of a decoupled call the router has not taken yet, at most;
-/// one more fails the module's `send` (as the gRPC edge's own queue).
-const SENT_AHEAD: usize = 256;
 
 /// Longer than a router's health-check period (0.5 s) plus its check's
 /// time, so no router sends to a closed socket.
@@ -407,17 +404,27 @@ fn streamed(
     (span, started): (Option<crate::trace::Span>, std::time::SystemTime),
 ) -> Response<Body> {
     let streaming = Streaming::enter(node);
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(SENT_AHEAD);
+    // Frames, each with the bytes it counts against the bound (the last
+    // counts none: it always goes).
+    let (tx, rx) = tokio::sync::mpsc::channel::<(Bytes, usize)>(SENT_AHEAD);
     let queue = tx.downgrade();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let counted = queued.clone();
     request.responses = Some(wasmscore_engine::Responses(Arc::new(move |out| {
         let Some(tx) = queue.upgrade() else {
             return Err("the request was answered already (its call outlived its deadline)".to_string());
         };
-        tx.try_send(Bytes::from(wire::Frame::Sent(out).encode()?)).map_err(|e| match e {
-            tokio::sync::mpsc::error::TrySendError::Full(_) => {
-                format!("the router has not taken the {SENT_AHEAD} responses before it")
+        let frame = Bytes::from(wire::Frame::Sent(out).encode()?);
+        let bytes = frame.len();
+        admit(&counted, bytes, "the router")?;
+        tx.try_send((frame, bytes)).map_err(|e| {
+            counted.fetch_sub(bytes, Ordering::Relaxed);
+            match e {
+                tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                    format!("the router has not taken the {SENT_AHEAD} responses before it")
+                }
+                tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
             }
-            tokio::sync::mpsc::error::TrySendError::Closed(_) => "the stream is closed".to_string(),
         })
     })));
     let call = {
@@ -432,13 +439,17 @@ fn streamed(
                 let e = ScoreError::Call(wasmscore_engine::CallError::Failed(format!("its last response: {why}")));
                 wire::Frame::Last(Err(e)).encode().expect("an error fits a frame")
             });
-            let _ = tx.send(Bytes::from(last)).await;
+            let _ = tx.send((Bytes::from(last), 0)).await;
         }
     };
     tokio::spawn(call);
-    let frames = futures_util::stream::unfold((rx, streaming), |(mut rx, streaming)| async move {
-        let data = rx.recv().await?;
-        Some((Ok(hyper::body::Frame::data(data)), (rx, streaming)))
+    let frames = futures_util::stream::unfold((rx, streaming), move |(mut rx, streaming)| {
+        let queued = queued.clone();
+        async move {
+            let (data, bytes) = rx.recv().await?;
+            queued.fetch_sub(bytes, Ordering::Relaxed);
+            Some((Ok(hyper::body::Frame::data(data)), (rx, streaming)))
+        }
     });
     let mut r = respond(node, StatusCode::OK, Some(Outcome::Stream), "application/octet-stream", Vec::new());
     *r.body_mut() = http_body_util::Either::Right(http_body_util::StreamBody::new(Box::pin(frames) as Frames));

@@ -257,6 +257,8 @@ pub struct Nodes {
     /// Its calls may send several responses, as the last ready node said
     /// (`"decoupled": true` in its ready answer).
     decoupled: AtomicBool,
+    /// A round of health checks is under way.
+    checking: AtomicBool,
 }
 
 impl Nodes {
@@ -279,6 +281,7 @@ impl Nodes {
             next: std::sync::OnceLock::new(),
             signature: std::sync::Mutex::new(None),
             decoupled: AtomicBool::new(false),
+            checking: AtomicBool::new(false),
         })
     }
 
@@ -586,7 +589,16 @@ impl Nodes {
                     for conn in node.h2.iter().flatten() {
                         conn.send.store(None);
                     }
-                    self.eject(node, format!("no answer within {waited_ms} ms"));
+                    // A node that had (about) the whole budget, which holds
+                    // its own deadline and more, and did not answer is
+                    // broken. One that had what was left after a wake or a
+                    // retry is not shown to be.
+                    if remaining.as_secs_f64() >= 0.9 * self.cfg.timeout.as_secs_f64() {
+                        self.eject(node, format!("no answer within {waited_ms} ms"));
+                    } else {
+                        tracing::info!(version = %self.version, node = %node.addr, remaining_ms = remaining.as_millis() as u64,
+                            "no answer within what was left of the request's deadline (spent before it was sent); the node stays in");
+                    }
                     return Err(ScoreError::NodeTimeout {
                         node: node.addr.clone(),
                         waited_ms,
@@ -691,6 +703,24 @@ impl Nodes {
 
     /// Asks every node whether it is ready; a node that is ejected stays
     /// out until its backoff is over, then comes back on a passed check.
+    /// A round of [`check`](Self::check), unless one is still under way
+    /// (a node that takes its whole check timeout): rounds of one version
+    /// never pile up, and a caller that starts them on a timer without
+    /// waiting is never held by one.
+    pub async fn check_unless_checking(&self) {
+        struct Done<'a>(&'a AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        if self.checking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let _done = Done(&self.checking);
+        self.check().await;
+    }
+
     pub async fn check(&self) {
         let checks = self.nodes.iter().map(|node| async move {
             let req = Request::builder()
@@ -903,8 +933,10 @@ impl Reply<'_> {
 /// first use and again after it breaks.
 struct H2Conn {
     send: arc_swap::ArcSwapOption<h2::client::SendRequest<Bytes>>,
-    /// One connect at a time per node.
-    connecting: tokio::sync::Mutex<()>,
+    /// One connect at a time per node, and what the last one that failed
+    /// said, with the count of attempts made so far.
+    connecting: tokio::sync::Mutex<Option<String>>,
+    attempts: AtomicU64,
     keepalive: Duration,
 }
 
@@ -912,21 +944,43 @@ impl H2Conn {
     fn new(keepalive: Duration) -> H2Conn {
         H2Conn {
             send: arc_swap::ArcSwapOption::empty(),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(None),
+            attempts: AtomicU64::new(0),
             keepalive,
         }
     }
 
     /// The node's connection, and whether it is one kept from before
     /// (rather than made now).
+    ///
+    /// A request that waited while another tried to connect, and that
+    /// attempt failed, does not try again: it goes to another node at once.
+    /// Else, with a node gone dark (no answer to a SYN), the requests
+    /// queued behind the lock would each spend their own second, the last
+    /// of many past its deadline, never having left the router.
     async fn connection(&self, addr: &str) -> Result<(h2::client::SendRequest<Bytes>, bool), Sent> {
         if let Some(s) = self.send.load_full() {
             return Ok(((*s).clone(), true));
         }
-        let _g = self.connecting.lock().await;
+        let seen = self.attempts.load(Ordering::SeqCst);
+        let mut last_failure = self.connecting.lock().await;
         if let Some(s) = self.send.load_full() {
             return Ok(((*s).clone(), true));
         }
+        if self.attempts.load(Ordering::SeqCst) != seen {
+            let why = last_failure.as_deref().unwrap_or("the connection made was lost");
+            return Err(Sent::NotSent(format!("cannot connect: {why} (tried while this request waited)")));
+        }
+        let made = self.connect(addr).await;
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        *last_failure = match &made {
+            Err(Sent::NotSent(why) | Sent::Failed(why) | Sent::TooLarge(why)) => Some(why.clone()),
+            Ok(_) => None,
+        };
+        made
+    }
+
+    async fn connect(&self, addr: &str) -> Result<(h2::client::SendRequest<Bytes>, bool), Sent> {
         let not_sent = |e: String| Sent::NotSent(format!("cannot connect: {e}"));
         let tcp = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
             .await
@@ -1053,6 +1107,109 @@ async fn futures_join_all<F: std::future::Future<Output = ()>>(futs: impl Iterat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_node_that_had_only_the_end_of_the_budget_is_not_ejected_for_missing_it() {
+        // A node that answers every request after 300 ms.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(tcp).await.unwrap();
+                    while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(300)).await;
+                            let _ = respond.send_response(http::Response::new(()), true);
+                        });
+                    }
+                });
+            }
+        });
+        let cfg = NodesConfig {
+            timeout: Duration::from_secs(1),
+            ..NodesConfig::default()
+        };
+        let nodes = Nodes::new(("e", "v"), &[addr], NodeHttp::H2, http_client(NodeHttp::H2), cfg).unwrap();
+        nodes.nodes[0].ready.store(true, Ordering::Release);
+        let call = Call::default();
+        // 900 ms of the second went on a wake: 100 ms left for the node.
+        let started = Instant::now() - Duration::from_millis(900);
+        let r = nodes
+            .score_on_ready(wasmscore_engine::ScoreRequest::default(), &call, started)
+            .await;
+        assert!(matches!(r, Err(ScoreError::NodeTimeout { .. })), "{r:?}");
+        assert!(nodes.nodes[0].ready.load(Ordering::Acquire), "ejected: {}", nodes.nodes[0].why());
+        assert_eq!(nodes.nodes[0].ejections.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_round_of_checks_is_not_started_while_one_is_under_way() {
+        // A node that accepts and never answers: each round takes the
+        // check timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = listener.accept().await {
+                held.push(tcp);
+            }
+        });
+        let cfg = NodesConfig {
+            check_timeout: Duration::from_millis(300),
+            ..NodesConfig::default()
+        };
+        let nodes = Arc::new(Nodes::new(("e", "v"), &[addr], NodeHttp::H2, http_client(NodeHttp::H2), cfg).unwrap());
+        let first = tokio::spawn({
+            let nodes = nodes.clone();
+            async move { nodes.check_unless_checking().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let t = Instant::now();
+        nodes.check_unless_checking().await;
+        assert!(t.elapsed() < Duration::from_millis(100), "a second round waited {:?}", t.elapsed());
+        first.await.unwrap();
+        assert!(
+            nodes.nodes[0].why().contains("health check took over 300 ms"),
+            "{}",
+            nodes.nodes[0].why()
+        );
+        // Once it is over, the next round runs.
+        let t = Instant::now();
+        nodes.check_unless_checking().await;
+        assert!(t.elapsed() >= Duration::from_millis(250), "{:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn requests_queued_behind_a_connect_that_fails_do_not_each_try_again() {
+        // A listener that never accepts, its backlog filled: a SYN to it
+        // gets no answer, as from a host gone dark.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut filled = Vec::new();
+        for _ in 0..8 {
+            match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(c)) => filled.push(c),
+                _ => break,
+            }
+        }
+        let conn = H2Conn::new(Duration::from_secs(10));
+        let (started, addr) = (Instant::now(), addr.to_string());
+        let calls = (0..6).map(|_| conn.connection(&addr));
+        let mut results = Vec::new();
+        for r in futures_util::future::join_all(calls).await {
+            results.push(r);
+        }
+        assert!(results.iter().all(|r| matches!(r, Err(Sent::NotSent(_)))));
+        assert!(
+            started.elapsed() < Duration::from_millis(1_800),
+            "six requests took {:?}: each spent its own second",
+            started.elapsed()
+        );
+        drop((listener, filled));
+    }
 
     /// An HTTP/2 server that answers one request on each connection, then
     /// stops reading it (a peer gone without a reset); it counts connections.

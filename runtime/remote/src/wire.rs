@@ -91,7 +91,7 @@ impl Load {
 
     /// Busy instances plus waiting requests: what the autoscaler samples.
     pub fn demand(&self) -> u32 {
-        self.busy + self.queued
+        self.busy.saturating_add(self.queued)
     }
 }
 

@@ -591,24 +591,7 @@ enum Answer {
     Sent,
 }
 
-/// Responses of a decoupled call its client has not read yet, at most;
-/// one more fails the module's `send`.
-const SENT_AHEAD: usize = 256;
-/// And the most bytes of them (a response bigger than this alone still
-/// goes, once the ones before it are read).
-const SENT_AHEAD_BYTES: usize = 64 << 20;
-
-/// Counts `bytes` more waiting for the client, or refuses them past
-/// SENT_AHEAD_BYTES (one response alone always goes).
-fn admit(queued: &std::sync::atomic::AtomicUsize, bytes: usize) -> Result<(), String> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let before = queued.fetch_add(bytes, Relaxed);
-    if before > 0 && before + bytes > SENT_AHEAD_BYTES {
-        queued.fetch_sub(bytes, Relaxed);
-        return Err(format!("the client has not read {} MiB of responses before it", before >> 20));
-    }
-    Ok(())
-}
+use wasmscore_remote::ahead::{admit, SENT_AHEAD};
 
 /// A decoupled call's queue of responses to the stream, and the bytes in it.
 struct Ahead {
@@ -723,7 +706,7 @@ async fn infer<P: Plane>(
             // Bytes waiting for the client, bounded too: 256 responses of a
             // GB each would otherwise sit in the host's memory.
             let bytes = resp.raw_output_contents.iter().map(Vec::len).sum::<usize>() + 256;
-            admit(&queued, bytes)?;
+            admit(&queued, bytes, "the client")?;
             tx.try_send((streamed(resp), bytes)).map_err(|e| {
                 queued.fetch_sub(bytes, std::sync::atomic::Ordering::Relaxed);
                 match e {
@@ -1091,25 +1074,6 @@ mod tests {
             parameters: Default::default(),
             contents,
         }
-    }
-
-    #[test]
-    fn responses_waiting_for_the_client_are_bounded_in_bytes() {
-        let queued = std::sync::atomic::AtomicUsize::new(0);
-        // One bigger than the bound alone goes; nothing after it does.
-        assert!(admit(&queued, SENT_AHEAD_BYTES * 2).is_ok());
-        let e = admit(&queued, 1).unwrap_err();
-        assert!(e.contains("has not read 128 MiB"), "{e}");
-        assert_eq!(
-            queued.load(std::sync::atomic::Ordering::Relaxed),
-            SENT_AHEAD_BYTES * 2,
-            "a refusal is not counted"
-        );
-        queued.store(0, std::sync::atomic::Ordering::Relaxed);
-        for _ in 0..64 {
-            admit(&queued, 1 << 20).unwrap();
-        }
-        assert!(admit(&queued, 1).is_err(), "64 MiB waiting");
     }
 
     #[test]
