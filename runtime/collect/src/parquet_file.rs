@@ -167,7 +167,11 @@ impl PartFile {
             // Renamed while the file is still open, so still locked.
             let _file = self.complete()?;
             std::fs::rename(&tmp, &path)?;
-            sync_dirs(&path, &root)?;
+            // The file is whole and in view: a directory that cannot be
+            // synced (a filesystem that refuses it) loses nothing now.
+            if let Err(e) = sync_dirs(&path, &root) {
+                tracing::warn!(path = %path.display(), error = %e, "syncing a collected-data file's directory failed; a power loss may hide the file");
+            }
             Ok(path)
         })();
         if done.is_err() {

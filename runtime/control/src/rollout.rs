@@ -629,7 +629,7 @@ impl Control {
         for (_, e, v, g, spec, before) in pending {
             self.clone().run_build(&e, &v, g, spec);
             if let Some(before) = before {
-                self.go_back_if_failed(&e, &v, before);
+                self.go_back_if_failed(&e, &v, g, before);
             }
         }
         // Start-up's pages too, with no version to build (the builds' and
@@ -640,10 +640,11 @@ impl Control {
         Ok(())
     }
 
-    /// After a restart: a version whose stored spec failed to build, and
-    /// that serves nothing, is built from `before`, the spec it served
-    /// before the restart, which the store takes back.
-    fn go_back_if_failed(self: &Arc<Self>, endpoint: &str, version: &str, before: VersionSpec) {
+    /// After a restart: a version whose stored spec failed to build (the
+    /// restore's build, `restored`: not a change made since), and that
+    /// serves nothing, is built from `before`, the spec it served before
+    /// the restart, which the store takes back.
+    fn go_back_if_failed(self: &Arc<Self>, endpoint: &str, version: &str, restored: u64, before: VersionSpec) {
         let mut inner = lock(&self.inner);
         let ep_row = match inner.endpoints.get(endpoint) {
             Some(ep) => ep.row.clone(),
@@ -652,7 +653,7 @@ impl Control {
         let Some(v) = find_version(&mut inner, endpoint, version) else {
             return;
         };
-        if v.live.is_some() || !matches!(v.phase, Phase::Failed(_)) {
+        if v.live.is_some() || !matches!(v.phase, Phase::Failed(_)) || v.target != restored || v.done != restored {
             return;
         }
         let g = self.generation.fetch_add(1, Ordering::Relaxed) + 1;

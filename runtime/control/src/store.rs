@@ -239,6 +239,11 @@ impl Store {
         if !has_serving {
             // Schemas 2 to 4: no version has a spec it last served on record.
             tx.execute_batch("ALTER TABLE versions ADD COLUMN serving TEXT;")?;
+        } else if version < SCHEMA {
+            // A release that knew no `serving` ran on this store since (it
+            // marked it as its own schema), so what the column says may be
+            // older than what served last.
+            tx.execute_batch("UPDATE versions SET serving = NULL;")?;
         }
         if version == 2 {
             // Schema 2's endpoints: key auth (the default), no token keys yet.

@@ -38,7 +38,8 @@ pub(crate) fn collect_call(
 /// out as JSON, counted as dropped when it has not. The size is what the
 /// JSON takes at most, so that what would not fit is never built (a
 /// 100 MB binary request of float32 is about 275 MB of JSON): a number its
-/// longest text and a comma (float32 16 bytes, "-1.17549435e-38,"), a
+/// longest text and a comma (float32 18 bytes: "-0.0000012345678," as
+/// the printer writes small exponents in full), a
 /// string its bytes and its quotes and comma (escapes aside), a byte
 /// string (an array of numbers) four bytes a byte.
 pub(crate) fn has_room(c: &wasmscore_collect::VersionCollector, tensors: &[(String, Tensor)]) -> bool {
@@ -56,8 +57,8 @@ pub(crate) fn has_room(c: &wasmscore_collect::VersionCollector, tensors: &[(Stri
             TensorData::Int32(_) => 12,
             TensorData::Uint64(_) | TensorData::Int64(_) => 21,
             // Half precision is written as float32 prints it.
-            TensorData::Float32(_) | TensorData::Float16(_) | TensorData::Bfloat16(_) => 16,
-            TensorData::Float64(_) => 25,
+            TensorData::Float32(_) | TensorData::Float16(_) | TensorData::Bfloat16(_) => 18,
+            TensorData::Float64(_) => 26,
         };
         each * t.len()
     };
@@ -366,7 +367,7 @@ mod tests {
         assert!(!has_room(&v, &one(TensorData::Bytes(vec![vec![0xff; 600]]))));
         assert!(!has_room(&v, &one(TensorData::String(vec!["s".repeat(1_000)]))));
         assert!(has_room(&v, &one(TensorData::Float32(vec![1.0]))));
-        // 100 float32 may print as 1,600 bytes: not built for a 1,000-byte
+        // 100 float32 may print as 1,800 bytes: not built for a 1,000-byte
         // queue (at least 200 bytes, as before, would have let it through).
         let floats = vec![(
             "x".to_string(),

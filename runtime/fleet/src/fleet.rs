@@ -285,7 +285,10 @@ impl Fleet {
             .iter()
             .flat_map(|e| e.versions.iter().map(|v| v.nodes.clone()))
             .collect();
-        let checks: Vec<_> = all.into_iter().map(|n| tokio::spawn(async move { n.check().await })).collect();
+        let checks: Vec<_> = all
+            .into_iter()
+            .map(|n| tokio::spawn(async move { n.check_unless_checking().await }))
+            .collect();
         for c in checks {
             let _ = c.await;
         }

@@ -967,8 +967,9 @@ impl H2Conn {
         if let Some(s) = self.send.load_full() {
             return Ok(((*s).clone(), true));
         }
-        if self.attempts.load(Ordering::SeqCst) != seen {
-            let why = last_failure.as_deref().unwrap_or("the connection made was lost");
+        // Only a failure: a connection made while it waited, and lost since
+        // (a stale one's error cleared it), is made again.
+        if let (true, Some(why)) = (self.attempts.load(Ordering::SeqCst) != seen, last_failure.as_deref()) {
             return Err(Sent::NotSent(format!("cannot connect: {why} (tried while this request waited)")));
         }
         let made = self.connect(addr).await;

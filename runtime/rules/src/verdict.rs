@@ -58,22 +58,38 @@ pub struct Arm {
 /// rounding once the mean is large against the spread (values of 1e8 that
 /// differ by 1, a latency in nanoseconds).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(from = "StoredMoments")]
+#[serde(from = "StoredMoments", into = "StoredMoments")]
 pub struct Moments {
     pub count: u64,
     pub mean: f64,
     pub m2: f64,
 }
 
-/// Moments as stored: `{count, mean, m2}`, or, as earlier releases saved
-/// them, `{count, sum, sum_sq}`.
-#[derive(Deserialize)]
+/// Moments as stored: `{count, mean, m2}`, and `sum` and `sum_sq` too,
+/// which earlier releases saved alone and still read (a downgrade keeps
+/// the counts).
+#[derive(Serialize, Deserialize)]
 struct StoredMoments {
     count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     mean: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     m2: Option<f64>,
     sum: Option<f64>,
     sum_sq: Option<f64>,
+}
+
+impl From<Moments> for StoredMoments {
+    fn from(m: Moments) -> StoredMoments {
+        let n = m.count as f64;
+        StoredMoments {
+            count: m.count,
+            mean: Some(m.mean),
+            m2: Some(m.m2),
+            sum: Some(m.mean * n),
+            sum_sq: Some(m.m2 + n * m.mean * m.mean),
+        }
+    }
 }
 
 impl From<StoredMoments> for Moments {
@@ -873,6 +889,12 @@ mod tests {
         assert_eq!((old.count, old.mean, old.m2), (3, 2.0, 2.0));
         let back: Moments = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
+        // And an earlier release reads what is stored now.
+        let stored: serde_json::Value = serde_json::to_value(Moments::of([1.0, 3.0])).unwrap();
+        assert_eq!(
+            (stored["count"].as_u64(), stored["sum"].as_f64(), stored["sum_sq"].as_f64()),
+            (Some(2), Some(4.0), Some(10.0))
+        );
     }
 
     #[test]
