@@ -184,7 +184,7 @@ impl EdgeArgs {
                 .with_context(|| format!("binding {ip}:{port} for gRPC"))?;
             info["grpc_addr"] = l.local_addr()?.to_string().into();
             info["grpc_tls"] = tls.is_some().into();
-            listeners.grpc = Some((l, tls.as_ref().map(|(cfg, _)| cfg.clone())));
+            listeners.grpc = Some((l, tls.as_ref().map(|(cfg, _)| wasmscore_server::tls::grpc_config(cfg))));
         }
         if let (Some((cfg, ca)), Some(port)) = (tls, self.tls_port) {
             let l = tokio::net::TcpListener::bind((ip, port))

@@ -375,6 +375,39 @@ pub fn from_raw(name: &str, what: &str, datatype: &str, shape: &[i64], bytes: &[
     shaped(name, what, dims, count, data)
 }
 
+/// A tensor read from shared memory: its place's size is checked against
+/// its shape and datatype before the region is read (a request of a few
+/// bytes naming 100 MB of a region would have them read, then refused).
+pub fn from_region(
+    name: &str,
+    what: &str,
+    (datatype, shape): (&str, &[i64]),
+    at: &InRegion,
+    regions: &dyn Regions,
+) -> Result<Tensor, OipError> {
+    let (d, dims, count) = declared(name, what, datatype, shape)?;
+    fits(name, what, d, count, at)?;
+    let bytes = regions.read(at).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
+    let data = from_bytes(d, &bytes, count).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
+    shaped(name, what, dims, count, data)
+}
+
+/// Whether `count` elements of `d` take `at.byte_size` bytes (BYTES, whose
+/// elements vary, take at least 4 bytes each).
+fn fits(name: &str, what: &str, d: DType, count: u64, at: &InRegion) -> Result<(), OipError> {
+    let fixed = d != DType::String;
+    let needs = count.saturating_mul(if fixed { d.width() as u64 } else { 4 });
+    if (fixed && at.byte_size != needs) || at.byte_size < needs {
+        return err(format!(
+            "{what} {name:?}: {count} {} elements take {}{needs} bytes, but its shared_memory_byte_size is {}",
+            datatype(d),
+            if fixed { "" } else { "at least " },
+            at.byte_size
+        ));
+    }
+    Ok(())
+}
+
 /// A tensor from data that must hold exactly `count` elements.
 pub fn shaped(name: &str, what: &str, dims: Vec<u64>, count: u64, data: TensorData) -> Result<Tensor, OipError> {
     if data.len() as u64 != count {
@@ -403,6 +436,7 @@ fn tensor(w: &WireTensor, binary: &mut &[u8], what: &str, regions: &dyn Regions)
         if w.data.is_some() || size.is_some() {
             return err(format!("{what} {name:?} is in shared memory and also has data or binary_data_size"));
         }
+        fits(name, what, d, count, &at)?;
         let bytes = regions.read(&at).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
         let data = from_bytes(d, &bytes, count).map_err(|e| OipError(format!("{what} {name:?}: {e}")))?;
         return shaped(name, what, dims, count, data);
@@ -483,9 +517,14 @@ fn from_json(d: DType, v: &Value) -> Result<TensorData, String> {
 fn from_bytes(d: DType, b: &[u8], count: u64) -> Result<TensorData, String> {
     if d == DType::String {
         // Each element: a 4-byte little-endian length, then that many bytes.
-        let mut out = Vec::new();
+        // No more than the shape's count are made: 100 MB of empty
+        // elements would be 25 million of them before the shape refused it.
+        let mut out = Vec::with_capacity(usize::try_from(count).unwrap_or(usize::MAX).min(b.len() / 4));
         let mut rest = b;
         while !rest.is_empty() {
+            if out.len() as u64 == count {
+                return Err(format!("its BYTES data holds more than the {count} elements of its shape"));
+            }
             if rest.len() < 4 {
                 return Err(format!("BYTES element {} is cut inside its 4-byte length", out.len()));
             }

@@ -137,6 +137,13 @@ fn bad_requests_say_what_is_wrong() {
             Some("92"),
             "claims 1094795585 bytes",
         ),
+        // Three empty elements for a shape of one: refused at the second,
+        // not made first.
+        (
+            b"{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"BYTES\",\"parameters\":{\"binary_data_size\":12}}]}\0\0\0\0\0\0\0\0\0\0\0\0",
+            Some("93"),
+            "holds more than the 1 elements of its shape",
+        ),
         (
             br#"{"inputs":[{"name":"x","shape":[4294967296,4294967296,4294967296],"datatype":"FP32","data":[1]}]}"#,
             None,
@@ -354,7 +361,12 @@ fn shared_memory_mistakes_are_named() {
         ),
         (
             input(r#"{"shared_memory_region":"r","shared_memory_byte_size":4}"#),
-            "its data is 4 bytes but 2 FP32 elements take 8",
+            "2 FP32 elements take 8 bytes, but its shared_memory_byte_size is 4",
+        ),
+        // Checked before the region is read: 100 MB are not read first.
+        (
+            input(r#"{"shared_memory_region":"q","shared_memory_byte_size":100000000}"#),
+            "2 FP32 elements take 8 bytes, but its shared_memory_byte_size is 100000000",
         ),
         (
             input(r#"{"shared_memory_region":"r","shared_memory_byte_size":8,"shared_memory_offset":12}"#),

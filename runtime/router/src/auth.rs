@@ -108,6 +108,12 @@ fn digest(b: &[u8]) -> [u8; 32] {
     Sha256::digest(b).into()
 }
 
+/// Whether `given` is `secret`, compared as SHA-256 digests in constant
+/// time: neither the secret's bytes nor its length show in the timing.
+pub fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+    constant_time_eq(&digest(given), &digest(secret))
+}
+
 /// Compares without an early exit.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {

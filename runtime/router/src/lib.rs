@@ -448,6 +448,13 @@ impl Router {
         Ok(ep)
     }
 
+    /// Whether the request's `Authorization` header passes some
+    /// endpoint's policy (one with auth off passes any): a request whose
+    /// endpoint is known only once its body is read is read only then.
+    pub fn opens_any(&self, authorization: Option<&[u8]>) -> bool {
+        self.table.load().values().any(|ep| ep.check(authorization).is_ok())
+    }
+
     /// Every endpoint, by name.
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         let mut all: Vec<Arc<Endpoint>> = self.table.load().values().cloned().collect();

@@ -63,11 +63,14 @@ where
         .max_concurrent_streams(cfg.max_h2_streams);
     // ModelInfer, the call per inference, is served here; the other calls
     // (and a compressed ModelInfer) by tonic.
+    let conn = first.clone();
     let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         // tonic's service is cloned only for the calls it serves.
         let ours = req.uri().path() == MODEL_INFER && !req.headers().contains_key("grpc-encoding");
         let (app, tonic) = (app.clone(), (!ours).then(|| svc.clone()));
+        let busy = conn.begin();
         async move {
+            let _busy = busy;
             match tonic {
                 None => Ok(unary_model_infer(&app, req).await.map(http_body_util::Either::Right)),
                 Some(mut tonic) => tower_service::Service::call(&mut tonic, req)
@@ -78,13 +81,54 @@ where
     });
     // Once the server stops: GOAWAY, so the client's channel takes its next
     // calls elsewhere while the calls it has running here finish.
-    let served = crate::http::until_stopped(builder.serve_connection(io, svc), stopped, first);
+    let served = crate::http::until_stopped(builder.serve_connection(io, svc), stopped, first, cfg.header_read_timeout);
     if let Err(e) = spawned.drive(served).await {
         tracing::debug!(error = %e, "gRPC connection ended with an error");
     }
 }
 
 const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// What the start of a ModelInfer message says of its model's name.
+#[derive(Debug, PartialEq)]
+enum Leading<'a> {
+    /// Field 1, `model_name`, whole.
+    Name(&'a str),
+    /// Not enough of it yet.
+    More,
+    /// It starts with something else (or a name no endpoint has: longer
+    /// than 16 KiB, not UTF-8).
+    Other,
+}
+
+/// The model name a ModelInfer message starts with: protobuf encoders
+/// write fields in number order, and `model_name` is field 1 (tag 0x0a,
+/// a varint length, the bytes).
+fn leading_model_name(m: &[u8]) -> Leading<'_> {
+    let Some((&tag, rest)) = m.split_first() else {
+        return Leading::More;
+    };
+    if tag != 0x0a {
+        return Leading::Other;
+    }
+    let mut len = 0usize;
+    for (i, &b) in rest.iter().enumerate().take(2) {
+        len |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let name = &rest[i + 1..];
+            return match name.get(..len) {
+                None => Leading::More,
+                Some(n) => std::str::from_utf8(n).map_or(Leading::Other, Leading::Name),
+            };
+        }
+    }
+    // Two bytes of length and more to come: over 16 KiB; fewer: not yet whole.
+    if rest.len() < 2 {
+        Leading::More
+    } else {
+        Leading::Other
+    }
+}
 
 /// ModelInfer as one read of its message, one call of `infer`, one frame
 /// of its answer and its trailers: the gRPC wire format (a message is a
@@ -97,13 +141,49 @@ async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper
     use prost::Message;
     let (parts, body) = req.into_parts();
     let limit = app.cfg.max_body_bytes;
-    let bytes = match http_body_util::Limited::new(body, limit.saturating_add(5)).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Status::out_of_range(format!("a message of more than {limit} bytes (--max-body-bytes)")).into_http()
+    let idle = app.cfg.header_read_timeout;
+    // The call's credential is checked as soon as the message's model name
+    // has come (its first field), before the rest is read: a client with
+    // no key makes the server hold no more than that.
+    let auth = parts.headers.get("authorization").map(|v| v.as_bytes());
+    let mut body = crate::http::IdleBody::new(body, idle);
+    let mut bytes = bytes::BytesMut::new();
+    let mut checked: Option<String> = None;
+    let mut gated = false;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) if e.downcast_ref::<crate::http::BodyIdle>().is_some() => return Status::deadline_exceeded(e.to_string()).into_http(),
+            Err(e) => return Status::cancelled(format!("reading the request: {e}")).into_http(),
+        };
+        let Ok(data) = frame.into_data() else { continue };
+        if bytes.len() + data.len() > limit.saturating_add(5) {
+            return Status::out_of_range(format!("a message of more than {limit} bytes (--max-body-bytes)")).into_http();
         }
-        Err(e) => return Status::cancelled(format!("reading the request: {e}")).into_http(),
-    };
+        bytes.extend_from_slice(&data);
+        if !gated && bytes.len() > 5 {
+            match leading_model_name(&bytes[5..]) {
+                Leading::More => {}
+                Leading::Name(name) => {
+                    gated = true;
+                    if let Err(e) = app.plane.router().authorize(name, auth) {
+                        return status(e.into()).into_http();
+                    }
+                    checked = Some(name.to_string());
+                }
+                Leading::Other => {
+                    // Not a message a protobuf encoder writes (they write
+                    // fields in number order, the name first): read on only
+                    // for a credential some endpoint takes.
+                    gated = true;
+                    if !app.plane.router().opens_any(auth) {
+                        return Status::unauthenticated("the call's credential opens no endpoint here").into_http();
+                    }
+                }
+            }
+        }
+    }
+    let bytes = bytes.freeze();
     let Some((head, message)) = bytes.split_first_chunk::<5>() else {
         return Status::internal("Missing request message.").into_http();
     };
@@ -118,7 +198,7 @@ async fn unary_model_infer<P: Plane>(app: &Arc<App<P>>, req: http::Request<hyper
         Err(e) => return Status::internal(format!("failed to decode Protobuf message: {e}")).into_http(),
     };
     let meta = MetadataMap::from_headers(parts.headers);
-    let (out, version, traceparent) = match infer(app, &meta, r, None).await {
+    let (out, version, traceparent) = match infer(app, &meta, r, None, checked.as_deref()).await {
         Ok(Answer::One(out, version, traceparent)) => (out, version, traceparent),
         Ok(Answer::Sent) => unreachable!("a unary call has no stream to send on"),
         Err(s) => return s.into_http(),
@@ -468,7 +548,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
     async fn model_infer(&self, req: Request<ModelInferRequest>) -> Result<Response<ModelInferResponse>, Status> {
         // The metadata stays with this call: its values are read in place.
         let (meta, _, r) = req.into_parts();
-        let Answer::One(out, version, traceparent) = infer(&self.app, &meta, r, None).await? else {
+        let Answer::One(out, version, traceparent) = infer(&self.app, &meta, r, None, None).await? else {
             unreachable!("a unary call has no stream to send on")
         };
         let mut resp = Response::new(out);
@@ -502,6 +582,13 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
         req: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
         let (meta, _, inbound) = req.into_parts();
+        // Each message names its model, so each is checked once read; a
+        // stream whose credential opens no endpoint is refused before any.
+        if !self.app.plane.router().opens_any(meta.get("authorization").map(|v| v.as_bytes())) {
+            return Err(Status::unauthenticated(
+                "Unauthenticated: the stream's credential (its authorization metadata) opens no endpoint here",
+            ));
+        }
         let meta = Arc::new(meta);
         let app = self.app.clone();
         let at_once = app.cfg.max_h2_streams.max(1) as usize;
@@ -534,7 +621,7 @@ impl<P: Plane> GrpcInferenceService for Oip<P> {
                     let _place = place;
                     let r = message?;
                     let (id, model_name, final_flag) = (r.id.clone(), r.model_name.clone(), wants_final_flag(&r));
-                    Ok(match infer(&app, &meta, r, Some(&side)).await {
+                    Ok(match infer(&app, &meta, r, Some(&side), None).await {
                         Ok(Answer::One(out, _, _)) => Some(streamed(if final_flag { flagged(out, true) } else { out })),
                         Ok(Answer::Sent) => None,
                         Err(s) => Some(last_failed(id, model_name, &s, final_flag)),
@@ -640,6 +727,7 @@ async fn infer<P: Plane>(
     meta: &MetadataMap,
     mut r: ModelInferRequest,
     stream: Option<&tokio::sync::mpsc::Sender<ModelStreamInferResponse>>,
+    checked: Option<&str>,
 ) -> Result<Answer, Status> {
     // A call HTTP/2 took while the server stops is served: the connection's
     // GOAWAY tells the client to take its next calls elsewhere, and the
@@ -649,16 +737,21 @@ async fn infer<P: Plane>(
     let text = |k: &str| meta.get(k).and_then(|v| v.to_str().ok());
     let endpoint = std::mem::take(&mut r.model_name);
     let mut span = Span::child_of(text("traceparent"));
-    let route = app
-        .plane
-        .router()
-        .route_authorized(
+    let router = app.plane.router();
+    // A name whose credential was checked before the message was read
+    // whole is not checked twice; another (a message naming the model
+    // twice, the last one kept) is.
+    let route = if checked == Some(endpoint.as_str()) {
+        router.route(&endpoint, given(&r.model_version), text("x-wasmscore-cohort"))
+    } else {
+        router.route_authorized(
             &endpoint,
             meta.get("authorization").map(|v| v.as_bytes()),
             given(&r.model_version),
             text("x-wasmscore-cohort"),
         )
-        .map_err(|e| status(e.into()))?;
+    }
+    .map_err(|e| status(e.into()))?;
     let inputs = inputs(&r, &app.regions).map_err(bad)?;
     let wanted: Vec<&str> = r.outputs.iter().map(|o| o.name.as_str()).collect();
     // Each one asked for is encoded: the same twice would be encoded twice
@@ -938,7 +1031,6 @@ fn module_body(r: &ModelInferRequest, inputs: &[(String, Tensor)]) -> Vec<u8> {
 /// memory, in order, as Triton reads them) or from each input's typed
 /// `contents`.
 fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(String, Tensor)>, oip::OipError> {
-    use oip::Regions as _;
     let regions = &oip::CallReads::new(regions);
     if r.inputs.is_empty() {
         return Err(oip::OipError("the request has no inputs".into()));
@@ -971,10 +1063,7 @@ fn inputs(r: &ModelInferRequest, regions: &dyn oip::Regions) -> Result<Vec<(Stri
                         input.name
                     )));
                 }
-                let bytes = regions
-                    .read(&at)
-                    .map_err(|e| oip::OipError(format!("input {:?}: {e}", input.name)))?;
-                from_raw(&bytes)?
+                oip::from_region(&input.name, "input", (&input.datatype, &input.shape), &at, regions)?
             }
             (None, true) => {
                 if input.contents.is_some() {
@@ -1064,6 +1153,38 @@ pub fn fuzz_infer_request(data: &[u8]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_model_name_is_read_from_the_start_of_a_message() {
+        use super::{leading_model_name, Leading};
+        use prost::Message;
+        let r = super::ModelInferRequest {
+            model_name: "iris".into(),
+            model_version: "v1".into(),
+            raw_input_contents: vec![vec![0; 100]],
+            ..Default::default()
+        };
+        let bytes = r.encode_to_vec();
+        assert_eq!(leading_model_name(&bytes), Leading::Name("iris"));
+        for cut in 0..6 {
+            assert_eq!(leading_model_name(&bytes[..cut]), Leading::More, "{cut} bytes");
+        }
+        let long = super::ModelInferRequest {
+            model_name: "m".repeat(300),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert_eq!(leading_model_name(&long[..2]), Leading::More);
+        assert_eq!(leading_model_name(&long), Leading::Name(&"m".repeat(300)));
+        assert_eq!(leading_model_name(b"\xff\xff\xff"), Leading::Other);
+        assert_eq!(leading_model_name(&[0x0a, 0xff, 0xff, 0x01]), Leading::Other);
+        // No name (proto3 leaves an empty one out): another field first.
+        let nameless = super::ModelInferRequest {
+            id: "x".into(),
+            ..Default::default()
+        };
+        assert_eq!(leading_model_name(&nameless.encode_to_vec()), Leading::Other);
+    }
+
     use super::*;
 
     fn input(name: &str, datatype: &str, shape: &[i64], contents: Option<InferTensorContents>) -> InferInputTensor {

@@ -300,11 +300,14 @@ where
 }
 
 /// Whether a connection has sent enough to tell its protocol, for a
-/// graceful end (`FirstByteDeadline`).
+/// graceful end (`FirstByteDeadline`), and the requests it started and
+/// finished, for its end once idle.
 #[derive(Default)]
 pub(crate) struct FirstByte {
     seen: std::sync::atomic::AtomicBool,
     came: tokio::sync::Notify,
+    started: std::sync::atomic::AtomicU64,
+    finished: std::sync::atomic::AtomicU64,
 }
 
 impl FirstByte {
@@ -318,6 +321,105 @@ impl FirstByte {
         if !self.seen.load(std::sync::atomic::Ordering::Acquire) {
             self.came.notified().await;
         }
+    }
+
+    /// A request of the connection begins; it ends when the guard goes.
+    pub(crate) fn begin(self: &Arc<Self>) -> Busy {
+        self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Busy(self.clone())
+    }
+
+    /// Returns once the connection has had no request in flight and begun
+    /// none for `idle`: HTTP/2 has no timer of its own for that (hyper's
+    /// header timer covers an idle HTTP/1.1 connection), so a client that
+    /// sends the preface and then nothing would hold its slot for good.
+    async fn idle_for(&self, idle: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut seen = self.started.load(Relaxed);
+        loop {
+            tokio::time::sleep(idle).await;
+            let now = self.started.load(Relaxed);
+            if now == seen && self.finished.load(Relaxed) == now {
+                return;
+            }
+            seen = now;
+        }
+    }
+}
+
+/// A request in flight on its connection (`FirstByte::begin`).
+pub(crate) struct Busy(Arc<FirstByte>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A request body that fails once no data came for `idle`: a client that
+/// sends its body a byte at a time, or stops, holds its connection and
+/// its request no longer. The timer is made only when the body has to be
+/// waited for (a small body in the request's first frames needs none).
+pub(crate) struct IdleBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> IdleBody<B> {
+    pub(crate) fn new(inner: B, idle: Duration) -> IdleBody<B> {
+        IdleBody { inner, idle, timer: None }
+    }
+}
+
+/// The error of a body that went `idle` with no data.
+#[derive(Debug)]
+pub(crate) struct BodyIdle(pub Duration);
+
+impl std::fmt::Display for BodyIdle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no data of the request body came for {} ms", self.0.as_millis())
+    }
+}
+
+impl std::error::Error for BodyIdle {}
+
+impl<B> hyper::body::Body for IdleBody<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                self.timer = None;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(idle))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -448,9 +550,12 @@ where
 {
     let cfg = app.cfg.clone();
     let stopped = app.stopped.clone();
+    let conn = first.clone();
     let svc = hyper::service::service_fn(move |req| {
         let app = app.clone();
+        let busy = conn.begin();
         async move {
+            let _busy = busy;
             let _counted = InFlight::enter(app.clone());
             Ok::<_, Infallible>(app.handle(req).await)
         }
@@ -470,14 +575,20 @@ where
         .max_header_list_size(cfg.max_header_bytes as u32)
         .max_concurrent_streams(cfg.max_h2_streams);
     if let Err(e) = spawned
-        .drive(until_stopped(builder.serve_connection(io, svc), stopped, first))
+        .drive(until_stopped(
+            builder.serve_connection(io, svc),
+            stopped,
+            first,
+            cfg.header_read_timeout,
+        ))
         .await
     {
         tracing::debug!(error = %e, "connection ended with an error");
     }
 }
 
-/// Serves `conn` to its end; once the server stops, asks it to end
+/// Serves `conn` to its end; once the server stops, or the connection has
+/// been idle for `idle` (no request in flight, none begun), asks it to end
 /// gracefully: hyper then closes an HTTP/1.1 connection after the answer
 /// in progress (at once when idle) and sends an HTTP/2 one GOAWAY, serving
 /// the streams opened before it. A connection that has not yet sent
@@ -488,6 +599,7 @@ pub(crate) async fn until_stopped<I, S, E, B>(
     conn: hyper_util::server::conn::auto::Connection<'_, I, S, E>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
     first: Arc<FirstByte>,
+    idle: Duration,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
@@ -499,17 +611,23 @@ where
     E: hyper_util::server::conn::auto::HttpServerConnExec<S::Future, B>,
 {
     tokio::pin!(conn);
-    tokio::select! {
+    let idled = tokio::select! {
         r = conn.as_mut() => return r,
         // (the guard `wait_for` returns is not Send: dropped at once)
-        _ = async { drop(stopped.wait_for(|s| *s).await) } => {}
-    }
+        _ = async { drop(stopped.wait_for(|s| *s).await) } => false,
+        () = first.idle_for(idle) => true,
+    };
     tokio::select! {
         r = conn.as_mut() => return r,
         _ = first.wait() => {}
     }
     conn.as_mut().graceful_shutdown();
-    conn.await
+    if !idled {
+        return conn.await;
+    }
+    // An idle HTTP/2 peer that does not answer the GOAWAY's PING (one that
+    // sent its preface and nothing since) is not waited for past `idle`.
+    tokio::time::timeout(idle, conn).await.unwrap_or(Ok(()))
 }
 
 /// What the mirror copies in flight may hold together, in KiB (256 MiB): a
@@ -625,7 +743,7 @@ pub(crate) fn admin_only(admin: bool, what: &str) -> Result<(), ApiError> {
 /// Whether an `Authorization` header's value carries the admin token.
 pub(crate) fn is_admin(cfg: &ServerConfig, authorization: Option<&str>) -> bool {
     match authorization.and_then(|v| v.strip_prefix("Bearer ")) {
-        Some(t) => !cfg.admin_token.is_empty() && constant_time_eq(t.as_bytes(), cfg.admin_token.as_bytes()),
+        Some(t) => !cfg.admin_token.is_empty() && wasmscore_router::auth::same_secret(t.as_bytes(), cfg.admin_token.as_bytes()),
         None => false,
     }
 }
@@ -737,7 +855,7 @@ fn error_response(e: ApiError) -> Response<Body> {
 }
 
 /// Reads the body up to `limit` bytes; a declared or actual larger body is 413.
-async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::request::Parts, Bytes), ApiError> {
+async fn read_body(req: Request<Incoming>, limit: usize, idle: Duration) -> Result<(http::request::Parts, Bytes), ApiError> {
     let too_large = || ApiError::new(413, "payload_too_large", format!("request body exceeds the limit of {limit} bytes"));
     if let Some(len) = req
         .headers()
@@ -750,9 +868,10 @@ async fn read_body(req: Request<Incoming>, limit: usize) -> Result<(http::reques
         }
     }
     let (parts, body) = req.into_parts();
-    match Limited::new(body, limit).collect().await {
+    match Limited::new(IdleBody::new(body, idle), limit).collect().await {
         Ok(c) => Ok((parts, c.to_bytes())),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) if e.downcast_ref::<BodyIdle>().is_some() => Err(ApiError::new(408, "request_timeout", e.to_string())),
         Err(e) => Err(ApiError::new(400, "bad_request", format!("reading the request body: {e}"))),
     }
 }
@@ -849,18 +968,22 @@ impl<P: Plane> App<P> {
                 crate::ui::file(rest).unwrap_or_else(|| error_response(ApiError::new(404, "not_found", format!("no page {path}"))))
             }
             (_, ["admin", "v1", ..]) => self.admin(req, &path).await.unwrap_or_else(error_response),
-            _ => match allowed(&segs) {
-                Some(allow) => {
-                    let mut r = error_response(ApiError::new(
-                        405,
-                        "method_not_allowed",
-                        format!("{path} takes {allow}, not {method}"),
-                    ));
-                    r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
-                    r
+            _ => {
+                // Under /v2, OIP's error body ({"error": "..."}).
+                let answer = if segs.first() == Some(&"v2") { oip_error } else { error_response };
+                match allowed(&segs) {
+                    Some(allow) => {
+                        let mut r = answer(ApiError::new(
+                            405,
+                            "method_not_allowed",
+                            format!("{path} takes {allow}, not {method}"),
+                        ));
+                        r.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static(allow));
+                        r
+                    }
+                    None => answer(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
                 }
-                None => error_response(ApiError::new(404, "not_found", format!("no route for {method} {path}"))),
-            },
+            }
         }
     }
 
@@ -934,7 +1057,7 @@ impl<P: Plane> App<P> {
             #[serde(default)]
             ready: bool,
         }
-        let (_, body) = read_body(req, 64 * 1024).await?;
+        let (_, body) = read_body(req, 64 * 1024, self.cfg.header_read_timeout).await?;
         let asked: Index = if body.iter().all(u8::is_ascii_whitespace) {
             Index::default()
         } else {
@@ -958,7 +1081,7 @@ impl<P: Plane> App<P> {
         admin_only(is_admin(&self.cfg, authorization), "the log settings")?;
         let logging = self.cfg.logging.as_ref().ok_or_else(crate::errors::no_log_settings)?;
         if req.method() == hyper::Method::POST {
-            let (_, body) = read_body(req, 64 * 1024).await?;
+            let (_, body) = read_body(req, 64 * 1024, self.cfg.header_read_timeout).await?;
             logging.update_json(&body)?;
         }
         Ok(json(200, serde_json::to_vec(&logging.json()).expect("json")))
@@ -976,7 +1099,7 @@ impl<P: Plane> App<P> {
                 .map_err(|(status, code, message)| ApiError::new(status, code, message))?;
         }
         if req.method() == hyper::Method::POST {
-            let (_, body) = read_body(req, 64 * 1024).await?;
+            let (_, body) = read_body(req, 64 * 1024, self.cfg.header_read_timeout).await?;
             self.cfg.traces.update_json(model, &body)?;
         }
         Ok(json(200, serde_json::to_vec(&self.cfg.traces.json(model)).expect("json")))
@@ -1008,7 +1131,7 @@ impl<P: Plane> App<P> {
                 self.regions.unregister(name);
                 Ok(())
             }
-            Shm::Register(name) => match read_body(req, 64 * 1024).await {
+            Shm::Register(name) => match read_body(req, 64 * 1024, self.cfg.header_read_timeout).await {
                 Err(e) => Err(e),
                 Ok((_, body)) => match serde_json::from_slice::<Register>(&body) {
                     Ok(r) => self.regions.register(name, &r.key, r.offset, r.byte_size),
@@ -1051,7 +1174,7 @@ impl<P: Plane> App<P> {
                 return Err(e.into());
             }
         };
-        let (parts, body) = read_body(req, self.cfg.max_body_bytes).await?;
+        let (parts, body) = read_body(req, self.cfg.max_body_bytes, self.cfg.header_read_timeout).await?;
         let content_type = parts
             .headers
             .get(CONTENT_TYPE)
@@ -1219,7 +1342,7 @@ impl<P: Plane> App<P> {
         self.admin_authorized(&req)?;
         let method = req.method().to_string();
         let query = req.uri().query().unwrap_or("").to_string();
-        let (_, body) = read_body(req, self.cfg.max_admin_body_bytes).await?;
+        let (_, body) = read_body(req, self.cfg.max_admin_body_bytes, self.cfg.header_read_timeout).await?;
         let r = self.plane.admin(&method, path, &query, body.to_vec()).await;
         // A deleted endpoint's own trace settings go with it: one deployed
         // later under its name starts from the global ones.
@@ -1235,8 +1358,6 @@ impl<P: Plane> App<P> {
         Ok(resp)
     }
 }
-
-use wasmscore_router::auth::constant_time_eq;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// The same config for the gRPC port, which speaks HTTP/2 only: it offers
+/// `h2` alone, so a client that speaks HTTP/1.1 only is told so in the
+/// handshake (a `no_application_protocol` alert), not dropped after it.
+pub fn grpc_config(config: &ServerConfig) -> Arc<ServerConfig> {
+    let mut grpc = config.clone();
+    grpc.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(grpc)
+}
+
 /// Paths of a development certificate.
 pub struct DevCert {
     /// What clients trust (`curl --cacert`, `requests.post(verify=...)`).
@@ -111,6 +120,7 @@ mod tests {
         let dev = dev_cert(dir.path()).unwrap();
         let cfg = server_config(&dev.cert, &dev.key).unwrap();
         assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+        assert_eq!(grpc_config(&cfg).alpn_protocols, vec![b"h2".to_vec()]);
         // Reused, not remade.
         let before = std::fs::read(&dev.ca).unwrap();
         dev_cert(dir.path()).unwrap();

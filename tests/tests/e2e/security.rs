@@ -441,6 +441,90 @@ fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
     drop(held);
 }
 
+/// What a client with no key, or a slow one, can hold: a gRPC call is
+/// refused once its model's name has come, not after its message; a body
+/// that stops coming is cut (408); HTTP/2 connections that send their
+/// preface and then nothing end once idle, so they do not hold the
+/// connection cap.
+#[test]
+fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let s = Server::start(&["--grpc-port", "0", "--max-connections", "8", "--header-read-timeout-ms", "700"]);
+    s.deploy_ok("iris", iris_rust(), &[&model()], None);
+    let key = s.key("iris").unwrap();
+    let grpc = serde_json::from_slice::<serde_json::Value>(&std::fs::read(s.data.path().join("server.json")).unwrap()).unwrap()
+        ["grpc_addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // ModelInfer with no key: a message that says it is 50 MB, of which the
+    // name and a few bytes came. Refused UNAUTHENTICATED at once.
+    let status = {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let req = http::Request::post(format!("http://{grpc}/inference.GRPCInferenceService/ModelInfer"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .body(())
+                .unwrap();
+            let (answer, mut body) = client.send_request(req, false).unwrap();
+            let mut message = vec![0u8];
+            message.extend_from_slice(&50_000_000u32.to_be_bytes());
+            message.extend_from_slice(b"\x0a\x04iris\x12\x00");
+            body.send_data(bytes::Bytes::from(message), false).unwrap();
+            let answer = tokio::time::timeout(Duration::from_secs(5), answer)
+                .await
+                .expect("no answer within 5 s: the server waits for the 50 MB")
+                .unwrap();
+            answer.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_string())
+        })
+    };
+    assert_eq!(status.as_deref(), Some("16"), "UNAUTHENTICATED");
+
+    // A body that stops coming, with the key: 408 once no data came for
+    // the header read timeout.
+    let mut slow = TcpStream::connect(&s.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(
+        slow,
+        "POST /api/v1/service/iris/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 1000\r\n\r\n{{"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = slow.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
+        "{answer:?}"
+    );
+
+    // The connection cap of 8 held by HTTP/2 connections that send their
+    // preface and SETTINGS, then nothing: they end once idle.
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(&s.addr).unwrap();
+            c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                .unwrap();
+            c
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    loop {
+        let (status, _, _) = s.score_as("iris", Some(&format!("Bearer {key}")));
+        if status == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(6), "still refused: {status}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+}
+
 #[test]
 fn a_module_that_blocks_every_call_gets_a_few_substitute_instances_not_one_each() {
     let s = Server::start(&[]);
