@@ -42,6 +42,17 @@ pub fn router_endpoint(ep: &Endpoint, secret: Option<&Secret>, slices: &[Endpoin
 }
 
 /// The router.json `auth` of `ep`: its mode, with the keys from its Secret.
+/// The auth an Endpoint's Secret gives now, for a router that serves the
+/// Endpoint's last good spec. A Secret that does not read (gone, a key
+/// too short, signing keys that do not parse) lets no request in, with
+/// why: not the credentials it gave before, so a key revoked by an edit
+/// that went wrong stays revoked.
+pub fn router_auth_now(ep: &Endpoint, secret: Option<&Secret>) -> Result<wasmscore_fleet::AuthSpec, (wasmscore_fleet::AuthSpec, String)> {
+    router_auth(ep, secret)
+        .and_then(wasmscore_fleet::AuthSpec::parse)
+        .map_err(|why| (wasmscore_fleet::AuthSpec::Token { signing_keys: Vec::new() }, why))
+}
+
 pub fn router_auth(ep: &Endpoint, secret: Option<&Secret>) -> Result<serde_json::Value, String> {
     let name = ep.name_any();
     Ok(match ep.spec.auth.mode {
@@ -232,5 +243,23 @@ mod tests {
         assert_eq!(retired, [Some(1_700_000_000), None]);
         ep.spec.auth.mode = AuthMode::None;
         assert_eq!(router_endpoint(&ep, None, &[]).unwrap()["auth"], json!({"mode": "none"}));
+    }
+
+    #[test]
+    fn a_secret_that_does_not_read_lets_no_request_in() {
+        let ep = endpoint(vec![version("v1", 0, true, json!({}))]);
+        let keys = Keys::generate();
+        let good = router_auth_now(&ep, Some(&stored(secret(&ep, &keys)))).unwrap();
+        assert!(matches!(good, wasmscore_fleet::AuthSpec::Key { .. }));
+        // A revocation that went wrong (a key too short), and a Secret gone.
+        let mut short = secret(&ep, &keys);
+        short.string_data.as_mut().unwrap().insert("primaryKey".into(), "short".into());
+        for s in [Some(stored(short)), None] {
+            let (auth, why) = router_auth_now(&ep, s.as_ref()).unwrap_err();
+            assert!(
+                matches!(&auth, wasmscore_fleet::AuthSpec::Token { signing_keys } if signing_keys.is_empty()),
+                "{auth:?} ({why})"
+            );
+        }
     }
 }

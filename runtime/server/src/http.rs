@@ -951,8 +951,8 @@ impl<P: Plane> App<P> {
             ("GET", ["v2", "models", name, "versions", v]) => self.model_metadata(name, Some(v)),
             ("GET", ["v2", "models", name, "config"]) => self.model_config(name, None),
             ("GET", ["v2", "models", name, "versions", v, "config"]) => self.model_config(name, Some(v)),
-            ("GET", ["v2", "models", name, "ready"]) => self.model_ready(name, None),
-            ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(name, Some(v)),
+            ("GET", ["v2", "models", name, "ready"]) => self.model_ready(&req, name, None),
+            ("GET", ["v2", "models", name, "versions", v, "ready"]) => self.model_ready(&req, name, Some(v)),
             ("GET", ["metrics"]) => {
                 if let Err(e) = self.admin_authorized(&req) {
                     return error_response(e);
@@ -988,11 +988,19 @@ impl<P: Plane> App<P> {
     }
 
     /// Open Inference Protocol model readiness: 200 when the endpoint (or the
-    /// version) takes traffic, else 503 with the state and the reason.
-    fn model_ready(&self, endpoint: &str, version: Option<&str>) -> Response<Body> {
+    /// version) takes traffic, else 503 with the state and the reason. The
+    /// reason (a node's address, a module's init() error) only to a caller
+    /// with the endpoint's key or token, or the admin token.
+    fn model_ready(&self, req: &Request<Incoming>, endpoint: &str, version: Option<&str>) -> Response<Body> {
         match self.plane.model_ready(endpoint, version) {
             Ok((true, body)) => json(200, serde_json::to_vec(&body).expect("json")),
             Ok((false, mut body)) => {
+                let auth = req.headers().get(hyper::header::AUTHORIZATION);
+                let shown = self.plane.router().authorize(endpoint, auth.map(|v| v.as_bytes())).is_ok()
+                    || is_admin(&self.cfg, auth.and_then(|v| v.to_str().ok()));
+                if !shown && body.get("reason").is_some() {
+                    body["reason"] = serde_json::Value::String("not ready (the reason is shown with the endpoint's key or token)".into());
+                }
                 // OIP's error field, beside the state and the reason.
                 let why = body["reason"]
                     .as_str()

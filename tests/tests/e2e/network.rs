@@ -801,6 +801,10 @@ fn a_version_with_no_node_gives_its_share_to_the_default_and_comes_back() {
     let auth = format!("Bearer {}", r.admin_token());
     let (st, _, body) = http(&r.addr, "GET", "/v2/models/h/versions/v2/ready", &[("Authorization", &auth)], "");
     assert_eq!(st, 503, "{body}");
+    assert!(body.contains(&n2.addr), "the admin sees the reason: {body}");
+    // Without a credential: not ready, and no node's address.
+    let (st, _, body) = http(&r.addr, "GET", "/v2/models/h/versions/v2/ready", &[], "");
+    assert!(st == 503 && !body.contains(&n2.addr), "{body}");
     assert_eq!(http(&r.addr, "GET", "/v2/models/h/ready", &[], "").0, 200);
     // Triton's repository index lists v2 UNAVAILABLE with the reason; the
     // ready ones alone, v1.

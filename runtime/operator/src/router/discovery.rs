@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::{watch, Notify};
-use wasmscore_fleet::{AuthSpec, Discovery, EndpointSpec, FleetSpec};
+use wasmscore_fleet::{Discovery, EndpointSpec, FleetSpec};
 
 use crate::crd::Endpoint;
 use crate::desired::{secret_name, LABEL_ENDPOINT};
@@ -149,13 +149,12 @@ impl Stores {
                     }
                     // Its last good rollout and config, with the nodes its
                     // versions have now (pods still come and go) and its
-                    // auth as it is now where that is good: a key rotated
-                    // or revoked while the rest is refused takes effect.
+                    // auth as it is now: a key rotated or revoked while the
+                    // rest is refused takes effect, and auth that does not
+                    // read lets no request in (the complaint above says why).
                     if let Some(e) = last_good.get(&name) {
                         let mut e = e.clone();
-                        if let Ok(auth) = routing::router_auth(&ep, secret.as_deref()).and_then(AuthSpec::parse) {
-                            e.auth = auth;
-                        }
+                        e.auth = routing::router_auth_now(&ep, secret.as_deref()).unwrap_or_else(|(none, _)| none);
                         for v in &mut e.versions {
                             let mut nodes = routing::ready_nodes(&name, &v.name, &slices);
                             nodes.truncate(wasmscore_fleet::config::MAX_NODES);
