@@ -70,13 +70,14 @@ where
         let (app, tonic) = (app.clone(), (!ours).then(|| svc.clone()));
         let busy = conn.begin();
         async move {
-            let _busy = busy;
-            match tonic {
+            let answer = match tonic {
                 None => Ok(unary_model_infer(&app, req).await.map(http_body_util::Either::Right)),
                 Some(mut tonic) => tower_service::Service::call(&mut tonic, req)
                     .await
                     .map(|r| r.map(http_body_util::Either::Left)),
-            }
+            };
+            // In flight until its body is sent: a stream as long as it is open.
+            answer.map(|r| crate::http::Guarded::response(r, busy))
         }
     });
     // Once the server stops: GOAWAY, so the client's channel takes its next

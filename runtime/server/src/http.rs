@@ -329,17 +329,20 @@ impl FirstByte {
         Busy(self.clone())
     }
 
-    /// Returns once the connection has had no request in flight and begun
-    /// none for `idle`: HTTP/2 has no timer of its own for that (hyper's
-    /// header timer covers an idle HTTP/1.1 connection), so a client that
-    /// sends the preface and then nothing would hold its slot for good.
+    /// Returns once the connection has had no request in flight, and begun
+    /// and ended none, for `idle` (a request is in flight until its answer's
+    /// body is sent: a ModelStreamInfer stream as long as it is open).
+    /// HTTP/2 has no timer of its own for that (hyper's header timer covers
+    /// an idle HTTP/1.1 connection), so a client that sends the preface and
+    /// then nothing would hold its slot for good.
     async fn idle_for(&self, idle: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
-        let mut seen = self.started.load(Relaxed);
+        let counts = || (self.started.load(Relaxed), self.finished.load(Relaxed));
+        let mut seen = counts();
         loop {
-            tokio::time::sleep(idle).await;
-            let now = self.started.load(Relaxed);
-            if now == seen && self.finished.load(Relaxed) == now {
+            tokio::time::sleep(idle.max(Duration::from_millis(1))).await;
+            let now = counts();
+            if now == seen && now.0 == now.1 {
                 return;
             }
             seen = now;
@@ -347,8 +350,42 @@ impl FirstByte {
     }
 }
 
-/// A request in flight on its connection (`FirstByte::begin`).
+/// A request in flight on its connection (`FirstByte::begin`), until its
+/// answer's body is done (`Guarded`).
 pub(crate) struct Busy(Arc<FirstByte>);
+
+/// An answer's body that keeps its request counted in flight on its
+/// connection until hyper is done with it (sent, or the stream reset).
+pub(crate) struct Guarded<B> {
+    inner: B,
+    _busy: Busy,
+}
+
+impl<B> Guarded<B> {
+    pub(crate) fn response(r: Response<B>, busy: Busy) -> Response<Guarded<B>> {
+        r.map(|inner| Guarded { inner, _busy: busy })
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -356,29 +393,52 @@ impl Drop for Busy {
     }
 }
 
-/// A request body that fails once no data came for `idle`: a client that
-/// sends its body a byte at a time, or stops, holds its connection and
-/// its request no longer. The timer is made only when the body has to be
-/// waited for (a small body in the request's first frames needs none).
+/// A request body that fails once no data came for `idle`, or once it
+/// comes slower than `MIN_BODY_RATE` on average after its first `idle`: a
+/// client that stops, or sends its body a byte at a time, holds its
+/// connection and its request no longer. The timer and the clock are used
+/// only once the body has to be waited for (a small body in the request's
+/// first frames needs neither).
 pub(crate) struct IdleBody<B> {
     inner: B,
     idle: Duration,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// When the body was first waited for, and the bytes that came since.
+    waited: Option<(std::time::Instant, u64)>,
 }
+
+/// Bytes a second a request body that has to be waited for comes at, at
+/// least, on average once its first `idle` is past.
+pub(crate) const MIN_BODY_RATE: u64 = 1024;
 
 impl<B> IdleBody<B> {
     pub(crate) fn new(inner: B, idle: Duration) -> IdleBody<B> {
-        IdleBody { inner, idle, timer: None }
+        IdleBody {
+            inner,
+            idle,
+            timer: None,
+            waited: None,
+        }
     }
 }
 
-/// The error of a body that went `idle` with no data.
+/// The error of a body that went `idle` with no data, or came too slowly.
 #[derive(Debug)]
-pub(crate) struct BodyIdle(pub Duration);
+pub(crate) enum BodyIdle {
+    Stopped(Duration),
+    Slow { bytes: u64, took: Duration },
+}
 
 impl std::fmt::Display for BodyIdle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "no data of the request body came for {} ms", self.0.as_millis())
+        match self {
+            BodyIdle::Stopped(idle) => write!(f, "no data of the request body came for {} ms", idle.as_millis()),
+            BodyIdle::Slow { bytes, took } => write!(
+                f,
+                "the request body came at under {MIN_BODY_RATE} bytes a second ({bytes} bytes in {} ms)",
+                took.as_millis()
+            ),
+        }
     }
 }
 
@@ -401,13 +461,22 @@ where
         match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(frame) => {
                 self.timer = None;
+                let idle = self.idle;
+                if let (Some((since, bytes)), Some(Ok(f))) = (&mut self.waited, &frame) {
+                    *bytes += f.data_ref().map_or(0, |d| d.len() as u64);
+                    let took = since.elapsed();
+                    if took > idle && *bytes < MIN_BODY_RATE.saturating_mul(took.as_secs()) {
+                        return Poll::Ready(Some(Err(Box::new(BodyIdle::Slow { bytes: *bytes, took }))));
+                    }
+                }
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
                 let idle = self.idle;
+                self.waited.get_or_insert_with(|| (std::time::Instant::now(), 0));
                 let timer = self.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
                 match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle(idle))))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyIdle::Stopped(idle))))),
                     Poll::Pending => Poll::Pending,
                 }
             }
@@ -555,9 +624,8 @@ where
         let app = app.clone();
         let busy = conn.begin();
         async move {
-            let _busy = busy;
             let _counted = InFlight::enter(app.clone());
-            Ok::<_, Infallible>(app.handle(req).await)
+            Ok::<_, Infallible>(Guarded::response(app.handle(req).await, busy))
         }
     });
     let (streams, mut spawned) = wasmscore_remote::streams::here();
@@ -626,8 +694,13 @@ where
         return conn.await;
     }
     // An idle HTTP/2 peer that does not answer the GOAWAY's PING (one that
-    // sent its preface and nothing since) is not waited for past `idle`.
-    tokio::time::timeout(idle, conn).await.unwrap_or(Ok(()))
+    // sent its preface and nothing since) is not waited for once it has
+    // been idle as long again; one with a stream opened before the GOAWAY
+    // is, as long as that stream is in flight.
+    tokio::select! {
+        r = conn => r,
+        () = first.idle_for(idle) => Ok(()),
+    }
 }
 
 /// What the mirror copies in flight may hold together, in KiB (256 MiB): a

@@ -487,6 +487,80 @@ fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
     };
     assert_eq!(status.as_deref(), Some("16"), "UNAUTHENTICATED");
 
+    // A ModelStreamInfer stream open past several idle times, its
+    // messages far apart: it is in flight all along, so its connection is
+    // not closed under it.
+    let answered = {
+        use prost::Message;
+        use wasmscore_server::grpc::proto::{model_infer_request::InferInputTensor, ModelInferRequest, ModelStreamInferResponse};
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
+            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+            tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let req = http::Request::post(format!("http://{grpc}/inference.GRPCInferenceService/ModelStreamInfer"))
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("authorization", format!("Bearer {key}"))
+                .body(())
+                .unwrap();
+            let (answer, mut send) = client.send_request(req, false).unwrap();
+            let message = |id: &str| {
+                let m = ModelInferRequest {
+                    model_name: "iris".into(),
+                    id: id.into(),
+                    inputs: vec![InferInputTensor {
+                        name: "X".into(),
+                        datatype: "FP32".into(),
+                        shape: vec![1, 4],
+                        ..Default::default()
+                    }],
+                    raw_input_contents: vec![[5.1f32, 3.5, 1.4, 0.2].iter().flat_map(|x| x.to_le_bytes()).collect()],
+                    ..Default::default()
+                }
+                .encode_to_vec();
+                let mut framed = vec![0u8];
+                framed.extend_from_slice(&(m.len() as u32).to_be_bytes());
+                framed.extend_from_slice(&m);
+                bytes::Bytes::from(framed)
+            };
+            send.send_data(message("first"), false).unwrap();
+            let mut body = answer.await.unwrap().into_body();
+            let mut got = Vec::new();
+            let mut buf = Vec::new();
+            for id in ["second", "third"] {
+                tokio::time::sleep(Duration::from_millis(1_600)).await;
+                send.send_data(message(id), false).unwrap();
+            }
+            while got.len() < 3 {
+                let Some(Ok(chunk)) = tokio::time::timeout(Duration::from_secs(10), body.data())
+                    .await
+                    .expect("an answer within 10 s")
+                else {
+                    break;
+                };
+                let _ = body.flow_control().release_capacity(chunk.len());
+                buf.extend_from_slice(&chunk);
+                while buf.len() >= 5 {
+                    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+                    if buf.len() < 5 + len {
+                        break;
+                    }
+                    let m = ModelStreamInferResponse::decode(&buf[5..5 + len]).unwrap();
+                    got.push((m.infer_response.map(|r| r.id).unwrap_or_default(), m.error_message));
+                    buf.drain(..5 + len);
+                }
+            }
+            got
+        })
+    };
+    assert_eq!(
+        answered,
+        [("first", ""), ("second", ""), ("third", "")].map(|(a, b)| (a.to_string(), b.to_string())),
+        "a stream open for 3.2 s on a server whose idle time is 0.7 s"
+    );
+
     // A body that stops coming, with the key: 408 once no data came for
     // the header read timeout.
     let mut slow = TcpStream::connect(&s.addr).unwrap();
@@ -502,6 +576,32 @@ fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
         answer.starts_with("HTTP/1.1 408") && answer.contains("request_timeout"),
         "{answer:?}"
     );
+    // One that comes a byte at a time, each within the timeout: 408 too,
+    // once it has come slower than 1 KiB a second past the timeout.
+    let mut drip = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        drip,
+        "POST /api/v1/service/iris/score HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Length: 100000\r\n\r\n"
+    )
+    .unwrap();
+    let writer = drip.try_clone().unwrap();
+    let dripping = std::thread::spawn(move || {
+        let mut writer = writer;
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(b" ").is_err() {
+                break;
+            }
+        }
+    });
+    drip.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = drip.read_to_string(&mut answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 408") && answer.contains("bytes a second"),
+        "{answer:?}"
+    );
+    dripping.join().unwrap();
 
     // The connection cap of 8 held by HTTP/2 connections that send their
     // preface and SETTINGS, then nothing: they end once idle.
