@@ -441,6 +441,22 @@ fn edge_limits_cut_slow_clients_cap_connections_and_refuse_huge_headers() {
     drop(held);
 }
 
+/// A gRPC call of the inference service opened on a connection of its
+/// own, with the key if one is given: its answer, and where its messages go.
+async fn grpc_call(addr: &str, method: &str, key: Option<&str>) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let mut req = http::Request::post(format!("http://{addr}/inference.GRPCInferenceService/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    if let Some(key) = key {
+        req = req.header("authorization", format!("Bearer {key}"));
+    }
+    client.send_request(req.body(()).unwrap(), false).unwrap()
+}
+
 /// What a client with no key, or a slow one, can hold: a gRPC call is
 /// refused once its model's name has come, not after its message; a body
 /// that stops coming is cut (408); HTTP/2 connections that send their
@@ -464,16 +480,7 @@ fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
     let status = {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
-            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-            tokio::spawn(conn);
-            let mut client = client.ready().await.unwrap();
-            let req = http::Request::post(format!("http://{grpc}/inference.GRPCInferenceService/ModelInfer"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            let (answer, mut body) = client.send_request(req, false).unwrap();
+            let (answer, mut body) = grpc_call(&grpc, "ModelInfer", None).await;
             let mut message = vec![0u8];
             message.extend_from_slice(&50_000_000u32.to_be_bytes());
             message.extend_from_slice(b"\x0a\x04iris\x12\x00");
@@ -495,17 +502,7 @@ fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
         use wasmscore_server::grpc::proto::{model_infer_request::InferInputTensor, ModelInferRequest, ModelStreamInferResponse};
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let tcp = tokio::net::TcpStream::connect(&grpc).await.unwrap();
-            let (client, conn) = h2::client::handshake(tcp).await.unwrap();
-            tokio::spawn(conn);
-            let mut client = client.ready().await.unwrap();
-            let req = http::Request::post(format!("http://{grpc}/inference.GRPCInferenceService/ModelStreamInfer"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .header("authorization", format!("Bearer {key}"))
-                .body(())
-                .unwrap();
-            let (answer, mut send) = client.send_request(req, false).unwrap();
+            let (answer, mut send) = grpc_call(&grpc, "ModelStreamInfer", Some(&key)).await;
             let message = |id: &str| {
                 let m = ModelInferRequest {
                     model_name: "iris".into(),
