@@ -76,7 +76,8 @@ where
                     .await
                     .map(|r| r.map(http_body_util::Either::Left)),
             };
-            // In flight until its body is sent: a stream as long as it is open.
+            // In flight while its body waits on the server (a stream on
+            // an inference).
             answer.map(|r| crate::http::Guarded::response(r, busy))
         }
     });

@@ -300,14 +300,20 @@ where
 }
 
 /// Whether a connection has sent enough to tell its protocol, for a
-/// graceful end (`FirstByteDeadline`), and the requests it started and
-/// finished, for its end once idle.
+/// graceful end (`FirstByteDeadline`), and what it has in flight, for its
+/// end once idle.
 #[derive(Default)]
 pub(crate) struct FirstByte {
     seen: std::sync::atomic::AtomicBool,
     came: tokio::sync::Notify,
+    /// Requests whose handler began, and those whose handler returned.
     started: std::sync::atomic::AtomicU64,
-    finished: std::sync::atomic::AtomicU64,
+    handled: std::sync::atomic::AtomicU64,
+    /// Answers' bodies waiting on the server for their next data (a
+    /// ModelStreamInfer stream waiting on an inference).
+    in_app: std::sync::atomic::AtomicU64,
+    /// Reads and writes on the connection that moved bytes.
+    moved: std::sync::atomic::AtomicU64,
 }
 
 impl FirstByte {
@@ -323,26 +329,28 @@ impl FirstByte {
         }
     }
 
-    /// A request of the connection begins; it ends when the guard goes.
+    /// A request of the connection begins; its handler holds the guard.
     pub(crate) fn begin(self: &Arc<Self>) -> Busy {
         self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Busy(self.clone())
+        Busy(Some(self.clone()))
     }
 
-    /// Returns once the connection has had no request in flight, and begun
-    /// and ended none, for `idle` (a request is in flight until its answer's
-    /// body is sent: a ModelStreamInfer stream as long as it is open).
-    /// HTTP/2 has no timer of its own for that (hyper's header timer covers
-    /// an idle HTTP/1.1 connection), so a client that sends the preface and
-    /// then nothing would hold its slot for good.
+    /// Returns once the connection has been idle for `idle`: no handler
+    /// running, no answer's body waiting on the server, and no request
+    /// begun and no byte read or written in that time. HTTP/2 has no timer
+    /// of its own for that (hyper's header timer covers an idle HTTP/1.1
+    /// connection), so a client that sends the preface and then nothing
+    /// would hold its slot for good; so would one that never opens its
+    /// flow-control window on an answer (nothing moves, the body waits on
+    /// the peer, not on the server).
     async fn idle_for(&self, idle: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
-        let counts = || (self.started.load(Relaxed), self.finished.load(Relaxed));
+        let counts = || (self.started.load(Relaxed), self.handled.load(Relaxed), self.moved.load(Relaxed));
         let mut seen = counts();
         loop {
             tokio::time::sleep(idle.max(Duration::from_millis(1))).await;
             let now = counts();
-            if now == seen && now.0 == now.1 {
+            if now == seen && now.0 == now.1 && self.in_app.load(Relaxed) == 0 {
                 return;
             }
             seen = now;
@@ -350,20 +358,43 @@ impl FirstByte {
     }
 }
 
-/// A request in flight on its connection (`FirstByte::begin`), until its
-/// answer's body is done (`Guarded`).
-pub(crate) struct Busy(Arc<FirstByte>);
+/// A request's handler running on its connection (`FirstByte::begin`).
+pub(crate) struct Busy(Option<Arc<FirstByte>>);
 
-/// An answer's body that keeps its request counted in flight on its
-/// connection until hyper is done with it (sent, or the stream reset).
+impl Busy {
+    /// The handler returned: its connection, for the answer's body.
+    fn handled(mut self) -> Arc<FirstByte> {
+        let conn = self.0.take().expect("taken once");
+        conn.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        conn
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            conn.handled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// An answer's body that counts on its connection as in flight while it
+/// waits on the server for its next data (`FirstByte::in_app`).
 pub(crate) struct Guarded<B> {
     inner: B,
-    _busy: Busy,
+    conn: Arc<FirstByte>,
+    waiting: bool,
 }
 
 impl<B> Guarded<B> {
+    /// The answer of a handler that held `busy`.
     pub(crate) fn response(r: Response<B>, busy: Busy) -> Response<Guarded<B>> {
-        r.map(|inner| Guarded { inner, _busy: busy })
+        let conn = busy.handled();
+        r.map(|inner| Guarded {
+            inner,
+            conn,
+            waiting: false,
+        })
     }
 }
 
@@ -375,7 +406,20 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match (r.is_pending(), self.waiting) {
+            (true, false) => {
+                self.conn.in_app.fetch_add(1, Relaxed);
+                self.waiting = true;
+            }
+            (false, true) => {
+                self.conn.in_app.fetch_sub(1, Relaxed);
+                self.waiting = false;
+            }
+            _ => {}
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -387,9 +431,11 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Guarded<B> {
     }
 }
 
-impl Drop for Busy {
+impl<B> Drop for Guarded<B> {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if self.waiting {
+            self.conn.in_app.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -524,6 +570,13 @@ fn protocol_known(matched: &mut usize, read: &[u8]) -> bool {
 }
 
 impl<I> FirstByteDeadline<I> {
+    /// Counts a write that moved bytes (the connection is not idle).
+    fn wrote(&self, r: &std::task::Poll<std::io::Result<usize>>) {
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if *n > 0) {
+            self.first.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
     fn new(inner: I, limit: Duration, first: Arc<FirstByte>) -> Self {
         FirstByteDeadline {
             inner,
@@ -544,6 +597,9 @@ impl<I: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for FirstByteDeadline
         use std::task::Poll;
         let before = buf.filled().len();
         let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.first.moved.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if self.deadline.is_none() {
             return r;
         }
@@ -574,7 +630,9 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadli
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.wrote(&r);
+        r
     }
     fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_flush(cx)
@@ -587,7 +645,9 @@ impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for FirstByteDeadli
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let r = std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.wrote(&r);
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

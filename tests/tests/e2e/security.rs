@@ -600,6 +600,25 @@ fn no_key_slow_bodies_and_idle_http2_connections_hold_nothing_for_long() {
     );
     dripping.join().unwrap();
 
+    // An HTTP/2 client that never opens its flow-control window: the
+    // answer cannot go, nothing moves, and the connection ends once idle.
+    let closed = {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let tcp = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+            let (client, conn) = h2::client::Builder::new().initial_window_size(0).handshake(tcp).await.unwrap();
+            let conn = tokio::spawn(conn);
+            let mut client = client.ready().await.unwrap();
+            let req = http::Request::post(format!("http://{}/api/v1/service/iris/score", s.addr))
+                .body(())
+                .unwrap();
+            let (_answer, mut send) = client.send_request(req, false).unwrap();
+            send.send_data(bytes::Bytes::from_static(ROW.as_bytes()), true).unwrap();
+            tokio::time::timeout(Duration::from_secs(8), conn).await.is_ok()
+        })
+    };
+    assert!(closed, "a connection whose answer cannot go was held for 8 s (idle time 0.7 s)");
+
     // The connection cap of 8 held by HTTP/2 connections that send their
     // preface and SETTINGS, then nothing: they end once idle.
     let held: Vec<TcpStream> = (0..8)
